@@ -1,0 +1,126 @@
+//! Receipts: what a service did with an event it received.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ContentType, Envelope, EventId, Name, Timestamp};
+
+/// The default topic receipts are published to.
+pub const RECEIPTS_TOPIC: &str = "choreo.receipts";
+/// The event type of a receipt envelope.
+pub const RECEIPT_TYPE: &str = "choreo.Receipt";
+
+/// How a delivery ended for the service that received it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The handler succeeded (perhaps after retries) and its emissions were published.
+    Acked,
+    /// The handler gave up, or the payload did not decode: the event went to the dead-letter topic.
+    DeadLettered,
+    /// The event id was already handled by this service: acked without running the handler.
+    Duplicate,
+    /// The delivery was given back to the bus (shutdown during a retry, or a
+    /// failed publish of the handler's emissions); it will be delivered again.
+    Redelivered,
+}
+
+impl Outcome {
+    /// The label used in metrics and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Acked => "acked",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Redelivered => "redelivered",
+        }
+    }
+}
+
+/// What one service did with one delivered event.
+///
+/// The runtime publishes one per settled delivery to [`RECEIPTS_TOPIC`] (unless
+/// switched off). They let the tracer see what events alone can't: a service
+/// that received an event and emitted nothing, a handler that keeps failing,
+/// and where in a flow time is spent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The service that handled the event.
+    pub service: Name,
+    /// The handled event's id.
+    pub event_id: EventId,
+    /// The handled event's type.
+    pub event_type: Name,
+    /// The handled event's flow.
+    pub correlation_id: EventId,
+    /// Where it was read from.
+    pub topic: Name,
+    /// The partition it was read from.
+    pub partition: u32,
+    /// Its offset.
+    pub offset: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// How many times the handler ran for this delivery (0 for a duplicate).
+    pub attempts: u32,
+    /// Why it failed, when it did (the last error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the first attempt started.
+    pub started: Timestamp,
+    /// Microseconds from the first attempt's start to the settlement.
+    pub duration_us: u64,
+    /// Ids of the events the handler published.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emitted: Vec<EventId>,
+}
+
+impl Receipt {
+    /// The envelope that carries this receipt on `topic`: same flow as the
+    /// handled event, caused by it, keyed like it.
+    pub fn to_envelope(&self, topic: Name, handled: &Envelope) -> Envelope {
+        let data = serde_json::to_vec(self).unwrap_or_default();
+        let mut env = Envelope::new(Name::from_static(RECEIPT_TYPE), topic, data).caused_by(handled);
+        env.source = self.service.clone();
+        env.content_type = ContentType::Json;
+        env
+    }
+
+    /// Reads a receipt from its envelope; `None` when the envelope is not one.
+    pub fn from_envelope(env: &Envelope) -> Option<Receipt> {
+        if env.event_type.as_str() != RECEIPT_TYPE {
+            return None;
+        }
+        serde_json::from_slice(&env.data).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receipt_round_trips_through_its_envelope() {
+        let handled = Envelope::new("OrderPlaced", "orders", "{}").with_source("checkout");
+        let r = Receipt {
+            service: Name::from_static("payment"),
+            event_id: handled.id.clone(),
+            event_type: handled.event_type.clone(),
+            correlation_id: handled.correlation_id.clone(),
+            topic: handled.topic.clone(),
+            partition: 3,
+            offset: 17,
+            outcome: Outcome::DeadLettered,
+            attempts: 5,
+            reason: Some("handler failed after 5 attempts: card declined".into()),
+            started: Timestamp::now(),
+            duration_us: 1234,
+            emitted: vec![],
+        };
+        let env = r.to_envelope(Name::from_static(RECEIPTS_TOPIC), &handled);
+        assert_eq!(env.correlation_id, handled.correlation_id);
+        assert_eq!(env.causation_id.as_ref(), Some(&handled.id));
+        assert_eq!(env.source, "payment");
+        assert_eq!(Receipt::from_envelope(&env), Some(r));
+        assert_eq!(Receipt::from_envelope(&handled), None);
+    }
+}
