@@ -253,12 +253,18 @@ pub fn dead_letter_envelope(delivery: &Delivery, info: &DeadLetter) -> Envelope 
     let mut env = (**delivery.envelope()).clone();
     env.topic = info.topic.clone();
     env.headers.insert(dlq_headers::REASON, info.reason.clone());
-    env.headers.insert(dlq_headers::ATTEMPTS, info.attempts.to_string());
-    env.headers.insert(dlq_headers::TOPIC, delivery.envelope().topic.to_string());
-    env.headers.insert(dlq_headers::PARTITION, delivery.partition().to_string());
-    env.headers.insert(dlq_headers::OFFSET, delivery.offset().to_string());
-    env.headers.insert(dlq_headers::SERVICE, info.service.to_string());
-    env.headers.insert(dlq_headers::TIME, Timestamp::now().to_rfc3339());
+    env.headers
+        .insert(dlq_headers::ATTEMPTS, info.attempts.to_string());
+    env.headers
+        .insert(dlq_headers::TOPIC, delivery.envelope().topic.to_string());
+    env.headers
+        .insert(dlq_headers::PARTITION, delivery.partition().to_string());
+    env.headers
+        .insert(dlq_headers::OFFSET, delivery.offset().to_string());
+    env.headers
+        .insert(dlq_headers::SERVICE, info.service.to_string());
+    env.headers
+        .insert(dlq_headers::TIME, Timestamp::now().to_rfc3339());
     env
 }
 
@@ -273,7 +279,10 @@ pub trait Bus: Clone + Send + Sync + 'static {
     fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<()>> + Send;
 
     /// Joins a consumer group on some topics.
-    fn subscribe(&self, options: SubscribeOptions) -> impl Future<Output = Result<Self::Subscription>> + Send;
+    fn subscribe(
+        &self,
+        options: SubscribeOptions,
+    ) -> impl Future<Output = Result<Self::Subscription>> + Send;
 
     /// The name of the backend, for logs and metrics (`in-process`, `kafka`).
     fn backend_name(&self) -> &'static str;
@@ -282,7 +291,11 @@ pub trait Bus: Clone + Send + Sync + 'static {
     /// `info.topic`, then acks the original. If the copy cannot be published the
     /// delivery is given back for redelivery and the error returned — an event
     /// is never acked without its dead-letter copy.
-    fn dead_letter(&self, delivery: Delivery, info: DeadLetter) -> impl Future<Output = Result<()>> + Send {
+    fn dead_letter(
+        &self,
+        delivery: Delivery,
+        info: DeadLetter,
+    ) -> impl Future<Output = Result<()>> + Send {
         async move {
             let copy = dead_letter_envelope(&delivery, &info);
             match self.publish(copy).await {

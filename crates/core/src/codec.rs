@@ -47,11 +47,13 @@ impl Codec for JsonCodec {
     }
 
     fn encode(&self, meta: PayloadMeta<'_>, value: &serde_json::Value) -> Result<Bytes> {
-        serde_json::to_vec(value).map(Bytes::from).map_err(|e| Error::Encode {
-            event_type: meta.event_type.to_owned(),
-            content_type: "application/json".to_owned(),
-            reason: e.to_string(),
-        })
+        serde_json::to_vec(value)
+            .map(Bytes::from)
+            .map_err(|e| Error::Encode {
+                event_type: meta.event_type.to_owned(),
+                content_type: "application/json".to_owned(),
+                reason: e.to_string(),
+            })
     }
 
     fn decode(&self, meta: PayloadMeta<'_>, data: &[u8]) -> Result<serde_json::Value> {
@@ -79,7 +81,14 @@ impl std::fmt::Debug for Codecs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Codecs")
             .field("encoder", &self.encoder.as_ref().map(|c| c.content_type()))
-            .field("decoders", &self.decoders.iter().map(|c| c.content_type()).collect::<Vec<_>>())
+            .field(
+                "decoders",
+                &self
+                    .decoders
+                    .iter()
+                    .map(|c| c.content_type())
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -105,18 +114,25 @@ impl Codecs {
 
     /// The content type published events get.
     pub fn content_type(&self) -> ContentType {
-        self.encoder.as_ref().map_or(ContentType::Json, |c| c.content_type())
+        self.encoder
+            .as_ref()
+            .map_or(ContentType::Json, |c| c.content_type())
     }
 
     /// Encodes a typed event with the encoding codec.
     pub fn encode<E: Event>(&self, event: &E) -> Result<Bytes> {
-        let meta = PayloadMeta { event_type: E::TYPE, topic: E::TOPIC };
+        let meta = PayloadMeta {
+            event_type: E::TYPE,
+            topic: E::TOPIC,
+        };
         match &self.encoder {
-            None => serde_json::to_vec(event).map(Bytes::from).map_err(|e| Error::Encode {
-                event_type: E::TYPE.to_owned(),
-                content_type: "application/json".to_owned(),
-                reason: e.to_string(),
-            }),
+            None => serde_json::to_vec(event)
+                .map(Bytes::from)
+                .map_err(|e| Error::Encode {
+                    event_type: E::TYPE.to_owned(),
+                    content_type: "application/json".to_owned(),
+                    reason: e.to_string(),
+                }),
             Some(codec) => {
                 let value = serde_json::to_value(event).map_err(|e| Error::Encode {
                     event_type: E::TYPE.to_owned(),
@@ -130,7 +146,14 @@ impl Codecs {
 
     /// Decodes a payload of content type `content_type` into `E`.
     pub fn decode<E: Event>(&self, content_type: &ContentType, data: &[u8]) -> Result<E> {
-        self.decode_as(content_type, data, PayloadMeta { event_type: E::TYPE, topic: E::TOPIC })
+        self.decode_as(
+            content_type,
+            data,
+            PayloadMeta {
+                event_type: E::TYPE,
+                topic: E::TOPIC,
+            },
+        )
     }
 
     /// Decodes a payload into any deserializable type.
@@ -146,7 +169,11 @@ impl Codecs {
             reason: e.to_string(),
         };
         if *content_type != ContentType::Json {
-            if let Some(codec) = self.decoders.iter().find(|c| c.content_type() == *content_type) {
+            if let Some(codec) = self
+                .decoders
+                .iter()
+                .find(|c| c.content_type() == *content_type)
+            {
                 let value = codec.decode(meta, data)?;
                 return serde_json::from_value(value).map_err(|e| decode_err(content_type, &e));
             }
@@ -224,7 +251,9 @@ mod tests {
     #[test]
     fn decode_errors_name_the_event_and_say_decode_error() {
         let c = Codecs::json();
-        let err = c.decode::<OrderPlaced>(&ContentType::Json, b"not json").unwrap_err();
+        let err = c
+            .decode::<OrderPlaced>(&ContentType::Json, b"not json")
+            .unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("decode error:"), "{msg}");
         assert!(msg.contains("OrderPlaced"), "{msg}");

@@ -32,10 +32,17 @@ impl ContentType {
     /// Parses a media type; parameters such as `; charset=utf-8` are ignored when
     /// recognising JSON and Avro, and kept for anything else.
     pub fn parse(s: &str) -> ContentType {
-        let essence = s.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = s
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match essence.as_str() {
             "application/json" | "text/json" => ContentType::Json,
-            "application/avro" | "avro/binary" | "application/vnd.apache.avro+binary" => ContentType::Avro,
+            "application/avro" | "avro/binary" | "application/vnd.apache.avro+binary" => {
+                ContentType::Avro
+            }
             _ => ContentType::Other(Name::from(s.trim())),
         }
     }
@@ -83,7 +90,10 @@ impl Headers {
 
     /// The value of the first header called `name`.
     pub fn get(&self, name: &str) -> Option<&Bytes> {
-        self.0.iter().find(|(n, _)| n.as_str() == name).map(|(_, v)| v)
+        self.0
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, v)| v)
     }
 
     /// The value of `name` as UTF-8 text, when it is.
@@ -126,7 +136,11 @@ impl Headers {
 impl fmt::Debug for Headers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
-            .entries(self.0.iter().map(|(n, v)| (n.as_str(), String::from_utf8_lossy(v))))
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), String::from_utf8_lossy(v))),
+            )
             .finish()
     }
 }
@@ -185,7 +199,11 @@ pub struct Envelope {
 impl Envelope {
     /// A new envelope that starts a flow: a fresh id, the correlation id equal to
     /// it, no causation, the time now, the key equal to the correlation id, JSON content.
-    pub fn new(event_type: impl Into<Name>, topic: impl Into<Name>, data: impl Into<Bytes>) -> Envelope {
+    pub fn new(
+        event_type: impl Into<Name>,
+        topic: impl Into<Name>,
+        data: impl Into<Bytes>,
+    ) -> Envelope {
         let id = EventId::new();
         Envelope {
             key: Some(Bytes::from(id.to_string())),
@@ -216,7 +234,10 @@ impl Envelope {
     pub fn caused_by(mut self, cause: &Envelope) -> Envelope {
         self.correlation_id = cause.correlation_id.clone();
         self.causation_id = Some(cause.id.clone());
-        self.key = cause.key.clone().or_else(|| Some(Bytes::from(cause.correlation_id.to_string())));
+        self.key = cause
+            .key
+            .clone()
+            .or_else(|| Some(Bytes::from(cause.correlation_id.to_string())));
         if self.traceparent.is_none() {
             self.traceparent = cause.traceparent.clone();
             self.tracestate = cause.tracestate.clone();
@@ -305,7 +326,10 @@ impl fmt::Debug for Envelope {
             .field("type", &self.event_type)
             .field("source", &self.source)
             .field("topic", &self.topic)
-            .field("key", &self.key.as_ref().map(|k| String::from_utf8_lossy(k)))
+            .field(
+                "key",
+                &self.key.as_ref().map(|k| String::from_utf8_lossy(k)),
+            )
             .field("correlation_id", &self.correlation_id)
             .field("causation_id", &self.causation_id)
             .field("time", &self.time)
@@ -328,7 +352,10 @@ mod tests {
         assert_eq!(murmur2(b"foobar") as i32, -790332482);
         assert_eq!(murmur2(b"a-little-bit-long-string") as i32, -985981536);
         assert_eq!(murmur2(b"a-little-bit-longer-string") as i32, -1486304829);
-        assert_eq!(murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32, -58897971);
+        assert_eq!(
+            murmur2(b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8") as i32,
+            -58897971
+        );
         assert_eq!(murmur2(b"abc") as i32, 479470107);
     }
 
@@ -349,7 +376,10 @@ mod tests {
 
     #[test]
     fn content_type_parsing() {
-        assert_eq!(ContentType::parse("application/json; charset=utf-8"), ContentType::Json);
+        assert_eq!(
+            ContentType::parse("application/json; charset=utf-8"),
+            ContentType::Json
+        );
         assert_eq!(ContentType::parse("application/avro"), ContentType::Avro);
         assert_eq!(ContentType::parse("text/plain").as_str(), "text/plain");
     }

@@ -28,7 +28,9 @@ pub enum Error {
     #[error("the bus is closed")]
     Closed,
     /// A publish could not be accepted because a bound was reached.
-    #[error("topic '{topic}' partition {partition} is full ({limit} events retained and unread by group '{group}'): {hint}")]
+    #[error(
+        "topic '{topic}' partition {partition} is full ({limit} events retained and unread by group '{group}'): {hint}"
+    )]
     Full {
         /// The topic.
         topic: String,
@@ -71,7 +73,10 @@ impl Error {
         context: impl Into<String>,
         source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Self {
-        Error::Backend { context: context.into(), source: source.into() }
+        Error::Backend {
+            context: context.into(),
+            source: source.into(),
+        }
     }
 }
 

@@ -42,7 +42,8 @@ impl EventId {
         // Only the canonical lower-case hyphenated form becomes a UUID, so an id
         // always prints back exactly as it was received.
         let canonical = s.len() == 36
-            && s.bytes().all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && s.bytes()
+                .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if canonical {
             if let Ok(u) = Uuid::parse_str(s) {
                 return Some(EventId(Repr::Uuid(u)));
@@ -58,7 +59,6 @@ impl EventId {
             Repr::Text(_) => None,
         }
     }
-
 }
 
 impl Default for EventId {

@@ -79,7 +79,8 @@ impl Receipt {
     /// handled event, caused by it, keyed like it.
     pub fn to_envelope(&self, topic: Name, handled: &Envelope) -> Envelope {
         let data = serde_json::to_vec(self).unwrap_or_default();
-        let mut env = Envelope::new(Name::from_static(RECEIPT_TYPE), topic, data).caused_by(handled);
+        let mut env =
+            Envelope::new(Name::from_static(RECEIPT_TYPE), topic, data).caused_by(handled);
         env.source = self.service.clone();
         env.content_type = ContentType::Json;
         env

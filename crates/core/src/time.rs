@@ -57,8 +57,11 @@ impl Timestamp {
     }
 
     /// `self` plus a duration.
-    pub fn add(self, d: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)))
+    pub fn saturating_add(self, d: Duration) -> Timestamp {
+        Timestamp(
+            self.0
+                .saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+        )
     }
 
     /// RFC 3339 text in UTC with microseconds, e.g. `2026-11-25T21:07:15.123456Z`.

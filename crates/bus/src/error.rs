@@ -1,0 +1,52 @@
+//! The error type of `choreo-bus`.
+
+/// Errors from running services and publishing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `run` was called on a service without handlers.
+    #[error("service '{service}' has no handlers: add one with Service::on before running it")]
+    NoHandlers {
+        /// The service.
+        service: String,
+    },
+    /// Joining the consumer group failed.
+    #[error("service '{service}' could not subscribe as group '{group}': {source}")]
+    Subscribe {
+        /// The service.
+        service: String,
+        /// The group.
+        group: String,
+        /// The bus error.
+        #[source]
+        source: Box<choreo_core::Error>,
+    },
+    /// Leaving the consumer group failed.
+    #[error("service '{service}' could not leave its consumer group cleanly: {source}")]
+    Close {
+        /// The service.
+        service: String,
+        /// The bus error.
+        #[source]
+        source: Box<choreo_core::Error>,
+    },
+    /// Publishing failed.
+    #[error("publishing failed: {source}")]
+    Publish {
+        /// The bus or codec error.
+        #[source]
+        source: choreo_core::Error,
+    },
+    /// Serving metrics failed.
+    #[error("metrics endpoint on {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,1023 @@
+//! The in-process bus: Kafka's semantics inside one process, no broker needed.
+//!
+//! Topics have partitions; an event goes to the partition of its key (Kafka's
+//! murmur2 partitioner, so a key lands on the same partition number as on
+//! Kafka). Each consumer group has its own position in every partition; the
+//! members of a group split the partitions between them (round robin over the
+//! members sorted by join order) and the split is redone when a member joins
+//! or leaves. A partition that changes owner is handed over at the group's
+//! position: deliveries the old owner had not settled are delivered again.
+//!
+//! # Retention
+//!
+//! Each partition keeps at most [`Retention::max_events_per_partition`]
+//! events. Events are kept after they are consumed, so that a group that
+//! subscribes later from [`StartFrom::Earliest`](choreo_core::StartFrom) can
+//! read them, until the bound is hit. Then, to make room for a new event:
+//!
+//! 1. the oldest event is evicted if every group with members has settled it
+//!    (counted in `choreo_bus_retention_evicted_total`);
+//! 2. otherwise, with [`WhenFull::Block`] (the default), the publisher waits
+//!    until the slowest group settles the oldest event
+//!    (`choreo_bus_publish_waits_total` counts the waits). Nothing is lost,
+//!    but a service that publishes to a full topic it also consumes, through a
+//!    cycle, can wait for itself: size the bound for your cycles;
+//! 3. with [`WhenFull::DropOldest`], the oldest event is evicted even though a
+//!    group has not read it; the group skips it and
+//!    `choreo_bus_unread_evicted_total{topic,group}` counts it, with a warning
+//!    in the log.
+//!
+//! A group whose members have all left does not hold events back: its unread
+//! events are evicted when room is needed, counted in
+//! `choreo_bus_unread_evicted_total` like case 3. No event a group has not read
+//! disappears without being counted.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use choreo_core::{
+    Bus, Delivery, Envelope, Error, Name, Result, Settle, Settlement, StartFrom, SubscribeOptions,
+    Subscription,
+};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use tokio::sync::Notify;
+
+/// What a full partition does with a new event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    /// The publisher waits until the slowest active group has settled the
+    /// oldest event. Nothing is lost.
+    #[default]
+    Block,
+    /// The oldest event is evicted even if an active group has not read it;
+    /// counted in `choreo_bus_unread_evicted_total`.
+    DropOldest,
+}
+
+/// How many events a partition keeps, and what happens when it is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Events kept per partition. Default 10 000.
+    pub max_events_per_partition: usize,
+    /// What happens when a partition is full. Default [`WhenFull::Block`].
+    pub when_full: WhenFull,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_events_per_partition: 10_000,
+            when_full: WhenFull::Block,
+        }
+    }
+}
+
+/// Configuration of an [`InProcessBus`].
+#[derive(Debug, Clone)]
+pub struct InProcessConfig {
+    /// Partitions of a topic created on first use. Default 4.
+    pub partitions: u32,
+    /// Partition counts of named topics, overriding `partitions`.
+    pub topic_partitions: HashMap<String, u32>,
+    /// Retention bound and policy. See the [module docs](self).
+    pub retention: Retention,
+    /// Deliveries a subscription takes from a partition per lock. Default 64.
+    /// Larger batches cost fewer locks; smaller ones spread a burst over more
+    /// members sooner.
+    pub fetch_batch: usize,
+}
+
+impl Default for InProcessConfig {
+    fn default() -> Self {
+        InProcessConfig {
+            partitions: 4,
+            topic_partitions: HashMap::new(),
+            retention: Retention::default(),
+            fetch_batch: 64,
+        }
+    }
+}
+
+/// The in-process bus. Cheap to clone; clones share the topics.
+///
+/// ```
+/// # tokio_test_block_on(async {
+/// use choreo_bus::InProcessBus;
+/// use choreo_core::{Bus, Envelope, SubscribeOptions, Subscription};
+///
+/// let bus = InProcessBus::new();
+/// let mut sub = bus.subscribe(SubscribeOptions::new("audit", ["orders"])).await.unwrap();
+/// bus.publish(Envelope::new("OrderPlaced", "orders", "{}")).await.unwrap();
+/// let delivery = sub.next().await.unwrap().unwrap();
+/// assert_eq!(delivery.envelope().event_type, "OrderPlaced");
+/// delivery.ack();
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct InProcessBus {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for InProcessBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessBus")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    config: InProcessConfig,
+    // std RwLock: never held across an await.
+    topics: RwLock<HashMap<Name, Arc<Topic>>>,
+    groups: Mutex<HashMap<Arc<str>, GroupState>>,
+    next_member: AtomicU64,
+    counters: Counters,
+}
+
+#[derive(Clone)]
+struct Counters {
+    evicted: IntCounterVec,
+    unread_evicted: IntCounterVec,
+    publish_waits: IntCounterVec,
+    published: IntCounterVec,
+}
+
+impl Counters {
+    fn new() -> Self {
+        let vec = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition")
+        };
+        Counters {
+            evicted: vec(
+                "choreo_bus_retention_evicted_total",
+                "Events evicted from an in-process partition after every active group settled them.",
+                &["topic"],
+            ),
+            unread_evicted: vec(
+                "choreo_bus_unread_evicted_total",
+                "Events evicted from an in-process partition before a group read them (DropOldest, or a group without members).",
+                &["topic", "group"],
+            ),
+            publish_waits: vec(
+                "choreo_bus_publish_waits_total",
+                "Publishes that waited for room in a full in-process partition (WhenFull::Block).",
+                &["topic"],
+            ),
+            published: vec(
+                "choreo_bus_appended_total",
+                "Events appended to in-process partitions.",
+                &["topic"],
+            ),
+        }
+    }
+}
+
+struct Topic {
+    name: Name,
+    partitions: Vec<Arc<Partition>>,
+}
+
+struct Partition {
+    topic: Name,
+    index: u32,
+    // std Mutex: held only for short, await-free sections.
+    state: Mutex<PartState>,
+    /// Publishers waiting for room.
+    room: Notify,
+    counters: Counters,
+    appended: prometheus::IntCounter,
+    publish_waits: prometheus::IntCounter,
+    evicted: prometheus::IntCounter,
+    when_full: WhenFull,
+    max_events: usize,
+}
+
+struct PartState {
+    /// Offset of `log[0]`.
+    base: u64,
+    log: VecDeque<Arc<Envelope>>,
+    cursors: Vec<Cursor>,
+}
+
+impl PartState {
+    fn end(&self) -> u64 {
+        self.base + self.log.len() as u64
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    InFlight,
+    Settled,
+    Pending,
+}
+
+#[derive(Clone, Copy)]
+struct Slot {
+    state: SlotState,
+    attempt: u32,
+}
+
+/// One group's position in one partition.
+struct Cursor {
+    group: Arc<str>,
+    /// Every offset below is settled.
+    committed: u64,
+    /// The next offset to hand out from the log.
+    next: u64,
+    /// States of offsets `committed..next`.
+    window: VecDeque<Slot>,
+    /// Offsets given back for redelivery, delivered before new ones.
+    pending: VecDeque<u64>,
+    owner: Option<Arc<Member>>,
+    /// Bumped whenever ownership changes; settlements carrying an older token are ignored.
+    generation: u64,
+}
+
+impl Cursor {
+    fn active(&self) -> bool {
+        self.owner.is_some()
+    }
+
+    /// Rewinds to the committed position: everything not settled will be delivered again.
+    fn rewind(&mut self) {
+        self.next = self.committed;
+        self.window.clear();
+        self.pending.clear();
+        self.generation += 1;
+    }
+
+    fn advance_committed(&mut self) {
+        while let Some(front) = self.window.front() {
+            if front.state != SlotState::Settled {
+                break;
+            }
+            self.window.pop_front();
+            self.committed += 1;
+        }
+    }
+}
+
+/// A group member (one subscription).
+struct Member {
+    id: u64,
+    notify: Notify,
+    /// The partitions assigned to this member, with the handle deliveries settle through.
+    assignment: Mutex<Vec<Arc<CursorHandle>>>,
+    /// Bumped on every assignment change, so a subscription can drop prefetched deliveries.
+    epoch: AtomicU64,
+    closed: AtomicBool,
+}
+
+/// Settles deliveries of one partition for one group.
+struct CursorHandle {
+    partition: Arc<Partition>,
+    group: Arc<str>,
+}
+
+struct GroupState {
+    members: Vec<(Arc<Member>, Vec<Name>)>,
+}
+
+impl InProcessBus {
+    /// A bus with the default configuration.
+    pub fn new() -> Self {
+        Self::with_config(InProcessConfig::default())
+    }
+
+    /// A bus with a configuration.
+    pub fn with_config(config: InProcessConfig) -> Self {
+        InProcessBus {
+            inner: Arc::new(Inner {
+                config,
+                topics: RwLock::new(HashMap::new()),
+                groups: Mutex::new(HashMap::new()),
+                next_member: AtomicU64::new(1),
+                counters: Counters::new(),
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &InProcessConfig {
+        &self.inner.config
+    }
+
+    /// Registers the bus's metrics (`choreo_bus_*`) with `registry`.
+    pub fn register_metrics(&self, registry: &Registry) -> prometheus::Result<()> {
+        let c = &self.inner.counters;
+        registry.register(Box::new(c.evicted.clone()))?;
+        registry.register(Box::new(c.unread_evicted.clone()))?;
+        registry.register(Box::new(c.publish_waits.clone()))?;
+        registry.register(Box::new(c.published.clone()))?;
+        registry.register(Box::new(LagCollector::new(Arc::downgrade(&self.inner))))?;
+        Ok(())
+    }
+
+    /// Creates `topic` with `partitions` partitions if it does not exist yet.
+    /// Returns the partition count it has.
+    pub fn create_topic(&self, topic: &str, partitions: u32) -> u32 {
+        self.inner
+            .topic_with(topic, Some(partitions))
+            .partitions
+            .len() as u32
+    }
+
+    /// The names of the topics that exist.
+    pub fn topics(&self) -> Vec<String> {
+        let topics = self.inner.topics.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<String> = topics.keys().map(|k| k.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    /// A snapshot of a topic's partitions: retained range and every group's
+    /// position. `None` for a topic that does not exist.
+    pub fn topic_stats(&self, topic: &str) -> Option<TopicStats> {
+        let t = self
+            .inner
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+            .cloned()?;
+        let partitions = t
+            .partitions
+            .iter()
+            .map(|p| {
+                let st = p.lock();
+                PartitionStats {
+                    partition: p.index,
+                    start: st.base,
+                    end: st.end(),
+                    groups: st
+                        .cursors
+                        .iter()
+                        .map(|c| GroupPosition {
+                            group: c.group.to_string(),
+                            committed: c.committed,
+                            active: c.active(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Some(TopicStats {
+            topic: topic.to_owned(),
+            partitions,
+        })
+    }
+
+    /// Every event currently retained in `topic`, in partition then offset order.
+    /// A tool for tests and the tracer's in-process tap; it does not consume.
+    pub fn retained(&self, topic: &str) -> Vec<Arc<Envelope>> {
+        let Some(t) = self
+            .inner
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+            .cloned()
+        else {
+            return Vec::new();
+        };
+        t.partitions
+            .iter()
+            .flat_map(|p| p.lock().log.iter().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+}
+
+impl Default for InProcessBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Positions in one topic; see [`InProcessBus::topic_stats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicStats {
+    /// The topic.
+    pub topic: String,
+    /// Each partition.
+    pub partitions: Vec<PartitionStats>,
+}
+
+/// Positions in one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionStats {
+    /// Partition number.
+    pub partition: u32,
+    /// Oldest retained offset.
+    pub start: u64,
+    /// Offset the next event will get.
+    pub end: u64,
+    /// Each group's position.
+    pub groups: Vec<GroupPosition>,
+}
+
+/// A group's position in a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupPosition {
+    /// The group.
+    pub group: String,
+    /// Every offset below this one is settled.
+    pub committed: u64,
+    /// Whether the group has members.
+    pub active: bool,
+}
+
+impl Inner {
+    fn topic(&self, name: &str) -> Arc<Topic> {
+        self.topic_with(name, None)
+    }
+
+    fn topic_with(&self, name: &str, partitions: Option<u32>) -> Arc<Topic> {
+        if let Some(t) = self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return t.clone();
+        }
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        topics
+            .entry(Name::from(name))
+            .or_insert_with(|| {
+                let n = partitions
+                    .or_else(|| self.config.topic_partitions.get(name).copied())
+                    .unwrap_or(self.config.partitions)
+                    .max(1);
+                let name = Name::from(name);
+                Arc::new(Topic {
+                    partitions: (0..n)
+                        .map(|index| {
+                            Arc::new(Partition {
+                                topic: name.clone(),
+                                index,
+                                state: Mutex::new(PartState {
+                                    base: 0,
+                                    log: VecDeque::new(),
+                                    cursors: Vec::new(),
+                                }),
+                                room: Notify::new(),
+                                counters: self.counters.clone(),
+                                appended: self
+                                    .counters
+                                    .published
+                                    .with_label_values(&[name.as_str()]),
+                                publish_waits: self
+                                    .counters
+                                    .publish_waits
+                                    .with_label_values(&[name.as_str()]),
+                                evicted: self.counters.evicted.with_label_values(&[name.as_str()]),
+                                when_full: self.config.retention.when_full,
+                                max_events: self.config.retention.max_events_per_partition.max(1),
+                            })
+                        })
+                        .collect(),
+                    name,
+                })
+            })
+            .clone()
+    }
+
+    /// Recomputes the assignment of every topic `group` consumes.
+    fn rebalance(&self, group: &Arc<str>, groups: &HashMap<Arc<str>, GroupState>, topics: &[Name]) {
+        let members: &[(Arc<Member>, Vec<Name>)] = groups.get(group).map_or(&[], |g| &g.members);
+        let mut new_assignments: HashMap<u64, Vec<Arc<CursorHandle>>> =
+            members.iter().map(|(m, _)| (m.id, Vec::new())).collect();
+        // Every topic any member consumes, plus the ones the leaving/joining member had.
+        let mut all_topics: Vec<Name> = members
+            .iter()
+            .flat_map(|(_, t)| t.iter().cloned())
+            .collect();
+        all_topics.extend(topics.iter().cloned());
+        all_topics.sort();
+        all_topics.dedup();
+        for topic_name in &all_topics {
+            let topic = self.topic(topic_name);
+            let subscribers: Vec<&Arc<Member>> = members
+                .iter()
+                .filter(|(_, t)| t.contains(topic_name))
+                .map(|(m, _)| m)
+                .collect();
+            for p in &topic.partitions {
+                let owner = if subscribers.is_empty() {
+                    None
+                } else {
+                    Some(subscribers[p.index as usize % subscribers.len()].clone())
+                };
+                let mut st = p.lock();
+                let Some(cursor) = st.cursors.iter_mut().find(|c| c.group == *group) else {
+                    continue;
+                };
+                let same = match (&cursor.owner, &owner) {
+                    (Some(a), Some(b)) => a.id == b.id,
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !same {
+                    cursor.rewind();
+                    cursor.owner = owner.clone();
+                }
+                drop(st);
+                if let Some(o) = owner {
+                    new_assignments
+                        .get_mut(&o.id)
+                        .expect("owner is a member")
+                        .push(Arc::new(CursorHandle {
+                            partition: p.clone(),
+                            group: group.clone(),
+                        }));
+                    o.notify.notify_one();
+                }
+                // A group that lost its members no longer holds events back.
+                p.room.notify_waiters();
+            }
+        }
+        for (m, _) in members {
+            let list = new_assignments.remove(&m.id).unwrap_or_default();
+            *m.assignment.lock().unwrap_or_else(|e| e.into_inner()) = list;
+            m.epoch.fetch_add(1, Ordering::AcqRel);
+            m.notify.notify_one();
+        }
+    }
+
+    fn join(&self, options: &SubscribeOptions) -> Arc<Member> {
+        let group: Arc<str> = Arc::from(options.group.as_str());
+        let topics: Vec<Name> = options
+            .topics
+            .iter()
+            .map(|t| Name::from(t.as_str()))
+            .collect();
+        // Make sure the group has a cursor in every partition of its topics.
+        for t in &topics {
+            let topic = self.topic(t);
+            for p in &topic.partitions {
+                let mut st = p.lock();
+                if !st.cursors.iter().any(|c| c.group == group) {
+                    let start = match options.start {
+                        StartFrom::Earliest => st.base,
+                        StartFrom::Latest => st.end(),
+                    };
+                    st.cursors.push(Cursor {
+                        group: group.clone(),
+                        committed: start,
+                        next: start,
+                        window: VecDeque::new(),
+                        pending: VecDeque::new(),
+                        owner: None,
+                        generation: 0,
+                    });
+                }
+            }
+        }
+        let member = Arc::new(Member {
+            id: self.next_member.fetch_add(1, Ordering::Relaxed),
+            notify: Notify::new(),
+            assignment: Mutex::new(Vec::new()),
+            epoch: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        });
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups
+            .entry(group.clone())
+            .or_insert_with(|| GroupState {
+                members: Vec::new(),
+            })
+            .members
+            .push((member.clone(), topics.clone()));
+        self.rebalance(&group, &groups, &topics);
+        member
+    }
+
+    fn leave(&self, group: &Arc<str>, member: &Arc<Member>) {
+        if member.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        let mut topics = Vec::new();
+        if let Some(g) = groups.get_mut(group) {
+            if let Some(i) = g.members.iter().position(|(m, _)| m.id == member.id) {
+                topics = g.members.remove(i).1;
+            }
+        }
+        self.rebalance(group, &groups, &topics);
+        member
+            .assignment
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        member.epoch.fetch_add(1, Ordering::AcqRel);
+        member.notify.notify_one();
+    }
+}
+
+impl Partition {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PartState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends, making room per the retention policy. Returns false when the
+    /// publisher must wait for room.
+    fn try_append(&self, envelope: &mut Option<Envelope>) -> bool {
+        let mut st = self.lock();
+        while st.log.len() >= self.max_events {
+            if !self.evict_oldest(&mut st) {
+                return false;
+            }
+        }
+        let env = Arc::new(envelope.take().expect("envelope present until appended"));
+        st.log.push_back(env);
+        for c in &st.cursors {
+            if let Some(owner) = &c.owner {
+                owner.notify.notify_one();
+            }
+        }
+        drop(st);
+        self.appended.inc();
+        true
+    }
+
+    /// Evicts `log[0]` if the policy allows it.
+    fn evict_oldest(&self, st: &mut PartState) -> bool {
+        let oldest = st.base;
+        let blocked_by_active = st
+            .cursors
+            .iter()
+            .any(|c| c.active() && c.committed <= oldest);
+        if blocked_by_active && self.when_full == WhenFull::Block {
+            return false;
+        }
+        st.log.pop_front();
+        st.base += 1;
+        let mut unread = false;
+        for c in st.cursors.iter_mut() {
+            if c.committed <= oldest {
+                unread = true;
+                self.counters
+                    .unread_evicted
+                    .with_label_values(&[self.topic.as_str(), &c.group])
+                    .inc();
+                tracing::warn!(
+                    topic = %self.topic, partition = self.index, group = %c.group, offset = oldest,
+                    "in-process retention evicted an event the group had not settled; raise Retention::max_events_per_partition"
+                );
+                // The group skips the evicted offset.
+                c.committed = oldest + 1;
+                if c.next < c.committed {
+                    c.next = c.committed;
+                }
+                if !c.window.is_empty() {
+                    c.window.pop_front();
+                }
+                c.pending.retain(|&o| o > oldest);
+            }
+        }
+        if !unread {
+            self.evicted.inc();
+        }
+        true
+    }
+
+    /// Takes up to `max` deliverable events for `group`, redeliveries first.
+    fn fetch(&self, group: &Arc<str>, max: usize, out: &mut Vec<(Arc<Envelope>, u64, u32, u64)>) {
+        let mut st = self.lock();
+        let PartState { base, log, cursors } = &mut *st;
+        let Some(c) = cursors.iter_mut().find(|c| c.group == *group) else {
+            return;
+        };
+        let mut taken = 0;
+        while taken < max {
+            let Some(offset) = c.pending.pop_front() else {
+                break;
+            };
+            if offset < c.committed || offset < *base {
+                continue;
+            }
+            let Some(slot) = c.window.get_mut((offset - c.committed) as usize) else {
+                continue;
+            };
+            if slot.state != SlotState::Pending {
+                continue;
+            }
+            slot.state = SlotState::InFlight;
+            slot.attempt += 1;
+            let env = log[(offset - *base) as usize].clone();
+            out.push((env, offset, slot.attempt, c.generation));
+            taken += 1;
+        }
+        let end = *base + log.len() as u64;
+        if c.next < *base {
+            // Evicted while unread (counted at eviction).
+            c.next = *base;
+        }
+        while taken < max && c.next < end {
+            let offset = c.next;
+            c.next += 1;
+            c.window.push_back(Slot {
+                state: SlotState::InFlight,
+                attempt: 1,
+            });
+            out.push((
+                log[(offset - *base) as usize].clone(),
+                offset,
+                1,
+                c.generation,
+            ));
+            taken += 1;
+        }
+    }
+
+    fn settle(&self, group: &Arc<str>, offset: u64, token: u64, settlement: Settlement) {
+        let mut st = self.lock();
+        let Some(c) = st.cursors.iter_mut().find(|c| c.group == *group) else {
+            return;
+        };
+        if c.generation != token || offset < c.committed {
+            // Taken back by a rebalance (it will be delivered again), or already evicted.
+            return;
+        }
+        let i = (offset - c.committed) as usize;
+        let Some(slot) = c.window.get_mut(i) else {
+            return;
+        };
+        if slot.state != SlotState::InFlight {
+            return;
+        }
+        match settlement {
+            Settlement::Ack => {
+                slot.state = SlotState::Settled;
+                let before = c.committed;
+                c.advance_committed();
+                // Only a full partition has publishers waiting for room.
+                let wake = c.committed != before && st.log.len() >= self.max_events;
+                drop(st);
+                if wake {
+                    self.room.notify_waiters();
+                }
+            }
+            Settlement::Redeliver => {
+                slot.state = SlotState::Pending;
+                c.pending.push_back(offset);
+                if let Some(owner) = &c.owner {
+                    owner.notify.notify_one();
+                }
+            }
+        }
+    }
+}
+
+impl Settle for CursorHandle {
+    fn settle(&self, _partition: u32, offset: u64, token: u64, settlement: Settlement) {
+        self.partition
+            .settle(&self.group, offset, token, settlement);
+    }
+}
+
+impl Bus for InProcessBus {
+    type Subscription = InProcessSubscription;
+
+    async fn publish(&self, envelope: Envelope) -> Result<()> {
+        let topic = self.inner.topic(&envelope.topic);
+        let p = envelope
+            .partition_key()
+            .partition(topic.partitions.len() as u32);
+        let partition = &topic.partitions[p as usize];
+        let mut envelope = Some(envelope);
+        let mut waited = false;
+        loop {
+            let room = partition.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if partition.try_append(&mut envelope) {
+                return Ok(());
+            }
+            if !waited {
+                waited = true;
+                partition.publish_waits.inc();
+            }
+            room.await;
+        }
+    }
+
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<InProcessSubscription> {
+        if options.topics.is_empty() {
+            return Err(Error::Config(format!(
+                "group '{}' subscribes to no topic",
+                options.group
+            )));
+        }
+        if options.group.is_empty() {
+            return Err(Error::Config("a consumer group needs a name".into()));
+        }
+        let member = self.inner.join(&options);
+        Ok(InProcessSubscription {
+            inner: self.inner.clone(),
+            group: Arc::from(options.group.as_str()),
+            member,
+            buffer: VecDeque::new(),
+            scratch: Vec::new(),
+            buffer_epoch: 0,
+            rr: 0,
+        })
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "in-process"
+    }
+}
+
+/// A member of a consumer group on the [`InProcessBus`].
+pub struct InProcessSubscription {
+    inner: Arc<Inner>,
+    group: Arc<str>,
+    member: Arc<Member>,
+    buffer: VecDeque<Delivery>,
+    scratch: Vec<(Arc<Envelope>, u64, u32, u64)>,
+    buffer_epoch: u64,
+    rr: usize,
+}
+
+impl std::fmt::Debug for InProcessSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessSubscription")
+            .field("group", &self.group)
+            .field("member", &self.member.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InProcessSubscription {
+    /// The partitions of each topic this member currently owns.
+    pub fn assignment(&self) -> Vec<(String, u32)> {
+        self.member
+            .assignment
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|h| (h.partition.topic.to_string(), h.partition.index))
+            .collect()
+    }
+
+    fn fill(&mut self) {
+        let epoch = self.member.epoch.load(Ordering::Acquire);
+        let handles: Vec<Arc<CursorHandle>> = self
+            .member
+            .assignment
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if handles.is_empty() {
+            return;
+        }
+        let n = handles.len();
+        let batch = self.inner.config.fetch_batch.max(1);
+        for k in 0..n {
+            let h = &handles[(self.rr + k) % n];
+            self.scratch.clear();
+            h.partition.fetch(&self.group, batch, &mut self.scratch);
+            let settle: Arc<dyn Settle> = h.clone();
+            for (env, offset, attempt, token) in self.scratch.drain(..) {
+                self.buffer.push_back(Delivery::new(
+                    env,
+                    h.partition.index,
+                    offset,
+                    attempt,
+                    token,
+                    settle.clone(),
+                ));
+            }
+        }
+        self.rr = self.rr.wrapping_add(1);
+        self.buffer_epoch = epoch;
+    }
+}
+
+impl Subscription for InProcessSubscription {
+    async fn next(&mut self) -> Option<Result<Delivery>> {
+        loop {
+            if self.member.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            if self.member.epoch.load(Ordering::Acquire) != self.buffer_epoch {
+                // Reassigned since the buffer was filled: deliveries of partitions we
+                // lost must not be handled here (their settlements are ignored anyway).
+                self.buffer.clear();
+                self.buffer_epoch = self.member.epoch.load(Ordering::Acquire);
+            }
+            if let Some(d) = self.buffer.pop_front() {
+                return Some(Ok(d));
+            }
+            let member = self.member.clone();
+            let notified = member.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.fill();
+            if !self.buffer.is_empty() {
+                continue;
+            }
+            notified.await;
+        }
+    }
+
+    async fn close(mut self) -> Result<()> {
+        // Prefetched deliveries were never handed out: give them back first.
+        self.buffer.clear();
+        self.inner.leave(&self.group, &self.member);
+        Ok(())
+    }
+}
+
+impl Drop for InProcessSubscription {
+    fn drop(&mut self) {
+        self.buffer.clear();
+        self.inner.leave(&self.group, &self.member);
+    }
+}
+
+/// Exposes `choreo_bus_retained_events{topic,partition}` and
+/// `choreo_bus_consumer_lag{topic,partition,group}` at scrape time.
+struct LagCollector {
+    inner: std::sync::Weak<Inner>,
+    descs: Vec<Desc>,
+    retained: IntGaugeVec,
+    lag: IntGaugeVec,
+}
+
+impl LagCollector {
+    fn new(inner: std::sync::Weak<Inner>) -> Self {
+        let retained = IntGaugeVec::new(
+            Opts::new(
+                "choreo_bus_retained_events",
+                "Events retained in an in-process partition.",
+            ),
+            &["topic", "partition"],
+        )
+        .expect("valid metric definition");
+        let lag = IntGaugeVec::new(
+            Opts::new(
+                "choreo_bus_consumer_lag",
+                "Events of an in-process partition not yet settled by a consumer group.",
+            ),
+            &["topic", "partition", "group"],
+        )
+        .expect("valid metric definition");
+        let mut descs: Vec<Desc> = retained.desc().into_iter().cloned().collect();
+        descs.extend(lag.desc().into_iter().cloned());
+        LagCollector {
+            inner,
+            descs,
+            retained,
+            lag,
+        }
+    }
+}
+
+impl Collector for LagCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Some(inner) = self.inner.upgrade() else {
+            return Vec::new();
+        };
+        self.retained.reset();
+        self.lag.reset();
+        let topics: Vec<Arc<Topic>> = inner
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for t in topics {
+            for p in &t.partitions {
+                let st = p.lock();
+                let part = p.index.to_string();
+                self.retained
+                    .with_label_values(&[t.name.as_str(), &part])
+                    .set(st.log.len() as i64);
+                let end = st.end();
+                for c in &st.cursors {
+                    self.lag
+                        .with_label_values(&[t.name.as_str(), &part, &c.group])
+                        .set(end.saturating_sub(c.committed) as i64);
+                }
+            }
+        }
+        let mut out = self.retained.collect();
+        out.extend(self.lag.collect());
+        out
+    }
+}

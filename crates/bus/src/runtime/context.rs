@@ -1,0 +1,166 @@
+//! The handler's context: what it is handling, and how it emits follow-up events.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use choreo_core::{Codecs, Envelope, Event, EventId, Headers, Name, Result, Timestamp};
+
+/// What every handler of one service shares.
+pub(crate) struct ServiceShared {
+    pub(crate) name: Name,
+    pub(crate) codecs: Codecs,
+}
+
+/// Passed to every handler call: the event being handled, and the way to emit
+/// follow-up events.
+///
+/// Events emitted through the context are stamped automatically — `source` is
+/// the service, `correlation_id` is inherited from the handled event,
+/// `causation_id` is the handled event's id, the key is the flow's correlation
+/// id and the trace context continues the handled event's trace — and are
+/// **published only if the attempt succeeds**: an attempt that fails and is
+/// retried publishes nothing, so retries never duplicate emissions.
+///
+/// Cheap to clone; clones share the emitted events.
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<ContextInner>,
+}
+
+struct ContextInner {
+    shared: Arc<ServiceShared>,
+    cause: Arc<Envelope>,
+    attempt: u32,
+    flow_key: OnceLock<Bytes>,
+    // std Mutex: never held across an await.
+    outbox: Mutex<Vec<Envelope>>,
+}
+
+impl Context {
+    pub(crate) fn new(shared: Arc<ServiceShared>, cause: Arc<Envelope>, attempt: u32) -> Self {
+        Context {
+            inner: Arc::new(ContextInner {
+                shared,
+                cause,
+                attempt,
+                flow_key: OnceLock::new(),
+                outbox: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Emits a follow-up event, published when the handler returns `Ok`.
+    /// Returns the new event's id. Fails only if the event cannot be encoded.
+    pub fn emit<E: Event>(&self, event: &E) -> Result<EventId> {
+        let data = self.inner.shared.codecs.encode(event)?;
+        let key = match event.key() {
+            Some(k) => Bytes::from(k),
+            None => self.flow_key(),
+        };
+        let mut env = self.stamp(
+            Name::from_static(E::TYPE),
+            Name::from_static(E::TOPIC),
+            data,
+        );
+        env.key = Some(key);
+        let id = env.id.clone();
+        self.inner
+            .outbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(env);
+        Ok(id)
+    }
+
+    /// Emits a raw payload as an event of type `event_type` on `topic`, stamped
+    /// like [`emit`](Context::emit). For payloads the service does not model as
+    /// a Rust type (forwarding, adapters).
+    pub fn emit_raw(
+        &self,
+        event_type: impl Into<Name>,
+        topic: impl Into<Name>,
+        data: impl Into<Bytes>,
+    ) -> EventId {
+        let mut env = self.stamp(event_type.into(), topic.into(), data.into());
+        env.key = Some(self.flow_key());
+        let id = env.id.clone();
+        self.inner
+            .outbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(env);
+        id
+    }
+
+    fn stamp(&self, event_type: Name, topic: Name, data: Bytes) -> Envelope {
+        let cause = &self.inner.cause;
+        let id = EventId::new();
+        Envelope {
+            id,
+            event_type,
+            source: self.inner.shared.name.clone(),
+            topic,
+            key: None,
+            correlation_id: cause.correlation_id.clone(),
+            causation_id: Some(cause.id.clone()),
+            time: Timestamp::now(),
+            // Inherited here; with the `otel` feature the runtime replaces it with
+            // the context of the PRODUCER span that publishes the event.
+            traceparent: cause.traceparent.clone(),
+            tracestate: cause.tracestate.clone(),
+            content_type: self.inner.shared.codecs.content_type(),
+            data,
+            headers: Headers::new(),
+        }
+    }
+
+    fn flow_key(&self) -> Bytes {
+        self.inner
+            .flow_key
+            .get_or_init(|| Bytes::from(self.inner.cause.correlation_id.to_string()))
+            .clone()
+    }
+
+    /// The event being handled.
+    pub fn event(&self) -> &Envelope {
+        &self.inner.cause
+    }
+
+    /// The flow (correlation id) of the event being handled.
+    pub fn correlation_id(&self) -> &EventId {
+        &self.inner.cause.correlation_id
+    }
+
+    /// Which attempt this is, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
+    /// The service handling the event.
+    pub fn service(&self) -> &str {
+        &self.inner.shared.name
+    }
+
+    /// The events emitted so far in this attempt.
+    pub fn emitted(&self) -> usize {
+        self.inner
+            .outbox
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    pub(crate) fn take_outbox(&self) -> Vec<Envelope> {
+        std::mem::take(&mut *self.inner.outbox.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("service", &self.inner.shared.name)
+            .field("event", &self.inner.cause.id)
+            .field("attempt", &self.inner.attempt)
+            .finish()
+    }
+}

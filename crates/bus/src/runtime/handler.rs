@@ -1,0 +1,362 @@
+//! Handlers, the error they return, and what flows through the middleware stack.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use choreo_core::{Envelope, Event};
+use futures_util::FutureExt;
+
+use super::context::{Context, ServiceShared};
+
+/// The boxed error type that travels through tower middleware.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A boxed, sendable future.
+pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What a handler returns when it fails.
+///
+/// Any error converts into it with `?` and counts as **transient**: the retry
+/// middleware tries again. Return [`HandlerError::permanent`] for an event
+/// that can never succeed (a business rule rejects it): it is dead-lettered
+/// without further attempts.
+pub struct HandlerError {
+    permanent: bool,
+    source: BoxError,
+}
+
+impl HandlerError {
+    /// A failure worth retrying.
+    pub fn transient(source: impl Into<BoxError>) -> Self {
+        HandlerError {
+            permanent: false,
+            source: source.into(),
+        }
+    }
+
+    /// A failure that retrying cannot fix: dead-letter at once.
+    pub fn permanent(source: impl Into<BoxError>) -> Self {
+        HandlerError {
+            permanent: true,
+            source: source.into(),
+        }
+    }
+
+    /// A transient failure with a message.
+    pub fn msg(message: impl fmt::Display) -> Self {
+        HandlerError::transient(message.to_string())
+    }
+
+    /// Whether retrying is pointless.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+
+    /// The underlying error.
+    pub fn source(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.source
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerError")
+            .field("permanent", &self.permanent)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.source, f)?;
+        let mut cause = self.source.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
+impl<E> From<E> for HandlerError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    fn from(e: E) -> Self {
+        HandlerError::transient(e)
+    }
+}
+
+/// An async function of a typed event and a [`Context`].
+///
+/// Implemented for every `Fn(E, Context) -> impl Future<Output = Result<(), HandlerError>>`,
+/// so plain `async fn`s are handlers:
+///
+/// ```
+/// use choreo_bus::{Context, HandlerError};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)] struct OrderPlaced { order_id: u64 }
+/// # choreo_core::event!(OrderPlaced, topic = "orders");
+/// # #[derive(Serialize, Deserialize)] struct PaymentCaptured { order_id: u64 }
+/// # choreo_core::event!(PaymentCaptured, topic = "payments");
+///
+/// async fn capture(order: OrderPlaced, ctx: Context) -> Result<(), HandlerError> {
+///     ctx.emit(&PaymentCaptured { order_id: order.order_id })?;
+///     Ok(())
+/// }
+/// ```
+pub trait Handler<E: Event>: Clone + Send + Sync + 'static {
+    /// The handler's future.
+    type Future: Future<Output = Result<(), HandlerError>> + Send + 'static;
+
+    /// Handles one event.
+    fn call(&self, event: E, ctx: Context) -> Self::Future;
+}
+
+impl<E, F, Fut> Handler<E> for F
+where
+    E: Event,
+    F: Fn(E, Context) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    type Future = Fut;
+
+    fn call(&self, event: E, ctx: Context) -> Fut {
+        self(event, ctx)
+    }
+}
+
+/// One attempt at handling a delivered event: the request type of the
+/// middleware stack (a tower `Service<Invocation>`).
+#[derive(Clone)]
+pub struct Invocation {
+    pub(crate) envelope: Arc<Envelope>,
+    pub(crate) attempt: u32,
+    pub(crate) shared: Arc<ServiceShared>,
+}
+
+impl Invocation {
+    /// The event being handled.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// Which attempt this is, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The service handling it.
+    pub fn service(&self) -> &str {
+        &self.shared.name
+    }
+}
+
+impl fmt::Debug for Invocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Invocation")
+            .field("service", &self.shared.name)
+            .field("event", &self.envelope.id)
+            .field("type", &self.envelope.event_type)
+            .field("attempt", &self.attempt)
+            .finish()
+    }
+}
+
+/// A successful attempt: the events the handler emitted, not yet published.
+#[derive(Debug, Default)]
+pub struct Handled {
+    pub(crate) emitted: Vec<Envelope>,
+    pub(crate) attempts: u32,
+}
+
+impl Handled {
+    /// The events the handler emitted.
+    pub fn emitted(&self) -> &[Envelope] {
+        &self.emitted
+    }
+}
+
+/// Why an attempt failed, as the runtime sees it after the middleware.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) kind: FailureKind,
+    pub(crate) message: String,
+    pub(crate) attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailureKind {
+    /// The handler returned an error (or a layer did, such as a timeout).
+    Error,
+    /// The handler returned a permanent error.
+    Permanent,
+    /// The payload did not decode as the handler's type.
+    Decode,
+    /// The handler panicked.
+    Panic,
+    /// Shutdown interrupted the retries: give the delivery back.
+    Interrupted,
+}
+
+impl Failure {
+    pub(crate) fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            message: message.into(),
+            attempts: 0,
+        }
+    }
+
+    /// Whether the retry middleware may try again.
+    pub(crate) fn retryable(&self) -> bool {
+        matches!(self.kind, FailureKind::Error | FailureKind::Panic)
+    }
+
+    /// Turns whatever error came out of the stack into a `Failure`.
+    pub(crate) fn from_box(e: BoxError) -> Failure {
+        match e.downcast::<Failure>() {
+            Ok(f) => *f,
+            Err(e) => {
+                if e.is::<tower::timeout::error::Elapsed>() {
+                    Failure::new(FailureKind::Error, "timed out")
+                } else {
+                    Failure::new(FailureKind::Error, error_chain(&*e))
+                }
+            }
+        }
+    }
+
+    /// The dead-letter reason.
+    pub(crate) fn reason(&self) -> String {
+        let n = self.attempts.max(1);
+        let attempts = if n == 1 {
+            "1 attempt".to_owned()
+        } else {
+            format!("{n} attempts")
+        };
+        match self.kind {
+            FailureKind::Decode => self.message.clone(),
+            FailureKind::Permanent => format!("permanent error after {attempts}: {}", self.message),
+            FailureKind::Panic => format!("handler panicked after {attempts}: {}", self.message),
+            FailureKind::Error | FailureKind::Interrupted => {
+                format!("handler failed after {attempts}: {}", self.message)
+            }
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+/// The innermost service: decodes the payload, runs the handler with a fresh
+/// context, turns a panic into a failure.
+pub(crate) struct HandlerService<E, H> {
+    handler: H,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<E, H: Clone> Clone for HandlerService<E, H> {
+    fn clone(&self) -> Self {
+        HandlerService {
+            handler: self.handler.clone(),
+            _event: PhantomData,
+        }
+    }
+}
+
+impl<E: Event, H: Handler<E>> HandlerService<E, H> {
+    pub(crate) fn new(handler: H) -> Self {
+        HandlerService {
+            handler,
+            _event: PhantomData,
+        }
+    }
+}
+
+impl<E: Event, H: Handler<E>> tower::Service<Invocation> for HandlerService<E, H> {
+    type Response = Handled;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<Handled, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, inv: Invocation) -> Self::Future {
+        let event: E = match inv
+            .shared
+            .codecs
+            .decode(&inv.envelope.content_type, &inv.envelope.data)
+        {
+            Ok(e) => e,
+            Err(e) => {
+                let f = Failure::new(FailureKind::Decode, e.to_string());
+                return Box::pin(std::future::ready(Err(Box::new(f) as BoxError)));
+            }
+        };
+        let attempt = inv.attempt;
+        let ctx = Context::new(inv.shared, inv.envelope, attempt);
+        let handler = &self.handler;
+        // A handler that is a plain fn returning a future can panic before the future exists.
+        let fut =
+            match std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(event, ctx.clone()))) {
+                Ok(fut) => fut,
+                Err(p) => {
+                    let f = Failure::new(FailureKind::Panic, panic_message(&*p));
+                    return Box::pin(std::future::ready(Err(Box::new(f) as BoxError)));
+                }
+            };
+        Box::pin(async move {
+            match AssertUnwindSafe(fut).catch_unwind().await {
+                Ok(Ok(())) => Ok(Handled {
+                    emitted: ctx.take_outbox(),
+                    attempts: attempt,
+                }),
+                Ok(Err(e)) => {
+                    let kind = if e.permanent {
+                        FailureKind::Permanent
+                    } else {
+                        FailureKind::Error
+                    };
+                    Err(Box::new(Failure::new(kind, e.to_string())) as BoxError)
+                }
+                Err(p) => {
+                    Err(Box::new(Failure::new(FailureKind::Panic, panic_message(&*p))) as BoxError)
+                }
+            }
+        })
+    }
+}

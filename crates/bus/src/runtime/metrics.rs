@@ -1,0 +1,235 @@
+//! The SDK's Prometheus metrics.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use choreo_core::{Name, Outcome};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Buckets for handler and queue durations, in seconds: 100 µs to 60 s.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+
+/// The SDK's metric families, registered once per registry and shared by
+/// every service of the process. Cheap to clone.
+///
+/// | metric | type | labels |
+/// |---|---|---|
+/// | `choreo_events_published_total` | counter | service, topic, event_type |
+/// | `choreo_events_handled_total` | counter | service, topic, event_type, outcome |
+/// | `choreo_handler_retries_total` | counter | service, topic, event_type |
+/// | `choreo_events_dead_lettered_total` | counter | service, topic, event_type |
+/// | `choreo_handler_duration_seconds` | histogram | service, topic, event_type |
+/// | `choreo_event_queue_seconds` | histogram | service, topic, event_type |
+/// | `choreo_handlers_in_flight` | gauge | service |
+/// | `choreo_deliveries_ignored_total` | counter | service, topic, event_type |
+/// | `choreo_publish_failures_total` | counter | service, topic |
+/// | `choreo_receive_errors_total` | counter | service |
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<MetricsInner>,
+}
+
+struct MetricsInner {
+    published: IntCounterVec,
+    handled: IntCounterVec,
+    retries: IntCounterVec,
+    dead_lettered: IntCounterVec,
+    duration: HistogramVec,
+    queue: HistogramVec,
+    in_flight: IntGaugeVec,
+    ignored: IntCounterVec,
+    publish_failures: IntCounterVec,
+    receive_errors: IntCounterVec,
+    // Resolved label sets; std RwLock, never held across an await.
+    published_cache: RwLock<HashMap<(Name, Name, Name), IntCounter>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// Creates the metric families and registers them with `registry`.
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let labels = &["service", "topic", "event_type"];
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let histogram = |name: &str, help: &str| -> prometheus::Result<HistogramVec> {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec()),
+                labels,
+            )?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let in_flight = IntGaugeVec::new(
+            Opts::new(
+                "choreo_handlers_in_flight",
+                "Deliveries a service is handling right now.",
+            ),
+            &["service"],
+        )?;
+        registry.register(Box::new(in_flight.clone()))?;
+        Ok(Metrics {
+            inner: Arc::new(MetricsInner {
+                published: counter(
+                    "choreo_events_published_total",
+                    "Events a service published.",
+                    labels,
+                )?,
+                handled: counter(
+                    "choreo_events_handled_total",
+                    "Deliveries a service settled, by outcome (acked, dead_lettered, duplicate, redelivered).",
+                    &["service", "topic", "event_type", "outcome"],
+                )?,
+                retries: counter(
+                    "choreo_handler_retries_total",
+                    "Handler attempts that failed and were retried.",
+                    labels,
+                )?,
+                dead_lettered: counter(
+                    "choreo_events_dead_lettered_total",
+                    "Deliveries a service sent to a dead-letter topic.",
+                    labels,
+                )?,
+                duration: histogram(
+                    "choreo_handler_duration_seconds",
+                    "Time from a delivery's first attempt to its settlement, retries included.",
+                )?,
+                queue: histogram(
+                    "choreo_event_queue_seconds",
+                    "Time from an event's publication to the start of its handling.",
+                )?,
+                in_flight,
+                ignored: counter(
+                    "choreo_deliveries_ignored_total",
+                    "Deliveries of event types a service has no handler for (acked, not handled).",
+                    labels,
+                )?,
+                publish_failures: counter(
+                    "choreo_publish_failures_total",
+                    "Publishes that failed (the delivery that caused them is redelivered).",
+                    &["service", "topic"],
+                )?,
+                receive_errors: counter(
+                    "choreo_receive_errors_total",
+                    "Errors reported by the bus while receiving.",
+                    &["service"],
+                )?,
+                published_cache: RwLock::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The metrics on Prometheus' default registry, created on first use.
+    pub fn global() -> &'static Metrics {
+        static GLOBAL: OnceLock<Metrics> = OnceLock::new();
+        GLOBAL.get_or_init(|| {
+            Metrics::new(prometheus::default_registry())
+                .expect("choreo metrics are registered once on the default registry")
+        })
+    }
+
+    pub(crate) fn route(&self, service: &str, topic: &str, event_type: &str) -> RouteMetrics {
+        let m = &self.inner;
+        let l = &[service, topic, event_type];
+        let handled = |o: Outcome| {
+            m.handled
+                .with_label_values(&[service, topic, event_type, o.as_str()])
+        };
+        RouteMetrics {
+            acked: handled(Outcome::Acked),
+            dead_lettered_outcome: handled(Outcome::DeadLettered),
+            duplicate: handled(Outcome::Duplicate),
+            redelivered: handled(Outcome::Redelivered),
+            retries: m.retries.with_label_values(l),
+            dead_lettered: m.dead_lettered.with_label_values(l),
+            duration: m.duration.with_label_values(l),
+            queue: m.queue.with_label_values(l),
+        }
+    }
+
+    pub(crate) fn in_flight(&self, service: &str) -> IntGauge {
+        self.inner.in_flight.with_label_values(&[service])
+    }
+
+    pub(crate) fn ignored(&self, service: &str, topic: &str, event_type: &str) -> IntCounter {
+        self.inner
+            .ignored
+            .with_label_values(&[service, topic, event_type])
+    }
+
+    pub(crate) fn receive_error(&self, service: &str) {
+        self.inner
+            .receive_errors
+            .with_label_values(&[service])
+            .inc();
+    }
+
+    pub(crate) fn publish_failed(&self, service: &str, topic: &str) {
+        self.inner
+            .publish_failures
+            .with_label_values(&[service, topic])
+            .inc();
+    }
+
+    /// Counts one event `service` published.
+    pub(crate) fn published(&self, service: &Name, topic: &Name, event_type: &Name) {
+        let key = (service.clone(), topic.clone(), event_type.clone());
+        if let Some(c) = self
+            .inner
+            .published_cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            c.inc();
+            return;
+        }
+        let c = self
+            .inner
+            .published
+            .with_label_values(&[service, topic, event_type]);
+        c.inc();
+        self.inner
+            .published_cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, c);
+    }
+}
+
+/// Label sets of one (service, topic, event type), resolved once.
+#[derive(Clone)]
+pub(crate) struct RouteMetrics {
+    pub(crate) acked: IntCounter,
+    pub(crate) dead_lettered_outcome: IntCounter,
+    pub(crate) duplicate: IntCounter,
+    pub(crate) redelivered: IntCounter,
+    pub(crate) retries: IntCounter,
+    pub(crate) dead_lettered: IntCounter,
+    pub(crate) duration: prometheus::Histogram,
+    pub(crate) queue: prometheus::Histogram,
+}
+
+impl RouteMetrics {
+    pub(crate) fn outcome(&self, o: Outcome) -> &IntCounter {
+        match o {
+            Outcome::Acked => &self.acked,
+            Outcome::DeadLettered => &self.dead_lettered_outcome,
+            Outcome::Duplicate => &self.duplicate,
+            Outcome::Redelivered => &self.redelivered,
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! `Publisher`: publishing outside a handler, such as the first event of a flow.
+
+use choreo_core::{Bus, Codecs, Envelope, Event, EventId, Headers, Name, Timestamp};
+
+use super::metrics::Metrics;
+use super::trace::ProduceSpan;
+use crate::{Error, Result};
+
+/// Publishes events on behalf of a service outside any handler — typically the
+/// first event of a flow (an HTTP request placed an order). Inside handlers use
+/// the [`Context`](crate::Context) instead, which links the event to its cause.
+///
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher<B> {
+    bus: B,
+    source: Name,
+    codecs: Codecs,
+    metrics: Metrics,
+}
+
+impl<B: Bus> std::fmt::Debug for Publisher<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("source", &self.source)
+            .field("backend", &self.bus.backend_name())
+            .finish()
+    }
+}
+
+impl<B: Bus> Publisher<B> {
+    /// A publisher for service `source`, with JSON and the default metrics.
+    pub fn new(bus: &B, source: impl Into<Name>) -> Self {
+        Publisher {
+            bus: bus.clone(),
+            source: source.into(),
+            codecs: Codecs::json(),
+            metrics: Metrics::global().clone(),
+        }
+    }
+
+    /// Sets the codecs.
+    pub fn codecs(mut self, codecs: Codecs) -> Self {
+        self.codecs = codecs;
+        self
+    }
+
+    /// Sets the metric families.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The bus.
+    pub fn bus(&self) -> &B {
+        &self.bus
+    }
+
+    /// Starts a new flow with `event`: its id becomes the flow's correlation id.
+    pub async fn start_flow<E: Event>(&self, event: &E) -> Result<EventId> {
+        let env = self.envelope(event, None)?;
+        let id = env.id.clone();
+        self.publish(env).await?;
+        Ok(id)
+    }
+
+    /// Publishes `event` as a consequence of `cause` (same flow), for work done
+    /// outside a handler that still belongs to a flow (a callback from a
+    /// payment provider, say).
+    pub async fn publish_caused_by<E: Event>(
+        &self,
+        event: &E,
+        cause: &Envelope,
+    ) -> Result<EventId> {
+        let env = self.envelope(event, Some(cause))?;
+        let id = env.id.clone();
+        self.publish(env).await?;
+        Ok(id)
+    }
+
+    /// The envelope `start_flow` or `publish_caused_by` would publish, without publishing it.
+    pub fn envelope<E: Event>(&self, event: &E, cause: Option<&Envelope>) -> Result<Envelope> {
+        let data = self
+            .codecs
+            .encode(event)
+            .map_err(|source| Error::Publish { source })?;
+        let id = EventId::new();
+        let (correlation_id, causation_id, traceparent, tracestate) = match cause {
+            Some(c) => (
+                c.correlation_id.clone(),
+                Some(c.id.clone()),
+                c.traceparent.clone(),
+                c.tracestate.clone(),
+            ),
+            None => (id.clone(), None, None, None),
+        };
+        let key = event.key().unwrap_or_else(|| correlation_id.to_string());
+        Ok(Envelope {
+            id,
+            event_type: Name::from_static(E::TYPE),
+            source: self.source.clone(),
+            topic: Name::from_static(E::TOPIC),
+            key: Some(key.into()),
+            correlation_id,
+            causation_id,
+            time: Timestamp::now(),
+            traceparent,
+            tracestate,
+            content_type: self.codecs.content_type(),
+            data,
+            headers: Headers::new(),
+        })
+    }
+
+    /// Publishes a ready envelope as is (its source, ids and time are kept),
+    /// with a PRODUCER span and the published counter.
+    pub async fn publish(&self, mut env: Envelope) -> Result<()> {
+        let span = ProduceSpan::root(&mut env, &self.source);
+        let (topic, event_type) = (env.topic.clone(), env.event_type.clone());
+        match self.bus.publish(env).await {
+            Ok(()) => {
+                span.end(None);
+                self.metrics.published(&self.source, &topic, &event_type);
+                Ok(())
+            }
+            Err(source) => {
+                span.end(Some(&source.to_string()));
+                self.metrics.publish_failed(&self.source, &topic);
+                Err(Error::Publish { source })
+            }
+        }
+    }
+}

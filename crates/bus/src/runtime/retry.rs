@@ -1,0 +1,238 @@
+//! Retry with exponential backoff and jitter, as a `tower::retry::Policy`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::IntCounter;
+use tokio_util::sync::CancellationToken;
+
+use super::handler::{BoxError, BoxFuture, Failure, FailureKind, Handled, Invocation};
+
+/// Which failures the retry middleware tries again.
+pub type RetryPredicate = Arc<dyn Fn(&RetryableError<'_>) -> bool + Send + Sync>;
+
+/// A failed attempt, as shown to a [`Retry::retry_if`] predicate.
+#[derive(Debug)]
+pub struct RetryableError<'a> {
+    /// The error's message.
+    pub message: &'a str,
+    /// The attempt that failed, from 1.
+    pub attempt: u32,
+    /// True when the handler panicked.
+    pub panicked: bool,
+}
+
+/// Retry with exponential backoff and jitter.
+///
+/// Attempt *n* (from 1) that fails waits
+/// `min(max_interval, initial_interval × multiplier^(n-1))`, scaled by a random
+/// factor in `[1 − jitter, 1 + jitter]`, then tries again, up to
+/// `max_attempts` attempts in all. Retries happen in place: later events of
+/// the same partition wait (ordering is kept) — which is why the default
+/// budget is small. When the attempts are used up the delivery is
+/// dead-lettered.
+///
+/// Never retried, whatever the predicate says: payloads that do not decode,
+/// and [`HandlerError::permanent`](crate::HandlerError::permanent) errors.
+/// On shutdown a pending retry is abandoned and the delivery given back to
+/// the bus, to be handled again after restart.
+#[derive(Clone)]
+pub struct Retry {
+    /// Attempts in all, including the first. Default 5. 1 disables retries.
+    pub max_attempts: u32,
+    /// Wait after the first failure. Default 100 ms.
+    pub initial_interval: Duration,
+    /// Longest wait. Default 10 s.
+    pub max_interval: Duration,
+    /// Growth of the wait per attempt. Default 2.0.
+    pub multiplier: f64,
+    /// Random spread of each wait, as a fraction. Default 0.5 (±50 %).
+    pub jitter: f64,
+    /// Which failures to retry; `None` (the default) retries every error and panic.
+    pub retry_if: Option<RetryPredicate>,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            max_attempts: 5,
+            initial_interval: Duration::from_millis(100),
+            max_interval: Duration::from_secs(10),
+            multiplier: 2.0,
+            jitter: 0.5,
+            retry_if: None,
+        }
+    }
+}
+
+impl fmt::Debug for Retry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("max_attempts", &self.max_attempts)
+            .field("initial_interval", &self.initial_interval)
+            .field("max_interval", &self.max_interval)
+            .field("multiplier", &self.multiplier)
+            .field("jitter", &self.jitter)
+            .field("retry_if", &self.retry_if.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}
+
+impl Retry {
+    /// No retries: the first failure dead-letters.
+    pub fn none() -> Self {
+        Retry {
+            max_attempts: 1,
+            ..Retry::default()
+        }
+    }
+
+    /// Sets the number of attempts.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+
+    /// Sets the first wait and the longest wait.
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.initial_interval = initial;
+        self.max_interval = max.max(initial);
+        self
+    }
+
+    /// Retries only failures for which `predicate` is true.
+    pub fn retry_if(
+        mut self,
+        predicate: impl Fn(&RetryableError<'_>) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.retry_if = Some(Arc::new(predicate));
+        self
+    }
+
+    /// The wait after failed attempt `attempt` (from 1), before jitter.
+    pub fn base_delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .multiplier
+            .max(1.0)
+            .powi(attempt.saturating_sub(1).min(64) as i32);
+        let secs = self.initial_interval.as_secs_f64() * exp;
+        Duration::from_secs_f64(secs.min(self.max_interval.as_secs_f64()))
+    }
+
+    /// The wait after failed attempt `attempt`, with jitter.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let base = self.base_delay(attempt).as_secs_f64();
+        let j = self.jitter.clamp(0.0, 1.0);
+        let factor = if j > 0.0 {
+            1.0 + j * (2.0 * rand::random::<f64>() - 1.0)
+        } else {
+            1.0
+        };
+        Duration::from_secs_f64((base * factor).max(0.0))
+    }
+}
+
+/// The policy tower's `Retry` service runs for one route.
+#[derive(Clone)]
+pub(crate) struct RetryPolicy {
+    pub(crate) config: Arc<Retry>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) retries: IntCounter,
+}
+
+impl tower::retry::Policy<Invocation, Handled, BoxError> for RetryPolicy {
+    type Future = BoxFuture<()>;
+
+    fn retry(
+        &mut self,
+        req: &mut Invocation,
+        result: &mut Result<Handled, BoxError>,
+    ) -> Option<Self::Future> {
+        let Err(e) = result else { return None };
+        let mut failure = Failure::from_box(std::mem::replace(
+            e,
+            Box::new(Failure::new(FailureKind::Error, "")),
+        ));
+        failure.attempts = req.attempt;
+        let mut again = failure.retryable() && req.attempt < self.config.max_attempts;
+        if again {
+            if let Some(pred) = &self.config.retry_if {
+                again = pred(&RetryableError {
+                    message: &failure.message,
+                    attempt: req.attempt,
+                    panicked: failure.kind == FailureKind::Panic,
+                });
+            }
+        }
+        if again && self.shutdown.is_cancelled() {
+            failure.kind = FailureKind::Interrupted;
+            again = false;
+        }
+        if !again {
+            *e = Box::new(failure);
+            return None;
+        }
+        tracing::debug!(
+            service = req.service(), event_id = %req.envelope.id, attempt = req.attempt,
+            error = %failure.message, "handler failed; retrying"
+        );
+        let delay = self.config.delay(req.attempt);
+        req.attempt += 1;
+        self.retries.inc();
+        *e = Box::new(failure);
+        let shutdown = self.shutdown.clone();
+        Some(Box::pin(async move {
+            // Shutdown cuts the wait short; the next attempt then runs at once,
+            // and if it fails too the delivery is given back (see above).
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }))
+    }
+
+    fn clone_request(&mut self, req: &Invocation) -> Option<Invocation> {
+        if self.config.max_attempts <= 1 {
+            None
+        } else {
+            Some(req.clone())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_up_to_the_cap() {
+        let r = Retry {
+            initial_interval: Duration::from_millis(100),
+            max_interval: Duration::from_secs(1),
+            ..Retry::default()
+        };
+        assert_eq!(r.base_delay(1), Duration::from_millis(100));
+        assert_eq!(r.base_delay(2), Duration::from_millis(200));
+        assert_eq!(r.base_delay(3), Duration::from_millis(400));
+        assert_eq!(r.base_delay(5), Duration::from_secs(1));
+        assert_eq!(r.base_delay(60), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn jitter_stays_within_its_band() {
+        let r = Retry {
+            jitter: 0.5,
+            ..Retry::default()
+        };
+        for _ in 0..1000 {
+            let d = r.delay(2).as_secs_f64();
+            assert!((0.1..=0.3).contains(&d), "{d}");
+        }
+        let none = Retry {
+            jitter: 0.0,
+            ..Retry::default()
+        };
+        assert_eq!(none.delay(2), Duration::from_millis(200));
+    }
+}

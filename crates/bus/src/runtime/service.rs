@@ -1,0 +1,754 @@
+//! `Service`: a name and handlers, run against any [`Bus`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use choreo_core::{
+    Bus, Codecs, DeadLetter, Delivery, Envelope, Event, EventId, Name, Outcome, RECEIPTS_TOPIC,
+    Receipt, StartFrom, SubscribeOptions, Subscription, Timestamp, dead_letter_topic,
+};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tower::util::BoxCloneService;
+use tower::{Layer, ServiceExt};
+
+use super::context::ServiceShared;
+use super::handler::{
+    BoxError, Failure, FailureKind, Handled, Handler, HandlerService, Invocation,
+};
+use super::idempotency::Idempotency;
+use super::metrics::{Metrics, RouteMetrics};
+use super::retry::{Retry, RetryPolicy};
+use super::trace::HandleSpan;
+use crate::{Error, Result};
+
+/// The type-erased middleware stack of one handler.
+pub type StackService = BoxCloneService<Invocation, Handled, BoxError>;
+
+type LayerFn = Arc<dyn Fn(StackService) -> StackService + Send + Sync>;
+
+/// Names the dead-letter topic of a source topic.
+pub type DeadLetterNaming = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+/// How a service consumes; every field has a default.
+#[derive(Clone)]
+pub struct ServiceConfig {
+    /// Consumer group. Default: the service name, so replicas of a service
+    /// split the partitions and different services each see every event.
+    pub group: Option<String>,
+    /// Where a new group starts. Default [`StartFrom::Earliest`].
+    pub start: StartFrom,
+    /// Deliveries of one partition handled at once. Default 1: in order.
+    /// Above 1, a partition's events may be handled out of order.
+    pub partition_concurrency: usize,
+    /// Deliveries queued per partition ahead of its handler. Default 256.
+    /// Bounded: a slow handler must not make the consumer buffer without limit.
+    pub partition_queue: usize,
+    /// How long shutdown waits for in-flight handlers. Default 30 s. Handlers
+    /// still running after it are abandoned; their deliveries are not settled,
+    /// so the bus delivers them again.
+    pub shutdown_grace: Duration,
+    /// Topic receipts are published to; `None` switches receipts off.
+    /// Default `choreo.receipts`.
+    pub receipts: Option<String>,
+    /// Dead-letter topic of each source topic. Default `<topic>.dlq`.
+    pub dead_letter_topic: DeadLetterNaming,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            group: None,
+            start: StartFrom::Earliest,
+            partition_concurrency: 1,
+            partition_queue: 256,
+            shutdown_grace: Duration::from_secs(30),
+            receipts: Some(RECEIPTS_TOPIC.to_owned()),
+            dead_letter_topic: Arc::new(dead_letter_topic),
+        }
+    }
+}
+
+impl fmt::Debug for ServiceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceConfig")
+            .field("group", &self.group)
+            .field("start", &self.start)
+            .field("partition_concurrency", &self.partition_concurrency)
+            .field("partition_queue", &self.partition_queue)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("receipts", &self.receipts)
+            .finish_non_exhaustive()
+    }
+}
+
+struct RouteSpec {
+    event_type: &'static str,
+    topic: &'static str,
+    handler: StackService,
+}
+
+/// A service: a name and the handlers of the events it reacts to.
+///
+/// ```no_run
+/// use choreo_bus::{Context, HandlerError, InProcessBus, Retry, Service};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)] struct OrderPlaced { order_id: u64 }
+/// # choreo_core::event!(OrderPlaced, topic = "orders");
+/// # #[derive(Serialize, Deserialize)] struct PaymentCaptured { order_id: u64 }
+/// # choreo_core::event!(PaymentCaptured, topic = "payments");
+///
+/// async fn capture(order: OrderPlaced, ctx: Context) -> Result<(), HandlerError> {
+///     ctx.emit(&PaymentCaptured { order_id: order.order_id })?;
+///     Ok(())
+/// }
+///
+/// # async fn run() -> Result<(), choreo_bus::Error> {
+/// let bus = InProcessBus::new();
+/// Service::new("payment")
+///     .on(capture)
+///     .retry(Retry::default().max_attempts(3))
+///     .run(&bus) // until ctrl-c
+///     .await
+/// # }
+/// ```
+///
+/// # What happens to a delivery
+///
+/// Every delivery goes through the same steps, in this order, and ends in
+/// exactly one [`Outcome`], decided in one place:
+///
+/// 1. **Routing**: an event type the service has no handler for is acked and
+///    counted in `choreo_deliveries_ignored_total` (no receipt).
+/// 2. **Idempotency** ([`Service::idempotency`]): an id this service already
+///    handled is acked without running the handler → `duplicate`.
+/// 3. **Retry** ([`Service::retry`]) around each attempt, which passes through
+/// 4. the **layers** added with [`Service::layer`], the first added outermost
+///    (it sees each attempt first), then
+/// 5. the **timeout** ([`Service::timeout`]), then
+/// 6. **decoding** the payload into the handler's type (a payload that does
+///    not decode is dead-lettered at once with reason `decode error: …`) and
+///    the **handler**, with panics caught and treated as errors.
+/// 7. **Decision**: success → the emitted events are published, then the
+///    delivery is acked → `acked` (if publishing fails, the delivery is given
+///    back → `redelivered`); failure after the last attempt, or a permanent
+///    error → the event goes to the dead-letter topic with the reason, attempts,
+///    origin and service in its headers, then is acked → `dead_lettered`;
+///    shutdown during retries → given back → `redelivered`.
+/// 8. **Receipt** published (unless switched off), metrics and spans recorded.
+pub struct Service {
+    name: Name,
+    routes: Vec<RouteSpec>,
+    config: ServiceConfig,
+    retry: Retry,
+    timeout: Option<Duration>,
+    idempotency: Idempotency,
+    layers: Vec<LayerFn>,
+    codecs: Codecs,
+    metrics: Option<Metrics>,
+}
+
+impl fmt::Debug for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .field(
+                "handles",
+                &self.routes.iter().map(|r| r.event_type).collect::<Vec<_>>(),
+            )
+            .field("config", &self.config)
+            .field("retry", &self.retry)
+            .field("timeout", &self.timeout)
+            .field("idempotency", &self.idempotency)
+            .field("layers", &self.layers.len())
+            .finish()
+    }
+}
+
+impl Service {
+    /// A service called `name` with no handlers yet. Defaults: retry 5 attempts
+    /// with backoff from 100 ms, a 30 s timeout per attempt, in-memory
+    /// idempotency, JSON, receipts on, metrics on Prometheus' default registry.
+    pub fn new(name: impl Into<Name>) -> Self {
+        Service {
+            name: name.into(),
+            routes: Vec::new(),
+            config: ServiceConfig::default(),
+            retry: Retry::default(),
+            timeout: Some(Duration::from_secs(30)),
+            idempotency: Idempotency::default(),
+            layers: Vec::new(),
+            codecs: Codecs::json(),
+            metrics: None,
+        }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Handles events of type `E` with `handler`. One handler per event type.
+    ///
+    /// # Panics
+    /// If `E` already has a handler in this service.
+    pub fn on<E: Event, H: Handler<E>>(mut self, handler: H) -> Self {
+        assert!(
+            !self.routes.iter().any(|r| r.event_type == E::TYPE),
+            "service '{}' already has a handler for '{}'",
+            self.name,
+            E::TYPE
+        );
+        self.routes.push(RouteSpec {
+            event_type: E::TYPE,
+            topic: E::TOPIC,
+            handler: BoxCloneService::new(HandlerService::<E, H>::new(handler)),
+        });
+        self
+    }
+
+    /// The event types handled, with their topics.
+    pub fn handles(&self) -> Vec<(&'static str, &'static str)> {
+        self.routes
+            .iter()
+            .map(|r| (r.event_type, r.topic))
+            .collect()
+    }
+
+    /// Sets the retry policy.
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets the timeout of each attempt (tower's `Timeout`); `None` for none.
+    pub fn timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.timeout = timeout.into();
+        self
+    }
+
+    /// Sets how deliveries are deduplicated.
+    pub fn idempotency(mut self, idempotency: Idempotency) -> Self {
+        self.idempotency = idempotency;
+        self
+    }
+
+    /// Adds a tower layer around each attempt of every handler, inside retry
+    /// and outside the timeout. The first layer added is the outermost: it
+    /// sees each attempt first. Use tower's own layers
+    /// (`tower::limit::ConcurrencyLimitLayer`, `RateLimitLayer`, …) or yours;
+    /// errors a layer returns count as transient handler failures.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<StackService> + Send + Sync + 'static,
+        L::Service: tower::Service<Invocation, Response = Handled> + Clone + Send + 'static,
+        <L::Service as tower::Service<Invocation>>::Error: Into<BoxError> + 'static,
+        <L::Service as tower::Service<Invocation>>::Future: Send + 'static,
+    {
+        self.layers.push(Arc::new(move |inner: StackService| {
+            BoxCloneService::new(layer.layer(inner).map_err(Into::into))
+        }));
+        self
+    }
+
+    /// Sets the codecs (JSON by default).
+    pub fn codecs(mut self, codecs: Codecs) -> Self {
+        self.codecs = codecs;
+        self
+    }
+
+    /// Uses these metric families instead of the ones on the default registry.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Sets the whole consumer configuration.
+    pub fn config(mut self, config: ServiceConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the consumer group (default: the service name).
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.config.group = Some(group.into());
+        self
+    }
+
+    /// Sets where a new consumer group starts.
+    pub fn start_from(mut self, start: StartFrom) -> Self {
+        self.config.start = start;
+        self
+    }
+
+    /// Sets how many deliveries of one partition run at once (1 keeps order).
+    pub fn partition_concurrency(mut self, n: usize) -> Self {
+        self.config.partition_concurrency = n.max(1);
+        self
+    }
+
+    /// Sets the receipts topic, or `None` to switch receipts off.
+    pub fn receipts(mut self, topic: Option<&str>) -> Self {
+        self.config.receipts = topic.map(str::to_owned);
+        self
+    }
+
+    /// Sets how long shutdown waits for in-flight handlers.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.config.shutdown_grace = grace;
+        self
+    }
+
+    /// Runs until ctrl-c (SIGINT), then shuts down gracefully.
+    pub async fn run<B: Bus>(self, bus: &B) -> Result<()> {
+        let token = CancellationToken::new();
+        let on_signal = token.clone();
+        let signal = tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                tracing::info!("ctrl-c: shutting down");
+                on_signal.cancel();
+            }
+        });
+        let result = self.run_until(bus, token).await;
+        signal.abort();
+        result
+    }
+
+    /// Runs in a background task until `shutdown` is cancelled. The handle
+    /// resolves once the service has shut down.
+    pub fn spawn<B: Bus>(
+        self,
+        bus: &B,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<Result<()>> {
+        let bus = bus.clone();
+        tokio::spawn(async move { self.run_until(&bus, shutdown).await })
+    }
+
+    /// Runs until `shutdown` is cancelled, then: stops taking deliveries, lets
+    /// in-flight handlers finish within [`ServiceConfig::shutdown_grace`] and
+    /// settles them, gives back deliveries that had not started, and leaves
+    /// the consumer group.
+    pub async fn run_until<B: Bus>(self, bus: &B, shutdown: CancellationToken) -> Result<()> {
+        if self.routes.is_empty() {
+            return Err(Error::NoHandlers {
+                service: self.name.to_string(),
+            });
+        }
+        let metrics = self
+            .metrics
+            .clone()
+            .unwrap_or_else(|| Metrics::global().clone());
+        let group = self
+            .config
+            .group
+            .clone()
+            .unwrap_or_else(|| self.name.to_string());
+        let shared = Arc::new(ServiceShared {
+            name: self.name.clone(),
+            codecs: self.codecs.clone(),
+        });
+        let retry = Arc::new(self.retry.clone());
+        let mut routes = HashMap::new();
+        let mut topics: Vec<String> = Vec::new();
+        for r in self.routes {
+            let route_metrics = metrics.route(&self.name, r.topic, r.event_type);
+            let mut svc = r.handler;
+            if let Some(t) = self.timeout {
+                svc = BoxCloneService::new(tower::timeout::TimeoutLayer::new(t).layer(svc));
+            }
+            for layer in self.layers.iter().rev() {
+                svc = layer(svc);
+            }
+            let policy = RetryPolicy {
+                config: retry.clone(),
+                shutdown: shutdown.clone(),
+                retries: route_metrics.retries.clone(),
+            };
+            svc = BoxCloneService::new(tower::retry::Retry::new(policy, svc));
+            routes.insert(
+                Name::from_static(r.event_type),
+                WorkerRoute {
+                    stack: svc,
+                    metrics: route_metrics,
+                },
+            );
+            if !topics.iter().any(|t| t == r.topic) {
+                topics.push(r.topic.to_owned());
+            }
+        }
+        let options = SubscribeOptions {
+            group: group.clone(),
+            topics,
+            start: self.config.start,
+        };
+        let mut sub = bus
+            .subscribe(options)
+            .await
+            .map_err(|source| Error::Subscribe {
+                service: self.name.to_string(),
+                group: group.clone(),
+                source: Box::new(source),
+            })?;
+        tracing::info!(service = %self.name, group, "service started");
+        let runtime = Arc::new(Runtime {
+            bus: bus.clone(),
+            in_flight: metrics.in_flight(&self.name),
+            shared,
+            group,
+            idempotency: self.idempotency,
+            metrics,
+            receipts: self.config.receipts.clone().map(Name::from),
+            dead_letter_topic: self.config.dead_letter_topic.clone(),
+            shutdown: shutdown.clone(),
+            concurrency: self.config.partition_concurrency.max(1),
+        });
+
+        let mut workers: HashMap<(Name, u32), mpsc::Sender<Delivery>> = HashMap::new();
+        let mut tasks = JoinSet::new();
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                next = sub.next() => next,
+            };
+            let delivery = match next {
+                None => break,
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    runtime.metrics.receive_error(&runtime.shared.name);
+                    tracing::warn!(service = %runtime.shared.name, error = %e, "receiving failed");
+                    continue;
+                }
+            };
+            let key = (delivery.envelope().topic.clone(), delivery.partition());
+            let tx = workers.entry(key).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(self.config.partition_queue.max(1));
+                let rt = runtime.clone();
+                let routes = routes.clone();
+                tasks.spawn(async move { rt.worker(rx, routes).await });
+                tx
+            });
+            tokio::select! {
+                biased;
+                // Not started: dropping the delivery gives it back to the bus.
+                _ = shutdown.cancelled() => break,
+                sent = tx.send(delivery) => {
+                    if sent.is_err() {
+                        tracing::error!(service = %runtime.shared.name, "a partition worker stopped unexpectedly");
+                    }
+                }
+            }
+        }
+
+        // Shutdown: no new deliveries; workers finish what they started.
+        drop(workers);
+        let grace = self.config.shutdown_grace;
+        let drained = tokio::time::timeout(grace, async {
+            while let Some(r) = tasks.join_next().await {
+                if let Err(e) = r {
+                    if e.is_panic() {
+                        tracing::error!(service = %runtime.shared.name, "a partition worker panicked");
+                    }
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                service = %runtime.shared.name, grace = ?grace,
+                "handlers still running after the shutdown grace period were abandoned; their events will be delivered again"
+            );
+            tasks.shutdown().await;
+        }
+        let closed = sub.close().await;
+        tracing::info!(service = %runtime.shared.name, "service stopped");
+        closed.map_err(|source| Error::Close {
+            service: runtime.shared.name.to_string(),
+            source: Box::new(source),
+        })
+    }
+}
+
+#[derive(Clone)]
+struct WorkerRoute {
+    stack: StackService,
+    metrics: RouteMetrics,
+}
+
+struct Runtime<B> {
+    bus: B,
+    shared: Arc<ServiceShared>,
+    group: String,
+    idempotency: Idempotency,
+    metrics: Metrics,
+    in_flight: prometheus::IntGauge,
+    receipts: Option<Name>,
+    dead_letter_topic: DeadLetterNaming,
+    shutdown: CancellationToken,
+    concurrency: usize,
+}
+
+/// How one delivery was settled.
+struct Settled {
+    outcome: Outcome,
+    attempts: u32,
+    reason: Option<String>,
+    emitted: Vec<EventId>,
+}
+
+impl<B: Bus> Runtime<B> {
+    async fn worker(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<Delivery>,
+        mut routes: HashMap<Name, WorkerRoute>,
+    ) {
+        let mut ignored: HashMap<Name, prometheus::IntCounter> = HashMap::new();
+        if self.concurrency <= 1 {
+            let mut batch = Vec::with_capacity(64);
+            while rx.recv_many(&mut batch, 64).await > 0 {
+                for d in batch.drain(..) {
+                    if self.shutdown.is_cancelled() {
+                        // Not started: give it back.
+                        drop(d);
+                        continue;
+                    }
+                    match routes.get_mut(&d.envelope().event_type) {
+                        Some(route) => self.process(d, route).await,
+                        None => self.ignore(d, &mut ignored),
+                    }
+                }
+            }
+            return;
+        }
+        let mut running = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                d = rx.recv(), if running.len() < self.concurrency => {
+                    let Some(d) = d else { break };
+                    if self.shutdown.is_cancelled() {
+                        drop(d);
+                        continue;
+                    }
+                    match routes.get(&d.envelope().event_type) {
+                        Some(route) => {
+                            let mut route = route.clone();
+                            let rt = self.clone();
+                            running.push(async move { rt.process(d, &mut route).await });
+                        }
+                        None => self.ignore(d, &mut ignored),
+                    }
+                }
+                Some(()) = running.next(), if !running.is_empty() => {}
+            }
+        }
+        while running.next().await.is_some() {}
+    }
+
+    fn ignore(&self, d: Delivery, counters: &mut HashMap<Name, prometheus::IntCounter>) {
+        let env = d.envelope();
+        counters
+            .entry(env.event_type.clone())
+            .or_insert_with(|| {
+                self.metrics
+                    .ignored(&self.shared.name, &env.topic, &env.event_type)
+            })
+            .inc();
+        d.ack();
+    }
+
+    /// The one place where a delivery's outcome is decided. See [`Service`].
+    async fn process(&self, d: Delivery, route: &mut WorkerRoute) {
+        let env = d.envelope().clone();
+        let (partition, offset) = (d.partition(), d.offset());
+        let started = Timestamp::now();
+        let t0 = Instant::now();
+        route
+            .metrics
+            .queue
+            .observe(started.micros_since(env.time).max(0) as f64 / 1e6);
+        self.in_flight.inc();
+        let span = HandleSpan::start(&env, &self.shared.name, &self.group, partition, offset);
+        let settled = span.instrument(self.decide(d, &env, route, &span)).await;
+        let elapsed = t0.elapsed();
+        route.metrics.outcome(settled.outcome).inc();
+        route.metrics.duration.observe(elapsed.as_secs_f64());
+        self.in_flight.dec();
+        span.finish(settled.outcome.as_str(), settled.reason.as_deref());
+        if let Some(topic) = &self.receipts {
+            let receipt = Receipt {
+                service: self.shared.name.clone(),
+                event_id: env.id.clone(),
+                event_type: env.event_type.clone(),
+                correlation_id: env.correlation_id.clone(),
+                topic: env.topic.clone(),
+                partition,
+                offset,
+                outcome: settled.outcome,
+                attempts: settled.attempts,
+                reason: settled.reason,
+                started,
+                duration_us: elapsed.as_micros() as u64,
+                emitted: settled.emitted,
+            };
+            if let Err(e) = self
+                .bus
+                .publish(receipt.to_envelope(topic.clone(), &env))
+                .await
+            {
+                // Receipts are observability: losing one must not redeliver the event.
+                self.metrics.publish_failed(&self.shared.name, topic);
+                tracing::warn!(service = %self.shared.name, error = %e, "publishing a receipt failed");
+            }
+        }
+    }
+
+    async fn decide(
+        &self,
+        d: Delivery,
+        env: &Arc<Envelope>,
+        route: &mut WorkerRoute,
+        span: &HandleSpan,
+    ) -> Settled {
+        let name = &self.shared.name;
+        if self.idempotency.contains(name, &env.id).await {
+            d.ack();
+            return Settled {
+                outcome: Outcome::Duplicate,
+                attempts: 0,
+                reason: None,
+                emitted: Vec::new(),
+            };
+        }
+        let invocation = Invocation {
+            envelope: env.clone(),
+            attempt: 1,
+            shared: self.shared.clone(),
+        };
+        let result = match route.stack.ready().await {
+            Ok(svc) => tower::Service::call(svc, invocation).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(handled) => {
+                let attempts = handled.attempts;
+                match self.publish_emitted(handled.emitted, span).await {
+                    Ok(ids) => {
+                        d.ack();
+                        self.idempotency.insert(name, &env.id).await;
+                        Settled {
+                            outcome: Outcome::Acked,
+                            attempts,
+                            reason: None,
+                            emitted: ids,
+                        }
+                    }
+                    Err(e) => {
+                        d.redeliver();
+                        Settled {
+                            outcome: Outcome::Redelivered,
+                            attempts,
+                            reason: Some(format!("publishing the handler's events failed: {e}")),
+                            emitted: Vec::new(),
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let failure = Failure::from_box(e);
+                let attempts = failure.attempts.max(1);
+                let reason = failure.reason();
+                if failure.kind == FailureKind::Interrupted {
+                    d.redeliver();
+                    return Settled {
+                        outcome: Outcome::Redelivered,
+                        attempts,
+                        reason: Some(format!("shutdown during retries: {reason}")),
+                        emitted: Vec::new(),
+                    };
+                }
+                tracing::warn!(
+                    service = %name, event_type = %env.event_type, event_id = %env.id,
+                    correlation_id = %env.correlation_id, reason, "dead-lettering"
+                );
+                let info = DeadLetter {
+                    topic: Name::from((self.dead_letter_topic)(&env.topic)),
+                    reason: reason.clone(),
+                    attempts,
+                    service: name.clone(),
+                };
+                match self.bus.dead_letter(d, info).await {
+                    Ok(()) => {
+                        route.metrics.dead_lettered.inc();
+                        Settled {
+                            outcome: Outcome::DeadLettered,
+                            attempts,
+                            reason: Some(reason),
+                            emitted: Vec::new(),
+                        }
+                    }
+                    Err(e) => Settled {
+                        outcome: Outcome::Redelivered,
+                        attempts,
+                        reason: Some(format!(
+                            "{reason}; publishing to the dead-letter topic failed: {e}"
+                        )),
+                        emitted: Vec::new(),
+                    },
+                }
+            }
+        }
+    }
+
+    /// Publishes a handler's emissions, all at once (a backend that pipelines
+    /// sends them together).
+    async fn publish_emitted(
+        &self,
+        emitted: Vec<Envelope>,
+        span: &HandleSpan,
+    ) -> Result<Vec<EventId>, choreo_core::Error> {
+        let name = &self.shared.name;
+        let mut ids = Vec::with_capacity(emitted.len());
+        let publish_one = |mut env: Envelope| {
+            let produce = span.produce(&mut env, name);
+            let (topic, event_type) = (env.topic.clone(), env.event_type.clone());
+            let fut = self.bus.publish(env);
+            async move {
+                let r = fut.await;
+                match &r {
+                    Ok(()) => {
+                        produce.end(None);
+                        self.metrics.published(name, &topic, &event_type);
+                    }
+                    Err(e) => {
+                        produce.end(Some(&e.to_string()));
+                        self.metrics.publish_failed(name, &topic);
+                    }
+                }
+                r
+            }
+        };
+        if emitted.len() == 1 {
+            let env = emitted.into_iter().next().expect("one event");
+            ids.push(env.id.clone());
+            publish_one(env).await?;
+            return Ok(ids);
+        }
+        let futures: Vec<_> = emitted
+            .into_iter()
+            .map(|env| {
+                ids.push(env.id.clone());
+                publish_one(env)
+            })
+            .collect();
+        for r in futures_util::future::join_all(futures).await {
+            r?;
+        }
+        Ok(ids)
+    }
+}

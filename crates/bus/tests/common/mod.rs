@@ -1,0 +1,81 @@
+//! Events and helpers shared by the runtime tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use choreo_bus::{InProcessBus, Metrics};
+use choreo_core::{Envelope, Outcome, RECEIPTS_TOPIC, Receipt};
+use serde::{Deserialize, Serialize};
+
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    pub order_id: u64,
+}
+choreo_core::event!(OrderPlaced, topic = "orders");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentCaptured {
+    pub order_id: u64,
+}
+choreo_core::event!(PaymentCaptured, topic = "payments");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderShipped {
+    pub order_id: u64,
+}
+choreo_core::event!(OrderShipped, topic = "shipping");
+
+/// Metrics on a private registry, so tests don't share counters.
+pub fn metrics() -> (prometheus::Registry, Metrics) {
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new(&registry).expect("metrics");
+    (registry, metrics)
+}
+
+pub fn receipts(bus: &InProcessBus) -> Vec<Receipt> {
+    bus.retained(RECEIPTS_TOPIC)
+        .iter()
+        .filter_map(|e| Receipt::from_envelope(e))
+        .collect()
+}
+
+pub fn receipts_with(bus: &InProcessBus, outcome: Outcome) -> Vec<Receipt> {
+    receipts(bus)
+        .into_iter()
+        .filter(|r| r.outcome == outcome)
+        .collect()
+}
+
+pub fn events(bus: &InProcessBus, topic: &str) -> Vec<Arc<Envelope>> {
+    bus.retained(topic)
+}
+
+/// The value of a counter or gauge with exactly these labels in `registry`.
+pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    for family in registry.gather() {
+        if family.name() != name {
+            continue;
+        }
+        for m in family.get_metric() {
+            let matches = labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            });
+            if matches {
+                return match family.get_field_type() {
+                    prometheus::proto::MetricType::COUNTER => m.get_counter().get_value(),
+                    prometheus::proto::MetricType::GAUGE => m.get_gauge().get_value(),
+                    prometheus::proto::MetricType::HISTOGRAM => {
+                        m.get_histogram().get_sample_count() as f64
+                    }
+                    _ => 0.0,
+                };
+            }
+        }
+    }
+    0.0
+}

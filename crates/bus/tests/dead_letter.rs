@@ -1,0 +1,154 @@
+//! Dead-lettering: after the last attempt, on a permanent error, a panic or a
+//! payload that does not decode. The consumer always goes on.
+
+mod common;
+
+use std::time::Duration;
+
+use choreo_bus::{Context, HandlerError, InProcessBus, Publisher, Retry, Service};
+use choreo_core::{Bus, Envelope, Event, Outcome, dlq_headers};
+use choreo_testkit::wait_until;
+use common::*;
+use tokio_util::sync::CancellationToken;
+
+async fn picky(o: OrderPlaced, ctx: Context) -> Result<(), HandlerError> {
+    match o.order_id {
+        1 => Err(HandlerError::msg("card declined")),
+        2 => Err(HandlerError::permanent(std::io::Error::other(
+            "order is malformed",
+        ))),
+        3 => panic!("bug in payment for order {}", o.order_id),
+        _ => {
+            ctx.emit(&PaymentCaptured {
+                order_id: o.order_id,
+            })?;
+            Ok(())
+        }
+    }
+}
+
+fn dlq(bus: &InProcessBus) -> Vec<std::sync::Arc<Envelope>> {
+    bus.retained("orders.dlq")
+}
+
+#[tokio::test]
+async fn every_kind_of_failure_is_dead_lettered_with_its_reason_and_the_consumer_goes_on() {
+    let bus = InProcessBus::with_config(choreo_bus::InProcessConfig {
+        partitions: 1,
+        ..Default::default()
+    });
+    let (registry, m) = metrics();
+    let stop = CancellationToken::new();
+    let svc = Service::new("payment")
+        .on(picky)
+        .retry(
+            Retry::default()
+                .max_attempts(3)
+                .backoff(Duration::from_millis(1), Duration::from_millis(2)),
+        )
+        .metrics(m)
+        .spawn(&bus, stop.clone());
+    let p = Publisher::new(&bus, "checkout");
+    let ids = [
+        p.start_flow(&OrderPlaced { order_id: 1 }).await.unwrap(),
+        p.start_flow(&OrderPlaced { order_id: 2 }).await.unwrap(),
+        p.start_flow(&OrderPlaced { order_id: 3 }).await.unwrap(),
+    ];
+    // Not an OrderPlaced payload at all.
+    let garbage = Envelope::new(OrderPlaced::TYPE, OrderPlaced::TOPIC, "{\"order\":\"?\"")
+        .with_source("checkout");
+    bus.publish(garbage.clone()).await.unwrap();
+    p.start_flow(&OrderPlaced { order_id: 4 }).await.unwrap();
+
+    wait_until("five receipts", PATIENCE, || receipts(&bus).len() == 5).await;
+    stop.cancel();
+    svc.await.unwrap().unwrap();
+
+    let dead = dlq(&bus);
+    assert_eq!(dead.len(), 4);
+    let reason = |id| {
+        let e = dead.iter().find(|e| &e.id == id).expect("dead-lettered");
+        (
+            e.headers.get_str(dlq_headers::REASON).unwrap().to_owned(),
+            e.headers.get_str(dlq_headers::ATTEMPTS).unwrap().to_owned(),
+        )
+    };
+    assert_eq!(
+        reason(&ids[0]),
+        (
+            "handler failed after 3 attempts: card declined".into(),
+            "3".into()
+        )
+    );
+    assert_eq!(
+        reason(&ids[1]),
+        (
+            "permanent error after 1 attempt: order is malformed".into(),
+            "1".into()
+        )
+    );
+    assert_eq!(
+        reason(&ids[2]),
+        (
+            "handler panicked after 3 attempts: bug in payment for order 3".into(),
+            "3".into()
+        )
+    );
+    let (garbage_reason, garbage_attempts) = reason(&garbage.id);
+    assert!(
+        garbage_reason.starts_with("decode error: payload of 'OrderPlaced'"),
+        "{garbage_reason}"
+    );
+    assert_eq!(
+        garbage_attempts, "1",
+        "a payload that does not decode is not retried"
+    );
+    for e in &dead {
+        assert_eq!(e.headers.get_str(dlq_headers::SERVICE), Some("payment"));
+        assert_eq!(e.headers.get_str(dlq_headers::TOPIC), Some("orders"));
+        assert!(
+            e.headers.get(dlq_headers::PARTITION).is_some()
+                && e.headers.get(dlq_headers::OFFSET).is_some()
+        );
+    }
+    // The healthy event after all the poison was handled.
+    assert_eq!(events(&bus, PaymentCaptured::TOPIC).len(), 1);
+    let dl = receipts_with(&bus, Outcome::DeadLettered);
+    assert_eq!(dl.len(), 4);
+    assert!(dl.iter().all(|r| r.reason.is_some()));
+    assert_eq!(
+        metric(
+            &registry,
+            "choreo_events_dead_lettered_total",
+            &[("service", "payment")]
+        ),
+        4.0
+    );
+}
+
+#[tokio::test]
+async fn a_custom_dead_letter_topic_is_used() {
+    let bus = InProcessBus::new();
+    let (_r, m) = metrics();
+    let stop = CancellationToken::new();
+    let config = choreo_bus::ServiceConfig {
+        dead_letter_topic: std::sync::Arc::new(|t: &str| format!("dead.{t}")),
+        ..Default::default()
+    };
+    let svc = Service::new("payment")
+        .on(picky)
+        .config(config)
+        .retry(Retry::none())
+        .metrics(m)
+        .spawn(&bus, stop.clone());
+    Publisher::new(&bus, "checkout")
+        .start_flow(&OrderPlaced { order_id: 1 })
+        .await
+        .unwrap();
+    wait_until("the dead letter", PATIENCE, || {
+        bus.retained("dead.orders").len() == 1
+    })
+    .await;
+    stop.cancel();
+    svc.await.unwrap().unwrap();
+}

@@ -1,0 +1,154 @@
+//! In-process retention: the bound, and what happens when it is hit.
+
+mod common;
+
+use std::time::Duration;
+
+use choreo_bus::{InProcessBus, InProcessConfig, Retention, WhenFull};
+use choreo_core::{Bus, Envelope, SubscribeOptions, Subscription};
+use choreo_testkit::recv;
+use common::*;
+
+fn bus(when_full: WhenFull) -> (InProcessBus, prometheus::Registry) {
+    let bus = InProcessBus::with_config(InProcessConfig {
+        partitions: 1,
+        retention: Retention {
+            max_events_per_partition: 3,
+            when_full,
+        },
+        ..Default::default()
+    });
+    let registry = prometheus::Registry::new();
+    bus.register_metrics(&registry).unwrap();
+    (bus, registry)
+}
+
+fn ev(n: u32) -> Envelope {
+    Envelope::new("Tick", "t", format!("{{\"n\":{n}}}"))
+}
+
+#[tokio::test]
+async fn consumed_events_are_evicted_to_make_room() {
+    let (bus, registry) = bus(WhenFull::Block);
+    let mut sub = bus
+        .subscribe(SubscribeOptions::new("g", ["t"]))
+        .await
+        .unwrap();
+    for n in 0..3 {
+        bus.publish(ev(n)).await.unwrap();
+    }
+    for _ in 0..3 {
+        recv(&mut sub, "an event", PATIENCE).await.ack();
+    }
+    bus.publish(ev(3)).await.unwrap();
+    assert_eq!(bus.retained("t").len(), 3);
+    assert_eq!(
+        metric(
+            &registry,
+            "choreo_bus_retention_evicted_total",
+            &[("topic", "t")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&registry, "choreo_bus_unread_evicted_total", &[]),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_full_partition_makes_the_publisher_wait_for_the_slowest_group() {
+    let (bus, registry) = bus(WhenFull::Block);
+    let mut sub = bus
+        .subscribe(SubscribeOptions::new("slow", ["t"]))
+        .await
+        .unwrap();
+    for n in 0..3 {
+        bus.publish(ev(n)).await.unwrap();
+    }
+    let b = bus.clone();
+    let blocked = tokio::spawn(async move { b.publish(ev(3)).await });
+    // The publish cannot complete until the oldest event is settled.
+    let d = recv(&mut sub, "the oldest event", PATIENCE).await;
+    choreo_testkit::wait_until("the publisher to wait", PATIENCE, || {
+        metric(
+            &registry,
+            "choreo_bus_publish_waits_total",
+            &[("topic", "t")],
+        ) == 1.0
+    })
+    .await;
+    assert!(!blocked.is_finished());
+    d.ack();
+    tokio::time::timeout(PATIENCE, blocked)
+        .await
+        .expect("publisher woken")
+        .unwrap()
+        .unwrap();
+    // Nothing was lost: the group reads all four.
+    let mut seen = 1;
+    while seen < 4 {
+        recv(&mut sub, "the rest", PATIENCE).await.ack();
+        seen += 1;
+    }
+    assert_eq!(
+        metric(&registry, "choreo_bus_unread_evicted_total", &[]),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn drop_oldest_evicts_unread_events_and_counts_them_per_group() {
+    let (bus, registry) = bus(WhenFull::DropOldest);
+    let mut sub = bus
+        .subscribe(SubscribeOptions::new("laggard", ["t"]))
+        .await
+        .unwrap();
+    for n in 0..5 {
+        bus.publish(ev(n)).await.unwrap();
+    }
+    assert_eq!(
+        metric(
+            &registry,
+            "choreo_bus_unread_evicted_total",
+            &[("topic", "t"), ("group", "laggard")]
+        ),
+        2.0
+    );
+    let d = recv(&mut sub, "the oldest retained event", PATIENCE).await;
+    assert_eq!(
+        &d.envelope().data[..],
+        b"{\"n\":2}",
+        "the group skips what was evicted"
+    );
+    d.ack();
+}
+
+#[tokio::test]
+async fn a_group_without_members_does_not_block_publishers_but_its_losses_are_counted() {
+    let (bus, registry) = bus(WhenFull::Block);
+    let sub = bus
+        .subscribe(SubscribeOptions::new("gone", ["t"]))
+        .await
+        .unwrap();
+    sub.close().await.unwrap();
+    for n in 0..4 {
+        tokio::time::timeout(Duration::from_secs(5), bus.publish(ev(n)))
+            .await
+            .expect("not blocked")
+            .unwrap();
+    }
+    assert_eq!(
+        metric(
+            &registry,
+            "choreo_bus_unread_evicted_total",
+            &[("group", "gone")]
+        ),
+        1.0
+    );
+    let text = choreo_bus::render(&[registry]);
+    assert!(
+        text.contains("choreo_bus_consumer_lag{group=\"gone\",partition=\"0\",topic=\"t\"} 3"),
+        "{text}"
+    );
+}
