@@ -10,6 +10,13 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "test tools: graphviz (renders the topology graphs in the tests)"
+if ! command -v dot >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq graphviz >/dev/null
+fi
+# The renderer tests fail, rather than skip, when `dot` is missing.
+export CHOREO_REQUIRE_GRAPHVIZ=1
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
@@ -18,5 +25,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test --workspace"
 cargo test --workspace
+
+step "AsyncAPI and Mermaid output validated with the official tools"
+./scripts/validate-renderings.sh
 
 step "all green"

@@ -13,6 +13,10 @@ use serde::Serialize;
 
 use crate::model::{Emit, Flow, Topology};
 
+/// Longest causal chain followed; deeper chains are cut and the count becomes a
+/// lower bound. Keeps the recursion's stack use bounded on any topology.
+const MAX_DEPTH: usize = 200;
+
 /// Bounds on the enumeration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -38,6 +42,16 @@ impl Default for PathLimits {
 }
 
 impl PathLimits {
+    /// These limits with a work budget of `budget` expansion steps per flow.
+    pub fn with_budget(self, budget: usize) -> Self {
+        Self { budget, ..self }
+    }
+
+    /// These limits with loops unrolled at most `loop_bound` times.
+    pub fn with_loop_bound(self, loop_bound: u32) -> Self {
+        Self { loop_bound, ..self }
+    }
+
     /// Limits with `max_listed` executions listed per flow.
     pub fn listing(max_listed: usize) -> Self {
         Self {
@@ -135,6 +149,7 @@ impl Topology {
             // Keep a few more than listed per node, so combining sub-trees still
             // yields enough whole executions to list.
             keep: limits.max_listed.max(1),
+            depth: 0,
         };
         let trees = e.expand(&flow.starts_with.name, by.clone());
         e.work = 0;
@@ -196,13 +211,14 @@ struct Enumerator<'a> {
     work: usize,
     exhausted: bool,
     keep: usize,
+    depth: usize,
 }
 
 impl<'a> Enumerator<'a> {
     /// The alternative trees rooted at `event` (at most `keep` of them).
     fn expand(&mut self, event: &'a str, by: Option<String>) -> Vec<Step> {
         self.work += 1;
-        if self.work > self.limits.budget {
+        if self.work > self.limits.budget || self.depth >= MAX_DEPTH {
             self.exhausted = true;
             return Vec::new();
         }
@@ -220,6 +236,7 @@ impl<'a> Enumerator<'a> {
             return vec![leaf(true)];
         }
         *seen += 1;
+        self.depth += 1;
         // Each consumer contributes a list of alternatives, each alternative a
         // list of child steps; the node's alternatives are their product.
         let mut combos: Vec<Vec<Step>> = vec![Vec::new()];
@@ -247,6 +264,7 @@ impl<'a> Enumerator<'a> {
             };
             combos = combine(combos, &options, self.keep);
         }
+        self.depth -= 1;
         if let Some(n) = self.visits.get_mut(event) {
             *n -= 1;
         }
@@ -264,7 +282,7 @@ impl<'a> Enumerator<'a> {
     /// How many alternative trees `event` roots (saturating).
     fn count(&mut self, event: &'a str) -> u64 {
         self.work += 1;
-        if self.work > self.limits.budget {
+        if self.work > self.limits.budget || self.depth >= MAX_DEPTH {
             self.exhausted = true;
             return 1;
         }
@@ -276,6 +294,7 @@ impl<'a> Enumerator<'a> {
             return 1;
         }
         *seen += 1;
+        self.depth += 1;
         let mut total: u64 = 1;
         let consumers: Vec<_> = self.t.consumers_of(event).collect();
         for (_, r) in consumers {
@@ -290,6 +309,7 @@ impl<'a> Enumerator<'a> {
             };
             total = total.saturating_mul(n);
         }
+        self.depth -= 1;
         if let Some(n) = self.visits.get_mut(event) {
             *n -= 1;
         }

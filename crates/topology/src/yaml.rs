@@ -146,9 +146,21 @@ fn pos(line: u64, column: u64) -> Pos {
     )
 }
 
+/// Deepest nesting accepted; deeper input is a `yaml-syntax` error.
+const MAX_DEPTH: usize = 24;
+
 /// Parses one YAML document into a tree. An empty document is `Null`.
 pub(crate) fn parse(text: &str) -> Result<Node, SyntaxError> {
+    let mut budget = serde_saphyr::Budget::default();
+    {
+        // A topology nests at most 8 deep (services → service → on → reaction
+        // → emit → one_of → list → name). Each level costs tens of kilobytes
+        // of stack in a debug build, so the parser's default of 64 could
+        // overflow a 2 MiB thread; 24 leaves room and still stops hostile input.
+        budget.max_depth = MAX_DEPTH;
+    }
     let options = serde_saphyr::options! {
+        budget: Some(budget),
         // Repeated keys reach the tree, so the loader reports each one with
         // its position and goes on, instead of the parser stopping at the first.
         duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
@@ -218,6 +230,15 @@ mod tests {
         };
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[1].0.pos, Pos::new(2, 1));
+    }
+
+    #[test]
+    fn nesting_is_bounded_before_the_stack_is() {
+        let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(parse(&ok).is_ok());
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let err = parse(&deep).unwrap_err();
+        assert_eq!(err.pos.line, 1, "{err:?}");
     }
 
     #[test]
