@@ -263,14 +263,11 @@ impl Layered {
         y.push_str("services:\n  starter:\n    emits: [L0E0]\n");
         let mut k = 0;
         let mut dead_end_written = false;
-        for layer in 0..last {
-            for i in 0..self.layers[layer] {
+        for (layer, lists) in emits.iter().enumerate() {
+            for (i, targets) in lists.iter().enumerate() {
                 let (one_of, _) = self.reactions[k];
                 k += 1;
-                let mut list: Vec<String> = emits[layer][i]
-                    .iter()
-                    .map(|&j| name(layer + 1, j))
-                    .collect();
+                let mut list: Vec<String> = targets.iter().map(|&j| name(layer + 1, j)).collect();
                 if defect == Defect::DeadBranch && one_of && !dead_end_written {
                     // The first one_of reached gets an alternative that goes nowhere.
                     list.push("Defect".to_owned());
