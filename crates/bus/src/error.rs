@@ -37,6 +37,12 @@ pub enum Error {
         #[source]
         source: choreo_core::Error,
     },
+    /// The service's task was aborted (its runtime shut down).
+    #[error("service '{service}' was aborted before it shut down")]
+    Aborted {
+        /// The service.
+        service: String,
+    },
     /// Serving metrics failed.
     #[error("metrics endpoint on {addr}: {source}")]
     Metrics {

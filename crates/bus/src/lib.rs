@@ -23,7 +23,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let bus = InProcessBus::new();
 //! let shutdown = CancellationToken::new();
-//! let payment = Service::new("payment").on(capture).spawn(&bus, shutdown.clone());
+//! let payment = Service::new("payment").on(capture).start(&bus, shutdown.clone()).await?;
 //!
 //! let flow = Publisher::new(&bus, "checkout").start_flow(&OrderPlaced { order_id: 42 }).await?;
 //! # let mut waited = 0;
@@ -33,7 +33,7 @@
 //! assert_eq!(captured.source, "payment");
 //!
 //! shutdown.cancel();
-//! payment.await??;
+//! payment.await?;
 //! # Ok(())
 //! # }
 //! ```

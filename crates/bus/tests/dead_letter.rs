@@ -47,7 +47,9 @@ async fn every_kind_of_failure_is_dead_lettered_with_its_reason_and_the_consumer
                 .backoff(Duration::from_millis(1), Duration::from_millis(2)),
         )
         .metrics(m)
-        .spawn(&bus, stop.clone());
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
     let p = Publisher::new(&bus, "checkout");
     let ids = [
         p.start_flow(&OrderPlaced { order_id: 1 }).await.unwrap(),
@@ -62,7 +64,7 @@ async fn every_kind_of_failure_is_dead_lettered_with_its_reason_and_the_consumer
 
     wait_until("five receipts", PATIENCE, || receipts(&bus).len() == 5).await;
     stop.cancel();
-    svc.await.unwrap().unwrap();
+    svc.await.unwrap();
 
     let dead = dlq(&bus);
     assert_eq!(dead.len(), 4);
@@ -140,7 +142,9 @@ async fn a_custom_dead_letter_topic_is_used() {
         .config(config)
         .retry(Retry::none())
         .metrics(m)
-        .spawn(&bus, stop.clone());
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
     Publisher::new(&bus, "checkout")
         .start_flow(&OrderPlaced { order_id: 1 })
         .await
@@ -150,5 +154,5 @@ async fn a_custom_dead_letter_topic_is_used() {
     })
     .await;
     stop.cancel();
-    svc.await.unwrap().unwrap();
+    svc.await.unwrap();
 }

@@ -33,7 +33,9 @@ async fn a_redelivered_duplicate_does_not_run_the_handler_twice() {
     let svc = Service::new("payment")
         .on(counting(calls.clone()))
         .metrics(m)
-        .spawn(&bus, stop.clone());
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
     let env = Publisher::new(&bus, "checkout")
         .envelope(&OrderPlaced { order_id: 5 }, None)
         .unwrap();
@@ -42,7 +44,7 @@ async fn a_redelivered_duplicate_does_not_run_the_handler_twice() {
     bus.publish(env.clone()).await.unwrap();
     wait_until("two receipts", PATIENCE, || receipts(&bus).len() == 2).await;
     stop.cancel();
-    svc.await.unwrap().unwrap();
+    svc.await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(
         events(&bus, PaymentCaptured::TOPIC).len(),
@@ -71,7 +73,9 @@ async fn with_idempotency_off_duplicates_run_again() {
         .on(counting(calls.clone()))
         .idempotency(Idempotency::off())
         .metrics(m)
-        .spawn(&bus, stop.clone());
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
     let env = Publisher::new(&bus, "checkout")
         .envelope(&OrderPlaced { order_id: 5 }, None)
         .unwrap();
@@ -79,7 +83,7 @@ async fn with_idempotency_off_duplicates_run_again() {
     bus.publish(env).await.unwrap();
     wait_until("two receipts", PATIENCE, || receipts(&bus).len() == 2).await;
     stop.cancel();
-    svc.await.unwrap().unwrap();
+    svc.await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
@@ -103,7 +107,9 @@ async fn a_dead_lettered_event_is_not_remembered_as_handled() {
         })
         .retry(Retry::none())
         .metrics(m)
-        .spawn(&bus, stop.clone());
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
     let env = Publisher::new(&bus, "checkout")
         .envelope(&OrderPlaced { order_id: 5 }, None)
         .unwrap();
@@ -114,7 +120,7 @@ async fn a_dead_lettered_event_is_not_remembered_as_handled() {
     bus.publish(env).await.unwrap();
     wait_until("the second receipt", PATIENCE, || receipts(&bus).len() == 2).await;
     stop.cancel();
-    svc.await.unwrap().unwrap();
+    svc.await.unwrap();
     assert_eq!(receipts_with(&bus, Outcome::Acked).len(), 1);
     assert_eq!(OrderPlaced::TOPIC, "orders");
 }

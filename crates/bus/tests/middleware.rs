@@ -31,14 +31,16 @@ async fn an_attempt_that_exceeds_the_timeout_fails_and_is_retried() {
         .timeout(Duration::from_millis(20))
         .retry(Retry::default().backoff(Duration::from_millis(1), Duration::from_millis(1)))
         .metrics(m)
-        .spawn(&bus, stop.clone());
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
     Publisher::new(&bus, "checkout")
         .start_flow(&OrderPlaced { order_id: 1 })
         .await
         .unwrap();
     wait_until("the receipt", PATIENCE, || !receipts(&bus).is_empty()).await;
     stop.cancel();
-    svc.await.unwrap().unwrap();
+    svc.await.unwrap();
     let r = &receipts(&bus)[0];
     assert_eq!((r.outcome, r.attempts), (Outcome::Acked, 3));
 }
@@ -60,7 +62,9 @@ async fn an_attempt_that_always_times_out_is_dead_lettered_saying_so() {
                 .backoff(Duration::from_millis(1), Duration::from_millis(1)),
         )
         .metrics(m)
-        .spawn(&bus, stop.clone());
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
     Publisher::new(&bus, "checkout")
         .start_flow(&OrderPlaced { order_id: 1 })
         .await
@@ -70,7 +74,7 @@ async fn an_attempt_that_always_times_out_is_dead_lettered_saying_so() {
     })
     .await;
     stop.cancel();
-    svc.await.unwrap().unwrap();
+    svc.await.unwrap();
     let reason = bus.retained("orders.dlq")[0]
         .headers
         .get_str(dlq_headers::REASON)
@@ -157,14 +161,16 @@ async fn layers_see_each_attempt_in_the_order_they_were_added() {
         })
         .retry(Retry::default().backoff(Duration::from_millis(1), Duration::from_millis(1)))
         .metrics(m)
-        .spawn(&bus, stop.clone());
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
     Publisher::new(&bus, "checkout")
         .start_flow(&OrderPlaced { order_id: 1 })
         .await
         .unwrap();
     wait_until("the receipt", PATIENCE, || !receipts(&bus).is_empty()).await;
     stop.cancel();
-    svc.await.unwrap().unwrap();
+    svc.await.unwrap();
     assert_eq!(
         *log.lock().unwrap(),
         [
@@ -204,14 +210,14 @@ async fn partitions_run_in_parallel_and_towers_concurrency_limit_caps_them() {
             svc = svc.layer(tower::limit::ConcurrencyLimitLayer::new(l));
         }
         let stop = CancellationToken::new();
-        let handle = svc.metrics(m).spawn(&bus, stop.clone());
+        let handle = svc.metrics(m).start(&bus, stop.clone()).await.unwrap();
         let p = Publisher::new(&bus, "checkout");
         for i in 0..80 {
             p.start_flow(&OrderPlaced { order_id: i }).await.unwrap();
         }
         wait_until("all handled", PATIENCE, || receipts(&bus).len() == 80).await;
         stop.cancel();
-        handle.await.unwrap().unwrap();
+        handle.await.unwrap();
         let peak = peak.load(Ordering::SeqCst);
         assert!(peak <= expect_max, "limit {limit:?}: peak {peak}");
         assert!(
@@ -244,14 +250,16 @@ async fn one_partition_is_handled_in_order_unless_configured_otherwise() {
             })
             .partition_concurrency(concurrency)
             .metrics(m)
-            .spawn(&bus, stop.clone());
+            .start(&bus, stop.clone())
+            .await
+            .unwrap();
         let p = Publisher::new(&bus, "checkout");
         for i in 0..40 {
             p.start_flow(&OrderPlaced { order_id: i }).await.unwrap();
         }
         wait_until("all handled", PATIENCE, || receipts(&bus).len() == 40).await;
         stop.cancel();
-        handle.await.unwrap().unwrap();
+        handle.await.unwrap();
         let peak = peak.load(Ordering::SeqCst);
         if concurrency == 1 {
             assert_eq!(

@@ -43,14 +43,16 @@ async fn a_handler_that_fails_twice_succeeds_on_the_third_attempt_and_emits_once
         .on(flaky(2, calls.clone()))
         .retry(Retry::default().backoff(Duration::from_millis(1), Duration::from_millis(5)))
         .metrics(m)
-        .spawn(&bus, stop.clone());
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
     Publisher::new(&bus, "checkout")
         .start_flow(&OrderPlaced { order_id: 1 })
         .await
         .unwrap();
     wait_until("the receipt", PATIENCE, || !receipts(&bus).is_empty()).await;
     stop.cancel();
-    svc.await.unwrap().unwrap();
+    svc.await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(
         events(&bus, PaymentCaptured::TOPIC).len(),
@@ -86,7 +88,9 @@ async fn backoff_waits_grow_exponentially() {
         .on(flaky(3, calls.clone()))
         .retry(retry)
         .metrics(m)
-        .spawn(&bus, stop.clone());
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
     let start = tokio::time::Instant::now();
     Publisher::new(&bus, "checkout")
         .start_flow(&OrderPlaced { order_id: 1 })
@@ -102,7 +106,7 @@ async fn backoff_waits_grow_exponentially() {
         "{waited:?}"
     );
     stop.cancel();
-    svc.await.unwrap().unwrap();
+    svc.await.unwrap();
     assert_eq!(receipts(&bus)[0].attempts, 4);
 }
 
@@ -120,14 +124,16 @@ async fn a_retry_predicate_can_refuse_to_retry() {
                 .retry_if(|e| !e.message.contains("flake")),
         )
         .metrics(m)
-        .spawn(&bus, stop.clone());
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
     Publisher::new(&bus, "checkout")
         .start_flow(&OrderPlaced { order_id: 1 })
         .await
         .unwrap();
     wait_until("the receipt", PATIENCE, || !receipts(&bus).is_empty()).await;
     stop.cancel();
-    svc.await.unwrap().unwrap();
+    svc.await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(receipts(&bus)[0].outcome, Outcome::DeadLettered);
 }

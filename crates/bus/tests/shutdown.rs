@@ -34,14 +34,16 @@ async fn an_in_flight_handler_finishes_and_is_acked_during_shutdown() {
             }
         })
         .metrics(m)
-        .spawn(&bus, stop.clone());
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
     Publisher::new(&bus, "checkout")
         .start_flow(&OrderPlaced { order_id: 1 })
         .await
         .unwrap();
     started.notified().await;
     stop.cancel();
-    svc.await.unwrap().unwrap();
+    svc.await.unwrap();
     assert_eq!(
         events(&bus, PaymentCaptured::TOPIC).len(),
         1,
@@ -85,7 +87,10 @@ async fn a_handler_still_running_after_the_grace_period_is_redelivered_to_the_ne
             .metrics(m)
     };
     let stop = CancellationToken::new();
-    let first = make(calls.clone(), m.clone()).spawn(&bus, stop.clone());
+    let first = make(calls.clone(), m.clone())
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
     Publisher::new(&bus, "checkout")
         .start_flow(&OrderPlaced { order_id: 1 })
         .await
@@ -95,17 +100,20 @@ async fn a_handler_still_running_after_the_grace_period_is_redelivered_to_the_ne
     })
     .await;
     stop.cancel();
-    first.await.unwrap().unwrap();
+    first.await.unwrap();
     assert!(events(&bus, PaymentCaptured::TOPIC).is_empty());
 
     let stop = CancellationToken::new();
-    let second = make(calls.clone(), m).spawn(&bus, stop.clone());
+    let second = make(calls.clone(), m)
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
     wait_until("the redelivery to be handled", PATIENCE, || {
         events(&bus, PaymentCaptured::TOPIC).len() == 1
     })
     .await;
     stop.cancel();
-    second.await.unwrap().unwrap();
+    second.await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
@@ -131,7 +139,9 @@ async fn receipts_can_be_switched_off() {
         .on(|_o: OrderPlaced, _ctx: Context| async { Ok::<(), HandlerError>(()) })
         .receipts(None)
         .metrics(m)
-        .spawn(&bus, stop.clone());
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
     Publisher::new(&bus, "checkout")
         .start_flow(&OrderPlaced { order_id: 1 })
         .await
@@ -145,6 +155,6 @@ async fn receipts_can_be_switched_off() {
     })
     .await;
     stop.cancel();
-    svc.await.unwrap().unwrap();
+    svc.await.unwrap();
     assert!(receipts(&bus).is_empty());
 }

@@ -30,11 +30,15 @@ async fn a_chain_of_handlers_keeps_one_flow_with_causation_links() {
     let payment = Service::new("payment")
         .on(pay)
         .metrics(m.clone())
-        .spawn(&bus, stop.clone());
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
     let shipping = Service::new("shipping")
         .on(ship)
         .metrics(m.clone())
-        .spawn(&bus, stop.clone());
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
 
     let publisher = Publisher::new(&bus, "checkout").metrics(m.clone());
     let mut first = publisher
@@ -52,8 +56,8 @@ async fn a_chain_of_handlers_keeps_one_flow_with_causation_links() {
     })
     .await;
     stop.cancel();
-    payment.await.unwrap().unwrap();
-    shipping.await.unwrap().unwrap();
+    payment.await.unwrap();
+    shipping.await.unwrap();
 
     assert_eq!(
         first.correlation_id, first.id,
@@ -127,7 +131,9 @@ async fn an_unhandled_event_type_on_a_subscribed_topic_is_counted_not_handled() 
     let svc = Service::new("payment")
         .on(pay)
         .metrics(m.clone())
-        .spawn(&bus, stop.clone());
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
     // Another type on the same topic.
     let other = choreo_core::Envelope::new("OrderAmended", OrderPlaced::TOPIC, "{}")
         .with_source("checkout");
@@ -149,7 +155,7 @@ async fn an_unhandled_event_type_on_a_subscribed_topic_is_counted_not_handled() 
     })
     .await;
     stop.cancel();
-    svc.await.unwrap().unwrap();
+    svc.await.unwrap();
     assert!(receipts(&bus).iter().all(|r| r.event_type == "OrderPlaced"));
 }
 

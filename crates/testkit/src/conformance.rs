@@ -563,20 +563,26 @@ pub async fn graceful_shutdown_mid_stream_loses_nothing<H: Harness>(h: &H) {
             .expect("publish");
     }
     let stop = CancellationToken::new();
-    let first = service(handled.clone(), metrics.clone()).spawn(&bus, stop.clone());
+    let first = service(handled.clone(), metrics.clone())
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
     wait_until("the first run to handle some events", f.patience, || {
         handled.lock().expect("lock").len() >= 50
     })
     .await;
     stop.cancel();
-    first.await.expect("join").expect("first run");
+    first.await.expect("first run");
     let after_first = handled.lock().expect("lock").len();
     assert!(
         after_first < N as usize,
         "shutdown should have landed mid-stream"
     );
     let stop = CancellationToken::new();
-    let second = service(handled.clone(), metrics).spawn(&bus, stop.clone());
+    let second = service(handled.clone(), metrics)
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
     wait_until("the second run to handle the rest", f.patience * 3, || {
         handled
             .lock()
@@ -588,7 +594,7 @@ pub async fn graceful_shutdown_mid_stream_loses_nothing<H: Harness>(h: &H) {
     })
     .await;
     stop.cancel();
-    second.await.expect("join").expect("second run");
+    second.await.expect("second run");
     let got = handled.lock().expect("lock").clone();
     let unique: HashSet<u64> = got.iter().copied().collect();
     assert_eq!(

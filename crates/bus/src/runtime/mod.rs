@@ -15,4 +15,4 @@ pub use idempotency::{Idempotency, IdempotencyStore, MemoryStore};
 pub use metrics::{DURATION_BUCKETS, Metrics};
 pub use publisher::Publisher;
 pub use retry::{Retry, RetryPredicate, RetryableError};
-pub use service::{DeadLetterNaming, Service, ServiceConfig, StackService};
+pub use service::{DeadLetterNaming, Service, ServiceConfig, ServiceHandle, StackService};

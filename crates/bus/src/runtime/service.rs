@@ -319,15 +319,22 @@ impl Service {
         result
     }
 
-    /// Runs in a background task until `shutdown` is cancelled. The handle
-    /// resolves once the service has shut down.
-    pub fn spawn<B: Bus>(
+    /// Joins the consumer group, then runs in a background task until
+    /// `shutdown` is cancelled. When this returns the service is subscribed:
+    /// events published from now on reach it (and, for a new group starting
+    /// at the earliest event, those retained before too). Await the handle to
+    /// wait for the shutdown to finish.
+    pub async fn start<B: Bus>(
         self,
         bus: &B,
         shutdown: CancellationToken,
-    ) -> tokio::task::JoinHandle<Result<()>> {
-        let bus = bus.clone();
-        tokio::spawn(async move { self.run_until(&bus, shutdown).await })
+    ) -> Result<ServiceHandle> {
+        let joined = self.join(bus, shutdown).await?;
+        let name = joined.runtime.shared.name.to_string();
+        Ok(ServiceHandle {
+            name,
+            task: tokio::spawn(joined.run()),
+        })
     }
 
     /// Runs until `shutdown` is cancelled, then: stops taking deliveries, lets
@@ -335,6 +342,11 @@ impl Service {
     /// settles them, gives back deliveries that had not started, and leaves
     /// the consumer group.
     pub async fn run_until<B: Bus>(self, bus: &B, shutdown: CancellationToken) -> Result<()> {
+        self.join(bus, shutdown).await?.run().await
+    }
+
+    /// Builds the middleware stacks and joins the consumer group.
+    async fn join<B: Bus>(self, bus: &B, shutdown: CancellationToken) -> Result<Joined<B>> {
         if self.routes.is_empty() {
             return Err(Error::NoHandlers {
                 service: self.name.to_string(),
@@ -408,7 +420,35 @@ impl Service {
             shutdown: shutdown.clone(),
             concurrency: self.config.partition_concurrency.max(1),
         });
+        Ok(Joined {
+            sub,
+            runtime,
+            routes,
+            partition_queue: self.config.partition_queue.max(1),
+            shutdown_grace: self.config.shutdown_grace,
+        })
+    }
+}
 
+/// A service that has joined its consumer group and is ready to run.
+struct Joined<B: Bus> {
+    sub: B::Subscription,
+    runtime: Arc<Runtime<B>>,
+    routes: HashMap<Name, WorkerRoute>,
+    partition_queue: usize,
+    shutdown_grace: Duration,
+}
+
+impl<B: Bus> Joined<B> {
+    async fn run(self) -> Result<()> {
+        let Joined {
+            mut sub,
+            runtime,
+            routes,
+            partition_queue,
+            shutdown_grace,
+        } = self;
+        let shutdown = runtime.shutdown.clone();
         let mut workers: HashMap<(Name, u32), mpsc::Sender<Delivery>> = HashMap::new();
         let mut tasks = JoinSet::new();
         loop {
@@ -428,7 +468,7 @@ impl Service {
             };
             let key = (delivery.envelope().topic.clone(), delivery.partition());
             let tx = workers.entry(key).or_insert_with(|| {
-                let (tx, rx) = mpsc::channel(self.config.partition_queue.max(1));
+                let (tx, rx) = mpsc::channel(partition_queue);
                 let rt = runtime.clone();
                 let routes = routes.clone();
                 tasks.spawn(async move { rt.worker(rx, routes).await });
@@ -448,7 +488,7 @@ impl Service {
 
         // Shutdown: no new deliveries; workers finish what they started.
         drop(workers);
-        let grace = self.config.shutdown_grace;
+        let grace = shutdown_grace;
         let drained = tokio::time::timeout(grace, async {
             while let Some(r) = tasks.join_next().await {
                 if let Err(e) = r {
@@ -472,6 +512,46 @@ impl Service {
             service: runtime.shared.name.to_string(),
             source: Box::new(source),
         })
+    }
+}
+
+/// A running service, from [`Service::start`]. Await it to wait until the
+/// service has shut down (after its shutdown token was cancelled).
+#[derive(Debug)]
+pub struct ServiceHandle {
+    name: String,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl ServiceHandle {
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the service has stopped.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+impl std::future::Future for ServiceHandle {
+    type Output = Result<()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        match std::pin::Pin::new(&mut self.task).poll(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(Ok(r)) => std::task::Poll::Ready(r),
+            std::task::Poll::Ready(Err(e)) if e.is_panic() => {
+                std::panic::resume_unwind(e.into_panic())
+            }
+            std::task::Poll::Ready(Err(_)) => std::task::Poll::Ready(Err(Error::Aborted {
+                service: self.name.clone(),
+            })),
+        }
     }
 }
 

@@ -1,0 +1,200 @@
+//! A 4-service chain on the in-process bus against the same hops over bare
+//! tokio mpsc channels, on one core (a current-thread runtime).
+//!
+//! A publishes → B handles and publishes → C handles and publishes → D handles.
+//! Prints handled events per second for both, and the ratio.
+//!
+//!     cargo bench -p choreo-bus --bench chain [-- FLOWS]
+//!
+//! "Full runtime" means what a service gets by default: envelopes with UUID v7
+//! ids and timestamps, JSON payloads, routing, retry and timeout middleware,
+//! idempotency, metrics (published/handled counters, duration and queue
+//! histograms, in-flight gauge) and tracing spans (no subscriber installed).
+//! It is measured twice: with receipts (the default, one extra event per
+//! handled event) and without.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use choreo_bus::{
+    Context, HandlerError, InProcessBus, InProcessConfig, Metrics, Publisher, Service,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Serialize, Deserialize)]
+struct Step1 {
+    payload: String,
+}
+choreo_core::event!(Step1, topic = "bench.s1");
+
+#[derive(Serialize, Deserialize)]
+struct Step2 {
+    payload: String,
+}
+choreo_core::event!(Step2, topic = "bench.s2");
+
+#[derive(Serialize, Deserialize)]
+struct Step3 {
+    payload: String,
+}
+choreo_core::event!(Step3, topic = "bench.s3");
+
+const PAYLOAD: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Handled events per second through the chain with the full runtime.
+fn choreo_chain(flows: u64, receipts: bool) -> f64 {
+    runtime().block_on(async move {
+        let bus = InProcessBus::with_config(InProcessConfig {
+            partitions: 1,
+            ..Default::default()
+        });
+        let registry = prometheus::Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics");
+        let done = Arc::new(AtomicU64::new(0));
+        let finished = Arc::new(Notify::new());
+        let stop = CancellationToken::new();
+        let receipts_topic = if receipts {
+            Some("choreo.receipts")
+        } else {
+            None
+        };
+        let b = Service::new("b")
+            .on(|e: Step1, ctx: Context| async move {
+                ctx.emit(&Step2 { payload: e.payload })?;
+                Ok::<(), HandlerError>(())
+            })
+            .receipts(receipts_topic)
+            .metrics(metrics.clone())
+            .start(&bus, stop.clone())
+            .await
+            .expect("start");
+        let c = Service::new("c")
+            .on(|e: Step2, ctx: Context| async move {
+                ctx.emit(&Step3 { payload: e.payload })?;
+                Ok::<(), HandlerError>(())
+            })
+            .receipts(receipts_topic)
+            .metrics(metrics.clone())
+            .start(&bus, stop.clone())
+            .await
+            .expect("start");
+        let (d_done, d_finished) = (done.clone(), finished.clone());
+        let d = Service::new("d")
+            .on(move |e: Step3, _ctx: Context| {
+                debug_assert_eq!(e.payload.len(), 64);
+                if d_done.fetch_add(1, Ordering::Relaxed) + 1 == flows {
+                    d_finished.notify_one();
+                }
+                std::future::ready(Ok::<(), HandlerError>(()))
+            })
+            .receipts(receipts_topic)
+            .metrics(metrics.clone())
+            .start(&bus, stop.clone())
+            .await
+            .expect("start");
+        let a = Publisher::new(&bus, "a").metrics(metrics.clone());
+        let start = Instant::now();
+        for _ in 0..flows {
+            a.start_flow(&Step1 {
+                payload: PAYLOAD.to_owned(),
+            })
+            .await
+            .expect("publish");
+        }
+        finished.notified().await;
+        let elapsed = start.elapsed();
+        stop.cancel();
+        for s in [b, c, d] {
+            s.await.expect("service");
+        }
+        (flows * 3) as f64 / elapsed.as_secs_f64()
+    })
+}
+
+/// Handled events per second through the same hops over bare tokio channels.
+fn bare_chain(flows: u64) -> f64 {
+    runtime().block_on(async move {
+        let (tx1, mut rx1) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
+        let (tx2, mut rx2) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
+        let (tx3, mut rx3) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
+        let b = tokio::spawn(async move {
+            while let Some(p) = rx1.recv().await {
+                if tx2.send(p).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let c = tokio::spawn(async move {
+            while let Some(p) = rx2.recv().await {
+                if tx3.send(p).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let d = tokio::spawn(async move {
+            let mut n = 0u64;
+            while let Some(p) = rx3.recv().await {
+                debug_assert_eq!(p.len(), 64);
+                n += 1;
+            }
+            n
+        });
+        let start = Instant::now();
+        for _ in 0..flows {
+            tx1.send(PAYLOAD.as_bytes().to_vec()).await.expect("send");
+        }
+        drop(tx1);
+        let n = d.await.expect("join");
+        let elapsed = start.elapsed();
+        b.await.expect("join");
+        c.await.expect("join");
+        assert_eq!(n, flows);
+        (flows * 3) as f64 / elapsed.as_secs_f64()
+    })
+}
+
+fn best_of(runs: usize, f: impl Fn() -> f64) -> f64 {
+    (0..runs).map(|_| f()).fold(0.0, f64::max)
+}
+
+fn main() {
+    let flows: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(200_000);
+    // Warm-up: allocator, page faults, lazy statics.
+    let _ = choreo_chain(flows / 10, true);
+    let _ = bare_chain(flows / 10);
+    let bare = best_of(3, || bare_chain(flows));
+    let full = best_of(3, || choreo_chain(flows, true));
+    let no_receipts = best_of(3, || choreo_chain(flows, false));
+    println!(
+        "4-service chain, {flows} flows, {} handled events per run, one core (current-thread runtime)",
+        flows * 3
+    );
+    println!(
+        "  bare tokio mpsc chain (64-byte payload)    {:>12.0} events/s",
+        bare
+    );
+    println!(
+        "  choreo, full runtime with receipts         {:>12.0} events/s   ratio to bare {:.3}",
+        full,
+        full / bare
+    );
+    println!(
+        "  choreo, full runtime, receipts off         {:>12.0} events/s   ratio to bare {:.3}",
+        no_receipts,
+        no_receipts / bare
+    );
+    let _ = Duration::ZERO;
+}
