@@ -1,0 +1,772 @@
+//! The Avro object container format of captures: schema, encoder and a fast decoder.
+//!
+//! Writing and the fast read path encode and decode choreo's one record schema
+//! directly (no `Value` tree, no per-record schema resolution): that is what
+//! makes reading a million records a second possible. Files whose writer
+//! schema differs (an older or newer choreo, another codec) are read through
+//! apache-avro with schema resolution instead.
+
+use std::io::{self, Read, Write};
+use std::sync::OnceLock;
+
+use apache_avro::Schema;
+use apache_avro::types::Value;
+use bytes::{Bytes, BytesMut};
+use choreo_core::{ContentType, Envelope, EventId, Headers, Name, Timestamp};
+
+use crate::Record;
+use crate::util::Interner;
+
+/// The magic bytes that open an Avro object container file.
+pub(crate) const MAGIC: &[u8; 4] = b"Obj\x01";
+
+/// The schema of one capture record (canonical JSON in [`SCHEMA_JSON`]).
+pub const SCHEMA_JSON: &str = r#"{
+  "type": "record",
+  "name": "Record",
+  "namespace": "choreo.capture",
+  "doc": "One event or receipt envelope as a choreo capture saw it.",
+  "fields": [
+    {"name": "id", "type": "string"},
+    {"name": "type", "type": "string"},
+    {"name": "source", "type": "string"},
+    {"name": "topic", "type": "string"},
+    {"name": "key", "type": ["null", "bytes"], "default": null},
+    {"name": "correlation_id", "type": ["null", "string"], "default": null},
+    {"name": "causation_id", "type": ["null", "string"], "default": null},
+    {"name": "time", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+    {"name": "traceparent", "type": ["null", "string"], "default": null},
+    {"name": "tracestate", "type": ["null", "string"], "default": null},
+    {"name": "content_type", "type": "string", "default": "application/json"},
+    {"name": "data", "type": "bytes", "default": ""},
+    {"name": "headers", "type": {"type": "array", "items": {
+      "type": "record", "name": "Header",
+      "fields": [{"name": "name", "type": "string"}, {"name": "value", "type": "bytes"}]
+    }}, "default": []},
+    {"name": "partition", "type": ["null", "int"], "default": null},
+    {"name": "offset", "type": ["null", "long"], "default": null}
+  ]
+}"#;
+
+/// The parsed capture schema.
+pub fn schema() -> &'static Schema {
+    static SCHEMA: OnceLock<Schema> = OnceLock::new();
+    SCHEMA.get_or_init(|| Schema::parse_str(SCHEMA_JSON).expect("the capture schema is valid"))
+}
+
+fn canonical() -> &'static str {
+    static CANONICAL: OnceLock<String> = OnceLock::new();
+    CANONICAL.get_or_init(|| schema().canonical_form())
+}
+
+// ---- encoding ---------------------------------------------------------------
+
+#[inline]
+pub(crate) fn put_long(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+#[inline]
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_long(out, b.len() as i64);
+    out.extend_from_slice(b);
+}
+
+#[inline]
+fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        None => out.push(0),
+        Some(s) => {
+            out.push(2);
+            put_bytes(out, s.as_bytes());
+        }
+    }
+}
+
+fn put_id(out: &mut Vec<u8>, id: &EventId) {
+    match id.as_uuid() {
+        Some(u) => {
+            let mut buf = [0u8; 36];
+            put_bytes(out, u.hyphenated().encode_lower(&mut buf).as_bytes());
+        }
+        None => put_bytes(out, id.to_string().as_bytes()),
+    }
+}
+
+/// Appends one record in the capture schema's binary encoding.
+pub(crate) fn encode(out: &mut Vec<u8>, r: &Record) {
+    let e = &r.envelope;
+    put_id(out, &e.id);
+    put_bytes(out, e.event_type.as_bytes());
+    put_bytes(out, e.source.as_bytes());
+    put_bytes(out, e.topic.as_bytes());
+    match &e.key {
+        None => out.push(0),
+        Some(k) => {
+            out.push(2);
+            put_bytes(out, k);
+        }
+    }
+    if r.attributed {
+        out.push(2);
+        put_id(out, &e.correlation_id);
+    } else {
+        out.push(0);
+    }
+    match &e.causation_id {
+        None => out.push(0),
+        Some(c) => {
+            out.push(2);
+            put_id(out, c);
+        }
+    }
+    put_long(out, e.time.as_micros());
+    put_opt_str(out, e.traceparent.as_deref());
+    put_opt_str(out, e.tracestate.as_deref());
+    put_bytes(out, e.content_type.as_str().as_bytes());
+    put_bytes(out, &e.data);
+    if !e.headers.is_empty() {
+        put_long(out, e.headers.len() as i64);
+        for (name, value) in e.headers.iter() {
+            put_bytes(out, name.as_bytes());
+            put_bytes(out, value);
+        }
+    }
+    out.push(0);
+    match r.partition {
+        None => out.push(0),
+        Some(p) => {
+            out.push(2);
+            put_long(out, i64::from(p));
+        }
+    }
+    match r.offset {
+        None => out.push(0),
+        Some(o) => {
+            out.push(2);
+            put_long(out, o as i64);
+        }
+    }
+}
+
+/// Writes the container header; returns the sync marker to end blocks with.
+pub(crate) fn write_header<W: Write>(w: &mut W, sync: [u8; 16]) -> io::Result<()> {
+    let mut out = Vec::with_capacity(SCHEMA_JSON.len() + 64);
+    out.extend_from_slice(MAGIC);
+    put_long(&mut out, 2);
+    put_bytes(&mut out, b"avro.schema");
+    put_bytes(&mut out, SCHEMA_JSON.as_bytes());
+    put_bytes(&mut out, b"avro.codec");
+    put_bytes(&mut out, b"null");
+    put_long(&mut out, 0);
+    out.extend_from_slice(&sync);
+    w.write_all(&out)
+}
+
+/// Writes one block of `count` encoded records.
+pub(crate) fn write_block<W: Write>(
+    w: &mut W,
+    count: u64,
+    data: &[u8],
+    sync: &[u8; 16],
+) -> io::Result<()> {
+    let mut head = Vec::with_capacity(20);
+    put_long(&mut head, count as i64);
+    put_long(&mut head, data.len() as i64);
+    w.write_all(&head)?;
+    w.write_all(data)?;
+    w.write_all(sync)
+}
+
+// ---- decoding ---------------------------------------------------------------
+
+/// Why a record or block could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// The input ended inside it.
+    Truncated,
+    /// The bytes are not what the schema says.
+    Corrupt(String),
+}
+
+impl Fault {
+    pub(crate) fn describe(&self, what: &str) -> String {
+        match self {
+            Fault::Truncated => format!("the file ends inside {what} (truncated)"),
+            Fault::Corrupt(why) => format!("{what} is corrupt: {why}"),
+        }
+    }
+}
+
+/// A cursor over a block's bytes.
+pub(crate) struct Cursor<'a> {
+    buf: &'a Bytes,
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(buf: &'a Bytes) -> Self {
+        Cursor { buf, pos: 0 }
+    }
+
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    #[inline]
+    fn long(&mut self) -> Result<i64, Fault> {
+        let b = &self.buf[..];
+        let mut z: u64 = 0;
+        let mut shift = 0;
+        loop {
+            let Some(&byte) = b.get(self.pos) else {
+                return Err(Fault::Truncated);
+            };
+            self.pos += 1;
+            z |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 63 {
+                return Err(Fault::Corrupt("a number is longer than 10 bytes".into()));
+            }
+        }
+        Ok(((z >> 1) as i64) ^ -((z & 1) as i64))
+    }
+
+    #[inline]
+    fn len(&mut self) -> Result<usize, Fault> {
+        let n = self.long()?;
+        if n < 0 {
+            return Err(Fault::Corrupt(format!("negative length {n}")));
+        }
+        let n = n as u64;
+        let left = (self.buf.len() - self.pos) as u64;
+        if n > left {
+            // A length past the end: truncated when the block itself was cut short,
+            // which the caller knows; here it is reported as truncation and the
+            // caller reclassifies it for complete blocks.
+            return Err(Fault::Truncated);
+        }
+        Ok(n as usize)
+    }
+
+    #[inline]
+    fn raw(&mut self) -> Result<&'a [u8], Fault> {
+        let n = self.len()?;
+        let buf: &'a Bytes = self.buf;
+        let s = &buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    #[inline]
+    fn bytes(&mut self) -> Result<Bytes, Fault> {
+        let n = self.len()?;
+        let b = self.buf.slice(self.pos..self.pos + n);
+        self.pos += n;
+        Ok(b)
+    }
+
+    #[inline]
+    fn str(&mut self) -> Result<&'a str, Fault> {
+        let raw = self.raw()?;
+        std::str::from_utf8(raw).map_err(|_| Fault::Corrupt("a string is not UTF-8".into()))
+    }
+
+    #[inline]
+    fn branch(&mut self, field: &str) -> Result<bool, Fault> {
+        match self.long()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            n => Err(Fault::Corrupt(format!(
+                "field '{field}' has union branch {n} (expected 0 or 1)"
+            ))),
+        }
+    }
+}
+
+fn parse_id(s: &str) -> Option<EventId> {
+    EventId::parse(s)
+}
+
+/// Decodes one record at the cursor; `fallback_id` names a record whose id is empty.
+pub(crate) fn decode(
+    c: &mut Cursor<'_>,
+    names: &mut Interner,
+    fallback_id: impl FnOnce() -> String,
+) -> Result<Record, Fault> {
+    let id = c.str()?;
+    let event_type = c.str()?;
+    let event_type = names.name(event_type);
+    let source = names.name(c.str()?);
+    let topic = names.name(c.str()?);
+    let key = if c.branch("key")? {
+        Some(c.bytes()?)
+    } else {
+        None
+    };
+    let correlation = if c.branch("correlation_id")? {
+        Some(c.str()?)
+    } else {
+        None
+    };
+    let causation = if c.branch("causation_id")? {
+        Some(c.str()?)
+    } else {
+        None
+    };
+    let time = Timestamp::from_micros(c.long()?);
+    let traceparent = if c.branch("traceparent")? {
+        Some(c.str()?.to_owned())
+    } else {
+        None
+    };
+    let tracestate = if c.branch("tracestate")? {
+        Some(c.str()?.to_owned())
+    } else {
+        None
+    };
+    let content_type = content_type(c.str()?, names);
+    let data = c.bytes()?;
+    let mut headers = Headers::new();
+    loop {
+        let mut n = c.long()?;
+        if n == 0 {
+            break;
+        }
+        if n < 0 {
+            // A negative count is followed by the block's size in bytes.
+            n = n
+                .checked_neg()
+                .ok_or_else(|| Fault::Corrupt("header count".into()))?;
+            c.long()?;
+        }
+        if n as u64 > (c.buf.len() - c.pos) as u64 {
+            return Err(Fault::Truncated);
+        }
+        for _ in 0..n {
+            let name = c.str()?;
+            let value = c.bytes()?;
+            headers.insert(names.name(name), value);
+        }
+    }
+    let partition = if c.branch("partition")? {
+        let p = c.long()?;
+        Some(u32::try_from(p).map_err(|_| Fault::Corrupt(format!("partition {p} out of range")))?)
+    } else {
+        None
+    };
+    let offset = if c.branch("offset")? {
+        let o = c.long()?;
+        Some(u64::try_from(o).map_err(|_| Fault::Corrupt(format!("offset {o} out of range")))?)
+    } else {
+        None
+    };
+    Ok(assemble(Parts {
+        id,
+        event_type,
+        source,
+        topic,
+        key,
+        correlation,
+        causation,
+        time,
+        traceparent,
+        tracestate,
+        content_type,
+        data,
+        headers,
+        partition,
+        offset,
+        fallback_id,
+    }))
+}
+
+pub(crate) fn content_type(s: &str, names: &mut Interner) -> ContentType {
+    match s {
+        "application/json" | "" => ContentType::Json,
+        "application/avro" => ContentType::Avro,
+        other => match ContentType::parse(other) {
+            ContentType::Other(_) => ContentType::Other(names.name(other.trim())),
+            known => known,
+        },
+    }
+}
+
+pub(crate) struct Parts<'s, F> {
+    pub(crate) id: &'s str,
+    pub(crate) event_type: Name,
+    pub(crate) source: Name,
+    pub(crate) topic: Name,
+    pub(crate) key: Option<Bytes>,
+    pub(crate) correlation: Option<&'s str>,
+    pub(crate) causation: Option<&'s str>,
+    pub(crate) time: Timestamp,
+    pub(crate) traceparent: Option<String>,
+    pub(crate) tracestate: Option<String>,
+    pub(crate) content_type: ContentType,
+    pub(crate) data: Bytes,
+    pub(crate) headers: Headers,
+    pub(crate) partition: Option<u32>,
+    pub(crate) offset: Option<u64>,
+    pub(crate) fallback_id: F,
+}
+
+/// Builds a record from decoded fields; a missing id or correlation id makes
+/// it unattributed rather than an error.
+pub(crate) fn assemble<F: FnOnce() -> String>(p: Parts<'_, F>) -> Record {
+    let (id, id_ok) = match parse_id(p.id) {
+        Some(id) => (id, true),
+        None => (
+            EventId::parse(&(p.fallback_id)()).unwrap_or_default(),
+            false,
+        ),
+    };
+    let correlation = p.correlation.and_then(parse_id);
+    let attributed = id_ok && correlation.is_some() && !p.event_type.is_empty();
+    let envelope = Envelope {
+        correlation_id: correlation.unwrap_or_else(|| id.clone()),
+        id,
+        event_type: p.event_type,
+        source: p.source,
+        topic: p.topic,
+        key: p.key,
+        causation_id: p.causation.and_then(parse_id),
+        time: p.time,
+        traceparent: p.traceparent,
+        tracestate: p.tracestate,
+        content_type: p.content_type,
+        data: p.data,
+        headers: p.headers,
+    };
+    Record {
+        envelope,
+        partition: p.partition,
+        offset: p.offset,
+        attributed,
+    }
+}
+
+// ---- the container ----------------------------------------------------------
+
+/// The container header as read.
+pub(crate) struct Header {
+    pub(crate) schema: String,
+    pub(crate) codec: String,
+    pub(crate) sync: [u8; 16],
+    /// Bytes the header took.
+    pub(crate) len: u64,
+}
+
+/// Reads exactly `buf.len()` bytes unless the input ends first; returns how many were read.
+pub(crate) fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Reads one zig-zag long from a stream; `Ok(None)` at a clean end of input.
+pub(crate) fn read_long<R: Read>(r: &mut R, consumed: &mut u64) -> Result<Option<i64>, ReadFault> {
+    let mut z: u64 = 0;
+    let mut shift = 0;
+    let mut first = true;
+    loop {
+        let mut b = [0u8; 1];
+        let n = read_full(r, &mut b).map_err(ReadFault::Io)?;
+        if n == 0 {
+            return if first {
+                Ok(None)
+            } else {
+                Err(ReadFault::Fault(Fault::Truncated))
+            };
+        }
+        first = false;
+        *consumed += 1;
+        z |= u64::from(b[0] & 0x7f) << shift;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 63 {
+            return Err(ReadFault::Fault(Fault::Corrupt(
+                "a number is longer than 10 bytes".into(),
+            )));
+        }
+    }
+    Ok(Some(((z >> 1) as i64) ^ -((z & 1) as i64)))
+}
+
+/// A fault while reading from a stream: the input's own error, or bad bytes.
+#[derive(Debug)]
+pub(crate) enum ReadFault {
+    Io(io::Error),
+    Fault(Fault),
+}
+
+impl From<Fault> for ReadFault {
+    fn from(f: Fault) -> Self {
+        ReadFault::Fault(f)
+    }
+}
+
+/// The largest header or block the reader accepts: a corrupt length must not
+/// make it allocate without limit.
+pub(crate) const MAX_BLOCK: u64 = 256 * 1024 * 1024;
+
+fn read_sized<R: Read>(r: &mut R, consumed: &mut u64, what: &str) -> Result<Vec<u8>, ReadFault> {
+    let n = read_long(r, consumed)?.ok_or(Fault::Truncated)?;
+    if n < 0 || n as u64 > MAX_BLOCK {
+        return Err(Fault::Corrupt(format!("{what} has length {n}")).into());
+    }
+    let mut buf = vec![0u8; n as usize];
+    let got = read_full(r, &mut buf).map_err(ReadFault::Io)?;
+    *consumed += got as u64;
+    if got < buf.len() {
+        return Err(Fault::Truncated.into());
+    }
+    Ok(buf)
+}
+
+/// Reads the header after the magic bytes (which the caller consumed).
+pub(crate) fn read_header<R: Read>(r: &mut R) -> Result<Header, (u64, ReadFault)> {
+    let mut consumed = MAGIC.len() as u64;
+    let mut schema = None;
+    let mut codec = None;
+    let mut body = || -> Result<[u8; 16], ReadFault> {
+        loop {
+            let Some(mut n) = read_long(r, &mut consumed)? else {
+                return Err(Fault::Truncated.into());
+            };
+            if n == 0 {
+                break;
+            }
+            if n < 0 {
+                n = n
+                    .checked_neg()
+                    .ok_or(Fault::Corrupt("metadata count".into()))?;
+                read_long(r, &mut consumed)?;
+            }
+            if n > 1024 {
+                return Err(Fault::Corrupt(format!("{n} metadata entries")).into());
+            }
+            for _ in 0..n {
+                let key = read_sized(r, &mut consumed, "a metadata key")?;
+                let value = read_sized(r, &mut consumed, "a metadata value")?;
+                match key.as_slice() {
+                    b"avro.schema" => schema = Some(String::from_utf8_lossy(&value).into_owned()),
+                    b"avro.codec" => codec = Some(String::from_utf8_lossy(&value).into_owned()),
+                    _ => {}
+                }
+            }
+        }
+        let mut sync = [0u8; 16];
+        let got = read_full(r, &mut sync).map_err(ReadFault::Io)?;
+        consumed += got as u64;
+        if got < 16 {
+            return Err(Fault::Truncated.into());
+        }
+        Ok(sync)
+    };
+    match body() {
+        Ok(sync) => Ok(Header {
+            schema: schema.unwrap_or_default(),
+            codec: codec.unwrap_or_else(|| "null".into()),
+            sync,
+            len: consumed,
+        }),
+        Err(e) => Err((consumed, e)),
+    }
+}
+
+/// Whether records written with `writer_schema` and `codec` can take the fast path.
+pub(crate) fn fast_path(writer_schema: &str, codec: &str) -> bool {
+    if codec != "null" {
+        return false;
+    }
+    match Schema::parse_str(writer_schema) {
+        Ok(s) => s.canonical_form() == canonical(),
+        Err(_) => false,
+    }
+}
+
+/// One block read from the stream: its records' bytes.
+pub(crate) struct Block {
+    /// Records the block says it holds.
+    pub(crate) count: u64,
+    /// The records' bytes (possibly fewer than announced, when truncated).
+    pub(crate) data: Bytes,
+    /// The offset of `data`'s first byte in the file.
+    pub(crate) data_offset: u64,
+    /// False when the input ended before the block's end.
+    pub(crate) complete: bool,
+    /// Whether the sync marker after it matched.
+    pub(crate) sync_ok: bool,
+    /// The offset of the sync marker.
+    pub(crate) sync_offset: u64,
+}
+
+/// Reads the next block starting at `offset`; `Ok(None)` at the clean end of the file.
+pub(crate) fn read_block<R: Read>(
+    r: &mut R,
+    offset: u64,
+    sync: &[u8; 16],
+    buf: &mut BytesMut,
+) -> Result<Option<(Block, u64)>, ReadFault> {
+    let mut consumed = 0u64;
+    let Some(count) = read_long(r, &mut consumed)? else {
+        return Ok(None);
+    };
+    if count < 0 {
+        return Err(Fault::Corrupt(format!("a block announces {count} records")).into());
+    }
+    let size = read_long(r, &mut consumed)?.ok_or(Fault::Truncated)?;
+    if size < 0 || size as u64 > MAX_BLOCK {
+        return Err(Fault::Corrupt(format!("a block announces {size} bytes")).into());
+    }
+    if count as u64 > size as u64 {
+        return Err(
+            Fault::Corrupt(format!("a block announces {count} records in {size} bytes")).into(),
+        );
+    }
+    let data_offset = offset + consumed;
+    buf.clear();
+    buf.resize(size as usize, 0);
+    let got = read_full(r, &mut buf[..]).map_err(ReadFault::Io)?;
+    buf.truncate(got);
+    let data = buf.split().freeze();
+    let complete = got == size as usize;
+    let sync_offset = data_offset + got as u64;
+    let mut marker = [0u8; 16];
+    let mut sync_ok = false;
+    let mut total = consumed + got as u64;
+    if complete {
+        let m = read_full(r, &mut marker).map_err(ReadFault::Io)?;
+        total += m as u64;
+        sync_ok = m == 16 && &marker == sync;
+    }
+    Ok(Some((
+        Block {
+            count: count as u64,
+            data,
+            data_offset,
+            complete,
+            sync_ok,
+            sync_offset,
+        },
+        total,
+    )))
+}
+
+// ---- the apache-avro path ---------------------------------------------------
+
+/// Converts a record read by apache-avro (resolved to the capture schema) into a [`Record`].
+pub(crate) fn from_value(
+    value: Value,
+    names: &mut Interner,
+    fallback_id: impl FnOnce() -> String,
+) -> Result<Record, String> {
+    let Value::Record(fields) = value else {
+        return Err("a record is not an Avro record".into());
+    };
+    let mut id = String::new();
+    let mut event_type = String::new();
+    let mut source = String::new();
+    let mut topic = String::new();
+    let mut key = None;
+    let mut correlation = None;
+    let mut causation = None;
+    let mut time = 0i64;
+    let mut traceparent = None;
+    let mut tracestate = None;
+    let mut ctype = String::new();
+    let mut data = Bytes::new();
+    let mut headers = Headers::new();
+    let mut partition = None;
+    let mut offset = None;
+    for (name, v) in fields {
+        let v = match v {
+            Value::Union(_, inner) => *inner,
+            other => other,
+        };
+        match (name.as_str(), v) {
+            (_, Value::Null) => {}
+            ("id", Value::String(s)) => id = s,
+            ("type", Value::String(s)) => event_type = s,
+            ("source", Value::String(s)) => source = s,
+            ("topic", Value::String(s)) => topic = s,
+            ("key", Value::Bytes(b)) => key = Some(Bytes::from(b)),
+            ("correlation_id", Value::String(s)) => correlation = Some(s),
+            ("causation_id", Value::String(s)) => causation = Some(s),
+            ("time", Value::Long(t) | Value::TimestampMicros(t)) => time = t,
+            ("time", Value::TimestampMillis(t)) => time = t.saturating_mul(1000),
+            ("traceparent", Value::String(s)) => traceparent = Some(s),
+            ("tracestate", Value::String(s)) => tracestate = Some(s),
+            ("content_type", Value::String(s)) => ctype = s,
+            ("data", Value::Bytes(b)) => data = Bytes::from(b),
+            ("headers", Value::Array(items)) => {
+                for item in items {
+                    if let Value::Record(hf) = item {
+                        let mut hn = String::new();
+                        let mut hv = Vec::new();
+                        for (n, v) in hf {
+                            match (n.as_str(), v) {
+                                ("name", Value::String(s)) => hn = s,
+                                ("value", Value::Bytes(b)) => hv = b,
+                                _ => {}
+                            }
+                        }
+                        headers.insert(names.name(&hn), hv);
+                    }
+                }
+            }
+            ("partition", Value::Int(p)) => partition = u32::try_from(p).ok(),
+            ("offset", Value::Long(o)) => offset = u64::try_from(o).ok(),
+            (field, other) => {
+                return Err(format!("field '{field}' has an unexpected value {other:?}"));
+            }
+        }
+    }
+    let event_type = names.name(&event_type);
+    let source = names.name(&source);
+    let topic = names.name(&topic);
+    let content_type = content_type(&ctype, names);
+    Ok(assemble(Parts {
+        id: &id,
+        event_type,
+        source,
+        topic,
+        key,
+        correlation: correlation.as_deref(),
+        causation: causation.as_deref(),
+        time: Timestamp::from_micros(time),
+        traceparent,
+        tracestate,
+        content_type,
+        data,
+        headers,
+        partition,
+        offset,
+        fallback_id,
+    }))
+}
+
+impl Cursor<'_> {
+    /// Moves to `pos` (within the buffer).
+    pub(crate) fn seek(&mut self, pos: usize) {
+        self.pos = pos.min(self.buf.len());
+    }
+}

@@ -1,0 +1,113 @@
+//! Feeding a tracer from a source on a second thread: decoding and tracing overlap.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+
+use crate::record::{Progress, Source};
+use crate::{Error, Record, Tracer};
+
+/// Records handed from the reading thread to the tracer at once.
+const BATCH: usize = 2048;
+/// Batches in flight between the threads: bounded, so a fast reader does not
+/// buffer a whole file ahead of a slower tracer.
+const DEPTH: usize = 8;
+
+/// How a drive ended.
+#[derive(Debug)]
+pub struct Drained {
+    /// Records fed to the tracer.
+    pub records: u64,
+    /// Why the source stopped early, if it did (a damaged file: everything
+    /// before the damage was fed). The tracer's results stand either way.
+    pub error: Option<Error>,
+}
+
+/// Reads `source` to its end on a separate thread and ingests every record into
+/// `tracer` on this one, calling `progress` after each batch (about every two
+/// thousand records). Also calls `each` with every record before it is
+/// ingested (to copy it elsewhere; pass `|_| {}` when not needed).
+pub fn drive<S>(
+    source: S,
+    tracer: &mut Tracer,
+    mut each: impl FnMut(&Record),
+    mut progress: impl FnMut(Progress),
+) -> Drained
+where
+    S: Source + Send + 'static,
+{
+    let (tx, rx) = mpsc::sync_channel::<Vec<Record>>(DEPTH);
+    let bytes = Arc::new(AtomicU64::new(0));
+    let total = Arc::new(AtomicU64::new(u64::MAX));
+    let (b2, t2) = (bytes.clone(), total.clone());
+    let reader = std::thread::Builder::new()
+        .name("choreo-trace-read".into())
+        .spawn(move || {
+            let mut source = source;
+            let mut batch = Vec::with_capacity(BATCH);
+            let mut error = None;
+            loop {
+                match source.next_record() {
+                    Some(Ok(r)) => {
+                        batch.push(r);
+                        if batch.len() == BATCH {
+                            let p = source.progress();
+                            b2.store(p.bytes, Ordering::Relaxed);
+                            t2.store(p.total_bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
+                            if tx
+                                .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                                .is_err()
+                            {
+                                return None;
+                            }
+                        }
+                    }
+                    Some(Err(e)) => {
+                        error = Some(e);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let p = source.progress();
+            b2.store(p.bytes, Ordering::Relaxed);
+            t2.store(p.total_bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
+            if !batch.is_empty() {
+                let _ = tx.send(batch);
+            }
+            error
+        });
+    let reader = match reader {
+        Ok(r) => r,
+        Err(e) => {
+            return Drained {
+                records: 0,
+                error: Some(Error::Config {
+                    setting: "reader thread",
+                    reason: format!("cannot start the reading thread: {e}"),
+                }),
+            };
+        }
+    };
+    let mut records = 0u64;
+    for batch in rx {
+        for r in &batch {
+            each(r);
+            tracer.ingest(r);
+        }
+        records += batch.len() as u64;
+        let total = total.load(Ordering::Relaxed);
+        progress(Progress {
+            records,
+            bytes: bytes.load(Ordering::Relaxed),
+            total_bytes: (total != u64::MAX).then_some(total),
+        });
+    }
+    let error = reader.join().unwrap_or_else(|_| {
+        Some(Error::Config {
+            setting: "reader thread",
+            reason: "the reading thread panicked".into(),
+        })
+    });
+    Drained { records, error }
+}
