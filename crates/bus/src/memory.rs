@@ -135,7 +135,7 @@ impl std::fmt::Debug for InProcessBus {
 struct Inner {
     config: InProcessConfig,
     // std RwLock: never held across an await.
-    topics: RwLock<HashMap<Name, Arc<Topic>>>,
+    topics: RwLock<rustc_hash::FxHashMap<Name, Arc<Topic>>>,
     groups: Mutex<HashMap<Arc<str>, GroupState>>,
     next_member: AtomicU64,
     counters: Counters,
@@ -297,7 +297,7 @@ impl InProcessBus {
         InProcessBus {
             inner: Arc::new(Inner {
                 config,
-                topics: RwLock::new(HashMap::new()),
+                topics: RwLock::new(rustc_hash::FxHashMap::default()),
                 groups: Mutex::new(HashMap::new()),
                 next_member: AtomicU64::new(1),
                 counters: Counters::new(),
@@ -606,10 +606,10 @@ impl Inner {
         }
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         let mut topics = Vec::new();
-        if let Some(g) = groups.get_mut(group) {
-            if let Some(i) = g.members.iter().position(|(m, _)| m.id == member.id) {
-                topics = g.members.remove(i).1;
-            }
+        if let Some(g) = groups.get_mut(group)
+            && let Some(i) = g.members.iter().position(|(m, _)| m.id == member.id)
+        {
+            topics = g.members.remove(i).1;
         }
         self.rebalance(group, &groups, &topics);
         member
@@ -794,17 +794,19 @@ impl Bus for InProcessBus {
             .partition(topic.partitions.len() as u32);
         let partition = &topic.partitions[p as usize];
         let mut envelope = Some(envelope);
-        let mut waited = false;
+        // Fast path: room available, no waiter registration.
+        if partition.try_append(&mut envelope) {
+            return Ok(());
+        }
+        partition.publish_waits.inc();
         loop {
+            // Register for a wake-up before re-checking, so a settlement that
+            // makes room in between is not missed.
             let room = partition.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
             if partition.try_append(&mut envelope) {
                 return Ok(());
-            }
-            if !waited {
-                waited = true;
-                partition.publish_waits.inc();
             }
             room.await;
         }

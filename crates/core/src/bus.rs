@@ -39,6 +39,11 @@
 //! Delivery is therefore **at least once**: handlers must tolerate duplicates
 //! (the runtime's idempotency middleware removes the effect of most).
 //!
+//! **Records a backend can only partly read** (a Kafka record whose
+//! CloudEvents headers are broken) are still delivered, never dropped: the
+//! backend fills in what it can derive and sets the [`MALFORMED_HEADER`]
+//! header to what is wrong. The runtime dead-letters such a delivery at once.
+//!
 //! **Cancellation.** Dropping the future returned by [`Subscription::next`]
 //! loses nothing: an event is only counted as delivered once `next` returns it.
 //! Dropping a future of [`Bus::publish`] may or may not publish the event.
@@ -122,7 +127,6 @@ pub struct Delivery {
     offset: u64,
     attempt: u32,
     token: u64,
-    received: Timestamp,
     settle: Option<Arc<dyn Settle>>,
 }
 
@@ -142,7 +146,6 @@ impl Delivery {
             offset,
             attempt,
             token,
-            received: Timestamp::now(),
             settle: Some(settle),
         }
     }
@@ -167,11 +170,6 @@ impl Delivery {
     /// crash may start at 1 again on a backend that does not persist attempts).
     pub fn attempt(&self) -> u32 {
         self.attempt
-    }
-
-    /// When the consumer received it.
-    pub fn received(&self) -> Timestamp {
-        self.received
     }
 
     /// Acknowledges: done, never delivered to this group again.
@@ -246,6 +244,14 @@ pub mod dlq_headers {
     /// How many times it has been replayed from the dead-letter topic.
     pub const REPLAYS: &str = "choreo-replay-count";
 }
+
+/// Header a backend sets on an event it could only partly read, such as a
+/// Kafka record with a CloudEvents header that is not UTF-8 or a `ce_time`
+/// that is not RFC 3339. Its value says what is wrong; the fields that could
+/// not be read were derived (the id from the record's position, say). The
+/// runtime dead-letters such a delivery at once with the reason
+/// `malformed record: <value>`.
+pub const MALFORMED_HEADER: &str = "choreo-malformed";
 
 /// The copy of `delivery`'s event that goes to the dead-letter topic: the same
 /// id, flow, causation, payload and headers, plus the `choreo-dlq-*` headers.

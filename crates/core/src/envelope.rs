@@ -204,7 +204,8 @@ impl Envelope {
         topic: impl Into<Name>,
         data: impl Into<Bytes>,
     ) -> Envelope {
-        let id = EventId::new();
+        let time = Timestamp::now();
+        let id = EventId::generate(time);
         Envelope {
             key: Some(Bytes::from(id.to_string())),
             correlation_id: id.clone(),
@@ -213,7 +214,7 @@ impl Envelope {
             source: Name::empty(),
             topic: topic.into(),
             causation_id: None,
-            time: Timestamp::now(),
+            time,
             traceparent: None,
             tracestate: None,
             content_type: ContentType::Json,

@@ -25,7 +25,21 @@ enum Repr {
 impl EventId {
     /// A fresh UUID v7 id (time-ordered, unique within and across processes).
     pub fn new() -> Self {
-        EventId(Repr::Uuid(Uuid::now_v7()))
+        EventId::generate(crate::Timestamp::now())
+    }
+
+    /// A fresh UUID v7 id for an event created at `time` (saves a clock read
+    /// when the caller already has the time).
+    ///
+    /// Layout (RFC 9562, method 1): 48 bits of Unix milliseconds, 12 bits of a
+    /// per-thread counter seeded randomly each millisecond (so ids made by one
+    /// thread sort in creation order), 62 random bits. The random bits come
+    /// from a per-thread generator seeded once from the operating system: no
+    /// system call per id.
+    pub fn generate(time: crate::Timestamp) -> Self {
+        EventId(Repr::Uuid(
+            IDGEN.with(|g| g.borrow_mut().next(time.as_millis().max(0) as u64)),
+        ))
     }
 
     /// The id of a UUID.
@@ -44,10 +58,8 @@ impl EventId {
         let canonical = s.len() == 36
             && s.bytes()
                 .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if canonical {
-            if let Ok(u) = Uuid::parse_str(s) {
-                return Some(EventId(Repr::Uuid(u)));
-            }
+        if let (true, Ok(u)) = (canonical, Uuid::parse_str(s)) {
+            return Some(EventId(Repr::Uuid(u)));
         }
         Some(EventId(Repr::Text(Arc::from(s))))
     }
@@ -58,6 +70,53 @@ impl EventId {
             Repr::Uuid(u) => Some(*u),
             Repr::Text(_) => None,
         }
+    }
+}
+
+thread_local! {
+    static IDGEN: std::cell::RefCell<IdGen> = std::cell::RefCell::new(IdGen::new());
+}
+
+struct IdGen {
+    rng: rand::rngs::SmallRng,
+    last_ms: u64,
+    counter: u16,
+}
+
+impl IdGen {
+    fn new() -> Self {
+        use rand::SeedableRng;
+        IdGen {
+            rng: rand::rngs::SmallRng::from_os_rng(),
+            last_ms: 0,
+            counter: 0,
+        }
+    }
+
+    fn next(&mut self, now_ms: u64) -> Uuid {
+        use rand::Rng;
+        let ms = if now_ms > self.last_ms {
+            self.last_ms = now_ms;
+            // Leave headroom for many ids in the same millisecond.
+            self.counter = self.rng.random::<u16>() & 0x07ff;
+            now_ms
+        } else {
+            self.counter += 1;
+            if self.counter > 0x0fff {
+                // Counter exhausted: borrow the next millisecond.
+                self.last_ms += 1;
+                self.counter = self.rng.random::<u16>() & 0x07ff;
+            }
+            self.last_ms
+        };
+        let r: u64 = self.rng.random();
+        let mut b = [0u8; 16];
+        b[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+        b[6] = 0x70 | ((self.counter >> 8) as u8 & 0x0f);
+        b[7] = self.counter as u8;
+        b[8] = 0x80 | ((r >> 56) as u8 & 0x3f);
+        b[9..].copy_from_slice(&r.to_be_bytes()[1..]);
+        Uuid::from_bytes(b)
     }
 }
 
@@ -125,10 +184,24 @@ mod tests {
 
     #[test]
     fn new_ids_are_uuid_v7_and_sort_by_creation() {
-        let a = EventId::new();
-        let b = EventId::new();
-        assert_eq!(a.as_uuid().unwrap().get_version_num(), 7);
-        assert!(a < b);
+        let ids: Vec<EventId> = (0..10_000).map(|_| EventId::new()).collect();
+        for w in ids.windows(2) {
+            assert!(w[0] < w[1], "{:?} !< {:?}", w[0], w[1]);
+        }
+        let u = ids[0].as_uuid().unwrap();
+        assert_eq!(u.get_version_num(), 7);
+        assert_eq!(u.get_variant(), uuid::Variant::RFC4122);
+        let (secs, _) = u.get_timestamp().unwrap().to_unix();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            now.abs_diff(secs) <= 1,
+            "the timestamp is the creation time"
+        );
+        let unique: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
     }
 
     #[test]

@@ -78,12 +78,66 @@ impl Receipt {
     /// The envelope that carries this receipt on `topic`: same flow as the
     /// handled event, caused by it, keyed like it.
     pub fn to_envelope(&self, topic: Name, handled: &Envelope) -> Envelope {
-        let data = serde_json::to_vec(self).unwrap_or_default();
-        let mut env =
-            Envelope::new(Name::from_static(RECEIPT_TYPE), topic, data).caused_by(handled);
-        env.source = self.service.clone();
-        env.content_type = ContentType::Json;
-        env
+        let mut data = Vec::with_capacity(320 + 40 * self.emitted.len());
+        self.write_json(&mut data);
+        let time = Timestamp::now();
+        Envelope {
+            id: EventId::generate(time),
+            event_type: Name::from_static(RECEIPT_TYPE),
+            source: self.service.clone(),
+            topic,
+            key: handled.key.clone(),
+            correlation_id: handled.correlation_id.clone(),
+            causation_id: Some(handled.id.clone()),
+            time,
+            traceparent: handled.traceparent.clone(),
+            tracestate: handled.tracestate.clone(),
+            content_type: ContentType::Json,
+            data: data.into(),
+            headers: crate::Headers::new(),
+        }
+    }
+
+    /// Writes the receipt as JSON — the same document serde produces for it,
+    /// written by hand because every handled event publishes one.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"service\":");
+        json_str(out, &self.service);
+        out.extend_from_slice(b",\"event_id\":");
+        json_id(out, &self.event_id);
+        out.extend_from_slice(b",\"event_type\":");
+        json_str(out, &self.event_type);
+        out.extend_from_slice(b",\"correlation_id\":");
+        json_id(out, &self.correlation_id);
+        out.extend_from_slice(b",\"topic\":");
+        json_str(out, &self.topic);
+        out.extend_from_slice(b",\"partition\":");
+        json_int(out, i64::from(self.partition));
+        out.extend_from_slice(b",\"offset\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.offset).as_bytes());
+        out.extend_from_slice(b",\"outcome\":\"");
+        out.extend_from_slice(self.outcome.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"attempts\":");
+        json_int(out, i64::from(self.attempts));
+        if let Some(reason) = &self.reason {
+            out.extend_from_slice(b",\"reason\":");
+            json_str(out, reason);
+        }
+        out.extend_from_slice(b",\"started\":");
+        json_int(out, self.started.as_micros());
+        out.extend_from_slice(b",\"duration_us\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.duration_us).as_bytes());
+        if !self.emitted.is_empty() {
+            out.extend_from_slice(b",\"emitted\":[");
+            for (i, id) in self.emitted.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                json_id(out, id);
+            }
+            out.push(b']');
+        }
+        out.push(b'}');
     }
 
     /// Reads a receipt from its envelope; `None` when the envelope is not one.
@@ -92,6 +146,34 @@ impl Receipt {
             return None;
         }
         serde_json::from_slice(&env.data).ok()
+    }
+}
+
+fn json_int(out: &mut Vec<u8>, n: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+fn json_id(out: &mut Vec<u8>, id: &EventId) {
+    match id.as_uuid() {
+        Some(u) => {
+            let mut buf = [0u8; 36];
+            out.push(b'"');
+            out.extend_from_slice(u.hyphenated().encode_lower(&mut buf).as_bytes());
+            out.push(b'"');
+        }
+        None => json_str(out, &id.to_string()),
+    }
+}
+
+/// A JSON string; plain text (the usual case for names) is copied as is.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // serde_json's escaping for anything unusual; writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
     }
 }
 
@@ -118,6 +200,16 @@ mod tests {
             emitted: vec![],
         };
         let env = r.to_envelope(Name::from_static(RECEIPTS_TOPIC), &handled);
+        // The hand-written JSON is exactly serde's.
+        assert_eq!(env.data, serde_json::to_vec(&r).unwrap());
+        let mut odd = r.clone();
+        odd.service = Name::from("pay\"ment\n");
+        odd.event_id = EventId::parse("order-7 \"quoted\"").unwrap();
+        odd.emitted = vec![EventId::new(), EventId::parse("x").unwrap()];
+        odd.reason = None;
+        let mut buf = Vec::new();
+        odd.write_json(&mut buf);
+        assert_eq!(buf, serde_json::to_vec(&odd).unwrap());
         assert_eq!(env.correlation_id, handled.correlation_id);
         assert_eq!(env.causation_id.as_ref(), Some(&handled.id));
         assert_eq!(env.source, "payment");

@@ -5,6 +5,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 use choreo_core::{Codecs, Envelope, Event, EventId, Headers, Name, Result, Timestamp};
 
+/// The events one attempt emitted.
+pub(crate) type Outbox = Vec<Envelope>;
+
 /// What every handler of one service shares.
 pub(crate) struct ServiceShared {
     pub(crate) name: Name,
@@ -33,7 +36,7 @@ struct ContextInner {
     attempt: u32,
     flow_key: OnceLock<Bytes>,
     // std Mutex: never held across an await.
-    outbox: Mutex<Vec<Envelope>>,
+    outbox: Mutex<Outbox>,
 }
 
 impl Context {
@@ -44,7 +47,7 @@ impl Context {
                 cause,
                 attempt,
                 flow_key: OnceLock::new(),
-                outbox: Mutex::new(Vec::new()),
+                outbox: Mutex::new(Outbox::new()),
             }),
         }
     }
@@ -94,7 +97,8 @@ impl Context {
 
     fn stamp(&self, event_type: Name, topic: Name, data: Bytes) -> Envelope {
         let cause = &self.inner.cause;
-        let id = EventId::new();
+        let time = Timestamp::now();
+        let id = EventId::generate(time);
         Envelope {
             id,
             event_type,
@@ -103,7 +107,7 @@ impl Context {
             key: None,
             correlation_id: cause.correlation_id.clone(),
             causation_id: Some(cause.id.clone()),
-            time: Timestamp::now(),
+            time,
             // Inherited here; with the `otel` feature the runtime replaces it with
             // the context of the PRODUCER span that publishes the event.
             traceparent: cause.traceparent.clone(),
@@ -117,7 +121,17 @@ impl Context {
     fn flow_key(&self) -> Bytes {
         self.inner
             .flow_key
-            .get_or_init(|| Bytes::from(self.inner.cause.correlation_id.to_string()))
+            .get_or_init(|| {
+                let cause = &self.inner.cause;
+                // Usually the cause is keyed by its flow already: share its bytes.
+                if let (Some(key), Some(uuid)) = (&cause.key, cause.correlation_id.as_uuid()) {
+                    let mut buf = [0u8; 36];
+                    if key.as_ref() == uuid.hyphenated().encode_lower(&mut buf).as_bytes() {
+                        return key.clone();
+                    }
+                }
+                Bytes::from(cause.correlation_id.to_string())
+            })
             .clone()
     }
 
@@ -150,7 +164,7 @@ impl Context {
             .len()
     }
 
-    pub(crate) fn take_outbox(&self) -> Vec<Envelope> {
+    pub(crate) fn take_outbox(&self) -> Outbox {
         std::mem::take(&mut *self.inner.outbox.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use choreo_core::{Envelope, Event};
-use futures_util::FutureExt;
 
 use super::context::{Context, ServiceShared};
 
@@ -17,7 +16,7 @@ use super::context::{Context, ServiceShared};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A boxed, sendable future.
-pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// What a handler returns when it fails.
 ///
@@ -172,7 +171,7 @@ impl fmt::Debug for Invocation {
 /// A successful attempt: the events the handler emitted, not yet published.
 #[derive(Debug, Default)]
 pub struct Handled {
-    pub(crate) emitted: Vec<Envelope>,
+    pub(crate) emitted: super::context::Outbox,
     pub(crate) attempts: u32,
 }
 
@@ -309,7 +308,8 @@ impl<E: Event, H: Handler<E>> HandlerService<E, H> {
 impl<E: Event, H: Handler<E>> tower::Service<Invocation> for HandlerService<E, H> {
     type Response = Handled;
     type Error = BoxError;
-    type Future = BoxFuture<Result<Handled, BoxError>>;
+    // Not boxed: the stack's type erasure boxes the whole stack's future once.
+    type Future = HandlerFuture<H::Future>;
 
     fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
@@ -323,40 +323,77 @@ impl<E: Event, H: Handler<E>> tower::Service<Invocation> for HandlerService<E, H
         {
             Ok(e) => e,
             Err(e) => {
-                let f = Failure::new(FailureKind::Decode, e.to_string());
-                return Box::pin(std::future::ready(Err(Box::new(f) as BoxError)));
+                return HandlerFuture::failed(Failure::new(FailureKind::Decode, e.to_string()));
             }
         };
         let attempt = inv.attempt;
         let ctx = Context::new(inv.shared, inv.envelope, attempt);
         let handler = &self.handler;
         // A handler that is a plain fn returning a future can panic before the future exists.
-        let fut =
-            match std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(event, ctx.clone()))) {
-                Ok(fut) => fut,
-                Err(p) => {
-                    let f = Failure::new(FailureKind::Panic, panic_message(&*p));
-                    return Box::pin(std::future::ready(Err(Box::new(f) as BoxError)));
-                }
-            };
-        Box::pin(async move {
-            match AssertUnwindSafe(fut).catch_unwind().await {
-                Ok(Ok(())) => Ok(Handled {
-                    emitted: ctx.take_outbox(),
-                    attempts: attempt,
-                }),
-                Ok(Err(e)) => {
-                    let kind = if e.permanent {
-                        FailureKind::Permanent
-                    } else {
-                        FailureKind::Error
-                    };
-                    Err(Box::new(Failure::new(kind, e.to_string())) as BoxError)
-                }
-                Err(p) => {
-                    Err(Box::new(Failure::new(FailureKind::Panic, panic_message(&*p))) as BoxError)
-                }
+        match std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(event, ctx.clone()))) {
+            Ok(fut) => HandlerFuture::Running {
+                fut,
+                ctx: Some(ctx),
+                attempt,
+            },
+            Err(p) => HandlerFuture::failed(Failure::new(FailureKind::Panic, panic_message(&*p))),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of one handler attempt: polls the handler with panics
+    /// caught, then collects what it emitted.
+    #[project = HandlerFutureProj]
+    pub(crate) enum HandlerFuture<F> {
+        /// Failed before the handler ran (decode error, panic while creating the future).
+        Done { result: Option<Result<Handled, BoxError>> },
+        /// The handler is running.
+        Running { #[pin] fut: F, ctx: Option<Context>, attempt: u32 },
+    }
+}
+
+impl<F> HandlerFuture<F> {
+    fn failed(f: Failure) -> Self {
+        HandlerFuture::Done {
+            result: Some(Err(Box::new(f))),
+        }
+    }
+}
+
+impl<F: Future<Output = Result<(), HandlerError>>> Future for HandlerFuture<F> {
+    type Output = Result<Handled, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            HandlerFutureProj::Done { result } => Poll::Ready(
+                result
+                    .take()
+                    .unwrap_or_else(|| Err("handler future polled after completion".into())),
+            ),
+            HandlerFutureProj::Running { fut, ctx, attempt } => {
+                let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+                    Ok(Poll::Pending) => return Poll::Pending,
+                    Ok(Poll::Ready(Ok(()))) => {
+                        let emitted = ctx.take().map(|c| c.take_outbox()).unwrap_or_default();
+                        return Poll::Ready(Ok(Handled {
+                            emitted,
+                            attempts: *attempt,
+                        }));
+                    }
+                    Ok(Poll::Ready(Err(e))) => {
+                        let kind = if e.permanent {
+                            FailureKind::Permanent
+                        } else {
+                            FailureKind::Error
+                        };
+                        Failure::new(kind, e.to_string())
+                    }
+                    Err(p) => Failure::new(FailureKind::Panic, panic_message(&*p)),
+                };
+                ctx.take();
+                Poll::Ready(Err(Box::new(outcome)))
             }
-        })
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Idempotency: an event a service already handled is acked without running
 //! its handler again.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
@@ -34,7 +34,7 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct MemoryState {
-    seen: HashSet<EventId>,
+    seen: rustc_hash::FxHashSet<EventId>,
     order: VecDeque<EventId>,
 }
 
@@ -63,10 +63,10 @@ impl MemoryStore {
             return;
         }
         st.order.push_back(id.clone());
-        if st.order.len() > self.capacity {
-            if let Some(old) = st.order.pop_front() {
-                st.seen.remove(&old);
-            }
+        if st.order.len() > self.capacity
+            && let Some(old) = st.order.pop_front()
+        {
+            st.seen.remove(&old);
         }
     }
 

@@ -1,6 +1,5 @@
 //! The SDK's Prometheus metrics.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use choreo_core::{Name, Outcome};
@@ -46,7 +45,7 @@ struct MetricsInner {
     publish_failures: IntCounterVec,
     receive_errors: IntCounterVec,
     // Resolved label sets; std RwLock, never held across an await.
-    published_cache: RwLock<HashMap<(Name, Name, Name), IntCounter>>,
+    published_cache: RwLock<rustc_hash::FxHashMap<(Name, Name, Name), IntCounter>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -127,7 +126,7 @@ impl Metrics {
                     "Errors reported by the bus while receiving.",
                     &["service"],
                 )?,
-                published_cache: RwLock::new(HashMap::new()),
+                published_cache: RwLock::new(rustc_hash::FxHashMap::default()),
             }),
         })
     }
@@ -182,6 +181,18 @@ impl Metrics {
             .publish_failures
             .with_label_values(&[service, topic])
             .inc();
+    }
+
+    /// The `published` counter of one label set.
+    pub(crate) fn published_counter(
+        &self,
+        service: &str,
+        topic: &str,
+        event_type: &str,
+    ) -> IntCounter {
+        self.inner
+            .published
+            .with_label_values(&[service, topic, event_type])
     }
 
     /// Counts one event `service` published.

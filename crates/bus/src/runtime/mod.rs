@@ -10,7 +10,7 @@ mod service;
 mod trace;
 
 pub use context::Context;
-pub use handler::{BoxError, Handled, Handler, HandlerError, Invocation};
+pub use handler::{BoxError, BoxFuture, Handled, Handler, HandlerError, Invocation};
 pub use idempotency::{Idempotency, IdempotencyStore, MemoryStore};
 pub use metrics::{DURATION_BUCKETS, Metrics};
 pub use publisher::Publisher;

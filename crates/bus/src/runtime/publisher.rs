@@ -84,7 +84,8 @@ impl<B: Bus> Publisher<B> {
             .codecs
             .encode(event)
             .map_err(|source| Error::Publish { source })?;
-        let id = EventId::new();
+        let time = Timestamp::now();
+        let id = EventId::generate(time);
         let (correlation_id, causation_id, traceparent, tracestate) = match cause {
             Some(c) => (
                 c.correlation_id.clone(),
@@ -103,7 +104,7 @@ impl<B: Bus> Publisher<B> {
             key: Some(key.into()),
             correlation_id,
             causation_id,
-            time: Timestamp::now(),
+            time,
             traceparent,
             tracestate,
             content_type: self.codecs.content_type(),

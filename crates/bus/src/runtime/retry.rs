@@ -1,13 +1,10 @@
-//! Retry with exponential backoff and jitter, as a `tower::retry::Policy`.
+//! Retry with exponential backoff and jitter.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::IntCounter;
-use tokio_util::sync::CancellationToken;
-
-use super::handler::{BoxError, BoxFuture, Failure, FailureKind, Handled, Invocation};
+use super::handler::{Failure, FailureKind};
 
 /// Which failures the retry middleware tries again.
 pub type RetryPredicate = Arc<dyn Fn(&RetryableError<'_>) -> bool + Send + Sync>;
@@ -133,70 +130,20 @@ impl Retry {
     }
 }
 
-/// The policy tower's `Retry` service runs for one route.
-#[derive(Clone)]
-pub(crate) struct RetryPolicy {
-    pub(crate) config: Arc<Retry>,
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) retries: IntCounter,
-}
-
-impl tower::retry::Policy<Invocation, Handled, BoxError> for RetryPolicy {
-    type Future = BoxFuture<()>;
-
-    fn retry(
-        &mut self,
-        req: &mut Invocation,
-        result: &mut Result<Handled, BoxError>,
-    ) -> Option<Self::Future> {
-        let Err(e) = result else { return None };
-        let mut failure = Failure::from_box(std::mem::replace(
-            e,
-            Box::new(Failure::new(FailureKind::Error, "")),
-        ));
-        failure.attempts = req.attempt;
-        let mut again = failure.retryable() && req.attempt < self.config.max_attempts;
-        if again {
-            if let Some(pred) = &self.config.retry_if {
-                again = pred(&RetryableError {
-                    message: &failure.message,
-                    attempt: req.attempt,
-                    panicked: failure.kind == FailureKind::Panic,
-                });
-            }
+impl Retry {
+    /// Whether a failed attempt is tried again: retryable kind, attempts
+    /// left, and the predicate agrees.
+    pub(crate) fn allows(&self, failure: &Failure, attempt: u32) -> bool {
+        if !failure.retryable() || attempt >= self.max_attempts {
+            return false;
         }
-        if again && self.shutdown.is_cancelled() {
-            failure.kind = FailureKind::Interrupted;
-            again = false;
-        }
-        if !again {
-            *e = Box::new(failure);
-            return None;
-        }
-        tracing::debug!(
-            service = req.service(), event_id = %req.envelope.id, attempt = req.attempt,
-            error = %failure.message, "handler failed; retrying"
-        );
-        let delay = self.config.delay(req.attempt);
-        req.attempt += 1;
-        self.retries.inc();
-        *e = Box::new(failure);
-        let shutdown = self.shutdown.clone();
-        Some(Box::pin(async move {
-            // Shutdown cuts the wait short; the next attempt then runs at once,
-            // and if it fails too the delivery is given back (see above).
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.cancelled() => {}
-            }
-        }))
-    }
-
-    fn clone_request(&mut self, req: &Invocation) -> Option<Invocation> {
-        if self.config.max_attempts <= 1 {
-            None
-        } else {
-            Some(req.clone())
+        match &self.retry_if {
+            Some(pred) => pred(&RetryableError {
+                message: &failure.message,
+                attempt,
+                panicked: failure.kind == FailureKind::Panic,
+            }),
+            None => true,
         }
     }
 }

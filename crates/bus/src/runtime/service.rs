@@ -1,9 +1,9 @@
 //! `Service`: a name and handlers, run against any [`Bus`].
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use choreo_core::{
     Bus, Codecs, DeadLetter, Delivery, Envelope, Event, EventId, Name, Outcome, RECEIPTS_TOPIC,
@@ -23,7 +23,7 @@ use super::handler::{
 };
 use super::idempotency::Idempotency;
 use super::metrics::{Metrics, RouteMetrics};
-use super::retry::{Retry, RetryPolicy};
+use super::retry::Retry;
 use super::trace::HandleSpan;
 use crate::{Error, Result};
 
@@ -366,7 +366,7 @@ impl Service {
             codecs: self.codecs.clone(),
         });
         let retry = Arc::new(self.retry.clone());
-        let mut routes = HashMap::new();
+        let mut routes = HashMap::default();
         let mut topics: Vec<String> = Vec::new();
         for r in self.routes {
             let route_metrics = metrics.route(&self.name, r.topic, r.event_type);
@@ -377,12 +377,6 @@ impl Service {
             for layer in self.layers.iter().rev() {
                 svc = layer(svc);
             }
-            let policy = RetryPolicy {
-                config: retry.clone(),
-                shutdown: shutdown.clone(),
-                retries: route_metrics.retries.clone(),
-            };
-            svc = BoxCloneService::new(tower::retry::Retry::new(policy, svc));
             routes.insert(
                 Name::from_static(r.event_type),
                 WorkerRoute {
@@ -399,7 +393,7 @@ impl Service {
             topics,
             start: self.config.start,
         };
-        let mut sub = bus
+        let sub = bus
             .subscribe(options)
             .await
             .map_err(|source| Error::Subscribe {
@@ -414,7 +408,9 @@ impl Service {
             shared,
             group,
             idempotency: self.idempotency,
+            retry,
             metrics,
+            published: Default::default(),
             receipts: self.config.receipts.clone().map(Name::from),
             dead_letter_topic: self.config.dead_letter_topic.clone(),
             shutdown: shutdown.clone(),
@@ -449,7 +445,7 @@ impl<B: Bus> Joined<B> {
             shutdown_grace,
         } = self;
         let shutdown = runtime.shutdown.clone();
-        let mut workers: HashMap<(Name, u32), mpsc::Sender<Delivery>> = HashMap::new();
+        let mut workers: HashMap<(Name, u32), mpsc::Sender<Delivery>> = HashMap::default();
         let mut tasks = JoinSet::new();
         loop {
             let next = tokio::select! {
@@ -491,10 +487,10 @@ impl<B: Bus> Joined<B> {
         let grace = shutdown_grace;
         let drained = tokio::time::timeout(grace, async {
             while let Some(r) = tasks.join_next().await {
-                if let Err(e) = r {
-                    if e.is_panic() {
-                        tracing::error!(service = %runtime.shared.name, "a partition worker panicked");
-                    }
+                if let Err(e) = r
+                    && e.is_panic()
+                {
+                    tracing::error!(service = %runtime.shared.name, "a partition worker panicked");
                 }
             }
         })
@@ -566,7 +562,10 @@ struct Runtime<B> {
     shared: Arc<ServiceShared>,
     group: String,
     idempotency: Idempotency,
+    retry: Arc<Retry>,
     metrics: Metrics,
+    // Resolved `published` counters by (topic, event type); std RwLock, no await held.
+    published: std::sync::RwLock<HashMap<(Name, Name), prometheus::IntCounter>>,
     in_flight: prometheus::IntGauge,
     receipts: Option<Name>,
     dead_letter_topic: DeadLetterNaming,
@@ -588,7 +587,7 @@ impl<B: Bus> Runtime<B> {
         mut rx: mpsc::Receiver<Delivery>,
         mut routes: HashMap<Name, WorkerRoute>,
     ) {
-        let mut ignored: HashMap<Name, prometheus::IntCounter> = HashMap::new();
+        let mut ignored: HashMap<Name, prometheus::IntCounter> = HashMap::default();
         if self.concurrency <= 1 {
             let mut batch = Vec::with_capacity(64);
             while rx.recv_many(&mut batch, 64).await > 0 {
@@ -647,17 +646,22 @@ impl<B: Bus> Runtime<B> {
         let env = d.envelope().clone();
         let (partition, offset) = (d.partition(), d.offset());
         let started = Timestamp::now();
-        let t0 = Instant::now();
         route
             .metrics
             .queue
             .observe(started.micros_since(env.time).max(0) as f64 / 1e6);
         self.in_flight.inc();
         let span = HandleSpan::start(&env, &self.shared.name, &self.group, partition, offset);
-        let settled = span.instrument(self.decide(d, &env, route, &span)).await;
-        let elapsed = t0.elapsed();
+        // Awaited directly when no span is recorded: wrapping the (large)
+        // future would only move it around.
+        let settled = if span.is_quiet() {
+            self.decide(d, &env, route, &span).await
+        } else {
+            span.instrument(self.decide(d, &env, route, &span)).await
+        };
+        let elapsed_us = Timestamp::now().micros_since(started).max(0) as u64;
         route.metrics.outcome(settled.outcome).inc();
-        route.metrics.duration.observe(elapsed.as_secs_f64());
+        route.metrics.duration.observe(elapsed_us as f64 / 1e6);
         self.in_flight.dec();
         span.finish(settled.outcome.as_str(), settled.reason.as_deref());
         if let Some(topic) = &self.receipts {
@@ -673,7 +677,7 @@ impl<B: Bus> Runtime<B> {
                 attempts: settled.attempts,
                 reason: settled.reason,
                 started,
-                duration_us: elapsed.as_micros() as u64,
+                duration_us: elapsed_us,
                 emitted: settled.emitted,
             };
             if let Err(e) = self
@@ -705,15 +709,7 @@ impl<B: Bus> Runtime<B> {
                 emitted: Vec::new(),
             };
         }
-        let invocation = Invocation {
-            envelope: env.clone(),
-            attempt: 1,
-            shared: self.shared.clone(),
-        };
-        let result = match route.stack.ready().await {
-            Ok(svc) => tower::Service::call(svc, invocation).await,
-            Err(e) => Err(e),
-        };
+        let result = self.attempts(env, route).await;
         match result {
             Ok(handled) => {
                 let attempts = handled.attempts;
@@ -739,8 +735,7 @@ impl<B: Bus> Runtime<B> {
                     }
                 }
             }
-            Err(e) => {
-                let failure = Failure::from_box(e);
+            Err(failure) => {
                 let attempts = failure.attempts.max(1);
                 let reason = failure.reason();
                 if failure.kind == FailureKind::Interrupted {
@@ -762,7 +757,8 @@ impl<B: Bus> Runtime<B> {
                     attempts,
                     service: name.clone(),
                 };
-                match self.bus.dead_letter(d, info).await {
+                // Boxed: the cold path must not grow every delivery's future.
+                match Box::pin(self.bus.dead_letter(d, info)).await {
                     Ok(()) => {
                         route.metrics.dead_lettered.inc();
                         Settled {
@@ -785,11 +781,80 @@ impl<B: Bus> Runtime<B> {
         }
     }
 
+    /// Runs attempts through the middleware stack until one succeeds or the
+    /// retry policy gives up. Retries happen in place, so later events of the
+    /// partition wait and ordering is kept.
+    async fn attempts(
+        &self,
+        env: &Arc<Envelope>,
+        route: &mut WorkerRoute,
+    ) -> Result<Handled, Failure> {
+        let mut attempt = 1;
+        loop {
+            let invocation = Invocation {
+                envelope: env.clone(),
+                attempt,
+                shared: self.shared.clone(),
+            };
+            let result = match route.stack.ready().await {
+                Ok(svc) => tower::Service::call(svc, invocation).await,
+                Err(e) => Err(e),
+            };
+            let mut failure = match result {
+                Ok(handled) => return Ok(handled),
+                Err(e) => Failure::from_box(e),
+            };
+            failure.attempts = attempt;
+            if !self.retry.allows(&failure, attempt) {
+                return Err(failure);
+            }
+            if self.shutdown.is_cancelled() {
+                failure.kind = FailureKind::Interrupted;
+                return Err(failure);
+            }
+            tracing::debug!(
+                service = %self.shared.name, event_id = %env.id, attempt,
+                error = %failure.message, "handler failed; retrying"
+            );
+            route.metrics.retries.inc();
+            let delay = self.retry.delay(attempt);
+            // Shutdown cuts the wait short; the next attempt then runs at
+            // once, and if it fails too the delivery is given back.
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.shutdown.cancelled() => {}
+            }
+            attempt += 1;
+        }
+    }
+
+    /// Counts an event this service published.
+    fn count_published(&self, topic: &Name, event_type: &Name) {
+        let key = (topic.clone(), event_type.clone());
+        if let Some(c) = self
+            .published
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            c.inc();
+            return;
+        }
+        let c = self
+            .metrics
+            .published_counter(&self.shared.name, topic, event_type);
+        c.inc();
+        self.published
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, c);
+    }
+
     /// Publishes a handler's emissions, all at once (a backend that pipelines
     /// sends them together).
     async fn publish_emitted(
         &self,
-        emitted: Vec<Envelope>,
+        emitted: super::context::Outbox,
         span: &HandleSpan,
     ) -> Result<Vec<EventId>, choreo_core::Error> {
         let name = &self.shared.name;
@@ -803,7 +868,7 @@ impl<B: Bus> Runtime<B> {
                 match &r {
                     Ok(()) => {
                         produce.end(None);
-                        self.metrics.published(name, &topic, &event_type);
+                        self.count_published(&topic, &event_type);
                     }
                     Err(e) => {
                         produce.end(Some(&e.to_string()));
@@ -826,7 +891,7 @@ impl<B: Bus> Runtime<B> {
                 publish_one(env)
             })
             .collect();
-        for r in futures_util::future::join_all(futures).await {
+        for r in Box::pin(futures_util::future::join_all(futures)).await {
             r?;
         }
         Ok(ids)

@@ -44,6 +44,11 @@ impl HandleSpan {
         }
     }
 
+    /// True when nothing records these spans, so instrumenting is pointless.
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.span.is_disabled() && !cfg!(feature = "otel")
+    }
+
     /// Runs `fut` inside the spans.
     pub(crate) fn instrument<F: Future>(&self, fut: F) -> impl Future<Output = F::Output> {
         use tracing::Instrument;
