@@ -163,3 +163,39 @@ async fn bus_publish(bus: &InProcessBus, env: choreo_core::Envelope) {
     use choreo_core::Bus;
     bus.publish(env).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_raw_envelope_handler_emits_stamped_events_too() {
+    let bus = InProcessBus::new();
+    let (_registry, m) = metrics();
+    let stop = CancellationToken::new();
+    let svc = Service::new("forwarder")
+        .on_envelope(
+            "OrderPlaced",
+            "orders",
+            |env: std::sync::Arc<choreo_core::Envelope>, ctx: Context| async move {
+                ctx.emit_raw("OrderForwarded", "forwarded", env.data.clone());
+                Ok::<(), HandlerError>(())
+            },
+        )
+        .metrics(m)
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
+    let first = Publisher::new(&bus, "checkout")
+        .start_flow(&OrderPlaced { order_id: 3 })
+        .await
+        .unwrap();
+    wait_until("the forwarded event", PATIENCE, || {
+        events(&bus, "forwarded").len() == 1
+    })
+    .await;
+    stop.cancel();
+    svc.await.unwrap();
+    let fwd = &events(&bus, "forwarded")[0];
+    assert_eq!(fwd.event_type, "OrderForwarded");
+    assert_eq!(fwd.source, "forwarder");
+    assert_eq!(fwd.correlation_id, first);
+    assert_eq!(fwd.causation_id.as_ref(), Some(&first));
+    assert_eq!(&fwd.data[..], br#"{"order_id":3}"#);
+}

@@ -341,6 +341,54 @@ impl<E: Event, H: Handler<E>> tower::Service<Invocation> for HandlerService<E, H
     }
 }
 
+/// The innermost service of a raw-envelope handler ([`Service::on_envelope`](crate::Service::on_envelope)).
+pub(crate) struct EnvelopeHandlerService<H> {
+    handler: H,
+}
+
+impl<H: Clone> Clone for EnvelopeHandlerService<H> {
+    fn clone(&self) -> Self {
+        EnvelopeHandlerService {
+            handler: self.handler.clone(),
+        }
+    }
+}
+
+impl<H> EnvelopeHandlerService<H> {
+    pub(crate) fn new(handler: H) -> Self {
+        EnvelopeHandlerService { handler }
+    }
+}
+
+impl<H, Fut> tower::Service<Invocation> for EnvelopeHandlerService<H>
+where
+    H: Fn(Arc<Envelope>, Context) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    type Response = Handled;
+    type Error = BoxError;
+    type Future = HandlerFuture<Fut>;
+
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, inv: Invocation) -> Self::Future {
+        let attempt = inv.attempt;
+        let envelope = inv.envelope.clone();
+        let ctx = Context::new(inv.shared, inv.envelope, attempt);
+        let handler = &self.handler;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| handler(envelope, ctx.clone()))) {
+            Ok(fut) => HandlerFuture::Running {
+                fut,
+                ctx: Some(ctx),
+                attempt,
+            },
+            Err(p) => HandlerFuture::failed(Failure::new(FailureKind::Panic, panic_message(&*p))),
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// The future of one handler attempt: polls the handler with panics
     /// caught, then collects what it emitted.

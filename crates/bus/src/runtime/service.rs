@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt};
 
-use super::context::ServiceShared;
+use super::context::{Context, ServiceShared};
 use super::handler::{
-    BoxError, Failure, FailureKind, Handled, Handler, HandlerService, Invocation,
+    BoxError, EnvelopeHandlerService, Failure, FailureKind, Handled, Handler, HandlerError,
+    HandlerService, Invocation,
 };
 use super::idempotency::Idempotency;
 use super::metrics::{Metrics, RouteMetrics};
@@ -88,8 +89,8 @@ impl fmt::Debug for ServiceConfig {
 }
 
 struct RouteSpec {
-    event_type: &'static str,
-    topic: &'static str,
+    event_type: Name,
+    topic: Name,
     handler: StackService,
 }
 
@@ -159,7 +160,11 @@ impl fmt::Debug for Service {
             .field("name", &self.name)
             .field(
                 "handles",
-                &self.routes.iter().map(|r| r.event_type).collect::<Vec<_>>(),
+                &self
+                    .routes
+                    .iter()
+                    .map(|r| r.event_type.as_str())
+                    .collect::<Vec<_>>(),
             )
             .field("config", &self.config)
             .field("retry", &self.retry)
@@ -197,26 +202,58 @@ impl Service {
     ///
     /// # Panics
     /// If `E` already has a handler in this service.
-    pub fn on<E: Event, H: Handler<E>>(mut self, handler: H) -> Self {
+    pub fn on<E: Event, H: Handler<E>>(self, handler: H) -> Self {
+        self.route(
+            Name::from_static(E::TYPE),
+            Name::from_static(E::TOPIC),
+            BoxCloneService::new(HandlerService::<E, H>::new(handler)),
+        )
+    }
+
+    /// Handles events of type `event_type` on `topic` as raw envelopes: for
+    /// events the service does not model as Rust types (adapters, forwarders,
+    /// simulated services). Emit through the context with
+    /// [`Context::emit_raw`](crate::Context::emit_raw).
+    ///
+    /// # Panics
+    /// If `event_type` already has a handler in this service.
+    pub fn on_envelope<H, Fut>(
+        self,
+        event_type: impl Into<Name>,
+        topic: impl Into<Name>,
+        handler: H,
+    ) -> Self
+    where
+        H: Fn(Arc<Envelope>, Context) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), HandlerError>> + Send + 'static,
+    {
+        self.route(
+            event_type.into(),
+            topic.into(),
+            BoxCloneService::new(EnvelopeHandlerService::new(handler)),
+        )
+    }
+
+    fn route(mut self, event_type: Name, topic: Name, handler: StackService) -> Self {
         assert!(
-            !self.routes.iter().any(|r| r.event_type == E::TYPE),
+            !self.routes.iter().any(|r| r.event_type == event_type),
             "service '{}' already has a handler for '{}'",
             self.name,
-            E::TYPE
+            event_type
         );
         self.routes.push(RouteSpec {
-            event_type: E::TYPE,
-            topic: E::TOPIC,
-            handler: BoxCloneService::new(HandlerService::<E, H>::new(handler)),
+            event_type,
+            topic,
+            handler,
         });
         self
     }
 
     /// The event types handled, with their topics.
-    pub fn handles(&self) -> Vec<(&'static str, &'static str)> {
+    pub fn handles(&self) -> Vec<(&str, &str)> {
         self.routes
             .iter()
-            .map(|r| (r.event_type, r.topic))
+            .map(|r| (r.event_type.as_str(), r.topic.as_str()))
             .collect()
     }
 
@@ -369,7 +406,7 @@ impl Service {
         let mut routes = HashMap::default();
         let mut topics: Vec<String> = Vec::new();
         for r in self.routes {
-            let route_metrics = metrics.route(&self.name, r.topic, r.event_type);
+            let route_metrics = metrics.route(&self.name, &r.topic, &r.event_type);
             let mut svc = r.handler;
             if let Some(t) = self.timeout {
                 svc = BoxCloneService::new(tower::timeout::TimeoutLayer::new(t).layer(svc));
@@ -378,14 +415,14 @@ impl Service {
                 svc = layer(svc);
             }
             routes.insert(
-                Name::from_static(r.event_type),
+                r.event_type.clone(),
                 WorkerRoute {
                     stack: svc,
                     metrics: route_metrics,
                 },
             );
-            if !topics.iter().any(|t| t == r.topic) {
-                topics.push(r.topic.to_owned());
+            if !topics.iter().any(|t| *t == *r.topic) {
+                topics.push(r.topic.to_string());
             }
         }
         let options = SubscribeOptions {
