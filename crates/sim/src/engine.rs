@@ -290,14 +290,14 @@ impl Handler {
                         self.push(i);
                     }
                 }
-                Fault::Extra { probability, .. } => {
-                    if roll(seed, flow, &[svc, handled, "extra"], 0) < *probability {
-                        let extra = undeclared_event(svc);
-                        ctx.emit_raw(extra.clone(), env.topic.clone(), payload(flow));
-                        let mut i = self.record(&env, flow, "extra");
-                        i.emitted = vec![extra];
-                        self.push(i);
-                    }
+                Fault::Extra { probability, .. }
+                    if roll(seed, flow, &[svc, handled, "extra"], 0) < *probability =>
+                {
+                    let extra = undeclared_event(svc);
+                    ctx.emit_raw(extra.clone(), env.topic.clone(), payload(flow));
+                    let mut i = self.record(&env, flow, "extra");
+                    i.emitted = vec![extra];
+                    self.push(i);
                 }
                 _ => {}
             }
@@ -414,7 +414,7 @@ impl Simulation {
                 )));
             }
         }
-        for (event, _) in &config.weights {
+        for event in config.weights.keys() {
             if topology.event(event).is_none() {
                 return Err(Error::Config(format!(
                     "--weight {event}=…: topology '{}' declares no event '{event}'",
@@ -753,7 +753,7 @@ pub async fn wait_quiet(bus: &InProcessBus, groups: &[String]) {
             for p in stats.partitions {
                 total_end += p.end;
                 for g in p.groups {
-                    if groups.iter().any(|x| *x == g.group) && g.committed < p.end {
+                    if groups.contains(&g.group) && g.committed < p.end {
                         settled = false;
                     }
                 }
