@@ -1,0 +1,447 @@
+//! `RecordReader`: reads Kafka topics record by record, for tools such as
+//! `choreo trace --brokers` and `choreo capture`.
+//!
+//! ```no_run
+//! use choreo_kafka::{KafkaConfig, ReadFrom, ReaderOptions, RecordReader, Topics};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = KafkaConfig::new("localhost:9092");
+//! // Every topic matching the pattern, from the beginning to the end as of now.
+//! let options = ReaderOptions::new(Topics::pattern("^(orders|payments)$"));
+//! let mut reader = RecordReader::open(&config, options).await?;
+//! while let Some(record) = reader.next().await {
+//!     let record = record?;
+//!     println!("{}/{}@{}: {}", record.envelope.topic, record.partition, record.offset, record.envelope.event_type);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Without a group (the default) the reader assigns itself every partition of
+//! the topics, commits nothing and leaves no trace on the cluster; with
+//! `follow` off it stops at the end of each partition as of `open`. In a
+//! group ([`ReaderOptions::group`]) several readers split the partitions, the
+//! offsets of records read are committed (a record counts as read once the
+//! next one is asked for), and the reader always follows.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use choreo_core::Envelope;
+use rdkafka::Message;
+use rdkafka::client::ClientContext;
+use rdkafka::config::{FromClientConfigAndContext, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::bus::log_librdkafka;
+use crate::config::{KafkaConfig, Role};
+use crate::consumer::envelope_of;
+use crate::{Error, Result};
+
+/// Which topics to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topics {
+    /// These topics; each must exist.
+    Names(Vec<String>),
+    /// Every topic whose whole name matches this regular expression (topics
+    /// starting with `__`, Kafka's internal ones, excluded). When following,
+    /// topics created later are picked up within `refresh`.
+    Pattern(String),
+}
+
+impl Topics {
+    /// These topics.
+    pub fn names<I, T>(names: I) -> Topics
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        Topics::Names(names.into_iter().map(Into::into).collect())
+    }
+
+    /// Topics matching a regular expression.
+    pub fn pattern(regex: impl Into<String>) -> Topics {
+        Topics::Pattern(regex.into())
+    }
+}
+
+/// Where reading starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadFrom {
+    /// At the oldest retained record (a group: where it left off, else there).
+    #[default]
+    Beginning,
+    /// At the end: only records published after `open`.
+    End,
+}
+
+/// What a [`RecordReader`] reads.
+#[derive(Debug, Clone)]
+pub struct ReaderOptions {
+    /// The topics.
+    pub topics: Topics,
+    /// Where to start. Default [`ReadFrom::Beginning`].
+    pub from: ReadFrom,
+    /// Keep reading new records (true) or stop at the end of each partition
+    /// as of `open` (false, the default).
+    pub follow: bool,
+    /// Read as a member of this consumer group (with `group_prefix`),
+    /// committing what was read. Default none: no group, nothing committed.
+    pub group: Option<String>,
+    /// How often a following reader looks for new topics matching a
+    /// pattern. Default 5 s.
+    pub refresh: Duration,
+}
+
+impl ReaderOptions {
+    /// Reads `topics` from the beginning to the end, without a group.
+    pub fn new(topics: Topics) -> Self {
+        ReaderOptions {
+            topics,
+            from: ReadFrom::Beginning,
+            follow: false,
+            group: None,
+            refresh: Duration::from_secs(5),
+        }
+    }
+
+    /// Sets where reading starts.
+    pub fn from(mut self, from: ReadFrom) -> Self {
+        self.from = from;
+        self
+    }
+
+    /// Keeps reading new records.
+    pub fn follow(mut self) -> Self {
+        self.follow = true;
+        self
+    }
+
+    /// Reads as a member of `group`, committing what was read (and following).
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self.follow = true;
+        self
+    }
+}
+
+/// One record read.
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    /// Its envelope (`envelope.topic` is the topic). A record that is not a
+    /// choreo event is read like the bus reads it: derived fields, and the
+    /// `choreo-malformed` header when its CloudEvents headers are broken.
+    pub envelope: Envelope,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+}
+
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        log_librdkafka(level, fac, message);
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
+/// Reads records of some topics; see the [module docs](self).
+pub struct RecordReader {
+    consumer: StreamConsumer<ReaderContext>,
+    config: KafkaConfig,
+    options: ReaderOptions,
+    /// Without a group and not following: the end offset of each partition
+    /// still to be read to its end.
+    remaining: HashMap<(String, i32), i64>,
+    /// Partitions assigned (without a group).
+    assigned: HashSet<(String, i32)>,
+    /// In a group: the record handed out last, committed when the next is asked for.
+    last: Option<(String, i32, i64)>,
+    last_refresh: Instant,
+}
+
+impl std::fmt::Debug for RecordReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordReader")
+            .field("options", &self.options)
+            .field("remaining", &self.remaining.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RecordReader {
+    /// Connects and positions the reader.
+    pub async fn open(config: &KafkaConfig, options: ReaderOptions) -> Result<RecordReader> {
+        config.validate()?;
+        if options.group.is_some() && !options.follow {
+            return Err(Error::Invalid {
+                field: "follow",
+                reason: "a reader in a consumer group always follows: set `follow` (or read without a group)".into(),
+            });
+        }
+        let mut client_config = config.client_config(Role::Consumer, None)?;
+        if let Some(group) = &options.group {
+            client_config
+                .set("group.id", config.group_id(group))
+                .set("enable.auto.commit", "true")
+                .set(
+                    "auto.offset.reset",
+                    match options.from {
+                        ReadFrom::Beginning => "earliest",
+                        ReadFrom::End => "latest",
+                    },
+                );
+        }
+        let consumer = StreamConsumer::from_config_and_context(&client_config, ReaderContext)
+            .map_err(|source| Error::Client {
+                role: "reader",
+                brokers: config.brokers.clone(),
+                source,
+            })?;
+        let mut reader = RecordReader {
+            consumer,
+            config: config.clone(),
+            options,
+            remaining: HashMap::new(),
+            assigned: HashSet::new(),
+            last: None,
+            last_refresh: Instant::now(),
+        };
+        if reader.options.group.is_some() {
+            let topics: Vec<String> = match &reader.options.topics {
+                Topics::Names(n) => n.clone(),
+                // librdkafka reads a subscription starting with ^ as a regex.
+                Topics::Pattern(p) if p.starts_with('^') => vec![p.clone()],
+                Topics::Pattern(p) => vec![format!("^{p}")],
+            };
+            let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+            reader
+                .consumer
+                .subscribe(&refs)
+                .map_err(|source| Error::Kafka {
+                    context: format!("subscribing the reader to {topics:?}"),
+                    source,
+                })?;
+        } else {
+            reader.assign_new(true).await?;
+        }
+        Ok(reader)
+    }
+
+    /// Assigns partitions of matching topics not assigned yet: at the
+    /// configured start on `first`, from the beginning for topics found later.
+    async fn assign_new(&mut self, first: bool) -> Result<()> {
+        let config = self.config.clone();
+        let topics = self.options.topics.clone();
+        let need_ends = !self.options.follow;
+        let timeout = self.config.admin_timeout;
+        let found =
+            tokio::task::spawn_blocking(move || discover(&config, &topics, need_ends, timeout))
+                .await
+                .map_err(|_| Error::Topic {
+                    topic: format!("{:?}", self.options.topics),
+                    reason: "the metadata lookup was cancelled".into(),
+                })??;
+        let mut tpl = TopicPartitionList::new();
+        for p in found {
+            let key = (p.topic.clone(), p.partition);
+            if self.assigned.contains(&key) {
+                continue;
+            }
+            let offset = match (first, self.options.from) {
+                (true, ReadFrom::End) => Offset::End,
+                _ => Offset::Beginning,
+            };
+            tpl.add_partition_offset(&p.topic, p.partition, offset)
+                .map_err(|source| Error::Kafka {
+                    context: format!("assigning {}/{}", p.topic, p.partition),
+                    source,
+                })?;
+            if need_ends && self.options.from == ReadFrom::Beginning && p.high > p.low {
+                self.remaining.insert(key.clone(), p.high);
+            }
+            self.assigned.insert(key);
+        }
+        if tpl.count() > 0 {
+            self.consumer
+                .incremental_assign(&tpl)
+                .map_err(|source| Error::Kafka {
+                    context: "assigning the reader's partitions".into(),
+                    source,
+                })?;
+        }
+        self.last_refresh = Instant::now();
+        Ok(())
+    }
+
+    /// The next record; `None` once every partition was read to its end (not following).
+    pub async fn next(&mut self) -> Option<Result<ReadRecord>> {
+        if let Some((topic, partition, offset)) = self.last.take() {
+            // The caller asked for the next record: the last one is read.
+            if let Err(e) = self.consumer.store_offset(&topic, partition, offset + 1) {
+                tracing::warn!(topic, partition, error = %e, "storing the reader's offset failed");
+            }
+        }
+        loop {
+            if !self.options.follow && self.remaining.is_empty() {
+                return None;
+            }
+            if self.options.follow
+                && self.options.group.is_none()
+                && matches!(self.options.topics, Topics::Pattern(_))
+                && self.last_refresh.elapsed() >= self.options.refresh
+                && let Err(e) = self.assign_new(false).await
+            {
+                return Some(Err(e));
+            }
+            let wait = if self.options.follow {
+                self.options.refresh
+            } else {
+                Duration::from_millis(500)
+            };
+            let m = match tokio::time::timeout(wait, self.consumer.recv()).await {
+                Err(_) => {
+                    self.drop_finished();
+                    continue;
+                }
+                Ok(Err(e)) => return Some(Err(reader_error(e))),
+                Ok(Ok(m)) => m,
+            };
+            let (topic, partition, offset) = (m.topic().to_owned(), m.partition(), m.offset());
+            let envelope = envelope_of(&m);
+            drop(m);
+            if let Some(end) = self.remaining.get(&(topic.clone(), partition)) {
+                if offset + 1 >= *end {
+                    self.remaining.remove(&(topic.clone(), partition));
+                }
+            } else if !self.options.follow {
+                // Past the end as of `open`.
+                continue;
+            }
+            if self.options.group.is_some() {
+                self.last = Some((topic, partition, offset));
+            }
+            return Some(Ok(ReadRecord {
+                envelope,
+                partition,
+                offset,
+            }));
+        }
+    }
+
+    /// Drops partitions whose position reached their end without a record at
+    /// the end offset (compacted records, transaction markers).
+    fn drop_finished(&mut self) {
+        let Ok(positions) = self.consumer.position() else {
+            return;
+        };
+        for e in positions.elements() {
+            if let Offset::Offset(pos) = e.offset() {
+                let key = (e.topic().to_owned(), e.partition());
+                if self.remaining.get(&key).is_some_and(|end| pos >= *end) {
+                    self.remaining.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+fn reader_error(e: KafkaError) -> Error {
+    Error::Kafka {
+        context: "reading records".into(),
+        source: e,
+    }
+}
+
+struct FoundPartition {
+    topic: String,
+    partition: i32,
+    low: i64,
+    high: i64,
+}
+
+/// The partitions of the matching topics, with their watermarks when `ends`.
+fn discover(
+    config: &KafkaConfig,
+    topics: &Topics,
+    ends: bool,
+    timeout: Duration,
+) -> Result<Vec<FoundPartition>> {
+    let client_config = config.client_config(Role::Consumer, None)?;
+    let client: BaseConsumer<ReaderContext> =
+        BaseConsumer::from_config_and_context(&client_config, ReaderContext).map_err(|source| {
+            Error::Client {
+                role: "metadata client",
+                brokers: config.brokers.clone(),
+                source,
+            }
+        })?;
+    let md = client
+        .fetch_metadata(None, timeout)
+        .map_err(|source| Error::Kafka {
+            context: format!("listing the topics on brokers '{}'", config.brokers),
+            source,
+        })?;
+    let matcher = match topics {
+        Topics::Names(_) => None,
+        Topics::Pattern(p) => {
+            let anchored = format!("^(?:{})$", p.trim_start_matches('^').trim_end_matches('$'));
+            Some(regex::Regex::new(&anchored).map_err(|e| Error::Invalid {
+                field: "topics",
+                reason: format!("'{p}' is not a valid regular expression: {e}"),
+            })?)
+        }
+    };
+    if let Topics::Names(names) = topics {
+        for n in names {
+            if !md
+                .topics()
+                .iter()
+                .any(|t| t.name() == n && t.error().is_none() && !t.partitions().is_empty())
+            {
+                return Err(Error::Topic {
+                    topic: n.clone(),
+                    reason: format!(
+                        "does not exist on brokers '{}': check the name",
+                        config.brokers
+                    ),
+                });
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for t in md.topics() {
+        let wanted = match (topics, &matcher) {
+            (Topics::Names(names), _) => names.iter().any(|n| n == t.name()),
+            (Topics::Pattern(_), Some(re)) => !t.name().starts_with("__") && re.is_match(t.name()),
+            (Topics::Pattern(_), None) => false,
+        };
+        if !wanted || t.error().is_some() {
+            continue;
+        }
+        for p in t.partitions() {
+            let (low, high) = if ends {
+                client
+                    .fetch_watermarks(t.name(), p.id(), timeout)
+                    .map_err(|source| Error::Kafka {
+                        context: format!("reading the end of {}/{}", t.name(), p.id()),
+                        source,
+                    })?
+            } else {
+                (0, 0)
+            };
+            out.push(FoundPartition {
+                topic: t.name().to_owned(),
+                partition: p.id(),
+                low,
+                high,
+            });
+        }
+    }
+    Ok(out)
+}
