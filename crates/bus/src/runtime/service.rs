@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use choreo_core::{
-    Bus, Codecs, DeadLetter, Delivery, Envelope, Event, EventId, Name, Outcome, RECEIPTS_TOPIC,
-    Receipt, StartFrom, SubscribeOptions, Subscription, Timestamp, dead_letter_topic,
+    Bus, Codecs, DeadLetter, Delivery, Envelope, Event, EventId, MALFORMED_HEADER, Name, Outcome,
+    RECEIPTS_TOPIC, Receipt, StartFrom, SubscribeOptions, Subscription, Timestamp,
+    dead_letter_topic,
 };
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -125,7 +126,10 @@ struct RouteSpec {
 /// exactly one [`Outcome`], decided in one place:
 ///
 /// 1. **Routing**: an event type the service has no handler for is acked and
-///    counted in `choreo_deliveries_ignored_total` (no receipt).
+///    counted in `choreo_deliveries_ignored_total` (no receipt). A
+///    **malformed** record (the backend could only partly read it and set
+///    [`MALFORMED_HEADER`](choreo_core::MALFORMED_HEADER)) is dead-lettered at
+///    once with reason `malformed record: …`, whatever its type → `dead_lettered`.
 /// 2. **Idempotency** ([`Service::idempotency`]): an id this service already
 ///    handled is acked without running the handler → `duplicate`.
 /// 3. **Retry** ([`Service::retry`]) around each attempt, which passes through
@@ -636,6 +640,10 @@ impl<B: Bus> Runtime<B> {
                     }
                     match routes.get_mut(&d.envelope().event_type) {
                         Some(route) => self.process(d, route).await,
+                        None if is_malformed(&d) => {
+                            let mut route = self.malformed_route(&d, &routes);
+                            self.process(d, &mut route).await
+                        }
                         None => self.ignore(d, &mut ignored),
                     }
                 }
@@ -651,9 +659,13 @@ impl<B: Bus> Runtime<B> {
                         drop(d);
                         continue;
                     }
-                    match routes.get(&d.envelope().event_type) {
-                        Some(route) => {
-                            let mut route = route.clone();
+                    let route = match routes.get(&d.envelope().event_type) {
+                        Some(route) => Some(route.clone()),
+                        None if is_malformed(&d) => Some(self.malformed_route(&d, &routes)),
+                        None => None,
+                    };
+                    match route {
+                        Some(mut route) => {
                             let rt = self.clone();
                             running.push(async move { rt.process(d, &mut route).await });
                         }
@@ -676,6 +688,25 @@ impl<B: Bus> Runtime<B> {
             })
             .inc();
         d.ack();
+    }
+
+    /// A route for a malformed delivery of a type the service has no handler
+    /// for (its type could not be read): [`decide`](Self::decide)
+    /// dead-letters it before any handler runs, so the stack is never called.
+    fn malformed_route(&self, d: &Delivery, routes: &HashMap<Name, WorkerRoute>) -> WorkerRoute {
+        let env = d.envelope();
+        let stack = routes
+            .values()
+            .next()
+            .expect("a service has at least one handler")
+            .stack
+            .clone();
+        WorkerRoute {
+            stack,
+            metrics: self
+                .metrics
+                .route(&self.shared.name, &env.topic, &env.event_type),
+        }
     }
 
     /// The one place where a delivery's outcome is decided. See [`Service`].
@@ -737,6 +768,12 @@ impl<B: Bus> Runtime<B> {
         span: &HandleSpan,
     ) -> Settled {
         let name = &self.shared.name;
+        if let Some(problem) = env.headers.get_str(MALFORMED_HEADER) {
+            // The backend could only partly read the record: no handler can
+            // be trusted with it.
+            let reason = format!("malformed record: {problem}");
+            return self.dead_letter(d, env, route, reason, 0).await;
+        }
         if self.idempotency.contains(name, &env.id).await {
             d.ack();
             return Settled {
@@ -784,37 +821,50 @@ impl<B: Bus> Runtime<B> {
                         emitted: Vec::new(),
                     };
                 }
-                tracing::warn!(
-                    service = %name, event_type = %env.event_type, event_id = %env.id,
-                    correlation_id = %env.correlation_id, reason, "dead-lettering"
-                );
-                let info = DeadLetter {
-                    topic: Name::from((self.dead_letter_topic)(&env.topic)),
-                    reason: reason.clone(),
+                self.dead_letter(d, env, route, reason, attempts).await
+            }
+        }
+    }
+
+    /// Sends a delivery to its dead-letter topic with `reason`.
+    async fn dead_letter(
+        &self,
+        d: Delivery,
+        env: &Arc<Envelope>,
+        route: &mut WorkerRoute,
+        reason: String,
+        attempts: u32,
+    ) -> Settled {
+        let name = &self.shared.name;
+        tracing::warn!(
+            service = %name, event_type = %env.event_type, event_id = %env.id,
+            correlation_id = %env.correlation_id, reason, "dead-lettering"
+        );
+        let info = DeadLetter {
+            topic: Name::from((self.dead_letter_topic)(&env.topic)),
+            reason: reason.clone(),
+            attempts,
+            service: name.clone(),
+        };
+        // Boxed: the cold path must not grow every delivery's future.
+        match Box::pin(self.bus.dead_letter(d, info)).await {
+            Ok(()) => {
+                route.metrics.dead_lettered.inc();
+                Settled {
+                    outcome: Outcome::DeadLettered,
                     attempts,
-                    service: name.clone(),
-                };
-                // Boxed: the cold path must not grow every delivery's future.
-                match Box::pin(self.bus.dead_letter(d, info)).await {
-                    Ok(()) => {
-                        route.metrics.dead_lettered.inc();
-                        Settled {
-                            outcome: Outcome::DeadLettered,
-                            attempts,
-                            reason: Some(reason),
-                            emitted: Vec::new(),
-                        }
-                    }
-                    Err(e) => Settled {
-                        outcome: Outcome::Redelivered,
-                        attempts,
-                        reason: Some(format!(
-                            "{reason}; publishing to the dead-letter topic failed: {e}"
-                        )),
-                        emitted: Vec::new(),
-                    },
+                    reason: Some(reason),
+                    emitted: Vec::new(),
                 }
             }
+            Err(e) => Settled {
+                outcome: Outcome::Redelivered,
+                attempts,
+                reason: Some(format!(
+                    "{reason}; publishing to the dead-letter topic failed: {e}"
+                )),
+                emitted: Vec::new(),
+            },
         }
     }
 
@@ -933,4 +983,9 @@ impl<B: Bus> Runtime<B> {
         }
         Ok(ids)
     }
+}
+
+/// Whether the backend marked the delivery as only partly readable.
+fn is_malformed(d: &Delivery) -> bool {
+    d.envelope().headers.get(MALFORMED_HEADER).is_some()
 }
