@@ -37,6 +37,7 @@ enum Command {
     Graph(cmd::graph::Args),
     #[command(subcommand)]
     Export(cmd::export::Export),
+    Trace(cmd::trace::Args),
 }
 
 impl Command {
@@ -45,6 +46,7 @@ impl Command {
             Command::Check(args) => cmd::check::run(args),
             Command::Graph(args) => cmd::graph::run(args),
             Command::Export(args) => cmd::export::run(args),
+            Command::Trace(args) => cmd::trace::run(args),
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::flow::{FlowStatus, FlowTrace, Handling, Owed, TracedEvent};
 use crate::metrics::TraceMetrics;
 use crate::model::{EMPTY, Kind, Model, Sym, Symbols};
 use crate::report::{Aggregates, Counters, EvictReason, FlowBrief};
-use crate::util::FastMap;
+use crate::util::{FastMap, Interner};
 
 const NO_PARTITION: u32 = u32::MAX;
 const NO_OFFSET: u64 = u64::MAX;
@@ -87,6 +87,75 @@ impl FlowState {
     }
 }
 
+/// Flows in flight: a slab with an id index, so a lookup holds no borrow and
+/// one hash probe finds a flow.
+#[derive(Default)]
+pub(crate) struct FlowTable {
+    index: FastMap<EventId, u32>,
+    slab: Vec<(EventId, FlowState)>,
+}
+
+impl FlowTable {
+    #[inline]
+    fn find(&self, id: &EventId) -> Option<u32> {
+        self.index.get(id).copied()
+    }
+
+    #[inline]
+    fn at_mut(&mut self, i: u32) -> &mut FlowState {
+        &mut self.slab[i as usize].1
+    }
+
+    fn contains_key(&self, id: &EventId) -> bool {
+        self.index.contains_key(id)
+    }
+
+    fn insert(&mut self, id: EventId, state: FlowState) -> u32 {
+        let i = self.slab.len() as u32;
+        self.index.insert(id.clone(), i);
+        self.slab.push((id, state));
+        i
+    }
+
+    fn remove(&mut self, id: &EventId) -> Option<FlowState> {
+        let i = self.index.remove(id)? as usize;
+        let (_, state) = self.slab.swap_remove(i);
+        if let Some((moved, _)) = self.slab.get(i) {
+            self.index.insert(moved.clone(), i as u32);
+        }
+        Some(state)
+    }
+
+    fn get(&self, id: &EventId) -> Option<&FlowState> {
+        self.find(id).map(|i| &self.slab[i as usize].1)
+    }
+
+    fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &FlowState> {
+        self.slab.iter().map(|(_, f)| f)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&EventId, &FlowState)> {
+        self.slab.iter().map(|(id, f)| (id, f))
+    }
+
+    fn first_key(&self) -> Option<EventId> {
+        self.slab.first().map(|(id, _)| id.clone())
+    }
+
+    fn take_all(&mut self) -> Vec<(EventId, FlowState)> {
+        self.index.clear();
+        std::mem::take(&mut self.slab)
+    }
+}
+
 /// The borrowed shape of a receipt's JSON payload.
 #[derive(Deserialize)]
 struct ReceiptView<'a> {
@@ -107,6 +176,37 @@ struct ReceiptView<'a> {
     duration_us: u64,
     #[serde(default)]
     emitted: Count,
+}
+
+/// A receipt's payload, parsed.
+pub(crate) struct ParsedReceipt {
+    event: EventId,
+    service: Name,
+    event_type: Name,
+    outcome: Outcome,
+    attempts: u32,
+    reason: Option<Box<str>>,
+    started: i64,
+    duration_us: u64,
+    emitted: u32,
+}
+
+/// Parses a receipt envelope's payload; `None` when it is not a receipt.
+pub(crate) fn parse_receipt(data: &[u8], names: &mut Interner) -> Option<ParsedReceipt> {
+    let view = serde_json::from_slice::<ReceiptView<'_>>(data).ok()?;
+    let event = crate::capture::fast_uuid(view.event_id.as_bytes())
+        .or_else(|| EventId::parse(&view.event_id))?;
+    Some(ParsedReceipt {
+        event,
+        service: names.name(&view.service),
+        event_type: names.name(&view.event_type),
+        outcome: view.outcome,
+        attempts: view.attempts,
+        reason: view.reason.map(String::into_boxed_str),
+        started: view.started,
+        duration_us: view.duration_us,
+        emitted: view.emitted.0,
+    })
 }
 
 /// Counts a JSON array's elements without keeping them.
@@ -163,7 +263,7 @@ pub struct Tracer {
     pub(crate) config: TracerConfig,
     pub(crate) syms: Symbols,
     pub(crate) model: Option<Model>,
-    flows: FastMap<EventId, FlowState>,
+    flows: FlowTable,
     created: VecDeque<EventId>,
     records_in_flight: usize,
     evicted: FastMap<EventId, ()>,
@@ -177,6 +277,7 @@ pub struct Tracer {
     kept: Vec<FlowTrace>,
     scratch: Scratch,
     log: Option<LogWriter>,
+    receipt_names: Interner,
 }
 
 impl std::fmt::Debug for Tracer {
@@ -239,7 +340,7 @@ impl Tracer {
             config,
             syms,
             model,
-            flows: FastMap::default(),
+            flows: FlowTable::default(),
             created: VecDeque::new(),
             records_in_flight: 0,
             evicted: FastMap::default(),
@@ -253,6 +354,7 @@ impl Tracer {
             kept: Vec::new(),
             scratch: Scratch::default(),
             log: None,
+            receipt_names: Interner::default(),
         }
     }
 
@@ -322,6 +424,7 @@ impl Tracer {
             record.partition,
             record.offset,
             record.attributed,
+            None,
         );
     }
 
@@ -332,6 +435,19 @@ impl Tracer {
             position.map(|p| p.0),
             position.map(|p| p.1),
             !envelope.event_type.is_empty(),
+            None,
+        );
+    }
+
+    /// Ingests a record whose receipt payload (if it is a receipt) was
+    /// already parsed on another thread.
+    pub(crate) fn ingest_prepared(&mut self, record: &Record, pre: Option<ParsedReceipt>) {
+        self.ingest_parts(
+            &record.envelope,
+            record.partition,
+            record.offset,
+            record.attributed,
+            pre,
         );
     }
 
@@ -341,6 +457,7 @@ impl Tracer {
         partition: Option<u32>,
         offset: Option<u64>,
         attributed: bool,
+        pre: Option<ParsedReceipt>,
     ) {
         self.counters.records += 1;
         if !attributed {
@@ -349,35 +466,35 @@ impl Tracer {
         }
         let time = env.time.as_micros();
         if env.event_type.as_str() == RECEIPT_TYPE {
-            let Ok(view) = serde_json::from_slice::<ReceiptView<'_>>(&env.data) else {
-                self.counters.unattributed += 1;
-                self.counters.bad_receipts += 1;
-                return;
+            let parsed = match pre {
+                Some(p) => Some(p),
+                None => parse_receipt(&env.data, &mut self.receipt_names),
             };
-            let Some(event) = EventId::parse(&view.event_id) else {
+            let Some(view) = parsed else {
                 self.counters.unattributed += 1;
                 self.counters.bad_receipts += 1;
                 return;
             };
             self.receipts_seen = true;
             self.counters.receipts += 1;
+            let outcome = view.outcome;
+            let done = view.started.saturating_add(view.duration_us as i64);
             let rc = Rc {
-                event,
-                service: self.syms.intern_str(&view.service),
-                ty: self.syms.intern_str(&view.event_type),
-                outcome: view.outcome,
+                event: view.event,
+                service: self.syms.intern(&view.service),
+                ty: self.syms.intern(&view.event_type),
+                outcome,
                 attempts: view.attempts,
                 started: view.started,
                 duration_us: view.duration_us,
-                emitted: view.emitted.0,
-                reason: view.reason.map(String::into_boxed_str),
+                emitted: view.emitted,
+                reason: view.reason,
             };
-            let done = view.started.saturating_add(view.duration_us as i64);
             self.bump_time(time.max(done));
             if let Some(flow) = self.flow_for(&env.correlation_id, time, env.event_type.as_str()) {
                 flow.receipts.push(rc);
                 flow.last_activity = flow.last_activity.max(time);
-                if view.outcome == Outcome::DeadLettered {
+                if outcome == Outcome::DeadLettered {
                     flow.resting = true;
                 }
                 self.records_in_flight += 1;
@@ -475,43 +592,44 @@ impl Tracer {
     /// The flow a record belongs to, created if new; `None` for a late record
     /// of an evicted flow.
     fn flow_for(&mut self, corr: &EventId, time: i64, event_type: &str) -> Option<&mut FlowState> {
-        if !self.flows.contains_key(corr) {
-            if !self.evicted.is_empty() && self.evicted.contains_key(corr) {
-                self.counters.late += 1;
-                return None;
-            }
-            if self.flows.len() >= self.config.max_flows {
-                self.evict_oldest(EvictReason::FlowCap);
-            }
-            let name = self.model.as_ref().and_then(|m| {
-                let ty = self.syms.get(event_type)?;
-                m.flow_of(ty)
-            });
-            self.agg.started(name, &self.model);
-            if let (Some(m), Some(metrics)) = (&self.model, &self.metrics) {
-                metrics.flow_started(name.map(|n| m.flows[n].name.as_str()));
-            } else if let Some(metrics) = &self.metrics {
-                metrics.flow_started(None);
-            }
-            if self.config.max_flows != usize::MAX {
-                self.created.push_back(corr.clone());
-            }
-            self.flows.insert(
-                corr.clone(),
-                FlowState {
-                    events: Vec::new(),
-                    receipts: Vec::new(),
-                    dead: Vec::new(),
-                    index: None,
-                    last_activity: time,
-                    duplicates: 0,
-                    resting: false,
-                    next_check: i64::MIN,
-                    name,
-                },
-            );
+        if let Some(i) = self.flows.find(corr) {
+            return Some(self.flows.at_mut(i));
         }
-        self.flows.get_mut(corr)
+        if !self.evicted.is_empty() && self.evicted.contains_key(corr) {
+            self.counters.late += 1;
+            return None;
+        }
+        if self.flows.len() >= self.config.max_flows {
+            self.evict_oldest(EvictReason::FlowCap);
+        }
+        let name = self.model.as_ref().and_then(|m| {
+            let ty = self.syms.get(event_type)?;
+            m.flow_of(ty)
+        });
+        self.agg.started(name, &self.model);
+        if let (Some(m), Some(metrics)) = (&self.model, &self.metrics) {
+            metrics.flow_started(name.map(|n| m.flows[n].name.as_str()));
+        } else if let Some(metrics) = &self.metrics {
+            metrics.flow_started(None);
+        }
+        if self.config.max_flows != usize::MAX {
+            self.created.push_back(corr.clone());
+        }
+        let i = self.flows.insert(
+            corr.clone(),
+            FlowState {
+                events: Vec::new(),
+                receipts: Vec::new(),
+                dead: Vec::new(),
+                index: None,
+                last_activity: time,
+                duplicates: 0,
+                resting: false,
+                next_check: i64::MIN,
+                name,
+            },
+        );
+        Some(self.flows.at_mut(i))
     }
 
     fn after_growth(&mut self, corr: &EventId) {
@@ -538,7 +656,7 @@ impl Tracer {
             }
         }
         // Without creation order (batch config), evict any.
-        let Some(id) = self.flows.keys().next().cloned() else {
+        let Some(id) = self.flows.first_key() else {
             return false;
         };
         self.evict(&id, reason);
@@ -590,7 +708,7 @@ impl Tracer {
         let idle = i64::try_from(self.config.idle.as_micros()).unwrap_or(i64::MAX);
         let has_model = self.model.is_some();
         let mut due: Vec<(EventId, Option<EvictReason>)> = Vec::new();
-        for (id, f) in &self.flows {
+        for (id, f) in self.flows.iter() {
             let quiet = now_us.saturating_sub(f.last_activity);
             if quiet >= idle {
                 due.push((id.clone(), Some(EvictReason::Idle)));
@@ -653,10 +771,9 @@ impl Tracer {
     pub fn finish(&mut self, now: Option<Timestamp>) {
         let now_us = self.effective_now(now);
         self.now = now_us;
-        let flows = std::mem::take(&mut self.flows);
+        let mut ids = self.flows.take_all();
         self.created.clear();
         self.records_in_flight = 0;
-        let mut ids: Vec<(EventId, FlowState)> = flows.into_iter().collect();
         // A stable order, so reports and examples do not depend on hashing.
         ids.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (id, state) in ids {
@@ -1176,6 +1293,18 @@ impl Tracer {
                 }
                 let ran = acked || !emitted_types.is_empty();
                 if ran {
+                    // Emissions its receipt announces but the input does not
+                    // (yet) hold: the flow is not at rest.
+                    let seen = kids.iter().filter(|&&k| f.events[k].source == svc).count();
+                    if receipt_emitted.is_some_and(|n| n as usize > seen) {
+                        owed.push(RawOwed {
+                            service: svc,
+                            event: i as u32,
+                            owes: reaction.emits.clone(),
+                            one_of: reaction.kind == Kind::OneOf,
+                            deadline: None,
+                        });
+                    }
                     match reaction.kind {
                         Kind::All => {
                             let missing: Vec<Sym> = reaction
@@ -1292,9 +1421,10 @@ impl Tracer {
                 *per_type.entry(e.ty).or_default() += 1;
             }
             if per_type.values().any(|&c| c > bound) {
-                let mut reported: Vec<Sym> = Vec::new();
+                // Per repeating type, the deepest repetition along one path.
+                let mut worst: Vec<(Sym, u32, usize)> = Vec::new();
                 for (i, e) in f.events.iter().enumerate() {
-                    if per_type[&e.ty] <= bound || reported.contains(&e.ty) {
+                    if per_type[&e.ty] <= bound {
                         continue;
                     }
                     let mut count = 1u32;
@@ -1307,20 +1437,28 @@ impl Tracer {
                         p = s.parent[p as usize];
                         steps += 1;
                     }
-                    if count > bound {
-                        reported.push(e.ty);
-                        findings.push(Raw {
-                            rule: Rule::CycleBound,
-                            service: e.source,
-                            event_type: e.ty,
-                            event: Some(i as u32),
-                            time: e.time,
-                            message: format!(
-                                "'{}' occurs {count} times along one causal path (bound {bound})",
-                                syms.name(e.ty)
-                            ),
-                        });
+                    match worst.iter_mut().find(|w| w.0 == e.ty) {
+                        Some(w) if w.1 < count => *w = (e.ty, count, i),
+                        Some(_) => {}
+                        None => worst.push((e.ty, count, i)),
                     }
+                }
+                for (ty, count, i) in worst {
+                    if count <= bound {
+                        continue;
+                    }
+                    let e = &f.events[i];
+                    findings.push(Raw {
+                        rule: Rule::CycleBound,
+                        service: e.source,
+                        event_type: ty,
+                        event: Some(i as u32),
+                        time: e.time,
+                        message: format!(
+                            "'{}' occurs {count} times along one causal path (bound {bound})",
+                            syms.name(ty)
+                        ),
+                    });
                 }
             }
         }

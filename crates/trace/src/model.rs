@@ -16,13 +16,21 @@ pub(crate) const EMPTY: Sym = 0;
 pub(crate) struct Symbols {
     names: Vec<Name>,
     index: FastMap<Name, Sym>,
+    /// Direct-mapped cache by the name's address: readers share one
+    /// allocation per distinct name, so most lookups hit here without hashing
+    /// the text. Each entry holds a clone, which keeps the address from being
+    /// reused for another name.
+    by_addr: Vec<Option<(Name, Sym)>>,
 }
+
+const BY_ADDR: usize = 64;
 
 impl Default for Symbols {
     fn default() -> Self {
         let mut s = Symbols {
             names: Vec::new(),
             index: FastMap::default(),
+            by_addr: vec![None; BY_ADDR],
         };
         s.intern(&Name::empty());
         s
@@ -32,6 +40,19 @@ impl Default for Symbols {
 impl Symbols {
     #[inline]
     pub(crate) fn intern(&mut self, name: &Name) -> Sym {
+        let addr = name.as_str().as_ptr() as usize;
+        let slot = (addr >> 3 ^ addr >> 9 ^ name.len()) % BY_ADDR;
+        if let Some((n, s)) = &self.by_addr[slot] {
+            if n.as_str().as_ptr() == name.as_str().as_ptr() && n.len() == name.len() {
+                return *s;
+            }
+        }
+        let s = self.intern_slow(name);
+        self.by_addr[slot] = Some((name.clone(), s));
+        s
+    }
+
+    fn intern_slow(&mut self, name: &Name) -> Sym {
         if let Some(&s) = self.index.get(name.as_str()) {
             return s;
         }

@@ -77,18 +77,29 @@ pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 /// grow it without limit; past the bound new names are allocated each time.
 #[derive(Default)]
 pub(crate) struct Interner {
+    /// The first few names, scanned before hashing: a capture has a handful
+    /// of types, topics and services, and comparing a few short strings is
+    /// cheaper than hashing one.
+    recent: Vec<Name>,
     names: FastMap<Box<str>, Name>,
 }
 
 const INTERNER_BOUND: usize = 16 * 1024;
+const RECENT: usize = 24;
 
 impl Interner {
+    #[inline]
     pub(crate) fn name(&mut self, s: &str) -> Name {
+        if let Some(n) = self.recent.iter().find(|n| n.as_str() == s) {
+            return n.clone();
+        }
         if let Some(n) = self.names.get(s) {
             return n.clone();
         }
         let n = Name::from(s);
-        if self.names.len() < INTERNER_BOUND {
+        if self.recent.len() < RECENT {
+            self.recent.push(n.clone());
+        } else if self.names.len() < INTERNER_BOUND {
             self.names.insert(Box::from(s), n.clone());
         }
         n

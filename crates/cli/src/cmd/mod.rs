@@ -3,6 +3,7 @@
 pub(crate) mod check;
 pub(crate) mod export;
 pub(crate) mod graph;
+pub(crate) mod trace;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};

@@ -292,8 +292,49 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn parse_id(s: &str) -> Option<EventId> {
-    EventId::parse(s)
+#[inline]
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// The canonical lower-case hyphenated UUID text as an id, decoded straight
+/// from the bytes: what [`EventId::parse`] gives for it, at a fraction of the
+/// cost (three ids per record). `None` for anything else.
+#[inline]
+pub(crate) fn fast_uuid(raw: &[u8]) -> Option<EventId> {
+    if raw.len() != 36 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut j = 0;
+    let mut i = 0;
+    while i < 36 {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            if raw[i] != b'-' {
+                return None;
+            }
+            i += 1;
+            continue;
+        }
+        out[j] = (hex(raw[i])? << 4) | hex(raw[i + 1])?;
+        j += 1;
+        i += 2;
+    }
+    Some(EventId::from_uuid(uuid::Uuid::from_bytes(out)))
+}
+
+/// An id field: `None` when empty.
+#[inline]
+fn id_field(raw: &[u8]) -> Result<Option<EventId>, Fault> {
+    if let Some(id) = fast_uuid(raw) {
+        return Ok(Some(id));
+    }
+    let s = std::str::from_utf8(raw).map_err(|_| Fault::Corrupt("an id is not UTF-8".into()))?;
+    Ok(EventId::parse(s))
 }
 
 /// Decodes one record at the cursor; `fallback_id` names a record whose id is empty.
@@ -302,7 +343,7 @@ pub(crate) fn decode(
     names: &mut Interner,
     fallback_id: impl FnOnce() -> String,
 ) -> Result<Record, Fault> {
-    let id = c.str()?;
+    let id = id_field(c.raw()?)?;
     let event_type = c.str()?;
     let event_type = names.name(event_type);
     let source = names.name(c.str()?);
@@ -313,12 +354,12 @@ pub(crate) fn decode(
         None
     };
     let correlation = if c.branch("correlation_id")? {
-        Some(c.str()?)
+        id_field(c.raw()?)?
     } else {
         None
     };
     let causation = if c.branch("causation_id")? {
-        Some(c.str()?)
+        id_field(c.raw()?)?
     } else {
         None
     };
@@ -400,14 +441,14 @@ pub(crate) fn content_type(s: &str, names: &mut Interner) -> ContentType {
     }
 }
 
-pub(crate) struct Parts<'s, F> {
-    pub(crate) id: &'s str,
+pub(crate) struct Parts<F> {
+    pub(crate) id: Option<EventId>,
     pub(crate) event_type: Name,
     pub(crate) source: Name,
     pub(crate) topic: Name,
     pub(crate) key: Option<Bytes>,
-    pub(crate) correlation: Option<&'s str>,
-    pub(crate) causation: Option<&'s str>,
+    pub(crate) correlation: Option<EventId>,
+    pub(crate) causation: Option<EventId>,
     pub(crate) time: Timestamp,
     pub(crate) traceparent: Option<String>,
     pub(crate) tracestate: Option<String>,
@@ -421,15 +462,15 @@ pub(crate) struct Parts<'s, F> {
 
 /// Builds a record from decoded fields; a missing id or correlation id makes
 /// it unattributed rather than an error.
-pub(crate) fn assemble<F: FnOnce() -> String>(p: Parts<'_, F>) -> Record {
-    let (id, id_ok) = match parse_id(p.id) {
+pub(crate) fn assemble<F: FnOnce() -> String>(p: Parts<F>) -> Record {
+    let (id, id_ok) = match p.id {
         Some(id) => (id, true),
         None => (
             EventId::parse(&(p.fallback_id)()).unwrap_or_default(),
             false,
         ),
     };
-    let correlation = p.correlation.and_then(parse_id);
+    let correlation = p.correlation;
     let attributed = id_ok && correlation.is_some() && !p.event_type.is_empty();
     let envelope = Envelope {
         correlation_id: correlation.unwrap_or_else(|| id.clone()),
@@ -438,7 +479,7 @@ pub(crate) fn assemble<F: FnOnce() -> String>(p: Parts<'_, F>) -> Record {
         source: p.source,
         topic: p.topic,
         key: p.key,
-        causation_id: p.causation.and_then(parse_id),
+        causation_id: p.causation,
         time: p.time,
         traceparent: p.traceparent,
         tracestate: p.tracestate,
@@ -745,13 +786,13 @@ pub(crate) fn from_value(
     let topic = names.name(&topic);
     let content_type = content_type(&ctype, names);
     Ok(assemble(Parts {
-        id: &id,
+        id: EventId::parse(&id),
         event_type,
         source,
         topic,
         key,
-        correlation: correlation.as_deref(),
-        causation: causation.as_deref(),
+        correlation: correlation.as_deref().and_then(EventId::parse),
+        causation: causation.as_deref().and_then(EventId::parse),
         time: Timestamp::from_micros(time),
         traceparent,
         tracestate,

@@ -16,11 +16,11 @@
 //! | `traceparent`, `tracestate` | W3C trace context |
 //! | `content_type` (or `datacontenttype`) | the payload's media type; default `application/json` |
 //! | `data` / `data_base64` | the payload: any JSON value when it is JSON, else base64 |
-//! | `headers` | an object of extra headers, values as text (or `{"base64": "…"}`) |
+//! | `headers` | extra headers, in order, as `[name, value]` pairs; a value is text, or `{"base64": "…"}` when not UTF-8 (an object `{name: value}` is accepted too) |
 //! | `partition`, `offset` | where the record was read, when known |
 
 use bytes::Bytes;
-use choreo_core::{ContentType, Headers, Timestamp};
+use choreo_core::{ContentType, EventId, Headers, Timestamp};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -56,23 +56,29 @@ pub(crate) fn encode(r: &Record) -> String {
         m.insert("tracestate".into(), t.as_str().into());
     }
     m.insert("content_type".into(), e.content_type.as_str().into());
+    // Embedded as JSON only when that gives back the same bytes (key order,
+    // spacing and number forms survive), so a round trip is exact.
     let json_data = (e.content_type == ContentType::Json)
         .then(|| serde_json::from_slice::<Value>(&e.data).ok())
-        .flatten();
+        .flatten()
+        .filter(|v| v.to_string().as_bytes() == &e.data[..]);
     match json_data {
         Some(v) => m.insert("data".into(), v),
         None => m.insert("data_base64".into(), base64_encode(&e.data).into()),
     };
     if !e.headers.is_empty() {
-        let mut h = Map::new();
-        for (name, value) in e.headers.iter() {
-            let v = match std::str::from_utf8(value) {
-                Ok(s) => Value::from(s),
-                Err(_) => serde_json::json!({ "base64": base64_encode(value) }),
-            };
-            h.insert(name.to_owned(), v);
-        }
-        m.insert("headers".into(), Value::Object(h));
+        let h: Vec<Value> = e
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let v = match std::str::from_utf8(value) {
+                    Ok(s) => Value::from(s),
+                    Err(_) => serde_json::json!({ "base64": base64_encode(value) }),
+                };
+                Value::Array(vec![Value::from(name), v])
+            })
+            .collect();
+        m.insert("headers".into(), Value::Array(h));
     }
     if let Some(p) = r.partition {
         m.insert("partition".into(), p.into());
@@ -114,7 +120,7 @@ struct Line {
     #[serde(default)]
     data_base64: Option<String>,
     #[serde(default)]
-    headers: Option<Map<String, Value>>,
+    headers: Option<Value>,
     #[serde(default)]
     partition: Option<u32>,
     #[serde(default)]
@@ -167,7 +173,29 @@ pub(crate) fn decode(
         (Some(v), None) => Bytes::from(v.to_string()),
     };
     let mut headers = Headers::new();
-    for (name, v) in l.headers.unwrap_or_default() {
+    let pairs: Vec<(String, Value)> = match l.headers {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(o)) => o.into_iter().collect(),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::Array(mut pair) if pair.len() == 2 => {
+                    let v = pair.pop().unwrap_or_default();
+                    match pair.pop() {
+                        Some(Value::String(n)) => Ok((n, v)),
+                        _ => Err("a header name must be text".to_owned()),
+                    }
+                }
+                _ => Err("'headers' must hold [name, value] pairs".to_owned()),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(format!(
+                "'headers' must be a list of [name, value] pairs, not {other}"
+            ));
+        }
+    };
+    for (name, v) in pairs {
         let value = match v {
             Value::String(s) => Bytes::from(s),
             Value::Object(o) => match o.get("base64").and_then(Value::as_str) {
@@ -184,13 +212,13 @@ pub(crate) fn decode(
     let source = names.name(l.source.as_deref().unwrap_or(""));
     let topic = names.name(l.topic.as_deref().unwrap_or(""));
     Ok(assemble(Parts {
-        id: &id,
+        id: EventId::parse(&id),
         event_type,
         source,
         topic,
         key,
-        correlation: l.correlation_id.as_deref(),
-        causation: l.causation_id.as_deref(),
+        correlation: l.correlation_id.as_deref().and_then(EventId::parse),
+        causation: l.causation_id.as_deref().and_then(EventId::parse),
         time,
         traceparent: l.traceparent,
         tracestate: l.tracestate,

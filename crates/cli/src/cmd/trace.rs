@@ -1,0 +1,384 @@
+//! `choreo trace`: rebuild every flow of a capture, check it against a topology, report.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use choreo_core::{EventId, Timestamp};
+use choreo_trace::capture::Reader;
+use choreo_trace::{Keep, LogFormat, LogWriter, Source, Tracer, TracerConfig};
+
+use crate::{EXIT_FINDINGS, EXIT_INPUT, EXIT_OK};
+
+/// Rebuild every flow from captured events and receipts, check them against a
+/// topology, and report: flows by status, violations, the service graph.
+///
+/// Inputs are capture files: Avro object container files (`choreo capture`,
+/// `choreo simulate --capture`) or JSON lines, told apart by content. "Now",
+/// which decides whether an unfinished flow is stuck or still in progress, is
+/// the latest timestamp in the input unless --now gives it.
+///
+/// Exit codes: 0 every flow completed and nothing was found; 1 violations, or
+/// failed or stuck flows; 2 usage or input error (unreadable, unknown or
+/// damaged capture — a damaged capture is still reported up to the damage —,
+/// invalid topology, --flow not found).
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Capture files (.avro or .jsonl), read in order.
+    #[arg(required = true, value_name = "CAPTURE")]
+    captures: Vec<PathBuf>,
+    /// The topology to check the flows against (without one only structure is
+    /// checked: orphans, clock skew, loops, dead letters).
+    #[arg(long, short)]
+    topology: Option<PathBuf>,
+    /// Show one flow, by correlation id, as a timeline tree (or JSON with --format json).
+    #[arg(long, value_name = "CORRELATION_ID")]
+    flow: Option<String>,
+    /// Output: the human summary, the report as JSON, or the service graph as DOT or Mermaid.
+    #[arg(long, short, value_enum, default_value_t = Format::Human)]
+    format: Format,
+    /// Also write the event log for process-mining tools (case = correlation
+    /// id, activity = event type, timestamp, resource = source service) to -o.
+    #[arg(long, value_enum, requires = "output")]
+    export: Option<Export>,
+    /// Where --export writes.
+    #[arg(long, short, requires = "export")]
+    output: Option<PathBuf>,
+    /// Judge flows as of this time (RFC 3339) instead of the latest timestamp in the input.
+    #[arg(long, value_name = "RFC3339")]
+    now: Option<String>,
+    /// After reading, serve the tracer's Prometheus metrics at this address
+    /// (e.g. 127.0.0.1:9464) until interrupted.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
+    /// How often an event type may repeat along one causal path before `cycle-bound` is reported.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    cycle_bound: u32,
+    /// No progress bar, even on a terminal.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// What to print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Format {
+    /// A summary for people.
+    Human,
+    /// The whole report (or, with --flow, the flow) as JSON.
+    Json,
+    /// The service graph in Graphviz DOT.
+    Dot,
+    /// The service graph as a Mermaid flowchart.
+    Mermaid,
+}
+
+/// An event log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Export {
+    /// IEEE XES.
+    Xes,
+    /// CSV with XES attribute names as the header.
+    Csv,
+}
+
+/// Where records come from. To add a source (Kafka, say), add a variant, open
+/// it in [`Input::open`] as a `choreo_trace::Source`, and produce it in
+/// [`Config::from_args`]; everything downstream is shared.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Input {
+    /// A capture file.
+    File(PathBuf),
+}
+
+impl Input {
+    fn open(&self) -> anyhow::Result<Box<dyn Source + Send>> {
+        match self {
+            Input::File(path) => Ok(Box::new(Reader::open(path)?)),
+        }
+    }
+}
+
+/// The validated form of [`Args`].
+#[derive(Debug, PartialEq)]
+pub(crate) struct Config {
+    inputs: Vec<Input>,
+    topology: Option<PathBuf>,
+    flow: Option<EventId>,
+    format: Format,
+    export: Option<(LogFormat, PathBuf)>,
+    now: Option<Timestamp>,
+    metrics_addr: Option<String>,
+    tracer: TracerConfig,
+    progress: bool,
+}
+
+impl Config {
+    fn from_args(args: Args) -> anyhow::Result<Config> {
+        let now = match &args.now {
+            Some(text) => Some(Timestamp::parse_rfc3339(text).with_context(|| {
+                format!("--now '{text}' is not RFC 3339 time; write it like 2026-01-31T12:00:00Z")
+            })?),
+            None => None,
+        };
+        let flow = match &args.flow {
+            Some(text) => Some(
+                EventId::parse(text.trim())
+                    .context("--flow needs a correlation id (the id of the flow's first event)")?,
+            ),
+            None => None,
+        };
+        if matches!(args.format, Format::Dot | Format::Mermaid) && flow.is_some() {
+            bail!(
+                "--flow shows one flow as a timeline (human) or JSON; --format dot and mermaid draw the whole service graph"
+            );
+        }
+        let mut tracer = TracerConfig::batch();
+        tracer.cycle_bound = args.cycle_bound;
+        if let Some(id) = &flow {
+            tracer.keep = Keep::One(id.clone());
+        }
+        let export = match (args.export, args.output) {
+            (Some(Export::Csv), Some(o)) => Some((LogFormat::Csv, o)),
+            (Some(Export::Xes), Some(o)) => Some((LogFormat::Xes, o)),
+            _ => None,
+        };
+        Ok(Config {
+            inputs: args.captures.into_iter().map(Input::File).collect(),
+            topology: args.topology,
+            flow,
+            format: args.format,
+            export,
+            now,
+            metrics_addr: args.metrics_addr,
+            tracer,
+            progress: !args.quiet,
+        })
+    }
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
+    let config = Config::from_args(args)?;
+    let topology = match &config.topology {
+        Some(path) => Some(super::load(path)?),
+        None => None,
+    };
+    let mut tracer = Tracer::new(config.tracer.clone(), topology.as_ref());
+    let registry = prometheus::Registry::new();
+    if config.metrics_addr.is_some() {
+        tracer.register_metrics(&registry)?;
+    }
+    if let Some((format, path)) = &config.export {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create the event log '{}'", path.display()))?;
+        let log = LogWriter::new(std::io::BufWriter::with_capacity(1 << 20, file), *format)
+            .with_context(|| format!("cannot write the event log '{}'", path.display()))?;
+        tracer.export_log(log);
+    }
+
+    // CHOREO_TRACE_TIMING=1 prints where the time went (the benchmark script uses it).
+    let timing = std::env::var_os("CHOREO_TRACE_TIMING").is_some();
+    let t0 = std::time::Instant::now();
+    let mut damaged = false;
+    for input in &config.inputs {
+        let source = input.open()?;
+        let name = source.name();
+        let bar = progress_bar(config.progress, &source.progress());
+        let drained = choreo_trace::drive(
+            source,
+            &mut tracer,
+            |_| {},
+            |p| {
+                if let Some(bar) = &bar {
+                    bar.set_position(p.bytes);
+                    bar.set_message(format!("{} records", p.records));
+                }
+            },
+        );
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        if let Some(err) = drained.error {
+            damaged = true;
+            eprintln!("choreo: {err} ({name}: {} records traced)", drained.records);
+        }
+    }
+    let t1 = std::time::Instant::now();
+    tracer.finish(config.now);
+    let t2 = std::time::Instant::now();
+    if let Some(done) = tracer.finish_log() {
+        let (cases, events) = done.context("cannot write the event log")?;
+        if let Some((_, path)) = &config.export {
+            eprintln!(
+                "choreo: wrote {events} events in {cases} cases to '{}'",
+                path.display()
+            );
+        }
+    }
+    let report = tracer.report();
+    if timing {
+        eprintln!(
+            "choreo: timing: read+ingest {:.3}s, finish {:.3}s, report {:.3}s",
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            t2.elapsed().as_secs_f64()
+        );
+    }
+    let mut code = if report.ok { EXIT_OK } else { EXIT_FINDINGS };
+    let text = match (&config.flow, config.format) {
+        (Some(id), format) => match tracer.kept().first() {
+            Some(flow) => {
+                if !flow.findings.is_empty()
+                    || !matches!(flow.status, choreo_trace::FlowStatus::Completed)
+                {
+                    code = EXIT_FINDINGS;
+                } else {
+                    code = EXIT_OK;
+                }
+                match format {
+                    Format::Json => pretty(&flow.to_json())?,
+                    _ => flow.timeline(),
+                }
+            }
+            None => bail!(
+                "flow {id} is not in the capture: no event has it as correlation id (try `choreo trace <capture> --format json` to list stuck and failed flows)"
+            ),
+        },
+        (None, Format::Human) => report.summary(),
+        (None, Format::Json) => pretty(&serde_json::to_value(&report)?)?,
+        (None, Format::Dot) => report.graph_dot(),
+        (None, Format::Mermaid) => report.graph_mermaid(),
+    };
+    super::emit(super::output(None)?, &text)?;
+    if let Some(addr) = &config.metrics_addr {
+        serve_metrics(addr, registry)?;
+    }
+    if damaged {
+        code = EXIT_INPUT;
+    }
+    Ok(code)
+}
+
+fn pretty(v: &serde_json::Value) -> anyhow::Result<String> {
+    let mut s = serde_json::to_string_pretty(v)?;
+    s.push('\n');
+    Ok(s)
+}
+
+/// A progress bar on a terminal for inputs worth one (over 8 MiB); none when piped.
+fn progress_bar(wanted: bool, p: &choreo_trace::Progress) -> Option<indicatif::ProgressBar> {
+    let total = p.total_bytes?;
+    if !wanted || !std::io::stderr().is_terminal() || total < 8 << 20 {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} tracing [{bar:30}] {bytes}/{total_bytes} {msg} ({eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    Some(bar)
+}
+
+fn serve_metrics(addr: &str, registry: prometheus::Registry) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the metrics server's runtime")?;
+    rt.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let registries = Arc::new(vec![registry]);
+        let render: choreo_bus::Render = Arc::new(move || choreo_bus::render(&registries));
+        let server = choreo_bus::MetricsServer::start(addr, render, shutdown.clone())
+            .await
+            .with_context(|| format!("cannot serve metrics at {addr}"))?;
+        eprintln!(
+            "choreo: serving the tracer's metrics at http://{}/metrics (ctrl-c to stop)",
+            server.local_addr()
+        );
+        let _ = tokio::signal::ctrl_c().await;
+        shutdown.cancel();
+        server.stop();
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn config(argv: &[&str]) -> anyhow::Result<Config> {
+        let mut all = vec!["trace"];
+        all.extend_from_slice(argv);
+        Config::from_args(Wrap::try_parse_from(all)?.args)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config(&["run.avro"]).unwrap();
+        assert_eq!(c.inputs, vec![Input::File("run.avro".into())]);
+        assert_eq!(c.format, Format::Human);
+        assert_eq!(c.export, None);
+        assert_eq!(c.now, None);
+        assert_eq!(c.tracer.cycle_bound, 3);
+        assert_eq!(c.tracer.keep, Keep::None);
+        assert!(c.progress);
+    }
+
+    #[test]
+    fn flags_convert() {
+        let c = config(&[
+            "a.avro",
+            "b.jsonl",
+            "-t",
+            "t.yaml",
+            "--format",
+            "json",
+            "--export",
+            "csv",
+            "-o",
+            "log.csv",
+            "--now",
+            "2026-01-31T12:00:00Z",
+            "--cycle-bound",
+            "5",
+            "-q",
+            "--flow",
+            "0190b3c4-1d2e-7a8b-9c0d-1e2f3a4b5c6d",
+        ])
+        .unwrap();
+        assert_eq!(c.inputs.len(), 2);
+        assert_eq!(c.topology, Some(PathBuf::from("t.yaml")));
+        assert_eq!(c.format, Format::Json);
+        assert_eq!(c.export, Some((LogFormat::Csv, PathBuf::from("log.csv"))));
+        assert_eq!(c.now, Timestamp::parse_rfc3339("2026-01-31T12:00:00Z"));
+        assert_eq!(c.tracer.cycle_bound, 5);
+        assert!(matches!(c.tracer.keep, Keep::One(_)));
+        assert!(!c.progress);
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert!(config(&["a.avro", "--now", "yesterday"]).is_err());
+        assert!(
+            config(&["a.avro", "--export", "csv"]).is_err(),
+            "--export needs -o"
+        );
+        assert!(
+            config(&["a.avro", "-o", "x.csv"]).is_err(),
+            "-o needs --export"
+        );
+        assert!(config(&["a.avro", "--format", "svg"]).is_err());
+        assert!(config(&["a.avro", "--flow", "x", "--format", "dot"]).is_err());
+        assert!(config(&[]).is_err(), "a capture is required");
+    }
+}

@@ -1,0 +1,276 @@
+//! Damaged, truncated and foreign capture files: what was read, where the damage is, never a panic.
+
+mod common;
+
+use choreo_core::Envelope;
+use choreo_trace::capture::{Format, Reader, Writer};
+use choreo_trace::{Error, Record};
+use common::*;
+use proptest::prelude::*;
+
+fn sample(n: usize) -> Vec<Record> {
+    let h = Hand::default();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let placed = h.start("OrderPlaced", "checkout", i as i64);
+        let paid = h.after(&placed, "PaymentCaptured", "payment", i as i64 + 1);
+        out.push(Record::new(placed).at(0, 2 * i as u64));
+        out.push(Record::new(paid).at(1, 2 * i as u64 + 1));
+    }
+    out
+}
+
+fn write(records: &[Record], format: Format) -> Vec<u8> {
+    let mut w = Writer::new(Vec::new(), format).unwrap();
+    for r in records {
+        w.write(r).unwrap();
+    }
+    w.finish().unwrap()
+}
+
+/// Reads everything: the records, and the error that ended the read, if any.
+fn read(bytes: Vec<u8>) -> (Vec<Record>, Option<Error>) {
+    let reader = match Reader::from_read("t", std::io::Cursor::new(bytes)) {
+        Ok(r) => r,
+        Err(e) => return (Vec::new(), Some(e)),
+    };
+    let mut ok = Vec::new();
+    let mut err = None;
+    for r in reader {
+        match r {
+            Ok(r) => ok.push(r),
+            Err(e) => {
+                assert!(err.is_none(), "one error at most");
+                err = Some(e);
+            }
+        }
+    }
+    (ok, err)
+}
+
+#[test]
+fn a_truncated_avro_capture_yields_the_records_before_the_cut() {
+    let records = sample(1000); // 2000 records: several 64 KiB blocks
+    let bytes = write(&records, Format::Avro);
+    let cut = bytes.len() * 2 / 3;
+    let (got, err) = read(bytes[..cut].to_vec());
+    assert!(got.len() > 1000 && got.len() < 2000, "{}", got.len());
+    assert_eq!(got[..], records[..got.len()]);
+    match err {
+        Some(Error::Damaged {
+            offset,
+            records: n,
+            reason,
+            ..
+        }) => {
+            assert_eq!(n, got.len() as u64);
+            assert!(
+                offset <= cut as u64 && offset > (cut as u64).saturating_sub(2_000),
+                "{offset} vs {cut}"
+            );
+            assert!(reason.contains("truncated"), "{reason}");
+        }
+        other => panic!("expected damage, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_corrupt_byte_is_reported_at_its_record() {
+    let records = sample(50);
+    let mut bytes = write(&records, Format::Avro);
+    // Find the 31st record's id text and break its length prefix.
+    let id = records[30].envelope.id.to_string();
+    let at = bytes
+        .windows(id.len())
+        .position(|w| w == id.as_bytes())
+        .unwrap();
+    bytes[at - 1] = 0x7f; // a length of -64
+    let (got, err) = read(bytes);
+    assert_eq!(got.len(), 30);
+    match err {
+        Some(Error::Damaged {
+            offset,
+            records,
+            reason,
+            ..
+        }) => {
+            assert_eq!(records, 30);
+            assert_eq!(offset, (at - 1) as u64, "{reason}");
+            assert!(reason.contains("corrupt"), "{reason}");
+        }
+        other => panic!("expected damage, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_broken_sync_marker_is_damage_after_the_blocks_records() {
+    let records = sample(5);
+    let mut bytes = write(&records, Format::Avro);
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    let (got, err) = read(bytes.clone());
+    assert_eq!(got.len(), 10);
+    match err {
+        Some(Error::Damaged { offset, .. }) => assert_eq!(offset, (bytes.len() - 16) as u64),
+        other => panic!("expected damage, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_truncated_json_lines_capture() {
+    let records = sample(10);
+    let bytes = write(&records, Format::JsonLines);
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let cut = line_starts[7] + 20;
+    let (got, err) = read(bytes[..cut].to_vec());
+    assert_eq!(got.len(), 7);
+    assert_eq!(got[..], records[..7]);
+    match err {
+        Some(Error::Damaged {
+            offset,
+            records,
+            reason,
+            ..
+        }) => {
+            assert_eq!(offset, line_starts[7] as u64);
+            assert_eq!(records, 7);
+            assert!(
+                reason.contains("line 8") && reason.contains("truncated"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected damage, got {other:?}"),
+    }
+}
+
+#[test]
+fn unknown_content_is_refused_and_empty_is_empty() {
+    let (got, err) = read(b"PK\x03\x04 a zip file".to_vec());
+    assert!(got.is_empty());
+    assert!(matches!(err, Some(Error::UnknownFormat { .. })), "{err:?}");
+    let (got, err) = read(Vec::new());
+    assert!(got.is_empty() && err.is_none());
+}
+
+#[test]
+fn json_lines_accept_cloudevents_names_and_missing_metadata() {
+    let text = concat!(
+        "{\"id\":\"a-1\",\"type\":\"OrderPlaced\",\"source\":\"checkout\",\"topic\":\"orders\",\"correlationid\":\"a-1\",\"time\":\"2026-01-01T00:00:00Z\",\"datacontenttype\":\"application/json\",\"data\":{\"order_id\":1}}\n",
+        "\n",
+        "{\"id\":\"b-1\",\"type\":\"Foreign\",\"time\":1767225600000000,\"data_base64\":\"AAEC\"}\n",
+    );
+    let (got, err) = read(text.as_bytes().to_vec());
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(got.len(), 2);
+    assert!(got[0].attributed);
+    assert_eq!(got[0].envelope.correlation_id.to_string(), "a-1");
+    assert_eq!(&got[0].envelope.data[..], b"{\"order_id\":1}");
+    assert!(!got[1].attributed, "no correlation id: unattributed");
+    assert_eq!(&got[1].envelope.data[..], &[0, 1, 2]);
+    assert_eq!(got[1].envelope.time, got[0].envelope.time);
+}
+
+#[test]
+fn avro_written_by_apache_avro_with_another_schema_and_codec_is_read() {
+    // An older writer schema: no traceparent/tracestate/headers/partition/offset, deflate codec.
+    let schema = apache_avro::Schema::parse_str(
+        r#"{"type":"record","name":"Record","namespace":"choreo.capture","fields":[
+            {"name":"id","type":"string"},{"name":"type","type":"string"},
+            {"name":"source","type":"string"},{"name":"topic","type":"string"},
+            {"name":"key","type":["null","bytes"]},
+            {"name":"correlation_id","type":["null","string"]},
+            {"name":"causation_id","type":["null","string"]},
+            {"name":"time","type":"long"},
+            {"name":"content_type","type":"string"},{"name":"data","type":"bytes"}]}"#,
+    )
+    .unwrap();
+    let env = Envelope::new("OrderPlaced", "orders", "{}").with_source("checkout");
+    let mut w = apache_avro::Writer::with_codec(
+        &schema,
+        Vec::new(),
+        apache_avro::Codec::Deflate(apache_avro::DeflateSettings::default()),
+    )
+    .unwrap();
+    use apache_avro::types::Value;
+    let rec = Value::Record(vec![
+        ("id".into(), Value::String(env.id.to_string())),
+        ("type".into(), Value::String("OrderPlaced".into())),
+        ("source".into(), Value::String("checkout".into())),
+        ("topic".into(), Value::String("orders".into())),
+        ("key".into(), Value::Union(0, Box::new(Value::Null))),
+        (
+            "correlation_id".into(),
+            Value::Union(1, Box::new(Value::String(env.id.to_string()))),
+        ),
+        (
+            "causation_id".into(),
+            Value::Union(0, Box::new(Value::Null)),
+        ),
+        ("time".into(), Value::Long(env.time.as_micros())),
+        (
+            "content_type".into(),
+            Value::String("application/json".into()),
+        ),
+        ("data".into(), Value::Bytes(b"{}".to_vec())),
+    ]);
+    w.append_value(rec).unwrap();
+    let bytes = w.into_inner().unwrap();
+    let (got, err) = read(bytes);
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].envelope.id, env.id);
+    assert_eq!(got[0].envelope.time, env.time);
+    assert!(got[0].attributed);
+}
+
+#[test]
+fn apache_avro_reads_what_the_writer_writes() {
+    let records = sample(3);
+    let bytes = write(&records, Format::Avro);
+    let reader = apache_avro::Reader::new(std::io::Cursor::new(bytes)).unwrap();
+    let values: Vec<_> = reader.map(Result::unwrap).collect();
+    assert_eq!(values.len(), 6);
+    let apache_avro::types::Value::Record(fields) = &values[1] else {
+        panic!("a record")
+    };
+    let get = |name: &str| fields.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    assert_eq!(
+        get("type"),
+        apache_avro::types::Value::String("PaymentCaptured".into())
+    );
+    assert_eq!(
+        get("partition"),
+        apache_avro::types::Value::Union(1, Box::new(apache_avro::types::Value::Int(1)))
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096), avro_magic in any::<bool>()) {
+        let mut input = if avro_magic { b"Obj\x01".to_vec() } else { Vec::new() };
+        input.extend(bytes);
+        let _ = read(input);
+    }
+
+    #[test]
+    fn mutated_captures_never_panic_and_keep_a_prefix(
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        cut in any::<usize>(),
+        json in any::<bool>(),
+    ) {
+        let records = sample(20);
+        let mut bytes = write(&records, if json { Format::JsonLines } else { Format::Avro });
+        for (at, v) in flips {
+            let i = at % bytes.len();
+            bytes[i] ^= v;
+        }
+        bytes.truncate(cut % (bytes.len() + 1));
+        let (got, _) = read(bytes);
+        prop_assert!(got.len() <= records.len() + 1);
+    }
+}

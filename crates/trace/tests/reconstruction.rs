@@ -1,0 +1,242 @@
+//! Flows rebuilt from what real services on the in-process bus publish.
+
+mod common;
+
+use choreo_core::Outcome;
+use choreo_trace::capture::{Format, Reader, Writer};
+use choreo_trace::{FlowStatus, Record, Rule};
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saga_flows_are_rebuilt_with_receipts_and_statuses() {
+    // happy, payment fails, out of stock (refund), shipping dead-letters, both branches
+    let run = run_saga(&[0, 1, 2, 3, 4], 4 + 3 + 5 + 3 + 6).await;
+    let topology = order_fulfillment();
+    let tracer = trace(Some(&topology), &run.records, None);
+    let report = tracer.report();
+    assert_eq!(report.input.receipts, 21, "{:?}", report.input);
+    assert_eq!(report.input.dead_letters, 1);
+    assert_eq!(report.input.unattributed, 0);
+    assert_eq!(report.flows.started, 5);
+    let status = |i: usize| {
+        tracer
+            .kept()
+            .iter()
+            .find(|f| f.correlation_id == run.flows[i])
+            .unwrap_or_else(|| panic!("flow {i} kept"))
+            .clone()
+    };
+    let happy = status(0);
+    assert_eq!(happy.status, FlowStatus::Completed, "{}", happy.timeline());
+    assert!(happy.findings.is_empty(), "{}", happy.timeline());
+    assert_eq!(happy.flow.as_deref(), Some("checkout"));
+    let types: Vec<&str> = happy.events().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "OrderPlaced",
+            "PaymentCaptured",
+            "StockReserved",
+            "OrderShipped"
+        ]
+    );
+    // Receipts are attached to the events they handled.
+    let placed = happy.events().next().unwrap();
+    assert_eq!(placed.handled.len(), 1);
+    assert_eq!(placed.handled[0].service, "payment");
+    assert_eq!(placed.handled[0].outcome, Outcome::Acked);
+    assert_eq!(placed.handled[0].emitted, 1);
+    assert!(placed.partition.is_some() && placed.offset.is_some());
+    // A causal chain: each event's only child is the next.
+    let roots = happy.roots();
+    assert_eq!(roots.len(), 1);
+    assert_eq!(happy.children(roots[0]).len(), 1);
+
+    assert_eq!(status(1).status, FlowStatus::Completed);
+    assert_eq!(status(2).status, FlowStatus::Completed);
+    let dead = status(3);
+    assert_eq!(dead.status, FlowStatus::Failed, "{}", dead.timeline());
+    let f = dead
+        .findings
+        .iter()
+        .find(|f| f.rule == Rule::DeadLettered)
+        .unwrap();
+    assert_eq!(f.service, "shipping");
+    assert_eq!(f.event_type, "StockReserved");
+    assert!(
+        f.message.contains("carrier API unavailable"),
+        "{}",
+        f.message
+    );
+    let both = status(4);
+    assert!(
+        both.findings
+            .iter()
+            .any(|f| f.rule == Rule::BothBranches && f.service == "payment")
+    );
+
+    // The service graph, from receipts: payment handled 5 OrderPlaced from checkout.
+    let edge = report
+        .edges
+        .iter()
+        .find(|e| {
+            e.producer == "checkout" && e.event_type == "OrderPlaced" && e.consumer == "payment"
+        })
+        .unwrap();
+    assert_eq!(edge.count, 5);
+    assert_eq!(edge.inferred, 0);
+    assert_eq!(edge.queue.count, 5);
+    let shipping = report
+        .edges
+        .iter()
+        .find(|e| e.event_type == "StockReserved" && e.consumer == "shipping")
+        .unwrap();
+    assert_eq!(shipping.failed, 1);
+    // Timeline shows service, topic/partition/offset and outcome.
+    let text = happy.timeline();
+    assert!(
+        text.contains("OrderPlaced by checkout on orders/"),
+        "{text}"
+    );
+    assert!(text.contains("payment acked"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_file_traces_like_the_live_records() {
+    let run = run_saga(&[0, 2, 3], 4 + 5 + 3).await;
+    let topology = order_fulfillment();
+    let direct = trace(Some(&topology), &run.records, None).report();
+    for format in [Format::Avro, Format::JsonLines] {
+        let mut w = Writer::new(Vec::new(), format).unwrap();
+        for r in &run.records {
+            w.write(r).unwrap();
+        }
+        let bytes = w.finish().unwrap();
+        let back: Vec<Record> = Reader::from_read("run", std::io::Cursor::new(bytes))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(back.len(), run.records.len());
+        for (a, b) in run.records.iter().zip(&back) {
+            assert_eq!(a.envelope, b.envelope, "{format:?}");
+            assert_eq!((a.partition, a.offset), (b.partition, b.offset));
+        }
+        let again = trace(Some(&topology), &back, None).report();
+        assert_eq!(
+            serde_json::to_value(&again).unwrap(),
+            serde_json::to_value(&direct).unwrap(),
+            "{format:?}"
+        );
+    }
+}
+
+#[test]
+fn out_of_order_arrival_is_placed_in_causal_order() {
+    let h = Hand::default();
+    let placed = h.start("OrderPlaced", "checkout", 0);
+    let captured = h.after(&placed, "PaymentCaptured", "payment", 10);
+    let reserved = h.after(&captured, "StockReserved", "inventory", 20);
+    let shipped = h.after(&reserved, "OrderShipped", "shipping", 30);
+    let topology = order_fulfillment();
+    // Effects before causes, receipts before their events.
+    let shuffled = records(&[&shipped, &reserved, &placed, &captured]);
+    let t = trace(Some(&topology), &shuffled, None);
+    let flow = &t.kept()[0];
+    assert_eq!(flow.status, FlowStatus::Completed);
+    assert!(flow.findings.is_empty(), "{:?}", flow.findings);
+    let order: Vec<&str> = flow.events().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        order,
+        [
+            "OrderPlaced",
+            "PaymentCaptured",
+            "StockReserved",
+            "OrderShipped"
+        ]
+    );
+    assert_eq!(flow.roots().len(), 1);
+    let in_order = trace(
+        Some(&topology),
+        &records(&[&placed, &captured, &reserved, &shipped]),
+        None,
+    );
+    assert_eq!(
+        serde_json::to_value(t.report()).unwrap(),
+        serde_json::to_value(in_order.report()).unwrap()
+    );
+}
+
+#[test]
+fn duplicates_collapse() {
+    let h = Hand::default();
+    let placed = h.start("OrderPlaced", "checkout", 0);
+    let failed = h.after(&placed, "PaymentFailed", "payment", 10);
+    let cancelled = h.after(&failed, "OrderCancelled", "checkout", 20);
+    let topology = order_fulfillment();
+    // At-least-once: every event delivered (and captured) twice, the second
+    // copy with a position the first lacked.
+    let mut recs = records(&[&placed, &failed, &placed, &cancelled, &failed, &cancelled]);
+    recs[2] = recs[2].clone().at(3, 99);
+    let t = trace(Some(&topology), &recs, None);
+    let report = t.report();
+    assert_eq!(report.input.duplicates, 3);
+    assert_eq!(report.flows.started, 1);
+    assert_eq!(report.flows.completed, 1);
+    let flow = &t.kept()[0];
+    assert_eq!(flow.graph.node_count(), 3);
+    assert_eq!(flow.duplicates, 3);
+    let first = flow.events().next().unwrap();
+    assert_eq!((first.partition, first.offset), (Some(3), Some(99)));
+    assert!(report.findings.is_empty(), "{:?}", report.findings);
+}
+
+#[test]
+fn orphans_are_reported_not_fatal() {
+    let h = Hand::default();
+    let placed = h.start("OrderPlaced", "checkout", 0);
+    let captured = h.after(&placed, "PaymentCaptured", "payment", 10);
+    let reserved = h.after(&captured, "StockReserved", "inventory", 20);
+    let shipped = h.after(&reserved, "OrderShipped", "shipping", 30);
+    // PaymentCaptured was never captured: StockReserved's cause is unknown.
+    let t = trace(
+        Some(&order_fulfillment()),
+        &records(&[&placed, &reserved, &shipped]),
+        None,
+    );
+    let report = t.report();
+    assert_eq!(report.input.orphans, 1);
+    let flow = &t.kept()[0];
+    let orphan = flow
+        .findings
+        .iter()
+        .find(|f| f.rule == Rule::Orphan)
+        .unwrap();
+    assert_eq!(orphan.event_type, "StockReserved");
+    assert_eq!(orphan.service, "inventory");
+    assert_eq!(orphan.event_id.as_ref(), Some(&reserved.id));
+    assert!(flow.events().any(|e| e.orphan && e.id == reserved.id));
+    assert_eq!(flow.roots().len(), 2);
+    assert!(flow.timeline().contains("orphan"));
+}
+
+#[test]
+fn records_without_metadata_are_unattributed() {
+    let h = Hand::default();
+    let placed = h.start("OrderPlaced", "checkout", 0);
+    let foreign = Record::unattributed(h.start("SomethingElse", "", 1));
+    let mut no_type = Record::new(h.start("", "", 2));
+    no_type.partition = Some(1);
+    let mut bad_receipt = h.after(&placed, choreo_core::RECEIPT_TYPE, "payment", 3);
+    bad_receipt.data = bytes::Bytes::from_static(b"not json");
+    let recs = vec![
+        Record::new(placed),
+        foreign,
+        no_type,
+        Record::new(bad_receipt),
+    ];
+    let report = trace(Some(&order_fulfillment()), &recs, None).report();
+    assert_eq!(report.input.records, 4);
+    assert_eq!(report.input.unattributed, 3);
+    assert_eq!(report.input.bad_receipts, 1);
+    assert_eq!(report.flows.started, 1);
+}
