@@ -38,6 +38,8 @@ enum Command {
     #[command(subcommand)]
     Export(cmd::export::Export),
     Trace(cmd::trace::Args),
+    Simulate(cmd::simulate::Args),
+    Demo(cmd::demo::Args),
 }
 
 impl Command {
@@ -47,6 +49,8 @@ impl Command {
             Command::Graph(args) => cmd::graph::run(args),
             Command::Export(args) => cmd::export::run(args),
             Command::Trace(args) => cmd::trace::run(args),
+            Command::Simulate(args) => cmd::simulate::run(args),
+            Command::Demo(args) => cmd::demo::run(args),
         }
     }
 }

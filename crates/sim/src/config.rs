@@ -125,16 +125,18 @@ pub enum Fault {
         /// Probability per attempt.
         probability: f64,
     },
-    /// The service is stopped from `from` to `until` after the start of the run.
+    /// The service is stopped from `from` to `until` after the start of the
+    /// run; with no `until` it stays down to the end, and the events it owes
+    /// are never emitted (the flows waiting for it are stuck).
     Down {
         /// The service.
         service: String,
         /// When it goes down, from the start of the run.
         #[serde(with = "crate::config::millis")]
         from: Duration,
-        /// When it comes back.
-        #[serde(with = "crate::config::millis")]
-        until: Duration,
+        /// When it comes back (never, when `None`).
+        #[serde(default, with = "crate::config::opt_millis")]
+        until: Option<Duration>,
     },
     /// The service also emits an event type the topology does not declare.
     Extra {
@@ -238,11 +240,16 @@ impl Fault {
                 }
                 let (from, until) = window.split_once("..").ok_or_else(|| {
                     Error::Config(format!(
-                        "--down {arg}: expected SERVICE=FROM..UNTIL, such as payment=1s..3s"
+                        "--down {arg}: expected SERVICE=FROM..UNTIL (payment=1s..3s) or SERVICE=FROM.. (down to the end)"
                     ))
                 })?;
-                let (from, until) = (duration(from)?, duration(until)?);
-                if until <= from {
+                let from = duration(from)?;
+                let until = if until.trim().is_empty() {
+                    None
+                } else {
+                    Some(duration(until)?)
+                };
+                if until.is_some_and(|u| u <= from) {
                     return Err(Error::Config(format!(
                         "--down {arg}: the window ends before it starts"
                     )));
@@ -354,6 +361,26 @@ pub fn parse_weight(arg: &str) -> Result<(String, f64)> {
     Ok((event.trim().to_owned(), w))
 }
 
+/// Optional durations as integer milliseconds (or null) in JSON.
+pub(crate) mod opt_millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
 /// Durations as integer milliseconds in JSON.
 pub(crate) mod millis {
     use std::time::Duration;
@@ -388,7 +415,15 @@ mod tests {
             Fault::Down {
                 service: "inventory".into(),
                 from: Duration::from_secs(1),
-                until: Duration::from_millis(2500)
+                until: Some(Duration::from_millis(2500))
+            }
+        );
+        assert_eq!(
+            Fault::parse("down", "shipping=2s..").unwrap(),
+            Fault::Down {
+                service: "shipping".into(),
+                from: Duration::from_secs(2),
+                until: None
             }
         );
         assert_eq!(

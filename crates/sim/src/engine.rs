@@ -618,12 +618,21 @@ impl Simulation {
                             attempt: None,
                             dead_lettered: false,
                             emitted: Vec::new(),
-                            detail: format!(
-                                "down from {} to {} after the start",
-                                crate::config::fmt_duration(from),
-                                crate::config::fmt_duration(until)
-                            ),
+                            detail: match until {
+                                Some(until) => format!(
+                                    "down from {} to {} after the start",
+                                    crate::config::fmt_duration(from),
+                                    crate::config::fmt_duration(until)
+                                ),
+                                None => format!(
+                                    "down from {} after the start to the end of the run",
+                                    crate::config::fmt_duration(from)
+                                ),
+                            },
                         });
+                    let Some(until) = until else {
+                        return Ok::<(), Error>(());
+                    };
                     tokio::time::sleep_until((start + until).into()).await;
                     let token = CancellationToken::new();
                     let handle = this
@@ -707,7 +716,25 @@ impl Simulation {
             w.await
                 .map_err(|e| Error::Config(format!("a down window task failed: {e}")))??;
         }
-        let groups = self.groups();
+        // A service down to the end never settles its backlog: leave it out.
+        let down_for_good: Vec<&str> = self
+            .config
+            .faults
+            .iter()
+            .filter_map(|f| match f {
+                Fault::Down {
+                    service,
+                    until: None,
+                    ..
+                } => Some(service.as_str()),
+                _ => None,
+            })
+            .collect();
+        let groups: Vec<String> = self
+            .groups()
+            .into_iter()
+            .filter(|g| !down_for_good.contains(&g.as_str()))
+            .collect();
         wait_quiet(bus, &groups).await;
         let finished = Timestamp::now();
 

@@ -1,8 +1,10 @@
 //! The subcommands, one module each, and what they share.
 
 pub(crate) mod check;
+pub(crate) mod demo;
 pub(crate) mod export;
 pub(crate) mod graph;
+pub(crate) mod simulate;
 pub(crate) mod trace;
 
 use std::fs::File;

@@ -94,7 +94,7 @@ pub(crate) enum Input {
 impl Input {
     fn open(&self) -> anyhow::Result<Box<dyn Source + Send>> {
         match self {
-            Input::File(path) => Ok(Box::new(Reader::open(path)?)),
+            Input::File(path) => Ok(Box::new(Reader::open(path)?.lean())),
         }
     }
 }
