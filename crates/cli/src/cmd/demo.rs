@@ -40,26 +40,68 @@ pub(crate) struct Args {
 
 /// The faults the demo injects, as `choreo simulate` flags.
 const FAULTS: &[(&str, &str, &str)] = &[
-    ("fail", "inventory=0.25", "inventory fails 25% of attempts (retried; dead-lettered after 3)"),
-    ("drop", "shipping=0.02", "shipping loses 2% of its shipments (handles, emits nothing)"),
-    ("down", "checkout=500ms..2600ms", "checkout is down from 0.5s to 2.6s of the run"),
-    ("down", "shipping=1700ms..", "shipping goes down at 1.7s and never comes back"),
-    ("wrong-branch", "inventory=0.01", "inventory sometimes emits both branches of its one_of"),
-    ("extra", "payment=0.01", "payment sometimes emits an event type nobody declared"),
-    ("duplicate", "0.02", "the bus delivers 2% of the events twice"),
+    (
+        "fail",
+        "inventory=0.25",
+        "inventory fails 25% of attempts (retried; dead-lettered after 3)",
+    ),
+    (
+        "drop",
+        "shipping=0.02",
+        "shipping loses 2% of its shipments (handles, emits nothing)",
+    ),
+    (
+        "down",
+        "checkout=500ms..2600ms",
+        "checkout is down from 0.5s to 2.6s of the run",
+    ),
+    (
+        "down",
+        "shipping=1700ms..",
+        "shipping goes down at 1.7s and never comes back",
+    ),
+    (
+        "wrong-branch",
+        "inventory=0.01",
+        "inventory sometimes emits both branches of its one_of",
+    ),
+    (
+        "extra",
+        "payment=0.01",
+        "payment sometimes emits an event type nobody declared",
+    ),
+    (
+        "duplicate",
+        "0.02",
+        "the bus delivers 2% of the events twice",
+    ),
 ];
 
 pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
-    let topology = Topology::parse(TOPOLOGY, TOPOLOGY_FILE).context("the embedded example topology")?;
+    let topology =
+        Topology::parse(TOPOLOGY, TOPOLOGY_FILE).context("the embedded example topology")?;
     let mut out = String::new();
     let rule = "─".repeat(78);
 
     // 1. Verify the topology.
-    let _ = writeln!(out, "choreo demo: the order-fulfillment saga on the in-process bus\n{rule}");
+    let _ = writeln!(
+        out,
+        "choreo demo: the order-fulfillment saga on the in-process bus\n{rule}"
+    );
     let diagnostics = topology.verify();
-    let errors = diagnostics.iter().filter(|d| d.severity == Severity::Error).count();
-    let warnings = diagnostics.iter().filter(|d| d.severity == Severity::Warning).count();
-    let paths: u64 = topology.paths(PathLimits::default()).iter().map(|p| p.count).sum();
+    let errors = diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
+    let warnings = diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Warning)
+        .count();
+    let paths: u64 = topology
+        .paths(PathLimits::default())
+        .iter()
+        .map(|p| p.count)
+        .sum();
     let _ = writeln!(
         out,
         "1. The declared choreography ({TOPOLOGY_FILE}), checked before anything runs:\n   \
@@ -77,7 +119,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
 
     // 2. Run it with faults.
     let mut faults = Vec::new();
-    let _ = writeln!(out, "\n2. A run of {} flows with faults injected:", args.flows);
+    let _ = writeln!(
+        out,
+        "\n2. A run of {} flows with faults injected:",
+        args.flows
+    );
     for (kind, arg, what) in FAULTS {
         faults.push(Fault::parse(kind, arg)?);
         let flag = format!("--{kind} {arg}");
@@ -123,9 +169,14 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
         "\n3. What `choreo trace` rebuilt from the events and receipts alone, judged once every\n   \
          deadline of the topology has passed (the run is over: nothing more can arrive):\n"
     );
-    let _ = writeln!(out, "   The service graph the events drew (handled deliveries, queue and handler time p50 / p99):");
+    let _ = writeln!(
+        out,
+        "   The service graph the events drew (handled deliveries, queue and handler time p50 / p99):"
+    );
     let mut edges = report.edges.clone();
-    edges.sort_by(|a, b| (&a.producer, &a.event_type, &a.consumer).cmp(&(&b.producer, &b.event_type, &b.consumer)));
+    edges.sort_by(|a, b| {
+        (&a.producer, &a.event_type, &a.consumer).cmp(&(&b.producer, &b.event_type, &b.consumer))
+    });
     for e in &edges {
         let mut extra = String::new();
         if e.failed > 0 {
@@ -154,15 +205,25 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
     // 4. One stuck flow, as a timeline.
     let tracer = outcome.tracer.context("the demo always traces")?;
     let stuck = tracer.kept().iter().find(|f| f.status == FlowStatus::Stuck);
-    let failed = tracer.kept().iter().find(|f| f.status == FlowStatus::Failed);
+    let failed = tracer
+        .kept()
+        .iter()
+        .find(|f| f.status == FlowStatus::Failed);
     match stuck.or(failed) {
         Some(flow) => {
             let what = if stuck.is_some() { "stuck" } else { "failed" };
-            let _ = writeln!(out, "\n4. One {what} flow, as `choreo trace --flow {}` shows it:\n", flow.correlation_id);
+            let _ = writeln!(
+                out,
+                "\n4. One {what} flow, as `choreo trace --flow {}` shows it:\n",
+                flow.correlation_id
+            );
             out.push_str(&indent(&flow.timeline(), "   "));
         }
         None => {
-            let _ = writeln!(out, "\n4. No stuck or failed flow in this run (try another --seed).");
+            let _ = writeln!(
+                out,
+                "\n4. No stuck or failed flow in this run (try another --seed)."
+            );
         }
     }
 

@@ -268,7 +268,9 @@ pub(crate) async fn simulate(
                 if let Some(w) = &w
                     && let Err(e) = w.lock().unwrap_or_else(|e| e.into_inner()).write(&record)
                 {
-                    werr.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e.to_string());
+                    werr.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e.to_string());
                 }
             },
         )
@@ -299,7 +301,9 @@ pub(crate) async fn simulate(
     if let Some((task, write_error)) = tap {
         choreo_sim::wait_quiet(&bus, &[TAP.to_owned()]).await;
         shutdown.cancel();
-        records = task.await.context("the capture tap stopped unexpectedly")??;
+        records = task
+            .await
+            .context("the capture tap stopped unexpectedly")??;
         if let Some(e) = write_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
             bail!("cannot write the capture: {e}");
         }
@@ -313,7 +317,8 @@ pub(crate) async fn simulate(
             .map_err(|_| anyhow::anyhow!("the capture writer is still in use"))?
             .into_inner()
             .unwrap_or_else(|e| e.into_inner());
-        w.finish().with_context(|| format!("cannot finish the capture '{}'", path.display()))?;
+        w.finish()
+            .with_context(|| format!("cannot finish the capture '{}'", path.display()))?;
         truth
             .write(&sidecar_path(path))
             .with_context(|| format!("cannot write the sidecar of '{}'", path.display()))?;
@@ -329,7 +334,12 @@ pub(crate) async fn simulate(
         }
         None => (None, None),
     };
-    Ok(Outcome { truth, report, tracer, records })
+    Ok(Outcome {
+        truth,
+        report,
+        tracer,
+        records,
+    })
 }
 
 fn progress_bar(wanted: bool, flows: u64) -> Option<indicatif::ProgressBar> {
@@ -338,9 +348,11 @@ fn progress_bar(wanted: bool, flows: u64) -> Option<indicatif::ProgressBar> {
     }
     let bar = indicatif::ProgressBar::new(flows);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} simulating [{bar:30}] {pos}/{len} flows {msg} ({eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} simulating [{bar:30}] {pos}/{len} flows {msg} ({eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     Some(bar)
 }
@@ -430,10 +442,30 @@ mod tests {
     #[test]
     fn faults_and_options_convert() {
         let c = config(&[
-            "t.yaml", "--flows", "50", "--seed", "9", "--latency", "2ms", "--drop", "shipping=0.1",
-            "--fail", "payment:OrderPlaced=0.2", "--down", "inventory=1s..2s", "--extra", "checkout=0.01",
-            "--wrong-branch", "payment=0.05", "--duplicate", "0.02", "--weight", "PaymentCaptured=9",
-            "--capture", "run.avro", "--trace",
+            "t.yaml",
+            "--flows",
+            "50",
+            "--seed",
+            "9",
+            "--latency",
+            "2ms",
+            "--drop",
+            "shipping=0.1",
+            "--fail",
+            "payment:OrderPlaced=0.2",
+            "--down",
+            "inventory=1s..2s",
+            "--extra",
+            "checkout=0.01",
+            "--wrong-branch",
+            "payment=0.05",
+            "--duplicate",
+            "0.02",
+            "--weight",
+            "PaymentCaptured=9",
+            "--capture",
+            "run.avro",
+            "--trace",
         ])
         .unwrap();
         assert_eq!(c.sim.flows, 50);
@@ -441,7 +473,10 @@ mod tests {
         assert_eq!(c.sim.faults.len(), 6);
         assert_eq!(c.sim.weights["PaymentCaptured"], 9.0);
         assert!(c.trace);
-        assert_eq!(sidecar_path(c.capture.as_deref().unwrap()), PathBuf::from("run.truth.json"));
+        assert_eq!(
+            sidecar_path(c.capture.as_deref().unwrap()),
+            PathBuf::from("run.truth.json")
+        );
     }
 
     #[test]
