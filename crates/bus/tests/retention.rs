@@ -152,3 +152,52 @@ async fn a_group_without_members_does_not_block_publishers_but_its_losses_are_co
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn every_exported_metric_is_in_the_documented_list() {
+    let (bus, registry) = bus(WhenFull::Block);
+    let metrics = choreo_bus::Metrics::new(&registry).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let svc = choreo_bus::Service::new("svc")
+        .on(|_t: OrderPlaced, _c: choreo_bus::Context| async {
+            Ok::<(), choreo_bus::HandlerError>(())
+        })
+        .metrics(metrics.clone())
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
+    choreo_bus::Publisher::new(&bus, "p")
+        .metrics(metrics)
+        .start_flow(&OrderPlaced { order_id: 1 })
+        .await
+        .unwrap();
+    choreo_testkit::wait_until("handled", PATIENCE, || {
+        metric(
+            &registry,
+            "choreo_events_handled_total",
+            &[("outcome", "acked")],
+        ) == 1.0
+    })
+    .await;
+    stop.cancel();
+    svc.await.unwrap();
+    let documented: Vec<&str> = choreo_bus::METRICS.iter().map(|m| m.0).collect();
+    let exported: Vec<String> = registry
+        .gather()
+        .iter()
+        .map(|f| f.name().to_owned())
+        .collect();
+    for name in &exported {
+        assert!(
+            documented.contains(&name.as_str()),
+            "{name} is exported but not documented in METRICS"
+        );
+    }
+    // Families without samples yet are not gathered; those that are must have the documented type.
+    for f in registry.gather() {
+        let (_, kind, _, _) = choreo_bus::METRICS.iter().find(|m| m.0 == f.name()).unwrap();
+        let actual = format!("{:?}", f.get_field_type()).to_lowercase();
+        assert_eq!(actual, *kind, "{}", f.name());
+    }
+    assert!(exported.len() >= 10, "{exported:?}");
+}

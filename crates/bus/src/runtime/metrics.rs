@@ -13,6 +13,107 @@ pub const DURATION_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Every metric the SDK and the in-process bus export: (name, type, labels, meaning).
+/// The README's metric table lists them all (a test checks it).
+pub const METRICS: &[(&str, &str, &str, &str)] = &[
+    (
+        "choreo_events_published_total",
+        "counter",
+        "service, topic, event_type",
+        "events a service published (handler emissions and flow starts)",
+    ),
+    (
+        "choreo_events_handled_total",
+        "counter",
+        "service, topic, event_type, outcome",
+        "deliveries a service settled; outcome = acked, dead_lettered, duplicate, redelivered",
+    ),
+    (
+        "choreo_handler_retries_total",
+        "counter",
+        "service, topic, event_type",
+        "failed attempts that were retried",
+    ),
+    (
+        "choreo_events_dead_lettered_total",
+        "counter",
+        "service, topic, event_type",
+        "deliveries sent to the dead-letter topic",
+    ),
+    (
+        "choreo_handler_duration_seconds",
+        "histogram",
+        "service, topic, event_type",
+        "first attempt to settlement, retries included",
+    ),
+    (
+        "choreo_event_queue_seconds",
+        "histogram",
+        "service, topic, event_type",
+        "publication to the start of handling",
+    ),
+    (
+        "choreo_handlers_in_flight",
+        "gauge",
+        "service",
+        "deliveries being handled now",
+    ),
+    (
+        "choreo_deliveries_ignored_total",
+        "counter",
+        "service, topic, event_type",
+        "deliveries of types the service has no handler for (acked)",
+    ),
+    (
+        "choreo_publish_failures_total",
+        "counter",
+        "service, topic",
+        "publishes that failed (emissions: the delivery is redelivered; receipts: logged)",
+    ),
+    (
+        "choreo_receive_errors_total",
+        "counter",
+        "service",
+        "errors the bus reported while receiving",
+    ),
+    (
+        "choreo_bus_appended_total",
+        "counter",
+        "topic",
+        "in-process bus: events appended",
+    ),
+    (
+        "choreo_bus_retention_evicted_total",
+        "counter",
+        "topic",
+        "in-process bus: settled events evicted to make room",
+    ),
+    (
+        "choreo_bus_unread_evicted_total",
+        "counter",
+        "topic, group",
+        "in-process bus: events evicted before a group read them (DropOldest, or a group without members)",
+    ),
+    (
+        "choreo_bus_publish_waits_total",
+        "counter",
+        "topic",
+        "in-process bus: publishes that waited for room (WhenFull::Block)",
+    ),
+    (
+        "choreo_bus_retained_events",
+        "gauge",
+        "topic, partition",
+        "in-process bus: events retained",
+    ),
+    (
+        "choreo_bus_consumer_lag",
+        "gauge",
+        "topic, partition, group",
+        "in-process bus: events not yet settled by a group",
+    ),
+];
+
 /// The SDK's metric families, registered once per registry and shared by
 /// every service of the process. Cheap to clone.
 ///

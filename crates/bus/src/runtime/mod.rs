@@ -12,7 +12,7 @@ mod trace;
 pub use context::Context;
 pub use handler::{BoxError, BoxFuture, Handled, Handler, HandlerError, Invocation};
 pub use idempotency::{Idempotency, IdempotencyStore, MemoryStore};
-pub use metrics::{DURATION_BUCKETS, Metrics};
+pub use metrics::{DURATION_BUCKETS, METRICS, Metrics};
 pub use publisher::Publisher;
 pub use retry::{Retry, RetryPredicate, RetryableError};
 pub use service::{DeadLetterNaming, Service, ServiceConfig, ServiceHandle, StackService};
