@@ -217,8 +217,16 @@ pub(crate) async fn simulate(
     let metrics = Metrics::new(&registry)?;
     bus.register_metrics(&registry)?;
 
+    // Serving metrics, the tracer runs live (bounded memory, flows folded as
+    // they settle, stuck flows reported as their deadlines pass) and is
+    // ticked while the run goes; otherwise it is one batch judged at the end.
+    let live = config.metrics_addr.is_some();
     let tracer = if config.trace {
-        let mut cfg = TracerConfig::batch();
+        let mut cfg = if live {
+            TracerConfig::live()
+        } else {
+            TracerConfig::batch()
+        };
         cfg.keep = keep;
         let mut t = Tracer::new(cfg, Some(&topology));
         if config.metrics_addr.is_some() {
@@ -280,6 +288,22 @@ pub(crate) async fn simulate(
         None
     };
 
+    let ticker = match (&tracer, live) {
+        (Some(t), true) => {
+            let (t, stop) = (t.clone(), shutdown.clone());
+            Some(tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = every.tick() => t.lock().unwrap_or_else(|e| e.into_inner()).tick(Timestamp::now()),
+                    }
+                }
+            }))
+        }
+        _ => None,
+    };
+
     let bar = progress_bar(config.progress, config.sim.flows);
     let progress = {
         let bar = bar.clone();
@@ -309,6 +333,9 @@ pub(crate) async fn simulate(
         }
     }
     shutdown.cancel();
+    if let Some(t) = ticker {
+        let _ = t.await;
+    }
     if let Some(s) = server {
         s.stop();
     }
