@@ -16,6 +16,7 @@ const BATCH: usize = 2048;
 /// Batches in flight between the threads: bounded, so a fast reader does not
 /// buffer a whole file ahead of a slower tracer.
 const DEPTH: usize = 8;
+const PARSE_RECEIPTS_HERE: bool = false;
 
 /// How a drive ended.
 #[derive(Debug)]
@@ -56,7 +57,9 @@ where
             loop {
                 match source.next_record() {
                     Some(Ok(r)) => {
-                        let pre = (r.attributed && r.envelope.event_type.as_str() == RECEIPT_TYPE)
+                        let pre = (PARSE_RECEIPTS_HERE
+                            && r.attributed
+                            && r.envelope.event_type.as_str() == RECEIPT_TYPE)
                             .then(|| parse_receipt(&r.envelope.data, &mut names))
                             .flatten();
                         batch.push((r, pre));

@@ -193,6 +193,160 @@ pub(crate) struct ParsedReceipt {
 
 /// Parses a receipt envelope's payload; `None` when it is not a receipt.
 pub(crate) fn parse_receipt(data: &[u8], names: &mut Interner) -> Option<ParsedReceipt> {
+    fast_receipt(data, names).or_else(|| serde_receipt(data, names))
+}
+
+/// A scanner for the flat JSON object the runtime writes for a receipt. It
+/// handles what serde_json produces for [`choreo_core::Receipt`] and gives up
+/// (`None`, so serde_json takes over) on anything else: escapes, nesting.
+struct Scan<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scan<'a> {
+    #[inline]
+    fn ws(&mut self) {
+        while self.i < self.b.len() && matches!(self.b[self.i], b' ' | b'\n' | b'\r' | b'\t') {
+            self.i += 1;
+        }
+    }
+
+    #[inline]
+    fn eat(&mut self, c: u8) -> Option<()> {
+        self.ws();
+        (self.b.get(self.i) == Some(&c)).then(|| self.i += 1)
+    }
+
+    #[inline]
+    fn string(&mut self) -> Option<&'a [u8]> {
+        self.eat(b'"')?;
+        let start = self.i;
+        let end = start
+            + self.b[start..]
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\')?;
+        if self.b[end] != b'"' {
+            return None;
+        }
+        self.i = end + 1;
+        Some(&self.b[start..end])
+    }
+
+    #[inline]
+    fn int(&mut self) -> Option<i64> {
+        self.ws();
+        let neg = self.b.get(self.i) == Some(&b'-');
+        if neg {
+            self.i += 1;
+        }
+        let start = self.i;
+        let mut v: i64 = 0;
+        while let Some(&c) = self.b.get(self.i) {
+            if !c.is_ascii_digit() {
+                break;
+            }
+            v = v.checked_mul(10)?.checked_add(i64::from(c - b'0'))?;
+            self.i += 1;
+        }
+        if self.i == start || matches!(self.b.get(self.i), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        Some(if neg { -v } else { v })
+    }
+
+    fn null(&mut self) -> bool {
+        self.ws();
+        if self.b[self.i..].starts_with(b"null") {
+            self.i += 4;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Counts the strings of an array of strings.
+    fn count_strings(&mut self) -> Option<u32> {
+        self.eat(b'[')?;
+        let mut n = 0u32;
+        if self.eat(b']').is_some() {
+            return Some(0);
+        }
+        loop {
+            self.string()?;
+            n += 1;
+            if self.eat(b',').is_none() {
+                self.eat(b']')?;
+                return Some(n);
+            }
+        }
+    }
+}
+
+fn fast_receipt(data: &[u8], names: &mut Interner) -> Option<ParsedReceipt> {
+    let mut p = Scan { b: data, i: 0 };
+    p.eat(b'{')?;
+    let (mut service, mut event, mut ty, mut outcome) = (None, None, None, None);
+    let (mut attempts, mut started, mut duration, mut emitted) = (0u32, 0i64, 0u64, 0u32);
+    let mut reason = None;
+    if p.eat(b'}').is_none() {
+        loop {
+            let key = p.string()?;
+            p.eat(b':')?;
+            match key {
+                b"service" => service = Some(std::str::from_utf8(p.string()?).ok()?),
+                b"event_id" => {
+                    let raw = p.string()?;
+                    event = crate::capture::fast_uuid(raw)
+                        .or_else(|| EventId::parse(std::str::from_utf8(raw).ok()?));
+                }
+                b"event_type" => ty = Some(std::str::from_utf8(p.string()?).ok()?),
+                b"outcome" => {
+                    outcome = Some(match p.string()? {
+                        b"acked" => Outcome::Acked,
+                        b"dead_lettered" => Outcome::DeadLettered,
+                        b"duplicate" => Outcome::Duplicate,
+                        b"redelivered" => Outcome::Redelivered,
+                        _ => return None,
+                    })
+                }
+                b"attempts" => attempts = u32::try_from(p.int()?).ok()?,
+                b"started" => started = p.int()?,
+                b"duration_us" => duration = u64::try_from(p.int()?).ok()?,
+                b"emitted" => emitted = p.count_strings()?,
+                b"reason" => {
+                    if !p.null() {
+                        reason = Some(Box::from(std::str::from_utf8(p.string()?).ok()?));
+                    }
+                }
+                b"correlation_id" | b"topic" => {
+                    p.string()?;
+                }
+                b"partition" | b"offset" => {
+                    p.int()?;
+                }
+                _ => return None,
+            }
+            if p.eat(b',').is_none() {
+                p.eat(b'}')?;
+                break;
+            }
+        }
+    }
+    Some(ParsedReceipt {
+        event: event?,
+        service: names.name(service?),
+        event_type: names.name(ty?),
+        outcome: outcome?,
+        attempts,
+        reason,
+        started,
+        duration_us: duration,
+        emitted,
+    })
+}
+
+fn serde_receipt(data: &[u8], names: &mut Interner) -> Option<ParsedReceipt> {
     let view = serde_json::from_slice::<ReceiptView<'_>>(data).ok()?;
     let event = crate::capture::fast_uuid(view.event_id.as_bytes())
         .or_else(|| EventId::parse(&view.event_id))?;
@@ -391,8 +545,11 @@ impl Tracer {
     /// Exports Prometheus metrics on `registry` from now on (see the crate
     /// docs for the table).
     pub fn register_metrics(&mut self, registry: &prometheus::Registry) -> crate::Result<()> {
-        let m = TraceMetrics::new(registry)?;
+        let mut m = TraceMetrics::new(registry)?;
         m.set_caps(&self.config);
+        if let Some(model) = &self.model {
+            m.init_flows(model.flows.iter().map(|f| f.name.to_string()).collect());
+        }
         self.metrics = Some(m);
         Ok(())
     }
@@ -776,8 +933,25 @@ impl Tracer {
         self.records_in_flight = 0;
         // A stable order, so reports and examples do not depend on hashing.
         ids.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (id, state) in ids {
-            self.finalize(id, state, now_us, None);
+        // Flows are analysed independently: two threads share the work; the
+        // folding into aggregates stays on this one.
+        let ctx = self.ctx();
+        let analyses: Vec<Analysis> = if ids.len() >= PARALLEL_FROM {
+            let (left, right) = ids.split_at(ids.len() / 2);
+            std::thread::scope(|scope| {
+                let other = scope.spawn(|| analyse_all(&ctx, left, now_us));
+                let mine = analyse_all(&ctx, right, now_us);
+                let mut all = other
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                all.extend(mine);
+                all
+            })
+        } else {
+            analyse_all(&ctx, &ids, now_us)
+        };
+        for ((id, state), a) in ids.into_iter().zip(analyses) {
+            self.fold(id, &state, a, None);
         }
         self.update_gauges(now_us);
     }
@@ -832,20 +1006,15 @@ impl Tracer {
     fn write_log(&mut self, id: &EventId, state: &FlowState, a: &Analysis) {
         let mut order: Vec<usize> = (0..state.events.len()).collect();
         order.sort_by_key(|&i| (state.events[i].time, i));
-        let ids: Vec<String> = order
-            .iter()
-            .map(|&i| state.events[i].id.to_string())
-            .collect();
         let rows: Vec<Row<'_>> = order
             .iter()
-            .zip(&ids)
-            .map(|(&i, id)| {
+            .map(|&i| {
                 let e = &state.events[i];
                 Row {
                     activity: self.syms.name(e.ty),
                     time: e.time,
                     resource: self.syms.name(e.source),
-                    event_id: id,
+                    event_id: &e.id,
                     topic: self.syms.name(e.topic),
                 }
             })
@@ -853,7 +1022,11 @@ impl Tracer {
         let flow = a
             .name
             .and_then(|n| self.model.as_ref().map(|m| m.flows[n].name.as_str()));
-        let case = id.to_string();
+        let mut buf = [0u8; 36];
+        let case = match id.as_uuid() {
+            Some(u) => std::borrow::Cow::Borrowed(&*u.hyphenated().encode_lower(&mut buf)),
+            None => std::borrow::Cow::Owned(id.to_string()),
+        };
         if let Some(log) = self.log.as_mut() {
             log.case(&case, flow, a.status, &rows);
         }
@@ -900,703 +1073,18 @@ impl Tracer {
 
     /// Rebuilds the causal graph of a flow and checks it.
     pub(crate) fn analyse(&mut self, corr: &EventId, f: &FlowState, now: i64) -> Analysis {
-        let receipts_expected = self.receipts_expected();
-        let n = f.events.len();
-        let s = &mut self.scratch;
-        // Time order (arrival order breaks ties): out-of-order input lands in place.
-        s.order.clear();
-        s.order.extend(0..n as u32);
-        s.order.sort_by_key(|&i| (f.events[i as usize].time, i));
-        s.graph.clear();
-        s.node_of.clear();
-        s.node_of.resize(n, NodeIndex::end());
-        for &i in &s.order {
-            s.node_of[i as usize] = s.graph.add_node(i);
-        }
-        s.parent.clear();
-        s.parent.resize(n, u32::MAX);
-        let mut findings = Vec::new();
-        let mut orphans = 0u32;
-        let model = self.model.as_ref();
-        let syms = &self.syms;
-        let tolerance = i64::try_from(self.config.skew_tolerance.as_micros()).unwrap_or(i64::MAX);
-        for (i, e) in f.events.iter().enumerate() {
-            let Some(cause) = &e.cause else { continue };
-            match f.find(cause) {
-                Some(p) if p != i => {
-                    s.parent[i] = p as u32;
-                    s.graph.add_edge(s.node_of[p], s.node_of[i], ());
-                    let pt = f.events[p].time;
-                    if e.time.saturating_add(tolerance) < pt {
-                        findings.push(Raw {
-                            rule: Rule::ClockSkew,
-                            service: e.source,
-                            event_type: e.ty,
-                            event: Some(i as u32),
-                            time: e.time,
-                            message: format!(
-                                "'{}' is {} earlier than its cause '{}' (by '{}')",
-                                syms.name(e.ty),
-                                crate::stats::format_micros(pt.saturating_sub(e.time) as u64),
-                                syms.name(f.events[p].ty),
-                                syms.name(f.events[p].source),
-                            ),
-                        });
-                    }
-                }
-                Some(_) => {
-                    findings.push(Raw {
-                        rule: Rule::CausalLoop,
-                        service: e.source,
-                        event_type: e.ty,
-                        event: Some(i as u32),
-                        time: e.time,
-                        message: format!("'{}' names itself as its cause", syms.name(e.ty)),
-                    });
-                }
-                None => {
-                    orphans += 1;
-                    findings.push(Raw {
-                        rule: Rule::Orphan,
-                        service: e.source,
-                        event_type: e.ty,
-                        event: Some(i as u32),
-                        time: e.time,
-                        message: format!(
-                            "'{}' by '{}' names cause {cause}, which is not in the flow",
-                            syms.name(e.ty),
-                            syms.name(e.source)
-                        ),
-                    });
-                }
-            }
-        }
-        if n > 1 && petgraph::algo::is_cyclic_directed(&s.graph) {
-            findings.push(Raw {
-                rule: Rule::CausalLoop,
-                service: EMPTY,
-                event_type: EMPTY,
-                event: None,
-                time: f.events.first().map_or(0, |e| e.time),
-                message: "causation ids form a loop: some event is its own ancestor".into(),
-            });
-        }
-        // The flow's first event: the one whose id is the correlation id, else
-        // the earliest without a cause, else the earliest.
-        let root = f
-            .events
-            .iter()
-            .position(|e| &e.id == corr)
-            .or_else(|| {
-                s.order
-                    .iter()
-                    .map(|&i| i as usize)
-                    .find(|&i| f.events[i].cause.is_none())
-            })
-            .or_else(|| s.order.first().map(|&i| i as usize));
-        let start = root.map_or(f.last_activity, |r| f.events[r].time);
-        let last = f
-            .events
-            .iter()
-            .map(|e| e.time)
-            .max()
-            .unwrap_or(f.last_activity);
-        let dead_any = !f.dead.is_empty()
-            || f.receipts
-                .iter()
-                .any(|r| r.outcome == Outcome::DeadLettered);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let a = analyse(&self.ctx(), &mut scratch, corr, f, now);
+        self.scratch = scratch;
+        a
+    }
 
-        let Some(m) = model else {
-            let status = if dead_any {
-                FlowStatus::Failed
-            } else {
-                FlowStatus::Completed
-            };
-            dead_letter_findings(f, syms, &mut findings);
-            return Analysis {
-                status,
-                name: None,
-                start,
-                end: Some(last),
-                findings,
-                owed: Vec::new(),
-                next_deadline: None,
-                orphans,
-            };
-        };
-
-        let name = root
-            .and_then(|r| {
-                let e = &f.events[r];
-                if e.cause.is_none() {
-                    m.flow_started_by(e.ty)
-                } else {
-                    None
-                }
-            })
-            .or_else(|| root.and_then(|r| m.flow_of(f.events[r].ty)))
-            .or(f.name);
-        if let Some(r) = root {
-            let e = &f.events[r];
-            if e.cause.is_none() && m.event(e.ty).is_some() && m.flow_started_by(e.ty).is_none() {
-                findings.push(Raw {
-                    rule: Rule::UnknownFlow,
-                    service: e.source,
-                    event_type: e.ty,
-                    event: Some(r as u32),
-                    time: e.time,
-                    message: format!(
-                        "the flow starts with '{}', which is no flow's `starts_with`",
-                        syms.name(e.ty)
-                    ),
-                });
-            }
-        }
-
-        // Unknown names, once per flow each.
-        let mut unknown_seen: Vec<(Rule, Sym)> = Vec::new();
-        let mut note_unknown =
-            |rule: Rule, sym: Sym, ty: Sym, ev: Option<u32>, time: i64, findings: &mut Vec<Raw>| {
-                if sym == EMPTY || unknown_seen.contains(&(rule, sym)) {
-                    return;
-                }
-                unknown_seen.push((rule, sym));
-                let what = if rule == Rule::UnknownEvent {
-                    "event type"
-                } else {
-                    "service"
-                };
-                findings.push(Raw {
-                    rule,
-                    service: if rule == Rule::UnknownService {
-                        sym
-                    } else {
-                        EMPTY
-                    },
-                    event_type: ty,
-                    event: ev,
-                    time,
-                    message: format!(
-                        "{what} '{}' is not declared in topology '{}'",
-                        syms.name(sym),
-                        m.name
-                    ),
-                });
-            };
-        for (i, e) in f.events.iter().enumerate() {
-            if m.event(e.ty).is_none() {
-                note_unknown(
-                    Rule::UnknownEvent,
-                    e.ty,
-                    e.ty,
-                    Some(i as u32),
-                    e.time,
-                    &mut findings,
-                );
-            }
-            if m.service(e.source).is_none() {
-                note_unknown(
-                    Rule::UnknownService,
-                    e.source,
-                    e.ty,
-                    Some(i as u32),
-                    e.time,
-                    &mut findings,
-                );
-            }
-        }
-        for r in &f.receipts {
-            if m.service(r.service).is_none() {
-                let ev = f.find(&r.event).map(|i| i as u32);
-                note_unknown(
-                    Rule::UnknownService,
-                    r.service,
-                    r.ty,
-                    ev,
-                    r.started,
-                    &mut findings,
-                );
-            }
-        }
-
-        // Roots emitted on a service's own: must be in its `emits`.
-        for (i, e) in f.events.iter().enumerate() {
-            if e.cause.is_some() {
-                continue;
-            }
-            if let (Some(svc), Some(_)) = (m.service(e.source), m.event(e.ty)) {
-                if !svc.emits.contains(&e.ty) {
-                    findings.push(Raw {
-                        rule: Rule::UndeclaredEmit,
-                        service: e.source,
-                        event_type: e.ty,
-                        event: Some(i as u32),
-                        time: e.time,
-                        message: format!(
-                            "'{}' published '{}' on its own, but its `emits` does not list it",
-                            syms.name(e.source),
-                            syms.name(e.ty)
-                        ),
-                    });
-                }
-            }
-        }
-
-        // Per event: what each consumer did, or owes.
-        let mut owed: Vec<RawOwed> = Vec::new();
-        let mut kids: Vec<usize> = Vec::new();
-        let mut other_services: Vec<Sym> = Vec::new();
-        for (i, e) in f.events.iter().enumerate() {
-            kids.clear();
-            kids.extend(
-                s.graph
-                    .neighbors(s.node_of[i])
-                    .map(|nx| s.graph[nx] as usize),
-            );
-            let info = m.event(e.ty);
-            // Children from services that have no reaction to this event, and
-            // children outside the reacting service's contract.
-            other_services.clear();
-            for &k in &kids {
-                let kid = &f.events[k];
-                if m.service(kid.source).is_none() || m.event(kid.ty).is_none() || info.is_none() {
-                    continue;
-                }
-                match m.reaction(kid.source, e.ty) {
-                    None => {
-                        if !other_services.contains(&kid.source) {
-                            other_services.push(kid.source);
-                            findings.push(Raw {
-                                rule: Rule::UndeclaredConsume,
-                                service: kid.source,
-                                event_type: e.ty,
-                                event: Some(i as u32),
-                                time: kid.time,
-                                message: format!(
-                                    "'{}' reacted to '{}' (it published '{}'), but declares no reaction to it",
-                                    syms.name(kid.source),
-                                    syms.name(e.ty),
-                                    syms.name(kid.ty)
-                                ),
-                            });
-                        }
-                    }
-                    Some(r) if !r.emits.contains(&kid.ty) => findings.push(Raw {
-                        rule: Rule::UndeclaredEmit,
-                        service: kid.source,
-                        event_type: kid.ty,
-                        event: Some(k as u32),
-                        time: kid.time,
-                        message: format!(
-                            "'{}' emitted '{}' in reaction to '{}', which its reaction does not list{}",
-                            syms.name(kid.source),
-                            syms.name(kid.ty),
-                            syms.name(e.ty),
-                            if r.emits.is_empty() {
-                                " (it is a sink)".to_owned()
-                            } else {
-                                format!(
-                                    " ({}{})",
-                                    if r.kind == Kind::OneOf { "one of " } else { "" },
-                                    list(syms, &r.emits)
-                                )
-                            }
-                        ),
-                    }),
-                    Some(_) => {}
-                }
-            }
-            // Receipts from services with no reaction to this event.
-            for r in f.receipts.iter().filter(|r| r.event == e.id) {
-                if info.is_none() || m.service(r.service).is_none() {
-                    continue;
-                }
-                if m.reaction(r.service, e.ty).is_none() && !other_services.contains(&r.service) {
-                    other_services.push(r.service);
-                    findings.push(Raw {
-                        rule: Rule::UndeclaredConsume,
-                        service: r.service,
-                        event_type: e.ty,
-                        event: Some(i as u32),
-                        time: r.started,
-                        message: format!(
-                            "'{}' handled '{}' ({}), but declares no reaction to it",
-                            syms.name(r.service),
-                            syms.name(e.ty),
-                            r.outcome.as_str()
-                        ),
-                    });
-                }
-            }
-            let Some(info) = info else { continue };
-            for reaction in &info.consumers {
-                let svc = reaction.service;
-                let mut acked = false;
-                let mut dup = false;
-                let mut dead: Option<(&str, u32)> = None;
-                let mut receipt_emitted: Option<u32> = None;
-                let mut settled_at: Option<i64> = None;
-                for r in f
-                    .receipts
-                    .iter()
-                    .filter(|r| r.service == svc && r.event == e.id)
-                {
-                    match r.outcome {
-                        Outcome::Acked => {
-                            acked = true;
-                            receipt_emitted = Some(receipt_emitted.unwrap_or(0).max(r.emitted));
-                            let done = r.started.saturating_add(r.duration_us as i64);
-                            settled_at = Some(settled_at.map_or(done, |d: i64| d.min(done)));
-                        }
-                        Outcome::Duplicate => dup = true,
-                        Outcome::DeadLettered => {
-                            dead = Some((r.reason.as_deref().unwrap_or(""), r.attempts));
-                        }
-                        Outcome::Redelivered => {}
-                    }
-                }
-                if dead.is_none() {
-                    if let Some(d) = f
-                        .dead
-                        .iter()
-                        .find(|d| d.event == e.id && (d.service == svc || d.service == EMPTY))
-                    {
-                        dead = Some((&d.reason, d.attempts));
-                    }
-                }
-                if let Some((reason, attempts)) = dead {
-                    findings.push(Raw {
-                        rule: Rule::DeadLettered,
-                        service: svc,
-                        event_type: e.ty,
-                        event: Some(i as u32),
-                        time: e.time,
-                        message: format!(
-                            "'{}' dead-lettered '{}' after {attempts} attempt{}: {reason}",
-                            syms.name(svc),
-                            syms.name(e.ty),
-                            if attempts == 1 { "" } else { "s" }
-                        ),
-                    });
-                    continue;
-                }
-                let mut emitted_types: Vec<Sym> = Vec::new();
-                let mut last_emit: Option<i64> = None;
-                for &k in &kids {
-                    let kid = &f.events[k];
-                    if kid.source == svc {
-                        if !emitted_types.contains(&kid.ty) {
-                            emitted_types.push(kid.ty);
-                        }
-                        last_emit = Some(last_emit.map_or(kid.time, |t: i64| t.max(kid.time)));
-                    }
-                }
-                let ran = acked || !emitted_types.is_empty();
-                if ran {
-                    // Emissions its receipt announces but the input does not
-                    // (yet) hold: the flow is not at rest.
-                    let seen = kids.iter().filter(|&&k| f.events[k].source == svc).count();
-                    if receipt_emitted.is_some_and(|n| n as usize > seen) {
-                        owed.push(RawOwed {
-                            service: svc,
-                            event: i as u32,
-                            owes: reaction.emits.clone(),
-                            one_of: reaction.kind == Kind::OneOf,
-                            deadline: None,
-                        });
-                    }
-                    match reaction.kind {
-                        Kind::All => {
-                            let missing: Vec<Sym> = reaction
-                                .emits
-                                .iter()
-                                .copied()
-                                .filter(|x| !emitted_types.contains(x))
-                                .collect();
-                            let receipts_say_short =
-                                receipt_emitted.is_none_or(|n| (n as usize) < reaction.emits.len());
-                            if !missing.is_empty() && receipts_say_short {
-                                findings.push(Raw {
-                                    rule: Rule::MissingEmit,
-                                    service: svc,
-                                    event_type: e.ty,
-                                    event: Some(i as u32),
-                                    time: e.time,
-                                    message: format!(
-                                        "'{}' handled '{}' but did not emit {} (its reaction emits {}){}",
-                                        syms.name(svc),
-                                        syms.name(e.ty),
-                                        list(syms, &missing),
-                                        list(syms, &reaction.emits),
-                                        receipt_note(receipt_emitted)
-                                    ),
-                                });
-                            }
-                        }
-                        Kind::OneOf => {
-                            let chosen: Vec<Sym> = emitted_types
-                                .iter()
-                                .copied()
-                                .filter(|x| reaction.emits.contains(x))
-                                .collect();
-                            if chosen.len() > 1 {
-                                findings.push(Raw {
-                                    rule: Rule::BothBranches,
-                                    service: svc,
-                                    event_type: e.ty,
-                                    event: Some(i as u32),
-                                    time: e.time,
-                                    message: format!(
-                                        "'{}' emitted {} in reaction to '{}', but its reaction emits exactly one of {}",
-                                        syms.name(svc),
-                                        list(syms, &chosen),
-                                        syms.name(e.ty),
-                                        list(syms, &reaction.emits)
-                                    ),
-                                });
-                            } else if chosen.is_empty() && receipt_emitted.is_none_or(|n| n == 0) {
-                                findings.push(Raw {
-                                    rule: Rule::MissingEmit,
-                                    service: svc,
-                                    event_type: e.ty,
-                                    event: Some(i as u32),
-                                    time: e.time,
-                                    message: format!(
-                                        "'{}' handled '{}' but emitted none of {}{}",
-                                        syms.name(svc),
-                                        syms.name(e.ty),
-                                        list(syms, &reaction.emits),
-                                        receipt_note(receipt_emitted)
-                                    ),
-                                });
-                            }
-                        }
-                        Kind::Nothing => {}
-                    }
-                    if let Some(within) = reaction.within_us {
-                        let done = last_emit.or(settled_at);
-                        if let Some(done) = done {
-                            let took = done.saturating_sub(e.time);
-                            if took > within {
-                                findings.push(Raw {
-                                    rule: Rule::ReactionLate,
-                                    service: svc,
-                                    event_type: e.ty,
-                                    event: Some(i as u32),
-                                    time: e.time,
-                                    message: format!(
-                                        "'{}' took {} to react to '{}' (within {})",
-                                        syms.name(svc),
-                                        crate::stats::format_micros(took as u64),
-                                        syms.name(e.ty),
-                                        crate::stats::format_micros(within as u64)
-                                    ),
-                                });
-                            }
-                        }
-                    }
-                    continue;
-                }
-                if dup {
-                    continue;
-                }
-                if reaction.kind == Kind::Nothing && !receipts_expected {
-                    continue;
-                }
-                owed.push(RawOwed {
-                    service: svc,
-                    event: i as u32,
-                    owes: reaction.emits.clone(),
-                    one_of: reaction.kind == Kind::OneOf,
-                    deadline: reaction.within_us.map(|w| e.time.saturating_add(w)),
-                });
-            }
-        }
-
-        // Cycles: an event type repeating along one causal path.
-        let bound = self.config.cycle_bound;
-        if n as u64 > u64::from(bound) {
-            let mut per_type: FastMap<Sym, u32> = FastMap::default();
-            for e in &f.events {
-                *per_type.entry(e.ty).or_default() += 1;
-            }
-            if per_type.values().any(|&c| c > bound) {
-                // Per repeating type, the deepest repetition along one path.
-                let mut worst: Vec<(Sym, u32, usize)> = Vec::new();
-                for (i, e) in f.events.iter().enumerate() {
-                    if per_type[&e.ty] <= bound {
-                        continue;
-                    }
-                    let mut count = 1u32;
-                    let mut p = s.parent[i];
-                    let mut steps = 0usize;
-                    while p != u32::MAX && steps <= n {
-                        if f.events[p as usize].ty == e.ty {
-                            count += 1;
-                        }
-                        p = s.parent[p as usize];
-                        steps += 1;
-                    }
-                    match worst.iter_mut().find(|w| w.0 == e.ty) {
-                        Some(w) if w.1 < count => *w = (e.ty, count, i),
-                        Some(_) => {}
-                        None => worst.push((e.ty, count, i)),
-                    }
-                }
-                for (ty, count, i) in worst {
-                    if count <= bound {
-                        continue;
-                    }
-                    let e = &f.events[i];
-                    findings.push(Raw {
-                        rule: Rule::CycleBound,
-                        service: e.source,
-                        event_type: ty,
-                        event: Some(i as u32),
-                        time: e.time,
-                        message: format!(
-                            "'{}' occurs {count} times along one causal path (bound {bound})",
-                            syms.name(ty)
-                        ),
-                    });
-                }
-            }
-        }
-
-        // Status.
-        let flow = name.map(|x| &m.flows[x]);
-        let end = flow.and_then(|fl| {
-            f.events
-                .iter()
-                .filter(|e| fl.ends.contains(&e.ty))
-                .map(|e| e.time)
-                .min()
-        });
-        let flow_deadline = flow
-            .and_then(|fl| fl.within_us)
-            .map(|w| start.saturating_add(w));
-        let mut next_deadline: Option<i64> = None;
-        let status = if dead_any {
-            if findings.iter().all(|x| x.rule != Rule::DeadLettered) {
-                dead_letter_findings(f, syms, &mut findings);
-            }
-            FlowStatus::Failed
-        } else if let Some(end_time) = end {
-            if let (Some(fl), Some(w)) = (flow, flow.and_then(|fl| fl.within_us)) {
-                let took = end_time.saturating_sub(start);
-                if took > w {
-                    let r = root.unwrap_or(0);
-                    findings.push(Raw {
-                        rule: Rule::FlowLate,
-                        service: f.events.get(r).map_or(EMPTY, |e| e.source),
-                        event_type: f.events.get(r).map_or(EMPTY, |e| e.ty),
-                        event: None,
-                        time: start,
-                        message: format!(
-                            "flow '{}' took {} (within {})",
-                            fl.name,
-                            crate::stats::format_micros(took as u64),
-                            crate::stats::format_micros(w as u64)
-                        ),
-                    });
-                }
-            }
-            FlowStatus::Completed
-        } else if owed.is_empty() {
-            if flow.is_some() && n > 0 {
-                let leaves: Vec<Sym> = (0..n)
-                    .filter(|&i| s.graph.neighbors(s.node_of[i]).next().is_none())
-                    .map(|i| f.events[i].ty)
-                    .fold(Vec::new(), |mut acc, t| {
-                        if !acc.contains(&t) {
-                            acc.push(t);
-                        }
-                        acc
-                    });
-                let fl = flow.map(|fl| fl.name.as_str()).unwrap_or_default();
-                let last_ev = s.order.last().map_or(0, |&i| i as usize);
-                findings.push(Raw {
-                    rule: Rule::BadEnd,
-                    service: f.events[last_ev].source,
-                    event_type: f.events[last_ev].ty,
-                    event: None,
-                    time: last,
-                    message: format!(
-                        "flow '{fl}' came to rest on {} without reaching an end ({})",
-                        list(syms, &leaves),
-                        list(syms, &flow.map(|fl| fl.ends.clone()).unwrap_or_default())
-                    ),
-                });
-                FlowStatus::Failed
-            } else {
-                FlowStatus::Completed
-            }
-        } else {
-            let overdue_flow = flow_deadline.is_some_and(|d| now > d);
-            let overdue_reaction = owed.iter().any(|o| o.deadline.is_some_and(|d| now > d));
-            if overdue_flow || overdue_reaction {
-                for o in &owed {
-                    let overdue = overdue_flow || o.deadline.is_some_and(|d| now > d);
-                    if !overdue {
-                        continue;
-                    }
-                    let e = &f.events[o.event as usize];
-                    findings.push(Raw {
-                        rule: Rule::Stuck,
-                        service: o.service,
-                        event_type: e.ty,
-                        event: Some(o.event),
-                        time: e.time,
-                        message: format!(
-                            "'{}' owes {} for '{}' since {} ({} overdue{})",
-                            syms.name(o.service),
-                            owes_text(syms, &o.owes, o.one_of),
-                            syms.name(e.ty),
-                            Timestamp::from_micros(e.time),
-                            if o.deadline.is_some_and(|d| now > d) {
-                                "its reaction is"
-                            } else {
-                                "the flow is"
-                            },
-                            match (o.deadline, flow_deadline) {
-                                (Some(d), _) if now > d => format!(
-                                    ", by {}",
-                                    crate::stats::format_micros(now.saturating_sub(d) as u64)
-                                ),
-                                (_, Some(d)) if now > d => format!(
-                                    ", by {}",
-                                    crate::stats::format_micros(now.saturating_sub(d) as u64)
-                                ),
-                                _ => String::new(),
-                            }
-                        ),
-                    });
-                }
-                FlowStatus::Stuck
-            } else {
-                next_deadline = owed
-                    .iter()
-                    .filter_map(|o| o.deadline)
-                    .chain(flow_deadline)
-                    .min()
-                    .map(|d| d.saturating_add(1));
-                FlowStatus::InProgress
-            }
-        };
-        let end = match status {
-            FlowStatus::Completed => end.or(Some(last)),
-            FlowStatus::Failed => Some(last),
-            _ => None,
-        };
-        Analysis {
-            status,
-            name,
-            start,
-            end,
-            findings,
-            owed,
-            next_deadline,
-            orphans,
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            model: self.model.as_ref(),
+            syms: &self.syms,
+            config: &self.config,
+            receipts_expected: self.receipts_expected(),
         }
     }
 
@@ -1699,6 +1187,727 @@ impl Tracer {
     }
 }
 
+/// Flows at the end of a batch from which the analysis uses a second thread.
+const PARALLEL_FROM: usize = 4096;
+
+fn analyse_all(ctx: &Ctx<'_>, flows: &[(EventId, FlowState)], now: i64) -> Vec<Analysis> {
+    let mut scratch = Scratch::default();
+    flows
+        .iter()
+        .map(|(id, f)| analyse(ctx, &mut scratch, id, f, now))
+        .collect()
+}
+
+/// What analysing a flow needs: read-only, so flows can be analysed on several threads.
+pub(crate) struct Ctx<'a> {
+    model: Option<&'a Model>,
+    syms: &'a Symbols,
+    config: &'a TracerConfig,
+    receipts_expected: bool,
+}
+
+/// Rebuilds the causal graph of a flow and checks it.
+fn analyse(ctx: &Ctx<'_>, s: &mut Scratch, corr: &EventId, f: &FlowState, now: i64) -> Analysis {
+    let receipts_expected = ctx.receipts_expected;
+    let n = f.events.len();
+
+    // Time order (arrival order breaks ties): out-of-order input lands in place.
+    s.order.clear();
+    s.order.extend(0..n as u32);
+    s.order.sort_by_key(|&i| (f.events[i as usize].time, i));
+    s.graph.clear();
+    s.node_of.clear();
+    s.node_of.resize(n, NodeIndex::end());
+    for &i in &s.order {
+        s.node_of[i as usize] = s.graph.add_node(i);
+    }
+    s.parent.clear();
+    s.parent.resize(n, u32::MAX);
+    let mut findings = Vec::new();
+    let mut orphans = 0u32;
+    let model = ctx.model;
+    let syms = ctx.syms;
+    let tolerance = i64::try_from(ctx.config.skew_tolerance.as_micros()).unwrap_or(i64::MAX);
+    for (i, e) in f.events.iter().enumerate() {
+        let Some(cause) = &e.cause else { continue };
+        match f.find(cause) {
+            Some(p) if p != i => {
+                s.parent[i] = p as u32;
+                s.graph.add_edge(s.node_of[p], s.node_of[i], ());
+                let pt = f.events[p].time;
+                if e.time.saturating_add(tolerance) < pt {
+                    findings.push(Raw {
+                        rule: Rule::ClockSkew,
+                        service: e.source,
+                        event_type: e.ty,
+                        event: Some(i as u32),
+                        time: e.time,
+                        message: format!(
+                            "'{}' is {} earlier than its cause '{}' (by '{}')",
+                            syms.name(e.ty),
+                            crate::stats::format_micros(pt.saturating_sub(e.time) as u64),
+                            syms.name(f.events[p].ty),
+                            syms.name(f.events[p].source),
+                        ),
+                    });
+                }
+            }
+            Some(_) => {
+                findings.push(Raw {
+                    rule: Rule::CausalLoop,
+                    service: e.source,
+                    event_type: e.ty,
+                    event: Some(i as u32),
+                    time: e.time,
+                    message: format!("'{}' names itself as its cause", syms.name(e.ty)),
+                });
+            }
+            None => {
+                orphans += 1;
+                findings.push(Raw {
+                    rule: Rule::Orphan,
+                    service: e.source,
+                    event_type: e.ty,
+                    event: Some(i as u32),
+                    time: e.time,
+                    message: format!(
+                        "'{}' by '{}' names cause {cause}, which is not in the flow",
+                        syms.name(e.ty),
+                        syms.name(e.source)
+                    ),
+                });
+            }
+        }
+    }
+    if n > 1 && petgraph::algo::is_cyclic_directed(&s.graph) {
+        findings.push(Raw {
+            rule: Rule::CausalLoop,
+            service: EMPTY,
+            event_type: EMPTY,
+            event: None,
+            time: f.events.first().map_or(0, |e| e.time),
+            message: "causation ids form a loop: some event is its own ancestor".into(),
+        });
+    }
+    // The flow's first event: the one whose id is the correlation id, else
+    // the earliest without a cause, else the earliest.
+    let root = f
+        .events
+        .iter()
+        .position(|e| &e.id == corr)
+        .or_else(|| {
+            s.order
+                .iter()
+                .map(|&i| i as usize)
+                .find(|&i| f.events[i].cause.is_none())
+        })
+        .or_else(|| s.order.first().map(|&i| i as usize));
+    let start = root.map_or(f.last_activity, |r| f.events[r].time);
+    let last = f
+        .events
+        .iter()
+        .map(|e| e.time)
+        .max()
+        .unwrap_or(f.last_activity);
+    let dead_any = !f.dead.is_empty()
+        || f.receipts
+            .iter()
+            .any(|r| r.outcome == Outcome::DeadLettered);
+
+    let Some(m) = model else {
+        let status = if dead_any {
+            FlowStatus::Failed
+        } else {
+            FlowStatus::Completed
+        };
+        dead_letter_findings(f, syms, &mut findings);
+        return Analysis {
+            status,
+            name: None,
+            start,
+            end: Some(last),
+            findings,
+            owed: Vec::new(),
+            next_deadline: None,
+            orphans,
+        };
+    };
+
+    let name = root
+        .and_then(|r| {
+            let e = &f.events[r];
+            if e.cause.is_none() {
+                m.flow_started_by(e.ty)
+            } else {
+                None
+            }
+        })
+        .or_else(|| root.and_then(|r| m.flow_of(f.events[r].ty)))
+        .or(f.name);
+    if let Some(r) = root {
+        let e = &f.events[r];
+        if e.cause.is_none() && m.event(e.ty).is_some() && m.flow_started_by(e.ty).is_none() {
+            findings.push(Raw {
+                rule: Rule::UnknownFlow,
+                service: e.source,
+                event_type: e.ty,
+                event: Some(r as u32),
+                time: e.time,
+                message: format!(
+                    "the flow starts with '{}', which is no flow's `starts_with`",
+                    syms.name(e.ty)
+                ),
+            });
+        }
+    }
+
+    // Unknown names, once per flow each.
+    let mut unknown_seen: Vec<(Rule, Sym)> = Vec::new();
+    let mut note_unknown =
+        |rule: Rule, sym: Sym, ty: Sym, ev: Option<u32>, time: i64, findings: &mut Vec<Raw>| {
+            if sym == EMPTY || unknown_seen.contains(&(rule, sym)) {
+                return;
+            }
+            unknown_seen.push((rule, sym));
+            let what = if rule == Rule::UnknownEvent {
+                "event type"
+            } else {
+                "service"
+            };
+            findings.push(Raw {
+                rule,
+                service: if rule == Rule::UnknownService {
+                    sym
+                } else {
+                    EMPTY
+                },
+                event_type: ty,
+                event: ev,
+                time,
+                message: format!(
+                    "{what} '{}' is not declared in topology '{}'",
+                    syms.name(sym),
+                    m.name
+                ),
+            });
+        };
+    for (i, e) in f.events.iter().enumerate() {
+        if m.event(e.ty).is_none() {
+            note_unknown(
+                Rule::UnknownEvent,
+                e.ty,
+                e.ty,
+                Some(i as u32),
+                e.time,
+                &mut findings,
+            );
+        }
+        if m.service(e.source).is_none() {
+            note_unknown(
+                Rule::UnknownService,
+                e.source,
+                e.ty,
+                Some(i as u32),
+                e.time,
+                &mut findings,
+            );
+        }
+    }
+    for r in &f.receipts {
+        if m.service(r.service).is_none() {
+            let ev = f.find(&r.event).map(|i| i as u32);
+            note_unknown(
+                Rule::UnknownService,
+                r.service,
+                r.ty,
+                ev,
+                r.started,
+                &mut findings,
+            );
+        }
+    }
+
+    // Roots emitted on a service's own: must be in its `emits`.
+    for (i, e) in f.events.iter().enumerate() {
+        if e.cause.is_some() {
+            continue;
+        }
+        if let (Some(svc), Some(_)) = (m.service(e.source), m.event(e.ty)) {
+            if !svc.emits.contains(&e.ty) {
+                findings.push(Raw {
+                    rule: Rule::UndeclaredEmit,
+                    service: e.source,
+                    event_type: e.ty,
+                    event: Some(i as u32),
+                    time: e.time,
+                    message: format!(
+                        "'{}' published '{}' on its own, but its `emits` does not list it",
+                        syms.name(e.source),
+                        syms.name(e.ty)
+                    ),
+                });
+            }
+        }
+    }
+
+    // Per event: what each consumer did, or owes.
+    let mut owed: Vec<RawOwed> = Vec::new();
+    let mut kids: Vec<usize> = Vec::new();
+    let mut other_services: Vec<Sym> = Vec::new();
+    for (i, e) in f.events.iter().enumerate() {
+        kids.clear();
+        kids.extend(
+            s.graph
+                .neighbors(s.node_of[i])
+                .map(|nx| s.graph[nx] as usize),
+        );
+        let info = m.event(e.ty);
+        // Children from services that have no reaction to this event, and
+        // children outside the reacting service's contract.
+        other_services.clear();
+        for &k in &kids {
+            let kid = &f.events[k];
+            if m.service(kid.source).is_none() || m.event(kid.ty).is_none() || info.is_none() {
+                continue;
+            }
+            match m.reaction(kid.source, e.ty) {
+                None => {
+                    if !other_services.contains(&kid.source) {
+                        other_services.push(kid.source);
+                        findings.push(Raw {
+                            rule: Rule::UndeclaredConsume,
+                            service: kid.source,
+                            event_type: e.ty,
+                            event: Some(i as u32),
+                            time: kid.time,
+                            message: format!(
+                                "'{}' reacted to '{}' (it published '{}'), but declares no reaction to it",
+                                syms.name(kid.source),
+                                syms.name(e.ty),
+                                syms.name(kid.ty)
+                            ),
+                        });
+                    }
+                }
+                Some(r) if !r.emits.contains(&kid.ty) => findings.push(Raw {
+                    rule: Rule::UndeclaredEmit,
+                    service: kid.source,
+                    event_type: kid.ty,
+                    event: Some(k as u32),
+                    time: kid.time,
+                    message: format!(
+                        "'{}' emitted '{}' in reaction to '{}', which its reaction does not list{}",
+                        syms.name(kid.source),
+                        syms.name(kid.ty),
+                        syms.name(e.ty),
+                        if r.emits.is_empty() {
+                            " (it is a sink)".to_owned()
+                        } else {
+                            format!(
+                                " ({}{})",
+                                if r.kind == Kind::OneOf { "one of " } else { "" },
+                                list(syms, &r.emits)
+                            )
+                        }
+                    ),
+                }),
+                Some(_) => {}
+            }
+        }
+        // Receipts from services with no reaction to this event.
+        for r in f.receipts.iter().filter(|r| r.event == e.id) {
+            if info.is_none() || m.service(r.service).is_none() {
+                continue;
+            }
+            if m.reaction(r.service, e.ty).is_none() && !other_services.contains(&r.service) {
+                other_services.push(r.service);
+                findings.push(Raw {
+                    rule: Rule::UndeclaredConsume,
+                    service: r.service,
+                    event_type: e.ty,
+                    event: Some(i as u32),
+                    time: r.started,
+                    message: format!(
+                        "'{}' handled '{}' ({}), but declares no reaction to it",
+                        syms.name(r.service),
+                        syms.name(e.ty),
+                        r.outcome.as_str()
+                    ),
+                });
+            }
+        }
+        let Some(info) = info else { continue };
+        for reaction in &info.consumers {
+            let svc = reaction.service;
+            let mut acked = false;
+            let mut dup = false;
+            let mut dead: Option<(&str, u32)> = None;
+            let mut receipt_emitted: Option<u32> = None;
+            let mut settled_at: Option<i64> = None;
+            for r in f
+                .receipts
+                .iter()
+                .filter(|r| r.service == svc && r.event == e.id)
+            {
+                match r.outcome {
+                    Outcome::Acked => {
+                        acked = true;
+                        receipt_emitted = Some(receipt_emitted.unwrap_or(0).max(r.emitted));
+                        let done = r.started.saturating_add(r.duration_us as i64);
+                        settled_at = Some(settled_at.map_or(done, |d: i64| d.min(done)));
+                    }
+                    Outcome::Duplicate => dup = true,
+                    Outcome::DeadLettered => {
+                        dead = Some((r.reason.as_deref().unwrap_or(""), r.attempts));
+                    }
+                    Outcome::Redelivered => {}
+                }
+            }
+            if dead.is_none() {
+                if let Some(d) = f
+                    .dead
+                    .iter()
+                    .find(|d| d.event == e.id && (d.service == svc || d.service == EMPTY))
+                {
+                    dead = Some((&d.reason, d.attempts));
+                }
+            }
+            if let Some((reason, attempts)) = dead {
+                findings.push(Raw {
+                    rule: Rule::DeadLettered,
+                    service: svc,
+                    event_type: e.ty,
+                    event: Some(i as u32),
+                    time: e.time,
+                    message: format!(
+                        "'{}' dead-lettered '{}' after {attempts} attempt{}: {reason}",
+                        syms.name(svc),
+                        syms.name(e.ty),
+                        if attempts == 1 { "" } else { "s" }
+                    ),
+                });
+                continue;
+            }
+            let mut emitted_types: Vec<Sym> = Vec::new();
+            let mut last_emit: Option<i64> = None;
+            for &k in &kids {
+                let kid = &f.events[k];
+                if kid.source == svc {
+                    if !emitted_types.contains(&kid.ty) {
+                        emitted_types.push(kid.ty);
+                    }
+                    last_emit = Some(last_emit.map_or(kid.time, |t: i64| t.max(kid.time)));
+                }
+            }
+            let ran = acked || !emitted_types.is_empty();
+            if ran {
+                // Emissions its receipt announces but the input does not
+                // (yet) hold: the flow is not at rest.
+                let seen = kids.iter().filter(|&&k| f.events[k].source == svc).count();
+                if receipt_emitted.is_some_and(|n| n as usize > seen) {
+                    owed.push(RawOwed {
+                        service: svc,
+                        event: i as u32,
+                        owes: reaction.emits.clone(),
+                        one_of: reaction.kind == Kind::OneOf,
+                        deadline: None,
+                    });
+                }
+                match reaction.kind {
+                    Kind::All => {
+                        let missing: Vec<Sym> = reaction
+                            .emits
+                            .iter()
+                            .copied()
+                            .filter(|x| !emitted_types.contains(x))
+                            .collect();
+                        let receipts_say_short =
+                            receipt_emitted.is_none_or(|n| (n as usize) < reaction.emits.len());
+                        if !missing.is_empty() && receipts_say_short {
+                            findings.push(Raw {
+                                rule: Rule::MissingEmit,
+                                service: svc,
+                                event_type: e.ty,
+                                event: Some(i as u32),
+                                time: e.time,
+                                message: format!(
+                                    "'{}' handled '{}' but did not emit {} (its reaction emits {}){}",
+                                    syms.name(svc),
+                                    syms.name(e.ty),
+                                    list(syms, &missing),
+                                    list(syms, &reaction.emits),
+                                    receipt_note(receipt_emitted)
+                                ),
+                            });
+                        }
+                    }
+                    Kind::OneOf => {
+                        let chosen: Vec<Sym> = emitted_types
+                            .iter()
+                            .copied()
+                            .filter(|x| reaction.emits.contains(x))
+                            .collect();
+                        if chosen.len() > 1 {
+                            findings.push(Raw {
+                                rule: Rule::BothBranches,
+                                service: svc,
+                                event_type: e.ty,
+                                event: Some(i as u32),
+                                time: e.time,
+                                message: format!(
+                                    "'{}' emitted {} in reaction to '{}', but its reaction emits exactly one of {}",
+                                    syms.name(svc),
+                                    list(syms, &chosen),
+                                    syms.name(e.ty),
+                                    list(syms, &reaction.emits)
+                                ),
+                            });
+                        } else if chosen.is_empty() && receipt_emitted.is_none_or(|n| n == 0) {
+                            findings.push(Raw {
+                                rule: Rule::MissingEmit,
+                                service: svc,
+                                event_type: e.ty,
+                                event: Some(i as u32),
+                                time: e.time,
+                                message: format!(
+                                    "'{}' handled '{}' but emitted none of {}{}",
+                                    syms.name(svc),
+                                    syms.name(e.ty),
+                                    list(syms, &reaction.emits),
+                                    receipt_note(receipt_emitted)
+                                ),
+                            });
+                        }
+                    }
+                    Kind::Nothing => {}
+                }
+                if let Some(within) = reaction.within_us {
+                    let done = last_emit.or(settled_at);
+                    if let Some(done) = done {
+                        let took = done.saturating_sub(e.time);
+                        if took > within {
+                            findings.push(Raw {
+                                rule: Rule::ReactionLate,
+                                service: svc,
+                                event_type: e.ty,
+                                event: Some(i as u32),
+                                time: e.time,
+                                message: format!(
+                                    "'{}' took {} to react to '{}' (within {})",
+                                    syms.name(svc),
+                                    crate::stats::format_micros(took as u64),
+                                    syms.name(e.ty),
+                                    crate::stats::format_micros(within as u64)
+                                ),
+                            });
+                        }
+                    }
+                }
+                continue;
+            }
+            if dup {
+                continue;
+            }
+            if reaction.kind == Kind::Nothing && !receipts_expected {
+                continue;
+            }
+            owed.push(RawOwed {
+                service: svc,
+                event: i as u32,
+                owes: reaction.emits.clone(),
+                one_of: reaction.kind == Kind::OneOf,
+                deadline: reaction.within_us.map(|w| e.time.saturating_add(w)),
+            });
+        }
+    }
+
+    // Cycles: an event type repeating along one causal path.
+    let bound = ctx.config.cycle_bound;
+    if n as u64 > u64::from(bound) {
+        let mut per_type: FastMap<Sym, u32> = FastMap::default();
+        for e in &f.events {
+            *per_type.entry(e.ty).or_default() += 1;
+        }
+        if per_type.values().any(|&c| c > bound) {
+            // Per repeating type, the deepest repetition along one path.
+            let mut worst: Vec<(Sym, u32, usize)> = Vec::new();
+            for (i, e) in f.events.iter().enumerate() {
+                if per_type[&e.ty] <= bound {
+                    continue;
+                }
+                let mut count = 1u32;
+                let mut p = s.parent[i];
+                let mut steps = 0usize;
+                while p != u32::MAX && steps <= n {
+                    if f.events[p as usize].ty == e.ty {
+                        count += 1;
+                    }
+                    p = s.parent[p as usize];
+                    steps += 1;
+                }
+                match worst.iter_mut().find(|w| w.0 == e.ty) {
+                    Some(w) if w.1 < count => *w = (e.ty, count, i),
+                    Some(_) => {}
+                    None => worst.push((e.ty, count, i)),
+                }
+            }
+            for (ty, count, i) in worst {
+                if count <= bound {
+                    continue;
+                }
+                let e = &f.events[i];
+                findings.push(Raw {
+                    rule: Rule::CycleBound,
+                    service: e.source,
+                    event_type: ty,
+                    event: Some(i as u32),
+                    time: e.time,
+                    message: format!(
+                        "'{}' occurs {count} times along one causal path (bound {bound})",
+                        syms.name(ty)
+                    ),
+                });
+            }
+        }
+    }
+
+    // Status.
+    let flow = name.map(|x| &m.flows[x]);
+    let end = flow.and_then(|fl| {
+        f.events
+            .iter()
+            .filter(|e| fl.ends.contains(&e.ty))
+            .map(|e| e.time)
+            .min()
+    });
+    let flow_deadline = flow
+        .and_then(|fl| fl.within_us)
+        .map(|w| start.saturating_add(w));
+    let mut next_deadline: Option<i64> = None;
+    let status = if dead_any {
+        if findings.iter().all(|x| x.rule != Rule::DeadLettered) {
+            dead_letter_findings(f, syms, &mut findings);
+        }
+        FlowStatus::Failed
+    } else if let Some(end_time) = end {
+        if let (Some(fl), Some(w)) = (flow, flow.and_then(|fl| fl.within_us)) {
+            let took = end_time.saturating_sub(start);
+            if took > w {
+                let r = root.unwrap_or(0);
+                findings.push(Raw {
+                    rule: Rule::FlowLate,
+                    service: f.events.get(r).map_or(EMPTY, |e| e.source),
+                    event_type: f.events.get(r).map_or(EMPTY, |e| e.ty),
+                    event: None,
+                    time: start,
+                    message: format!(
+                        "flow '{}' took {} (within {})",
+                        fl.name,
+                        crate::stats::format_micros(took as u64),
+                        crate::stats::format_micros(w as u64)
+                    ),
+                });
+            }
+        }
+        FlowStatus::Completed
+    } else if owed.is_empty() {
+        if flow.is_some() && n > 0 {
+            let leaves: Vec<Sym> = (0..n)
+                .filter(|&i| s.graph.neighbors(s.node_of[i]).next().is_none())
+                .map(|i| f.events[i].ty)
+                .fold(Vec::new(), |mut acc, t| {
+                    if !acc.contains(&t) {
+                        acc.push(t);
+                    }
+                    acc
+                });
+            let fl = flow.map(|fl| fl.name.as_str()).unwrap_or_default();
+            let last_ev = s.order.last().map_or(0, |&i| i as usize);
+            findings.push(Raw {
+                rule: Rule::BadEnd,
+                service: f.events[last_ev].source,
+                event_type: f.events[last_ev].ty,
+                event: None,
+                time: last,
+                message: format!(
+                    "flow '{fl}' came to rest on {} without reaching an end ({})",
+                    list(syms, &leaves),
+                    list(syms, &flow.map(|fl| fl.ends.clone()).unwrap_or_default())
+                ),
+            });
+            FlowStatus::Failed
+        } else {
+            FlowStatus::Completed
+        }
+    } else {
+        let overdue_flow = flow_deadline.is_some_and(|d| now > d);
+        let overdue_reaction = owed.iter().any(|o| o.deadline.is_some_and(|d| now > d));
+        if overdue_flow || overdue_reaction {
+            for o in &owed {
+                let overdue = overdue_flow || o.deadline.is_some_and(|d| now > d);
+                if !overdue {
+                    continue;
+                }
+                let e = &f.events[o.event as usize];
+                findings.push(Raw {
+                    rule: Rule::Stuck,
+                    service: o.service,
+                    event_type: e.ty,
+                    event: Some(o.event),
+                    time: e.time,
+                    message: format!(
+                        "'{}' owes {} for '{}' since {} ({} overdue{})",
+                        syms.name(o.service),
+                        owes_text(syms, &o.owes, o.one_of),
+                        syms.name(e.ty),
+                        Timestamp::from_micros(e.time),
+                        if o.deadline.is_some_and(|d| now > d) {
+                            "its reaction is"
+                        } else {
+                            "the flow is"
+                        },
+                        match (o.deadline, flow_deadline) {
+                            (Some(d), _) if now > d => format!(
+                                ", by {}",
+                                crate::stats::format_micros(now.saturating_sub(d) as u64)
+                            ),
+                            (_, Some(d)) if now > d => format!(
+                                ", by {}",
+                                crate::stats::format_micros(now.saturating_sub(d) as u64)
+                            ),
+                            _ => String::new(),
+                        }
+                    ),
+                });
+            }
+            FlowStatus::Stuck
+        } else {
+            next_deadline = owed
+                .iter()
+                .filter_map(|o| o.deadline)
+                .chain(flow_deadline)
+                .min()
+                .map(|d| d.saturating_add(1));
+            FlowStatus::InProgress
+        }
+    };
+    let end = match status {
+        FlowStatus::Completed => end.or(Some(last)),
+        FlowStatus::Failed => Some(last),
+        _ => None,
+    };
+    Analysis {
+        status,
+        name,
+        start,
+        end,
+        findings,
+        owed,
+        next_deadline,
+        orphans,
+    }
+}
+
 fn dead_letter_findings(f: &FlowState, syms: &Symbols, findings: &mut Vec<Raw>) {
     let mut seen: Vec<(usize, Sym)> = Vec::new();
     for r in f
@@ -1772,5 +1981,59 @@ fn receipt_note(emitted: Option<u32>) -> String {
     match emitted {
         Some(n) => format!(" — its receipt says it emitted {n}"),
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use choreo_core::{Name, Receipt};
+
+    fn receipt(reason: Option<&str>, emitted: usize) -> Receipt {
+        Receipt {
+            service: Name::from("pay\u{e9}ment"),
+            event_id: EventId::new(),
+            event_type: Name::from("OrderPlaced"),
+            correlation_id: EventId::new(),
+            topic: Name::from("orders"),
+            partition: 3,
+            offset: 77,
+            outcome: Outcome::DeadLettered,
+            attempts: 4,
+            reason: reason.map(str::to_owned),
+            started: choreo_core::Timestamp::from_micros(-5),
+            duration_us: 1234,
+            emitted: (0..emitted).map(|_| EventId::new()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_fast_receipt_parser_agrees_with_serde() {
+        let mut names = Interner::default();
+        for r in [
+            receipt(None, 0),
+            receipt(Some("carrier down"), 2),
+            receipt(Some("quote \" inside"), 1),
+        ] {
+            let json = serde_json::to_vec(&r).unwrap();
+            let a = serde_receipt(&json, &mut names).unwrap();
+            let b = parse_receipt(&json, &mut names).unwrap();
+            for p in [&a, &b] {
+                assert_eq!(p.event, r.event_id);
+                assert_eq!(p.service, r.service);
+                assert_eq!(p.event_type, r.event_type);
+                assert_eq!(p.outcome, r.outcome);
+                assert_eq!(p.attempts, 4);
+                assert_eq!(p.started, -5);
+                assert_eq!(p.duration_us, 1234);
+                assert_eq!(p.emitted as usize, r.emitted.len());
+                assert_eq!(p.reason.as_deref(), r.reason.as_deref());
+            }
+        }
+        // An escape makes the fast path give up; serde still reads it.
+        let json = serde_json::to_vec(&receipt(Some("quote \" inside"), 0)).unwrap();
+        assert!(fast_receipt(&json, &mut names).is_none());
+        assert!(parse_receipt(b"{\"service\": 1}", &mut names).is_none());
+        assert!(parse_receipt(b"not json", &mut names).is_none());
     }
 }

@@ -12,6 +12,8 @@
 
 use std::io::{self, Write};
 
+use choreo_core::EventId;
+
 use crate::flow::FlowStatus;
 
 /// An event log format.
@@ -28,8 +30,18 @@ pub(crate) struct Row<'a> {
     pub(crate) activity: &'a str,
     pub(crate) time: i64,
     pub(crate) resource: &'a str,
-    pub(crate) event_id: &'a str,
+    pub(crate) event_id: &'a EventId,
     pub(crate) topic: &'a str,
+}
+
+fn push_id(out: &mut String, id: &EventId) {
+    match id.as_uuid() {
+        Some(u) => {
+            let mut buf = [0u8; 36];
+            out.push_str(u.hyphenated().encode_lower(&mut buf));
+        }
+        None => out.push_str(&id.to_string()),
+    }
 }
 
 /// Writes an event log as flows finish. Give it to
@@ -43,6 +55,42 @@ pub struct LogWriter {
     cases: u64,
     events: u64,
     line: String,
+    clock: Clock,
+}
+
+/// Formats RFC 3339 times, reusing the date and minute of the previous one:
+/// consecutive events are seconds apart.
+#[derive(Default)]
+struct Clock {
+    minute: i64,
+    prefix: String,
+}
+
+impl Clock {
+    fn push(&mut self, out: &mut String, micros: i64) {
+        let minute = micros.div_euclid(60_000_000);
+        if self.prefix.is_empty() || minute != self.minute {
+            self.minute = minute;
+            self.prefix.clear();
+            rfc3339(&mut self.prefix, minute * 60_000_000);
+            self.prefix.truncate(17); // YYYY-MM-DDTHH:MM:
+        }
+        out.push_str(&self.prefix);
+        let rest = micros - minute * 60_000_000; // 0..60 s in µs
+        let mut digits = [0u8; 10];
+        let secs = rest / 1_000_000;
+        let frac = rest % 1_000_000;
+        digits[0] = b'0' + (secs / 10) as u8;
+        digits[1] = b'0' + (secs % 10) as u8;
+        digits[2] = b'.';
+        let mut f = frac;
+        for i in (3..9).rev() {
+            digits[i] = b'0' + (f % 10) as u8;
+            f /= 10;
+        }
+        digits[9] = b'Z';
+        out.push_str(std::str::from_utf8(&digits).unwrap_or("00.000000Z"));
+    }
 }
 
 impl std::fmt::Debug for LogWriter {
@@ -72,6 +120,7 @@ impl LogWriter {
             cases: 0,
             events: 0,
             line: String::with_capacity(256),
+            clock: Clock::default(),
         })
     }
 
@@ -98,6 +147,7 @@ impl LogWriter {
         self.cases += 1;
         self.events += rows.len() as u64;
         let l = &mut self.line;
+        let clock = &mut self.clock;
         l.clear();
         match self.format {
             LogFormat::Csv => {
@@ -106,11 +156,11 @@ impl LogWriter {
                     l.push(',');
                     csv_field(l, r.activity);
                     l.push(',');
-                    rfc3339(l, r.time);
+                    clock.push(l, r.time);
                     l.push(',');
                     csv_field(l, r.resource);
                     l.push(',');
-                    csv_field(l, r.event_id);
+                    push_id(l, r.event_id);
                     l.push(',');
                     csv_field(l, r.topic);
                     l.push('\n');
@@ -132,11 +182,11 @@ impl LogWriter {
                     l.push_str("    <event>\n      <string key=\"concept:name\" value=\"");
                     xml(l, r.activity);
                     l.push_str("\"/>\n      <date key=\"time:timestamp\" value=\"");
-                    rfc3339(l, r.time);
+                    clock.push(l, r.time);
                     l.push_str("\"/>\n      <string key=\"org:resource\" value=\"");
                     xml(l, r.resource);
                     l.push_str("\"/>\n      <string key=\"choreo:event_id\" value=\"");
-                    xml(l, r.event_id);
+                    xml(l, &r.event_id.to_string());
                     l.push_str("\"/>\n      <string key=\"choreo:topic\" value=\"");
                     xml(l, r.topic);
                     l.push_str("\"/>\n    </event>\n");
@@ -247,6 +297,23 @@ mod tests {
         ] {
             let mut s = String::new();
             rfc3339(&mut s, t);
+            assert_eq!(s, Timestamp::from_micros(t).to_rfc3339(), "{t}");
+        }
+    }
+
+    #[test]
+    fn the_clock_matches_the_core_formatter() {
+        let mut c = Clock::default();
+        for t in [
+            1_764_104_835_123_456i64,
+            1_764_104_835_999_999,
+            1_764_104_836_000_001,
+            1_764_104_899_000_000,
+            0,
+            59_999_999,
+        ] {
+            let mut s = String::new();
+            c.push(&mut s, t);
             assert_eq!(s, Timestamp::from_micros(t).to_rfc3339(), "{t}");
         }
     }

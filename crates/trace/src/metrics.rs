@@ -186,6 +186,7 @@ pub(crate) struct TraceMetrics {
     lag: Gauge,
     latest: Gauge,
     synced: std::sync::Arc<std::sync::Mutex<Counters>>,
+    flows: Vec<String>,
 }
 
 /// The series of one edge, looked up once.
@@ -336,7 +337,26 @@ impl TraceMetrics {
             lag: gauge("choreo_trace_lag_seconds")?,
             latest: gauge("choreo_trace_latest_event_timestamp_seconds")?,
             synced: Default::default(),
+            flows: Vec::new(),
         })
+    }
+
+    /// Creates every flow's series at zero, so dashboards see the flows
+    /// before anything happens in them.
+    pub(crate) fn init_flows(&mut self, flows: Vec<String>) {
+        for f in &flows {
+            for c in [
+                &self.flow_started,
+                &self.flow_completed,
+                &self.flow_failed,
+                &self.flow_stuck,
+                &self.flow_unfinished,
+            ] {
+                c.with_label_values(&[f.as_str()]);
+            }
+            self.flow_in_flight.with_label_values(&[f.as_str()]).set(0);
+        }
+        self.flows = flows;
     }
 
     pub(crate) fn set_caps(&self, c: &TracerConfig) {
@@ -438,6 +458,9 @@ impl TraceMetrics {
         }
         self.in_flight.set(t.records_in_flight() as f64);
         self.flow_in_flight.reset();
+        for f in &self.flows {
+            self.flow_in_flight.with_label_values(&[f.as_str()]).set(0);
+        }
         for (name, n) in t.in_flight_by_flow() {
             self.flow_in_flight
                 .with_label_values(&[name.as_str()])

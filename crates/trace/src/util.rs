@@ -88,6 +88,12 @@ const INTERNER_BOUND: usize = 16 * 1024;
 const RECENT: usize = 24;
 
 impl Interner {
+    /// The name with these bytes, if it is among the first few interned.
+    #[inline]
+    pub(crate) fn find_bytes(&self, raw: &[u8]) -> Option<Name> {
+        self.recent.iter().find(|n| n.as_bytes() == raw).cloned()
+    }
+
     #[inline]
     pub(crate) fn name(&mut self, s: &str) -> Name {
         if let Some(n) = self.recent.iter().find(|n| n.as_str() == s) {

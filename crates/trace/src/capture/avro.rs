@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use apache_avro::Schema;
 use apache_avro::types::Value;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use choreo_core::{ContentType, Envelope, EventId, Headers, Name, Timestamp};
 
 use crate::Record;
@@ -280,6 +280,16 @@ impl<'a> Cursor<'a> {
         std::str::from_utf8(raw).map_err(|_| Fault::Corrupt("a string is not UTF-8".into()))
     }
 
+    /// A string field as a shared name, compared as bytes before any UTF-8 check.
+    #[inline]
+    fn name(&mut self, names: &mut Interner) -> Result<Name, Fault> {
+        let raw = self.raw()?;
+        if let Some(n) = names.find_bytes(raw) {
+            return Ok(n);
+        }
+        Ok(names.name(utf8(raw)?))
+    }
+
     #[inline]
     fn branch(&mut self, field: &str) -> Result<bool, Fault> {
         match self.long()? {
@@ -292,14 +302,27 @@ impl<'a> Cursor<'a> {
     }
 }
 
-#[inline]
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
+/// Lower-case hex digit values; 0xff for anything else.
+const HEX: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-}
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Byte positions of the 32 hex digits in canonical UUID text.
+const DIGITS: [usize; 32] = [
+    0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17, 19, 20, 21, 22, 24, 25, 26, 27, 28, 29,
+    30, 31, 32, 33, 34, 35,
+];
 
 /// The canonical lower-case hyphenated UUID text as an id, decoded straight
 /// from the bytes: what [`EventId::parse`] gives for it, at a fraction of the
@@ -309,22 +332,25 @@ pub(crate) fn fast_uuid(raw: &[u8]) -> Option<EventId> {
     if raw.len() != 36 {
         return None;
     }
+    if raw[8] != b'-' || raw[13] != b'-' || raw[18] != b'-' || raw[23] != b'-' {
+        return None;
+    }
     let mut out = [0u8; 16];
-    let mut j = 0;
-    let mut i = 0;
-    while i < 36 {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            if raw[i] != b'-' {
-                return None;
-            }
-            i += 1;
-            continue;
-        }
-        out[j] = (hex(raw[i])? << 4) | hex(raw[i + 1])?;
-        j += 1;
-        i += 2;
+    let mut bad = 0u8;
+    for (j, o) in out.iter_mut().enumerate() {
+        let hi = HEX[raw[DIGITS[2 * j]] as usize];
+        let lo = HEX[raw[DIGITS[2 * j + 1]] as usize];
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0x0f);
+    }
+    if bad & 0xf0 != 0 {
+        return None;
     }
     Some(EventId::from_uuid(uuid::Uuid::from_bytes(out)))
+}
+
+fn utf8(raw: &[u8]) -> Result<&str, Fault> {
+    std::str::from_utf8(raw).map_err(|_| Fault::Corrupt("a string is not UTF-8".into()))
 }
 
 /// An id field: `None` when empty.
@@ -341,13 +367,13 @@ fn id_field(raw: &[u8]) -> Result<Option<EventId>, Fault> {
 pub(crate) fn decode(
     c: &mut Cursor<'_>,
     names: &mut Interner,
+    lean: bool,
     fallback_id: impl FnOnce() -> String,
 ) -> Result<Record, Fault> {
     let id = id_field(c.raw()?)?;
-    let event_type = c.str()?;
-    let event_type = names.name(event_type);
-    let source = names.name(c.str()?);
-    let topic = names.name(c.str()?);
+    let event_type = c.name(names)?;
+    let source = c.name(names)?;
+    let topic = c.name(names)?;
     let key = if c.branch("key")? {
         Some(c.bytes()?)
     } else {
@@ -365,16 +391,26 @@ pub(crate) fn decode(
     };
     let time = Timestamp::from_micros(c.long()?);
     let traceparent = if c.branch("traceparent")? {
-        Some(c.str()?.to_owned())
+        let raw = c.raw()?;
+        (!lean).then(|| utf8(raw).map(str::to_owned)).transpose()?
     } else {
         None
     };
     let tracestate = if c.branch("tracestate")? {
-        Some(c.str()?.to_owned())
+        let raw = c.raw()?;
+        (!lean).then(|| utf8(raw).map(str::to_owned)).transpose()?
     } else {
         None
     };
-    let content_type = content_type(c.str()?, names);
+    let content_type = match c.raw()? {
+        b"application/json" | b"" => ContentType::Json,
+        b"application/avro" => ContentType::Avro,
+        other => content_type(
+            std::str::from_utf8(other)
+                .map_err(|_| Fault::Corrupt("a string is not UTF-8".into()))?,
+            names,
+        ),
+    };
     let data = c.bytes()?;
     let mut headers = Headers::new();
     loop {
@@ -665,7 +701,6 @@ pub(crate) fn read_block<R: Read>(
     r: &mut R,
     offset: u64,
     sync: &[u8; 16],
-    buf: &mut BytesMut,
 ) -> Result<Option<(Block, u64)>, ReadFault> {
     let mut consumed = 0u64;
     let Some(count) = read_long(r, &mut consumed)? else {
@@ -684,11 +719,14 @@ pub(crate) fn read_block<R: Read>(
         );
     }
     let data_offset = offset + consumed;
-    buf.clear();
-    buf.resize(size as usize, 0);
-    let got = read_full(r, &mut buf[..]).map_err(ReadFault::Io)?;
-    buf.truncate(got);
-    let data = buf.split().freeze();
+    // Read straight into a buffer of the block's size: no zeroing, and with a
+    // small BufReader most of it comes from the file without an extra copy.
+    let mut v = Vec::with_capacity(size as usize);
+    let got = (&mut *r)
+        .take(size as u64)
+        .read_to_end(&mut v)
+        .map_err(ReadFault::Io)?;
+    let data = Bytes::from(v);
     let complete = got == size as usize;
     let sync_offset = data_offset + got as u64;
     let mut marker = [0u8; 16];

@@ -35,7 +35,6 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use bytes::BytesMut;
 use choreo_core::{Envelope, EventId};
 
 pub(crate) use avro::fast_uuid;
@@ -279,7 +278,6 @@ struct FastAvro {
     block: Option<avro::Block>,
     pos: usize,
     decoded: u64,
-    buf: BytesMut,
 }
 
 struct ResolvedAvro {
@@ -310,6 +308,7 @@ enum Inner {
 pub struct Reader {
     label: PathBuf,
     format: Format,
+    lean: bool,
     inner: Inner,
     names: Interner,
     records: u64,
@@ -375,6 +374,7 @@ impl Reader {
         Ok(Reader {
             label,
             format: Format::JsonLines,
+            lean: false,
             inner: Inner::Jsonl(Jsonl {
                 input: BufReader::with_capacity(256 * 1024, boxed),
                 offset: 0,
@@ -417,14 +417,15 @@ impl Reader {
             return Ok(Reader {
                 label,
                 format: Format::Avro,
+                lean: false,
                 inner: Inner::Fast(Box::new(FastAvro {
-                    input: BufReader::with_capacity(256 * 1024, boxed),
+                    // Small: blocks are read past it, straight into their buffers.
+                    input: BufReader::with_capacity(16 * 1024, boxed),
                     sync: header.sync,
                     offset: header.len,
                     block: None,
                     pos: 0,
                     decoded: 0,
-                    buf: BytesMut::new(),
                 })),
                 names,
                 records: 0,
@@ -449,11 +450,20 @@ impl Reader {
         Ok(Reader {
             label,
             format: Format::Avro,
+            lean: false,
             inner: Inner::Resolved(Box::new(ResolvedAvro { reader, consumed })),
             names,
             records: 0,
             total: None,
         })
+    }
+
+    /// Leaves out what the tracer never reads — the W3C trace context
+    /// (`traceparent`, `tracestate`) — to read faster. Everything else,
+    /// payloads included, is still read.
+    pub fn lean(mut self) -> Self {
+        self.lean = true;
+        self
     }
 
     /// The detected format.
@@ -507,7 +517,7 @@ impl Reader {
                     // Cursor restarts at the saved position.
                     let record_offset = block.data_offset + start as u64;
                     c_skip(&mut c, start);
-                    let result = avro::decode(&mut c, &mut self.names, || {
+                    let result = avro::decode(&mut c, &mut self.names, self.lean, || {
                         format!("capture-offset-{record_offset}")
                     });
                     match result {
@@ -567,7 +577,7 @@ impl Reader {
                 }
                 f.block = None;
             }
-            match avro::read_block(&mut f.input, f.offset, &f.sync, &mut f.buf) {
+            match avro::read_block(&mut f.input, f.offset, &f.sync) {
                 Ok(None) => {
                     self.inner = Inner::Done;
                     return None;
