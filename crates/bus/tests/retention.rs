@@ -195,7 +195,10 @@ async fn every_exported_metric_is_in_the_documented_list() {
     }
     // Families without samples yet are not gathered; those that are must have the documented type.
     for f in registry.gather() {
-        let (_, kind, _, _) = choreo_bus::METRICS.iter().find(|m| m.0 == f.name()).unwrap();
+        let (_, kind, _, _) = choreo_bus::METRICS
+            .iter()
+            .find(|m| m.0 == f.name())
+            .unwrap();
         let actual = format!("{:?}", f.get_field_type()).to_lowercase();
         assert_eq!(actual, *kind, "{}", f.name());
     }

@@ -174,7 +174,7 @@ async fn a_raw_envelope_handler_emits_stamped_events_too() {
             "OrderPlaced",
             "orders",
             |env: std::sync::Arc<choreo_core::Envelope>, ctx: Context| async move {
-                ctx.emit_raw("OrderForwarded", "forwarded", env.data.clone());
+                ctx.emit_raw("OrderForwarded", "forwarded", env.data.clone())?;
                 Ok::<(), HandlerError>(())
             },
         )

@@ -294,7 +294,7 @@ impl Handler {
                     if roll(seed, flow, &[svc, handled, "extra"], 0) < *probability =>
                 {
                     let extra = undeclared_event(svc);
-                    ctx.emit_raw(extra.clone(), env.topic.clone(), payload(flow));
+                    ctx.emit_raw(extra.clone(), env.topic.clone(), payload(flow))?;
                     let mut i = self.record(&env, flow, "extra");
                     i.emitted = vec![extra];
                     self.push(i);
@@ -309,7 +309,7 @@ impl Handler {
                 .topic_of(&name)
                 .unwrap_or("unknown")
                 .to_owned();
-            ctx.emit_raw(name, topic, payload(flow));
+            ctx.emit_raw(name, topic, payload(flow))?;
         }
         Ok(())
     }

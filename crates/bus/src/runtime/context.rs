@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
-use choreo_core::{Codecs, Envelope, Event, EventId, Headers, Name, Result, Timestamp};
+use choreo_core::{Codecs, Envelope, Event, EventId, Headers, Limits, Name, Result, Timestamp};
 
 /// The events one attempt emitted.
 pub(crate) type Outbox = Vec<Envelope>;
@@ -12,6 +12,7 @@ pub(crate) type Outbox = Vec<Envelope>;
 pub(crate) struct ServiceShared {
     pub(crate) name: Name,
     pub(crate) codecs: Codecs,
+    pub(crate) limits: Limits,
 }
 
 /// Passed to every handler call: the event being handled, and the way to emit
@@ -53,7 +54,8 @@ impl Context {
     }
 
     /// Emits a follow-up event, published when the handler returns `Ok`.
-    /// Returns the new event's id. Fails only if the event cannot be encoded.
+    /// Returns the new event's id. Fails if the event cannot be encoded or is
+    /// over the service's [`Limits`](choreo_core::Limits).
     pub fn emit<E: Event>(&self, event: &E) -> Result<EventId> {
         let data = self.inner.shared.codecs.encode(event)?;
         let key = match event.key() {
@@ -66,6 +68,25 @@ impl Context {
             data,
         );
         env.key = Some(key);
+        self.push(env)
+    }
+
+    /// Emits a raw payload as an event of type `event_type` on `topic`, stamped
+    /// like [`emit`](Context::emit). For payloads the service does not model as
+    /// a Rust type (forwarding, adapters). Fails if it is over the service's limits.
+    pub fn emit_raw(
+        &self,
+        event_type: impl Into<Name>,
+        topic: impl Into<Name>,
+        data: impl Into<Bytes>,
+    ) -> Result<EventId> {
+        let mut env = self.stamp(event_type.into(), topic.into(), data.into());
+        env.key = Some(self.flow_key());
+        self.push(env)
+    }
+
+    fn push(&self, env: Envelope) -> Result<EventId> {
+        self.inner.shared.limits.check(&env)?;
         let id = env.id.clone();
         self.inner
             .outbox
@@ -73,26 +94,6 @@ impl Context {
             .unwrap_or_else(|e| e.into_inner())
             .push(env);
         Ok(id)
-    }
-
-    /// Emits a raw payload as an event of type `event_type` on `topic`, stamped
-    /// like [`emit`](Context::emit). For payloads the service does not model as
-    /// a Rust type (forwarding, adapters).
-    pub fn emit_raw(
-        &self,
-        event_type: impl Into<Name>,
-        topic: impl Into<Name>,
-        data: impl Into<Bytes>,
-    ) -> EventId {
-        let mut env = self.stamp(event_type.into(), topic.into(), data.into());
-        env.key = Some(self.flow_key());
-        let id = env.id.clone();
-        self.inner
-            .outbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(env);
-        id
     }
 
     fn stamp(&self, event_type: Name, topic: Name, data: Bytes) -> Envelope {

@@ -1,6 +1,6 @@
 //! `Publisher`: publishing outside a handler, such as the first event of a flow.
 
-use choreo_core::{Bus, Codecs, Envelope, Event, EventId, Headers, Name, Timestamp};
+use choreo_core::{Bus, Codecs, Envelope, Event, EventId, Headers, Limits, Name, Timestamp};
 
 use super::metrics::Metrics;
 use super::trace::ProduceSpan;
@@ -17,6 +17,7 @@ pub struct Publisher<B> {
     source: Name,
     codecs: Codecs,
     metrics: Metrics,
+    limits: Limits,
 }
 
 impl<B: Bus> std::fmt::Debug for Publisher<B> {
@@ -36,12 +37,19 @@ impl<B: Bus> Publisher<B> {
             source: source.into(),
             codecs: Codecs::json(),
             metrics: Metrics::global().clone(),
+            limits: Limits::default(),
         }
     }
 
     /// Sets the codecs.
     pub fn codecs(mut self, codecs: Codecs) -> Self {
         self.codecs = codecs;
+        self
+    }
+
+    /// Sets the size limits (events over them are refused).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -116,6 +124,9 @@ impl<B: Bus> Publisher<B> {
     /// Publishes a ready envelope as is (its source, ids and time are kept),
     /// with a PRODUCER span and the published counter.
     pub async fn publish(&self, mut env: Envelope) -> Result<()> {
+        self.limits
+            .check(&env)
+            .map_err(|source| Error::Publish { source })?;
         let span = ProduceSpan::root(&mut env, &self.source);
         let (topic, event_type) = (env.topic.clone(), env.event_type.clone());
         match self.bus.publish(env).await {

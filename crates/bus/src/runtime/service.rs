@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use choreo_core::{
-    Bus, Codecs, DeadLetter, Delivery, Envelope, Event, EventId, MALFORMED_HEADER, Name, Outcome,
-    RECEIPTS_TOPIC, Receipt, StartFrom, SubscribeOptions, Subscription, Timestamp,
+    Bus, Codecs, DeadLetter, Delivery, Envelope, Event, EventId, Limits, MALFORMED_HEADER, Name,
+    Outcome, RECEIPTS_TOPIC, Receipt, StartFrom, SubscribeOptions, Subscription, Timestamp,
     dead_letter_topic,
 };
 use futures_util::StreamExt;
@@ -60,6 +60,9 @@ pub struct ServiceConfig {
     pub receipts: Option<String>,
     /// Dead-letter topic of each source topic. Default `<topic>.dlq`.
     pub dead_letter_topic: DeadLetterNaming,
+    /// Size limits: events over them are refused when emitted and
+    /// dead-lettered when received. Default [`Limits::default`].
+    pub limits: Limits,
 }
 
 impl Default for ServiceConfig {
@@ -72,6 +75,7 @@ impl Default for ServiceConfig {
             shutdown_grace: Duration::from_secs(30),
             receipts: Some(RECEIPTS_TOPIC.to_owned()),
             dead_letter_topic: Arc::new(dead_letter_topic),
+            limits: Limits::default(),
         }
     }
 }
@@ -339,6 +343,12 @@ impl Service {
         self
     }
 
+    /// Sets the size limits of emitted and received events.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.config.limits = limits;
+        self
+    }
+
     /// Sets how long shutdown waits for in-flight handlers.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.config.shutdown_grace = grace;
@@ -405,6 +415,7 @@ impl Service {
         let shared = Arc::new(ServiceShared {
             name: self.name.clone(),
             codecs: self.codecs.clone(),
+            limits: self.config.limits,
         });
         let retry = Arc::new(self.retry.clone());
         let mut routes = HashMap::default();
@@ -772,6 +783,11 @@ impl<B: Bus> Runtime<B> {
             // The backend could only partly read the record: no handler can
             // be trusted with it.
             let reason = format!("malformed record: {problem}");
+            return self.dead_letter(d, env, route, reason, 0).await;
+        }
+        if let Some(problem) = self.shared.limits.violation(env) {
+            // Too large to trust a handler with (its producer ignored the limits).
+            let reason = format!("refused: {problem}");
             return self.dead_letter(d, env, route, reason, 0).await;
         }
         if self.idempotency.contains(name, &env.id).await {
