@@ -73,6 +73,7 @@
 //!
 //! - `otel`: OpenTelemetry spans and context propagation.
 
+pub mod dlq;
 mod error;
 pub mod memory;
 mod runtime;
