@@ -92,6 +92,12 @@ impl KafkaBus {
     /// Connects a producer with `config` (after [`KafkaConfig::validate`]).
     /// Nothing is sent until the first publish or subscription.
     pub fn new(config: KafkaConfig) -> Result<KafkaBus> {
+        KafkaBus::with_metrics(config, KafkaMetrics::new())
+    }
+
+    /// Like [`KafkaBus::new`], recording into existing metric families (so
+    /// several buses in one process can share one registration).
+    pub fn with_metrics(config: KafkaConfig, metrics: KafkaMetrics) -> Result<KafkaBus> {
         config.validate()?;
         let client_config = config.client_config(Role::Producer, None)?;
         let producer = FutureProducer::from_config_and_context(&client_config, LogContext)
@@ -107,7 +113,7 @@ impl KafkaBus {
                 admin: OnceCell::new(),
                 topics: RwLock::new(HashMap::new()),
                 creating: tokio::sync::Mutex::new(()),
-                metrics: KafkaMetrics::new(),
+                metrics,
             }),
         })
     }

@@ -633,8 +633,15 @@ impl KafkaConfig {
                 }
             }
             Role::Consumer => {
-                add("enable.auto.commit", "false".into(), None);
+                // Only settled offsets are stored; librdkafka commits what is
+                // stored every `commit_interval`.
+                add("enable.auto.commit", "true".into(), None);
                 add("enable.auto.offset.store", "false".into(), None);
+                add(
+                    "auto.commit.interval.ms",
+                    millis(self.commit_interval.max(Duration::from_millis(1))),
+                    Some("commit_interval"),
+                );
                 add("enable.partition.eof", "false".into(), None);
                 if let Some((group, start)) = consumer {
                     add("group.id", self.group_id(group), None);
@@ -717,7 +724,8 @@ impl KafkaConfig {
 /// they say the same.
 fn always_managed(key: &str, value: &str, role: Role) -> Option<&'static str> {
     let fixed = match key {
-        "enable.auto.commit" | "enable.auto.offset.store" => Some("false"),
+        "enable.auto.commit" => Some("true"),
+        "enable.auto.offset.store" => Some("false"),
         "enable.idempotence" => Some("true"),
         "acks" => Some("all"),
         "partitioner" => Some("murmur2_random"),
@@ -746,7 +754,7 @@ fn managed_reason(key: &str) -> &'static str {
     match key {
         "group.id" => "the consumer group comes from each subscription (and `group_prefix`)",
         "enable.auto.commit" | "enable.auto.offset.store" => {
-            "choreo commits offsets itself, only once deliveries are settled"
+            "choreo stores offsets itself, only once deliveries are settled, and has librdkafka commit what is stored (`commit_interval`)"
         }
         "auto.offset.reset" => "it follows each subscription's StartFrom",
         "enable.idempotence" | "acks" => {
@@ -846,7 +854,8 @@ mod tests {
             .client_config(Role::Consumer, Some(("billing", StartFrom::Latest)))
             .unwrap();
         assert_eq!(get(&k, "group.id").as_deref(), Some("billing"));
-        assert_eq!(get(&k, "enable.auto.commit").as_deref(), Some("false"));
+        assert_eq!(get(&k, "enable.auto.commit").as_deref(), Some("true"));
+        assert_eq!(get(&k, "auto.commit.interval.ms").as_deref(), Some("200"));
         assert_eq!(
             get(&k, "enable.auto.offset.store").as_deref(),
             Some("false")
@@ -896,6 +905,11 @@ mod tests {
         for (k, v, expect) in [
             (
                 "enable.auto.commit",
+                "false",
+                "only once deliveries are settled",
+            ),
+            (
+                "enable.auto.offset.store",
                 "true",
                 "only once deliveries are settled",
             ),

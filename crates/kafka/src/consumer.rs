@@ -2,9 +2,10 @@
 //! committed only once deliveries are settled.
 //!
 //! A dedicated thread polls the librdkafka consumer: it buffers fetched
-//! records per partition in a [`Window`], commits the settled prefix of every
-//! partition every `commit_interval`, pauses partitions whose window is full,
-//! and runs the rebalance callbacks. [`Subscription::next`] hands records out
+//! records per partition in a [`Window`], hands the settled prefix of every
+//! partition to librdkafka's offset store (which librdkafka commits every
+//! `commit_interval`; nothing unsettled is ever stored), pauses partitions
+//! whose window is full, and runs the rebalance callbacks. [`Subscription::next`] hands records out
 //! of the windows (given-back ones first, partitions in turn); settling a
 //! [`Delivery`] updates its window.
 //!
@@ -49,6 +50,11 @@ use crate::{Error, Result};
 const POLL: Duration = Duration::from_millis(50);
 /// Records taken from the consumer per lock of the shared state.
 const BATCH: usize = 512;
+/// How long closing waits for a rebalance to let it commit.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(15);
+/// How often settled offsets are handed to librdkafka's offset store (a
+/// local operation; librdkafka commits them every `commit_interval`).
+const STORE_EVERY: Duration = Duration::from_millis(10);
 
 type Key = (Name, i32);
 
@@ -97,6 +103,9 @@ struct State {
     /// Errors for `next` to report (at most one waits: the runtime logs them).
     errors: VecDeque<choreo_core::Error>,
     settlers: HashMap<Name, Arc<dyn Settle>>,
+    /// Settled offsets of revoked partitions whose commit failed (the group
+    /// was rebalancing): committed if the partition comes back to this member.
+    uncommitted: HashMap<Key, i64>,
     joined: bool,
     finished: bool,
     close_error: Option<String>,
@@ -109,8 +118,8 @@ struct Part {
     queued: bool,
     /// The last offset the broker confirmed committing.
     committed: Option<i64>,
-    /// The last offset sent in a commit.
-    sent: Option<i64>,
+    /// The last offset handed to librdkafka's offset store.
+    stored: Option<i64>,
     paused: bool,
 }
 
@@ -223,7 +232,6 @@ impl KafkaSubscription {
         })?;
         let poller = Poller {
             shared: shared.clone(),
-            commit_interval: config.commit_interval,
             max_window: config.max_window_per_partition,
             names: HashMap::new(),
         };
@@ -340,7 +348,6 @@ impl Subscription for KafkaSubscription {
 /// The polling thread.
 struct Poller {
     shared: Arc<Shared>,
-    commit_interval: Duration,
     max_window: usize,
     names: HashMap<String, Name>,
 }
@@ -348,7 +355,7 @@ struct Poller {
 impl Poller {
     fn run(mut self, consumer: BaseConsumer<GroupContext>) {
         let mut batch: Vec<(Key, i64, Envelope)> = Vec::with_capacity(BATCH);
-        let mut last_commit = Instant::now();
+        let mut last_store = Instant::now();
         while !self.shared.stop.load(Ordering::Acquire) {
             let mut timeout = POLL;
             while batch.len() < BATCH {
@@ -373,22 +380,52 @@ impl Poller {
             if !batch.is_empty() {
                 self.deliver(&mut batch);
             }
-            if last_commit.elapsed() >= self.commit_interval {
-                // A failure is counted and logged; the offsets go out again next time.
-                let _ = commit(&consumer, &self.shared, CommitMode::Async);
-                last_commit = Instant::now();
+            if last_store.elapsed() >= STORE_EVERY {
+                store(&consumer, &self.shared);
+                last_store = Instant::now();
             }
             self.flow_control(&consumer);
         }
-        if let Err(e) = commit(&consumer, &self.shared, CommitMode::Sync) {
-            self.shared.state.lock().close_error = Some(format!("the final commit failed: {e}"));
-        }
+        self.final_commit(&consumer);
         // Closing the consumer revokes the assignment (committing again,
         // which is a no-op by now) and leaves the group.
         drop(consumer);
         self.shared.state.lock().finished = true;
         self.shared.ready.notify_one();
         self.shared.joined.notify_one();
+    }
+
+    /// Commits what was settled before leaving. While the group rebalances
+    /// (another member left or joined) commits are refused: keep polling so
+    /// this member takes part in the rebalance, and commit with the new
+    /// generation (partitions that come back carry their settled offsets).
+    /// Other retriable failures (the coordinator moving) are retried too,
+    /// for at most `CLOSE_PATIENCE`.
+    fn final_commit(&self, consumer: &BaseConsumer<GroupContext>) {
+        let deadline = Instant::now() + CLOSE_PATIENCE;
+        let failure = loop {
+            match commit_now(consumer, &self.shared, None) {
+                Ok(()) => {
+                    let st = self.shared.state.lock();
+                    if st.uncommitted.is_empty() {
+                        break None;
+                    }
+                    if Instant::now() > deadline {
+                        break Some(format!(
+                            "the settled offsets of {} partition(s) moved to another member uncommitted",
+                            st.uncommitted.len()
+                        ));
+                    }
+                }
+                Err(e) if retriable_commit(&e) && Instant::now() < deadline => {}
+                Err(e) => break Some(format!("the final commit failed: {e}")),
+            }
+            // Serve the rebalance; records fetched meanwhile are not delivered.
+            let _ = consumer.poll(POLL);
+        };
+        if let Some(reason) = failure {
+            self.shared.state.lock().close_error = Some(reason);
+        }
     }
 
     fn name(&mut self, topic: &str) -> Name {
@@ -514,21 +551,57 @@ pub(crate) fn envelope_of(m: &BorrowedMessage<'_>) -> Envelope {
     env
 }
 
-/// Commits every partition's settled prefix that moved since the last commit.
-fn commit(
+/// Hands every partition's settled prefix that moved to librdkafka's offset
+/// store; librdkafka commits stored offsets every `commit_interval` (and
+/// reports the outcome as a commit event: see [`settle_commit`]).
+fn store(consumer: &BaseConsumer<GroupContext>, shared: &Shared) {
+    let mut tpl = TopicPartitionList::new();
+    {
+        let st = shared.state.lock();
+        for ((topic, p), part) in st.parts.iter() {
+            if let Some(c) = part.window.committable()
+                && part.stored != Some(c)
+            {
+                // Adding to a list only fails for an invalid offset.
+                let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(c));
+            }
+        }
+    }
+    if tpl.count() == 0 {
+        return;
+    }
+    match consumer.store_offsets(&tpl) {
+        Ok(()) => {
+            let mut st = shared.state.lock();
+            for e in tpl.elements() {
+                if let Offset::Offset(o) = e.offset()
+                    && let Some(part) = st.parts.get_mut(&(Name::from(e.topic()), e.partition()))
+                {
+                    part.stored = Some(o);
+                }
+            }
+        }
+        // A partition revoked meanwhile: its new owner starts from the last commit.
+        Err(e) => tracing::debug!(group = %shared.group, error = %e, "storing offsets failed"),
+    }
+}
+
+/// Commits the settled prefix of `only` (or of every assigned partition) now,
+/// synchronously: on revocation and on close.
+fn commit_now(
     consumer: &BaseConsumer<GroupContext>,
     shared: &Shared,
-    mode: CommitMode,
+    only: Option<&TopicPartitionList>,
 ) -> KafkaResult<()> {
     let mut tpl = TopicPartitionList::new();
     {
-        let mut st = shared.state.lock();
-        for ((topic, p), part) in st.parts.iter_mut() {
+        let st = shared.state.lock();
+        let wanted = |t: &str, p: i32| only.is_none_or(|l| l.find_partition(t, p).is_some());
+        for ((topic, p), part) in st.parts.iter() {
             if let Some(c) = part.window.committable()
-                && part.sent != Some(c)
+                && part.committed != Some(c)
+                && wanted(topic, *p)
             {
-                part.sent = Some(c);
-                // Adding to a list only fails for an invalid offset.
                 let _ = tpl.add_partition_offset(topic, *p, Offset::Offset(c));
             }
         }
@@ -536,16 +609,15 @@ fn commit(
     if tpl.count() == 0 {
         return Ok(());
     }
-    let result = consumer.commit(&tpl, mode);
-    if matches!(mode, CommitMode::Sync) {
-        settle_commit(shared, &result, &tpl);
-    } else if let Err(e) = &result {
-        settle_commit(shared, &Err(e.clone()), &tpl);
-    }
+    // The offset store too, or librdkafka's own commit on close could go
+    // back to an older stored offset.
+    let _ = consumer.store_offsets(&tpl);
+    let result = consumer.commit(&tpl, CommitMode::Sync);
+    settle_commit(shared, &result, &tpl);
     result
 }
 
-/// Records the outcome of a commit: confirmed offsets, or offsets to send again.
+/// Records the outcome of a commit: confirmed offsets, or a counted failure.
 fn settle_commit(shared: &Shared, result: &KafkaResult<()>, offsets: &TopicPartitionList) {
     let mut st = shared.state.lock();
     let mut failed = result.is_err();
@@ -560,11 +632,8 @@ fn settle_commit(shared: &Shared, result: &KafkaResult<()>, offsets: &TopicParti
         if result.is_ok() && e.error().is_ok() {
             part.committed = Some(part.committed.map_or(o, |c| c.max(o)));
         } else {
+            // The offset stays stored: librdkafka's next commit sends it again.
             failed = true;
-            // Send it again with the next commit.
-            if part.sent == Some(o) {
-                part.sent = part.committed;
-            }
         }
     }
     drop(st);
@@ -575,7 +644,7 @@ fn settle_commit(shared: &Shared, result: &KafkaResult<()>, offsets: &TopicParti
             .with_label_values(&[&shared.group])
             .inc();
         if let Err(e) = result {
-            tracing::warn!(group = %shared.group, error = %e, "committing offsets failed; retrying with the next commit");
+            tracing::warn!(group = %shared.group, error = %e, "committing offsets failed; they are sent again with the next commit");
         }
     }
 }
@@ -718,9 +787,32 @@ impl GroupContext {
         }
     }
 
-    fn assign(&self, tpl: &TopicPartitionList) {
+    fn assign(&self, tpl: &mut TopicPartitionList) {
         let weak = Arc::downgrade(&self.shared);
         let mut st = self.shared.state.lock();
+        let back: Vec<(Key, i64)> = tpl
+            .elements()
+            .iter()
+            .filter_map(|e| {
+                let key = (Name::from(e.topic()), e.partition());
+                st.uncommitted.get(&key).map(|o| (key, *o))
+            })
+            .collect();
+        for ((topic, p), offset) in &back {
+            // Back to this member: resume after the settled records, and
+            // commit them with the new generation.
+            let _ = tpl.set_partition_offset(topic, *p, Offset::Offset(*offset));
+        }
+        if !st.uncommitted.is_empty() {
+            let lost = st.uncommitted.len() - back.len();
+            if lost > 0 {
+                tracing::warn!(
+                    group = %self.shared.group, partitions = lost,
+                    "settled offsets of partitions now owned by another member could not be committed: their owner delivers those records again"
+                );
+            }
+            st.uncommitted.clear();
+        }
         for e in tpl.elements() {
             let topic = Name::from(e.topic());
             st.settlers.entry(topic.clone()).or_insert_with(|| {
@@ -731,14 +823,19 @@ impl GroupContext {
             });
             st.next_epoch += 1;
             let epoch = st.next_epoch;
+            let key = (topic, e.partition());
+            let window = match back.iter().find(|(k, _)| *k == key) {
+                Some((_, offset)) => Window::settled_until(*offset),
+                None => Window::default(),
+            };
             st.parts.insert(
-                (topic, e.partition()),
+                key,
                 Part {
                     epoch,
-                    window: Window::default(),
+                    window,
                     queued: false,
                     committed: None,
-                    sent: None,
+                    stored: None,
                     paused: false,
                 },
             );
@@ -747,32 +844,25 @@ impl GroupContext {
 
     /// Commits the settled prefix of the revoked partitions, synchronously.
     fn commit_revoked(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
-        let mut offsets = TopicPartitionList::new();
-        {
-            let st = self.shared.state.lock();
-            for e in tpl.elements() {
-                let key = (Name::from(e.topic()), e.partition());
-                let part = st.parts.get(&key);
-                if let Some(c) = part.and_then(|p| p.window.committable())
-                    && part.and_then(|p| p.committed) != Some(c)
-                {
-                    let _ =
-                        offsets.add_partition_offset(e.topic(), e.partition(), Offset::Offset(c));
-                }
-            }
-        }
-        if offsets.count() == 0 {
-            return;
-        }
-        // A few tries: what is not committed here is delivered again to the new owner.
-        for attempt in 1..=3 {
-            let result = consumer.commit(&offsets, CommitMode::Sync);
-            settle_commit(&self.shared, &result, &offsets);
-            match result {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(group = %self.shared.group, attempt, error = %e, "committing revoked partitions failed");
-                }
+        match commit_now(consumer, &self.shared, Some(tpl)) {
+            Ok(()) => {}
+            Err(e) => {
+                // Typically the group is rebalancing and refuses commits of
+                // the old generation: keep the offsets for the case the
+                // partitions come back to this member.
+                tracing::info!(group = %self.shared.group, error = %e, "committing revoked partitions failed; kept for the next assignment");
+                let mut st = self.shared.state.lock();
+                let pending: Vec<(Key, i64)> = tpl
+                    .elements()
+                    .iter()
+                    .filter_map(|e| {
+                        let key = (Name::from(e.topic()), e.partition());
+                        let part = st.parts.get(&key)?;
+                        let c = part.window.committable()?;
+                        (part.committed != Some(c)).then_some((key, c))
+                    })
+                    .collect();
+                st.uncommitted.extend(pending);
             }
         }
     }
@@ -794,4 +884,28 @@ impl GroupContext {
             .filter(|k| st.parts.contains_key(k))
             .collect();
     }
+}
+
+/// Whether a commit may succeed when tried again: the group is rebalancing
+/// (it succeeds once this member has rejoined), or the coordinator is
+/// moving or briefly unreachable.
+fn retriable_commit(e: &KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::RebalanceInProgress
+                | C::IllegalGeneration
+                | C::UnknownMemberId
+                | C::WaitingForCoordinator
+                | C::CoordinatorNotAvailable
+                | C::NotCoordinator
+                | C::CoordinatorLoadInProgress
+                | C::RequestTimedOut
+                | C::OperationTimedOut
+                | C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::NetworkException
+        )
+    )
 }

@@ -55,6 +55,15 @@ pub(crate) struct Window {
 }
 
 impl Window {
+    /// A window whose records below `offset` are known to be settled: its
+    /// committable offset starts there.
+    pub(crate) fn settled_until(offset: i64) -> Self {
+        Window {
+            committable: Some(offset),
+            ..Window::default()
+        }
+    }
+
     /// Appends a fetched record. Offsets must grow; a record at or below the
     /// newest one (fetched twice) is ignored and `false` returned.
     pub(crate) fn push(&mut self, offset: i64, envelope: Arc<Envelope>) -> bool {

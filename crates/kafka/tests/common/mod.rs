@@ -292,3 +292,187 @@ fn uuid_suffix() -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+// ---- the order saga the flow tests run ----
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use choreo_bus::{Context, HandlerError, Metrics, Publisher, Retry, Service, ServiceHandle};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    pub order_id: u64,
+}
+choreo_core::event!(OrderPlaced, topic = "orders");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentCaptured {
+    pub order_id: u64,
+}
+choreo_core::event!(PaymentCaptured, topic = "payments");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderShipped {
+    pub order_id: u64,
+}
+choreo_core::event!(OrderShipped, topic = "shipping");
+
+/// Metrics on a private registry, so tests don't share counters.
+pub fn metrics() -> (prometheus::Registry, Metrics) {
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new(&registry).expect("metrics");
+    (registry, metrics)
+}
+
+/// The sum of every series of a counter or gauge whose labels include `labels`.
+pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for family in registry.gather() {
+        if family.name() != name {
+            continue;
+        }
+        for m in family.get_metric() {
+            let matches = labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            });
+            if matches {
+                sum += match family.get_field_type() {
+                    prometheus::proto::MetricType::COUNTER => m.get_counter().get_value(),
+                    prometheus::proto::MetricType::GAUGE => m.get_gauge().get_value(),
+                    _ => 0.0,
+                };
+            }
+        }
+    }
+    sum
+}
+
+/// Three services of an order saga: payment (OrderPlaced → PaymentCaptured),
+/// shipping (PaymentCaptured → OrderShipped) and ledger (records each
+/// shipped order: the flow's effect). Each with the default in-memory
+/// idempotency, so duplicate deliveries have no effect.
+pub struct Saga {
+    /// Order ids the ledger recorded, in order (duplicates would show here).
+    pub ledger: Arc<Mutex<Vec<u64>>>,
+    /// Handler runs per service (duplicates allowed: at least once).
+    pub runs: Arc<Mutex<HashMap<&'static str, u64>>>,
+    pub stop: CancellationToken,
+    handles: Vec<ServiceHandle>,
+}
+
+impl Saga {
+    /// Starts the three services, each on its own bus from `bus_for`.
+    pub async fn start(bus_for: impl Fn(&str) -> KafkaBus, metrics: &Metrics) -> Saga {
+        let ledger: Arc<Mutex<Vec<u64>>> = Arc::default();
+        let runs: Arc<Mutex<HashMap<&'static str, u64>>> = Arc::default();
+        let stop = CancellationToken::new();
+        let retry = Retry::default()
+            .max_attempts(100)
+            .backoff(Duration::from_millis(5), Duration::from_millis(200));
+        let count = |runs: &Arc<Mutex<HashMap<&'static str, u64>>>, who: &'static str| {
+            *runs.lock().unwrap().entry(who).or_default() += 1;
+        };
+        let r = runs.clone();
+        let payment = Service::new("payment")
+            .on(move |o: OrderPlaced, ctx: Context| {
+                count(&r, "payment");
+                async move {
+                    ctx.emit(&PaymentCaptured {
+                        order_id: o.order_id,
+                    })?;
+                    Ok::<(), HandlerError>(())
+                }
+            })
+            .receipts(None)
+            .retry(retry.clone())
+            .metrics(metrics.clone());
+        let r = runs.clone();
+        let shipping = Service::new("shipping")
+            .on(move |p: PaymentCaptured, ctx: Context| {
+                count(&r, "shipping");
+                async move {
+                    ctx.emit(&OrderShipped {
+                        order_id: p.order_id,
+                    })?;
+                    Ok::<(), HandlerError>(())
+                }
+            })
+            .receipts(None)
+            .retry(retry.clone())
+            .metrics(metrics.clone());
+        let r = runs.clone();
+        let l = ledger.clone();
+        let ledger_svc = Service::new("ledger")
+            .on(move |s: OrderShipped, _ctx: Context| {
+                count(&r, "ledger");
+                l.lock().unwrap().push(s.order_id);
+                async { Ok::<(), HandlerError>(()) }
+            })
+            .receipts(None)
+            .retry(retry)
+            .metrics(metrics.clone());
+        let (pb, sb, lb) = (bus_for("payment"), bus_for("shipping"), bus_for("ledger"));
+        let (a, b, c) = tokio::join!(
+            payment.start(&pb, stop.clone()),
+            shipping.start(&sb, stop.clone()),
+            ledger_svc.start(&lb, stop.clone()),
+        );
+        Saga {
+            ledger,
+            runs,
+            stop,
+            handles: vec![
+                a.expect("payment"),
+                b.expect("shipping"),
+                c.expect("ledger"),
+            ],
+        }
+    }
+
+    /// Starts flows `range` from `bus`.
+    pub async fn place(bus: &KafkaBus, range: std::ops::Range<u64>) {
+        let p = Publisher::new(bus, "checkout");
+        let all = range.map(|order_id| {
+            let p = p.clone();
+            async move { p.start_flow(&OrderPlaced { order_id }).await }
+        });
+        for r in futures_util::future::join_all(all).await {
+            r.expect("start a flow");
+        }
+    }
+
+    /// How many distinct orders the ledger recorded.
+    pub fn shipped(&self) -> usize {
+        let l = self.ledger.lock().unwrap();
+        l.iter().collect::<std::collections::HashSet<_>>().len()
+    }
+
+    /// Waits until every order of `0..n` is in the ledger.
+    pub async fn wait_all(&self, n: u64, deadline: Duration) {
+        choreo_testkit::wait_until(&format!("{n} flows to complete"), deadline, || {
+            self.shipped() >= n as usize
+        })
+        .await;
+    }
+
+    /// Stops the services and checks the effect: every order once.
+    pub async fn finish(self, n: u64) -> HashMap<&'static str, u64> {
+        self.stop.cancel();
+        for h in self.handles {
+            h.await.expect("service stopped cleanly");
+        }
+        let mut ledger = self.ledger.lock().unwrap().clone();
+        ledger.sort_unstable();
+        assert_eq!(
+            ledger,
+            (0..n).collect::<Vec<_>>(),
+            "every flow's effect exactly once"
+        );
+        self.runs.lock().unwrap().clone()
+    }
+}
