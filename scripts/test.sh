@@ -17,6 +17,14 @@ fi
 # The renderer tests fail, rather than skip, when `dot` is missing.
 export CHOREO_REQUIRE_GRAPHVIZ=1
 
+step "test tools: pm4py in target/pm4py-venv (reads the tracer's event logs in a test)"
+if ! target/pm4py-venv/bin/python -c 'import pm4py' >/dev/null 2>&1; then
+  python3 -m venv target/pm4py-venv
+  target/pm4py-venv/bin/pip install -q --disable-pip-version-check pm4py
+fi
+# The event-log test fails, rather than skips, when pm4py is missing.
+export CHOREO_REQUIRE_PM4PY=1
+
 step "cargo fmt --check"
 cargo fmt --all --check
 

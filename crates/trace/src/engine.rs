@@ -837,11 +837,10 @@ impl Tracer {
         if self.config.remember_evicted == 0 {
             return;
         }
-        if self.evicted_order.len() >= self.config.remember_evicted {
-            if let Some(old) = self.evicted_order.pop_front() {
+        if self.evicted_order.len() >= self.config.remember_evicted
+            && let Some(old) = self.evicted_order.pop_front() {
                 self.evicted.remove(&old);
             }
-        }
         self.evicted.insert(corr.clone(), ());
         self.evicted_order.push_back(corr);
     }
@@ -1149,11 +1148,10 @@ impl Tracer {
             });
         }
         for (i, e) in f.events.iter().enumerate() {
-            if let Some(p) = e.cause.as_ref().and_then(|c| f.find(c)) {
-                if p != i {
+            if let Some(p) = e.cause.as_ref().and_then(|c| f.find(c))
+                && p != i {
                     graph.add_edge(node[p], node[i], ());
                 }
-            }
         }
         let owed = a
             .owed
@@ -1432,8 +1430,8 @@ fn analyse(ctx: &Ctx<'_>, s: &mut Scratch, corr: &EventId, f: &FlowState, now: i
         if e.cause.is_some() {
             continue;
         }
-        if let (Some(svc), Some(_)) = (m.service(e.source), m.event(e.ty)) {
-            if !svc.emits.contains(&e.ty) {
+        if let (Some(svc), Some(_)) = (m.service(e.source), m.event(e.ty))
+            && !svc.emits.contains(&e.ty) {
                 findings.push(Raw {
                     rule: Rule::UndeclaredEmit,
                     service: e.source,
@@ -1447,7 +1445,6 @@ fn analyse(ctx: &Ctx<'_>, s: &mut Scratch, corr: &EventId, f: &FlowState, now: i
                     ),
                 });
             }
-        }
     }
 
     // Per event: what each consumer did, or owes.
@@ -1563,15 +1560,14 @@ fn analyse(ctx: &Ctx<'_>, s: &mut Scratch, corr: &EventId, f: &FlowState, now: i
                     Outcome::Redelivered => {}
                 }
             }
-            if dead.is_none() {
-                if let Some(d) = f
+            if dead.is_none()
+                && let Some(d) = f
                     .dead
                     .iter()
                     .find(|d| d.event == e.id && (d.service == svc || d.service == EMPTY))
                 {
                     dead = Some((&d.reason, d.attempts));
                 }
-            }
             if let Some((reason, attempts)) = dead {
                 findings.push(Raw {
                     rule: Rule::DeadLettered,

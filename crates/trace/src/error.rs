@@ -79,9 +79,9 @@ pub enum Error {
         group: String,
         /// The topics.
         topics: Vec<String>,
-        /// The bus error.
+        /// The bus error (boxed: it is large, and this error is rare).
         #[source]
-        source: choreo_core::Error,
+        source: Box<choreo_core::Error>,
     },
     /// A value given to the tracer is out of range.
     #[error("invalid tracer setting '{setting}': {reason}")]

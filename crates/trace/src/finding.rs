@@ -107,7 +107,7 @@ pub struct Finding {
 
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}[{}]", "violation", self.rule)?;
+        write!(f, "violation[{}]", self.rule)?;
         if !self.service.is_empty() {
             write!(f, " service '{}'", self.service)?;
         }

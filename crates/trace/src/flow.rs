@@ -189,7 +189,7 @@ impl FlowTrace {
             .filter(|f| f.event_id.is_none())
             .collect();
         for f in general {
-            let _ = writeln!(out, "  ✗ {}[{}]: {}", "violation", f.rule, f.message);
+            let _ = writeln!(out, "  ✗ violation[{}]: {}", f.rule, f.message);
         }
         for o in &self.owed {
             let _ = writeln!(
@@ -284,8 +284,7 @@ impl FlowTrace {
         {
             let _ = writeln!(
                 out,
-                "{child_prefix}✗ {}[{}]: {}",
-                "violation", f.rule, f.message
+                "{child_prefix}✗ violation[{}]: {}", f.rule, f.message
             );
         }
         let kids = self.children(n);

@@ -191,11 +191,10 @@ impl Aggregates {
             }
             _ => None,
         };
-        if a.status == FlowStatus::Completed {
-            if let Some(d) = duration {
+        if a.status == FlowStatus::Completed
+            && let Some(d) = duration {
                 st.duration.record(d);
             }
-        }
         if let Some(m) = metrics {
             m.flow_finished(flow_name, a.status, duration);
         }
@@ -694,7 +693,7 @@ impl Report {
         let slow: Vec<&EdgeReport> = {
             let mut v: Vec<&EdgeReport> =
                 self.edges.iter().filter(|e| e.latency.count > 0).collect();
-            v.sort_by(|a, b| b.latency.p99_us.cmp(&a.latency.p99_us));
+            v.sort_by_key(|e| std::cmp::Reverse(e.latency.p99_us));
             v.into_iter().take(5).collect()
         };
         if !slow.is_empty() {

@@ -57,7 +57,7 @@ where
     let mut sub = bus.subscribe(options).await.map_err(|source| Error::Tap {
         group: group.clone(),
         topics: topics.clone(),
-        source,
+        source: Box::new(source),
     })?;
     Ok(tokio::spawn(async move {
         let mut n = 0u64;
@@ -72,7 +72,7 @@ where
                     return Err(Error::Tap {
                         group,
                         topics,
-                        source,
+                        source: Box::new(source),
                     });
                 }
                 Some(Ok(d)) => {
