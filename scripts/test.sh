@@ -25,6 +25,12 @@ fi
 # The event-log test fails, rather than skips, when pm4py is missing.
 export CHOREO_REQUIRE_PM4PY=1
 
+step "test tools: tansu (the Kafka-compatible broker the Kafka backend's tests start)"
+if ! command -v tansu >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then
+  cargo install tansu --version 0.6.0 --locked --features dynostore,libsql
+fi
+# The Kafka tests on tansu fail, rather than skip, when it is missing.
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
