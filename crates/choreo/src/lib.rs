@@ -66,6 +66,10 @@
 //!
 //! - `otel`: OpenTelemetry PRODUCER and CONSUMER spans, W3C trace context in
 //!   every envelope.
+//! - `kafka`: the Kafka backend, as `choreo::kafka` (`KafkaBus`, its config,
+//!   the record reader).
+//! - `avro`: Avro payloads with a schema registry, as `choreo::avro`
+//!   (`AvroCodec`, `MemoryRegistry`, `HttpRegistry`).
 
 pub use choreo_bus::{
     BoxError, Context, Handled, Handler, HandlerError, Idempotency, IdempotencyStore, InProcessBus,
@@ -78,6 +82,14 @@ pub use choreo_core::{
     Name, Outcome, Receipt, StartFrom, SubscribeOptions, Subscription, Timestamp,
 };
 pub use tokio_util::sync::CancellationToken;
+
+/// The Kafka backend (the `kafka` feature).
+#[cfg(feature = "kafka")]
+pub use choreo_kafka as kafka;
+
+/// Avro payloads with a schema registry (the `avro` feature).
+#[cfg(feature = "avro")]
+pub use choreo_avro as avro;
 
 /// The SDK's error types.
 pub mod errors {
