@@ -295,6 +295,21 @@ fn uuid_suffix() -> String {
 
 // ---- the order saga the flow tests run ----
 
+/// The next `n` deliveries of `sub`, acked.
+pub async fn collect(
+    sub: &mut choreo_kafka::KafkaSubscription,
+    n: usize,
+    what: &str,
+) -> Vec<choreo_core::Envelope> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let d = choreo_testkit::recv(sub, what, Duration::from_secs(60)).await;
+        out.push((**d.envelope()).clone());
+        d.ack();
+    }
+    out
+}
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -302,7 +317,7 @@ use choreo_bus::{Context, HandlerError, Metrics, Publisher, Retry, Service, Serv
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, apache_avro::AvroSchema)]
 pub struct OrderPlaced {
     pub order_id: u64,
 }
