@@ -47,4 +47,7 @@ cargo test -p choreo-bus --features otel --test otel
 step "AsyncAPI and Mermaid output validated with the official tools"
 ./scripts/validate-renderings.sh
 
+step "soak: a million flows through the in-process bus, traced live (release build)"
+cargo test --release -p choreo-cli --test soak -- --ignored --nocapture
+
 step "all green"
