@@ -62,6 +62,9 @@ pub struct TracerConfig {
     pub examples_per_rule: usize,
     /// Stuck and failed flows listed in the report at most. Default 50.
     pub listed_flows: usize,
+    /// Finish a batch on two threads (each analyses and folds half of the
+    /// flows; the result is the same as one thread's). Default true.
+    pub parallel: bool,
     /// Correlation ids of evicted flows remembered, so that their late
     /// records are counted as `late` instead of starting a new flow. Default 100,000.
     pub remember_evicted: usize,
@@ -94,6 +97,7 @@ impl TracerConfig {
             examples_per_rule: 5,
             listed_flows: 50,
             remember_evicted: 100_000,
+            parallel: true,
         }
     }
 }

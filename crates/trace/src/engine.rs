@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::Record;
 use crate::config::{Keep, Receipts, TracerConfig};
-use crate::export::{LogWriter, Row};
+use crate::export::{LogChunk, LogFormat, LogWriter, Row};
 use crate::finding::{Finding, Rule};
 use crate::flow::{FlowStatus, FlowTrace, Handling, Owed, TracedEvent};
 use crate::metrics::TraceMetrics;
@@ -838,9 +838,10 @@ impl Tracer {
             return;
         }
         if self.evicted_order.len() >= self.config.remember_evicted
-            && let Some(old) = self.evicted_order.pop_front() {
-                self.evicted.remove(&old);
-            }
+            && let Some(old) = self.evicted_order.pop_front()
+        {
+            self.evicted.remove(&old);
+        }
         self.evicted.insert(corr.clone(), ());
         self.evicted_order.push_back(corr);
     }
@@ -932,26 +933,48 @@ impl Tracer {
         self.records_in_flight = 0;
         // A stable order, so reports and examples do not depend on hashing.
         ids.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        // Flows are analysed independently: two threads share the work; the
-        // folding into aggregates stays on this one.
-        let ctx = self.ctx();
-        let analyses: Vec<Analysis> = if ids.len() >= PARALLEL_FROM {
-            let (left, right) = ids.split_at(ids.len() / 2);
-            std::thread::scope(|scope| {
-                let other = scope.spawn(|| analyse_all(&ctx, left, now_us));
-                let mine = analyse_all(&ctx, right, now_us);
-                let mut all = other
-                    .join()
-                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
-                all.extend(mine);
-                all
-            })
-        } else {
-            analyse_all(&ctx, &ids, now_us)
+        // Flows are independent: two threads analyse and fold them, each
+        // into its own aggregates, merged in order — the result is the same
+        // as one thread's. Rounds bound what is held at once.
+        let receipts_expected = self.receipts_expected();
+        let ctx = Ctx {
+            model: self.model.as_ref(),
+            syms: &self.syms,
+            config: &self.config,
+            receipts_expected,
         };
-        for ((id, state), a) in ids.into_iter().zip(analyses) {
-            self.fold(id, &state, a, None);
+        let log_format = self.log.as_ref().map(LogWriter::format);
+        let metrics = self.metrics.as_ref();
+        let mut orphans = 0;
+        for round in ids.chunks(ROUND) {
+            let (left, right) = if self.config.parallel && round.len() >= PARALLEL_FROM {
+                round.split_at(round.len() / 2)
+            } else {
+                (round, &round[..0])
+            };
+            let mut agg_right = Aggregates::default();
+            let (l, r) = std::thread::scope(|scope| {
+                let other = (!right.is_empty()).then(|| {
+                    let ctx = &ctx;
+                    let agg = &mut agg_right;
+                    scope.spawn(move || fold_all(ctx, metrics, agg, log_format, right, now_us))
+                });
+                let mine = fold_all(&ctx, metrics, &mut self.agg, log_format, left, now_us);
+                let theirs =
+                    other.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                (mine, theirs)
+            });
+            self.agg.merge(agg_right, &self.config);
+            for part in std::iter::once(l).chain(r) {
+                orphans += part.0;
+                self.kept.extend(part.1);
+                if let (Some(w), Some(chunk)) = (self.log.as_mut(), part.2) {
+                    w.append(&chunk);
+                }
+            }
         }
+        self.counters.orphans += orphans;
+        drop(ids);
         self.update_gauges(now_us);
     }
 
@@ -962,72 +985,26 @@ impl Tracer {
     }
 
     fn fold(&mut self, id: EventId, state: &FlowState, a: Analysis, evicted: Option<EvictReason>) {
-        let keep = match &self.config.keep {
-            Keep::None => false,
-            Keep::One(k) => *k == id,
-            Keep::All => true,
+        let ctx = Ctx {
+            model: self.model.as_ref(),
+            syms: &self.syms,
+            config: &self.config,
+            receipts_expected: false,
         };
-        self.counters.orphans += u64::from(a.orphans);
-        if self.log.is_some() {
-            self.write_log(&id, state, &a);
-        }
-        self.agg.fold_flow(
-            &id,
-            state,
-            &a,
-            evicted,
-            &self.syms,
-            self.model.as_ref(),
+        let mut folder = Folder::new(
+            &ctx,
             self.metrics.as_ref(),
-            &self.config,
+            &mut self.agg,
+            self.log.as_ref().map(LogWriter::format),
         );
-        if keep || self.agg.wants_brief(a.status, &self.config) {
-            let trace = self.build_trace(&id, state, &a);
-            if self.agg.wants_brief(a.status, &self.config) {
-                self.agg.push_brief(FlowBrief::of(&trace), &self.config);
-            }
-            if keep {
-                self.kept.push(trace);
-            }
-        }
-        let needs_examples = a
-            .findings
-            .iter()
-            .any(|f| self.agg.wants_example(f.rule, &self.config));
-        if needs_examples {
-            let findings = self.resolve_findings(&id, state, &a);
-            for f in findings {
-                self.agg.push_example(f, &self.config);
-            }
-        }
-    }
-
-    fn write_log(&mut self, id: &EventId, state: &FlowState, a: &Analysis) {
-        let mut order: Vec<usize> = (0..state.events.len()).collect();
-        order.sort_by_key(|&i| (state.events[i].time, i));
-        let rows: Vec<Row<'_>> = order
-            .iter()
-            .map(|&i| {
-                let e = &state.events[i];
-                Row {
-                    activity: self.syms.name(e.ty),
-                    time: e.time,
-                    resource: self.syms.name(e.source),
-                    event_id: &e.id,
-                    topic: self.syms.name(e.topic),
-                }
-            })
-            .collect();
-        let flow = a
-            .name
-            .and_then(|n| self.model.as_ref().map(|m| m.flows[n].name.as_str()));
-        let mut buf = [0u8; 36];
-        let case = match id.as_uuid() {
-            Some(u) => std::borrow::Cow::Borrowed(&*u.hyphenated().encode_lower(&mut buf)),
-            None => std::borrow::Cow::Owned(id.to_string()),
-        };
-        if let Some(log) = self.log.as_mut() {
-            log.case(&case, flow, a.status, &rows);
+        folder.flow(&id, state, &a, evicted);
+        let Folder {
+            orphans, kept, log, ..
+        } = folder;
+        self.counters.orphans += orphans;
+        self.kept.extend(kept);
+        if let (Some(w), Some(chunk)) = (self.log.as_mut(), log) {
+            w.append(&chunk);
         }
     }
 
@@ -1048,7 +1025,7 @@ impl Tracer {
         let now = self.effective_now(None);
         let state = self.flows.remove(correlation_id)?;
         let a = self.analyse(correlation_id, &state, now);
-        let trace = self.build_trace(correlation_id, &state, &a);
+        let trace = build_trace(&self.ctx(), correlation_id, &state, &a);
         self.flows.insert(correlation_id.clone(), state);
         Some(trace)
     }
@@ -1086,114 +1063,134 @@ impl Tracer {
             receipts_expected: self.receipts_expected(),
         }
     }
+}
 
-    /// Resolves raw findings into [`Finding`]s with names.
-    pub(crate) fn resolve_findings(
-        &self,
-        corr: &EventId,
-        f: &FlowState,
-        a: &Analysis,
-    ) -> Vec<Finding> {
-        let flow = a
-            .name
-            .and_then(|n| self.model.as_ref().map(|m| m.flows[n].name.to_string()));
-        a.findings
-            .iter()
-            .map(|r| Finding {
-                rule: r.rule,
-                correlation_id: corr.clone(),
-                flow: flow.clone(),
-                service: self.name(r.service).to_string(),
-                event_type: self.name(r.event_type).to_string(),
-                event_id: r.event.map(|i| f.events[i as usize].id.clone()),
-                time: Timestamp::from_micros(r.time),
-                message: r.message.clone(),
-            })
-            .collect()
+/// Folds finished flows into aggregates: on the tracer's thread, or on a
+/// helper thread over its own aggregates, merged afterwards.
+pub(crate) struct Folder<'a> {
+    ctx: &'a Ctx<'a>,
+    metrics: Option<&'a TraceMetrics>,
+    agg: &'a mut Aggregates,
+    pub(crate) orphans: u64,
+    pub(crate) kept: Vec<FlowTrace>,
+    pub(crate) log: Option<LogChunk>,
+}
+
+impl<'a> Folder<'a> {
+    pub(crate) fn new(
+        ctx: &'a Ctx<'a>,
+        metrics: Option<&'a TraceMetrics>,
+        agg: &'a mut Aggregates,
+        log: Option<LogFormat>,
+    ) -> Self {
+        Folder {
+            ctx,
+            metrics,
+            agg,
+            orphans: 0,
+            kept: Vec::new(),
+            log: log.map(LogChunk::new),
+        }
     }
 
-    fn build_trace(&self, corr: &EventId, f: &FlowState, a: &Analysis) -> FlowTrace {
-        let mut order: Vec<usize> = (0..f.events.len()).collect();
-        order.sort_by_key(|&i| (f.events[i].time, i));
-        let mut graph: Graph<TracedEvent, ()> = Graph::with_capacity(order.len(), order.len());
-        let mut node = vec![NodeIndex::end(); f.events.len()];
-        for &i in &order {
-            let e = &f.events[i];
-            let handled = f
-                .receipts
-                .iter()
-                .filter(|r| r.event == e.id)
-                .map(|r| Handling {
-                    service: self.name(r.service).clone(),
-                    outcome: r.outcome,
-                    attempts: r.attempts,
-                    started: Timestamp::from_micros(r.started),
-                    duration_us: r.duration_us,
-                    reason: r.reason.as_deref().map(str::to_owned),
-                    emitted: r.emitted,
-                })
-                .collect();
-            let orphan = e.cause.as_ref().is_some_and(|c| f.find(c).is_none());
-            node[i] = graph.add_node(TracedEvent {
-                id: e.id.clone(),
-                event_type: self.name(e.ty).clone(),
-                source: self.name(e.source).clone(),
-                topic: self.name(e.topic).clone(),
-                time: Timestamp::from_micros(e.time),
-                partition: (e.partition != NO_PARTITION).then_some(e.partition),
-                offset: (e.offset != NO_OFFSET).then_some(e.offset),
-                causation_id: e.cause.clone(),
-                orphan,
-                handled,
-            });
+    pub(crate) fn flow(
+        &mut self,
+        id: &EventId,
+        state: &FlowState,
+        a: &Analysis,
+        evicted: Option<EvictReason>,
+    ) {
+        let config = self.ctx.config;
+        let keep = match &config.keep {
+            Keep::None => false,
+            Keep::One(k) => k == id,
+            Keep::All => true,
+        };
+        self.orphans += u64::from(a.orphans);
+        if let Some(chunk) = self.log.as_mut() {
+            log_case(self.ctx, chunk, id, state, a);
         }
-        for (i, e) in f.events.iter().enumerate() {
-            if let Some(p) = e.cause.as_ref().and_then(|c| f.find(c))
-                && p != i {
-                    graph.add_edge(node[p], node[i], ());
-                }
+        self.agg.fold_flow(
+            id,
+            state,
+            a,
+            evicted,
+            self.ctx.syms,
+            self.ctx.model,
+            self.metrics,
+            config,
+        );
+        let brief = self.agg.wants_brief(a.status, config);
+        if keep || brief {
+            let trace = build_trace(self.ctx, id, state, a);
+            if brief {
+                self.agg.push_brief(FlowBrief::of(&trace), config);
+            }
+            if keep {
+                self.kept.push(trace);
+            }
         }
-        let owed = a
-            .owed
+        if a.findings
             .iter()
-            .map(|o| {
-                let e = &f.events[o.event as usize];
-                Owed {
-                    service: self.name(o.service).to_string(),
-                    event_type: self.name(e.ty).to_string(),
-                    event_id: e.id.clone(),
-                    owes: o.owes.iter().map(|s| self.name(*s).to_string()).collect(),
-                    one_of: o.one_of,
-                    since: Timestamp::from_micros(e.time),
-                    deadline: o.deadline.map(Timestamp::from_micros),
-                }
-            })
-            .collect();
-        FlowTrace {
-            correlation_id: corr.clone(),
-            flow: a
-                .name
-                .and_then(|n| self.model.as_ref().map(|m| m.flows[n].name.to_string())),
-            status: a.status,
-            started: Timestamp::from_micros(a.start),
-            ended: a.end.map(Timestamp::from_micros),
-            graph,
-            findings: self.resolve_findings(corr, f, a),
-            owed,
-            duplicates: f.duplicates,
+            .any(|f| self.agg.wants_example(f.rule, config))
+        {
+            for f in resolve_findings(self.ctx, id, state, a) {
+                self.agg.push_example(f, config);
+            }
         }
     }
 }
 
-/// Flows at the end of a batch from which the analysis uses a second thread.
-const PARALLEL_FROM: usize = 4096;
-
-fn analyse_all(ctx: &Ctx<'_>, flows: &[(EventId, FlowState)], now: i64) -> Vec<Analysis> {
-    let mut scratch = Scratch::default();
-    flows
+fn log_case(ctx: &Ctx<'_>, chunk: &mut LogChunk, id: &EventId, state: &FlowState, a: &Analysis) {
+    let mut order: Vec<usize> = (0..state.events.len()).collect();
+    order.sort_by_key(|&i| (state.events[i].time, i));
+    let rows: Vec<Row<'_>> = order
         .iter()
-        .map(|(id, f)| analyse(ctx, &mut scratch, id, f, now))
-        .collect()
+        .map(|&i| {
+            let e = &state.events[i];
+            Row {
+                activity: ctx.syms.name(e.ty),
+                time: e.time,
+                resource: ctx.syms.name(e.source),
+                event_id: &e.id,
+                topic: ctx.syms.name(e.topic),
+            }
+        })
+        .collect();
+    let flow = a
+        .name
+        .and_then(|n| ctx.model.map(|m| m.flows[n].name.as_str()));
+    let mut buf = [0u8; 36];
+    let case = match id.as_uuid() {
+        Some(u) => std::borrow::Cow::Borrowed(&*u.hyphenated().encode_lower(&mut buf)),
+        None => std::borrow::Cow::Owned(id.to_string()),
+    };
+    chunk.case(&case, flow, a.status, &rows);
+}
+
+/// Flows at the end of a batch from which the analysis uses a second thread.
+const PARALLEL_FROM: usize = 2048;
+
+/// Flows per round of the end-of-batch fold.
+const ROUND: usize = 16 * 1024;
+
+/// Analyses and folds `flows` into `agg`: the orphans counted, the flows
+/// kept, the event-log text.
+fn fold_all(
+    ctx: &Ctx<'_>,
+    metrics: Option<&TraceMetrics>,
+    agg: &mut Aggregates,
+    log: Option<LogFormat>,
+    flows: &[(EventId, FlowState)],
+    now: i64,
+) -> (u64, Vec<FlowTrace>, Option<LogChunk>) {
+    let mut scratch = Scratch::default();
+    let mut folder = Folder::new(ctx, metrics, agg, log);
+    for (id, f) in flows {
+        let a = analyse(ctx, &mut scratch, id, f, now);
+        folder.flow(id, f, &a, None);
+    }
+    (folder.orphans, folder.kept, folder.log)
 }
 
 /// What analysing a flow needs: read-only, so flows can be analysed on several threads.
@@ -1431,20 +1428,21 @@ fn analyse(ctx: &Ctx<'_>, s: &mut Scratch, corr: &EventId, f: &FlowState, now: i
             continue;
         }
         if let (Some(svc), Some(_)) = (m.service(e.source), m.event(e.ty))
-            && !svc.emits.contains(&e.ty) {
-                findings.push(Raw {
-                    rule: Rule::UndeclaredEmit,
-                    service: e.source,
-                    event_type: e.ty,
-                    event: Some(i as u32),
-                    time: e.time,
-                    message: format!(
-                        "'{}' published '{}' on its own, but its `emits` does not list it",
-                        syms.name(e.source),
-                        syms.name(e.ty)
-                    ),
-                });
-            }
+            && !svc.emits.contains(&e.ty)
+        {
+            findings.push(Raw {
+                rule: Rule::UndeclaredEmit,
+                service: e.source,
+                event_type: e.ty,
+                event: Some(i as u32),
+                time: e.time,
+                message: format!(
+                    "'{}' published '{}' on its own, but its `emits` does not list it",
+                    syms.name(e.source),
+                    syms.name(e.ty)
+                ),
+            });
+        }
     }
 
     // Per event: what each consumer did, or owes.
@@ -1565,9 +1563,9 @@ fn analyse(ctx: &Ctx<'_>, s: &mut Scratch, corr: &EventId, f: &FlowState, now: i
                     .dead
                     .iter()
                     .find(|d| d.event == e.id && (d.service == svc || d.service == EMPTY))
-                {
-                    dead = Some((&d.reason, d.attempts));
-                }
+            {
+                dead = Some((&d.reason, d.attempts));
+            }
             if let Some((reason, attempts)) = dead {
                 findings.push(Raw {
                     rule: Rule::DeadLettered,
@@ -2031,5 +2029,107 @@ mod tests {
         assert!(fast_receipt(&json, &mut names).is_none());
         assert!(parse_receipt(b"{\"service\": 1}", &mut names).is_none());
         assert!(parse_receipt(b"not json", &mut names).is_none());
+    }
+}
+
+/// Resolves raw findings into [`Finding`]s with names.
+pub(crate) fn resolve_findings(
+    ctx: &Ctx<'_>,
+    corr: &EventId,
+    f: &FlowState,
+    a: &Analysis,
+) -> Vec<Finding> {
+    let flow = a
+        .name
+        .and_then(|n| ctx.model.map(|m| m.flows[n].name.to_string()));
+    a.findings
+        .iter()
+        .map(|r| Finding {
+            rule: r.rule,
+            correlation_id: corr.clone(),
+            flow: flow.clone(),
+            service: ctx.syms.name(r.service).to_string(),
+            event_type: ctx.syms.name(r.event_type).to_string(),
+            event_id: r.event.map(|i| f.events[i as usize].id.clone()),
+            time: Timestamp::from_micros(r.time),
+            message: r.message.clone(),
+        })
+        .collect()
+}
+
+fn build_trace(ctx: &Ctx<'_>, corr: &EventId, f: &FlowState, a: &Analysis) -> FlowTrace {
+    let mut order: Vec<usize> = (0..f.events.len()).collect();
+    order.sort_by_key(|&i| (f.events[i].time, i));
+    let mut graph: Graph<TracedEvent, ()> = Graph::with_capacity(order.len(), order.len());
+    let mut node = vec![NodeIndex::end(); f.events.len()];
+    for &i in &order {
+        let e = &f.events[i];
+        let handled = f
+            .receipts
+            .iter()
+            .filter(|r| r.event == e.id)
+            .map(|r| Handling {
+                service: ctx.syms.name(r.service).clone(),
+                outcome: r.outcome,
+                attempts: r.attempts,
+                started: Timestamp::from_micros(r.started),
+                duration_us: r.duration_us,
+                reason: r.reason.as_deref().map(str::to_owned),
+                emitted: r.emitted,
+            })
+            .collect();
+        let orphan = e.cause.as_ref().is_some_and(|c| f.find(c).is_none());
+        node[i] = graph.add_node(TracedEvent {
+            id: e.id.clone(),
+            event_type: ctx.syms.name(e.ty).clone(),
+            source: ctx.syms.name(e.source).clone(),
+            topic: ctx.syms.name(e.topic).clone(),
+            time: Timestamp::from_micros(e.time),
+            partition: (e.partition != NO_PARTITION).then_some(e.partition),
+            offset: (e.offset != NO_OFFSET).then_some(e.offset),
+            causation_id: e.cause.clone(),
+            orphan,
+            handled,
+        });
+    }
+    for (i, e) in f.events.iter().enumerate() {
+        if let Some(p) = e.cause.as_ref().and_then(|c| f.find(c))
+            && p != i
+        {
+            graph.add_edge(node[p], node[i], ());
+        }
+    }
+    let owed = a
+        .owed
+        .iter()
+        .map(|o| {
+            let e = &f.events[o.event as usize];
+            Owed {
+                service: ctx.syms.name(o.service).to_string(),
+                event_type: ctx.syms.name(e.ty).to_string(),
+                event_id: e.id.clone(),
+                owes: o
+                    .owes
+                    .iter()
+                    .map(|s| ctx.syms.name(*s).to_string())
+                    .collect(),
+                one_of: o.one_of,
+                since: Timestamp::from_micros(e.time),
+                deadline: o.deadline.map(Timestamp::from_micros),
+            }
+        })
+        .collect();
+    FlowTrace {
+        correlation_id: corr.clone(),
+        flow: a
+            .name
+            .and_then(|n| ctx.model.map(|m| m.flows[n].name.to_string())),
+        status: a.status,
+        started: Timestamp::from_micros(a.start),
+        ended: a.end.map(Timestamp::from_micros),
+        graph,
+        findings: resolve_findings(ctx, corr, f, a),
+        owed,
+        duplicates: f.duplicates,
     }
 }

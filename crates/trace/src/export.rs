@@ -54,8 +54,16 @@ pub struct LogWriter {
     error: Option<io::Error>,
     cases: u64,
     events: u64,
-    line: String,
+}
+
+/// Cases rendered as log text, to be appended to a [`LogWriter`] in order:
+/// rendering can then happen on the threads that finish flows.
+pub(crate) struct LogChunk {
+    format: LogFormat,
+    text: String,
     clock: Clock,
+    cases: u64,
+    events: u64,
 }
 
 /// Formats RFC 3339 times, reusing the date and minute of the previous one:
@@ -119,8 +127,6 @@ impl LogWriter {
             error: None,
             cases: 0,
             events: 0,
-            line: String::with_capacity(256),
-            clock: Clock::default(),
         })
     }
 
@@ -134,6 +140,47 @@ impl LogWriter {
         self.events
     }
 
+    /// The format written.
+    pub fn format(&self) -> LogFormat {
+        self.format
+    }
+
+    /// Writes cases rendered elsewhere (see [`LogChunk`]).
+    pub(crate) fn append(&mut self, chunk: &LogChunk) {
+        if self.error.is_some() || chunk.text.is_empty() {
+            return;
+        }
+        self.cases += chunk.cases;
+        self.events += chunk.events;
+        if let Err(e) = self.out.write_all(chunk.text.as_bytes()) {
+            self.error = Some(e);
+        }
+    }
+
+    /// Writes the trailer and flushes; returns the first error met.
+    pub fn finish(mut self) -> io::Result<(u64, u64)> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        if self.format == LogFormat::Xes {
+            self.out.write_all(b"</log>\n")?;
+        }
+        self.out.flush()?;
+        Ok((self.cases, self.events))
+    }
+}
+
+impl LogChunk {
+    pub(crate) fn new(format: LogFormat) -> Self {
+        LogChunk {
+            format,
+            text: String::new(),
+            clock: Clock::default(),
+            cases: 0,
+            events: 0,
+        }
+    }
+
     pub(crate) fn case(
         &mut self,
         case: &str,
@@ -141,14 +188,13 @@ impl LogWriter {
         status: FlowStatus,
         rows: &[Row<'_>],
     ) {
-        if self.error.is_some() || rows.is_empty() {
+        if rows.is_empty() {
             return;
         }
         self.cases += 1;
         self.events += rows.len() as u64;
-        let l = &mut self.line;
+        let l = &mut self.text;
         let clock = &mut self.clock;
-        l.clear();
         match self.format {
             LogFormat::Csv => {
                 for r in rows {
@@ -194,21 +240,6 @@ impl LogWriter {
                 l.push_str("  </trace>\n");
             }
         }
-        if let Err(e) = self.out.write_all(self.line.as_bytes()) {
-            self.error = Some(e);
-        }
-    }
-
-    /// Writes the trailer and flushes; returns the first error met.
-    pub fn finish(mut self) -> io::Result<(u64, u64)> {
-        if let Some(e) = self.error.take() {
-            return Err(e);
-        }
-        if self.format == LogFormat::Xes {
-            self.out.write_all(b"</log>\n")?;
-        }
-        self.out.flush()?;
-        Ok((self.cases, self.events))
     }
 }
 

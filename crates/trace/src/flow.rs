@@ -282,10 +282,7 @@ impl FlowTrace {
             .iter()
             .filter(|f| f.event_id.as_ref() == Some(&e.id))
         {
-            let _ = writeln!(
-                out,
-                "{child_prefix}✗ violation[{}]: {}", f.rule, f.message
-            );
+            let _ = writeln!(out, "{child_prefix}✗ violation[{}]: {}", f.rule, f.message);
         }
         let kids = self.children(n);
         for (i, k) in kids.iter().enumerate() {

@@ -43,9 +43,11 @@ impl Symbols {
         let addr = name.as_str().as_ptr() as usize;
         let slot = (addr >> 3 ^ addr >> 9 ^ name.len()) % BY_ADDR;
         if let Some((n, s)) = &self.by_addr[slot]
-            && n.as_str().as_ptr() == name.as_str().as_ptr() && n.len() == name.len() {
-                return *s;
-            }
+            && n.as_str().as_ptr() == name.as_str().as_ptr()
+            && n.len() == name.len()
+        {
+            return *s;
+        }
         let s = self.intern_slow(name);
         self.by_addr[slot] = Some((name.clone(), s));
         s

@@ -127,6 +127,49 @@ impl Aggregates {
         self.by_flow.entry(name).or_default().started += 1;
     }
 
+    /// Adds everything `other` folded after what this one folded: the
+    /// same result as folding both in one, in that order.
+    pub(crate) fn merge(&mut self, other: Aggregates, config: &TracerConfig) {
+        for (k, e) in other.edges {
+            match self.edges.get_mut(&k) {
+                Some(mine) => {
+                    mine.count += e.count;
+                    mine.failed += e.failed;
+                    mine.redelivered += e.redelivered;
+                    mine.duplicates += e.duplicates;
+                    mine.inferred += e.inferred;
+                    mine.queue.merge(&e.queue);
+                    mine.handler.merge(&e.handler);
+                    mine.latency.merge(&e.latency);
+                }
+                None => {
+                    self.edges.insert(k, e);
+                }
+            }
+        }
+        for (k, f) in other.by_flow {
+            let mine = self.by_flow.entry(k).or_default();
+            mine.started += f.started;
+            mine.completed += f.completed;
+            mine.failed += f.failed;
+            mine.in_progress += f.in_progress;
+            mine.stuck += f.stuck;
+            mine.evicted += f.evicted;
+            mine.duration.merge(&f.duration);
+        }
+        for (k, n) in other.findings {
+            *self.findings.entry(k).or_default() += n;
+        }
+        for (_, examples) in other.examples {
+            for f in examples {
+                self.push_example(f, config);
+            }
+        }
+        for b in other.briefs {
+            self.push_brief(b, config);
+        }
+    }
+
     pub(crate) fn wants_brief(&self, status: FlowStatus, config: &TracerConfig) -> bool {
         matches!(status, FlowStatus::Stuck | FlowStatus::Failed)
             && self.briefs.len() < config.listed_flows
@@ -192,9 +235,10 @@ impl Aggregates {
             _ => None,
         };
         if a.status == FlowStatus::Completed
-            && let Some(d) = duration {
-                st.duration.record(d);
-            }
+            && let Some(d) = duration
+        {
+            st.duration.record(d);
+        }
         if let Some(m) = metrics {
             m.flow_finished(flow_name, a.status, duration);
         }

@@ -102,7 +102,7 @@ impl Interner {
         if let Some(n) = self.names.get(s) {
             return n.clone();
         }
-        let n = Name::from(s);
+        let n = global_name(s);
         if self.recent.len() < RECENT {
             self.recent.push(n.clone());
         } else if self.names.len() < INTERNER_BOUND {
@@ -110,6 +110,33 @@ impl Interner {
         }
         n
     }
+}
+
+/// Distinct names kept for the whole process at most.
+const GLOBAL_BOUND: usize = 4096;
+
+/// The process-wide name for `s`: the first few thousand distinct names are
+/// kept as `&'static str` (leaked once, bounded), so a record's names are
+/// plain copies — no reference count shared by the reading and the tracing
+/// threads, whose cache line would otherwise travel between the cores on
+/// every record. Past the bound, names are shared strings as usual.
+pub(crate) fn global_name(s: &str) -> Name {
+    static NAMES: std::sync::OnceLock<std::sync::Mutex<FastMap<Box<str>, &'static str>>> =
+        std::sync::OnceLock::new();
+    let map = NAMES.get_or_init(Default::default);
+    // std Mutex: held for a lookup, only when a reader meets a name it has not cached.
+    let Ok(mut map) = map.lock() else {
+        return Name::from(s);
+    };
+    if let Some(&n) = map.get(s) {
+        return Name::from_static(n);
+    }
+    if map.len() >= GLOBAL_BOUND {
+        return Name::from(s);
+    }
+    let leaked: &'static str = Box::leak(Box::from(s));
+    map.insert(Box::from(s), leaked);
+    Name::from_static(leaked)
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

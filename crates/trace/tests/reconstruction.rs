@@ -240,3 +240,90 @@ fn records_without_metadata_are_unattributed() {
     assert_eq!(report.input.bad_receipts, 1);
     assert_eq!(report.flows.started, 1);
 }
+
+#[test]
+fn a_large_batch_gives_the_same_report_on_one_thread_and_two() {
+    let h = Hand::default();
+    let mut recs = Vec::new();
+    for i in 0..6_000i64 {
+        let t = i * 3;
+        let placed = h.start("OrderPlaced", "checkout", t);
+        recs.push(Record::new(placed.clone()));
+        match i % 7 {
+            0 => {
+                // both branches
+                recs.push(Record::new(h.after(
+                    &placed,
+                    "PaymentCaptured",
+                    "payment",
+                    t + 1,
+                )));
+                recs.push(Record::new(h.after(
+                    &placed,
+                    "PaymentFailed",
+                    "payment",
+                    t + 1,
+                )));
+            }
+            1 => {
+                let r = h.receipt(
+                    "payment",
+                    &placed,
+                    choreo_core::Outcome::DeadLettered,
+                    &[],
+                    t + 1,
+                    2,
+                );
+                recs.push(Record::new(r));
+            }
+            2 => {} // in progress, or stuck near the start
+            _ => {
+                let failed = h.after(&placed, "PaymentFailed", "payment", t + 1);
+                let cancelled = h.after(&failed, "OrderCancelled", "checkout", t + 2);
+                recs.push(Record::new(failed));
+                recs.push(Record::new(cancelled));
+            }
+        }
+    }
+    let topology = order_fulfillment();
+    let run = |parallel: bool| {
+        let mut config = choreo_trace::TracerConfig::batch();
+        config.parallel = parallel;
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        struct W(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for W {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut t = choreo_trace::Tracer::new(config, Some(&topology));
+        t.export_log(
+            choreo_trace::LogWriter::new(W(log.clone()), choreo_trace::LogFormat::Csv).unwrap(),
+        );
+        for r in &recs {
+            t.ingest(r);
+        }
+        t.finish(None);
+        t.finish_log().unwrap().unwrap();
+        let text = log.lock().unwrap().clone();
+        (serde_json::to_value(t.report()).unwrap(), text)
+    };
+    let (one, log_one) = run(false);
+    let (two, log_two) = run(true);
+    assert_eq!(one, two);
+    assert_eq!(log_one, log_two);
+    assert_eq!(one["flows"]["started"], 6_000);
+    assert_eq!(one["flows"]["failed"], 857);
+    let both = one["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["rule"] == "both-branches")
+        .unwrap();
+    assert_eq!(both["count"], 858);
+    assert_eq!(both["examples"].as_array().unwrap().len(), 5);
+}

@@ -375,7 +375,12 @@ pub(crate) fn decode(
     let source = c.name(names)?;
     let topic = c.name(names)?;
     let key = if c.branch("key")? {
-        Some(c.bytes()?)
+        if lean {
+            c.raw()?;
+            None
+        } else {
+            Some(c.bytes()?)
+        }
     } else {
         None
     };
@@ -411,7 +416,13 @@ pub(crate) fn decode(
             names,
         ),
     };
-    let data = c.bytes()?;
+    // Lean: the tracer reads the payloads of receipts only.
+    let data = if lean && event_type.as_str() != choreo_core::RECEIPT_TYPE {
+        c.raw()?;
+        Bytes::new()
+    } else {
+        c.bytes()?
+    };
     let mut headers = Headers::new();
     loop {
         let mut n = c.long()?;

@@ -458,9 +458,11 @@ impl Reader {
         })
     }
 
-    /// Leaves out what the tracer never reads — the W3C trace context
-    /// (`traceparent`, `tracestate`) — to read faster. Everything else,
-    /// payloads included, is still read.
+    /// Leaves out what the tracer never reads, to read faster: the W3C
+    /// trace context (`traceparent`, `tracestate`), partition keys, and the
+    /// payloads of everything but receipts (their records carry an empty
+    /// `data`). Ids, types, sources, topics, times, positions and headers
+    /// are read as always. Avro only; JSON lines are read whole.
     pub fn lean(mut self) -> Self {
         self.lean = true;
         self
