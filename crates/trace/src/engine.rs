@@ -1978,60 +1978,6 @@ fn receipt_note(emitted: Option<u32>) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use choreo_core::{Name, Receipt};
-
-    fn receipt(reason: Option<&str>, emitted: usize) -> Receipt {
-        Receipt {
-            service: Name::from("pay\u{e9}ment"),
-            event_id: EventId::new(),
-            event_type: Name::from("OrderPlaced"),
-            correlation_id: EventId::new(),
-            topic: Name::from("orders"),
-            partition: 3,
-            offset: 77,
-            outcome: Outcome::DeadLettered,
-            attempts: 4,
-            reason: reason.map(str::to_owned),
-            started: choreo_core::Timestamp::from_micros(-5),
-            duration_us: 1234,
-            emitted: (0..emitted).map(|_| EventId::new()).collect(),
-        }
-    }
-
-    #[test]
-    fn the_fast_receipt_parser_agrees_with_serde() {
-        let mut names = Interner::default();
-        for r in [
-            receipt(None, 0),
-            receipt(Some("carrier down"), 2),
-            receipt(Some("quote \" inside"), 1),
-        ] {
-            let json = serde_json::to_vec(&r).unwrap();
-            let a = serde_receipt(&json, &mut names).unwrap();
-            let b = parse_receipt(&json, &mut names).unwrap();
-            for p in [&a, &b] {
-                assert_eq!(p.event, r.event_id);
-                assert_eq!(p.service, r.service);
-                assert_eq!(p.event_type, r.event_type);
-                assert_eq!(p.outcome, r.outcome);
-                assert_eq!(p.attempts, 4);
-                assert_eq!(p.started, -5);
-                assert_eq!(p.duration_us, 1234);
-                assert_eq!(p.emitted as usize, r.emitted.len());
-                assert_eq!(p.reason.as_deref(), r.reason.as_deref());
-            }
-        }
-        // An escape makes the fast path give up; serde still reads it.
-        let json = serde_json::to_vec(&receipt(Some("quote \" inside"), 0)).unwrap();
-        assert!(fast_receipt(&json, &mut names).is_none());
-        assert!(parse_receipt(b"{\"service\": 1}", &mut names).is_none());
-        assert!(parse_receipt(b"not json", &mut names).is_none());
-    }
-}
-
 /// Resolves raw findings into [`Finding`]s with names.
 pub(crate) fn resolve_findings(
     ctx: &Ctx<'_>,
@@ -2131,5 +2077,59 @@ fn build_trace(ctx: &Ctx<'_>, corr: &EventId, f: &FlowState, a: &Analysis) -> Fl
         findings: resolve_findings(ctx, corr, f, a),
         owed,
         duplicates: f.duplicates,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use choreo_core::{Name, Receipt};
+
+    fn receipt(reason: Option<&str>, emitted: usize) -> Receipt {
+        Receipt {
+            service: Name::from("pay\u{e9}ment"),
+            event_id: EventId::new(),
+            event_type: Name::from("OrderPlaced"),
+            correlation_id: EventId::new(),
+            topic: Name::from("orders"),
+            partition: 3,
+            offset: 77,
+            outcome: Outcome::DeadLettered,
+            attempts: 4,
+            reason: reason.map(str::to_owned),
+            started: choreo_core::Timestamp::from_micros(-5),
+            duration_us: 1234,
+            emitted: (0..emitted).map(|_| EventId::new()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_fast_receipt_parser_agrees_with_serde() {
+        let mut names = Interner::default();
+        for r in [
+            receipt(None, 0),
+            receipt(Some("carrier down"), 2),
+            receipt(Some("quote \" inside"), 1),
+        ] {
+            let json = serde_json::to_vec(&r).unwrap();
+            let a = serde_receipt(&json, &mut names).unwrap();
+            let b = parse_receipt(&json, &mut names).unwrap();
+            for p in [&a, &b] {
+                assert_eq!(p.event, r.event_id);
+                assert_eq!(p.service, r.service);
+                assert_eq!(p.event_type, r.event_type);
+                assert_eq!(p.outcome, r.outcome);
+                assert_eq!(p.attempts, 4);
+                assert_eq!(p.started, -5);
+                assert_eq!(p.duration_us, 1234);
+                assert_eq!(p.emitted as usize, r.emitted.len());
+                assert_eq!(p.reason.as_deref(), r.reason.as_deref());
+            }
+        }
+        // An escape makes the fast path give up; serde still reads it.
+        let json = serde_json::to_vec(&receipt(Some("quote \" inside"), 0)).unwrap();
+        assert!(fast_receipt(&json, &mut names).is_none());
+        assert!(parse_receipt(b"{\"service\": 1}", &mut names).is_none());
+        assert!(parse_receipt(b"not json", &mut names).is_none());
     }
 }
