@@ -135,7 +135,9 @@ impl AvroCodec {
 
     /// Writes and reads events of type `event_type` with `schema`.
     pub fn with_schema(mut self, event_type: &str, schema: Schema) -> Self {
-        let json = schema.canonical_form();
+        // The full form: the Parsing Canonical Form drops field defaults,
+        // which readers of newer versions need.
+        let json = serde_json::to_string(&schema).unwrap_or_else(|_| schema.canonical_form());
         let full_name = schema
             .name()
             .map(|n| n.fullname(None))
@@ -259,7 +261,10 @@ fn portable(schema: &Schema) -> Result<Schema> {
         match v {
             J::Object(o)
                 if o.get("type").and_then(J::as_str) == Some("fixed")
-                    && o.get("name").and_then(J::as_str) == Some(U64) =>
+                    && (o.get("name").and_then(J::as_str) == Some(U64)
+                        || (o.get("name").and_then(J::as_str) == Some("u64")
+                            && o.get("namespace").and_then(J::as_str)
+                                == Some("org.apache.avro.rust"))) =>
             {
                 *v = J::String("long".into());
             }
@@ -269,10 +274,9 @@ fn portable(schema: &Schema) -> Result<Schema> {
             _ => {}
         }
     }
-    let mut json: serde_json::Value =
-        serde_json::from_str(&schema.canonical_form()).map_err(|e| Error::Schema {
-            reason: format!("the canonical form is not JSON: {e}"),
-        })?;
+    let mut json = serde_json::to_value(schema).map_err(|e| Error::Schema {
+        reason: format!("the schema does not serialize: {e}"),
+    })?;
     rewrite(&mut json);
     Schema::parse(&json).map_err(|e| Error::Schema {
         reason: e.to_string(),

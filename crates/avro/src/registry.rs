@@ -99,14 +99,14 @@ impl SchemaRegistry for MemoryRegistry {
     }
 }
 
-/// The Parsing Canonical Form of a schema, so formatting differences do not
-/// make two ids.
+/// A schema in one normal JSON form, so formatting differences do not make
+/// two ids (defaults and docs are kept: they make different schemas).
 fn canonical(schema: &str) -> Result<String> {
     apache_avro::Schema::parse_str(schema)
-        .map(|s| s.canonical_form())
         .map_err(|e| Error::Schema {
             reason: format!("not a valid Avro schema: {e}"),
         })
+        .map(|s| serde_json::to_string(&s).unwrap_or_else(|_| s.canonical_form()))
 }
 
 /// A client of a Confluent-compatible schema registry, with caches: a
