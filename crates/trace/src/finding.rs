@@ -123,6 +123,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_crate_docs_list_every_rule() {
+        let docs = include_str!("lib.rs");
+        for r in Rule::ALL {
+            assert!(
+                docs.contains(&format!("//! | `{}` |", r.code())),
+                "{r} missing from lib.rs docs"
+            );
+        }
+    }
+
+    #[test]
     fn codes_are_unique_and_round_trip() {
         let mut seen = std::collections::HashSet::new();
         for r in Rule::ALL {

@@ -38,6 +38,42 @@
 //!   one flow.
 //! - [`export`] writes CSV or XES event logs for process-mining tools.
 //!
+//! # Flow status
+//!
+//! | status | when |
+//! |---|---|
+//! | `completed` | it reached one of its flow's `ends_with` events, and nothing was dead-lettered |
+//! | `failed` | an event was dead-lettered, or it came to rest (nothing owed) on events that end nothing |
+//! | `in_progress` | services still owe events and no `within` has passed |
+//! | `stuck` | past the flow's `within` or a reaction's `within` with events owed; the report names each service, what it owes, for which event, since when |
+//!
+//! Without a topology a flow is `failed` when dead-lettered and `completed`
+//! otherwise: ends and deadlines come from the topology.
+//!
+//! # Rules
+//!
+//! Every finding names its flow, service, event type (and event id where
+//! there is one) and one of these stable codes:
+//!
+//! | code | finding |
+//! |---|---|
+//! | `unknown-event` | an event type the topology does not declare |
+//! | `unknown-service` | a service (event source or receipt) the topology does not declare |
+//! | `undeclared-consume` | a service handled (receipt) or reacted to (emitted a child of) an event it declares no reaction to |
+//! | `undeclared-emit` | a service emitted an event its reaction to the cause does not list (or, for a flow's first event, its `emits` does not) |
+//! | `missing-emit` | a handler finished without emitting what its reaction must (attributed with its receipt: acked, emitted fewer) |
+//! | `both-branches` | a handler emitted more than one branch of a `one_of` |
+//! | `reaction-late` | a handler's emissions (or a sink's settlement) came later than its reaction's `within` after the event |
+//! | `flow-late` | a flow ended later than its `within` after its first event |
+//! | `bad-end` | a flow came to rest on events that do not end it |
+//! | `unknown-flow` | a flow's first event is no flow's `starts_with` |
+//! | `stuck` | a flow or reaction is past its `within` with events still owed |
+//! | `dead-lettered` | a service gave up on an event (receipt or dead-letter copy) |
+//! | `cycle-bound` | an event type repeats along one causal path more than [`TracerConfig::cycle_bound`] times |
+//! | `orphan` | an event's causation id names no event of its flow |
+//! | `clock-skew` | an event is earlier than its cause by more than [`TracerConfig::skew_tolerance`] |
+//! | `causal-loop` | causation ids that loop (corrupt ids) |
+//!
 //! # Sources
 //!
 //! - Capture files ([`capture`]): Avro object container (canonical) or JSON
@@ -61,6 +97,12 @@
 //! the tracer's own on a Prometheus registry; [`METRICS`] lists every family
 //! with its type, labels and meaning. Serve them with
 //! `choreo_bus::MetricsServer`.
+//!
+//! # Accuracy
+//!
+//! Latency quantiles in reports come from [`Histogram`]: exact below 128 µs,
+//! within 1/64 (≈ 1.6 %) above, maxima exact. Prometheus histograms use
+//! fixed buckets (0.5 ms … 60 s for edges, 10 ms … 1 h for flows).
 
 pub mod capture;
 mod config;

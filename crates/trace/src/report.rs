@@ -475,7 +475,9 @@ pub struct Report {
     pub by_flow: Vec<FlowNameReport>,
     /// Findings by rule, most frequent first.
     pub findings: Vec<RuleReport>,
-    /// The service graph, busiest edge first.
+    /// The service graph's nodes: every service on an edge, sorted.
+    pub services: Vec<String>,
+    /// The service graph's edges, busiest first.
     pub edges: Vec<EdgeReport>,
     /// Stuck and failed flows (at most `listed_flows`).
     pub listed: Vec<FlowBrief>,
@@ -628,6 +630,7 @@ impl Report {
             flows: totals,
             by_flow,
             findings,
+            services: services_of(&edges),
             edges,
             listed: t.agg.briefs.clone(),
             ok,
@@ -798,23 +801,16 @@ impl Report {
         o
     }
 
-    /// The service graph as JSON: `{"nodes": [...], "edges": [...]}`.
+    /// The service graph alone as JSON: `{"nodes": [...], "edges": [...]}`.
     pub fn graph_json(&self) -> serde_json::Value {
         serde_json::json!({
-            "nodes": self.services(),
+            "nodes": self.services,
             "edges": self.edges,
         })
     }
 
     fn services(&self) -> Vec<String> {
-        let mut s: Vec<String> = self
-            .edges
-            .iter()
-            .flat_map(|e| [e.producer.clone(), e.consumer.clone()])
-            .collect();
-        s.sort();
-        s.dedup();
-        s
+        self.services.clone()
     }
 
     /// The service graph in Graphviz DOT: services as nodes, one edge per
@@ -881,6 +877,16 @@ impl Report {
         }
         o
     }
+}
+
+fn services_of(edges: &[EdgeReport]) -> Vec<String> {
+    let mut s: Vec<String> = edges
+        .iter()
+        .flat_map(|e| [e.producer.clone(), e.consumer.clone()])
+        .collect();
+    s.sort();
+    s.dedup();
+    s
 }
 
 fn plural(n: u64) -> &'static str {

@@ -274,3 +274,17 @@ proptest! {
         prop_assert!(got.len() <= records.len() + 1);
     }
 }
+
+#[test]
+fn a_malformed_writer_schema_is_refused_not_a_panic() {
+    // Found by the fuzzer: a field attribute `"symbols": null` made
+    // apache-avro panic while computing the schema's canonical form.
+    let bytes =
+        std::fs::read(root().join("crates/trace/tests/data/schema-attribute-null.avro")).unwrap();
+    let (got, err) = read(bytes);
+    assert!(got.is_empty());
+    match err {
+        Some(Error::Schema { reason, .. }) => assert!(reason.contains("'symbols'"), "{reason}"),
+        other => panic!("expected a schema error, got {other:?}"),
+    }
+}

@@ -54,11 +54,6 @@ pub fn schema() -> &'static Schema {
     SCHEMA.get_or_init(|| Schema::parse_str(SCHEMA_JSON).expect("the capture schema is valid"))
 }
 
-fn canonical() -> &'static str {
-    static CANONICAL: OnceLock<String> = OnceLock::new();
-    CANONICAL.get_or_init(|| schema().canonical_form())
-}
-
 // ---- encoding ---------------------------------------------------------------
 
 #[inline]
@@ -680,14 +675,77 @@ pub(crate) fn read_header<R: Read>(r: &mut R) -> Result<Header, (u64, ReadFault)
     }
 }
 
-/// Whether records written with `writer_schema` and `codec` can take the fast path.
+/// Whether records written with `writer_schema` and `codec` can take the
+/// fast path: the capture schema itself (compared as JSON, so spacing and
+/// key order do not matter), no compression.
 pub(crate) fn fast_path(writer_schema: &str, codec: &str) -> bool {
-    if codec != "null" {
-        return false;
+    static OURS: OnceLock<serde_json::Value> = OnceLock::new();
+    let ours = OURS.get_or_init(|| serde_json::from_str(SCHEMA_JSON).unwrap_or_default());
+    codec == "null"
+        && serde_json::from_str::<serde_json::Value>(writer_schema).is_ok_and(|v| &v == ours)
+}
+
+/// Checks the shape of a writer schema before apache-avro parses it: the
+/// keys whose values Avro interprets must hold what the specification says.
+/// apache-avro 0.22 panics on some schemas it parses (an attribute such as
+/// `"symbols": null` on a field), and a capture file is untrusted input.
+pub(crate) fn check_schema(text: &str) -> Result<(), String> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("the schema is not JSON: {e}"))?;
+    check_schema_value(&v, 0)
+}
+
+fn check_schema_value(v: &serde_json::Value, depth: usize) -> Result<(), String> {
+    use serde_json::Value;
+    if depth > 64 {
+        return Err("the schema nests more than 64 levels deep".into());
     }
-    match Schema::parse_str(writer_schema) {
-        Ok(s) => s.canonical_form() == canonical(),
-        Err(_) => false,
+    match v {
+        Value::String(_) => Ok(()),
+        Value::Array(branches) => branches
+            .iter()
+            .try_for_each(|b| check_schema_value(b, depth + 1)),
+        Value::Object(m) => {
+            for (key, val) in m {
+                match key.as_str() {
+                    "type" | "items" | "values" => check_schema_value(val, depth + 1)?,
+                    "fields" => {
+                        let fields = val
+                            .as_array()
+                            .ok_or("'fields' must be a list of field objects")?;
+                        for f in fields {
+                            if !f.is_object() {
+                                return Err("'fields' must be a list of field objects".into());
+                            }
+                            check_schema_value(f, depth + 1)?;
+                        }
+                    }
+                    "symbols" | "aliases" => {
+                        if !val
+                            .as_array()
+                            .is_some_and(|a| a.iter().all(Value::is_string))
+                        {
+                            return Err(format!("'{key}' must be a list of names"));
+                        }
+                    }
+                    "name" | "namespace" | "logicalType" | "doc" => {
+                        if !val.is_string() {
+                            return Err(format!("'{key}' must be text"));
+                        }
+                    }
+                    "size" | "precision" | "scale" => {
+                        if !val.is_u64() {
+                            return Err(format!("'{key}' must be a whole number"));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+        other => Err(format!(
+            "a schema must be a name, an object or a union, not {other}"
+        )),
     }
 }
 

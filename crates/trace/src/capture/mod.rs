@@ -432,7 +432,14 @@ impl Reader {
                 total: None,
             });
         }
-        // Another writer schema or codec: let apache-avro resolve it to ours.
+        // Another writer schema or codec: let apache-avro resolve it to ours,
+        // once the schema's shape is known to be safe to hand it.
+        if let Err(reason) = avro::check_schema(&header.schema) {
+            return Err(Error::Schema {
+                path: label,
+                reason,
+            });
+        }
         let recorded = rec.recorded.take().unwrap_or_default();
         let replay: Box<dyn Read + Send> = Box::new(io::Cursor::new(recorded).chain(rec.inner));
         let consumed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
