@@ -4,11 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
-use choreo_core::RECEIPT_TYPE;
-
-use crate::engine::{ParsedReceipt, parse_receipt};
 use crate::record::{Progress, Source};
-use crate::util::Interner;
 use crate::{Error, Record, Tracer};
 
 /// Records handed from the reading thread to the tracer at once.
@@ -16,7 +12,6 @@ const BATCH: usize = 2048;
 /// Batches in flight between the threads: bounded, so a fast reader does not
 /// buffer a whole file ahead of a slower tracer.
 const DEPTH: usize = 8;
-const PARSE_RECEIPTS_HERE: bool = false;
 
 /// How a drive ended.
 #[derive(Debug)]
@@ -41,7 +36,7 @@ pub fn drive<S>(
 where
     S: Source + Send + 'static,
 {
-    let (tx, rx) = mpsc::sync_channel::<Vec<(Record, Option<ParsedReceipt>)>>(DEPTH);
+    let (tx, rx) = mpsc::sync_channel::<Vec<Record>>(DEPTH);
     let bytes = Arc::new(AtomicU64::new(0));
     let total = Arc::new(AtomicU64::new(u64::MAX));
     let (b2, t2) = (bytes.clone(), total.clone());
@@ -51,18 +46,10 @@ where
             let mut source = source;
             let mut batch = Vec::with_capacity(BATCH);
             let mut error = None;
-            // Receipts are parsed here, beside decoding, so the tracer's
-            // thread only places them.
-            let mut names = Interner::default();
             loop {
                 match source.next_record() {
                     Some(Ok(r)) => {
-                        let pre = (PARSE_RECEIPTS_HERE
-                            && r.attributed
-                            && r.envelope.event_type.as_str() == RECEIPT_TYPE)
-                            .then(|| parse_receipt(&r.envelope.data, &mut names))
-                            .flatten();
-                        batch.push((r, pre));
+                        batch.push(r);
                         if batch.len() == BATCH {
                             let p = source.progress();
                             b2.store(p.bytes, Ordering::Relaxed);
@@ -103,10 +90,10 @@ where
         }
     };
     let mut records = 0u64;
-    for mut batch in rx {
-        for (r, pre) in batch.iter_mut() {
+    for batch in rx {
+        for r in &batch {
             each(r);
-            tracer.ingest_prepared(r, pre.take());
+            tracer.ingest(r);
         }
         records += batch.len() as u64;
         let total = total.load(Ordering::Relaxed);

@@ -596,18 +596,6 @@ impl Tracer {
         );
     }
 
-    /// Ingests a record whose receipt payload (if it is a receipt) was
-    /// already parsed on another thread.
-    pub(crate) fn ingest_prepared(&mut self, record: &Record, pre: Option<ParsedReceipt>) {
-        self.ingest_parts(
-            &record.envelope,
-            record.partition,
-            record.offset,
-            record.attributed,
-            pre,
-        );
-    }
-
     fn ingest_parts(
         &mut self,
         env: &Envelope,
@@ -651,6 +639,8 @@ impl Tracer {
             if let Some(flow) = self.flow_for(&env.correlation_id, time, env.event_type.as_str()) {
                 flow.receipts.push(rc);
                 flow.last_activity = flow.last_activity.max(time);
+                // Something changed: judge it again at the next tick.
+                flow.next_check = i64::MIN;
                 if outcome == Outcome::DeadLettered {
                     flow.resting = true;
                 }
@@ -680,6 +670,8 @@ impl Tracer {
                 flow.dead.push(dl);
                 flow.resting = true;
                 flow.last_activity = flow.last_activity.max(time);
+                // Something changed: judge it again at the next tick.
+                flow.next_check = i64::MIN;
                 self.records_in_flight += 1;
                 self.after_growth(&env.correlation_id);
             }
@@ -694,6 +686,8 @@ impl Tracer {
             return;
         };
         flow.last_activity = flow.last_activity.max(time);
+        // Something changed: judge it again at the next tick.
+        flow.next_check = i64::MIN;
         if let Some(i) = flow.find(&env.id) {
             // At-least-once: the same event again. Keep the first, fill in its position.
             flow.duplicates += 1;

@@ -222,3 +222,19 @@ async fn a_tapped_bus_feeds_a_live_tracer() {
     assert_eq!(r.flows.in_flight, 0);
     assert!(r.ok, "{}", r.summary());
 }
+
+#[test]
+fn a_new_event_brings_its_earlier_deadline_forward() {
+    let h = Hand::default();
+    let mut t = live(|_| {});
+    let placed = h.start("OrderPlaced", "checkout", 0);
+    t.ingest(&Record::new(placed.clone()));
+    t.tick(h.at(500)); // next deadline: payment's, at 5 s
+    t.ingest(&Record::new(h.after(&placed, "PaymentCaptured", "payment", 1_000)));
+    // inventory's 3 s run out at 4 s, before payment's old deadline
+    t.tick(h.at(4_500));
+    assert_eq!(t.flows_in_flight(), 0);
+    let r = t.report();
+    assert_eq!(r.flows.stuck, 1);
+    assert_eq!(r.listed[0].owed[0].service, "inventory");
+}
