@@ -17,6 +17,13 @@ fi
 # The renderer tests fail, rather than skip, when `dot` is missing.
 export CHOREO_REQUIRE_GRAPHVIZ=1
 
+step "test tools: prometheus and promtool (the stack tests run a real Prometheus)"
+# Debian's `prometheus` package brings both; tests/stack fails, rather than
+# skips, when either is missing.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 step "test tools: pm4py in target/pm4py-venv (reads the tracer's event logs in a test)"
 if ! target/pm4py-venv/bin/python -c 'import pm4py' >/dev/null 2>&1; then
   python3 -m venv target/pm4py-venv
@@ -46,6 +53,9 @@ cargo test -p choreo-bus --features otel --test otel
 
 step "AsyncAPI and Mermaid output validated with the official tools"
 ./scripts/validate-renderings.sh
+
+step "Kubernetes manifests (docker/k8s) validated against the Kubernetes schemas"
+./scripts/validate-k8s.sh
 
 step "soak: a million flows through the in-process bus, traced live (release build)"
 cargo test --release -p choreo-cli --test soak -- --ignored --nocapture
