@@ -84,6 +84,29 @@ fn promtool_accepts_the_config_and_the_rules() {
 }
 
 #[test]
+fn every_alert_fires_in_its_promtool_unit_test() {
+    let tests = "docker/prometheus/tests/choreo.yml";
+    prom::promtool(&["test", "rules", tests], None, &repo::root())
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Each alert has a case where it fires, and one where it stays quiet.
+    let doc = repo::yaml(tests);
+    let (mut fires, mut quiet) = (BTreeSet::new(), BTreeSet::new());
+    for t in doc["tests"].as_array().expect("tests") {
+        for case in t["alert_rule_test"].as_array().expect("alert_rule_test") {
+            let name = case["alertname"].as_str().expect("alertname").to_owned();
+            if case["exp_alerts"].as_array().is_some_and(|a| !a.is_empty()) {
+                fires.insert(name);
+            } else {
+                quiet.insert(name);
+            }
+        }
+    }
+    let alerts: BTreeSet<String> = repo::rules().into_iter().map(|r| r.name).collect();
+    assert_eq!(fires, alerts, "every alert has a case where it fires");
+    assert_eq!(quiet, alerts, "every alert has a case where it stays quiet");
+}
+
+#[test]
 fn alerts_say_what_and_how_bad() {
     let mut names = BTreeSet::new();
     for file in repo::files("docker/prometheus/rules", ".yml") {
