@@ -158,6 +158,10 @@ impl KafkaBus {
         Ok(())
     }
 
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
+    }
+
     /// Waits until every publish so far is acknowledged or failed.
     pub async fn flush(&self, timeout: Duration) -> Result<()> {
         let inner = self.inner.clone();
@@ -209,7 +213,7 @@ impl Inner {
     /// The partition count of `topic` from the cluster's metadata; `None` when
     /// it does not exist. With `auto_create`, asks the broker to create it
     /// (brokers that allow auto-creation do, with their default partition count).
-    async fn lookup(&self, topic: &str, auto_create: bool) -> Result<Option<u32>> {
+    pub(crate) async fn lookup(&self, topic: &str, auto_create: bool) -> Result<Option<u32>> {
         let config = self.config.clone();
         let topic_owned = topic.to_owned();
         let timeout = self.config.admin_timeout;

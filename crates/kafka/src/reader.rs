@@ -27,7 +27,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use choreo_core::Envelope;
+use choreo_core::{Delivery, Envelope, StartFrom, SubscribeOptions, Subscription};
 use rdkafka::Message;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{FromClientConfigAndContext, RDKafkaLogLevel};
@@ -35,8 +35,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer}
 use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::bus::log_librdkafka;
+use crate::bus::{KafkaBus, log_librdkafka};
 use crate::config::{KafkaConfig, Role};
+use crate::consumer::KafkaSubscription;
 use crate::consumer::envelope_of;
 use crate::{Error, Result};
 
@@ -120,6 +121,8 @@ impl ReaderOptions {
     }
 
     /// Reads as a member of `group`, committing what was read (and following).
+    /// The member is the bus's own consumer: a record counts as read, and is
+    /// committed, once the next one is asked for.
     pub fn group(mut self, group: impl Into<String>) -> Self {
         self.group = Some(group.into());
         self.follow = true;
@@ -160,8 +163,9 @@ pub struct RecordReader {
     remaining: HashMap<(String, i32), i64>,
     /// Partitions assigned (without a group).
     assigned: HashSet<(String, i32)>,
-    /// In a group: the record handed out last, committed when the next is asked for.
-    last: Option<(String, i32, i64)>,
+    /// In a group: the member, and the delivery handed out last, settled
+    /// (and so committed) when the next record is asked for.
+    member: Option<(KafkaSubscription, Option<Delivery>)>,
     last_refresh: Instant,
 }
 
@@ -185,18 +189,17 @@ impl RecordReader {
             });
         }
         let mut client_config = config.client_config(Role::Consumer, None)?;
-        if let Some(group) = &options.group {
-            client_config
-                .set("group.id", config.group_id(group))
-                .set("enable.auto.commit", "true")
-                .set(
-                    "auto.offset.reset",
-                    match options.from {
-                        ReadFrom::Beginning => "earliest",
-                        ReadFrom::End => "latest",
-                    },
-                );
-        }
+        // librdkafka wants a group id even to assign partitions by hand;
+        // this one never joins, and nothing is committed.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        client_config
+            .set(
+                "group.id",
+                format!("choreo-reader-{}-{nanos}", std::process::id()),
+            )
+            .set("enable.auto.commit", "false");
         let consumer = StreamConsumer::from_config_and_context(&client_config, ReaderContext)
             .map_err(|source| Error::Client {
                 role: "reader",
@@ -209,26 +212,46 @@ impl RecordReader {
             options,
             remaining: HashMap::new(),
             assigned: HashSet::new(),
-            last: None,
+            member: None,
             last_refresh: Instant::now(),
         };
-        if reader.options.group.is_some() {
-            let topics: Vec<String> = match &reader.options.topics {
-                Topics::Names(n) => n.clone(),
-                // librdkafka reads a subscription starting with ^ as a regex.
-                Topics::Pattern(p) if p.starts_with('^') => vec![p.clone()],
-                Topics::Pattern(p) => vec![format!("^{p}")],
-            };
-            let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-            reader
-                .consumer
-                .subscribe(&refs)
-                .map_err(|source| Error::Kafka {
-                    context: format!("subscribing the reader to {topics:?}"),
-                    source,
-                })?;
-        } else {
-            reader.assign_new(true).await?;
+        match &reader.options.group {
+            // In a group: the bus's own consumer, with its rebalance handling
+            // and settled-offset commits.
+            Some(group) => {
+                let topics = match &reader.options.topics {
+                    Topics::Names(n) => {
+                        let bus = KafkaBus::new(config.clone())?;
+                        for t in n {
+                            if bus.inner().lookup(t, false).await?.is_none() {
+                                return Err(Error::Topic {
+                                    topic: t.clone(),
+                                    reason: format!(
+                                        "does not exist on brokers '{}': check the name",
+                                        config.brokers
+                                    ),
+                                });
+                            }
+                        }
+                        n.clone()
+                    }
+                    // librdkafka reads a subscription starting with ^ as a regex.
+                    Topics::Pattern(p) if p.starts_with('^') => vec![p.clone()],
+                    Topics::Pattern(p) => vec![format!("^{p}")],
+                };
+                let start = match reader.options.from {
+                    ReadFrom::Beginning => StartFrom::Earliest,
+                    ReadFrom::End => StartFrom::Latest,
+                };
+                let bus = KafkaBus::new(config.clone())?;
+                let sub = KafkaSubscription::start(
+                    bus.inner().clone(),
+                    SubscribeOptions::new(group.clone(), topics).start_from(start),
+                )
+                .await?;
+                reader.member = Some((sub, None));
+            }
+            None => reader.assign_new(true).await?,
         }
         Ok(reader)
     }
@@ -238,7 +261,7 @@ impl RecordReader {
     async fn assign_new(&mut self, first: bool) -> Result<()> {
         let config = self.config.clone();
         let topics = self.options.topics.clone();
-        let need_ends = !self.options.follow;
+        let need_ends = !self.options.follow || (first && self.options.from == ReadFrom::End);
         let timeout = self.config.admin_timeout;
         let found =
             tokio::task::spawn_blocking(move || discover(&config, &topics, need_ends, timeout))
@@ -247,14 +270,30 @@ impl RecordReader {
                     topic: format!("{:?}", self.options.topics),
                     reason: "the metadata lookup was cancelled".into(),
                 })??;
+        // Without a group, `assign` replaces the whole assignment: keep the
+        // partitions already assigned at their current positions.
         let mut tpl = TopicPartitionList::new();
+        if !first {
+            let positions = self.consumer.position().unwrap_or_default();
+            for (topic, partition) in &self.assigned {
+                let offset = positions
+                    .find_partition(topic, *partition)
+                    .map(|e| e.offset())
+                    .filter(|o| matches!(o, Offset::Offset(_)))
+                    .unwrap_or(Offset::Stored);
+                let _ = tpl.add_partition_offset(topic, *partition, offset);
+            }
+        }
+        let before = tpl.count();
         for p in found {
             let key = (p.topic.clone(), p.partition);
             if self.assigned.contains(&key) {
                 continue;
             }
+            // The end as read now, not as librdkafka resolves it later: a
+            // record published right after `open` must be read.
             let offset = match (first, self.options.from) {
-                (true, ReadFrom::End) => Offset::End,
+                (true, ReadFrom::End) => Offset::Offset(p.high),
                 _ => Offset::Beginning,
             };
             tpl.add_partition_offset(&p.topic, p.partition, offset)
@@ -262,18 +301,16 @@ impl RecordReader {
                     context: format!("assigning {}/{}", p.topic, p.partition),
                     source,
                 })?;
-            if need_ends && self.options.from == ReadFrom::Beginning && p.high > p.low {
+            if !self.options.follow && self.options.from == ReadFrom::Beginning && p.high > p.low {
                 self.remaining.insert(key.clone(), p.high);
             }
             self.assigned.insert(key);
         }
-        if tpl.count() > 0 {
-            self.consumer
-                .incremental_assign(&tpl)
-                .map_err(|source| Error::Kafka {
-                    context: "assigning the reader's partitions".into(),
-                    source,
-                })?;
+        if tpl.count() > before {
+            self.consumer.assign(&tpl).map_err(|source| Error::Kafka {
+                context: "assigning the reader's partitions".into(),
+                source,
+            })?;
         }
         self.last_refresh = Instant::now();
         Ok(())
@@ -281,18 +318,32 @@ impl RecordReader {
 
     /// The next record; `None` once every partition was read to its end (not following).
     pub async fn next(&mut self) -> Option<Result<ReadRecord>> {
-        if let Some((topic, partition, offset)) = self.last.take() {
+        if let Some((sub, last)) = &mut self.member {
             // The caller asked for the next record: the last one is read.
-            if let Err(e) = self.consumer.store_offset(&topic, partition, offset + 1) {
-                tracing::warn!(topic, partition, error = %e, "storing the reader's offset failed");
+            if let Some(d) = last.take() {
+                d.ack();
             }
+            return match sub.next().await? {
+                Ok(d) => {
+                    let record = ReadRecord {
+                        envelope: (**d.envelope()).clone(),
+                        partition: d.partition() as i32,
+                        offset: d.offset() as i64,
+                    };
+                    *last = Some(d);
+                    Some(Ok(record))
+                }
+                Err(e) => Some(Err(Error::Topic {
+                    topic: format!("{:?}", self.options.topics),
+                    reason: e.to_string(),
+                })),
+            };
         }
         loop {
             if !self.options.follow && self.remaining.is_empty() {
                 return None;
             }
             if self.options.follow
-                && self.options.group.is_none()
                 && matches!(self.options.topics, Topics::Pattern(_))
                 && self.last_refresh.elapsed() >= self.options.refresh
                 && let Err(e) = self.assign_new(false).await
@@ -323,15 +374,27 @@ impl RecordReader {
                 // Past the end as of `open`.
                 continue;
             }
-            if self.options.group.is_some() {
-                self.last = Some((topic, partition, offset));
-            }
             return Some(Ok(ReadRecord {
                 envelope,
                 partition,
                 offset,
             }));
         }
+    }
+
+    /// Stops reading. In a group, the last record handed out counts as read,
+    /// what was read is committed, and the member leaves the group.
+    pub async fn close(mut self) -> Result<()> {
+        if let Some((sub, last)) = self.member.take() {
+            if let Some(d) = last {
+                d.ack();
+            }
+            sub.close().await.map_err(|e| Error::Topic {
+                topic: format!("{:?}", self.options.topics),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
     }
 
     /// Drops partitions whose position reached their end without a record at

@@ -1,0 +1,56 @@
+//! Consumer lag per group, topic and partition: records after the group's
+//! committed offset, as a Prometheus gauge.
+
+mod common;
+
+use std::time::Duration;
+
+use choreo_core::{Bus, Envelope, SubscribeOptions, Subscription};
+use choreo_testkit::wait_until;
+use common::*;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_counts_what_the_group_has_not_settled() {
+    let mock = Mock::start(1);
+    mock.topic("work", 1).await;
+    let registry = prometheus::Registry::new();
+    mock.bus.register_metrics(&registry).unwrap();
+    let mut sub = mock
+        .bus
+        .subscribe(SubscribeOptions::new("slow", ["work"]))
+        .await
+        .unwrap();
+    let publish = |n: usize| {
+        let bus = mock.bus.clone();
+        async move {
+            for _ in 0..n {
+                bus.publish(Envelope::new("Job", "work", "{}"))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    publish(10).await;
+    collect(&mut sub, 10, "the first ten").await;
+    let lag = || mock.bus.metrics().lag("slow", "work", 0);
+    wait_until("the lag to drop to 0", PATIENCE, || lag() == Some(0)).await;
+
+    // Five more, fetched but not settled: they are lag.
+    publish(5).await;
+    wait_until("the lag to show 5", PATIENCE, || lag() == Some(5)).await;
+    assert_eq!(
+        metric(
+            &registry,
+            "choreo_kafka_consumer_lag",
+            &[("group", "slow"), ("topic", "work"), ("partition", "0")]
+        ),
+        5.0
+    );
+    collect(&mut sub, 5, "the next five").await;
+    wait_until("the lag to drop to 0 again", PATIENCE, || lag() == Some(0)).await;
+
+    sub.close().await.unwrap();
+    assert_eq!(lag(), None, "a revoked partition's gauge is removed");
+}

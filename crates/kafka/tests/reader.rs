@@ -1,0 +1,126 @@
+//! The record reader for tools: named topics or a pattern, from the
+//! beginning to the end or following, without a group or as one.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use choreo_core::{Bus, Envelope};
+use choreo_kafka::{ReadFrom, ReaderOptions, RecordReader, Topics};
+use common::*;
+
+async fn publish(bus: &choreo_kafka::KafkaBus, topic: &str, n: u64) {
+    for i in 0..n {
+        let mut env = Envelope::new("Tick", topic.to_owned(), format!("{{\"n\":{i}}}"));
+        env.key = Some(Bytes::from(format!("k{i}")));
+        bus.publish(env).await.unwrap();
+    }
+}
+
+async fn read_all(reader: &mut RecordReader) -> Vec<choreo_kafka::ReadRecord> {
+    let mut out = Vec::new();
+    let all = async {
+        while let Some(r) = reader.next().await {
+            out.push(r.expect("a record"));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("the reader stops at the end");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_named_topics_or_a_pattern_to_the_end() {
+    let mock = Mock::start(1);
+    for (t, p) in [("t1", 2), ("t2", 1), ("other", 1)] {
+        mock.topic(t, p).await;
+    }
+    publish(&mock.bus, "t1", 5).await;
+    publish(&mock.bus, "t2", 3).await;
+    publish(&mock.bus, "other", 4).await;
+    let config = config(&mock.brokers());
+
+    let mut named = RecordReader::open(&config, ReaderOptions::new(Topics::names(["t1"])))
+        .await
+        .unwrap();
+    let got = read_all(&mut named).await;
+    assert_eq!(got.len(), 5);
+    assert!(got.iter().all(|r| r.envelope.topic == "t1"));
+    assert!(got.iter().all(|r| r.envelope.event_type == "Tick"));
+
+    let mut pattern = RecordReader::open(&config, ReaderOptions::new(Topics::pattern("t[0-9]")))
+        .await
+        .unwrap();
+    let got = read_all(&mut pattern).await;
+    assert_eq!(got.len(), 8);
+    let mut positions: Vec<(String, i32, i64)> = got
+        .iter()
+        .map(|r| (r.envelope.topic.to_string(), r.partition, r.offset))
+        .collect();
+    positions.sort();
+    positions.dedup();
+    assert_eq!(positions.len(), 8, "each record once, with its position");
+
+    let err = RecordReader::open(&config, ReaderOptions::new(Topics::names(["missing"])))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("topic 'missing'") && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_from_the_end_reads_only_new_records() {
+    let mock = Mock::start(1);
+    mock.topic("live", 2).await;
+    publish(&mock.bus, "live", 3).await;
+    let options = ReaderOptions::new(Topics::names(["live"]))
+        .from(ReadFrom::End)
+        .follow();
+    let mut reader = RecordReader::open(&config(&mock.brokers()), options)
+        .await
+        .unwrap();
+    let bus = mock.bus.clone();
+    let new = Envelope::new("Late", "live", "{}");
+    let id = new.id.clone();
+    // Published once the reader is positioned (after `open`).
+    tokio::spawn(async move { bus.publish(new).await.unwrap() });
+    let r = tokio::time::timeout(Duration::from_secs(60), reader.next())
+        .await
+        .expect("a new record")
+        .expect("not the end")
+        .expect("a record");
+    assert_eq!(r.envelope.id, id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_reader_resumes_where_the_group_left_off() {
+    let mock = Mock::start(1);
+    mock.topic("audit", 1).await;
+    publish(&mock.bus, "audit", 4).await;
+    let config = config(&mock.brokers());
+    let options = || ReaderOptions::new(Topics::names(["audit"])).group("tracer");
+    let mut first = RecordReader::open(&config, options()).await.unwrap();
+    for _ in 0..4 {
+        tokio::time::timeout(Duration::from_secs(60), first.next())
+            .await
+            .expect("a record")
+            .unwrap()
+            .unwrap();
+    }
+    // Closing marks the fourth as read, commits and leaves.
+    first.close().await.unwrap();
+
+    publish(&mock.bus, "audit", 1).await;
+    let mut second = RecordReader::open(&config, options()).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(60), second.next())
+        .await
+        .expect("a record")
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.offset, 4, "the group resumes after what it read");
+}
