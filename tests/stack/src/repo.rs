@@ -173,10 +173,22 @@ impl Dashboard {
                     self.file
                 )
             });
+            let (matcher, label) = (matcher.trim(), label.trim());
+            // Grafana's query editor reads these fields, the variable support
+            // the query text: they must agree.
+            for (field, parsed) in [("metric", matcher), ("label", label)] {
+                if let Some(set) = v["query"][field].as_str() {
+                    assert_eq!(
+                        set, parsed,
+                        "{}: variable '{name}': query.{field} disagrees with {query:?}",
+                        self.file
+                    );
+                }
+            }
             out.push(Variable {
                 name,
-                matcher: matcher.trim().to_owned(),
-                label: label.trim().to_owned(),
+                matcher: matcher.to_owned(),
+                label: label.to_owned(),
                 all_value: (v["includeAll"] == true)
                     .then(|| v["allValue"].as_str().unwrap_or_default().to_owned()),
             });
