@@ -4,7 +4,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
+use choreo_core::RECEIPT_TYPE;
+
+use crate::engine::{ParsedReceipt, parse_receipt};
 use crate::record::{Progress, Source};
+use crate::util::Interner;
 use crate::{Error, Record, Tracer};
 
 /// Records handed from the reading thread to the tracer at once.
@@ -36,7 +40,7 @@ pub fn drive<S>(
 where
     S: Source + Send + 'static,
 {
-    let (tx, rx) = mpsc::sync_channel::<Vec<Record>>(DEPTH);
+    let (tx, rx) = mpsc::sync_channel::<Vec<(Record, Option<ParsedReceipt>)>>(DEPTH);
     let bytes = Arc::new(AtomicU64::new(0));
     let total = Arc::new(AtomicU64::new(u64::MAX));
     let (b2, t2) = (bytes.clone(), total.clone());
@@ -46,10 +50,16 @@ where
             let mut source = source;
             let mut batch = Vec::with_capacity(BATCH);
             let mut error = None;
+            // Receipts are parsed here, beside decoding: the tracer's thread
+            // has the heavier share of the work.
+            let mut names = Interner::default();
             loop {
                 match source.next_record() {
                     Some(Ok(r)) => {
-                        batch.push(r);
+                        let pre = (r.attributed && r.envelope.event_type.as_str() == RECEIPT_TYPE)
+                            .then(|| parse_receipt(&r.envelope.data, &mut names))
+                            .flatten();
+                        batch.push((r, pre));
                         if batch.len() == BATCH {
                             let p = source.progress();
                             b2.store(p.bytes, Ordering::Relaxed);
@@ -91,11 +101,12 @@ where
     };
     let mut records = 0u64;
     for batch in rx {
-        for r in &batch {
-            each(r);
-            tracer.ingest(r);
+        let n = batch.len() as u64;
+        for (r, pre) in batch {
+            each(&r);
+            tracer.ingest_prepared(&r, pre);
         }
-        records += batch.len() as u64;
+        records += n;
         let total = total.load(Ordering::Relaxed);
         progress(Progress {
             records,

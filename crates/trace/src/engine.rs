@@ -596,6 +596,18 @@ impl Tracer {
         );
     }
 
+    /// Ingests a record whose receipt payload (when it is a receipt) was
+    /// already parsed, on the reading thread.
+    pub(crate) fn ingest_prepared(&mut self, record: &Record, pre: Option<ParsedReceipt>) {
+        self.ingest_parts(
+            &record.envelope,
+            record.partition,
+            record.offset,
+            record.attributed,
+            pre,
+        );
+    }
+
     fn ingest_parts(
         &mut self,
         env: &Envelope,
