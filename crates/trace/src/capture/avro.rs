@@ -720,23 +720,18 @@ fn check_schema_value(v: &serde_json::Value, depth: usize) -> Result<(), String>
                             check_schema_value(f, depth + 1)?;
                         }
                     }
-                    "symbols" | "aliases" => {
+                    "symbols" | "aliases"
                         if !val
                             .as_array()
-                            .is_some_and(|a| a.iter().all(Value::is_string))
-                        {
-                            return Err(format!("'{key}' must be a list of names"));
-                        }
+                            .is_some_and(|a| a.iter().all(Value::is_string)) =>
+                    {
+                        return Err(format!("'{key}' must be a list of names"));
                     }
-                    "name" | "namespace" | "logicalType" | "doc" => {
-                        if !val.is_string() {
-                            return Err(format!("'{key}' must be text"));
-                        }
+                    "name" | "namespace" | "logicalType" | "doc" if !val.is_string() => {
+                        return Err(format!("'{key}' must be text"));
                     }
-                    "size" | "precision" | "scale" => {
-                        if !val.is_u64() {
-                            return Err(format!("'{key}' must be a whole number"));
-                        }
+                    "size" | "precision" | "scale" if !val.is_u64() => {
+                        return Err(format!("'{key}' must be a whole number"));
                     }
                     _ => {}
                 }
