@@ -230,7 +230,12 @@ fn a_new_event_brings_its_earlier_deadline_forward() {
     let placed = h.start("OrderPlaced", "checkout", 0);
     t.ingest(&Record::new(placed.clone()));
     t.tick(h.at(500)); // next deadline: payment's, at 5 s
-    t.ingest(&Record::new(h.after(&placed, "PaymentCaptured", "payment", 1_000)));
+    t.ingest(&Record::new(h.after(
+        &placed,
+        "PaymentCaptured",
+        "payment",
+        1_000,
+    )));
     // inventory's 3 s run out at 4 s, before payment's old deadline
     t.tick(h.at(4_500));
     assert_eq!(t.flows_in_flight(), 0);
