@@ -54,8 +54,8 @@ cargo test -p choreo-bus --features otel --test otel
 step "AsyncAPI and Mermaid output validated with the official tools"
 ./scripts/validate-renderings.sh
 
-step "Kubernetes manifests (docker/k8s) validated against the Kubernetes schemas"
-./scripts/validate-k8s.sh
+step "docker/compose.yaml against the Compose Specification, docker/k8s against the Kubernetes schemas"
+./scripts/validate-docker.sh
 
 step "soak: a million flows through the in-process bus, traced live (release build)"
 cargo test --release -p choreo-cli --test soak -- --ignored --nocapture
