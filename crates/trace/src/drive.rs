@@ -40,7 +40,7 @@ pub fn drive<S>(
 where
     S: Source + Send + 'static,
 {
-    let (tx, rx) = mpsc::sync_channel::<Vec<(Record, Option<ParsedReceipt>)>>(DEPTH);
+    let (tx, rx) = mpsc::sync_channel::<(Vec<Record>, Vec<Option<ParsedReceipt>>)>(DEPTH);
     let bytes = Arc::new(AtomicU64::new(0));
     let total = Arc::new(AtomicU64::new(u64::MAX));
     let (b2, t2) = (bytes.clone(), total.clone());
@@ -48,44 +48,38 @@ where
         .name("choreo-trace-read".into())
         .spawn(move || {
             let mut source = source;
-            let mut batch = Vec::with_capacity(BATCH);
             let mut error = None;
             // Receipts are parsed here, beside decoding: the tracer's thread
             // has the heavier share of the work.
             let mut names = Interner::default();
             loop {
-                match source.next_record() {
-                    Some(Ok(r)) => {
-                        let pre = (r.attributed && r.envelope.event_type.as_str() == RECEIPT_TYPE)
-                            .then(|| parse_receipt(&r.envelope.data, &mut names))
-                            .flatten();
-                        batch.push((r, pre));
-                        if batch.len() == BATCH {
-                            let p = source.progress();
-                            b2.store(p.bytes, Ordering::Relaxed);
-                            t2.store(p.total_bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
-                            if tx
-                                .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
-                                .is_err()
-                            {
-                                return None;
-                            }
-                        }
-                    }
-                    Some(Err(e)) => {
+                let mut records: Vec<Record> = Vec::with_capacity(BATCH);
+                let end = match source.fill(&mut records, BATCH) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) => {
                         error = Some(e);
-                        break;
+                        true
                     }
-                    None => break,
+                };
+                let parsed: Vec<Option<ParsedReceipt>> = records
+                    .iter()
+                    .map(|r| {
+                        (r.attributed && r.envelope.event_type.as_str() == RECEIPT_TYPE)
+                            .then(|| parse_receipt(&r.envelope.data, &mut names))
+                            .flatten()
+                    })
+                    .collect();
+                let p = source.progress();
+                b2.store(p.bytes, Ordering::Relaxed);
+                t2.store(p.total_bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
+                if !records.is_empty() && tx.send((records, parsed)).is_err() {
+                    return None;
+                }
+                if end {
+                    return error;
                 }
             }
-            let p = source.progress();
-            b2.store(p.bytes, Ordering::Relaxed);
-            t2.store(p.total_bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
-            if !batch.is_empty() {
-                let _ = tx.send(batch);
-            }
-            error
         });
     let reader = match reader {
         Ok(r) => r,
@@ -100,11 +94,12 @@ where
         }
     };
     let mut records = 0u64;
-    for batch in rx {
+    for (batch, mut parsed) in rx {
         let n = batch.len() as u64;
-        for (r, pre) in batch {
-            each(&r);
-            tracer.ingest_prepared(&r, pre);
+        // By reference: a record is a few hundred bytes, not worth moving again.
+        for (r, pre) in batch.iter().zip(parsed.iter_mut()) {
+            each(r);
+            tracer.ingest_prepared(r, pre.take());
         }
         records += n;
         let total = total.load(Ordering::Relaxed);

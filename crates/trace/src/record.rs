@@ -85,6 +85,34 @@ pub trait Source {
     fn progress(&self) -> Progress {
         Progress::default()
     }
+
+    /// Appends up to `max` records to `out` and returns how many: `Ok(0)`
+    /// at the end of the input. On damage, the records before it are in
+    /// `out` and the error is returned. The default calls `next_record`;
+    /// sources that can decode in batches override it.
+    fn fill(&mut self, out: &mut Vec<Record>, max: usize) -> Result<usize> {
+        fill_one_by_one(self, out, max)
+    }
+}
+
+/// [`Source::fill`] through [`Source::next_record`].
+pub(crate) fn fill_one_by_one<S: Source + ?Sized>(
+    source: &mut S,
+    out: &mut Vec<Record>,
+    max: usize,
+) -> Result<usize> {
+    let mut n = 0;
+    while n < max {
+        match source.next_record() {
+            Some(Ok(r)) => {
+                out.push(r);
+                n += 1;
+            }
+            Some(Err(e)) => return Err(e),
+            None => break,
+        }
+    }
+    Ok(n)
 }
 
 /// Any iterator of records as a [`Source`].
@@ -138,5 +166,9 @@ impl<S: Source + ?Sized> Source for Box<S> {
 
     fn progress(&self) -> Progress {
         (**self).progress()
+    }
+
+    fn fill(&mut self, out: &mut Vec<Record>, max: usize) -> Result<usize> {
+        (**self).fill(out, max)
     }
 }

@@ -288,3 +288,25 @@ fn a_malformed_writer_schema_is_refused_not_a_panic() {
         other => panic!("expected a schema error, got {other:?}"),
     }
 }
+
+#[test]
+fn driving_a_damaged_capture_traces_everything_before_the_damage() {
+    let records = sample(1000);
+    let bytes = write(&records, Format::Avro);
+    let cut = bytes.len() / 2;
+    let (expected, _) = read(bytes[..cut].to_vec());
+    let reader =
+        Reader::from_read("half.avro", std::io::Cursor::new(bytes[..cut].to_vec())).unwrap();
+    let mut tracer = choreo_trace::Tracer::new(choreo_trace::TracerConfig::batch(), None);
+    let mut seen = 0u64;
+    let drained = choreo_trace::drive(reader, &mut tracer, |_| seen += 1, |_| {});
+    assert_eq!(drained.records, expected.len() as u64);
+    assert_eq!(seen, expected.len() as u64);
+    assert!(
+        matches!(drained.error, Some(Error::Damaged { .. })),
+        "{:?}",
+        drained.error
+    );
+    tracer.finish(None);
+    assert_eq!(tracer.report().input.records, expected.len() as u64);
+}

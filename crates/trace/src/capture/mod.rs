@@ -309,6 +309,8 @@ pub struct Reader {
     label: PathBuf,
     format: Format,
     lean: bool,
+    /// Reused by `next` on the fast path.
+    one: Vec<Record>,
     inner: Inner,
     names: Interner,
     records: u64,
@@ -375,6 +377,7 @@ impl Reader {
             label,
             format: Format::JsonLines,
             lean: false,
+            one: Vec::new(),
             inner: Inner::Jsonl(Jsonl {
                 input: BufReader::with_capacity(256 * 1024, boxed),
                 offset: 0,
@@ -418,6 +421,7 @@ impl Reader {
                 label,
                 format: Format::Avro,
                 lean: false,
+                one: Vec::new(),
                 inner: Inner::Fast(Box::new(FastAvro {
                     // Small: blocks are read past it, straight into their buffers.
                     input: BufReader::with_capacity(16 * 1024, boxed),
@@ -458,6 +462,7 @@ impl Reader {
             label,
             format: Format::Avro,
             lean: false,
+            one: Vec::new(),
             inner: Inner::Resolved(Box::new(ResolvedAvro { reader, consumed })),
             names,
             records: 0,
@@ -514,27 +519,40 @@ impl Reader {
         }))
     }
 
-    fn next_fast(&mut self) -> Option<Result<Record>> {
+    fn damage(&mut self, offset: u64, reason: String) -> Error {
+        self.inner = Inner::Done;
+        Error::Damaged {
+            path: self.label.clone(),
+            offset,
+            records: self.records,
+            reason,
+        }
+    }
+
+    /// Decodes up to `max` records straight into `out`; `Ok(0)` at the end.
+    /// On damage the records before it are in `out` and counted.
+    fn fill_fast(&mut self, out: &mut Vec<Record>, max: usize) -> Result<usize> {
+        let start = out.len();
         let Inner::Fast(f) = &mut self.inner else {
-            return None;
+            return Ok(0);
         };
         loop {
             if let Some(block) = &f.block {
-                if f.decoded < block.count {
-                    let start = f.pos;
-                    let mut c = avro::Cursor::new(&block.data);
-                    // Cursor restarts at the saved position.
-                    let record_offset = block.data_offset + start as u64;
-                    c_skip(&mut c, start);
-                    let result = avro::decode(&mut c, &mut self.names, self.lean, || {
+                let mut c = avro::Cursor::new(&block.data);
+                c.seek(f.pos);
+                while f.decoded < block.count {
+                    if out.len() - start >= max {
+                        f.pos = c.pos();
+                        self.records += (out.len() - start) as u64;
+                        return Ok(out.len() - start);
+                    }
+                    let record_offset = block.data_offset + c.pos() as u64;
+                    match avro::decode(&mut c, &mut self.names, self.lean, || {
                         format!("capture-offset-{record_offset}")
-                    });
-                    match result {
+                    }) {
                         Ok(r) => {
-                            f.pos = c.pos();
+                            out.push(r);
                             f.decoded += 1;
-                            self.records += 1;
-                            return Some(Ok(r));
                         }
                         Err(fault) => {
                             let fault = if block.complete && fault == avro::Fault::Truncated {
@@ -547,19 +565,22 @@ impl Reader {
                                 f.decoded + 1,
                                 block.data_offset
                             ));
-                            return self.damaged(record_offset, reason);
+                            self.records += (out.len() - start) as u64;
+                            return Err(self.damage(record_offset, reason));
                         }
                     }
                 }
+                f.pos = c.pos();
+                if out.len() - start >= max {
+                    // Full: what follows the block is checked on the next call,
+                    // after these records have been handed out.
+                    self.records += (out.len() - start) as u64;
+                    return Ok(out.len() - start);
+                }
                 // Block done: check what follows it.
-                let (complete, sync_ok, sync_offset, leftover) = (
-                    block.complete,
-                    block.sync_ok,
-                    block.sync_offset,
-                    block.data.len() - f.pos,
-                );
+                let leftover = block.data.len() - f.pos;
                 let data_end = block.data_offset + f.pos as u64;
-                let damage = if leftover > 0 && complete {
+                let damage = if leftover > 0 && block.complete {
                     Some((
                         data_end,
                         format!(
@@ -567,14 +588,14 @@ impl Reader {
                             f.decoded
                         ),
                     ))
-                } else if !complete {
+                } else if !block.complete {
                     Some((
                         data_end,
                         "the file ends inside a block (truncated)".to_owned(),
                     ))
-                } else if !sync_ok {
+                } else if !block.sync_ok {
                     Some((
-                        sync_offset,
+                        block.sync_offset,
                         "the block's sync marker is missing or wrong (corrupt or truncated)"
                             .to_owned(),
                     ))
@@ -582,14 +603,16 @@ impl Reader {
                     None
                 };
                 if let Some((at, reason)) = damage {
-                    return self.damaged(at, reason);
+                    self.records += (out.len() - start) as u64;
+                    return Err(self.damage(at, reason));
                 }
                 f.block = None;
             }
             match avro::read_block(&mut f.input, f.offset, &f.sync) {
                 Ok(None) => {
                     self.inner = Inner::Done;
-                    return None;
+                    self.records += (out.len() - start) as u64;
+                    return Ok(out.len() - start);
                 }
                 Ok(Some((block, len))) => {
                     f.offset += len;
@@ -597,13 +620,32 @@ impl Reader {
                     f.decoded = 0;
                     f.block = Some(block);
                 }
-                Err(avro::ReadFault::Io(e)) => return self.io_error(e),
+                Err(avro::ReadFault::Io(source)) => {
+                    self.records += (out.len() - start) as u64;
+                    self.inner = Inner::Done;
+                    return Err(Error::Io {
+                        path: self.label.clone(),
+                        action: "read",
+                        source,
+                    });
+                }
                 Err(avro::ReadFault::Fault(fault)) => {
                     let at = f.offset;
-                    return self.damaged(at, fault.describe("the block header"));
+                    self.records += (out.len() - start) as u64;
+                    return Err(self.damage(at, fault.describe("the block header")));
                 }
             }
         }
+    }
+
+    fn next_fast(&mut self) -> Option<Result<Record>> {
+        let mut one = std::mem::take(&mut self.one);
+        let r = match self.fill_fast(&mut one, 1) {
+            Ok(_) => one.pop().map(Ok),
+            Err(e) => Some(Err(e)),
+        };
+        self.one = one;
+        r
     }
 
     fn next_resolved(&mut self) -> Option<Result<Record>> {
@@ -674,10 +716,6 @@ impl Reader {
     }
 }
 
-fn c_skip(c: &mut avro::Cursor<'_>, to: usize) {
-    c.seek(to);
-}
-
 fn trim(line: &[u8]) -> &[u8] {
     let start = line
         .iter()
@@ -710,6 +748,13 @@ impl Source for Reader {
 
     fn next_record(&mut self) -> Option<Result<Record>> {
         self.next()
+    }
+
+    fn fill(&mut self, out: &mut Vec<Record>, max: usize) -> Result<usize> {
+        if matches!(self.inner, Inner::Fast(_)) {
+            return self.fill_fast(out, max);
+        }
+        crate::record::fill_one_by_one(self, out, max)
     }
 
     fn progress(&self) -> Progress {
