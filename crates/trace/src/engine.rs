@@ -222,10 +222,7 @@ impl<'a> Scan<'a> {
     fn string(&mut self) -> Option<&'a [u8]> {
         self.eat(b'"')?;
         let start = self.i;
-        let end = start
-            + self.b[start..]
-                .iter()
-                .position(|&c| c == b'"' || c == b'\\')?;
+        let end = start + memchr::memchr2(b'"', b'\\', &self.b[start..])?;
         if self.b[end] != b'"' {
             return None;
         }
