@@ -103,6 +103,18 @@ impl Gen {
     ) -> i64 {
         let queue = self.rng.random_range(200..3_000i64);
         let dur = self.rng.random_range(300..20_000u64);
+        self.receipt_timed(service, handled, outcome, emitted, queue, dur)
+    }
+
+    fn receipt_timed(
+        &mut self,
+        service: &'static str,
+        handled: &Envelope,
+        outcome: Outcome,
+        emitted: Vec<EventId>,
+        queue: i64,
+        dur: u64,
+    ) -> i64 {
         let started = handled.time.as_micros() + queue;
         let r = Receipt {
             service: Name::from_static(service),
@@ -140,14 +152,15 @@ impl Gen {
         emit: &[(&'static str, &'static str)],
     ) -> Vec<Envelope> {
         let queue = self.rng.random_range(200..3_000i64);
-        let dur = self.rng.random_range(300..20_000i64);
-        let at = on.time.as_micros() + queue + dur;
+        let dur = self.rng.random_range(300..20_000u64);
+        // The handler publishes its events as it finishes.
+        let at = on.time.as_micros() + queue + dur as i64;
         let out: Vec<Envelope> = emit
             .iter()
             .map(|(ty, topic)| self.event(ty, topic, service, at, Some(on)))
             .collect();
         let ids = out.iter().map(|e| e.id.clone()).collect();
-        self.receipt(service, on, Outcome::Acked, ids);
+        self.receipt_timed(service, on, Outcome::Acked, ids, queue, dur);
         out
     }
 

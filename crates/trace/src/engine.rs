@@ -1241,8 +1241,9 @@ fn analyse(ctx: &Ctx<'_>, s: &mut Scratch, corr: &EventId, f: &FlowState, now: i
                         event: Some(i as u32),
                         time: e.time,
                         message: format!(
-                            "'{}' is {} earlier than its cause '{}' (by '{}')",
+                            "'{}' (by '{}') is {} earlier than its cause '{}' (by '{}')",
                             syms.name(e.ty),
+                            syms.name(e.source),
                             crate::stats::format_micros(pt.saturating_sub(e.time) as u64),
                             syms.name(f.events[p].ty),
                             syms.name(f.events[p].source),
