@@ -504,6 +504,7 @@ pub(crate) struct Parts<F> {
 
 /// Builds a record from decoded fields; a missing id or correlation id makes
 /// it unattributed rather than an error.
+#[inline(always)]
 pub(crate) fn assemble<F: FnOnce() -> String>(p: Parts<F>) -> Record {
     let (id, id_ok) = match p.id {
         Some(id) => (id, true),
