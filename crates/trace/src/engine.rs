@@ -645,7 +645,8 @@ impl Tracer {
                 reason: view.reason,
             };
             self.bump_time(time.max(done));
-            if let Some(flow) = self.flow_for(&env.correlation_id, time, env.event_type.as_str()) {
+            let handled = view.event_type.clone();
+            if let Some(flow) = self.flow_for(&env.correlation_id, time, handled.as_str()) {
                 flow.receipts.push(rc);
                 flow.last_activity = flow.last_activity.max(time);
                 // Something changed: judge it again at the next tick.

@@ -91,6 +91,8 @@ impl Counters {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct FlowStats {
     started: u64,
+    /// Starts moved here (+) or away (−) once a flow's name was known.
+    moved: i64,
     completed: u64,
     failed: u64,
     in_progress: u64,
@@ -150,6 +152,7 @@ impl Aggregates {
         for (k, f) in other.by_flow {
             let mine = self.by_flow.entry(k).or_default();
             mine.started += f.started;
+            mine.moved += f.moved;
             mine.completed += f.completed;
             mine.failed += f.failed;
             mine.in_progress += f.in_progress;
@@ -210,6 +213,13 @@ impl Aggregates {
         _config: &TracerConfig,
     ) {
         let flow_name = a.name.and_then(|n| model.map(|m| m.flows[n].name.as_str()));
+        if a.name != state.name {
+            // Started was counted under the flow the first record suggested;
+            // the whole flow says otherwise. Kept as a difference, so folds on
+            // several threads add up.
+            self.by_flow.entry(state.name).or_default().moved -= 1;
+            self.by_flow.entry(a.name).or_default().moved += 1;
+        }
         let st = self.by_flow.entry(a.name).or_default();
         match a.status {
             FlowStatus::Completed => st.completed += 1,
@@ -499,9 +509,13 @@ impl Report {
             .agg
             .by_flow
             .iter()
+            .filter(|(_, s)| {
+                s.started as i64 + s.moved != 0
+                    || s.completed + s.failed + s.in_progress + s.stuck + s.evicted > 0
+            })
             .map(|(n, s)| {
                 let ft = FlowTotals {
-                    started: s.started,
+                    started: u64::try_from(s.started as i64 + s.moved).unwrap_or(0),
                     completed: s.completed,
                     failed: s.failed,
                     in_progress: s.in_progress,

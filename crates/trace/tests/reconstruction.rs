@@ -327,3 +327,23 @@ fn a_large_batch_gives_the_same_report_on_one_thread_and_two() {
     assert_eq!(both["count"], 858);
     assert_eq!(both["examples"].as_array().unwrap().len(), 5);
 }
+
+#[test]
+fn a_flow_is_counted_under_its_real_name_whatever_arrives_first() {
+    let t = choreo_topology::Topology::parse(
+        "name: t\nevents:\n  A: {topic: a}\n  C: {topic: c}\n  B: {topic: b}\nservices:\n  s:\n    emits: [A, C]\n  r:\n    on:\n      A: {emit: [B]}\n      C: {emit: [B]}\nflows:\n  first: {starts_with: A, ends_with: [B]}\n  second: {starts_with: C, ends_with: [B]}\n",
+        "t.yaml",
+    )
+    .unwrap();
+    let h = Hand::default();
+    let c = h.start("C", "s", 0);
+    let b = h.after(&c, "B", "r", 5);
+    // B arrives first: on its own it suggests the first flow.
+    let tracer = trace(Some(&t), &records(&[&b, &c]), None);
+    let report = tracer.report();
+    assert_eq!(report.by_flow.len(), 1, "{:?}", report.by_flow);
+    assert_eq!(report.by_flow[0].flow, "second");
+    assert_eq!(report.by_flow[0].totals.started, 1);
+    assert_eq!(report.by_flow[0].totals.completed, 1);
+    assert_eq!(report.flows.started, 1);
+}
