@@ -19,10 +19,10 @@ use crate::{EXIT_FINDINGS, EXIT_INPUT, EXIT_OK};
 /// which decides whether an unfinished flow is stuck or still in progress, is
 /// the latest timestamp in the input unless --now gives it.
 ///
-/// Exit codes: 0 every flow completed and nothing was found; 1 violations, or
-/// failed or stuck flows; 2 usage or input error (unreadable, unknown or
-/// damaged capture — a damaged capture is still reported up to the damage —,
-/// invalid topology, --flow not found).
+/// Exit codes: 0 nothing found (no violations, no failed or stuck flow; with
+/// --flow, about that flow); 1 violations, or failed or stuck flows; 2 usage
+/// or input error (unreadable, unknown or damaged capture — a damaged capture
+/// is still reported up to the damage —, invalid topology, --flow not found).
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Capture files (.avro or .jsonl), read in order.
@@ -228,13 +228,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
     let text = match (&config.flow, config.format) {
         (Some(id), format) => match tracer.kept().first() {
             Some(flow) => {
-                if !flow.findings.is_empty()
-                    || !matches!(flow.status, choreo_trace::FlowStatus::Completed)
-                {
-                    code = EXIT_FINDINGS;
-                } else {
-                    code = EXIT_OK;
-                }
+                // One flow's verdict: its findings, or a failed or stuck status.
+                let bad = !flow.findings.is_empty()
+                    || matches!(
+                        flow.status,
+                        choreo_trace::FlowStatus::Failed | choreo_trace::FlowStatus::Stuck
+                    );
+                code = if bad { EXIT_FINDINGS } else { EXIT_OK };
                 match format {
                     Format::Json => pretty(&flow.to_json())?,
                     _ => flow.timeline(),
