@@ -40,6 +40,9 @@ enum Command {
     Trace(cmd::trace::Args),
     Simulate(cmd::simulate::Args),
     Demo(cmd::demo::Args),
+    Capture(cmd::capture::Args),
+    #[command(subcommand)]
+    Dlq(cmd::dlq::Dlq),
 }
 
 impl Command {
@@ -51,6 +54,8 @@ impl Command {
             Command::Trace(args) => cmd::trace::run(args),
             Command::Simulate(args) => cmd::simulate::run(args),
             Command::Demo(args) => cmd::demo::run(args),
+            Command::Capture(args) => cmd::capture::run(args),
+            Command::Dlq(args) => cmd::dlq::run(args),
         }
     }
 }

@@ -1,9 +1,12 @@
 //! The subcommands, one module each, and what they share.
 
+pub(crate) mod capture;
 pub(crate) mod check;
 pub(crate) mod demo;
+pub(crate) mod dlq;
 pub(crate) mod export;
 pub(crate) mod graph;
+pub(crate) mod kafka;
 pub(crate) mod simulate;
 pub(crate) mod trace;
 
