@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::sync::mpsc;
 
 use choreo_core::{Envelope, EventId, Name, Outcome, RECEIPT_TYPE, Timestamp, dlq_headers};
 use choreo_topology::Topology;
@@ -950,33 +951,53 @@ impl Tracer {
         let log_format = self.log.as_ref().map(LogWriter::format);
         let metrics = self.metrics.as_ref();
         let mut orphans = 0;
-        for round in ids.chunks(ROUND) {
-            let (left, right) = if self.config.parallel && round.len() >= PARALLEL_FROM {
-                round.split_at(round.len() / 2)
-            } else {
-                (round, &round[..0])
-            };
-            let mut agg_right = Aggregates::default();
-            let (l, r) = std::thread::scope(|scope| {
-                let other = (!right.is_empty()).then(|| {
-                    let ctx = &ctx;
-                    let agg = &mut agg_right;
-                    scope.spawn(move || fold_all(ctx, metrics, agg, log_format, right, now_us))
-                });
-                let mine = fold_all(&ctx, metrics, &mut self.agg, log_format, left, now_us);
-                let theirs =
-                    other.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-                (mine, theirs)
+        let mut log = self.log.take();
+        let (agg, kept, config) = (&mut self.agg, &mut self.kept, &self.config);
+        std::thread::scope(|outer| {
+            // The event log is written on its own thread, while the next
+            // round is analysed.
+            let (tx, rx) = mpsc::sync_channel::<LogChunk>(4);
+            let writer = log.as_mut().map(|w| {
+                outer.spawn(move || {
+                    for chunk in rx {
+                        w.append(&chunk);
+                    }
+                })
             });
-            self.agg.merge(agg_right, &self.config);
-            for part in std::iter::once(l).chain(r) {
-                orphans += part.0;
-                self.kept.extend(part.1);
-                if let (Some(w), Some(chunk)) = (self.log.as_mut(), part.2) {
-                    w.append(&chunk);
+            for round in ids.chunks(ROUND) {
+                let (left, right) = if config.parallel && round.len() >= PARALLEL_FROM {
+                    round.split_at(round.len() / 2)
+                } else {
+                    (round, &round[..0])
+                };
+                let mut agg_right = Aggregates::default();
+                let (l, r) = std::thread::scope(|scope| {
+                    let other = (!right.is_empty()).then(|| {
+                        let ctx = &ctx;
+                        let agg = &mut agg_right;
+                        scope.spawn(move || fold_all(ctx, metrics, agg, log_format, right, now_us))
+                    });
+                    let mine = fold_all(&ctx, metrics, agg, log_format, left, now_us);
+                    let theirs =
+                        other.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                    (mine, theirs)
+                });
+                agg.merge(agg_right, config);
+                for part in std::iter::once(l).chain(r) {
+                    orphans += part.0;
+                    kept.extend(part.1);
+                    if let Some(chunk) = part.2 {
+                        // Only sent when there is a log, hence a writer.
+                        let _ = tx.send(chunk);
+                    }
                 }
             }
-        }
+            drop(tx);
+            if let Some(w) = writer {
+                w.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            }
+        });
+        self.log = log;
         self.counters.orphans += orphans;
         drop(ids);
         self.update_gauges(now_us);
@@ -1001,7 +1022,7 @@ impl Tracer {
             &mut self.agg,
             self.log.as_ref().map(LogWriter::format),
         );
-        folder.flow(&id, state, &a, evicted);
+        folder.flow(&id, state, &a, evicted, None);
         let Folder {
             orphans, kept, log, ..
         } = folder;
@@ -1078,6 +1099,7 @@ pub(crate) struct Folder<'a> {
     pub(crate) orphans: u64,
     pub(crate) kept: Vec<FlowTrace>,
     pub(crate) log: Option<LogChunk>,
+    order: Vec<u32>,
 }
 
 impl<'a> Folder<'a> {
@@ -1094,15 +1116,18 @@ impl<'a> Folder<'a> {
             orphans: 0,
             kept: Vec::new(),
             log: log.map(LogChunk::new),
+            order: Vec::new(),
         }
     }
 
+    /// Folds one flow; `order` is the events' time order when the caller has it.
     pub(crate) fn flow(
         &mut self,
         id: &EventId,
         state: &FlowState,
         a: &Analysis,
         evicted: Option<EvictReason>,
+        order: Option<&[u32]>,
     ) {
         let config = self.ctx.config;
         let keep = match &config.keep {
@@ -1112,7 +1137,18 @@ impl<'a> Folder<'a> {
         };
         self.orphans += u64::from(a.orphans);
         if let Some(chunk) = self.log.as_mut() {
-            log_case(self.ctx, chunk, id, state, a);
+            // The events in time order: the analysis' own order when given.
+            let order: &[u32] = match order {
+                Some(o) if o.len() == state.events.len() => o,
+                _ => {
+                    self.order.clear();
+                    self.order.extend(0..state.events.len() as u32);
+                    self.order
+                        .sort_by_key(|&i| (state.events[i as usize].time, i));
+                    &self.order
+                }
+            };
+            log_case(self.ctx, chunk, id, state, a, order);
         }
         self.agg.fold_flow(
             id,
@@ -1145,22 +1181,24 @@ impl<'a> Folder<'a> {
     }
 }
 
-fn log_case(ctx: &Ctx<'_>, chunk: &mut LogChunk, id: &EventId, state: &FlowState, a: &Analysis) {
-    let mut order: Vec<usize> = (0..state.events.len()).collect();
-    order.sort_by_key(|&i| (state.events[i].time, i));
-    let rows: Vec<Row<'_>> = order
-        .iter()
-        .map(|&i| {
-            let e = &state.events[i];
-            Row {
-                activity: ctx.syms.name(e.ty),
-                time: e.time,
-                resource: ctx.syms.name(e.source),
-                event_id: &e.id,
-                topic: ctx.syms.name(e.topic),
-            }
-        })
-        .collect();
+fn log_case(
+    ctx: &Ctx<'_>,
+    chunk: &mut LogChunk,
+    id: &EventId,
+    state: &FlowState,
+    a: &Analysis,
+    order: &[u32],
+) {
+    let rows = order.iter().map(|&i| {
+        let e = &state.events[i as usize];
+        Row {
+            activity: ctx.syms.name(e.ty),
+            time: e.time,
+            resource: ctx.syms.name(e.source),
+            event_id: &e.id,
+            topic: ctx.syms.name(e.topic),
+        }
+    });
     let flow = a
         .name
         .and_then(|n| ctx.model.map(|m| m.flows[n].name.as_str()));
@@ -1169,7 +1207,7 @@ fn log_case(ctx: &Ctx<'_>, chunk: &mut LogChunk, id: &EventId, state: &FlowState
         Some(u) => std::borrow::Cow::Borrowed(&*u.hyphenated().encode_lower(&mut buf)),
         None => std::borrow::Cow::Owned(id.to_string()),
     };
-    chunk.case(&case, flow, a.status, &rows);
+    chunk.case(&case, flow, a.status, order.len(), rows);
 }
 
 /// Flows at the end of a batch from which the analysis uses a second thread.
@@ -1192,7 +1230,7 @@ fn fold_all(
     let mut folder = Folder::new(ctx, metrics, agg, log);
     for (id, f) in flows {
         let a = analyse(ctx, &mut scratch, id, f, now);
-        folder.flow(id, f, &a, None);
+        folder.flow(id, f, &a, None, Some(&scratch.order));
     }
     (folder.orphans, folder.kept, folder.log)
 }

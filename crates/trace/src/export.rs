@@ -181,18 +181,19 @@ impl LogChunk {
         }
     }
 
-    pub(crate) fn case(
+    pub(crate) fn case<'r>(
         &mut self,
         case: &str,
         flow: Option<&str>,
         status: FlowStatus,
-        rows: &[Row<'_>],
+        count: usize,
+        rows: impl Iterator<Item = Row<'r>>,
     ) {
-        if rows.is_empty() {
+        if count == 0 {
             return;
         }
         self.cases += 1;
-        self.events += rows.len() as u64;
+        self.events += count as u64;
         let l = &mut self.text;
         let clock = &mut self.clock;
         match self.format {
