@@ -82,6 +82,22 @@
 //! - Anything else: implement [`Source`] (or wrap an iterator in
 //!   [`IterSource`]) and pass it to [`drive`], or call [`Tracer::ingest`].
 //!
+//! A Kafka source, say, yields each record as
+//! `Record::new(envelope).at(partition, offset)` (or
+//! [`Record::unattributed`] for a record without CloudEvents headers) and
+//! ends (`None`) at the partitions' end for a batch; following live, a loop
+//! feeds [`Tracer::ingest`] and calls [`Tracer::tick`] on a timer instead.
+//! Capturing to a file is [`capture::Writer::write`] on the same records.
+//!
+//! # Reports in JSON
+//!
+//! `serde_json::to_value(report)` is the stable JSON of `choreo trace
+//! --format json`: `input` (counts), `flows` and `by_flow` (statuses,
+//! durations), `findings` (per rule: count, sites, examples), `services` and
+//! `edges` (the service graph with counts and p50/p95/p99 of queue, handler
+//! and end-to-end latency), `listed` (stuck and failed flows with what is
+//! owed), `ok` and `verdict`. Times are microseconds since the Unix epoch.
+//!
 //! # Batch and live
 //!
 //! A capture file is one batch: ingest everything, then [`Tracer::finish`]
