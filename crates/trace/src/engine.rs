@@ -2176,3 +2176,14 @@ mod tests {
         assert!(parse_receipt(b"not json", &mut names).is_none());
     }
 }
+
+#[cfg(test)]
+mod send_tests {
+    #[test]
+    fn a_tracer_can_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<super::Tracer>();
+        send::<crate::capture::Reader>();
+        send::<crate::Report>();
+    }
+}
