@@ -768,7 +768,7 @@ impl Tracer {
             let ty = self.syms.get(event_type)?;
             m.flow_of(ty)
         });
-        self.agg.started(name, &self.model);
+        self.agg.started(name);
         if let (Some(m), Some(metrics)) = (&self.model, &self.metrics) {
             metrics.flow_started(name.map(|n| m.flows[n].name.as_str()));
         } else if let Some(metrics) = &self.metrics {
@@ -1151,14 +1151,12 @@ impl<'a> Folder<'a> {
             log_case(self.ctx, chunk, id, state, a, order);
         }
         self.agg.fold_flow(
-            id,
             state,
             a,
             evicted,
             self.ctx.syms,
             self.ctx.model,
             self.metrics,
-            config,
         );
         let brief = self.agg.wants_brief(a.status, config);
         if keep || brief {

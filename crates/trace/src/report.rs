@@ -125,7 +125,7 @@ pub(crate) struct Aggregates {
 }
 
 impl Aggregates {
-    pub(crate) fn started(&mut self, name: Option<usize>, _model: &Option<Model>) {
+    pub(crate) fn started(&mut self, name: Option<usize>) {
         self.by_flow.entry(name).or_default().started += 1;
     }
 
@@ -200,17 +200,14 @@ impl Aggregates {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn fold_flow(
         &mut self,
-        _id: &EventId,
         state: &FlowState,
         a: &Analysis,
-        evicted: Option<crate::report::EvictReason>,
+        evicted: Option<EvictReason>,
         syms: &Symbols,
         model: Option<&Model>,
         metrics: Option<&TraceMetrics>,
-        _config: &TracerConfig,
     ) {
         let flow_name = a.name.and_then(|n| model.map(|m| m.flows[n].name.as_str()));
         if a.name != state.name {
