@@ -679,34 +679,36 @@ impl Report {
                 }
             );
         }
-        let _ = writeln!(o);
-        let _ = writeln!(
-            o,
-            "{:<20} {:>9} {:>9} {:>9} {:>11} {:>9} {:>10} {:>10}",
-            "flow", "started", "completed", "failed", "in progress", "stuck", "p50", "p99"
-        );
-        for f in &self.by_flow {
-            let t = &f.totals;
+        if !self.by_flow.is_empty() {
+            let _ = writeln!(o);
             let _ = writeln!(
                 o,
                 "{:<20} {:>9} {:>9} {:>9} {:>11} {:>9} {:>10} {:>10}",
-                f.flow,
-                t.started,
-                t.completed,
-                t.failed,
-                t.in_progress,
-                t.stuck,
-                if f.duration.count > 0 {
-                    format_micros(f.duration.p50_us)
-                } else {
-                    "-".into()
-                },
-                if f.duration.count > 0 {
-                    format_micros(f.duration.p99_us)
-                } else {
-                    "-".into()
-                },
+                "flow", "started", "completed", "failed", "in progress", "stuck", "p50", "p99"
             );
+            for f in &self.by_flow {
+                let t = &f.totals;
+                let _ = writeln!(
+                    o,
+                    "{:<20} {:>9} {:>9} {:>9} {:>11} {:>9} {:>10} {:>10}",
+                    f.flow,
+                    t.started,
+                    t.completed,
+                    t.failed,
+                    t.in_progress,
+                    t.stuck,
+                    if f.duration.count > 0 {
+                        format_micros(f.duration.p50_us)
+                    } else {
+                        "-".into()
+                    },
+                    if f.duration.count > 0 {
+                        format_micros(f.duration.p99_us)
+                    } else {
+                        "-".into()
+                    },
+                );
+            }
         }
         if self.flows.evicted > 0 || self.flows.in_flight > 0 {
             let _ = writeln!(
