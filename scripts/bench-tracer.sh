@@ -32,7 +32,8 @@ cargo build --release -q -p choreo-cli
 cargo build --release -q -p choreo-trace --example gen_capture
 
 CAPTURE="$OUT/capture-$RECORDS.avro"
-if [ ! -s "$CAPTURE" ]; then
+# Regenerated when missing or older than the generator.
+if [ ! -s "$CAPTURE" ] || [ target/release/examples/gen_capture -nt "$CAPTURE" ]; then
   step "generate $RECORDS records"
   target/release/examples/gen_capture -n "$RECORDS" -o "$CAPTURE"
 fi
