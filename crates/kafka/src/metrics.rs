@@ -99,4 +99,14 @@ impl KafkaMetrics {
     pub fn malformed(&self, topic: &str) -> u64 {
         self.malformed.with_label_values(&[topic]).get()
     }
+
+    /// Settlements of revoked deliveries counted for `group`.
+    pub fn stale_settlements(&self, group: &str) -> u64 {
+        self.stale_settlements.with_label_values(&[group]).get()
+    }
+
+    /// Commit failures counted for `group`.
+    pub fn commit_failures(&self, group: &str) -> u64 {
+        self.commit_failures.with_label_values(&[group]).get()
+    }
 }
