@@ -9,15 +9,29 @@ use choreo_core::{EventId, Timestamp};
 use choreo_trace::capture::Reader;
 use choreo_trace::{Keep, LogFormat, LogWriter, Source, Tracer, TracerConfig};
 
+use choreo_kafka::{KafkaConfig, ReadFrom, ReaderOptions, RecordReader, Topics};
+use choreo_trace::Record;
+
+use super::kafka::{KafkaArgs, trace_record};
 use crate::{EXIT_FINDINGS, EXIT_INPUT, EXIT_OK};
 
 /// Rebuild every flow from captured events and receipts, check them against a
 /// topology, and report: flows by status, violations, the service graph.
 ///
-/// Inputs are capture files: Avro object container files (`choreo capture`,
-/// `choreo simulate --capture`) or JSON lines, told apart by content. "Now",
-/// which decides whether an unfinished flow is stuck or still in progress, is
-/// the latest timestamp in the input unless --now gives it.
+/// Inputs are capture files — Avro object container files (`choreo capture`,
+/// `choreo simulate --capture`) or JSON lines, told apart by content — or
+/// Kafka (--brokers, or $CHOREO_KAFKA_BROKERS): by default the topology's
+/// topics, their `.dlq` topics and `choreo.receipts`, from the beginning to
+/// the end as of the start. "Now", which decides whether an unfinished flow is
+/// stuck or still in progress, is the latest timestamp in the input unless
+/// --now gives it.
+///
+/// With --follow the tracer runs live on Kafka: memory stays bounded
+/// (completed flows are folded into the aggregates and dropped, stuck flows
+/// reported and evicted, hard caps counted), metrics are served at
+/// --metrics-addr (default 127.0.0.1:9464), and the report is printed when it
+/// is interrupted (ctrl-c). With --group several tracers split the partitions;
+/// topics keyed by correlation id give each whole flows.
 ///
 /// Exit codes: 0 nothing found (no violations, no failed or stuck flow; with
 /// --flow, about that flow); 1 violations, or failed or stuck flows; 2 usage
@@ -26,8 +40,26 @@ use crate::{EXIT_FINDINGS, EXIT_INPUT, EXIT_OK};
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Capture files (.avro or .jsonl), read in order.
-    #[arg(required = true, value_name = "CAPTURE")]
+    #[arg(value_name = "CAPTURE")]
     captures: Vec<PathBuf>,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Kafka topics to read, comma separated (default: the topology's topics,
+    /// their .dlq topics and choreo.receipts; without a topology, every topic).
+    #[arg(long, value_delimiter = ',', conflicts_with = "pattern")]
+    topics: Vec<String>,
+    /// Read every Kafka topic whose whole name matches this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    pattern: Option<String>,
+    /// Keep reading Kafka and trace live until interrupted.
+    #[arg(long)]
+    follow: bool,
+    /// With --follow: start at the oldest retained record, not at new ones.
+    #[arg(long, requires = "follow")]
+    from_beginning: bool,
+    /// With --follow: read as a member of this consumer group (several tracers split the partitions).
+    #[arg(long, requires = "follow")]
+    group: Option<String>,
     /// The topology to check the flows against (without one only structure is
     /// checked: orphans, clock skew, loops, dead letters).
     #[arg(long, short)]
@@ -89,18 +121,80 @@ pub(crate) enum Export {
 pub(crate) enum Input {
     /// A capture file.
     File(PathBuf),
+    /// Kafka topics, from the beginning to the end as of the start.
+    Kafka(Box<KafkaConfig>, Topics),
 }
 
 impl Input {
     fn open(&self) -> anyhow::Result<Box<dyn Source + Send>> {
         match self {
             Input::File(path) => Ok(Box::new(Reader::open(path)?.lean())),
+            Input::Kafka(config, topics) => {
+                Ok(Box::new(KafkaSource::open(config, topics.clone())?))
+            }
+        }
+    }
+}
+
+/// Kafka topics as a tracer [`Source`], read on the tracer's reading thread.
+struct KafkaSource {
+    rt: tokio::runtime::Runtime,
+    reader: RecordReader,
+    name: String,
+    records: u64,
+}
+
+impl KafkaSource {
+    fn open(config: &KafkaConfig, topics: Topics) -> anyhow::Result<KafkaSource> {
+        let name = match &topics {
+            Topics::Names(n) => format!("kafka:{}", n.join(",")),
+            Topics::Pattern(p) => format!("kafka:/{p}/"),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the runtime")?;
+        let reader = rt
+            .block_on(RecordReader::open(config, ReaderOptions::new(topics)))
+            .with_context(|| format!("cannot read {name}"))?;
+        Ok(KafkaSource {
+            rt,
+            reader,
+            name,
+            records: 0,
+        })
+    }
+}
+
+impl Source for KafkaSource {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn next_record(&mut self) -> Option<choreo_trace::Result<Record>> {
+        match self.rt.block_on(self.reader.next())? {
+            Ok(r) => {
+                self.records += 1;
+                Some(Ok(trace_record(r)))
+            }
+            Err(e) => Some(Err(choreo_trace::Error::Io {
+                path: self.name.clone().into(),
+                action: "read",
+                source: std::io::Error::other(e),
+            })),
+        }
+    }
+
+    fn progress(&self) -> choreo_trace::Progress {
+        choreo_trace::Progress {
+            records: self.records,
+            ..Default::default()
         }
     }
 }
 
 /// The validated form of [`Args`].
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub(crate) struct Config {
     inputs: Vec<Input>,
     topology: Option<PathBuf>,
@@ -111,6 +205,8 @@ pub(crate) struct Config {
     metrics_addr: Option<String>,
     tracer: TracerConfig,
     progress: bool,
+    /// Live on Kafka: the reader's options.
+    follow: Option<(KafkaConfig, ReaderOptions)>,
 }
 
 impl Config {
@@ -133,7 +229,49 @@ impl Config {
                 "--flow shows one flow as a timeline (human) or JSON; --format dot and mermaid draw the whole service graph"
             );
         }
-        let mut tracer = TracerConfig::batch();
+        let kafka = args.kafka.wanted();
+        if kafka && !args.captures.is_empty() {
+            bail!("read either capture files or Kafka (--brokers), not both");
+        }
+        if !kafka && args.captures.is_empty() {
+            bail!("give capture files to trace, or --brokers host:port to read Kafka");
+        }
+        if !kafka && (args.follow || !args.topics.is_empty() || args.pattern.is_some()) {
+            bail!("--follow, --topics and --pattern read Kafka: add --brokers host:port");
+        }
+        let mut inputs: Vec<Input> = args.captures.into_iter().map(Input::File).collect();
+        let mut follow = None;
+        let mut metrics_addr = args.metrics_addr;
+        if kafka {
+            let kconfig = args.kafka.config()?;
+            let topics = match (&args.pattern, args.topics.is_empty(), &args.topology) {
+                (Some(p), _, _) => Topics::pattern(p.clone()),
+                (None, false, _) => Topics::names(args.topics.clone()),
+                (None, true, Some(path)) => {
+                    Topics::names(choreo_trace::tap_topics(&super::load(path)?))
+                }
+                (None, true, None) => Topics::pattern(".*"),
+            };
+            if args.follow {
+                let mut options = ReaderOptions::new(topics);
+                if !args.from_beginning {
+                    options = options.from(ReadFrom::End);
+                }
+                options = options.follow();
+                if let Some(g) = &args.group {
+                    options = options.group(g.clone());
+                }
+                follow = Some((kconfig, options));
+                metrics_addr.get_or_insert_with(|| "127.0.0.1:9464".to_owned());
+            } else {
+                inputs.push(Input::Kafka(Box::new(kconfig), topics));
+            }
+        }
+        let mut tracer = if follow.is_some() {
+            TracerConfig::live()
+        } else {
+            TracerConfig::batch()
+        };
         tracer.cycle_bound = args.cycle_bound;
         if let Some(id) = &flow {
             tracer.keep = Keep::One(id.clone());
@@ -144,15 +282,16 @@ impl Config {
             _ => None,
         };
         Ok(Config {
-            inputs: args.captures.into_iter().map(Input::File).collect(),
+            inputs,
             topology: args.topology,
             flow,
             format: args.format,
             export,
             now,
-            metrics_addr: args.metrics_addr,
+            metrics_addr,
             tracer,
             progress: !args.quiet,
+            follow,
         })
     }
 }
@@ -180,6 +319,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
     let timing = std::env::var_os("CHOREO_TRACE_TIMING").is_some();
     let t0 = std::time::Instant::now();
     let mut damaged = false;
+    if let Some((kconfig, options)) = &config.follow {
+        let addr = config.metrics_addr.as_deref().unwrap_or("127.0.0.1:9464");
+        follow(&mut tracer, kconfig, options.clone(), addr, &registry)?;
+    }
     for input in &config.inputs {
         let source = input.open()?;
         let name = source.name();
@@ -250,7 +393,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
         (None, Format::Mermaid) => report.graph_mermaid(),
     };
     super::emit(super::output(None)?, &text)?;
-    if let Some(addr) = &config.metrics_addr {
+    if let (Some(addr), None) = (&config.metrics_addr, &config.follow) {
         serve_metrics(addr, registry)?;
     }
     if damaged {
@@ -280,6 +423,55 @@ fn progress_bar(wanted: bool, p: &choreo_trace::Progress) -> Option<indicatif::P
         .progress_chars("=> "),
     );
     Some(bar)
+}
+
+/// Traces Kafka live until interrupted (ctrl-c or SIGTERM) or the topics
+/// end: ingests every record, ticks the tracer every second (folding settled
+/// flows, reporting stuck ones), and serves its metrics.
+fn follow(
+    tracer: &mut Tracer,
+    kconfig: &KafkaConfig,
+    options: ReaderOptions,
+    addr: &str,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let registries = Arc::new(vec![registry.clone()]);
+        let render: choreo_bus::Render = Arc::new(move || choreo_bus::render(&registries));
+        let server = choreo_bus::MetricsServer::start(addr, render, shutdown.clone())
+            .await
+            .with_context(|| format!("cannot serve metrics at {addr}"))?;
+        let mut reader = RecordReader::open(kconfig, options).await.context("cannot read Kafka")?;
+        eprintln!(
+            "choreo: tracing Kafka live; metrics at http://{}/metrics; ctrl-c prints the report and stops",
+            server.local_addr()
+        );
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot watch for SIGTERM")?;
+        let interrupted = tokio::signal::ctrl_c();
+        tokio::pin!(interrupted);
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        let result = loop {
+            tokio::select! {
+                _ = &mut interrupted => break Ok(()),
+                _ = terminate.recv() => break Ok(()),
+                _ = every.tick() => tracer.tick(Timestamp::now()),
+                r = reader.next() => match r {
+                    None => break Ok(()),
+                    Some(Ok(r)) => tracer.ingest(&trace_record(r)),
+                    Some(Err(e)) => break Err(anyhow::Error::new(e).context("reading Kafka")),
+                },
+            }
+        };
+        shutdown.cancel();
+        server.stop();
+        result
+    })
 }
 
 fn serve_metrics(addr: &str, registry: prometheus::Registry) -> anyhow::Result<()> {
@@ -364,6 +556,36 @@ mod tests {
         assert_eq!(c.tracer.cycle_bound, 5);
         assert!(matches!(c.tracer.keep, Keep::One(_)));
         assert!(!c.progress);
+    }
+
+    #[test]
+    fn kafka_flags_convert() {
+        let c = config(&["--brokers", "k:9092", "--follow", "--group", "tracers"]).unwrap();
+        let (kafka, _) = c.follow.as_ref().expect("follow mode");
+        assert_eq!(kafka.brokers, "k:9092");
+        assert_eq!(
+            c.metrics_addr.as_deref(),
+            Some("127.0.0.1:9464"),
+            "live tracing serves metrics on loopback"
+        );
+        assert_eq!(c.tracer, TracerConfig::live());
+        let c = config(&["--brokers", "k:9092", "--topics", "orders,payments"]).unwrap();
+        assert!(c.follow.is_none());
+        assert!(
+            matches!(&c.inputs[..], [Input::Kafka(_, Topics::Names(t))] if t == &["orders", "payments"])
+        );
+        assert!(
+            config(&["--brokers", "k:9092", "run.avro"]).is_err(),
+            "files or Kafka, not both"
+        );
+        assert!(
+            config(&["run.avro", "--follow"]).is_err(),
+            "--follow needs Kafka"
+        );
+        assert!(
+            config(&["--brokers", "k:9092", "--group", "g"]).is_err(),
+            "--group needs --follow"
+        );
     }
 
     #[test]
