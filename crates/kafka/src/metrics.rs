@@ -1,16 +1,17 @@
-//! Prometheus metrics of the Kafka backend (`choreo_kafka_*`).
-//!
-//! | metric | type | labels | meaning |
-//! |---|---|---|---|
-//! | `choreo_kafka_consumer_lag` | gauge | `group`, `topic`, `partition` | records after the group's committed offset (high watermark − committed), refreshed every `lag_interval` |
-//! | `choreo_kafka_malformed_records_total` | counter | `topic` | records whose CloudEvents headers could not be read; delivered with `choreo-malformed` for the runtime to dead-letter |
-//! | `choreo_kafka_commit_failures_total` | counter | `group` | offset commits the broker refused (retried with the next commit) |
-//! | `choreo_kafka_rebalances_total` | counter | `group`, `kind` | partition assignments (`assign`) and revocations (`revoke`, `lost`) of this process's members |
-//! | `choreo_kafka_stale_settlements_total` | counter | `group` | settlements of deliveries whose partition had been revoked: the new owner gets them again |
+//! Prometheus metrics of the Kafka backend (`choreo_kafka_*`), listed on [`KafkaMetrics`].
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
-/// The Kafka backend's metric families. Cheap to clone.
+/// The Kafka backend's metric families. Cheap to clone; register them with
+/// [`KafkaBus::register_metrics`](crate::KafkaBus::register_metrics).
+///
+/// | metric | type | labels | meaning |
+/// |---|---|---|---|
+/// | `choreo_kafka_consumer_lag` | gauge | `group`, `topic`, `partition` | records after the group's committed offset (high watermark − committed), refreshed every `lag_interval` |
+/// | `choreo_kafka_malformed_records_total` | counter | `topic` | records whose CloudEvents headers could not be read; delivered with `choreo-malformed` for the runtime to dead-letter |
+/// | `choreo_kafka_commit_failures_total` | counter | `group` | offset commits the broker refused (retried with the next commit) |
+/// | `choreo_kafka_rebalances_total` | counter | `group`, `kind` | partition assignments (`assign`) and revocations (`revoke`, `lost`) of this process's members |
+/// | `choreo_kafka_stale_settlements_total` | counter | `group` | settlements of deliveries whose partition had been revoked: the new owner gets them again |
 #[derive(Clone, Debug)]
 pub struct KafkaMetrics {
     pub(crate) lag: IntGaugeVec,
