@@ -247,20 +247,35 @@ pub fn metric_catalog() -> BTreeMap<String, String> {
     out
 }
 
-/// The Kafka backend's families, from the table at the top of
-/// crates/kafka/src/metrics.rs (choreo-kafka links rdkafka, which this
-/// crate does not need to build to know the names).
+/// The Kafka backend's families: the names crates/kafka/src/metrics.rs
+/// registers (its string literals; choreo-kafka links rdkafka, which this
+/// crate need not build to know them), typed by its doc table when it has one.
 fn kafka_metrics() -> Vec<(String, String)> {
-    read("crates/kafka/src/metrics.rs")
-        .lines()
-        .filter_map(|l| {
-            let cells: Vec<&str> = l.strip_prefix("//! |")?.split('|').collect();
-            let name = cells.first()?.trim().trim_matches('`');
-            let kind = cells.get(1)?.trim();
-            name.starts_with("choreo_kafka_")
-                .then(|| (name.to_owned(), kind.to_owned()))
-        })
-        .collect()
+    let src = read("crates/kafka/src/metrics.rs");
+    let mut out = Vec::new();
+    for (at, _) in src.match_indices("\"choreo_kafka_") {
+        let rest = &src[at + 1..];
+        let Some(end) = rest.find('"') else { continue };
+        let name = &rest[..end];
+        if !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            continue;
+        }
+        let kind = src
+            .lines()
+            .find_map(|l| {
+                let row = l.trim_start_matches(['/', '!', ' ']);
+                let cells: Vec<&str> = row.strip_prefix('|')?.split('|').collect();
+                let first = cells.first()?.trim().trim_matches('`');
+                if first == name {
+                    cells.get(1).copied()
+                } else {
+                    None
+                }
+            })
+            .map_or("counter or gauge", |k| k.trim());
+        out.push((name.to_owned(), kind.to_owned()));
+    }
+    out
 }
 
 /// The family a series name belongs to: `x_bucket`, `x_sum` and `x_count`

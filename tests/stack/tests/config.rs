@@ -247,9 +247,10 @@ fn the_service_graph_panel_is_a_node_graph_of_the_service_graph_series() {
 #[test]
 fn every_metric_a_dashboard_or_rule_reads_is_exported_by_a_crate() {
     let catalog = repo::metric_catalog();
-    assert!(
-        catalog.contains_key("choreo_kafka_consumer_lag"),
-        "the Kafka backend's lag gauge is not in crates/kafka/src/metrics.rs"
+    assert_eq!(
+        catalog.get("choreo_kafka_consumer_lag").map(String::as_str),
+        Some("gauge"),
+        "the Kafka backend's lag gauge, in crates/kafka/src/metrics.rs"
     );
     let mut used = BTreeMap::new();
     for d in repo::dashboards() {
