@@ -75,6 +75,8 @@
 //! cluster (inside `cargo test`) and on tansu, a Kafka-compatible broker
 //! started as a separate process; see `tests/`.
 
+#[cfg(feature = "mock")]
+pub mod mock;
 mod bus;
 mod config;
 mod consumer;
