@@ -1,9 +1,11 @@
-//! The saga's events: typed, serde-encoded, each on the topic the topology declares.
+//! The saga's events: typed, each on the topic the topology declares; JSON by
+//! default, Avro with schemas derived from these types ([`crate::avro_codecs`]).
 
+use apache_avro::AvroSchema;
 use serde::{Deserialize, Serialize};
 
 /// One line of an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
 pub struct Item {
     /// Stock keeping unit.
     pub sku: String,
@@ -12,7 +14,7 @@ pub struct Item {
 }
 
 /// A customer checked out a cart. Starts a flow.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
 pub struct OrderPlaced {
     /// The order.
     pub order_id: u64,
@@ -26,7 +28,7 @@ pub struct OrderPlaced {
 choreo::event!(OrderPlaced, topic = "orders");
 
 /// The card was charged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
 pub struct PaymentCaptured {
     /// The order.
     pub order_id: u64,
@@ -40,7 +42,7 @@ pub struct PaymentCaptured {
 choreo::event!(PaymentCaptured, topic = "payments");
 
 /// The card was declined.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
 pub struct PaymentFailed {
     /// The order.
     pub order_id: u64,
@@ -50,7 +52,7 @@ pub struct PaymentFailed {
 choreo::event!(PaymentFailed, topic = "payments");
 
 /// Every item is set aside.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
 pub struct StockReserved {
     /// The order.
     pub order_id: u64,
@@ -60,7 +62,7 @@ pub struct StockReserved {
 choreo::event!(StockReserved, topic = "inventory");
 
 /// An item is not in stock: the payment must be refunded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
 pub struct OutOfStock {
     /// The order.
     pub order_id: u64,
@@ -74,7 +76,7 @@ pub struct OutOfStock {
 choreo::event!(OutOfStock, topic = "inventory");
 
 /// The charge was refunded (compensation).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
 pub struct PaymentRefunded {
     /// The order.
     pub order_id: u64,
@@ -86,7 +88,7 @@ pub struct PaymentRefunded {
 choreo::event!(PaymentRefunded, topic = "payments");
 
 /// The parcel left the warehouse. Ends a flow.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
 pub struct OrderShipped {
     /// The order.
     pub order_id: u64,
@@ -96,7 +98,7 @@ pub struct OrderShipped {
 choreo::event!(OrderShipped, topic = "shipping");
 
 /// The order will not be fulfilled. Ends a flow.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
 pub struct OrderCancelled {
     /// The order.
     pub order_id: u64,

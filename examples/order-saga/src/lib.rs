@@ -9,9 +9,12 @@
 pub mod events;
 pub mod services;
 
-use choreo::{Bus, EventId, Publisher, Service};
+use std::sync::Arc;
 
-use events::{Item, OrderPlaced};
+use choreo::avro::{AvroCodec, SchemaRegistry};
+use choreo::{Bus, Codecs, EventId, Publisher, Service};
+
+use events::*;
 
 /// Every service of the saga, by name.
 pub fn services() -> Vec<Service> {
@@ -22,6 +25,22 @@ pub fn services() -> Vec<Service> {
         services::shipping::service(),
         services::notifications::service(),
     ]
+}
+
+/// Codecs that write every saga event as Avro (Confluent wire format, schemas
+/// derived from the Rust types and registered in `registry` under
+/// `<topic>-value`) and still read JSON.
+pub fn avro_codecs(registry: impl SchemaRegistry) -> Codecs {
+    let avro = AvroCodec::new(registry)
+        .with::<OrderPlaced>()
+        .with::<PaymentCaptured>()
+        .with::<PaymentFailed>()
+        .with::<StockReserved>()
+        .with::<OutOfStock>()
+        .with::<PaymentRefunded>()
+        .with::<OrderShipped>()
+        .with::<OrderCancelled>();
+    Codecs::json().encode_with(Arc::new(avro))
 }
 
 /// The names of the saga's services.

@@ -1,19 +1,31 @@
 //! Runs the order-fulfillment saga.
 //!
 //! ```text
-//! cargo run -p order-saga -- --orders 20
+//! cargo run -p order-saga -- --orders 20                      # all five services, in-process
+//! cargo run -p order-saga -- --brokers localhost:9092 --service payment --service inventory
+//! cargo run -p order-saga -- --brokers localhost:9092 --service checkout --rate 5
 //! ```
 //!
-//! All five services run in this process on the in-process bus; the program
-//! places the orders, waits until every one is shipped or cancelled, prints
-//! what happened to each, and shuts the services down gracefully.
+//! In-process (no `--brokers`), all five services run in this process, the
+//! program places the orders, waits until every one is shipped or cancelled,
+//! prints what happened to each, and shuts down gracefully.
+//!
+//! On Kafka, each process runs the services named with `--service` (all by
+//! default) until ctrl-c or SIGTERM; a process running `checkout` also
+//! places orders at `--rate` per second (`--orders` of them, or forever when
+//! 0). Payloads are JSON, or Avro with `--avro-registry URL` (a
+//! Confluent-compatible schema registry shared by every process).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use choreo::avro::{HttpRegistry, MemoryRegistry};
+use choreo::kafka::{KafkaBus, KafkaConfig};
 use choreo::{
-    Bus, CancellationToken, Event, InProcessBus, Publisher, SubscribeOptions, Subscription,
+    Bus, CancellationToken, Codecs, Event, InProcessBus, Metrics, Publisher, SubscribeOptions,
+    Subscription,
 };
 use clap::Parser;
 use order_saga::events::{OrderCancelled, OrderShipped};
@@ -22,10 +34,28 @@ use order_saga::events::{OrderCancelled, OrderShipped};
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// How many orders to place.
-    #[arg(long, default_value_t = 20)]
-    orders: u64,
-    /// Give up waiting for the flows after this many seconds.
+    /// How many orders to place (on Kafka, 0 places orders until stopped).
+    #[arg(long)]
+    orders: Option<u64>,
+    /// Kafka bootstrap servers; without them everything runs in this process.
+    #[arg(long, value_name = "HOST:PORT")]
+    brokers: Option<String>,
+    /// On Kafka: the services this process runs (repeatable; default all).
+    #[arg(long = "service", value_name = "NAME")]
+    services: Vec<String>,
+    /// On Kafka: orders placed per second by the checkout service.
+    #[arg(long, default_value_t = 5.0)]
+    rate: f64,
+    /// Serve the services' metrics at this address (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
+    /// Write payloads as Avro, registering schemas with this Confluent-compatible registry.
+    #[arg(long, value_name = "URL")]
+    avro_registry: Option<String>,
+    /// In-process: write payloads as Avro with an in-memory schema registry.
+    #[arg(long, conflicts_with_all = ["brokers", "avro_registry"])]
+    avro: bool,
+    /// In-process: give up waiting for the flows after this many seconds.
     #[arg(long, default_value_t = 30)]
     timeout_secs: u64,
 }
@@ -33,8 +63,55 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    for s in &args.services {
+        if !order_saga::SERVICES.contains(&s.as_str()) {
+            bail!(
+                "unknown service '{s}': the saga's services are {}",
+                order_saga::SERVICES.join(", ")
+            );
+        }
+    }
+    let codecs = match (&args.avro_registry, args.avro) {
+        (Some(url), _) => order_saga::avro_codecs(HttpRegistry::new(url.clone())),
+        (None, true) => order_saga::avro_codecs(MemoryRegistry::new()),
+        (None, false) => Codecs::json(),
+    };
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new(&registry)?;
+    match &args.brokers {
+        None => in_process(&args, codecs, metrics, registry).await,
+        Some(brokers) => on_kafka(&args, brokers, codecs, metrics, registry).await,
+    }
+}
+
+async fn serve(
+    addr: &Option<String>,
+    registry: prometheus::Registry,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    if let Some(addr) = addr {
+        let registries = Arc::new(vec![registry]);
+        let render: choreo::Render = Arc::new(move || choreo::render(&registries));
+        let server = choreo::MetricsServer::start(addr, render, shutdown.clone()).await?;
+        eprintln!(
+            "order-saga: metrics at http://{}/metrics",
+            server.local_addr()
+        );
+    }
+    Ok(())
+}
+
+async fn in_process(
+    args: &Args,
+    codecs: Codecs,
+    metrics: Metrics,
+    registry: prometheus::Registry,
+) -> anyhow::Result<()> {
+    let orders = args.orders.unwrap_or(20);
     let bus = InProcessBus::new();
+    bus.register_metrics(&registry)?;
     let shutdown = CancellationToken::new();
+    serve(&args.metrics_addr, registry, &shutdown).await?;
 
     // A reader of the flows' ends, to know when we are done (and what happened).
     let mut ends = bus
@@ -47,40 +124,48 @@ async fn main() -> anyhow::Result<()> {
 
     let mut running = Vec::new();
     for service in order_saga::services() {
-        running.push(service.start(&bus, shutdown.clone()).await?);
+        running.push(
+            service
+                .codecs(codecs.clone())
+                .metrics(metrics.clone())
+                .start(&bus, shutdown.clone())
+                .await?,
+        );
     }
     println!(
-        "order-saga: {} services on the in-process bus: {}",
+        "order-saga: {} services on the in-process bus ({}): {}",
         running.len(),
+        codecs.content_type(),
         order_saga::SERVICES.join(", ")
     );
 
-    let checkout = Publisher::new(&bus, "checkout");
-    for n in 1..=args.orders {
+    let checkout = Publisher::new(&bus, "checkout")
+        .codecs(codecs.clone())
+        .metrics(metrics);
+    for n in 1..=orders {
         order_saga::place_order(&checkout, &order_saga::demo_order(n)).await?;
     }
-    println!("placed {} orders", args.orders);
+    println!("placed {orders} orders");
 
     let mut outcome: BTreeMap<u64, String> = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout_secs);
-    while (outcome.len() as u64) < args.orders {
+    while (outcome.len() as u64) < orders {
         let next = tokio::time::timeout_at(deadline, ends.next()).await;
         let Ok(Some(Ok(d))) = next else {
             bail!(
-                "only {} of {} orders finished within {}s",
+                "only {} of {orders} orders finished within {}s",
                 outcome.len(),
-                args.orders,
                 args.timeout_secs
             );
         };
         let env = d.envelope();
         match env.event_type.as_str() {
             t if t == OrderShipped::TYPE => {
-                let e: OrderShipped = serde_json::from_slice(&env.data)?;
+                let e: OrderShipped = codecs.decode(&env.content_type, &env.data)?;
                 outcome.insert(e.order_id, format!("shipped ({})", e.tracking));
             }
             t if t == OrderCancelled::TYPE => {
-                let e: OrderCancelled = serde_json::from_slice(&env.data)?;
+                let e: OrderCancelled = codecs.decode(&env.content_type, &env.data)?;
                 outcome.insert(e.order_id, format!("cancelled: {}", e.reason));
             }
             _ => {}
@@ -101,5 +186,87 @@ async fn main() -> anyhow::Result<()> {
         r.await?;
     }
     ends.close().await?;
+    Ok(())
+}
+
+async fn on_kafka(
+    args: &Args,
+    brokers: &str,
+    codecs: Codecs,
+    metrics: Metrics,
+    registry: prometheus::Registry,
+) -> anyhow::Result<()> {
+    let mut vars: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("CHOREO_KAFKA_") && k != "CHOREO_KAFKA_BROKERS")
+        .collect();
+    vars.push(("CHOREO_KAFKA_BROKERS".into(), brokers.to_owned()));
+    let config = KafkaConfig::from_vars(vars)?;
+    let bus = KafkaBus::new(config)?;
+    bus.register_metrics(&registry)?;
+    let shutdown = CancellationToken::new();
+    serve(&args.metrics_addr, registry, &shutdown).await?;
+
+    let wanted: Vec<&str> = if args.services.is_empty() {
+        order_saga::SERVICES.to_vec()
+    } else {
+        args.services.iter().map(String::as_str).collect()
+    };
+    let mut running = Vec::new();
+    for service in order_saga::services()
+        .into_iter()
+        .filter(|s| wanted.contains(&s.name()))
+    {
+        let name = service.name().to_owned();
+        let handle = service
+            .codecs(codecs.clone())
+            .metrics(metrics.clone())
+            .start(&bus, shutdown.clone())
+            .await
+            .with_context(|| format!("starting {name}"))?;
+        running.push(handle);
+    }
+    eprintln!(
+        "order-saga: running {} on Kafka at {brokers}",
+        wanted.join(", ")
+    );
+
+    let placing = if wanted.contains(&"checkout") && args.rate > 0.0 {
+        let checkout = Publisher::new(&bus, "checkout")
+            .codecs(codecs)
+            .metrics(metrics);
+        let (limit, rate, stop) = (args.orders.unwrap_or(0), args.rate, shutdown.clone());
+        Some(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            let mut n = 0u64;
+            while limit == 0 || n < limit {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = every.tick() => {
+                        n += 1;
+                        if let Err(e) = order_saga::place_order(&checkout, &order_saga::demo_order(n)).await {
+                            tracing::warn!(error = %e, order = n, "placing an order failed");
+                        }
+                    }
+                }
+            }
+        }))
+    } else {
+        None
+    };
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    eprintln!("order-saga: shutting down");
+    shutdown.cancel();
+    if let Some(p) = placing {
+        let _ = p.await;
+    }
+    for r in running {
+        r.await?;
+    }
+    bus.flush(Duration::from_secs(10)).await?;
     Ok(())
 }
