@@ -179,6 +179,19 @@ impl std::fmt::Debug for RecordReader {
 }
 
 impl RecordReader {
+    /// The partitions this reader reads now, as `(topic, partition)`, sorted:
+    /// in a group, what the group assigned to it (it changes with rebalances).
+    pub fn assignment(&self) -> Vec<(String, i32)> {
+        match &self.member {
+            Some((member, _)) => member.assignment(),
+            None => {
+                let mut v: Vec<(String, i32)> = self.assigned.iter().cloned().collect();
+                v.sort();
+                v
+            }
+        }
+    }
+
     /// Connects and positions the reader.
     pub async fn open(config: &KafkaConfig, options: ReaderOptions) -> Result<RecordReader> {
         config.validate()?;
