@@ -90,5 +90,5 @@ pub use bus::KafkaBus;
 pub use config::{KafkaConfig, SaslConfig, SaslMechanism, Secret, TlsConfig};
 pub use consumer::KafkaSubscription;
 pub use error::{Error, Result};
-pub use metrics::KafkaMetrics;
+pub use metrics::{KafkaMetrics, METRICS};
 pub use reader::{ReadFrom, ReadRecord, ReaderOptions, RecordReader, Topics};
