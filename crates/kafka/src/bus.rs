@@ -19,25 +19,47 @@ use crate::config::{KafkaConfig, Role};
 use crate::consumer::KafkaSubscription;
 use crate::metrics::KafkaMetrics;
 use crate::record::record_headers;
+use crate::watch::Watch;
 use crate::{Error, Result};
 
-/// Sends librdkafka's logs and client errors to `tracing`.
-#[derive(Clone, Default)]
-pub(crate) struct LogContext;
+/// Sends librdkafka's logs and client errors to `tracing`, without the
+/// configuration's secrets, and tells the [`Watch`] about connection failures.
+#[derive(Clone)]
+pub(crate) struct LogContext {
+    pub(crate) watch: Arc<Watch>,
+}
 
 impl ClientContext for LogContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        log_librdkafka(level, fac, message);
+        log_librdkafka(&self.watch, level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "choreo_kafka::librdkafka", %error, reason, "kafka client error");
+        client_error(&self.watch, None, error, reason);
     }
 }
 
 impl ConsumerContext for LogContext {}
 
-pub(crate) fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
+/// A librdkafka error event: observed, then logged without secrets.
+pub(crate) fn client_error(watch: &Watch, group: Option<&str>, error: KafkaError, reason: &str) {
+    watch.observe_error(&error, reason);
+    let reason = watch.scrub(reason);
+    let error = watch.redact(error);
+    match group {
+        Some(group) => {
+            tracing::warn!(target: "choreo_kafka::librdkafka", group, %error, %reason, "kafka client error")
+        }
+        None => {
+            tracing::warn!(target: "choreo_kafka::librdkafka", %error, %reason, "kafka client error")
+        }
+    }
+}
+
+/// A librdkafka log line: observed, then logged without secrets.
+pub(crate) fn log_librdkafka(watch: &Watch, level: RDKafkaLogLevel, fac: &str, message: &str) {
+    watch.observe_log(level, fac, message);
+    let message = watch.scrub(message);
     match level {
         RDKafkaLogLevel::Emerg
         | RDKafkaLogLevel::Alert
@@ -69,6 +91,8 @@ pub struct KafkaBus {
 
 pub(crate) struct Inner {
     pub(crate) config: KafkaConfig,
+    /// Connection failures and secrets, shared by every client of the bus.
+    pub(crate) watch: Arc<Watch>,
     producer: FutureProducer<LogContext>,
     admin: OnceCell<AdminClient<LogContext>>,
     /// Partition counts of topics known to exist. parking_lot RwLock: never
@@ -99,16 +123,23 @@ impl KafkaBus {
     /// several buses in one process can share one registration).
     pub fn with_metrics(config: KafkaConfig, metrics: KafkaMetrics) -> Result<KafkaBus> {
         config.validate()?;
+        let watch = Arc::new(Watch::new(&config));
         let client_config = config.client_config(Role::Producer, None)?;
-        let producer = FutureProducer::from_config_and_context(&client_config, LogContext)
-            .map_err(|source| Error::Client {
-                role: "producer",
-                brokers: config.brokers.clone(),
-                source,
-            })?;
+        let producer = FutureProducer::from_config_and_context(
+            &client_config,
+            LogContext {
+                watch: watch.clone(),
+            },
+        )
+        .map_err(|source| Error::Client {
+            role: "producer",
+            brokers: config.brokers.clone(),
+            source: watch.redact(source),
+        })?;
         Ok(KafkaBus {
             inner: Arc::new(Inner {
                 config,
+                watch,
                 producer,
                 admin: OnceCell::new(),
                 topics: RwLock::new(HashMap::new()),
@@ -165,12 +196,18 @@ impl KafkaBus {
     /// Waits until every publish so far is acknowledged or failed.
     pub async fn flush(&self, timeout: Duration) -> Result<()> {
         let inner = self.inner.clone();
+        let started = Instant::now();
         let flushed = tokio::task::spawn_blocking(move || inner.producer.flush(timeout))
             .await
             .unwrap_or(Err(KafkaError::Canceled));
-        flushed.map_err(|source| Error::Kafka {
-            context: "flushing the producer".into(),
-            source,
+        flushed.map_err(|source| {
+            self.inner.watch.explain(
+                started,
+                Error::Kafka {
+                    context: "flushing the producer".into(),
+                    source,
+                },
+            )
         })
     }
 }
@@ -215,8 +252,10 @@ impl Inner {
     /// (brokers that allow auto-creation do, with their default partition count).
     pub(crate) async fn lookup(&self, topic: &str, auto_create: bool) -> Result<Option<u32>> {
         let config = self.config.clone();
+        let watch = self.watch.clone();
         let topic_owned = topic.to_owned();
         let timeout = self.config.admin_timeout;
+        let started = Instant::now();
         let run = move || -> Result<Option<u32>> {
             let mut client_config = config.client_config(Role::Admin, None)?;
             if auto_create {
@@ -224,22 +263,30 @@ impl Inner {
             }
             // A short-lived client: its metadata requests carry the
             // auto-creation flag as configured, the producer's never does.
+            let context = LogContext {
+                watch: watch.clone(),
+            };
             let client: BaseConsumer<LogContext> =
-                BaseConsumer::from_config_and_context(&client_config, LogContext).map_err(
+                BaseConsumer::from_config_and_context(&client_config, context).map_err(
                     |source| Error::Client {
                         role: "metadata client",
                         brokers: config.brokers.clone(),
-                        source,
+                        source: watch.redact(source),
                     },
                 )?;
             let md = client
                 .fetch_metadata(Some(&topic_owned), timeout)
-                .map_err(|source| Error::Kafka {
-                    context: format!(
-                        "looking up topic '{topic_owned}' on brokers '{}'",
-                        config.brokers
-                    ),
-                    source,
+                .map_err(|source| {
+                    watch.explain(
+                        started,
+                        Error::Kafka {
+                            context: format!(
+                                "looking up topic '{topic_owned}' on brokers '{}'",
+                                config.brokers
+                            ),
+                            source,
+                        },
+                    )
                 })?;
             Ok(md
                 .topics()
@@ -260,12 +307,13 @@ impl Inner {
         self.admin
             .get_or_try_init(|| async {
                 let c = self.config.client_config(Role::Admin, None)?;
-                AdminClient::from_config_and_context(&c, LogContext).map_err(|source| {
-                    Error::Client {
-                        role: "admin client",
-                        brokers: self.config.brokers.clone(),
-                        source,
-                    }
+                let context = LogContext {
+                    watch: self.watch.clone(),
+                };
+                AdminClient::from_config_and_context(&c, context).map_err(|source| Error::Client {
+                    role: "admin client",
+                    brokers: self.config.brokers.clone(),
+                    source: self.watch.redact(source),
                 })
             })
             .await
@@ -342,6 +390,7 @@ impl Bus for KafkaBus {
     ) -> impl std::future::Future<Output = choreo_core::Result<()>> + Send {
         let inner = self.inner.clone();
         async move {
+            let started = Instant::now();
             let env = envelope;
             let partitions = match inner.known_partitions(&env.topic) {
                 Some(n) => n,
@@ -372,7 +421,9 @@ impl Bus for KafkaBus {
                         record = r;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    Err((source, _)) => return Err(publish_error(&env, source)),
+                    Err((source, _)) => {
+                        return Err(publish_error(&inner.watch, started, &env, source));
+                    }
                 }
             };
             match delivery.await {
@@ -385,7 +436,7 @@ impl Bus for KafkaBus {
                         // The topic went away: look it up again next time.
                         inner.topics.write().remove(env.topic.as_str());
                     }
-                    Err(publish_error(&env, source))
+                    Err(publish_error(&inner.watch, started, &env, source))
                 }
                 Err(_) => Err(choreo_core::Error::Closed),
             }
@@ -408,12 +459,26 @@ impl Bus for KafkaBus {
     }
 }
 
-fn publish_error(env: &Envelope, source: KafkaError) -> choreo_core::Error {
-    choreo_core::Error::backend(
-        format!(
-            "publishing '{}' (id {}) to kafka topic '{}'",
-            env.event_type, env.id, env.topic
-        ),
-        source,
-    )
+/// A failed publish; when a SASL or TLS failure was seen meanwhile, that is
+/// the error's source.
+fn publish_error(
+    watch: &Watch,
+    started: Instant,
+    env: &Envelope,
+    source: KafkaError,
+) -> choreo_core::Error {
+    let context = format!(
+        "publishing '{}' (id {}) to kafka topic '{}'",
+        env.event_type, env.id, env.topic
+    );
+    match watch.explain(
+        started,
+        Error::Kafka {
+            context: String::new(),
+            source,
+        },
+    ) {
+        Error::Kafka { source, .. } => choreo_core::Error::backend(context, source),
+        explained => choreo_core::Error::backend(context, explained),
+    }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use choreo_core::StartFrom;
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 
 use crate::{Error, Result};
 
@@ -47,9 +47,11 @@ impl From<String> for Secret {
 /// TLS to the brokers. Setting it makes the connection `ssl` (or `sasl_ssl`
 /// with [`SaslConfig`]). The paths are handed to librdkafka as they are.
 ///
-/// TLS needs a librdkafka built with OpenSSL; this crate's default build has
-/// none, and then creating the bus fails with librdkafka's error naming
-/// `security.protocol`.
+/// librdkafka is built with the system's OpenSSL (rdkafka's `ssl` feature;
+/// building needs its headers, Debian's `libssl-dev`). A failed handshake
+/// (an untrusted certificate, a host name the certificate does not name)
+/// makes the operation that needed the connection fail with
+/// [`Error::Tls`](crate::Error::Tls).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsConfig {
     /// CA certificate(s) to verify the brokers with (`ssl.ca.location`).
@@ -110,7 +112,10 @@ impl SaslMechanism {
 }
 
 /// SASL authentication. Setting it makes the connection `sasl_plaintext` (or
-/// `sasl_ssl` with [`TlsConfig`]).
+/// `sasl_ssl` with [`TlsConfig`]). Refused credentials make the operation
+/// that needed the connection fail with
+/// [`Error::Authentication`](crate::Error::Authentication), which names the
+/// mechanism and the user, never the password.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaslConfig {
     /// The mechanism (`sasl.mechanisms`).
@@ -235,11 +240,16 @@ impl fmt::Debug for KafkaConfig {
     }
 }
 
-/// Whether a raw option's value must not be printed.
-fn is_secret_key(key: &str) -> bool {
+/// Whether a raw option's value must not be printed (nor logged, nor put in
+/// an error): passwords, pass phrases, client secrets, tokens, PEM keys.
+pub(crate) fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     k.contains("password")
+        || k.contains("passphrase")
         || k.contains("secret")
+        || k.contains("token")
+        || k.contains("credential")
+        || k.contains("private")
         || k.contains("sasl.oauthbearer.config")
         || k.contains(".pem")
         || k.contains("ssl_key")
@@ -677,6 +687,7 @@ impl KafkaConfig {
             Role::Admin => {}
         }
         let mut config = ClientConfig::new();
+        config.set_log_level(librdkafka_log_level());
         for (key, value, _, _) in &typed {
             config.set(*key, value.as_str());
         }
@@ -717,6 +728,24 @@ impl KafkaConfig {
             config.set(raw_key.as_str(), raw_value.as_str());
         }
         Ok(config)
+    }
+}
+
+/// The most detailed librdkafka log level any `tracing` subscriber wants, so
+/// librdkafka's warnings reach `tracing` when someone listens (rdkafka's own
+/// default follows the `log` crate, which choreo does not use). Errors always
+/// pass.
+fn librdkafka_log_level() -> RDKafkaLogLevel {
+    use tracing::level_filters::LevelFilter;
+    let max = LevelFilter::current();
+    if max >= LevelFilter::DEBUG {
+        RDKafkaLogLevel::Debug
+    } else if max >= LevelFilter::INFO {
+        RDKafkaLogLevel::Info
+    } else if max >= LevelFilter::WARN {
+        RDKafkaLogLevel::Warning
+    } else {
+        RDKafkaLogLevel::Error
     }
 }
 

@@ -38,10 +38,11 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use tokio::sync::Notify;
 
-use crate::bus::{Inner, log_librdkafka};
+use crate::bus::{Inner, client_error, log_librdkafka};
 use crate::config::Role;
 use crate::metrics::KafkaMetrics;
 use crate::record::{RecordHeader, RecordParts, envelope_from_record};
+use crate::watch::Watch;
 use crate::window::Window;
 use crate::{Error, Result};
 
@@ -198,6 +199,7 @@ impl KafkaSubscription {
     /// Creates the consumer, starts its thread and waits for the first
     /// partition assignment.
     pub(crate) async fn start(bus: Arc<Inner>, options: SubscribeOptions) -> Result<Self> {
+        let started = Instant::now();
         let config = &bus.config;
         let group = config.group_id(&options.group);
         let client_config =
@@ -213,6 +215,7 @@ impl KafkaSubscription {
             rebalances: AtomicU64::new(0),
         });
         let context = GroupContext {
+            watch: bus.watch.clone(),
             shared: shared.clone(),
             start: options.start,
             timeout: config.admin_timeout,
@@ -222,7 +225,7 @@ impl KafkaSubscription {
                 Error::Client {
                     role: "consumer",
                     brokers: config.brokers.clone(),
-                    source,
+                    source: bus.watch.redact(source),
                 }
             })?;
         let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
@@ -262,11 +265,14 @@ impl KafkaSubscription {
         })
         .await;
         if joined.is_err() {
-            return Err(Error::JoinTimeout {
-                group,
-                brokers: config.brokers.clone(),
-                timeout: config.join_timeout,
-            });
+            return Err(bus.watch.explain(
+                started,
+                Error::JoinTimeout {
+                    group,
+                    brokers: config.brokers.clone(),
+                    timeout: config.join_timeout,
+                },
+            ));
         }
         Ok(sub)
     }
@@ -651,6 +657,7 @@ fn settle_commit(shared: &Shared, result: &KafkaResult<()>, offsets: &TopicParti
 
 /// The consumer's librdkafka context: rebalances, commits, lag, logs.
 struct GroupContext {
+    watch: Arc<Watch>,
     shared: Arc<Shared>,
     start: StartFrom,
     timeout: Duration,
@@ -658,11 +665,11 @@ struct GroupContext {
 
 impl ClientContext for GroupContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        log_librdkafka(level, fac, message);
+        log_librdkafka(&self.watch, level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "choreo_kafka::librdkafka", group = %self.shared.group, %error, reason, "kafka client error");
+        client_error(&self.watch, Some(&self.shared.group), error, reason);
     }
 
     fn stats(&self, statistics: Statistics) {

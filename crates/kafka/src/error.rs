@@ -82,6 +82,30 @@ pub enum Error {
         /// How long it waited.
         timeout: Duration,
     },
+    /// The brokers refused this client's SASL authentication.
+    #[error(
+        "SASL {mechanism} authentication as user '{username}' failed on brokers '{brokers}': {reason}: check the user name and password (`sasl.username`, `sasl.password`) and that the brokers enable {mechanism}"
+    )]
+    Authentication {
+        /// The SASL mechanism.
+        mechanism: String,
+        /// The user name.
+        username: String,
+        /// The configured brokers.
+        brokers: String,
+        /// librdkafka's account of the failure (never the password).
+        reason: String,
+    },
+    /// The TLS connection to the brokers failed.
+    #[error(
+        "TLS connection to brokers '{brokers}' failed: {reason}: check `tls.ca_location` (the CA that signed the brokers' certificates), `tls.verify_hostname`, and that the brokers serve TLS on that port"
+    )]
+    Tls {
+        /// The configured brokers.
+        brokers: String,
+        /// librdkafka's account of the failure.
+        reason: String,
+    },
     /// A Kafka operation failed.
     #[error("{context}: {source}")]
     Kafka {

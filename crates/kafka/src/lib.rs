@@ -75,15 +75,16 @@
 //! cluster (inside `cargo test`) and on tansu, a Kafka-compatible broker
 //! started as a separate process; see `tests/`.
 
-#[cfg(feature = "mock")]
-pub mod mock;
 mod bus;
 mod config;
 mod consumer;
 mod error;
 mod metrics;
+#[cfg(feature = "mock")]
+pub mod mock;
 pub mod reader;
 pub mod record;
+mod watch;
 mod window;
 
 pub use bus::KafkaBus;

@@ -25,20 +25,21 @@
 //! next one is asked for), and the reader always follows.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use choreo_core::{Delivery, Envelope, StartFrom, SubscribeOptions, Subscription};
 use rdkafka::Message;
-use rdkafka::client::ClientContext;
-use rdkafka::config::{FromClientConfigAndContext, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::config::FromClientConfigAndContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::bus::{KafkaBus, log_librdkafka};
+use crate::bus::{KafkaBus, LogContext};
 use crate::config::{KafkaConfig, Role};
 use crate::consumer::KafkaSubscription;
 use crate::consumer::envelope_of;
+use crate::watch::Watch;
 use crate::{Error, Result};
 
 /// Which topics to read.
@@ -143,19 +144,9 @@ pub struct ReadRecord {
     pub offset: i64,
 }
 
-struct ReaderContext;
-
-impl ClientContext for ReaderContext {
-    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        log_librdkafka(level, fac, message);
-    }
-}
-
-impl ConsumerContext for ReaderContext {}
-
 /// Reads records of some topics; see the [module docs](self).
 pub struct RecordReader {
-    consumer: StreamConsumer<ReaderContext>,
+    consumer: StreamConsumer<LogContext>,
     config: KafkaConfig,
     options: ReaderOptions,
     /// Without a group and not following: the end offset of each partition
@@ -213,11 +204,17 @@ impl RecordReader {
                 format!("choreo-reader-{}-{nanos}", std::process::id()),
             )
             .set("enable.auto.commit", "false");
-        let consumer = StreamConsumer::from_config_and_context(&client_config, ReaderContext)
-            .map_err(|source| Error::Client {
-                role: "reader",
-                brokers: config.brokers.clone(),
-                source,
+        let watch = Arc::new(Watch::new(config));
+        let context = LogContext {
+            watch: watch.clone(),
+        };
+        let consumer =
+            StreamConsumer::from_config_and_context(&client_config, context).map_err(|source| {
+                Error::Client {
+                    role: "reader",
+                    brokers: config.brokers.clone(),
+                    source: watch.redact(source),
+                }
             })?;
         let mut reader = RecordReader {
             consumer,
@@ -273,16 +270,18 @@ impl RecordReader {
     /// configured start on `first`, from the beginning for topics found later.
     async fn assign_new(&mut self, first: bool) -> Result<()> {
         let config = self.config.clone();
+        let watch = self.consumer.context().watch.clone();
         let topics = self.options.topics.clone();
         let need_ends = !self.options.follow || (first && self.options.from == ReadFrom::End);
         let timeout = self.config.admin_timeout;
-        let found =
-            tokio::task::spawn_blocking(move || discover(&config, &topics, need_ends, timeout))
-                .await
-                .map_err(|_| Error::Topic {
-                    topic: format!("{:?}", self.options.topics),
-                    reason: "the metadata lookup was cancelled".into(),
-                })??;
+        let found = tokio::task::spawn_blocking(move || {
+            discover(&config, &watch, &topics, need_ends, timeout)
+        })
+        .await
+        .map_err(|_| Error::Topic {
+            topic: format!("{:?}", self.options.topics),
+            reason: "the metadata lookup was cancelled".into(),
+        })??;
         // Without a group, `assign` replaces the whole assignment: keep the
         // partitions already assigned at their current positions.
         let mut tpl = TopicPartitionList::new();
@@ -444,25 +443,33 @@ struct FoundPartition {
 /// The partitions of the matching topics, with their watermarks when `ends`.
 fn discover(
     config: &KafkaConfig,
+    watch: &Arc<Watch>,
     topics: &Topics,
     ends: bool,
     timeout: Duration,
 ) -> Result<Vec<FoundPartition>> {
+    let started = Instant::now();
     let client_config = config.client_config(Role::Consumer, None)?;
-    let client: BaseConsumer<ReaderContext> =
-        BaseConsumer::from_config_and_context(&client_config, ReaderContext).map_err(|source| {
+    let context = LogContext {
+        watch: watch.clone(),
+    };
+    let client: BaseConsumer<LogContext> =
+        BaseConsumer::from_config_and_context(&client_config, context).map_err(|source| {
             Error::Client {
                 role: "metadata client",
                 brokers: config.brokers.clone(),
-                source,
+                source: watch.redact(source),
             }
         })?;
-    let md = client
-        .fetch_metadata(None, timeout)
-        .map_err(|source| Error::Kafka {
-            context: format!("listing the topics on brokers '{}'", config.brokers),
-            source,
-        })?;
+    let md = client.fetch_metadata(None, timeout).map_err(|source| {
+        watch.explain(
+            started,
+            Error::Kafka {
+                context: format!("listing the topics on brokers '{}'", config.brokers),
+                source,
+            },
+        )
+    })?;
     let matcher = match topics {
         Topics::Names(_) => None,
         Topics::Pattern(p) => {
