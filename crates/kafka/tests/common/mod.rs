@@ -220,12 +220,25 @@ impl Drop for Tansu {
 }
 
 fn spawn_tansu(dir: &Path, port: u16) -> Result<Child, String> {
+    spawn_tansu_with(dir, port, port, &[])
+}
+
+/// Starts tansu on `port` with sqlite storage in `dir`, advertising
+/// `127.0.0.1:advertised` (another port when a proxy stands in front of it),
+/// with `extra` arguments (e.g. `--authentication`). Waits until it listens.
+pub fn spawn_tansu_with(
+    dir: &Path,
+    port: u16,
+    advertised: u16,
+    extra: &[&str],
+) -> Result<Child, String> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("tansu.log"))
         .map_err(|e| e.to_string())?;
     let url = format!("tcp://127.0.0.1:{port}");
+    let advertised = format!("tcp://127.0.0.1:{advertised}");
     // sqlite paths are relative to the working directory.
     let mut child = Command::new(tansu_binary())
         .current_dir(dir)
@@ -234,9 +247,10 @@ fn spawn_tansu(dir: &Path, port: u16) -> Result<Child, String> {
             "--listener-url",
             &url,
             "--advertised-listener-url",
-            &url,
+            &advertised,
         ])
         .args(["--storage-engine", "sqlite://tansu.db"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log)
