@@ -234,48 +234,15 @@ pub fn rules() -> Vec<Rule> {
 }
 
 /// Every metric family the crates export, by name, with its type: the
-/// `METRICS` constants of the SDK (and in-process bus) and of the tracer,
-/// and the families the Kafka backend registers.
+/// `METRICS` constants of the SDK (and in-process bus), the Kafka backend
+/// and the tracer.
 pub fn metric_catalog() -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for (name, kind, _, _) in choreo_bus::METRICS.iter().chain(choreo_trace::METRICS) {
-        out.insert((*name).to_owned(), (*kind).to_owned());
-    }
-    for (name, kind) in kafka_metrics() {
-        out.insert(name, kind);
-    }
-    out
-}
-
-/// The Kafka backend's families: the names crates/kafka/src/metrics.rs
-/// registers (its string literals; choreo-kafka links rdkafka, which this
-/// crate need not build to know them), typed by its doc table when it has one.
-fn kafka_metrics() -> Vec<(String, String)> {
-    let src = read("crates/kafka/src/metrics.rs");
-    let mut out = Vec::new();
-    for (at, _) in src.match_indices("\"choreo_kafka_") {
-        let rest = &src[at + 1..];
-        let Some(end) = rest.find('"') else { continue };
-        let name = &rest[..end];
-        if !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-            continue;
-        }
-        let kind = src
-            .lines()
-            .find_map(|l| {
-                let row = l.trim_start_matches(['/', '!', ' ']);
-                let cells: Vec<&str> = row.strip_prefix('|')?.split('|').collect();
-                let first = cells.first()?.trim().trim_matches('`');
-                if first == name {
-                    cells.get(1).copied()
-                } else {
-                    None
-                }
-            })
-            .map_or("counter or gauge", |k| k.trim());
-        out.push((name.to_owned(), kind.to_owned()));
-    }
-    out
+    choreo_bus::METRICS
+        .iter()
+        .chain(choreo_kafka::METRICS)
+        .chain(choreo_trace::METRICS)
+        .map(|(name, kind, _, _)| ((*name).to_owned(), (*kind).to_owned()))
+        .collect()
 }
 
 /// The family a series name belongs to: `x_bucket`, `x_sum` and `x_count`

@@ -250,7 +250,7 @@ fn every_metric_a_dashboard_or_rule_reads_is_exported_by_a_crate() {
     assert_eq!(
         catalog.get("choreo_kafka_consumer_lag").map(String::as_str),
         Some("gauge"),
-        "the Kafka backend's lag gauge, in crates/kafka/src/metrics.rs"
+        "the Kafka backend's lag gauge, in choreo_kafka::METRICS"
     );
     let mut used = BTreeMap::new();
     for d in repo::dashboards() {
@@ -271,8 +271,8 @@ fn every_metric_a_dashboard_or_rule_reads_is_exported_by_a_crate() {
         let family = repo::family(name, &catalog);
         assert!(
             catalog.contains_key(family),
-            "{where_} reads '{name}', which no crate exports (METRICS of choreo-bus, \
-             choreo-trace, the Kafka backend's table)"
+            "{where_} reads '{name}', which is in no crate's METRICS (choreo-bus, \
+             choreo-kafka, choreo-trace)"
         );
     }
 }
