@@ -482,3 +482,60 @@ fn publish_error(
         explained => choreo_core::Error::backend(context, explained),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::{SaslConfig, SaslMechanism, Secret};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn forwarded_librdkafka_lines_and_errors_lose_the_secrets() {
+        let config = KafkaConfig::new("b:9092").sasl(SaslConfig {
+            mechanism: SaslMechanism::Plain,
+            username: "svc".into(),
+            password: Secret::new("hunter2-xyz"),
+        });
+        let watch = Watch::new(&config);
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            log_librdkafka(
+                &watch,
+                RDKafkaLogLevel::Debug,
+                "SASL",
+                "sending PLAIN frame for svc/hunter2-xyz",
+            );
+            client_error(
+                &watch,
+                Some("billing"),
+                KafkaError::ClientCreation("bad password hunter2-xyz".into()),
+                "reason: hunter2-xyz",
+            );
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("hunter2-xyz"), "{text}");
+        assert_eq!(text.matches("<redacted>").count(), 3, "{text}");
+        assert!(text.contains("sending PLAIN frame for svc/"), "{text}");
+    }
+}

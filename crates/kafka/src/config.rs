@@ -504,10 +504,16 @@ impl KafkaConfig {
         if let Some(options) = take("CHOREO_KAFKA_OPTIONS") {
             for pair in options.split(';').map(str::trim).filter(|p| !p.is_empty()) {
                 let Some((k, v)) = pair.split_once('=') else {
+                    // A malformed pair may hold a secret (`sasl.password:…`).
+                    let shown = if is_secret_key(pair) {
+                        "<redacted>"
+                    } else {
+                        pair
+                    };
                     return Err(Error::Env {
                         var: "CHOREO_KAFKA_OPTIONS".into(),
                         reason: format!(
-                            "'{pair}' is not 'key=value': write options as 'key=value;key=value'"
+                            "'{shown}' is not 'key=value': write options as 'key=value;key=value'"
                         ),
                     });
                 };
