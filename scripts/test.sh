@@ -10,6 +10,12 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "build dependencies: OpenSSL headers and pkg-config (librdkafka is built with TLS)"
+# Before any cargo build: every crate that links choreo-kafka needs them.
+if ! dpkg -s libssl-dev pkg-config >/dev/null 2>&1; then
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends libssl-dev pkg-config >/dev/null
+fi
+
 step "test tools: graphviz (renders the topology graphs in the tests)"
 if ! command -v dot >/dev/null 2>&1; then
   apt-get update -qq && apt-get install -y -qq graphviz >/dev/null
@@ -59,5 +65,8 @@ step "docker/compose.yaml against the Compose Specification, docker/k8s against 
 
 step "soak: a million flows through the in-process bus, traced live (release build)"
 cargo test --release -p choreo-cli --test soak -- --ignored --nocapture
+
+step "fuzzing: every cargo-fuzz target for ${CHOREO_FUZZ_SECONDS:-20} s (stable toolchain, no sanitizer)"
+./scripts/fuzz.sh "${CHOREO_FUZZ_SECONDS:-20}"
 
 step "all green"
