@@ -5,12 +5,42 @@ use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 /// Every metric of the Kafka backend: (name, type, labels, meaning). The
 /// README's metric table lists them all (a test checks it).
 pub const METRICS: &[(&str, &str, &str, &str)] = &[
-    ("choreo_kafka_consumer_lag", "gauge", "group, topic, partition", "records after the group's committed offset (high watermark minus committed), refreshed every lag_interval"),
-    ("choreo_kafka_malformed_records_total", "counter", "topic", "records whose CloudEvents headers could not be read (dead-lettered by the runtime)"),
-    ("choreo_kafka_commit_failures_total", "counter", "group", "offset commits the broker refused (retried with the next commit)"),
-    ("choreo_kafka_rebalances_total", "counter", "group, kind", "partition assignments (assign) and revocations (revoke, lost) of this process's members"),
-    ("choreo_kafka_stale_settlements_total", "counter", "group", "settlements of deliveries whose partition had been revoked (the new owner gets them again)"),
-    ("choreo_avro_decode_failures_total", "counter", "topic, reason", "Avro payloads that did not decode: wire_format, unknown_schema, datum (choreo-avro)"),
+    (
+        "choreo_kafka_consumer_lag",
+        "gauge",
+        "group, topic, partition",
+        "records after the group's committed offset (high watermark minus committed), refreshed every lag_interval",
+    ),
+    (
+        "choreo_kafka_malformed_records_total",
+        "counter",
+        "topic",
+        "records whose CloudEvents headers could not be read (dead-lettered by the runtime)",
+    ),
+    (
+        "choreo_kafka_commit_failures_total",
+        "counter",
+        "group",
+        "offset commits the broker refused (retried with the next commit)",
+    ),
+    (
+        "choreo_kafka_rebalances_total",
+        "counter",
+        "group, kind",
+        "partition assignments (assign) and revocations (revoke, lost) of this process's members",
+    ),
+    (
+        "choreo_kafka_stale_settlements_total",
+        "counter",
+        "group",
+        "settlements of deliveries whose partition had been revoked (the new owner gets them again)",
+    ),
+    (
+        "choreo_avro_decode_failures_total",
+        "counter",
+        "topic, reason",
+        "Avro payloads that did not decode: wire_format, unknown_schema, datum (choreo-avro)",
+    ),
 ];
 
 /// The Kafka backend's metric families. Cheap to clone; register them with

@@ -19,7 +19,9 @@ pub struct MockKafka {
 
 impl std::fmt::Debug for MockKafka {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MockKafka").field("bootstrap_servers", &self.bootstrap_servers()).finish()
+        f.debug_struct("MockKafka")
+            .field("bootstrap_servers", &self.bootstrap_servers())
+            .finish()
     }
 }
 
@@ -40,9 +42,11 @@ impl MockKafka {
 
     /// Creates a topic (the mock has no admin API).
     pub fn create_topic(&self, name: &str, partitions: u32) -> Result<()> {
-        self.cluster.create_topic(name, partitions as i32, 1).map_err(|source| Error::Kafka {
-            context: format!("creating topic '{name}' on the mock cluster"),
-            source,
-        })
+        self.cluster
+            .create_topic(name, partitions as i32, 1)
+            .map_err(|source| Error::Kafka {
+                context: format!("creating topic '{name}' on the mock cluster"),
+                source,
+            })
     }
 }
