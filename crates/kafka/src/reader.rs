@@ -39,6 +39,7 @@ use crate::bus::{KafkaBus, LogContext};
 use crate::config::{KafkaConfig, Role};
 use crate::consumer::KafkaSubscription;
 use crate::consumer::envelope_of;
+use crate::metrics::KafkaMetrics;
 use crate::watch::Watch;
 use crate::{Error, Result};
 
@@ -95,6 +96,9 @@ pub struct ReaderOptions {
     /// How often a following reader looks for new topics matching a
     /// pattern. Default 5 s.
     pub refresh: Duration,
+    /// In a group: where the member's metrics go (its consumer lag among
+    /// them). Default: metrics nobody registered.
+    pub metrics: Option<KafkaMetrics>,
 }
 
 impl ReaderOptions {
@@ -106,7 +110,15 @@ impl ReaderOptions {
             follow: false,
             group: None,
             refresh: Duration::from_secs(5),
+            metrics: None,
         }
+    }
+
+    /// In a group, reports the member's metrics (consumer lag, rebalances,
+    /// commit failures) to `metrics`, to be registered where they are served.
+    pub fn metrics(mut self, metrics: KafkaMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Sets where reading starts.
@@ -253,7 +265,10 @@ impl RecordReader {
                     ReadFrom::Beginning => StartFrom::Earliest,
                     ReadFrom::End => StartFrom::Latest,
                 };
-                let bus = KafkaBus::new(config.clone())?;
+                let bus = match &reader.options.metrics {
+                    Some(m) => KafkaBus::with_metrics(config.clone(), m.clone())?,
+                    None => KafkaBus::new(config.clone())?,
+                };
                 let sub = KafkaSubscription::start(
                     bus.inner().clone(),
                     SubscribeOptions::new(group.clone(), topics).start_from(start),

@@ -321,7 +321,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
     let mut damaged = false;
     if let Some((kconfig, options)) = &config.follow {
         let addr = config.metrics_addr.as_deref().unwrap_or("127.0.0.1:9464");
-        follow(&mut tracer, kconfig, options.clone(), addr, &registry)?;
+        // The tracer's own consumer lag, next to its metrics.
+        let kafka_metrics = choreo_kafka::KafkaMetrics::new();
+        kafka_metrics.register(&registry)?;
+        let options = options.clone().metrics(kafka_metrics);
+        follow(&mut tracer, kconfig, options, addr, &registry)?;
     }
     for input in &config.inputs {
         let source = input.open()?;
