@@ -145,8 +145,6 @@ struct MetricsInner {
     ignored: IntCounterVec,
     publish_failures: IntCounterVec,
     receive_errors: IntCounterVec,
-    // Resolved label sets; std RwLock, never held across an await.
-    published_cache: RwLock<rustc_hash::FxHashMap<(Name, Name, Name), IntCounter>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -227,7 +225,6 @@ impl Metrics {
                     "Errors reported by the bus while receiving.",
                     &["service"],
                 )?,
-                published_cache: RwLock::new(rustc_hash::FxHashMap::default()),
             }),
         })
     }
@@ -295,13 +292,31 @@ impl Metrics {
             .published
             .with_label_values(&[service, topic, event_type])
     }
+}
 
-    /// Counts one event `service` published.
-    pub(crate) fn published(&self, service: &Name, topic: &Name, event_type: &Name) {
-        let key = (service.clone(), topic.clone(), event_type.clone());
+/// The `published` counters of one service, resolved once per (topic,
+/// event type): publishing must not hash label values every time.
+pub(crate) struct PublishedCounters {
+    service: Name,
+    metrics: Metrics,
+    // std RwLock: never held across an await.
+    cache: RwLock<rustc_hash::FxHashMap<(Name, Name), IntCounter>>,
+}
+
+impl PublishedCounters {
+    pub(crate) fn new(service: Name, metrics: Metrics) -> Self {
+        PublishedCounters {
+            service,
+            metrics,
+            cache: RwLock::default(),
+        }
+    }
+
+    /// Counts one event published to `topic`.
+    pub(crate) fn inc(&self, topic: &Name, event_type: &Name) {
+        let key = (topic.clone(), event_type.clone());
         if let Some(c) = self
-            .inner
-            .published_cache
+            .cache
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
@@ -310,12 +325,10 @@ impl Metrics {
             return;
         }
         let c = self
-            .inner
-            .published
-            .with_label_values(&[service, topic, event_type]);
+            .metrics
+            .published_counter(&self.service, topic, event_type);
         c.inc();
-        self.inner
-            .published_cache
+        self.cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, c);

@@ -2,7 +2,9 @@
 
 use choreo_core::{Bus, Codecs, Envelope, Event, EventId, Headers, Limits, Name, Timestamp};
 
-use super::metrics::Metrics;
+use std::sync::Arc;
+
+use super::metrics::{Metrics, PublishedCounters};
 use super::trace::ProduceSpan;
 use crate::{Error, Result};
 
@@ -17,6 +19,7 @@ pub struct Publisher<B> {
     source: Name,
     codecs: Codecs,
     metrics: Metrics,
+    published: Arc<PublishedCounters>,
     limits: Limits,
 }
 
@@ -32,10 +35,15 @@ impl<B: Bus> std::fmt::Debug for Publisher<B> {
 impl<B: Bus> Publisher<B> {
     /// A publisher for service `source`, with JSON and the default metrics.
     pub fn new(bus: &B, source: impl Into<Name>) -> Self {
+        let source = source.into();
         Publisher {
             bus: bus.clone(),
-            source: source.into(),
+            source: source.clone(),
             codecs: Codecs::json(),
+            published: Arc::new(PublishedCounters::new(
+                source.clone(),
+                Metrics::global().clone(),
+            )),
             metrics: Metrics::global().clone(),
             limits: Limits::default(),
         }
@@ -55,6 +63,7 @@ impl<B: Bus> Publisher<B> {
 
     /// Sets the metric families.
     pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.published = Arc::new(PublishedCounters::new(self.source.clone(), metrics.clone()));
         self.metrics = metrics;
         self
     }
@@ -132,7 +141,7 @@ impl<B: Bus> Publisher<B> {
         match self.bus.publish(env).await {
             Ok(()) => {
                 span.end(None);
-                self.metrics.published(&self.source, &topic, &event_type);
+                self.published.inc(&topic, &event_type);
                 Ok(())
             }
             Err(source) => {

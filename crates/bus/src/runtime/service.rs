@@ -24,7 +24,7 @@ use super::handler::{
     HandlerService, Invocation,
 };
 use super::idempotency::Idempotency;
-use super::metrics::{Metrics, RouteMetrics};
+use super::metrics::{Metrics, PublishedCounters, RouteMetrics};
 use super::retry::Retry;
 use super::trace::HandleSpan;
 use crate::{Error, Result};
@@ -461,8 +461,8 @@ impl Service {
             group,
             idempotency: self.idempotency,
             retry,
+            published: PublishedCounters::new(self.name.clone(), metrics.clone()),
             metrics,
-            published: Default::default(),
             receipts: self.config.receipts.clone().map(Name::from),
             dead_letter_topic: self.config.dead_letter_topic.clone(),
             shutdown: shutdown.clone(),
@@ -616,8 +616,7 @@ struct Runtime<B> {
     idempotency: Idempotency,
     retry: Arc<Retry>,
     metrics: Metrics,
-    // Resolved `published` counters by (topic, event type); std RwLock, no await held.
-    published: std::sync::RwLock<HashMap<(Name, Name), prometheus::IntCounter>>,
+    published: PublishedCounters,
     in_flight: prometheus::IntGauge,
     receipts: Option<Name>,
     dead_letter_topic: DeadLetterNaming,
@@ -931,28 +930,6 @@ impl<B: Bus> Runtime<B> {
         }
     }
 
-    /// Counts an event this service published.
-    fn count_published(&self, topic: &Name, event_type: &Name) {
-        let key = (topic.clone(), event_type.clone());
-        if let Some(c) = self
-            .published
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
-            c.inc();
-            return;
-        }
-        let c = self
-            .metrics
-            .published_counter(&self.shared.name, topic, event_type);
-        c.inc();
-        self.published
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, c);
-    }
-
     /// Publishes a handler's emissions, all at once (a backend that pipelines
     /// sends them together).
     async fn publish_emitted(
@@ -971,7 +948,7 @@ impl<B: Bus> Runtime<B> {
                 match &r {
                     Ok(()) => {
                         produce.end(None);
-                        self.count_published(&topic, &event_type);
+                        self.published.inc(&topic, &event_type);
                     }
                     Err(e) => {
                         produce.end(Some(&e.to_string()));
