@@ -12,6 +12,32 @@ use std::time::{Duration, Instant};
 
 use choreo_core::{Delivery, Subscription};
 
+/// The sum of every series of metric `name` in `registry` whose labels
+/// include `labels` (all series for `&[]`): a counter's or gauge's value, a
+/// histogram's sample count. 0 when there is none.
+pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus::proto::MetricType;
+    let mut sum = 0.0;
+    for family in registry.gather().iter().filter(|f| f.name() == name) {
+        for m in family.get_metric() {
+            let matches = labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            });
+            if matches {
+                sum += match family.get_field_type() {
+                    MetricType::COUNTER => m.get_counter().get_value(),
+                    MetricType::GAUGE => m.get_gauge().get_value(),
+                    MetricType::HISTOGRAM => m.get_histogram().get_sample_count() as f64,
+                    _ => 0.0,
+                };
+            }
+        }
+    }
+    sum
+}
+
 /// Polls `cond` until it is true or `deadline` passes; panics with `what` on timeout.
 pub async fn wait_until<F: FnMut() -> bool>(what: &str, deadline: Duration, mut cond: F) {
     let start = Instant::now();

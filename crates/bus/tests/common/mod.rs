@@ -53,29 +53,4 @@ pub fn events(bus: &InProcessBus, topic: &str) -> Vec<Arc<Envelope>> {
     bus.retained(topic)
 }
 
-/// The value of a counter or gauge with exactly these labels in `registry`.
-pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
-    for family in registry.gather() {
-        if family.name() != name {
-            continue;
-        }
-        for m in family.get_metric() {
-            let matches = labels.iter().all(|(k, v)| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == *k && l.value() == *v)
-            });
-            if matches {
-                return match family.get_field_type() {
-                    prometheus::proto::MetricType::COUNTER => m.get_counter().get_value(),
-                    prometheus::proto::MetricType::GAUGE => m.get_gauge().get_value(),
-                    prometheus::proto::MetricType::HISTOGRAM => {
-                        m.get_histogram().get_sample_count() as f64
-                    }
-                    _ => 0.0,
-                };
-            }
-        }
-    }
-    0.0
-}
+pub use choreo_testkit::metric;

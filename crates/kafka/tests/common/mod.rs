@@ -356,30 +356,7 @@ pub fn metrics() -> (prometheus::Registry, Metrics) {
     (registry, metrics)
 }
 
-/// The sum of every series of a counter or gauge whose labels include `labels`.
-pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut sum = 0.0;
-    for family in registry.gather() {
-        if family.name() != name {
-            continue;
-        }
-        for m in family.get_metric() {
-            let matches = labels.iter().all(|(k, v)| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == *k && l.value() == *v)
-            });
-            if matches {
-                sum += match family.get_field_type() {
-                    prometheus::proto::MetricType::COUNTER => m.get_counter().get_value(),
-                    prometheus::proto::MetricType::GAUGE => m.get_gauge().get_value(),
-                    _ => 0.0,
-                };
-            }
-        }
-    }
-    sum
-}
+pub use choreo_testkit::metric;
 
 /// Three services of an order saga: payment (OrderPlaced → PaymentCaptured),
 /// shipping (PaymentCaptured → OrderShipped) and ledger (records each
