@@ -53,4 +53,5 @@ pub fn events(bus: &InProcessBus, topic: &str) -> Vec<Arc<Envelope>> {
     bus.retained(topic)
 }
 
+#[allow(unused_imports)] // not every test binary reads metrics
 pub use choreo_testkit::metric;

@@ -356,6 +356,7 @@ pub fn metrics() -> (prometheus::Registry, Metrics) {
     (registry, metrics)
 }
 
+#[allow(unused_imports)] // not every test binary reads metrics
 pub use choreo_testkit::metric;
 
 /// Three services of an order saga: payment (OrderPlaced → PaymentCaptured),
