@@ -312,18 +312,9 @@ fn json_report(results: &[(&PathBuf, Checked)], exit_code: u8) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        args: Args,
-    }
 
     fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
-        let mut all = vec!["check"];
-        all.extend_from_slice(argv);
-        Wrap::try_parse_from(all).map(|w| w.args)
+        super::super::parse_args("check", argv)
     }
 
     #[test]

@@ -76,18 +76,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        args: Args,
-    }
 
     fn config(argv: &[&str]) -> Config {
-        let mut all = vec!["graph"];
-        all.extend_from_slice(argv);
-        Config::from(Wrap::try_parse_from(all).unwrap().args)
+        Config::from(super::super::parse_args::<Args>("graph", argv).unwrap())
     }
 
     #[test]
@@ -108,6 +99,6 @@ mod tests {
 
     #[test]
     fn unknown_format_is_a_usage_error() {
-        assert!(Wrap::try_parse_from(["graph", "t.yaml", "--format", "svg"]).is_err());
+        assert!(super::super::parse_args::<Args>("graph", &["t.yaml", "--format", "svg"]).is_err());
     }
 }

@@ -52,3 +52,41 @@ pub(crate) fn emit(mut out: Box<dyn Write>, text: &str) -> anyhow::Result<()> {
     out.flush().context("cannot write the output")?;
     Ok(())
 }
+
+/// A progress bar on stderr when it is a terminal and the work is worth one
+/// (`total` at least `worth`); none when piped or asked to be quiet.
+pub(crate) fn progress_bar(
+    wanted: bool,
+    total: u64,
+    worth: u64,
+    template: &str,
+) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal as _;
+    if !wanted || !io::stderr().is_terminal() || total < worth {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    Some(bar)
+}
+
+/// Parses one subcommand's flags as the `choreo` binary would, for the
+/// commands' tests of their flag conversions.
+#[cfg(test)]
+pub(crate) fn parse_args<A: clap::Args>(command: &str, argv: &[&str]) -> Result<A, clap::Error> {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap<A: clap::Args> {
+        #[command(flatten)]
+        args: A,
+    }
+
+    let mut all = vec![command];
+    all.extend_from_slice(argv);
+    Wrap::<A>::try_parse_from(all).map(|w| w.args)
+}

@@ -1,6 +1,5 @@
 //! `choreo simulate`: run a topology as simulated services on the in-process bus.
 
-use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -304,7 +303,12 @@ pub(crate) async fn simulate(
         _ => None,
     };
 
-    let bar = progress_bar(config.progress, config.sim.flows);
+    let bar = super::progress_bar(
+        config.progress,
+        config.sim.flows,
+        500,
+        "{spinner} simulating [{bar:30}] {pos}/{len} flows {msg} ({eta})",
+    );
     let progress = {
         let bar = bar.clone();
         move |p: SimProgress| {
@@ -369,21 +373,6 @@ pub(crate) async fn simulate(
     })
 }
 
-fn progress_bar(wanted: bool, flows: u64) -> Option<indicatif::ProgressBar> {
-    if !wanted || !std::io::stderr().is_terminal() || flows < 500 {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(flows);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} simulating [{bar:30}] {pos}/{len} flows {msg} ({eta})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    Some(bar)
-}
-
 /// One line per kind of injected fault.
 pub(crate) fn injected_summary(truth: &Truth) -> String {
     let mut kinds: Vec<(&str, usize)> = Vec::new();
@@ -442,18 +431,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        args: Args,
-    }
 
     fn config(argv: &[&str]) -> anyhow::Result<Config> {
-        let mut all = vec!["simulate"];
-        all.extend_from_slice(argv);
-        Config::from_args(Wrap::try_parse_from(all)?.args)
+        Config::from_args(super::super::parse_args("simulate", argv)?)
     }
 
     #[test]

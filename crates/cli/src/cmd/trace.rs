@@ -1,6 +1,5 @@
 //! `choreo trace`: rebuild every flow of a capture, check it against a topology, report.
 
-use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -330,7 +329,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
     for input in &config.inputs {
         let source = input.open()?;
         let name = source.name();
-        let bar = progress_bar(config.progress, &source.progress());
+        // A bar for files over 8 MiB (their size is known).
+        let bar = source.progress().total_bytes.and_then(|total| {
+            super::progress_bar(
+                config.progress,
+                total,
+                8 << 20,
+                "{spinner} tracing [{bar:30}] {bytes}/{total_bytes} {msg} ({eta})",
+            )
+        });
         let drained = choreo_trace::drive(
             source,
             &mut tracer,
@@ -412,23 +419,6 @@ fn pretty(v: &serde_json::Value) -> anyhow::Result<String> {
     Ok(s)
 }
 
-/// A progress bar on a terminal for inputs worth one (over 8 MiB); none when piped.
-fn progress_bar(wanted: bool, p: &choreo_trace::Progress) -> Option<indicatif::ProgressBar> {
-    let total = p.total_bytes?;
-    if !wanted || !std::io::stderr().is_terminal() || total < 8 << 20 {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} tracing [{bar:30}] {bytes}/{total_bytes} {msg} ({eta})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    Some(bar)
-}
-
 /// Traces Kafka live until interrupted (ctrl-c or SIGTERM) or the topics
 /// end: ingests every record, ticks the tracer every second (folding settled
 /// flows, reporting stuck ones), and serves its metrics.
@@ -504,18 +494,9 @@ fn serve_metrics(addr: &str, registry: prometheus::Registry) -> anyhow::Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        args: Args,
-    }
 
     fn config(argv: &[&str]) -> anyhow::Result<Config> {
-        let mut all = vec!["trace"];
-        all.extend_from_slice(argv);
-        Config::from_args(Wrap::try_parse_from(all)?.args)
+        Config::from_args(super::super::parse_args("trace", argv)?)
     }
 
     #[test]
