@@ -314,8 +314,12 @@ pub struct SimConfig {
     /// Seed of every random decision: the same seed gives the same branches,
     /// latencies and faults for each flow, whatever the scheduling.
     pub seed: u64,
-    /// Handler latency.
+    /// Handler latency of every reaction without its own.
     pub latency: Latency,
+    /// Handler latency of particular reactions, by `service:event` (or
+    /// `service` for all of its reactions).
+    #[serde(default)]
+    pub latencies: HashMap<String, Latency>,
     /// Relative weights of `one_of` branches by event name (default 1 each).
     pub weights: HashMap<String, f64>,
     /// Faults to inject.
@@ -334,12 +338,39 @@ impl Default for SimConfig {
             concurrency: 32,
             seed: 1,
             latency: Latency::default(),
+            latencies: HashMap::new(),
             weights: HashMap::new(),
             faults: Vec::new(),
             max_attempts: 3,
             partitions: 4,
         }
     }
+}
+
+impl SimConfig {
+    /// The latency of `service` reacting to `event`: its own, its service's, or the default.
+    pub fn latency_of(&self, service: &str, event: &str) -> Latency {
+        self.latencies
+            .get(&format!("{service}:{event}"))
+            .or_else(|| self.latencies.get(service))
+            .copied()
+            .unwrap_or(self.latency)
+    }
+}
+
+/// Parses `SERVICE[:EVENT]=LATENCY` for one reaction's (or service's) latency.
+pub fn parse_latency(arg: &str) -> Result<(String, Latency)> {
+    let (target, latency) = arg.split_once('=').ok_or_else(|| {
+        Error::Config(format!(
+            "--latency-of {arg}: expected SERVICE[:EVENT]=LATENCY, such as payment:OrderPlaced=20ms..200ms"
+        ))
+    })?;
+    if target.trim().is_empty() {
+        return Err(Error::Config(format!(
+            "--latency-of {arg}: the service name is empty"
+        )));
+    }
+    Ok((target.trim().to_owned(), latency.parse()?))
 }
 
 /// Parses `EVENT=WEIGHT` for branch weights.

@@ -228,10 +228,12 @@ impl Handler {
             }
         }
 
-        let latency = self
-            .config
-            .latency
-            .sample(roll(seed, flow, &[svc, handled, "latency"], 0));
+        let latency = self.config.latency_of(svc, handled).sample(roll(
+            seed,
+            flow,
+            &[svc, handled, "latency"],
+            0,
+        ));
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
         }
@@ -410,6 +412,22 @@ impl Simulation {
                 return Err(Error::Config(format!(
                     "--{} {service}:{e}: service '{service}' does not react to '{e}' in topology '{}'",
                     f.kind(),
+                    topology.name()
+                )));
+            }
+        }
+        for target in config.latencies.keys() {
+            let (service, event) = match target.split_once(':') {
+                Some((s, e)) => (s, Some(e)),
+                None => (target.as_str(), None),
+            };
+            let known = match event {
+                Some(e) => topology.reaction(service, e).is_some(),
+                None => topology.service(service).is_some(),
+            };
+            if !known {
+                return Err(Error::Config(format!(
+                    "--latency-of {target}=…: topology '{}' has no reaction '{target}' (write SERVICE or SERVICE:EVENT of a declared reaction)",
                     topology.name()
                 )));
             }

@@ -133,3 +133,48 @@ async fn duplicated_deliveries_are_removed_by_idempotency() {
         .collect();
     assert_eq!(ends.len(), 40);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reaction_can_have_its_own_latency() {
+    let mut config = quick(20, vec![]);
+    config.latencies.insert(
+        "shipping:StockReserved".into(),
+        Latency::Fixed(Duration::from_millis(120)),
+    );
+    let (bus, _) = run(config).await;
+    let receipts: Vec<Receipt> = bus
+        .retained(RECEIPTS_TOPIC)
+        .iter()
+        .filter_map(|e| Receipt::from_envelope(e))
+        .collect();
+    let shipping: Vec<&Receipt> = receipts
+        .iter()
+        .filter(|r| r.service == "shipping")
+        .collect();
+    assert!(!shipping.is_empty());
+    assert!(
+        shipping.iter().all(|r| r.duration_us >= 120_000),
+        "the configured latency applies"
+    );
+    assert!(
+        receipts
+            .iter()
+            .filter(|r| r.service == "payment")
+            .all(|r| r.duration_us < 120_000),
+        "and only to that reaction"
+    );
+}
+
+#[test]
+fn a_latency_for_an_unknown_reaction_is_refused() {
+    let mut config = quick(1, vec![]);
+    config.latencies.insert(
+        "shipping:OrderPlaced".into(),
+        Latency::Fixed(Duration::ZERO),
+    );
+    let err = Simulation::new(topology(), config).unwrap_err().to_string();
+    assert!(
+        err.contains("has no reaction 'shipping:OrderPlaced'"),
+        "{err}"
+    );
+}

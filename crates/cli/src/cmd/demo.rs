@@ -137,6 +137,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
             concurrency: 32,
             seed: args.seed,
             latency: Latency::Uniform(Duration::from_millis(1), Duration::from_millis(8)),
+            latencies: Default::default(),
             weights: Default::default(),
             faults,
             max_attempts: 3,

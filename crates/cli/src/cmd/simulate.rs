@@ -53,6 +53,9 @@ pub(crate) struct Args {
     /// Handler latency: a duration (5ms) or a uniform range (1ms..20ms).
     #[arg(long, default_value = "1ms..10ms")]
     latency: String,
+    /// Latency of one reaction or of all of a service's, SERVICE[:EVENT]=LATENCY (repeatable).
+    #[arg(long = "latency-of", value_name = "SERVICE[:EVENT]=LATENCY")]
+    latencies: Vec<String>,
     /// Weight of a one_of branch, EVENT=WEIGHT (default 1 each; repeatable).
     #[arg(long = "weight", value_name = "EVENT=WEIGHT")]
     weights: Vec<String>,
@@ -128,6 +131,11 @@ impl Config {
             weights.insert(event, weight);
         }
         let latency: Latency = a.latency.parse()?;
+        let mut latencies = std::collections::HashMap::new();
+        for l in &a.latencies {
+            let (target, latency) = choreo_sim::parse_latency(l)?;
+            latencies.insert(target, latency);
+        }
         if a.concurrency == 0 {
             bail!("--concurrency must be at least 1");
         }
@@ -148,6 +156,7 @@ impl Config {
                 concurrency: a.concurrency,
                 seed: a.seed,
                 latency,
+                latencies,
                 weights,
                 faults,
                 max_attempts: a.max_attempts,
@@ -473,12 +482,28 @@ mod tests {
             "--capture",
             "run.avro",
             "--trace",
+            "--latency-of",
+            "payment:OrderPlaced=20ms..40ms",
+            "--latency-of",
+            "shipping=1s",
         ])
         .unwrap();
         assert_eq!(c.sim.flows, 50);
         assert_eq!(c.sim.latency, Latency::Fixed(Duration::from_millis(2)));
         assert_eq!(c.sim.faults.len(), 6);
         assert_eq!(c.sim.weights["PaymentCaptured"], 9.0);
+        assert_eq!(
+            c.sim.latency_of("payment", "OrderPlaced"),
+            Latency::Uniform(Duration::from_millis(20), Duration::from_millis(40))
+        );
+        assert_eq!(
+            c.sim.latency_of("shipping", "StockReserved"),
+            Latency::Fixed(Duration::from_secs(1))
+        );
+        assert_eq!(
+            c.sim.latency_of("payment", "OutOfStock"),
+            Latency::Fixed(Duration::from_millis(2))
+        );
         assert!(c.trace);
         assert_eq!(
             sidecar_path(c.capture.as_deref().unwrap()),
@@ -493,6 +518,8 @@ mod tests {
         assert!(config(&["t.yaml", "--latency", "fast"]).is_err());
         assert!(config(&["t.yaml", "--concurrency", "0"]).is_err());
         assert!(config(&["t.yaml", "--weight", "X"]).is_err());
+        assert!(config(&["t.yaml", "--latency-of", "payment"]).is_err());
+        assert!(config(&["t.yaml", "--latency-of", "payment=soon"]).is_err());
         assert!(config(&["t.yaml", "--capture", "run.txt"]).is_err());
     }
 }
