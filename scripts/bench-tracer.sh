@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The tracer benchmark: `choreo trace` against pm4py on the same event log.
 #
-#   ./scripts/bench-tracer.sh            1,000,000 records (events + receipts)
-#   RECORDS=200000 ./scripts/bench-tracer.sh
+#   ./scripts/bench-tracer.sh            1,000,000 events (+ their receipts: ~2,000,000 records)
+#   EVENTS=200000 ./scripts/bench-tracer.sh
+#   RECORDS=1000000 ./scripts/bench-tracer.sh   a capture of that many records instead
 #
 # 1. generates a capture of the order-fulfillment saga (many overlapping
 #    flows, every consumer's receipt, 2 % of flows with a fault) with
@@ -12,14 +13,15 @@
 #    the CSV export of the event log — end to end, timed with its peak memory;
 # 3. times pm4py on that CSV (installed from PyPI into target/pm4py-venv):
 #    read_csv, format_dataframe and discover_dfg separately, and its peak memory;
-# 4. prints records/s, events/s, peak memory and the ratio.
+# 4. prints events/s, records/s, peak memory and the ratio.
 #
 # Each side runs RUNS times (default 3); the median is reported. Not a test:
 # numbers depend on the machine. Output in bench-out/tracer/ (gitignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RECORDS=${RECORDS:-1000000}
+EVENTS=${EVENTS:-1000000}
+RECORDS=${RECORDS:-}
 RUNS=${RUNS:-3}
 OUT=bench-out/tracer
 VENV=target/pm4py-venv
@@ -31,11 +33,16 @@ step "build (release)"
 cargo build --release -q -p choreo-cli
 cargo build --release -q -p choreo-trace --example gen_capture
 
-CAPTURE="$OUT/capture-$RECORDS.avro"
+if [ -n "$RECORDS" ]; then
+  SIZE="-n $RECORDS"; CAPTURE="$OUT/capture-r$RECORDS.avro"
+else
+  SIZE="-e $EVENTS"; CAPTURE="$OUT/capture-e$EVENTS.avro"
+fi
 # Regenerated when missing or older than the generator.
 if [ ! -s "$CAPTURE" ] || [ target/release/examples/gen_capture -nt "$CAPTURE" ]; then
-  step "generate $RECORDS records"
-  target/release/examples/gen_capture -n "$RECORDS" -o "$CAPTURE"
+  step "generate ($SIZE)"
+  # shellcheck disable=SC2086 # two words: the flag and its value
+  target/release/examples/gen_capture $SIZE -o "$CAPTURE"
 fi
 
 step "pm4py in $VENV"
@@ -57,7 +64,9 @@ for _ in $(seq "$RUNS"); do
 done
 TRACE_S=$(awk '{print $1}' "$OUT/trace-times.txt" | median)
 TRACE_KB=$(awk '{print $2}' "$OUT/trace-times.txt" | sort -g | tail -1)
-EVENTS=$(($(wc -l < "$OUT/log.csv") - 1))
+# "read N records: E events, R receipts, D dead-letter copies; ..." from the summary
+read -r IN_RECORDS IN_EVENTS < <(sed -n 's/^read \([0-9]*\) records: \([0-9]*\) events.*/\1 \2/p' "$OUT/summary.txt")
+LOG_EVENTS=$(($(wc -l < "$OUT/log.csv") - 1))
 
 cat > "$OUT/pm4py_dfg.py" <<'PY'
 import sys, time
@@ -85,16 +94,16 @@ col() { awk -v c="$1" '{print $c}' "$OUT/pm4py-times.txt" | median; }
 READ_S=$(col 1); FORMAT_S=$(col 2); DFG_S=$(col 3); PM_S=$(col 4)
 PM_KB=$(awk '{print $6}' "$OUT/pm4py-times.txt" | sort -g | tail -1)
 
-python3 - "$RECORDS" "$EVENTS" "$TRACE_S" "$TRACE_KB" "$READ_S" "$FORMAT_S" "$DFG_S" "$PM_S" "$PM_KB" <<'PY'
+python3 - "$IN_RECORDS" "$IN_EVENTS" "$LOG_EVENTS" "$TRACE_S" "$TRACE_KB" "$READ_S" "$FORMAT_S" "$DFG_S" "$PM_S" "$PM_KB" <<'PY'
 import sys
-records, events = int(sys.argv[1]), int(sys.argv[2])
-trace_s, trace_kb = float(sys.argv[3]), int(sys.argv[4])
-read_s, fmt_s, dfg_s, pm_s, pm_kb = map(float, sys.argv[5:10])
+records, events, log_events = map(int, sys.argv[1:4])
+trace_s, trace_kb = float(sys.argv[4]), int(sys.argv[5])
+read_s, fmt_s, dfg_s, pm_s, pm_kb = map(float, sys.argv[6:11])
 print()
-print(f"capture: {records:,} records ({events:,} events in the CSV log; the rest are receipts and dead-letter copies)")
-print(f"choreo trace (read + reconstruct + conformance + summary + CSV export), median of runs:")
-print(f"  {trace_s:.3f} s   {records / trace_s:,.0f} records/s   {events / trace_s:,.0f} events/s   peak {trace_kb / 1024:.0f} MiB")
-print(f"pm4py on the same log (CSV):")
-print(f"  read_csv {read_s:.3f} s + format_dataframe {fmt_s:.3f} s + discover_dfg {dfg_s:.3f} s = {pm_s:.3f} s   {events / pm_s:,.0f} events/s   peak {pm_kb / 1024:.0f} MiB")
+print(f"capture: {events:,} events + {records - events:,} receipts and dead-letter copies = {records:,} records")
+print(f"choreo trace (read + reconstruct + conformance + summary + CSV export of {log_events:,} events, duplicates collapsed), median of runs:")
+print(f"  {trace_s:.3f} s   {events / trace_s:,.0f} events/s   {records / trace_s:,.0f} records/s   peak {trace_kb / 1024:.0f} MiB")
+print(f"pm4py on the same log (CSV, {log_events:,} events):")
+print(f"  read_csv {read_s:.3f} s + format_dataframe {fmt_s:.3f} s + discover_dfg {dfg_s:.3f} s = {pm_s:.3f} s   {log_events / pm_s:,.0f} events/s   peak {pm_kb / 1024:.0f} MiB")
 print(f"ratio: choreo trace is {pm_s / trace_s:.2f}× faster than pm4py's discover_dfg pipeline on the same log")
 PY

@@ -1,7 +1,7 @@
 //! Generates a synthetic capture of the order-fulfillment saga for benchmarks.
 //!
 //! ```text
-//! cargo run --release -p choreo-trace --example gen_capture -- [-n RECORDS] [-o FILE] [--seed N] [--faults RATE]
+//! cargo run --release -p choreo-trace --example gen_capture -- [-e EVENTS | -n RECORDS] [-o FILE] [--seed N] [--faults RATE]
 //! ```
 //!
 //! Flows follow `topologies/order-fulfillment.yaml`: every event gets a
@@ -11,7 +11,14 @@
 //! roughly — not exactly — in time order. A fraction `--faults` of flows
 //! carries a fault: a dead-lettered shipment, a payment that emits both
 //! branches, a reservation that never comes (stuck), a redelivered duplicate,
-//! clock skew. `-n` counts records (events + receipts + dead-letter copies).
+//! clock skew.
+//!
+//! `-e EVENTS` (the default, 1 000 000) writes exactly that many events —
+//! envelopes other than receipts and dead-letter copies, a redelivered
+//! duplicate included — plus their receipts and dead-letter copies: about
+//! twice as many records. The last flow is cut short where the count is
+//! reached, as a capture ends mid-flow. `-n RECORDS` instead counts records
+//! (events + receipts + dead-letter copies) and stops at that many.
 
 use std::path::PathBuf;
 
@@ -29,6 +36,9 @@ struct Gen {
     faults: f64,
     records: Vec<(i64, u64, Record)>,
     seq: u64,
+    /// Events still to generate (`-e`); once none are left, further events
+    /// and the receipts of events not generated are dropped.
+    events_left: u64,
 }
 
 const ORDERS: &str = "orders";
@@ -44,6 +54,26 @@ impl Gen {
     }
 
     fn push(&mut self, env: Envelope) {
+        let receipt = env.event_type.as_str() == choreo_core::RECEIPT_TYPE;
+        let dead_letter = env.headers.get_str(dlq_headers::REASON).is_some();
+        if receipt || dead_letter {
+            // Only for an event that was generated.
+            let event = if receipt {
+                env.causation_id.as_ref()
+            } else {
+                Some(&env.id)
+            };
+            if self.events_left == 0
+                && !event.is_some_and(|h| self.records.iter().any(|r| &r.2.envelope.id == h))
+            {
+                return;
+            }
+        } else {
+            if self.events_left == 0 {
+                return;
+            }
+            self.events_left -= 1;
+        }
         let t = env.time.as_micros();
         let partition = (self.seq % 8) as u32;
         let rec = Record::new(env).at(partition, self.seq);
@@ -255,7 +285,8 @@ impl Gen {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut records: u64 = 1_000_000;
+    let mut records: Option<u64> = None;
+    let mut events: u64 = 1_000_000;
     let mut out = PathBuf::from("capture.avro");
     let mut seed = 42u64;
     let mut faults = 0.02f64;
@@ -263,13 +294,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
-            "-n" | "--records" => records = val()?.replace('_', "").parse()?,
+            "-e" | "--events" => events = val()?.replace('_', "").parse()?,
+            "-n" | "--records" => records = Some(val()?.replace('_', "").parse()?),
             "-o" | "--output" => out = PathBuf::from(val()?),
             "--seed" => seed = val()?.parse()?,
             "--faults" => faults = val()?.parse()?,
             "-h" | "--help" => {
                 println!(
-                    "gen_capture [-n RECORDS] [-o FILE(.avro|.jsonl)] [--seed N] [--faults RATE]"
+                    "gen_capture [-e EVENTS | -n RECORDS] [-o FILE(.avro|.jsonl)] [--seed N] [--faults RATE]"
                 );
                 return Ok(());
             }
@@ -281,15 +313,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         faults,
         records: Vec::new(),
         seq: 0,
+        // -n: no event budget; records are counted as they are written.
+        events_left: if records.is_some() { u64::MAX } else { events },
     };
+    let max_records = records.unwrap_or(u64::MAX);
     let mut w = Writer::create(&out, Format::from_path(&out))?;
     // Flows start 150 µs apart and last tens of milliseconds: hundreds overlap.
     let mut t: i64 = 1_764_000_000_000_000;
     let mut written = 0u64;
+    let mut written_events = 0u64;
     let mut flows = 0u64;
-    while written < records {
+    while written < max_records && g.events_left > 0 {
         g.records.clear();
         for _ in 0..2_000 {
+            if g.events_left == 0 {
+                break;
+            }
             g.flow(t);
             flows += 1;
             t += g.rng.random_range(50..250);
@@ -298,16 +337,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         g.records
             .sort_by_key(|(time, seq, _)| (*time / 2_000, *seq));
         for (_, _, r) in &g.records {
-            if written == records {
+            if written == max_records {
                 break;
             }
             w.write(r)?;
             written += 1;
+            let env = &r.envelope;
+            if env.event_type.as_str() != choreo_core::RECEIPT_TYPE
+                && env.headers.get_str(dlq_headers::REASON).is_none()
+            {
+                written_events += 1;
+            }
         }
     }
     w.finish()?;
     eprintln!(
-        "wrote {written} records ({flows} flows) to {}",
+        "wrote {written} records ({written_events} events, {flows} flows) to {}",
         out.display()
     );
     Ok(())
