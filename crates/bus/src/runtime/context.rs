@@ -1,6 +1,6 @@
 //! The handler's context: what it is handling, and how it emits follow-up events.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use choreo_core::{Codecs, Envelope, Event, EventId, Headers, Limits, Name, Result, Timestamp};
@@ -35,9 +35,16 @@ struct ContextInner {
     shared: Arc<ServiceShared>,
     cause: Arc<Envelope>,
     attempt: u32,
-    flow_key: OnceLock<Bytes>,
     // std Mutex: never held across an await.
-    outbox: Mutex<Outbox>,
+    state: Mutex<EmitState>,
+}
+
+/// What emitting changes: the events emitted so far, and the flow's key once
+/// it has been worked out.
+#[derive(Default)]
+struct EmitState {
+    outbox: Outbox,
+    flow_key: Option<Bytes>,
 }
 
 impl Context {
@@ -47,8 +54,7 @@ impl Context {
                 shared,
                 cause,
                 attempt,
-                flow_key: OnceLock::new(),
-                outbox: Mutex::new(Outbox::new()),
+                state: Mutex::new(EmitState::default()),
             }),
         }
     }
@@ -58,17 +64,13 @@ impl Context {
     /// over the service's [`Limits`](choreo_core::Limits).
     pub fn emit<E: Event>(&self, event: &E) -> Result<EventId> {
         let data = self.inner.shared.codecs.encode(event)?;
-        let key = match event.key() {
-            Some(k) => Bytes::from(k),
-            None => self.flow_key(),
-        };
-        let mut env = self.stamp(
+        let key = event.key().map(Bytes::from);
+        let env = self.stamp(
             Name::from_static(E::TYPE),
             Name::from_static(E::TOPIC),
             data,
         );
-        env.key = Some(key);
-        self.push(env)
+        self.push(env, key)
     }
 
     /// Emits a raw payload as an event of type `event_type` on `topic`, stamped
@@ -80,19 +82,24 @@ impl Context {
         topic: impl Into<Name>,
         data: impl Into<Bytes>,
     ) -> Result<EventId> {
-        let mut env = self.stamp(event_type.into(), topic.into(), data.into());
-        env.key = Some(self.flow_key());
-        self.push(env)
+        let env = self.stamp(event_type.into(), topic.into(), data.into());
+        self.push(env, None)
     }
 
-    fn push(&self, env: Envelope) -> Result<EventId> {
+    /// Keys `env` (with `key`, or the flow's key), checks it against the
+    /// limits and adds it to the outbox.
+    fn push(&self, mut env: Envelope, key: Option<Bytes>) -> Result<EventId> {
+        let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        env.key = Some(match key {
+            Some(k) => k,
+            None => state
+                .flow_key
+                .get_or_insert_with(|| self.flow_key())
+                .clone(),
+        });
         self.inner.shared.limits.check(&env)?;
         let id = env.id.clone();
-        self.inner
-            .outbox
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(env);
+        state.outbox.push(env);
         Ok(id)
     }
 
@@ -119,21 +126,17 @@ impl Context {
         }
     }
 
+    /// The key of the flow: its correlation id.
     fn flow_key(&self) -> Bytes {
-        self.inner
-            .flow_key
-            .get_or_init(|| {
-                let cause = &self.inner.cause;
-                // Usually the cause is keyed by its flow already: share its bytes.
-                if let (Some(key), Some(uuid)) = (&cause.key, cause.correlation_id.as_uuid()) {
-                    let mut buf = [0u8; 36];
-                    if key.as_ref() == uuid.hyphenated().encode_lower(&mut buf).as_bytes() {
-                        return key.clone();
-                    }
-                }
-                Bytes::from(cause.correlation_id.to_string())
-            })
-            .clone()
+        let cause = &self.inner.cause;
+        // Usually the cause is keyed by its flow already: share its bytes.
+        if let (Some(key), Some(uuid)) = (&cause.key, cause.correlation_id.as_uuid()) {
+            let mut buf = [0u8; 36];
+            if key.as_ref() == uuid.hyphenated().encode_lower(&mut buf).as_bytes() {
+                return key.clone();
+            }
+        }
+        Bytes::from(cause.correlation_id.to_string())
     }
 
     /// The event being handled.
@@ -159,14 +162,22 @@ impl Context {
     /// The events emitted so far in this attempt.
     pub fn emitted(&self) -> usize {
         self.inner
-            .outbox
+            .state
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .outbox
             .len()
     }
 
     pub(crate) fn take_outbox(&self) -> Outbox {
-        std::mem::take(&mut *self.inner.outbox.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(
+            &mut self
+                .inner
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .outbox,
+        )
     }
 }
 

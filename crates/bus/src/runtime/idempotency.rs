@@ -1,7 +1,6 @@
 //! Idempotency: an event a service already handled is acked without running
 //! its handler again.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
@@ -24,8 +23,15 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     fn insert(&self, service: &str, id: &EventId) -> BoxFuture<Result<(), BoxError>>;
 }
 
-/// The bounded in-memory store: remembers the last `capacity` ids per service
-/// (oldest forgotten first).
+/// The bounded in-memory store: remembers at least the last `capacity` ids
+/// (and at most twice as many), oldest forgotten first.
+///
+/// Ids are kept in two generations of `capacity` each: new ids go into the
+/// current one; when it is full it becomes the previous one and the old
+/// previous one is forgotten at once. A lookup checks both. This costs no
+/// per-event eviction (no queue of ids, no removal from the table) and reuses
+/// the tables' memory once they have grown. UUID ids — every id choreo
+/// generates — are stored as 128-bit integers; other ids as their text.
 pub struct MemoryStore {
     capacity: usize,
     // std Mutex: never held across an await.
@@ -34,12 +40,47 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct MemoryState {
-    seen: rustc_hash::FxHashSet<EventId>,
-    order: VecDeque<EventId>,
+    uuids: Generations<u128>,
+    texts: Generations<EventId>,
+}
+
+/// Two generations of remembered keys.
+struct Generations<K> {
+    current: rustc_hash::FxHashSet<K>,
+    previous: rustc_hash::FxHashSet<K>,
+}
+
+impl<K> Default for Generations<K> {
+    fn default() -> Self {
+        Generations {
+            current: Default::default(),
+            previous: Default::default(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq> Generations<K> {
+    fn contains(&self, k: &K) -> bool {
+        self.current.contains(k) || self.previous.contains(k)
+    }
+
+    fn insert(&mut self, k: K, capacity: usize) {
+        if self.previous.contains(&k) || !self.current.insert(k) {
+            return;
+        }
+        if self.current.len() >= capacity {
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.clear();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
 }
 
 impl MemoryStore {
-    /// A store remembering up to `capacity` ids.
+    /// A store remembering at least the last `capacity` ids.
     pub fn new(capacity: usize) -> Self {
         MemoryStore {
             capacity: capacity.max(1),
@@ -49,34 +90,27 @@ impl MemoryStore {
 
     /// Whether `id` is remembered.
     pub fn contains_now(&self, id: &EventId) -> bool {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .seen
-            .contains(id)
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match id.as_uuid() {
+            Some(u) => st.uuids.contains(&u.as_u128()),
+            None => st.texts.contains(id),
+        }
     }
 
-    /// Remembers `id`, forgetting the oldest id when full.
+    /// Remembers `id`; when the current generation is full, the oldest
+    /// generation is forgotten.
     pub fn insert_now(&self, id: &EventId) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if !st.seen.insert(id.clone()) {
-            return;
-        }
-        st.order.push_back(id.clone());
-        if st.order.len() > self.capacity
-            && let Some(old) = st.order.pop_front()
-        {
-            st.seen.remove(&old);
+        match id.as_uuid() {
+            Some(u) => st.uuids.insert(u.as_u128(), self.capacity),
+            None => st.texts.insert(id.clone(), self.capacity),
         }
     }
 
     /// How many ids are remembered.
     pub fn len(&self) -> usize {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .order
-            .len()
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.uuids.len() + st.texts.len()
     }
 
     /// True when none are.
@@ -94,7 +128,7 @@ impl fmt::Debug for MemoryStore {
     }
 }
 
-/// How a service deduplicates deliveries. Default: a [`MemoryStore`] of 100 000 ids.
+/// How a service deduplicates deliveries. Default: a [`MemoryStore`] remembering at least the last 100 000 ids.
 #[derive(Clone)]
 pub struct Idempotency {
     pub(crate) store: StoreKind,
@@ -125,7 +159,7 @@ impl fmt::Debug for Idempotency {
 }
 
 impl Idempotency {
-    /// Remember the last `capacity` handled ids in memory.
+    /// Remember at least the last `capacity` handled ids in memory (see [`MemoryStore`]).
     pub fn memory(capacity: usize) -> Self {
         Idempotency {
             store: StoreKind::Memory(Arc::new(MemoryStore::new(capacity))),
@@ -179,15 +213,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn memory_store_forgets_oldest_beyond_capacity() {
+    fn memory_store_remembers_at_least_capacity_and_forgets_the_oldest() {
         let s = MemoryStore::new(2);
-        let (a, b, c) = (EventId::new(), EventId::new(), EventId::new());
-        s.insert_now(&a);
-        s.insert_now(&b);
-        s.insert_now(&b);
+        let ids: Vec<EventId> = (0..5).map(|_| EventId::new()).collect();
+        s.insert_now(&ids[0]);
+        s.insert_now(&ids[1]);
+        s.insert_now(&ids[1]);
         assert_eq!(s.len(), 2);
-        s.insert_now(&c);
-        assert!(!s.contains_now(&a));
-        assert!(s.contains_now(&b) && s.contains_now(&c));
+        for id in &ids[2..] {
+            s.insert_now(id);
+        }
+        // The last two (at least) are remembered; the oldest generation is gone.
+        assert!(!s.contains_now(&ids[0]) && !s.contains_now(&ids[1]));
+        assert!(ids[2..].iter().all(|id| s.contains_now(id)));
+        assert!(s.len() <= 4);
+    }
+
+    #[test]
+    fn memory_store_keeps_text_ids_apart_from_uuids() {
+        let s = MemoryStore::new(10);
+        let text = EventId::parse("order-42/attempt-1").unwrap();
+        let uuid = EventId::new();
+        s.insert_now(&text);
+        assert!(s.contains_now(&text) && !s.contains_now(&uuid));
+        // A UUID written in upper case is a text id: not the same id.
+        let upper = EventId::parse(&uuid.to_string().to_uppercase()).unwrap();
+        s.insert_now(&uuid);
+        assert!(s.contains_now(&uuid) && !s.contains_now(&upper));
+        assert_eq!(s.len(), 2);
     }
 }

@@ -34,6 +34,26 @@ pub type StackService = BoxCloneService<Invocation, Handled, BoxError>;
 
 type LayerFn = Arc<dyn Fn(StackService) -> StackService + Send + Sync>;
 
+/// Builds a handler's stack with the service's timeout, once the service is
+/// configured: the handler and tower's `Timeout` are erased together, so an
+/// attempt allocates one boxed future, not one per layer.
+type StackBuilder = Box<dyn FnOnce(Option<Duration>) -> StackService + Send + Sync>;
+
+fn stack_builder<S>(handler: S) -> StackBuilder
+where
+    S: tower::Service<Invocation, Response = Handled, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    Box::new(move |timeout| match timeout {
+        Some(t) => BoxCloneService::new(tower::timeout::TimeoutLayer::new(t).layer(handler)),
+        None => BoxCloneService::new(handler),
+    })
+}
+
 /// Names the dead-letter topic of a source topic.
 pub type DeadLetterNaming = Arc<dyn Fn(&str) -> String + Send + Sync>;
 
@@ -96,7 +116,7 @@ impl fmt::Debug for ServiceConfig {
 struct RouteSpec {
     event_type: Name,
     topic: Name,
-    handler: StackService,
+    handler: StackBuilder,
 }
 
 /// A service: a name and the handlers of the events it reacts to.
@@ -214,7 +234,7 @@ impl Service {
         self.route(
             Name::from_static(E::TYPE),
             Name::from_static(E::TOPIC),
-            BoxCloneService::new(HandlerService::<E, H>::new(handler)),
+            stack_builder(HandlerService::<E, H>::new(handler)),
         )
     }
 
@@ -238,11 +258,11 @@ impl Service {
         self.route(
             event_type.into(),
             topic.into(),
-            BoxCloneService::new(EnvelopeHandlerService::new(handler)),
+            stack_builder(EnvelopeHandlerService::new(handler)),
         )
     }
 
-    fn route(mut self, event_type: Name, topic: Name, handler: StackService) -> Self {
+    fn route(mut self, event_type: Name, topic: Name, handler: StackBuilder) -> Self {
         assert!(
             !self.routes.iter().any(|r| r.event_type == event_type),
             "service '{}' already has a handler for '{}'",
@@ -422,10 +442,7 @@ impl Service {
         let mut topics: Vec<String> = Vec::new();
         for r in self.routes {
             let route_metrics = metrics.route(&self.name, &r.topic, &r.event_type);
-            let mut svc = r.handler;
-            if let Some(t) = self.timeout {
-                svc = BoxCloneService::new(tower::timeout::TimeoutLayer::new(t).layer(svc));
-            }
+            let mut svc = (r.handler)(self.timeout);
             for layer in self.layers.iter().rev() {
                 svc = layer(svc);
             }
@@ -938,7 +955,13 @@ impl<B: Bus> Runtime<B> {
         span: &HandleSpan,
     ) -> Result<Vec<EventId>, choreo_core::Error> {
         let name = &self.shared.name;
-        let mut ids = Vec::with_capacity(emitted.len());
+        // The ids are for the receipt: without receipts, nothing to collect.
+        let want_ids = self.receipts.is_some();
+        let mut ids = if want_ids {
+            Vec::with_capacity(emitted.len())
+        } else {
+            Vec::new()
+        };
         let publish_one = |mut env: Envelope| {
             let produce = span.produce(&mut env, name);
             let (topic, event_type) = (env.topic.clone(), env.event_type.clone());
@@ -960,14 +983,18 @@ impl<B: Bus> Runtime<B> {
         };
         if emitted.len() == 1 {
             let env = emitted.into_iter().next().expect("one event");
-            ids.push(env.id.clone());
+            if want_ids {
+                ids.push(env.id.clone());
+            }
             publish_one(env).await?;
             return Ok(ids);
         }
         let futures: Vec<_> = emitted
             .into_iter()
             .map(|env| {
-                ids.push(env.id.clone());
+                if want_ids {
+                    ids.push(env.id.clone());
+                }
                 publish_one(env)
             })
             .collect();
