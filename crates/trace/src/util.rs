@@ -75,29 +75,63 @@ pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 ///
 /// Bounded: a capture with ever-new names (a corrupt or hostile file) must not
 /// grow it without limit; past the bound new names are allocated each time.
-#[derive(Default)]
 pub(crate) struct Interner {
     /// The first few names, scanned before hashing: a capture has a handful
     /// of types, topics and services, and comparing a few short strings is
     /// cheaper than hashing one.
     recent: Vec<Name>,
+    /// A direct-mapped cache in front of `recent`, by length and end bytes:
+    /// most lookups compare one string instead of scanning the list.
+    slots: [Option<Name>; SLOTS],
     names: FastMap<Box<str>, Name>,
+}
+
+impl Default for Interner {
+    fn default() -> Self {
+        Interner {
+            recent: Vec::new(),
+            slots: std::array::from_fn(|_| None),
+            names: FastMap::default(),
+        }
+    }
 }
 
 const INTERNER_BOUND: usize = 16 * 1024;
 const RECENT: usize = 24;
+const SLOTS: usize = 64;
+
+#[inline(always)]
+fn slot(raw: &[u8]) -> usize {
+    let (first, last) = match raw {
+        [] => (0, 0),
+        [f, .., l] => (*f, *l),
+        [f] => (*f, *f),
+    };
+    (raw.len() ^ (usize::from(first) << 2) ^ (usize::from(last) << 4) ^ usize::from(last >> 3))
+        % SLOTS
+}
 
 impl Interner {
     /// The name with these bytes, if it is among the first few interned.
     #[inline]
-    pub(crate) fn find_bytes(&self, raw: &[u8]) -> Option<Name> {
-        self.recent.iter().find(|n| n.as_bytes() == raw).cloned()
+    pub(crate) fn find_bytes(&mut self, raw: &[u8]) -> Option<Name> {
+        let slot = &mut self.slots[slot(raw)];
+        if let Some(n) = slot
+            && n.as_bytes() == raw
+        {
+            return Some(n.clone());
+        }
+        let found = self.recent.iter().find(|n| n.as_bytes() == raw).cloned();
+        if found.is_some() {
+            slot.clone_from(&found);
+        }
+        found
     }
 
     #[inline]
     pub(crate) fn name(&mut self, s: &str) -> Name {
-        if let Some(n) = self.recent.iter().find(|n| n.as_str() == s) {
-            return n.clone();
+        if let Some(n) = self.find_bytes(s.as_bytes()) {
+            return n;
         }
         if let Some(n) = self.names.get(s) {
             return n.clone();
