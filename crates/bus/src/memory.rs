@@ -629,14 +629,14 @@ impl Partition {
 
     /// Appends, making room per the retention policy. Returns false when the
     /// publisher must wait for room.
-    fn try_append(&self, envelope: &mut Option<Envelope>) -> bool {
+    fn try_append(&self, envelope: &mut Option<Arc<Envelope>>) -> bool {
         let mut st = self.lock();
         while st.log.len() >= self.max_events {
             if !self.evict_oldest(&mut st) {
                 return false;
             }
         }
-        let env = Arc::new(envelope.take().expect("envelope present until appended"));
+        let env = envelope.take().expect("envelope present until appended");
         st.log.push_back(env);
         for c in &st.cursors {
             if let Some(owner) = &c.owner {
@@ -787,28 +787,33 @@ impl Settle for CursorHandle {
 impl Bus for InProcessBus {
     type Subscription = InProcessSubscription;
 
-    async fn publish(&self, envelope: Envelope) -> Result<()> {
-        let topic = self.inner.topic(&envelope.topic);
-        let p = envelope
-            .partition_key()
-            .partition(topic.partitions.len() as u32);
-        let partition = &topic.partitions[p as usize];
-        let mut envelope = Some(envelope);
-        // Fast path: room available, no waiter registration.
-        if partition.try_append(&mut envelope) {
-            return Ok(());
-        }
-        partition.publish_waits.inc();
-        loop {
-            // Register for a wake-up before re-checking, so a settlement that
-            // makes room in between is not missed.
-            let room = partition.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
+    fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<()>> + Send {
+        // Shared at once: the future then holds a pointer, not the envelope,
+        // and appending moves no more bytes.
+        let envelope = Arc::new(envelope);
+        async move {
+            let topic = self.inner.topic(&envelope.topic);
+            let p = envelope
+                .partition_key()
+                .partition(topic.partitions.len() as u32);
+            let partition = &topic.partitions[p as usize];
+            let mut envelope = Some(envelope);
+            // Fast path: room available, no waiter registration.
             if partition.try_append(&mut envelope) {
                 return Ok(());
             }
-            room.await;
+            partition.publish_waits.inc();
+            loop {
+                // Register for a wake-up before re-checking, so a settlement that
+                // makes room in between is not missed.
+                let room = partition.room.notified();
+                tokio::pin!(room);
+                room.as_mut().enable();
+                if partition.try_append(&mut envelope) {
+                    return Ok(());
+                }
+                room.await;
+            }
         }
     }
 
