@@ -1,7 +1,7 @@
 //! Feeding a tracer from a source on a second thread: decoding and tracing overlap.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 use choreo_core::RECEIPT_TYPE;
@@ -40,20 +40,31 @@ pub fn drive<S>(
 where
     S: Source + Send + 'static,
 {
-    let (tx, rx) = mpsc::sync_channel::<(Vec<Record>, Vec<Option<ParsedReceipt>>)>(DEPTH);
+    type Batch = (Vec<Record>, Vec<Option<ParsedReceipt>>);
+    let (tx, rx) = mpsc::sync_channel::<Batch>(DEPTH);
+    // Emptied batches go back to the reader: a batch is most of a megabyte,
+    // and allocating it afresh each time costs page faults on both threads.
+    let (back, recycled) = mpsc::sync_channel::<Batch>(DEPTH + 2);
     let bytes = Arc::new(AtomicU64::new(0));
     let total = Arc::new(AtomicU64::new(u64::MAX));
-    let (b2, t2) = (bytes.clone(), total.clone());
+    // Batches sent and not yet taken: how far the tracer is behind the reader.
+    let queued = Arc::new(AtomicUsize::new(0));
+    let (b2, t2, q2) = (bytes.clone(), total.clone(), queued.clone());
     let reader = std::thread::Builder::new()
         .name("choreo-trace-read".into())
         .spawn(move || {
             let mut source = source;
             let mut error = None;
-            // Receipts are parsed here, beside decoding: the tracer's thread
-            // has the heavier share of the work.
+            // Receipts are parsed on whichever thread has time: here when the
+            // tracer falls behind (batches queue up), else by the tracer as it
+            // ingests them. Either way the result is the same; which thread is
+            // the slower one depends on the input and on what else the machine
+            // is doing.
             let mut names = Interner::default();
             loop {
-                let mut records: Vec<Record> = Vec::with_capacity(BATCH);
+                let (mut records, mut parsed) = recycled
+                    .try_recv()
+                    .unwrap_or_else(|_| (Vec::with_capacity(BATCH), Vec::with_capacity(BATCH)));
                 let end = match source.fill(&mut records, BATCH) {
                     Ok(0) => true,
                     Ok(_) => false,
@@ -62,19 +73,23 @@ where
                         true
                     }
                 };
-                let parsed: Vec<Option<ParsedReceipt>> = records
-                    .iter()
-                    .map(|r| {
+                if q2.load(Ordering::Relaxed) >= DEPTH / 2 {
+                    parsed.extend(records.iter().map(|r| {
                         (r.attributed && r.envelope.event_type.as_str() == RECEIPT_TYPE)
                             .then(|| parse_receipt(&r.envelope.data, &mut names))
                             .flatten()
-                    })
-                    .collect();
+                    }));
+                } else {
+                    parsed.resize_with(records.len(), || None);
+                }
                 let p = source.progress();
                 b2.store(p.bytes, Ordering::Relaxed);
                 t2.store(p.total_bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
-                if !records.is_empty() && tx.send((records, parsed)).is_err() {
-                    return None;
+                if !records.is_empty() {
+                    q2.fetch_add(1, Ordering::Relaxed);
+                    if tx.send((records, parsed)).is_err() {
+                        return None;
+                    }
                 }
                 if end {
                     return error;
@@ -94,13 +109,18 @@ where
         }
     };
     let mut records = 0u64;
-    for (batch, mut parsed) in rx {
+    for (mut batch, mut parsed) in rx {
+        queued.fetch_sub(1, Ordering::Relaxed);
         let n = batch.len() as u64;
         // By reference: a record is a few hundred bytes, not worth moving again.
         for (r, pre) in batch.iter().zip(parsed.iter_mut()) {
             each(r);
             tracer.ingest_prepared(r, pre.take());
         }
+        batch.clear();
+        parsed.clear();
+        // The reader may have ended, or have enough spare batches: then it is dropped.
+        let _ = back.try_send((batch, parsed));
         records += n;
         let total = total.load(Ordering::Relaxed);
         progress(Progress {

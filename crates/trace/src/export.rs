@@ -198,9 +198,19 @@ impl LogChunk {
         let clock = &mut self.clock;
         match self.format {
             LogFormat::Csv => {
+                // The case column is the same on every row: escaped once,
+                // then copied from the first row.
+                let mut head: Option<std::ops::Range<usize>> = None;
                 for r in rows {
-                    csv_field(l, case);
-                    l.push(',');
+                    match &head {
+                        Some(h) => l.extend_from_within(h.clone()),
+                        None => {
+                            let start = l.len();
+                            csv_field(l, case);
+                            l.push(',');
+                            head = Some(start..l.len());
+                        }
+                    }
                     csv_field(l, r.activity);
                     l.push(',');
                     clock.push(l, r.time);

@@ -247,7 +247,7 @@ impl<'a> Cursor<'a> {
         Ok(((z >> 1) as i64) ^ -((z & 1) as i64))
     }
 
-    #[inline]
+    #[inline(always)]
     fn len(&mut self) -> Result<usize, Fault> {
         let n = self.long()?;
         if n < 0 {
@@ -264,7 +264,7 @@ impl<'a> Cursor<'a> {
         Ok(n as usize)
     }
 
-    #[inline]
+    #[inline(always)]
     fn raw(&mut self) -> Result<&'a [u8], Fault> {
         let n = self.len()?;
         let buf: &'a Bytes = self.buf;
@@ -273,7 +273,7 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
-    #[inline]
+    #[inline(always)]
     fn bytes(&mut self) -> Result<Bytes, Fault> {
         let n = self.len()?;
         let b = self.buf.slice(self.pos..self.pos + n);
@@ -288,7 +288,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A string field as a shared name, compared as bytes before any UTF-8 check.
-    #[inline]
+    #[inline(always)]
     fn name(&mut self, names: &mut Interner) -> Result<Name, Fault> {
         let raw = self.raw()?;
         if let Some(n) = names.find_bytes(raw) {
@@ -297,7 +297,7 @@ impl<'a> Cursor<'a> {
         Ok(names.name(utf8(raw)?))
     }
 
-    #[inline]
+    #[inline(always)]
     fn branch(&mut self, field: &str) -> Result<bool, Fault> {
         match self.long()? {
             0 => Ok(false),
@@ -346,7 +346,7 @@ fn hex8(text: [u8; 8]) -> Option<[u8; 4]> {
 /// The canonical lower-case hyphenated UUID text as an id, decoded straight
 /// from the bytes: what [`EventId::parse`] gives for it, at a fraction of the
 /// cost (three ids per record). `None` for anything else.
-#[inline]
+#[inline(always)]
 pub(crate) fn fast_uuid(raw: &[u8]) -> Option<EventId> {
     let raw: &[u8; 36] = raw.try_into().ok()?;
     if raw[8] != b'-' || raw[13] != b'-' || raw[18] != b'-' || raw[23] != b'-' {
@@ -376,7 +376,7 @@ fn utf8(raw: &[u8]) -> Result<&str, Fault> {
 }
 
 /// An id field: `None` when empty.
-#[inline]
+#[inline(always)]
 fn id_field(raw: &[u8]) -> Result<Option<EventId>, Fault> {
     if let Some(id) = fast_uuid(raw) {
         return Ok(Some(id));
