@@ -310,3 +310,127 @@ fn driving_a_damaged_capture_traces_everything_before_the_damage() {
     tracer.finish(None);
     assert_eq!(tracer.report().input.records, expected.len() as u64);
 }
+
+#[test]
+fn a_number_longer_than_ten_bytes_is_corrupt() {
+    let records = sample(50);
+    let mut bytes = write(&records, Format::Avro);
+    // The 31st record's id length prefix and the id text after it become
+    // one endless varint (every byte has its continuation bit set).
+    let id = records[30].envelope.id.to_string();
+    let at = bytes
+        .windows(id.len())
+        .position(|w| w == id.as_bytes())
+        .unwrap();
+    for b in &mut bytes[at - 1..at + 11] {
+        *b = 0xff;
+    }
+    let (got, err) = read(bytes);
+    assert_eq!(got[..], records[..30]);
+    match err {
+        Some(Error::Damaged {
+            offset,
+            records,
+            reason,
+            ..
+        }) => {
+            assert_eq!(records, 30);
+            assert_eq!(offset, (at - 1) as u64, "{reason}");
+            assert!(reason.contains("longer than 10 bytes"), "{reason}");
+        }
+        other => panic!("expected damage, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_cut_anywhere_in_the_last_block_is_truncation_at_or_before_it() {
+    // Cuts inside ids, names, multi-byte numbers (times, offsets), the
+    // block's sync marker: each yields a prefix of the records and names
+    // the damage no later than the cut.
+    let records = sample(40);
+    let bytes = write(&records, Format::Avro);
+    for cut in bytes.len() - 600..bytes.len() {
+        let (got, err) = read(bytes[..cut].to_vec());
+        assert_eq!(got[..], records[..got.len()], "cut at {cut}");
+        match err {
+            Some(Error::Damaged {
+                offset,
+                records: n,
+                reason,
+                ..
+            }) => {
+                assert_eq!(n, got.len() as u64);
+                assert!(offset <= cut as u64, "cut at {cut}: {offset}");
+                assert!(
+                    reason.contains("truncated") || reason.contains("sync marker"),
+                    "cut at {cut}: {reason}"
+                );
+            }
+            other => panic!("cut at {cut}: expected damage, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_bad_sync_marker_between_blocks_ends_the_read_there() {
+    let records = sample(1000); // several blocks
+    let mut bytes = write(&records, Format::Avro);
+    let sync: [u8; 16] = bytes[bytes.len() - 16..].try_into().unwrap();
+    // The header ends with the marker; the second occurrence ends block 1.
+    let ends: Vec<usize> = bytes
+        .windows(16)
+        .enumerate()
+        .filter(|(_, w)| *w == sync)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(ends.len() > 3, "{}", ends.len());
+    let first_block_end = ends[1];
+    bytes[first_block_end + 7] ^= 0x01;
+    let (got, err) = read(bytes);
+    assert!(!got.is_empty() && got.len() < records.len());
+    assert_eq!(got[..], records[..got.len()]);
+    match err {
+        Some(Error::Damaged {
+            offset,
+            records: n,
+            reason,
+            ..
+        }) => {
+            assert_eq!(n, got.len() as u64);
+            assert_eq!(offset, first_block_end as u64, "{reason}");
+            assert!(reason.contains("sync marker"), "{reason}");
+        }
+        other => panic!("expected damage, got {other:?}"),
+    }
+}
+
+#[test]
+fn ids_that_are_not_canonical_uuid_text_read_back_as_written() {
+    // The decoder's fast path takes only lower-case hyphenated UUIDs; the
+    // rest must come back exactly, as text.
+    let ids = [
+        "order-42",
+        "0123ABCD-4567-89ef-0a1b-2c3d4e5f6789",
+        "0123abcd-4567-89ef-0a1b-2c3d4e5f678g",
+        "{0123abcd-4567-89ef-0a1b-2c3d4e5f6789}",
+        "0123abcd456789ef0a1b2c3d4e5f6789",
+        "\u{e9}t\u{e9}-2026",
+    ];
+    let mut records = Vec::new();
+    for (i, text) in ids.iter().enumerate() {
+        let mut e = Envelope::new("OrderPlaced", "orders", "{}").with_source("checkout");
+        e.id = choreo_core::EventId::parse(text).unwrap();
+        e.correlation_id = e.id.clone();
+        let child = Envelope::new("PaymentCaptured", "payments", "{}")
+            .with_source("payment")
+            .caused_by(&e);
+        records.push(Record::new(e).at(0, i as u64));
+        records.push(Record::new(child));
+    }
+    let (got, err) = read(write(&records, Format::Avro));
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(got, records);
+    for (r, text) in got.iter().step_by(2).zip(ids) {
+        assert_eq!(r.envelope.id.to_string(), text);
+    }
+}
