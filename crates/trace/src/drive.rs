@@ -79,9 +79,8 @@ where
                             .then(|| parse_receipt(&r.envelope.data, &mut names))
                             .flatten()
                     }));
-                } else {
-                    parsed.resize_with(records.len(), || None);
                 }
+                // Else `parsed` stays empty: the tracer parses them all.
                 let p = source.progress();
                 b2.store(p.bytes, Ordering::Relaxed);
                 t2.store(p.total_bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
@@ -113,9 +112,9 @@ where
         queued.fetch_sub(1, Ordering::Relaxed);
         let n = batch.len() as u64;
         // By reference: a record is a few hundred bytes, not worth moving again.
-        for (r, pre) in batch.iter().zip(parsed.iter_mut()) {
+        for (i, r) in batch.iter().enumerate() {
             each(r);
-            tracer.ingest_prepared(r, pre.take());
+            tracer.ingest_prepared(r, parsed.get_mut(i).and_then(Option::take));
         }
         batch.clear();
         parsed.clear();
