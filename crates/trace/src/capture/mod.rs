@@ -547,13 +547,10 @@ impl Reader {
                         return Ok(out.len() - start);
                     }
                     let record_offset = block.data_offset + c.pos() as u64;
-                    match avro::decode(&mut c, &mut self.names, self.lean, || {
+                    match avro::decode_into(out, &mut c, &mut self.names, self.lean, || {
                         format!("capture-offset-{record_offset}")
                     }) {
-                        Ok(r) => {
-                            out.push(r);
-                            f.decoded += 1;
-                        }
+                        Ok(()) => f.decoded += 1,
                         Err(fault) => {
                             let fault = if block.complete && fault == avro::Fault::Truncated {
                                 avro::Fault::Corrupt("it runs past the end of its block".into())
