@@ -439,6 +439,20 @@ impl Inner {
         self.topic_with(name, None)
     }
 
+    /// [`topic`](Self::topic) for a publish: the topic is usually found by a
+    /// clone of the name it was created with, so the bytes are not compared.
+    fn topic_of(&self, name: &Name) -> Arc<Topic> {
+        if let Some(t) = self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return t.clone();
+        }
+        self.topic_with_key(name.clone(), None)
+    }
+
     fn topic_with(&self, name: &str, partitions: Option<u32>) -> Arc<Topic> {
         if let Some(t) = self
             .topics
@@ -448,9 +462,16 @@ impl Inner {
         {
             return t.clone();
         }
+        self.topic_with_key(Name::from(name), partitions)
+    }
+
+    /// Creates the topic `key` names if it does not exist.
+    fn topic_with_key(&self, key: Name, partitions: Option<u32>) -> Arc<Topic> {
+        let owned = key.clone();
+        let name = owned.as_str();
         let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
         topics
-            .entry(Name::from(name))
+            .entry(key)
             .or_insert_with(|| {
                 let n = partitions
                     .or_else(|| self.config.topic_partitions.get(name).copied())
@@ -792,7 +813,7 @@ impl Bus for InProcessBus {
         // and appending moves no more bytes.
         let envelope = Arc::new(envelope);
         async move {
-            let topic = self.inner.topic(&envelope.topic);
+            let topic = self.inner.topic_of(&envelope.topic);
             let p = envelope
                 .partition_key()
                 .partition(topic.partitions.len() as u32);

@@ -126,13 +126,13 @@ impl Codecs {
             topic: E::TOPIC,
         };
         match &self.encoder {
-            None => serde_json::to_vec(event)
-                .map(Bytes::from)
-                .map_err(|e| Error::Encode {
+            None => bytes_from_scratch(|buf| serde_json::to_writer(buf, event)).map_err(|e| {
+                Error::Encode {
                     event_type: E::TYPE.to_owned(),
                     content_type: "application/json".to_owned(),
                     reason: e.to_string(),
-                }),
+                }
+            }),
             Some(codec) => {
                 let value = serde_json::to_value(event).map_err(|e| Error::Encode {
                     event_type: E::TYPE.to_owned(),
@@ -199,6 +199,34 @@ impl Codecs {
     }
 }
 
+/// Runs `write` on a buffer reused by the thread and returns what it wrote as
+/// `Bytes` of exactly that size: one allocation per payload, none for growing
+/// the buffer, and none for the shared header `Bytes` adds to a `Vec` whose
+/// length is not its capacity.
+pub(crate) fn bytes_from_scratch<E>(
+    write: impl FnOnce(&mut Vec<u8>) -> std::result::Result<(), E>,
+) -> std::result::Result<Bytes, E> {
+    /// Larger buffers are given back after use rather than kept.
+    const KEEP: usize = 64 * 1024;
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
+    }
+    SCRATCH.with(|cell| {
+        // A nested call (an encoder that encodes) gets a buffer of its own.
+        let Ok(mut buf) = cell.try_borrow_mut() else {
+            let mut own = Vec::new();
+            write(&mut own)?;
+            return Ok(Bytes::from(own));
+        };
+        buf.clear();
+        let written = write(&mut buf).map(|()| Bytes::copy_from_slice(&buf));
+        if buf.capacity() > KEEP {
+            *buf = Vec::with_capacity(1024);
+        }
+        written
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,5 +285,35 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.starts_with("decode error:"), "{msg}");
         assert!(msg.contains("OrderPlaced"), "{msg}");
+    }
+
+    #[test]
+    fn scratch_bytes_are_exactly_what_was_written_even_when_nested_or_large() {
+        let big = vec![b'x'; 100_000];
+        let outer = bytes_from_scratch(|buf| {
+            buf.extend_from_slice(b"outer:");
+            let inner = bytes_from_scratch(|inner| {
+                inner.extend_from_slice(b"inner");
+                Ok::<(), ()>(())
+            })?;
+            buf.extend_from_slice(&inner);
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(&outer[..], b"outer:inner");
+        let large = bytes_from_scratch(|buf| {
+            buf.extend_from_slice(&big);
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(large.len(), 100_000);
+        // The buffer starts empty every time; a failed write returns its error.
+        let again = bytes_from_scratch(|buf| {
+            buf.push(b'1');
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(&again[..], b"1");
+        assert_eq!(bytes_from_scratch(|_| Err::<(), _>("no")), Err("no"));
     }
 }

@@ -207,7 +207,7 @@ impl Envelope {
         let time = Timestamp::now();
         let id = EventId::generate(time);
         Envelope {
-            key: Some(Bytes::from(id.to_string())),
+            key: Some(id.to_key()),
             correlation_id: id.clone(),
             id,
             event_type: event_type.into(),
@@ -238,7 +238,7 @@ impl Envelope {
         self.key = cause
             .key
             .clone()
-            .or_else(|| Some(Bytes::from(cause.correlation_id.to_string())));
+            .or_else(|| Some(cause.correlation_id.to_key()));
         if self.traceparent.is_none() {
             self.traceparent = cause.traceparent.clone();
             self.tracestate = cause.tracestate.clone();

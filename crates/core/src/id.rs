@@ -126,6 +126,19 @@ impl Default for EventId {
     }
 }
 
+impl EventId {
+    /// The id's text as a partition key, in a buffer of exactly its size.
+    pub fn to_key(&self) -> bytes::Bytes {
+        match &self.0 {
+            Repr::Uuid(u) => {
+                let mut buf = [0u8; 36];
+                bytes::Bytes::copy_from_slice(u.hyphenated().encode_lower(&mut buf).as_bytes())
+            }
+            Repr::Text(t) => bytes::Bytes::copy_from_slice(t.as_bytes()),
+        }
+    }
+}
+
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {

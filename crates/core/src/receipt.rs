@@ -78,8 +78,11 @@ impl Receipt {
     /// The envelope that carries this receipt on `topic`: same flow as the
     /// handled event, caused by it, keyed like it.
     pub fn to_envelope(&self, topic: Name, handled: &Envelope) -> Envelope {
-        let mut data = Vec::with_capacity(320 + 40 * self.emitted.len());
-        self.write_json(&mut data);
+        let data = crate::codec::bytes_from_scratch(|buf| {
+            self.write_json(buf);
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .unwrap_or_else(|never| match never {});
         let time = Timestamp::now();
         Envelope {
             id: EventId::generate(time),
@@ -93,7 +96,7 @@ impl Receipt {
             traceparent: handled.traceparent.clone(),
             tracestate: handled.tracestate.clone(),
             content_type: ContentType::Json,
-            data: data.into(),
+            data,
             headers: crate::Headers::new(),
         }
     }

@@ -136,7 +136,7 @@ impl Context {
                 return key.clone();
             }
         }
-        Bytes::from(cause.correlation_id.to_string())
+        cause.correlation_id.to_key()
     }
 
     /// The event being handled.

@@ -1,5 +1,6 @@
 //! `Publisher`: publishing outside a handler, such as the first event of a flow.
 
+use bytes::Bytes;
 use choreo_core::{Bus, Codecs, Envelope, Event, EventId, Headers, Limits, Name, Timestamp};
 
 use std::sync::Arc;
@@ -112,13 +113,16 @@ impl<B: Bus> Publisher<B> {
             ),
             None => (id.clone(), None, None, None),
         };
-        let key = event.key().unwrap_or_else(|| correlation_id.to_string());
+        let key = match event.key() {
+            Some(k) => Bytes::from(k),
+            None => correlation_id.to_key(),
+        };
         Ok(Envelope {
             id,
             event_type: Name::from_static(E::TYPE),
             source: self.source.clone(),
             topic: Name::from_static(E::TOPIC),
-            key: Some(key.into()),
+            key: Some(key),
             correlation_id,
             causation_id,
             time,
