@@ -76,14 +76,19 @@ pub struct Receipt {
 
 impl Receipt {
     /// The envelope that carries this receipt on `topic`: same flow as the
-    /// handled event, caused by it, keyed like it.
+    /// handled event, caused by it, keyed like it, timed at the settlement
+    /// (`started` + `duration_us`).
     pub fn to_envelope(&self, topic: Name, handled: &Envelope) -> Envelope {
         let data = crate::codec::bytes_from_scratch(|buf| {
             self.write_json(buf);
             Ok::<(), std::convert::Infallible>(())
         })
         .unwrap_or_else(|never| match never {});
-        let time = Timestamp::now();
+        let settled = self
+            .started
+            .as_micros()
+            .saturating_add(i64::try_from(self.duration_us).unwrap_or(i64::MAX));
+        let time = Timestamp::from_micros(settled);
         Envelope {
             id: EventId::generate(time),
             event_type: Name::from_static(RECEIPT_TYPE),
