@@ -946,6 +946,11 @@ impl Subscription for InProcessSubscription {
             if let Some(d) = self.buffer.pop_front() {
                 return Some(Ok(d));
             }
+            // Usually there is more: take it without registering for a wake-up.
+            self.fill();
+            if !self.buffer.is_empty() {
+                continue;
+            }
             let member = self.member.clone();
             let notified = member.notify.notified();
             tokio::pin!(notified);

@@ -516,10 +516,13 @@ impl<B: Bus> Joined<B> {
         let shutdown = runtime.shutdown.clone();
         let mut workers: HashMap<(Name, u32), mpsc::Sender<Delivery>> = HashMap::default();
         let mut tasks = JoinSet::new();
+        // One wait for the whole loop: registered once, not per delivery.
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         loop {
             let next = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => break,
+                _ = &mut cancelled => break,
                 next = sub.next() => next,
             };
             let delivery = match next {
@@ -539,10 +542,19 @@ impl<B: Bus> Joined<B> {
                 tasks.spawn(async move { rt.worker(rx, routes).await });
                 tx
             });
+            // Room in the worker's queue: no waiting, no select.
+            let delivery = match tx.try_send(delivery) {
+                Ok(()) => continue,
+                Err(mpsc::error::TrySendError::Full(d)) => d,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    tracing::error!(service = %runtime.shared.name, "a partition worker stopped unexpectedly");
+                    continue;
+                }
+            };
             tokio::select! {
                 biased;
                 // Not started: dropping the delivery gives it back to the bus.
-                _ = shutdown.cancelled() => break,
+                _ = &mut cancelled => break,
                 sent = tx.send(delivery) => {
                     if sent.is_err() {
                         tracing::error!(service = %runtime.shared.name, "a partition worker stopped unexpectedly");
