@@ -538,7 +538,8 @@ impl Inner {
                     Some(subscribers[p.index as usize % subscribers.len()].clone())
                 };
                 let mut st = p.lock();
-                let Some(cursor) = st.cursors.iter_mut().find(|c| c.group == *group) else {
+                let Some(cursor) = st.cursors.iter_mut().find(|c| same_group(&c.group, group))
+                else {
                     continue;
                 };
                 let same = match (&cursor.owner, &owner) {
@@ -573,8 +574,15 @@ impl Inner {
         }
     }
 
-    fn join(&self, options: &SubscribeOptions) -> Arc<Member> {
-        let group: Arc<str> = Arc::from(options.group.as_str());
+    /// Joins `options.group`; returns the member and the group's shared name.
+    fn join(&self, options: &SubscribeOptions) -> (Arc<Member>, Arc<str>) {
+        // Every member of a group shares one name, so cursors are found by pointer.
+        let group: Arc<str> = self
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_key_value(options.group.as_str())
+            .map_or_else(|| Arc::from(options.group.as_str()), |(k, _)| k.clone());
         let topics: Vec<Name> = options
             .topics
             .iter()
@@ -585,7 +593,7 @@ impl Inner {
             let topic = self.topic(t);
             for p in &topic.partitions {
                 let mut st = p.lock();
-                if !st.cursors.iter().any(|c| c.group == group) {
+                if !st.cursors.iter().any(|c| same_group(&c.group, &group)) {
                     let start = match options.start {
                         StartFrom::Earliest => st.base,
                         StartFrom::Latest => st.end(),
@@ -618,7 +626,7 @@ impl Inner {
             .members
             .push((member.clone(), topics.clone()));
         self.rebalance(&group, &groups, &topics);
-        member
+        (member, group)
     }
 
     fn leave(&self, group: &Arc<str>, member: &Arc<Member>) {
@@ -641,6 +649,12 @@ impl Inner {
         member.epoch.fetch_add(1, Ordering::AcqRel);
         member.notify.notify_one();
     }
+}
+
+/// Whether two group names are the same group: by pointer first (members of
+/// a group share one name), then by content.
+fn same_group(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
 }
 
 impl Partition {
@@ -714,7 +728,7 @@ impl Partition {
     fn fetch(&self, group: &Arc<str>, max: usize, out: &mut Vec<(Arc<Envelope>, u64, u32, u64)>) {
         let mut st = self.lock();
         let PartState { base, log, cursors } = &mut *st;
-        let Some(c) = cursors.iter_mut().find(|c| c.group == *group) else {
+        let Some(c) = cursors.iter_mut().find(|c| same_group(&c.group, group)) else {
             return;
         };
         let mut taken = 0;
@@ -761,7 +775,7 @@ impl Partition {
 
     fn settle(&self, group: &Arc<str>, offset: u64, token: u64, settlement: Settlement) {
         let mut st = self.lock();
-        let Some(c) = st.cursors.iter_mut().find(|c| c.group == *group) else {
+        let Some(c) = st.cursors.iter_mut().find(|c| same_group(&c.group, group)) else {
             return;
         };
         if c.generation != token || offset < c.committed {
@@ -848,10 +862,10 @@ impl Bus for InProcessBus {
         if options.group.is_empty() {
             return Err(Error::Config("a consumer group needs a name".into()));
         }
-        let member = self.inner.join(&options);
+        let (member, group) = self.inner.join(&options);
         Ok(InProcessSubscription {
             inner: self.inner.clone(),
-            group: Arc::from(options.group.as_str()),
+            group,
             member,
             buffer: VecDeque::new(),
             scratch: Vec::new(),
