@@ -442,27 +442,26 @@ impl Inner {
     /// [`topic`](Self::topic) for a publish: the topic is usually found by a
     /// clone of the name it was created with, so the bytes are not compared.
     fn topic_of(&self, name: &Name) -> Arc<Topic> {
-        if let Some(t) = self
-            .topics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-        {
-            return t.clone();
-        }
-        self.topic_with_key(name.clone(), None)
+        self.find_topic(name)
+            .unwrap_or_else(|| self.topic_with_key(name.clone(), None))
     }
 
     fn topic_with(&self, name: &str, partitions: Option<u32>) -> Arc<Topic> {
-        if let Some(t) = self
-            .topics
+        self.find_topic(name)
+            .unwrap_or_else(|| self.topic_with_key(Name::from(name), partitions))
+    }
+
+    /// The topic `name` names, if it exists.
+    fn find_topic<Q>(&self, name: &Q) -> Option<Arc<Topic>>
+    where
+        Name: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.topics
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
-        {
-            return t.clone();
-        }
-        self.topic_with_key(Name::from(name), partitions)
+            .cloned()
     }
 
     /// Creates the topic `key` names if it does not exist.

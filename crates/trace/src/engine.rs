@@ -326,25 +326,32 @@ impl<'a> Written<'a> {
 
     #[inline(always)]
     fn int(&mut self) -> Option<i64> {
-        let neg = self.b.get(self.i) == Some(&b'-');
-        if neg {
-            self.i += 1;
-        }
-        let start = self.i;
-        let mut v: i64 = 0;
-        while let Some(&c) = self.b.get(self.i) {
-            let d = c.wrapping_sub(b'0');
-            if d > 9 {
-                break;
-            }
-            v = v.checked_mul(10)?.checked_add(i64::from(d))?;
-            self.i += 1;
-        }
-        if self.i == start || matches!(self.b.get(self.i), Some(b'.' | b'e' | b'E')) {
-            return None;
-        }
-        Some(if neg { -v } else { v })
+        json_int(self.b, &mut self.i)
     }
+}
+
+/// A JSON integer at `b[*i..]`, advancing `i` past it; `None` for anything
+/// else (a fraction, an exponent, no digits, an overflow).
+#[inline(always)]
+fn json_int(b: &[u8], i: &mut usize) -> Option<i64> {
+    let neg = b.get(*i) == Some(&b'-');
+    if neg {
+        *i += 1;
+    }
+    let start = *i;
+    let mut v: i64 = 0;
+    while let Some(&c) = b.get(*i) {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        v = v.checked_mul(10)?.checked_add(i64::from(d))?;
+        *i += 1;
+    }
+    if *i == start || matches!(b.get(*i), Some(b'.' | b'e' | b'E')) {
+        return None;
+    }
+    Some(if neg { -v } else { v })
 }
 
 /// A scanner for the flat JSON object the runtime writes for a receipt. It
@@ -384,23 +391,7 @@ impl<'a> Scan<'a> {
     #[inline]
     fn int(&mut self) -> Option<i64> {
         self.ws();
-        let neg = self.b.get(self.i) == Some(&b'-');
-        if neg {
-            self.i += 1;
-        }
-        let start = self.i;
-        let mut v: i64 = 0;
-        while let Some(&c) = self.b.get(self.i) {
-            if !c.is_ascii_digit() {
-                break;
-            }
-            v = v.checked_mul(10)?.checked_add(i64::from(c - b'0'))?;
-            self.i += 1;
-        }
-        if self.i == start || matches!(self.b.get(self.i), Some(b'.' | b'e' | b'E')) {
-            return None;
-        }
-        Some(if neg { -v } else { v })
+        json_int(self.b, &mut self.i)
     }
 
     fn null(&mut self) -> bool {

@@ -48,6 +48,41 @@ fn read(bytes: Vec<u8>) -> (Vec<Record>, Option<Error>) {
     (ok, err)
 }
 
+/// The offset, record count and reason of a `Damaged` error; panics (naming
+/// `context`) on anything else.
+fn damage(err: Option<Error>, context: impl std::fmt::Display) -> (u64, u64, String) {
+    match err {
+        Some(Error::Damaged {
+            offset,
+            records,
+            reason,
+            ..
+        }) => (offset, records, reason),
+        other => panic!("{context}: expected damage, got {other:?}"),
+    }
+}
+
+/// Breaks the length prefix of the 31st record's id in a 50-record Avro
+/// capture with `corrupt`, then checks that the first 30 records are read and
+/// the damage is reported at that prefix with `why` in its reason.
+fn damaged_at_the_31st_id(corrupt: impl FnOnce(&mut Vec<u8>, usize), why: &str) {
+    let records = sample(50);
+    let mut bytes = write(&records, Format::Avro);
+    let id = records[30].envelope.id.to_string();
+    let prefix = bytes
+        .windows(id.len())
+        .position(|w| w == id.as_bytes())
+        .unwrap()
+        - 1;
+    corrupt(&mut bytes, prefix);
+    let (got, err) = read(bytes);
+    assert_eq!(got[..], records[..30]);
+    let (offset, n, reason) = damage(err, "");
+    assert_eq!(n, 30);
+    assert_eq!(offset, prefix as u64, "{reason}");
+    assert!(reason.contains(why), "{reason}");
+}
+
 #[test]
 fn a_truncated_avro_capture_yields_the_records_before_the_cut() {
     let records = sample(1000); // 2000 records: several 64 KiB blocks
@@ -56,50 +91,19 @@ fn a_truncated_avro_capture_yields_the_records_before_the_cut() {
     let (got, err) = read(bytes[..cut].to_vec());
     assert!(got.len() > 1000 && got.len() < 2000, "{}", got.len());
     assert_eq!(got[..], records[..got.len()]);
-    match err {
-        Some(Error::Damaged {
-            offset,
-            records: n,
-            reason,
-            ..
-        }) => {
-            assert_eq!(n, got.len() as u64);
-            assert!(
-                offset <= cut as u64 && offset > (cut as u64).saturating_sub(2_000),
-                "{offset} vs {cut}"
-            );
-            assert!(reason.contains("truncated"), "{reason}");
-        }
-        other => panic!("expected damage, got {other:?}"),
-    }
+    let (offset, n, reason) = damage(err, "");
+    assert_eq!(n, got.len() as u64);
+    assert!(
+        offset <= cut as u64 && offset > (cut as u64).saturating_sub(2_000),
+        "{offset} vs {cut}"
+    );
+    assert!(reason.contains("truncated"), "{reason}");
 }
 
 #[test]
 fn a_corrupt_byte_is_reported_at_its_record() {
-    let records = sample(50);
-    let mut bytes = write(&records, Format::Avro);
-    // Find the 31st record's id text and break its length prefix.
-    let id = records[30].envelope.id.to_string();
-    let at = bytes
-        .windows(id.len())
-        .position(|w| w == id.as_bytes())
-        .unwrap();
-    bytes[at - 1] = 0x7f; // a length of -64
-    let (got, err) = read(bytes);
-    assert_eq!(got.len(), 30);
-    match err {
-        Some(Error::Damaged {
-            offset,
-            records,
-            reason,
-            ..
-        }) => {
-            assert_eq!(records, 30);
-            assert_eq!(offset, (at - 1) as u64, "{reason}");
-            assert!(reason.contains("corrupt"), "{reason}");
-        }
-        other => panic!("expected damage, got {other:?}"),
-    }
+    // The 31st record's id gets a length of -64.
+    damaged_at_the_31st_id(|bytes, prefix| bytes[prefix] = 0x7f, "corrupt");
 }
 
 #[test]
@@ -128,22 +132,13 @@ fn a_truncated_json_lines_capture() {
     let (got, err) = read(bytes[..cut].to_vec());
     assert_eq!(got.len(), 7);
     assert_eq!(got[..], records[..7]);
-    match err {
-        Some(Error::Damaged {
-            offset,
-            records,
-            reason,
-            ..
-        }) => {
-            assert_eq!(offset, line_starts[7] as u64);
-            assert_eq!(records, 7);
-            assert!(
-                reason.contains("line 8") && reason.contains("truncated"),
-                "{reason}"
-            );
-        }
-        other => panic!("expected damage, got {other:?}"),
-    }
+    let (offset, records, reason) = damage(err, "");
+    assert_eq!(offset, line_starts[7] as u64);
+    assert_eq!(records, 7);
+    assert!(
+        reason.contains("line 8") && reason.contains("truncated"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -313,33 +308,12 @@ fn driving_a_damaged_capture_traces_everything_before_the_damage() {
 
 #[test]
 fn a_number_longer_than_ten_bytes_is_corrupt() {
-    let records = sample(50);
-    let mut bytes = write(&records, Format::Avro);
     // The 31st record's id length prefix and the id text after it become
     // one endless varint (every byte has its continuation bit set).
-    let id = records[30].envelope.id.to_string();
-    let at = bytes
-        .windows(id.len())
-        .position(|w| w == id.as_bytes())
-        .unwrap();
-    for b in &mut bytes[at - 1..at + 11] {
-        *b = 0xff;
-    }
-    let (got, err) = read(bytes);
-    assert_eq!(got[..], records[..30]);
-    match err {
-        Some(Error::Damaged {
-            offset,
-            records,
-            reason,
-            ..
-        }) => {
-            assert_eq!(records, 30);
-            assert_eq!(offset, (at - 1) as u64, "{reason}");
-            assert!(reason.contains("longer than 10 bytes"), "{reason}");
-        }
-        other => panic!("expected damage, got {other:?}"),
-    }
+    damaged_at_the_31st_id(
+        |bytes, prefix| bytes[prefix..prefix + 12].fill(0xff),
+        "longer than 10 bytes",
+    );
 }
 
 #[test]
@@ -352,22 +326,13 @@ fn a_cut_anywhere_in_the_last_block_is_truncation_at_or_before_it() {
     for cut in bytes.len() - 600..bytes.len() {
         let (got, err) = read(bytes[..cut].to_vec());
         assert_eq!(got[..], records[..got.len()], "cut at {cut}");
-        match err {
-            Some(Error::Damaged {
-                offset,
-                records: n,
-                reason,
-                ..
-            }) => {
-                assert_eq!(n, got.len() as u64);
-                assert!(offset <= cut as u64, "cut at {cut}: {offset}");
-                assert!(
-                    reason.contains("truncated") || reason.contains("sync marker"),
-                    "cut at {cut}: {reason}"
-                );
-            }
-            other => panic!("cut at {cut}: expected damage, got {other:?}"),
-        }
+        let (offset, n, reason) = damage(err, format!("cut at {cut}"));
+        assert_eq!(n, got.len() as u64);
+        assert!(offset <= cut as u64, "cut at {cut}: {offset}");
+        assert!(
+            reason.contains("truncated") || reason.contains("sync marker"),
+            "cut at {cut}: {reason}"
+        );
     }
 }
 
@@ -389,19 +354,10 @@ fn a_bad_sync_marker_between_blocks_ends_the_read_there() {
     let (got, err) = read(bytes);
     assert!(!got.is_empty() && got.len() < records.len());
     assert_eq!(got[..], records[..got.len()]);
-    match err {
-        Some(Error::Damaged {
-            offset,
-            records: n,
-            reason,
-            ..
-        }) => {
-            assert_eq!(n, got.len() as u64);
-            assert_eq!(offset, first_block_end as u64, "{reason}");
-            assert!(reason.contains("sync marker"), "{reason}");
-        }
-        other => panic!("expected damage, got {other:?}"),
-    }
+    let (offset, n, reason) = damage(err, "");
+    assert_eq!(n, got.len() as u64);
+    assert_eq!(offset, first_block_end as u64, "{reason}");
+    assert!(reason.contains("sync marker"), "{reason}");
 }
 
 #[test]
