@@ -211,20 +211,28 @@ pub(crate) fn bytes_from_scratch<E>(
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(1024));
     }
-    SCRATCH.with(|cell| {
-        // A nested call (an encoder that encodes) gets a buffer of its own.
-        let Ok(mut buf) = cell.try_borrow_mut() else {
-            let mut own = Vec::new();
-            write(&mut own)?;
-            return Ok(Bytes::from(own));
-        };
+    // A nested call (an encoder that encodes), or one while the thread's
+    // locals are being torn down, gets a buffer of its own.
+    let mut write = Some(write);
+    let reused = SCRATCH.try_with(|cell| {
+        let mut buf = cell.try_borrow_mut().ok()?;
+        let write = write.take()?;
         buf.clear();
         let written = write(&mut buf).map(|()| Bytes::copy_from_slice(&buf));
         if buf.capacity() > KEEP {
             *buf = Vec::with_capacity(1024);
         }
-        written
-    })
+        Some(written)
+    });
+    if let Ok(Some(written)) = reused {
+        return written;
+    }
+    let write = write
+        .take()
+        .expect("not run when the buffer was not available");
+    let mut own = Vec::new();
+    write(&mut own)?;
+    Ok(Bytes::from(own))
 }
 
 #[cfg(test)]

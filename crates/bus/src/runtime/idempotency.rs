@@ -24,7 +24,8 @@ pub trait IdempotencyStore: Send + Sync + 'static {
 }
 
 /// The bounded in-memory store: remembers at least the last `capacity` ids
-/// (and at most twice as many), oldest forgotten first.
+/// (and at most twice as many of each kind, UUIDs and text ids), oldest
+/// forgotten first.
 ///
 /// Ids are kept in two generations of `capacity` each: new ids go into the
 /// current one; when it is full it becomes the previous one and the old

@@ -546,8 +546,8 @@ impl<B: Bus> Joined<B> {
             let delivery = match tx.try_send(delivery) {
                 Ok(()) => continue,
                 Err(mpsc::error::TrySendError::Full(d)) => d,
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    tracing::error!(service = %runtime.shared.name, "a partition worker stopped unexpectedly");
+                Err(mpsc::error::TrySendError::Closed(d)) => {
+                    worker_stopped(&mut workers, d, &runtime.shared.name);
                     continue;
                 }
             };
@@ -556,8 +556,8 @@ impl<B: Bus> Joined<B> {
                 // Not started: dropping the delivery gives it back to the bus.
                 _ = &mut cancelled => break,
                 sent = tx.send(delivery) => {
-                    if sent.is_err() {
-                        tracing::error!(service = %runtime.shared.name, "a partition worker stopped unexpectedly");
+                    if let Err(mpsc::error::SendError(d)) = sent {
+                        worker_stopped(&mut workers, d, &runtime.shared.name);
                     }
                 }
             }
@@ -1015,6 +1015,18 @@ impl<B: Bus> Runtime<B> {
         }
         Ok(ids)
     }
+}
+
+/// A partition worker stopped unexpectedly (it panicked): forget it, so the
+/// partition's next delivery starts a new one, and give `d` back to the bus.
+fn worker_stopped(
+    workers: &mut HashMap<(Name, u32), mpsc::Sender<Delivery>>,
+    d: Delivery,
+    service: &Name,
+) {
+    tracing::error!(service = %service, partition = d.partition(), "a partition worker stopped unexpectedly; starting a new one");
+    workers.remove(&(d.envelope().topic.clone(), d.partition()));
+    drop(d);
 }
 
 /// Whether the backend marked the delivery as only partly readable.
