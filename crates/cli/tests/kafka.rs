@@ -123,26 +123,14 @@ async fn trace_capture_and_dead_letters_on_kafka_agree_with_the_capture_file() {
     let t = topology_path();
     let topology = t.to_str().unwrap();
 
+    // `choreo trace SOURCE… -t TOPOLOGY -f json -q`.
+    let trace_json = |source: &[&str]| {
+        choreo(&[&["trace"], source, &["-t", topology, "-f", "json", "-q"]].concat())
+    };
+
     // choreo trace straight from Kafka finds what it finds in the file.
-    let from_file = choreo(&[
-        "trace",
-        capture.to_str().unwrap(),
-        "-t",
-        topology,
-        "-f",
-        "json",
-        "-q",
-    ]);
-    let from_kafka = choreo(&[
-        "trace",
-        "--brokers",
-        &brokers,
-        "-t",
-        topology,
-        "-f",
-        "json",
-        "-q",
-    ]);
+    let from_file = trace_json(&[capture.to_str().unwrap()]);
+    let from_kafka = trace_json(&["--brokers", &brokers]);
     assert_eq!(
         from_kafka.status.code(),
         Some(1),
@@ -173,15 +161,7 @@ async fn trace_capture_and_dead_letters_on_kafka_agree_with_the_capture_file() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(Reader::open(&recaptured).unwrap().count(), records.len());
-    let again = choreo(&[
-        "trace",
-        recaptured.to_str().unwrap(),
-        "-t",
-        topology,
-        "-f",
-        "json",
-        "-q",
-    ]);
+    let again = trace_json(&[recaptured.to_str().unwrap()]);
     assert_eq!(
         essentials(&report_json(&again)),
         essentials(&report_json(&from_file))

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use choreo_core::{Bus, Envelope, SubscribeOptions, Subscription};
 use choreo_kafka::{KafkaBus, KafkaConfig, SaslConfig, SaslMechanism, Secret};
-use secure::{SecureTansu, Security};
+use secure::{SecureTansu, Security, error_chain};
 
 const USER: &str = "orders-svc";
 const PASSWORD: &str = "Corr3ct-Horse-Battery";
@@ -124,16 +124,4 @@ async fn plain_is_not_offered_by_tansu_and_the_error_says_so() {
         "{chain}"
     );
     assert!(!chain.contains(PASSWORD), "{chain}");
-}
-
-/// Every error of the chain, outermost first.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        out.push_str(" / ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
 }

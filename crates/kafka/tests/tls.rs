@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use choreo_core::{Bus, Envelope, SubscribeOptions, Subscription};
 use choreo_kafka::{KafkaBus, KafkaConfig, SaslConfig, SaslMechanism, Secret, TlsConfig};
-use secure::{Ca, Pki, SecureTansu, Security, write_pair};
+use secure::{Ca, Pki, SecureTansu, Security, error_chain, write_pair};
 
 fn tls_config(brokers: &str, ca: &std::path::Path) -> KafkaConfig {
     KafkaConfig {
@@ -42,17 +42,6 @@ async fn round_trip(bus: &KafkaBus, topic: &str) {
     assert_eq!(d.envelope().id, sent.id);
     d.ack();
     sub.close().await.expect("close");
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        out.push_str(" / ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,19 @@ pub fn yaml_docs(rel: &str) -> Vec<Value> {
         .unwrap_or_else(|e| panic!("{rel} is not valid YAML: {e}"))
 }
 
+/// The items of a YAML/JSON list as strings (non-strings as their JSON
+/// text); empty for anything that is not a list. For command lines.
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| match s {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
 /// The files of directory `rel` whose name ends with `suffix`, sorted,
 /// relative to the root.
 pub fn files(rel: &str, suffix: &str) -> Vec<String> {

@@ -4,19 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use choreo_stack_tests::repo::strings;
 use choreo_stack_tests::{bins, repo};
-use serde_json::Value;
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| match s {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
-        .collect()
-}
 
 /// Every command line of compose and the manifests, as (binary, args).
 fn command_lines() -> Vec<(String, Vec<String>)> {

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use choreo_stack_tests::repo::{self, Dashboard};
+use choreo_stack_tests::repo::{self, Dashboard, strings};
 use choreo_stack_tests::{prom, promql};
 use serde_json::Value;
 
@@ -35,17 +35,6 @@ fn keys(v: &Value) -> BTreeSet<String> {
     v.as_object()
         .map(|o| o.keys().cloned().collect())
         .unwrap_or_default()
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| match s {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
-        .collect()
 }
 
 fn compose() -> Value {

@@ -380,3 +380,15 @@ impl Drop for SecureTansu {
         }
     }
 }
+
+/// Every error of the chain, outermost first, joined by " / ".
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        out.push_str(" / ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}
