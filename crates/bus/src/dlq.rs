@@ -216,19 +216,28 @@ pub enum Replayed {
 
 /// Replays dead letters: publishes each back to its original topic (see the
 /// [module docs](self) for what a replayed event carries). The same event id
-/// is replayed once even if several copies are given. Stops at the first
-/// publish error.
+/// is replayed once even if several copies are given: as its newest copy (the
+/// highest replay count; the later one on a tie), in the order the events
+/// first appear. Stops at the first publish error.
 pub async fn replay<B: Bus>(
     bus: &B,
     items: &[DeadLettered],
     options: ReplayOptions,
 ) -> Result<Vec<Replayed>> {
-    let mut done = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut newest: Vec<&DeadLettered> = Vec::new();
+    let mut index: std::collections::HashMap<&EventId, usize> = Default::default();
     for d in items {
-        if !seen.insert(d.id.clone()) {
-            continue;
+        match index.get(&d.id) {
+            Some(&i) if d.replays >= newest[i].replays => newest[i] = d,
+            Some(_) => {}
+            None => {
+                index.insert(&d.id, newest.len());
+                newest.push(d);
+            }
         }
+    }
+    let mut done = Vec::new();
+    for d in newest {
         if d.replays >= options.max_replays {
             done.push(Replayed::Refused {
                 id: d.id.clone(),

@@ -191,4 +191,19 @@ async fn a_replay_that_fails_again_goes_back_with_its_count_and_replays_are_boun
     assert!(
         matches!(&done[0], Replayed::Refused { reason, .. } if reason.contains("already replayed 2 times"))
     );
+    // Given every copy, replay judges the event by its newest one.
+    let every_copy: Vec<_> = dlq::in_process(&bus, &[])
+        .into_iter()
+        .filter(|d| last.matches(d))
+        .collect();
+    assert_eq!(every_copy.len(), 3);
+    let dry = ReplayOptions {
+        dry_run: true,
+        ..options
+    };
+    let done = dlq::replay(&bus, &every_copy, dry).await.unwrap();
+    assert_eq!(done.len(), 1);
+    assert!(
+        matches!(&done[0], Replayed::Refused { reason, .. } if reason.contains("already replayed 2 times"))
+    );
 }

@@ -385,17 +385,12 @@ fn hex_preview(data: &[u8]) -> String {
 
 fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     let ids = parse_ids(&args.ids)?;
-    let any_filter = args.filter.service.is_some()
-        || args.filter.event_type.is_some()
-        || args.filter.reason.is_some()
-        || args.filter.since.is_some()
-        || args.filter.until.is_some();
-    if ids.is_empty() && !any_filter && !args.all {
+    let filter = args.filter.filter(ids)?;
+    if filter == Filter::default() && !args.all {
         bail!(
             "say what to replay: event ids, a filter (--service, --event-type, --reason, --since, --until), or --all"
         );
     }
-    let filter = args.filter.filter(ids)?;
     let source = Source {
         kafka: args.kafka.clone(),
         capture: Vec::new(),
@@ -408,15 +403,6 @@ fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     if items.is_empty() {
         bail!("nothing to replay: no dead letter matches");
     }
-    // Replay the newest copy of each event (it carries the highest replay count).
-    let mut newest: Vec<DeadLettered> = Vec::new();
-    for d in items {
-        match newest.iter_mut().find(|n| n.id == d.id) {
-            Some(n) if d.replays >= n.replays => *n = d,
-            Some(_) => {}
-            None => newest.push(d),
-        }
-    }
     let config = args.kafka.config()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -427,7 +413,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     };
     let done = rt.block_on(async {
         let bus = KafkaBus::new(config)?;
-        Ok::<_, anyhow::Error>(dlq::replay(&bus, &newest, options).await?)
+        Ok::<_, anyhow::Error>(dlq::replay(&bus, &items, options).await?)
     })?;
     let mut s = String::new();
     let mut refused = 0;
