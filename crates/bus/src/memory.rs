@@ -466,17 +466,15 @@ impl Inner {
 
     /// Creates the topic `key` names if it does not exist.
     fn topic_with_key(&self, key: Name, partitions: Option<u32>) -> Arc<Topic> {
-        let owned = key.clone();
-        let name = owned.as_str();
         let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
         topics
             .entry(key)
-            .or_insert_with(|| {
+            .or_insert_with_key(|name| {
                 let n = partitions
-                    .or_else(|| self.config.topic_partitions.get(name).copied())
+                    .or_else(|| self.config.topic_partitions.get(name.as_str()).copied())
                     .unwrap_or(self.config.partitions)
                     .max(1);
-                let name = Name::from(name);
+                let name = name.clone();
                 Arc::new(Topic {
                     partitions: (0..n)
                         .map(|index| {
@@ -537,8 +535,7 @@ impl Inner {
                     Some(subscribers[p.index as usize % subscribers.len()].clone())
                 };
                 let mut st = p.lock();
-                let Some(cursor) = st.cursors.iter_mut().find(|c| same_group(&c.group, group))
-                else {
+                let Some(cursor) = st.cursors.iter_mut().find(|c| c.group == *group) else {
                     continue;
                 };
                 let same = match (&cursor.owner, &owner) {
@@ -575,7 +572,8 @@ impl Inner {
 
     /// Joins `options.group`; returns the member and the group's shared name.
     fn join(&self, options: &SubscribeOptions) -> (Arc<Member>, Arc<str>) {
-        // Every member of a group shares one name, so cursors are found by pointer.
+        // Every member of a group shares one name, so cursors are found by
+        // pointer (`Arc`'s equality checks the pointer first).
         let group: Arc<str> = self
             .groups
             .lock()
@@ -592,7 +590,7 @@ impl Inner {
             let topic = self.topic(t);
             for p in &topic.partitions {
                 let mut st = p.lock();
-                if !st.cursors.iter().any(|c| same_group(&c.group, &group)) {
+                if !st.cursors.iter().any(|c| c.group == group) {
                     let start = match options.start {
                         StartFrom::Earliest => st.base,
                         StartFrom::Latest => st.end(),
@@ -648,12 +646,6 @@ impl Inner {
         member.epoch.fetch_add(1, Ordering::AcqRel);
         member.notify.notify_one();
     }
-}
-
-/// Whether two group names are the same group: by pointer first (members of
-/// a group share one name), then by content.
-fn same_group(a: &Arc<str>, b: &Arc<str>) -> bool {
-    Arc::ptr_eq(a, b) || a == b
 }
 
 impl Partition {
@@ -727,7 +719,7 @@ impl Partition {
     fn fetch(&self, group: &Arc<str>, max: usize, out: &mut Vec<(Arc<Envelope>, u64, u32, u64)>) {
         let mut st = self.lock();
         let PartState { base, log, cursors } = &mut *st;
-        let Some(c) = cursors.iter_mut().find(|c| same_group(&c.group, group)) else {
+        let Some(c) = cursors.iter_mut().find(|c| c.group == *group) else {
             return;
         };
         let mut taken = 0;
@@ -774,7 +766,7 @@ impl Partition {
 
     fn settle(&self, group: &Arc<str>, offset: u64, token: u64, settlement: Settlement) {
         let mut st = self.lock();
-        let Some(c) = st.cursors.iter_mut().find(|c| same_group(&c.group, group)) else {
+        let Some(c) = st.cursors.iter_mut().find(|c| c.group == *group) else {
             return;
         };
         if c.generation != token || offset < c.committed {
