@@ -10,9 +10,9 @@ mod secure;
 
 use std::time::Duration;
 
-use choreo_core::{Bus, Envelope, SubscribeOptions, Subscription};
+use choreo_core::{Bus, Envelope, SubscribeOptions};
 use choreo_kafka::{KafkaBus, KafkaConfig, SaslConfig, SaslMechanism, Secret};
-use secure::{SecureTansu, Security, error_chain};
+use secure::{SecureTansu, Security, error_chain, round_trip};
 
 const USER: &str = "orders-svc";
 const PASSWORD: &str = "Corr3ct-Horse-Battery";
@@ -30,21 +30,6 @@ fn sasl(brokers: &str, mechanism: SaslMechanism, user: &str, password: &str) -> 
     })
 }
 
-/// Publishes an event and reads it back through a consumer group.
-pub async fn round_trip(bus: &KafkaBus, topic: &str) {
-    let mut sub = bus
-        .subscribe(SubscribeOptions::new("secure-readers", [topic]))
-        .await
-        .expect("subscribe");
-    let sent = Envelope::new("OrderPlaced", topic, r#"{"order_id":1}"#);
-    bus.publish(sent.clone()).await.expect("publish");
-    let d = choreo_testkit::recv(&mut sub, "the published event", Duration::from_secs(30)).await;
-    assert_eq!(d.envelope().id, sent.id);
-    assert_eq!(&d.envelope().data[..], &sent.data[..]);
-    d.ack();
-    sub.close().await.expect("close");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_sha_512_with_the_right_password_publishes_and_subscribes() {
     let broker = SecureTansu::start(Security {
@@ -58,7 +43,7 @@ async fn scram_sha_512_with_the_right_password_publishes_and_subscribes() {
         PASSWORD,
     ))
     .unwrap();
-    round_trip(&bus, "sasl-orders").await;
+    round_trip(&bus, "secure-readers", "sasl-orders").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

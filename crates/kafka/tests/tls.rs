@@ -15,9 +15,9 @@ mod secure;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use choreo_core::{Bus, Envelope, SubscribeOptions, Subscription};
+use choreo_core::{Bus, Envelope, SubscribeOptions};
 use choreo_kafka::{KafkaBus, KafkaConfig, SaslConfig, SaslMechanism, Secret, TlsConfig};
-use secure::{Ca, Pki, SecureTansu, Security, error_chain, write_pair};
+use secure::{Ca, Pki, SecureTansu, Security, error_chain, round_trip, write_pair};
 
 fn tls_config(brokers: &str, ca: &std::path::Path) -> KafkaConfig {
     KafkaConfig {
@@ -31,19 +31,6 @@ fn tls_config(brokers: &str, ca: &std::path::Path) -> KafkaConfig {
     })
 }
 
-async fn round_trip(bus: &KafkaBus, topic: &str) {
-    let mut sub = bus
-        .subscribe(SubscribeOptions::new("tls-readers", [topic]))
-        .await
-        .expect("subscribe");
-    let sent = Envelope::new("OrderPlaced", topic, r#"{"order_id":7}"#);
-    bus.publish(sent.clone()).await.expect("publish");
-    let d = choreo_testkit::recv(&mut sub, "the published event", Duration::from_secs(30)).await;
-    assert_eq!(d.envelope().id, sent.id);
-    d.ack();
-    sub.close().await.expect("close");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_ca_configured_tls_publishes_and_subscribes() {
     let pki = Pki::new();
@@ -52,7 +39,7 @@ async fn with_the_ca_configured_tls_publishes_and_subscribes() {
         ..Security::default()
     });
     let bus = KafkaBus::new(tls_config(&broker.brokers, &pki.ca_file)).unwrap();
-    round_trip(&bus, "tls-orders").await;
+    round_trip(&bus, "tls-readers", "tls-orders").await;
     let proxy = broker.proxy.as_ref().unwrap();
     assert!(proxy.accepted.load(Ordering::SeqCst) > 0);
     assert_eq!(proxy.refused.load(Ordering::SeqCst), 0);
@@ -72,7 +59,7 @@ async fn sasl_scram_over_tls_publishes_and_subscribes() {
         password: Secret::new("Tls-and-Scram-1"),
     });
     let bus = KafkaBus::new(config).unwrap();
-    round_trip(&bus, "tls-sasl-orders").await;
+    round_trip(&bus, "tls-readers", "tls-sasl-orders").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +89,7 @@ async fn mutual_tls_with_an_encrypted_client_key_publishes_and_subscribes() {
     tls.key_location = Some(key);
     tls.key_password = Some(Secret::new(key_password));
     let bus = KafkaBus::new(config).unwrap();
-    round_trip(&bus, "mtls-orders").await;
+    round_trip(&bus, "tls-readers", "mtls-orders").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -392,3 +392,19 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     }
     out
 }
+
+/// Publishes an event and reads it back, id and payload, through `group`.
+pub async fn round_trip(bus: &choreo_kafka::KafkaBus, group: &str, topic: &str) {
+    use choreo_core::{Bus, Envelope, SubscribeOptions, Subscription};
+    let mut sub = bus
+        .subscribe(SubscribeOptions::new(group, [topic]))
+        .await
+        .expect("subscribe");
+    let sent = Envelope::new("OrderPlaced", topic, r#"{"order_id":1}"#);
+    bus.publish(sent.clone()).await.expect("publish");
+    let d = choreo_testkit::recv(&mut sub, "the published event", Duration::from_secs(30)).await;
+    assert_eq!(d.envelope().id, sent.id);
+    assert_eq!(&d.envelope().data[..], &sent.data[..]);
+    d.ack();
+    sub.close().await.expect("close");
+}
