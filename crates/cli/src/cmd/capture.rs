@@ -67,10 +67,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
     let format = Format::from_path(&args.output);
     let mut writer = Writer::create(&args.output, format)
         .with_context(|| format!("cannot create the capture '{}'", args.output.display()))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
+    let rt = super::runtime()?;
     let show = !args.quiet && std::io::stderr().is_terminal();
     let written = rt.block_on(async {
         let mut reader = RecordReader::open(&config, options).await?;

@@ -182,9 +182,7 @@ fn read(source: &Source) -> anyhow::Result<Vec<DeadLettered>> {
     } else {
         Topics::names(source.topics.clone())
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = super::runtime()?;
     rt.block_on(async {
         let mut reader = RecordReader::open(&config, ReaderOptions::new(topics)).await?;
         while let Some(r) = reader.next().await {
@@ -404,9 +402,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
         bail!("nothing to replay: no dead letter matches");
     }
     let config = args.kafka.config()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = super::runtime()?;
     let options = ReplayOptions {
         dry_run: args.dry_run,
         max_replays: args.max_replays,

@@ -53,6 +53,27 @@ pub(crate) fn emit(mut out: Box<dyn Write>, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Serves `registry` at `http://ADDR/metrics` until `shutdown` is cancelled.
+pub(crate) async fn serve_registry(
+    addr: &str,
+    registry: prometheus::Registry,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<choreo_bus::MetricsServer> {
+    let registries = std::sync::Arc::new(vec![registry]);
+    let render: choreo_bus::Render = std::sync::Arc::new(move || choreo_bus::render(&registries));
+    choreo_bus::MetricsServer::start(addr, render, shutdown)
+        .await
+        .with_context(|| format!("cannot serve metrics at {addr}"))
+}
+
+/// A single-threaded tokio runtime for a command's Kafka or network work.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
+}
+
 /// A progress bar on stderr when it is a terminal and the work is worth one
 /// (`total` at least `worth`); none when piped or asked to be quiet.
 pub(crate) fn progress_bar(

@@ -257,11 +257,7 @@ pub(crate) async fn simulate(
     let shutdown = CancellationToken::new();
     let server = match &config.metrics_addr {
         Some(addr) => {
-            let registries = Arc::new(vec![registry.clone()]);
-            let render: choreo_bus::Render = Arc::new(move || choreo_bus::render(&registries));
-            let server = choreo_bus::MetricsServer::start(addr, render, shutdown.clone())
-                .await
-                .with_context(|| format!("cannot serve metrics at {addr}"))?;
+            let server = super::serve_registry(addr, registry.clone(), shutdown.clone()).await?;
             eprintln!("choreo: metrics at http://{}/metrics", server.local_addr());
             Some(server)
         }

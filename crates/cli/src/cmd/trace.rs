@@ -1,7 +1,6 @@
 //! `choreo trace`: rebuild every flow of a capture, check it against a topology, report.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use choreo_core::{EventId, Timestamp};
@@ -13,6 +12,9 @@ use choreo_trace::Record;
 
 use super::kafka::{KafkaArgs, trace_record};
 use crate::{EXIT_FINDINGS, EXIT_INPUT, EXIT_OK};
+
+/// Where `--follow` serves its metrics unless `--metrics-addr` says otherwise.
+const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 
 /// Rebuild every flow from captured events and receipts, check them against a
 /// topology, and report: flows by status, violations, the service graph.
@@ -149,10 +151,7 @@ impl KafkaSource {
             Topics::Names(n) => format!("kafka:{}", n.join(",")),
             Topics::Pattern(p) => format!("kafka:/{p}/"),
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the runtime")?;
+        let rt = super::runtime()?;
         let reader = rt
             .block_on(RecordReader::open(config, ReaderOptions::new(topics)))
             .with_context(|| format!("cannot read {name}"))?;
@@ -261,7 +260,7 @@ impl Config {
                     options = options.group(g.clone());
                 }
                 follow = Some((kconfig, options));
-                metrics_addr.get_or_insert_with(|| "127.0.0.1:9464".to_owned());
+                metrics_addr.get_or_insert_with(|| DEFAULT_METRICS_ADDR.to_owned());
             } else {
                 inputs.push(Input::Kafka(Box::new(kconfig), topics));
             }
@@ -319,7 +318,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
     let t0 = std::time::Instant::now();
     let mut damaged = false;
     if let Some((kconfig, options)) = &config.follow {
-        let addr = config.metrics_addr.as_deref().unwrap_or("127.0.0.1:9464");
+        let addr = config
+            .metrics_addr
+            .as_deref()
+            .unwrap_or(DEFAULT_METRICS_ADDR);
         // The tracer's own consumer lag, next to its metrics.
         let kafka_metrics = choreo_kafka::KafkaMetrics::new();
         kafka_metrics.register(&registry)?;
@@ -429,17 +431,10 @@ fn follow(
     addr: &str,
     registry: &prometheus::Registry,
 ) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
+    let rt = super::runtime()?;
     rt.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let registries = Arc::new(vec![registry.clone()]);
-        let render: choreo_bus::Render = Arc::new(move || choreo_bus::render(&registries));
-        let server = choreo_bus::MetricsServer::start(addr, render, shutdown.clone())
-            .await
-            .with_context(|| format!("cannot serve metrics at {addr}"))?;
+        let server = super::serve_registry(addr, registry.clone(), shutdown.clone()).await?;
         let mut reader = RecordReader::open(kconfig, options).await.context("cannot read Kafka")?;
         eprintln!(
             "choreo: tracing Kafka live; metrics at http://{}/metrics; ctrl-c prints the report and stops",
@@ -469,17 +464,10 @@ fn follow(
 }
 
 fn serve_metrics(addr: &str, registry: prometheus::Registry) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the metrics server's runtime")?;
+    let rt = super::runtime()?;
     rt.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let registries = Arc::new(vec![registry]);
-        let render: choreo_bus::Render = Arc::new(move || choreo_bus::render(&registries));
-        let server = choreo_bus::MetricsServer::start(addr, render, shutdown.clone())
-            .await
-            .with_context(|| format!("cannot serve metrics at {addr}"))?;
+        let server = super::serve_registry(addr, registry, shutdown.clone()).await?;
         eprintln!(
             "choreo: serving the tracer's metrics at http://{}/metrics (ctrl-c to stop)",
             server.local_addr()
