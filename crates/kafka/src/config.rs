@@ -363,11 +363,21 @@ impl KafkaConfig {
     /// Reads the configuration from `CHOREO_KAFKA_*` environment variables.
     /// See [`KafkaConfig::from_vars`].
     pub fn from_env() -> Result<Self> {
-        Self::from_vars(std::env::vars_os().filter_map(|(k, v)| {
+        Self::from_env_with_brokers(None)
+    }
+
+    /// [`from_env`](KafkaConfig::from_env), with `brokers` (when given) in
+    /// place of `CHOREO_KAFKA_BROKERS`: for a `--brokers` flag over the
+    /// environment.
+    pub fn from_env_with_brokers(brokers: Option<&str>) -> Result<Self> {
+        let env = std::env::vars_os().filter_map(|(k, v)| {
             let k = k.into_string().ok()?;
             k.starts_with(ENV_PREFIX)
                 .then(|| (k, v.to_string_lossy().into_owned()))
-        }))
+        });
+        // Later variables win: the flag comes last.
+        let flag = brokers.map(|b| ("CHOREO_KAFKA_BROKERS".to_owned(), b.to_owned()));
+        Self::from_vars(env.chain(flag))
     }
 
     /// Reads the configuration from variables such as the environment's.
@@ -875,6 +885,19 @@ mod tests {
 
     fn get(c: &ClientConfig, k: &str) -> Option<String> {
         c.get(k).map(str::to_owned)
+    }
+
+    #[test]
+    fn a_brokers_flag_wins_over_the_environment() {
+        // Whatever CHOREO_KAFKA_BROKERS says (if anything), the flag is used.
+        let c = KafkaConfig::from_env_with_brokers(Some("flag-host:9092")).unwrap();
+        assert_eq!(c.brokers, "flag-host:9092");
+        let later_wins = KafkaConfig::from_vars([
+            ("CHOREO_KAFKA_BROKERS", "env-host:9092"),
+            ("CHOREO_KAFKA_BROKERS", "flag-host:9092"),
+        ])
+        .unwrap();
+        assert_eq!(later_wins.brokers, "flag-host:9092");
     }
 
     #[test]

@@ -196,11 +196,7 @@ async fn on_kafka(
     metrics: Metrics,
     registry: prometheus::Registry,
 ) -> anyhow::Result<()> {
-    let mut vars: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k.starts_with("CHOREO_KAFKA_") && k != "CHOREO_KAFKA_BROKERS")
-        .collect();
-    vars.push(("CHOREO_KAFKA_BROKERS".into(), brokers.to_owned()));
-    let config = KafkaConfig::from_vars(vars)?;
+    let config = KafkaConfig::from_env_with_brokers(Some(brokers))?;
     let bus = KafkaBus::new(config)?;
     bus.register_metrics(&registry)?;
     let shutdown = CancellationToken::new();

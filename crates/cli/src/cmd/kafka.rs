@@ -20,17 +20,10 @@ impl KafkaArgs {
 
     /// The configuration: the `CHOREO_KAFKA_*` variables, with `--brokers` over them.
     pub(crate) fn config(&self) -> anyhow::Result<KafkaConfig> {
-        let mut vars: Vec<(String, String)> = std::env::vars()
-            .filter(|(k, _)| k.starts_with("CHOREO_KAFKA_"))
-            .collect();
-        if let Some(b) = &self.brokers {
-            vars.retain(|(k, _)| k != "CHOREO_KAFKA_BROKERS");
-            vars.push(("CHOREO_KAFKA_BROKERS".to_owned(), b.clone()));
-        }
-        if !vars.iter().any(|(k, _)| k == "CHOREO_KAFKA_BROKERS") {
+        if !self.wanted() {
             anyhow::bail!("no Kafka brokers: pass --brokers host:port or set CHOREO_KAFKA_BROKERS");
         }
-        Ok(KafkaConfig::from_vars(vars)?)
+        Ok(KafkaConfig::from_env_with_brokers(self.brokers.as_deref())?)
     }
 }
 
