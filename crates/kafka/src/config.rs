@@ -265,7 +265,7 @@ pub(crate) enum Role {
 }
 
 /// Canonical names of librdkafka aliases of options choreo looks at.
-fn canonical(key: &str) -> &str {
+pub(crate) fn canonical(key: &str) -> &str {
     match key {
         "metadata.broker.list" => "bootstrap.servers",
         "delivery.timeout.ms" => "message.timeout.ms",

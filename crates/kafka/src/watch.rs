@@ -69,19 +69,18 @@ impl Watch {
         secrets.retain(|s| !s.is_empty());
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         secrets.dedup();
+        // A raw option by its canonical name, whichever alias was written.
         let raw = |key: &str| {
             config
                 .librdkafka
                 .iter()
-                .find(|(k, _)| k.as_str() == key)
+                .find(|(k, _)| crate::config::canonical(k) == key)
                 .map(|(_, v)| v.clone())
         };
         let (mechanism, username) = match &config.sasl {
             Some(s) => (s.mechanism.as_str().to_owned(), s.username.clone()),
             None => (
-                raw("sasl.mechanisms")
-                    .or_else(|| raw("sasl.mechanism"))
-                    .unwrap_or_else(|| "GSSAPI".into()),
+                raw("sasl.mechanisms").unwrap_or_else(|| "GSSAPI".into()),
                 raw("sasl.username").unwrap_or_else(|| "(none)".into()),
             ),
         };
