@@ -241,9 +241,12 @@ impl RecordReader {
             // In a group: the bus's own consumer, with its rebalance handling
             // and settled-offset commits.
             Some(group) => {
+                let bus = match &reader.options.metrics {
+                    Some(m) => KafkaBus::with_metrics(config.clone(), m.clone())?,
+                    None => KafkaBus::new(config.clone())?,
+                };
                 let topics = match &reader.options.topics {
                     Topics::Names(n) => {
-                        let bus = KafkaBus::new(config.clone())?;
                         for t in n {
                             if bus.inner().lookup(t, false).await?.is_none() {
                                 return Err(Error::Topic {
@@ -264,10 +267,6 @@ impl RecordReader {
                 let start = match reader.options.from {
                     ReadFrom::Beginning => StartFrom::Earliest,
                     ReadFrom::End => StartFrom::Latest,
-                };
-                let bus = match &reader.options.metrics {
-                    Some(m) => KafkaBus::with_metrics(config.clone(), m.clone())?,
-                    None => KafkaBus::new(config.clone())?,
                 };
                 let sub = KafkaSubscription::start(
                     bus.inner().clone(),
