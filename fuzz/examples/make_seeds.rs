@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 
 use choreo_core::{Codec, Envelope, PayloadMeta};
 use choreo_fuzz::{AVRO_TYPES, Record};
-use choreo_kafka::record::record_headers;
 use serde_json::json;
 
 fn corpus(target: &str) -> PathBuf {
@@ -30,19 +29,15 @@ fn write(target: &str, name: &str, bytes: &[u8]) {
 
 /// The record the Kafka backend writes for `env`.
 fn record_of(env: &Envelope, offset: i64) -> Record {
-    let headers = record_headers(env).expect("a valid envelope");
     Record {
         topic: env.topic.to_string(),
         partition: 1,
         offset,
         timestamp_ms: Some(env.time.as_millis()),
-        key: env.key.as_ref().map(|k| k.to_vec()),
-        value: Some(env.data.to_vec()),
-        headers: headers
-            .iter()
-            .map(|(n, v)| ((*n).to_owned(), Some(v.to_vec())))
-            .collect(),
+        ..Record::default()
     }
+    .carrying(env)
+    .expect("a valid envelope")
 }
 
 fn records() {
@@ -55,8 +50,16 @@ fn records() {
         Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned());
     captured.tracestate = Some("vendor=1".to_owned());
     captured.headers.insert("choreo-attempt", "2");
-    write("record_to_envelope", "binary-flow-start", &record_of(&placed, 7).encode());
-    write("record_to_envelope", "binary-caused", &record_of(&captured, 8).encode());
+    write(
+        "record_to_envelope",
+        "binary-flow-start",
+        &record_of(&placed, 7).encode(),
+    );
+    write(
+        "record_to_envelope",
+        "binary-caused",
+        &record_of(&captured, 8).encode(),
+    );
     // A record from a producer that knows nothing of CloudEvents.
     let foreign = Record {
         topic: "legacy".into(),
@@ -134,7 +137,11 @@ fn topologies() {
             let path = entry.expect("entry").path();
             if path.extension().is_some_and(|e| e == "yaml") {
                 let name = path.file_name().unwrap().to_string_lossy().into_owned();
-                write("topology_loader", &name, &std::fs::read(&path).expect("read"));
+                write(
+                    "topology_loader",
+                    &name,
+                    &std::fs::read(&path).expect("read"),
+                );
             }
         }
     }

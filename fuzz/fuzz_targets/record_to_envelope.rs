@@ -8,7 +8,7 @@
 #![no_main]
 
 use choreo_fuzz::Record;
-use choreo_kafka::record::{envelope_from_record, record_headers};
+use choreo_kafka::record::envelope_from_record;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -19,16 +19,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(!env.correlation_id.to_string().is_empty());
     let _ = format!("{env:?}");
     // What was read can be written again (or is refused with an error).
-    if let Ok(headers) = record_headers(&env) {
-        let again = Record {
-            headers: headers
-                .iter()
-                .map(|(n, v)| ((*n).to_owned(), Some(v.to_vec())))
-                .collect(),
-            value: Some(env.data.to_vec()),
-            key: env.key.as_ref().map(|k| k.to_vec()),
-            ..record
-        };
+    if let Ok(again) = record.carrying(&env) {
         let back = again.with_parts(envelope_from_record);
         assert_eq!(back.id, env.id, "a written envelope reads back with its id");
         assert_eq!(back.event_type, env.event_type);

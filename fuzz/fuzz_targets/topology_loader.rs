@@ -20,8 +20,8 @@ fuzz_target!(|data: &[u8]| {
             }
             for topics in [false, true] {
                 let options = GraphOptions::with_topics(topics);
-                let _ = render::dot(&t, options.clone());
-                let _ = render::mermaid(&t, options.clone());
+                let _ = render::dot(&t, options);
+                let _ = render::mermaid(&t, options);
                 let _ = render::json(&t, options);
             }
             let _ = asyncapi::export(&t, |_, _| Ok(serde_json::json!({"type": "object"})));

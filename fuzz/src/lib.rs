@@ -56,13 +56,30 @@ impl Cursor<'_> {
 }
 
 impl Record {
+    /// This record carrying what the Kafka backend writes for `env`: its
+    /// headers, key and payload (topic, position and timestamp kept). The
+    /// backend's error when it refuses to write `env`.
+    pub fn carrying(self, env: &choreo_core::Envelope) -> choreo_core::Result<Record> {
+        let headers = choreo_kafka::record::record_headers(env)?;
+        Ok(Record {
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), Some(v.to_vec())))
+                .collect(),
+            value: Some(env.data.to_vec()),
+            key: env.key.as_ref().map(|k| k.to_vec()),
+            ..self
+        })
+    }
+
     /// The record `data` describes (see the [module docs](self)).
     pub fn decode(data: &[u8]) -> Record {
         let mut c = Cursor(data);
         let partition = i32::from_be_bytes(c.array());
         let offset = i64::from_be_bytes(c.array());
         let ts = i64::from_be_bytes(c.array());
-        let text = |b: Option<Vec<u8>>| String::from_utf8_lossy(&b.unwrap_or_default()).into_owned();
+        let text =
+            |b: Option<Vec<u8>>| String::from_utf8_lossy(&b.unwrap_or_default()).into_owned();
         let topic = text(c.field());
         let key = c.field();
         let value = c.field();
