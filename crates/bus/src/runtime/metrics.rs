@@ -333,6 +333,11 @@ impl PublishedCounters {
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, c);
     }
+
+    /// Counts one failed publish to `topic`.
+    pub(crate) fn failed(&self, topic: &str) {
+        self.metrics.publish_failed(&self.service, topic);
+    }
 }
 
 /// Label sets of one (service, topic, event type), resolved once.

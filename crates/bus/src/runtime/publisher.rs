@@ -19,7 +19,7 @@ pub struct Publisher<B> {
     bus: B,
     source: Name,
     codecs: Codecs,
-    metrics: Metrics,
+    /// Published and failed counts for `source`.
     published: Arc<PublishedCounters>,
     limits: Limits,
 }
@@ -45,7 +45,6 @@ impl<B: Bus> Publisher<B> {
                 source.clone(),
                 Metrics::global().clone(),
             )),
-            metrics: Metrics::global().clone(),
             limits: Limits::default(),
         }
     }
@@ -64,8 +63,7 @@ impl<B: Bus> Publisher<B> {
 
     /// Sets the metric families.
     pub fn metrics(mut self, metrics: Metrics) -> Self {
-        self.published = Arc::new(PublishedCounters::new(self.source.clone(), metrics.clone()));
-        self.metrics = metrics;
+        self.published = Arc::new(PublishedCounters::new(self.source.clone(), metrics));
         self
     }
 
@@ -150,7 +148,7 @@ impl<B: Bus> Publisher<B> {
             }
             Err(source) => {
                 span.end(Some(&source.to_string()));
-                self.metrics.publish_failed(&self.source, &topic);
+                self.published.failed(&topic);
                 Err(Error::Publish { source })
             }
         }

@@ -793,7 +793,7 @@ impl<B: Bus> Runtime<B> {
                 .await
             {
                 // Receipts are observability: losing one must not redeliver the event.
-                self.metrics.publish_failed(&self.shared.name, topic);
+                self.published.failed(topic);
                 tracing::warn!(service = %self.shared.name, error = %e, "publishing a receipt failed");
             }
         }
@@ -987,7 +987,7 @@ impl<B: Bus> Runtime<B> {
                     }
                     Err(e) => {
                         produce.end(Some(&e.to_string()));
-                        self.metrics.publish_failed(name, &topic);
+                        self.published.failed(&topic);
                     }
                 }
                 r
