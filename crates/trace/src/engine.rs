@@ -1164,7 +1164,8 @@ impl Tracer {
             &mut self.agg,
             self.log.as_ref().map(LogWriter::format),
         );
-        folder.flow(&id, state, &a, evicted, None);
+        // `a` was just analysed: the scratch holds this flow's time order.
+        folder.flow(&id, state, &a, evicted, &self.scratch.order);
         let Folder {
             orphans, kept, log, ..
         } = folder;
@@ -1241,7 +1242,6 @@ pub(crate) struct Folder<'a> {
     pub(crate) orphans: u64,
     pub(crate) kept: Vec<FlowTrace>,
     pub(crate) log: Option<LogChunk>,
-    order: Vec<u32>,
 }
 
 impl<'a> Folder<'a> {
@@ -1258,18 +1258,17 @@ impl<'a> Folder<'a> {
             orphans: 0,
             kept: Vec::new(),
             log: log.map(LogChunk::new),
-            order: Vec::new(),
         }
     }
 
-    /// Folds one flow; `order` is the events' time order when the caller has it.
+    /// Folds one flow; `order` is its events' time order, from its analysis.
     pub(crate) fn flow(
         &mut self,
         id: &EventId,
         state: &FlowState,
         a: &Analysis,
         evicted: Option<EvictReason>,
-        order: Option<&[u32]>,
+        order: &[u32],
     ) {
         let config = self.ctx.config;
         let keep = match &config.keep {
@@ -1279,17 +1278,7 @@ impl<'a> Folder<'a> {
         };
         self.orphans += u64::from(a.orphans);
         if let Some(chunk) = self.log.as_mut() {
-            // The events in time order: the analysis' own order when given.
-            let order: &[u32] = match order {
-                Some(o) if o.len() == state.events.len() => o,
-                _ => {
-                    self.order.clear();
-                    self.order.extend(0..state.events.len() as u32);
-                    self.order
-                        .sort_by_key(|&i| (state.events[i as usize].time, i));
-                    &self.order
-                }
-            };
+            debug_assert_eq!(order.len(), state.events.len(), "the flow's own order");
             log_case(self.ctx, chunk, id, state, a, order);
         }
         self.agg.fold_flow(
@@ -1373,7 +1362,7 @@ fn fold_all(
     let mut folder = Folder::new(ctx, metrics, agg, log);
     for (id, f) in flows {
         let a = analyse(ctx, &mut scratch, id, f, now);
-        folder.flow(id, f, &a, None, Some(&scratch.order));
+        folder.flow(id, f, &a, None, &scratch.order);
         f.release();
     }
     (folder.orphans, folder.kept, folder.log)
