@@ -471,15 +471,9 @@ fn publish_error(
         "publishing '{}' (id {}) to kafka topic '{}'",
         env.event_type, env.id, env.topic
     );
-    match watch.explain(
-        started,
-        Error::Kafka {
-            context: String::new(),
-            source,
-        },
-    ) {
-        Error::Kafka { source, .. } => choreo_core::Error::backend(context, source),
-        explained => choreo_core::Error::backend(context, explained),
+    match watch.cause(started) {
+        Some(cause) => choreo_core::Error::backend(context, cause),
+        None => choreo_core::Error::backend(context, source),
     }
 }
 

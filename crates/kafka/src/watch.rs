@@ -153,22 +153,27 @@ impl Watch {
     /// that started at `since` (or shortly before: see [`RECENT`]), an error
     /// that names it (the mechanism and user, or the certificate problem).
     pub(crate) fn explain(&self, since: Instant, err: Error) -> Error {
-        let last = self.last.lock().clone();
-        match last {
-            Some((at, cause, reason)) if at + RECENT >= since => match cause {
-                Cause::Authentication => Error::Authentication {
-                    mechanism: self.mechanism.clone(),
-                    username: self.username.clone(),
-                    brokers: self.brokers.clone(),
-                    reason,
-                },
-                Cause::Tls => Error::Tls {
-                    brokers: self.brokers.clone(),
-                    reason,
-                },
-            },
-            _ => err,
+        self.cause(since).unwrap_or(err)
+    }
+
+    /// The SASL or TLS failure seen since `since` (or just before), if any.
+    pub(crate) fn cause(&self, since: Instant) -> Option<Error> {
+        let (at, cause, reason) = self.last.lock().clone()?;
+        if at + RECENT < since {
+            return None;
         }
+        Some(match cause {
+            Cause::Authentication => Error::Authentication {
+                mechanism: self.mechanism.clone(),
+                username: self.username.clone(),
+                brokers: self.brokers.clone(),
+                reason,
+            },
+            Cause::Tls => Error::Tls {
+                brokers: self.brokers.clone(),
+                reason,
+            },
+        })
     }
 
     /// `err` with the configuration's secrets taken out: librdkafka's
