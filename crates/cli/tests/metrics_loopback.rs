@@ -5,22 +5,13 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use choreo_kafka::mock::MockKafka;
+use choreo_testkit::Running;
 
 const DEFAULT_PORT: u16 = 9464;
-
-/// Kills the child when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The local addresses of the listening TCP sockets on `port`, as written in
 /// /proc/net/tcp and tcp6 (hex, e.g. `0100007F` for 127.0.0.1).
@@ -72,7 +63,8 @@ fn live_tracing_serves_metrics_on_loopback_by_default() {
     }
     let kafka = MockKafka::start(1).unwrap();
     kafka.create_topic("orders", 1).unwrap();
-    let _tracer = Running(
+    let _tracer = Running::new(
+        "choreo trace --follow",
         Command::new(env!("CARGO_BIN_EXE_choreo"))
             .args(["trace", "--brokers", &kafka.bootstrap_servers()])
             .args(["--follow", "--topics", "orders", "--quiet"])

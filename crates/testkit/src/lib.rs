@@ -12,6 +12,49 @@ use std::time::{Duration, Instant};
 
 use choreo_core::{Delivery, Subscription};
 
+/// A child process killed (and reaped) on drop, so a failing test leaves
+/// nothing running behind it.
+#[derive(Debug)]
+pub struct Running {
+    child: std::process::Child,
+    name: String,
+}
+
+impl Running {
+    /// Takes ownership of `child`, called `name` in messages.
+    pub fn new(name: impl Into<String>, child: std::process::Child) -> Running {
+        Running {
+            child,
+            name: name.into(),
+        }
+    }
+
+    /// `None` while the process runs, else how it ended.
+    pub fn exited(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(None) => None,
+            Ok(Some(status)) => Some(format!("{} exited: {status}", self.name)),
+            Err(e) => Some(format!("{}: cannot wait for it: {e}", self.name)),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Only this child, by its own handle: never by name.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port free at the time of the call, for a server a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("no free loopback port")
+        .port()
+}
+
 /// The sum of every series of metric `name` in `registry` whose labels
 /// include `labels` (all series for `&[]`): a counter's or gauge's value, a
 /// histogram's sample count. 0 when there is none.

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -37,14 +36,7 @@ pub struct Prometheus {
     _dir: tempfile::TempDir,
 }
 
-/// A free loopback port: bound, then let go. Another process could take it
-/// in between, so [`Prometheus::start`] tries again on failure.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
-}
+pub use choreo_testkit::free_port;
 
 /// An HTTP agent with a bounded wait per request, that returns error
 /// statuses instead of failing on them.

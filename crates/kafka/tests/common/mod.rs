@@ -111,13 +111,7 @@ pub fn tansu_binary() -> PathBuf {
         })
 }
 
-/// A free loopback port (free when asked: tansu binds it right after).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
+pub use choreo_testkit::free_port;
 
 /// A tansu broker in its own process, on a free loopback port, with sqlite
 /// storage in a temporary directory. Killed when dropped.
