@@ -5,30 +5,25 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use choreo_core::RECEIPTS_TOPIC;
 use choreo_stack_tests::repo::{self, Dashboard, strings};
 use choreo_stack_tests::{prom, promql};
+use choreo_topology::Topology;
 use serde_json::Value;
 
 const TOPOLOGY: &str = "topologies/order-fulfillment.yaml";
-/// The receipts topic (choreo_core::RECEIPTS_TOPIC).
-const RECEIPTS_TOPIC: &str = "choreo.receipts";
 
-fn topology() -> Value {
-    repo::yaml(TOPOLOGY)
+/// The example topology, through the project's own loader.
+fn topology() -> Topology {
+    Topology::parse(&repo::read(TOPOLOGY), TOPOLOGY).expect("the example topology loads")
 }
 
 fn topology_services() -> BTreeSet<String> {
-    keys(&topology()["services"])
+    topology().services().map(|s| s.name.clone()).collect()
 }
 
 fn topology_topics() -> BTreeSet<String> {
-    let t = topology();
-    t["events"]
-        .as_object()
-        .expect("the topology has events")
-        .values()
-        .filter_map(|e| e["topic"].as_str().map(str::to_owned))
-        .collect()
+    topology().topics().iter().cloned().collect()
 }
 
 fn keys(v: &Value) -> BTreeSet<String> {
