@@ -159,7 +159,7 @@ impl HttpRegistry {
     pub fn basic_auth(mut self, user: &str, password: &str) -> Self {
         self.auth = Some(format!(
             "Basic {}",
-            base64_encode(format!("{user}:{password}").as_bytes())
+            choreo_core::base64::encode(format!("{user}:{password}").as_bytes())
         ));
         self
     }
@@ -285,27 +285,6 @@ fn encode_path(s: &str) -> String {
     out
 }
 
-fn base64_encode(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,10 +311,10 @@ mod tests {
     fn helpers_encode_paths_and_base64() {
         assert_eq!(encode_path("orders-value"), "orders-value");
         assert_eq!(encode_path("a b/c"), "a%20b%2Fc");
-        assert_eq!(base64_encode(b"user:pass"), "dXNlcjpwYXNz");
-        assert_eq!(base64_encode(b"ab"), "YWI=");
-        assert_eq!(base64_encode(b"a"), "YQ==");
-        assert_eq!(base64_encode(b""), "");
+        assert_eq!(choreo_core::base64::encode(b"user:pass"), "dXNlcjpwYXNz");
+        assert_eq!(choreo_core::base64::encode(b"ab"), "YWI=");
+        assert_eq!(choreo_core::base64::encode(b"a"), "YQ==");
+        assert_eq!(choreo_core::base64::encode(b""), "");
     }
 
     #[test]

@@ -493,7 +493,7 @@ fn structured(parts: &RecordParts<'_>) -> Envelope {
             .push("structured CloudEvent has no 'type'".to_owned());
     }
     let data = match (data_base64, data_json) {
-        (Some(b64), _) => match base64_decode(&b64) {
+        (Some(b64), _) => match choreo_core::base64::decode(&b64) {
             Some(bytes) => Bytes::from(bytes),
             None => {
                 a.problems
@@ -516,34 +516,6 @@ fn is_json(ct: Option<&ContentType>) -> bool {
         Some(ContentType::Avro) => false,
         Some(ContentType::Other(n)) => essence(n).ends_with("+json"),
     }
-}
-
-/// Decodes standard base64 (RFC 4648 §4, padding optional, no line breaks).
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    fn sextet(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let s = s.trim_end_matches('=').as_bytes();
-    if s.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    for chunk in s.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= sextet(c)? << (18 - 6 * i);
-        }
-        let bytes = acc.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -825,17 +797,6 @@ mod tests {
         assert!(problem.contains("no 'specversion'"), "{problem}");
         assert!(problem.contains("no 'type'"), "{problem}");
         assert!(problem.contains("'data_base64' is not base64"), "{problem}");
-    }
-
-    #[test]
-    fn base64_decodes_with_and_without_padding() {
-        assert_eq!(base64_decode("aGVsbG8=").unwrap(), b"hello");
-        assert_eq!(base64_decode("aGVsbG8").unwrap(), b"hello");
-        assert_eq!(base64_decode("aGk=").unwrap(), b"hi");
-        assert_eq!(base64_decode("").unwrap(), b"");
-        assert_eq!(base64_decode("+/8=").unwrap(), [0xfb, 0xff]);
-        assert!(base64_decode("a").is_none());
-        assert!(base64_decode("a$==").is_none());
     }
 
     #[test]

@@ -26,7 +26,8 @@ use serde_json::{Map, Value};
 
 use super::avro::{Parts, assemble, content_type};
 use crate::Record;
-use crate::util::{Interner, base64_decode, base64_encode};
+use crate::util::Interner;
+use choreo_core::base64;
 
 /// Encodes a record as one JSON line (without the newline).
 pub(crate) fn encode(r: &Record) -> String {
@@ -39,7 +40,7 @@ pub(crate) fn encode(r: &Record) -> String {
     if let Some(k) = &e.key {
         match std::str::from_utf8(k) {
             Ok(s) => m.insert("key".into(), s.into()),
-            Err(_) => m.insert("key_base64".into(), base64_encode(k).into()),
+            Err(_) => m.insert("key_base64".into(), base64::encode(k).into()),
         };
     }
     if r.attributed {
@@ -64,7 +65,7 @@ pub(crate) fn encode(r: &Record) -> String {
         .filter(|v| v.to_string().as_bytes() == &e.data[..]);
     match json_data {
         Some(v) => m.insert("data".into(), v),
-        None => m.insert("data_base64".into(), base64_encode(&e.data).into()),
+        None => m.insert("data_base64".into(), base64::encode(&e.data).into()),
     };
     if !e.headers.is_empty() {
         let h: Vec<Value> = e
@@ -73,7 +74,7 @@ pub(crate) fn encode(r: &Record) -> String {
             .map(|(name, value)| {
                 let v = match std::str::from_utf8(value) {
                     Ok(s) => Value::from(s),
-                    Err(_) => serde_json::json!({ "base64": base64_encode(value) }),
+                    Err(_) => serde_json::json!({ "base64": base64::encode(value) }),
                 };
                 Value::Array(vec![Value::from(name), v])
             })
@@ -162,13 +163,15 @@ pub(crate) fn decode(
     let key = match (l.key, l.key_base64) {
         (Some(k), _) => Some(Bytes::from(k)),
         (None, Some(b)) => Some(Bytes::from(
-            base64_decode(&b).ok_or("'key_base64' is not base64")?,
+            base64::decode_either(&b).ok_or("'key_base64' is not base64")?,
         )),
         (None, None) => None,
     };
     let ctype = content_type(l.content_type.as_deref().unwrap_or(""), names);
     let data = match (l.data, l.data_base64) {
-        (_, Some(b)) => Bytes::from(base64_decode(&b).ok_or("'data_base64' is not base64")?),
+        (_, Some(b)) => {
+            Bytes::from(base64::decode_either(&b).ok_or("'data_base64' is not base64")?)
+        }
         (Some(Value::Null) | None, None) => Bytes::new(),
         (Some(v), None) => Bytes::from(v.to_string()),
     };
@@ -200,7 +203,8 @@ pub(crate) fn decode(
             Value::String(s) => Bytes::from(s),
             Value::Object(o) => match o.get("base64").and_then(Value::as_str) {
                 Some(b) => Bytes::from(
-                    base64_decode(b).ok_or_else(|| format!("header '{name}' is not base64"))?,
+                    base64::decode_either(b)
+                        .ok_or_else(|| format!("header '{name}' is not base64"))?,
                 ),
                 None => Bytes::from(Value::Object(o).to_string()),
             },
