@@ -2,7 +2,9 @@
 //! an end, tracing the topics against the topology reports nothing, and every
 //! process shuts down cleanly on SIGTERM.
 
-use std::process::{Child, Command};
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use choreo_kafka::mock::MockKafka;
@@ -40,8 +42,27 @@ fn spawn(brokers: &str, args: &[&str]) -> Child {
             "CHOREO_KAFKA_OPTIONS",
             "fetch.wait.max.ms=50;topic.metadata.refresh.interval.ms=1000",
         )
+        .stderr(Stdio::piped())
         .spawn()
         .expect("order-saga starts")
+}
+
+/// Passes `child`'s stderr through, and returns a receiver that gets a
+/// message once the process says its services run (their groups are joined).
+fn watch_started(name: &str, child: &mut Child) -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let name = name.to_owned();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("[{name}] {line}");
+            if line.starts_with("order-saga: running ") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx
 }
 
 /// Reads every topic of the topology to its end and traces it.
@@ -71,19 +92,27 @@ async fn each_service_in_its_own_process_on_kafka() {
         kafka.create_topic(&t, 4).unwrap();
     }
     let mut procs = Procs(Vec::new());
+    let mut started = Vec::new();
     for s in ["payment", "inventory", "shipping", "notifications"] {
-        procs
-            .0
-            .push((s.to_owned(), spawn(&brokers, &["--service", s])));
+        let mut child = spawn(&brokers, &["--service", s]);
+        started.push((s, watch_started(s, &mut child)));
+        procs.0.push((s.to_owned(), child));
+    }
+    // Orders are placed once every consumer has joined its group, so no
+    // reaction's time includes another process's start-up.
+    let joined_by = Instant::now() + Duration::from_secs(60);
+    for (s, rx) in started {
+        let left = joined_by.saturating_duration_since(Instant::now());
+        rx.recv_timeout(left)
+            .unwrap_or_else(|e| panic!("{s} did not start its services within 60 s: {e}"));
     }
     let orders = ORDERS.to_string();
-    procs.0.push((
-        "checkout".into(),
-        spawn(
-            &brokers,
-            &["--service", "checkout", "--orders", &orders, "--rate", "50"],
-        ),
-    ));
+    let mut checkout = spawn(
+        &brokers,
+        &["--service", "checkout", "--orders", &orders, "--rate", "50"],
+    );
+    drop(watch_started("checkout", &mut checkout));
+    procs.0.push(("checkout".into(), checkout));
 
     let deadline = Instant::now() + Duration::from_secs(120);
     let report = loop {
