@@ -42,7 +42,7 @@ where
 {
     type Batch = (Vec<Record>, Vec<Option<ParsedReceipt>>);
     let (tx, rx) = mpsc::sync_channel::<Batch>(DEPTH);
-    // Emptied batches go back to the reader: a batch is most of a megabyte,
+    // Ingested batches go back to the reader: a batch is most of a megabyte,
     // and allocating it afresh each time costs page faults on both threads.
     let (back, recycled) = mpsc::sync_channel::<Batch>(DEPTH + 2);
     let bytes = Arc::new(AtomicU64::new(0));
@@ -56,15 +56,22 @@ where
             let mut source = source;
             let mut error = None;
             // Receipts are parsed on whichever thread has time: here when the
-            // tracer falls behind (batches queue up), else by the tracer as it
-            // ingests them. Either way the result is the same; which thread is
+            // tracer is behind (a batch is still waiting for it), else by the
+            // tracer as it ingests them. Either way the result is the same; which thread is
             // the slower one depends on the input and on what else the machine
             // is doing.
             let mut names = Interner::default();
             loop {
-                let (mut records, mut parsed) = recycled
-                    .try_recv()
-                    .unwrap_or_else(|_| (Vec::with_capacity(BATCH), Vec::with_capacity(BATCH)));
+                // Ingested batches come back full: their records are dropped
+                // here, off the tracer's thread.
+                let (mut records, mut parsed) = match recycled.try_recv() {
+                    Ok((mut r, mut p)) => {
+                        r.clear();
+                        p.clear();
+                        (r, p)
+                    }
+                    Err(_) => (Vec::with_capacity(BATCH), Vec::with_capacity(BATCH)),
+                };
                 let end = match source.fill(&mut records, BATCH) {
                     Ok(0) => true,
                     Ok(_) => false,
@@ -73,7 +80,7 @@ where
                         true
                     }
                 };
-                if q2.load(Ordering::Relaxed) >= DEPTH / 2 {
+                if q2.load(Ordering::Relaxed) >= 1 {
                     parsed.extend(records.iter().map(|r| {
                         (r.attributed && r.envelope.event_type.as_str() == RECEIPT_TYPE)
                             .then(|| parse_receipt(&r.envelope.data, &mut names))
@@ -108,7 +115,7 @@ where
         }
     };
     let mut records = 0u64;
-    for (mut batch, mut parsed) in rx {
+    for (batch, mut parsed) in rx {
         queued.fetch_sub(1, Ordering::Relaxed);
         let n = batch.len() as u64;
         // By reference: a record is a few hundred bytes, not worth moving again.
@@ -116,9 +123,8 @@ where
             each(r);
             tracer.ingest_prepared(r, parsed.get_mut(i).and_then(Option::take));
         }
-        batch.clear();
-        parsed.clear();
-        // The reader may have ended, or have enough spare batches: then it is dropped.
+        // Back to the reader, which drops the records and refills the batch.
+        // It may have ended, or have enough spare batches: then it is dropped here.
         let _ = back.try_send((batch, parsed));
         records += n;
         let total = total.load(Ordering::Relaxed);

@@ -23,7 +23,10 @@ pub(crate) struct Symbols {
     by_addr: Vec<Option<(Name, Sym)>>,
 }
 
-const BY_ADDR: usize = 64;
+/// Slots of `by_addr`: a capture has a few dozen distinct names, each
+/// possibly allocated once per interner (the reading thread's and the
+/// tracer's); with few slots two of them would keep evicting each other.
+const BY_ADDR: usize = 512;
 
 impl Default for Symbols {
     fn default() -> Self {
@@ -41,7 +44,9 @@ impl Symbols {
     #[inline]
     pub(crate) fn intern(&mut self, name: &Name) -> Sym {
         let addr = name.as_str().as_ptr() as usize;
-        let slot = (addr >> 3 ^ addr >> 9 ^ name.len()) % BY_ADDR;
+        // The address's bits mixed by a multiplication; the top bits pick the slot.
+        let slot = ((addr ^ name.len()) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 55;
+        let slot = slot as usize % BY_ADDR;
         if let Some((n, s)) = &self.by_addr[slot]
             && n.as_str().as_ptr() == name.as_str().as_ptr()
             && n.len() == name.len()

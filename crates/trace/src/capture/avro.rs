@@ -7,7 +7,7 @@
 //! apache-avro with schema resolution instead.
 
 use std::io::{self, Read, Write};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use apache_avro::Schema;
 use apache_avro::types::Value;
@@ -803,11 +803,80 @@ pub(crate) struct Block {
     pub(crate) sync_offset: u64,
 }
 
-/// Reads the next block starting at `offset`; `Ok(None)` at the clean end of the file.
+/// Block buffers given back once every record read from them is gone.
+///
+/// Records slice their strings and payloads out of their block's buffer, so a
+/// buffer lives until the tracer (on another thread) has dropped the last
+/// record of its block. A fresh buffer per block costs page faults (the kernel
+/// clears every page) and a free across threads; reusing them costs neither.
+#[derive(Clone, Default)]
+pub(crate) struct BlockPool(Arc<Mutex<Pooled>>);
+
+#[derive(Default)]
+struct Pooled {
+    free: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+/// What the pool keeps at most, in buffer capacity: enough for the blocks in
+/// flight between the reading thread and the tracer, small next to the file.
+const POOL_BYTES: usize = 32 * 1024 * 1024;
+
+impl BlockPool {
+    /// An empty buffer with room for `size` bytes: a pooled one if there is one.
+    fn take(&self, size: usize) -> Vec<u8> {
+        let buf = {
+            let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let buf = p.free.pop();
+            if let Some(b) = &buf {
+                p.bytes -= b.capacity();
+            }
+            buf
+        };
+        match buf {
+            Some(mut b) => {
+                b.reserve(size);
+                b
+            }
+            None => Vec::with_capacity(size),
+        }
+    }
+
+    fn give(&self, mut buf: Vec<u8>) {
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if p.bytes + buf.capacity() <= POOL_BYTES {
+            buf.clear();
+            p.bytes += buf.capacity();
+            p.free.push(buf);
+        }
+    }
+}
+
+/// A block's buffer, returned to its pool when the last slice of it is dropped.
+struct PooledBuf {
+    buf: Vec<u8>,
+    pool: BlockPool,
+}
+
+impl AsRef<[u8]> for PooledBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.buf));
+    }
+}
+
+/// Reads the next block starting at `offset` into a buffer from `pool`;
+/// `Ok(None)` at the clean end of the file.
 pub(crate) fn read_block<R: Read>(
     r: &mut R,
     offset: u64,
     sync: &[u8; 16],
+    pool: &BlockPool,
 ) -> Result<Option<(Block, u64)>, ReadFault> {
     let mut consumed = 0u64;
     let Some(count) = read_long(r, &mut consumed)? else {
@@ -828,12 +897,15 @@ pub(crate) fn read_block<R: Read>(
     let data_offset = offset + consumed;
     // Read straight into a buffer of the block's size: no zeroing, and with a
     // small BufReader most of it comes from the file without an extra copy.
-    let mut v = Vec::with_capacity(size as usize);
+    let mut v = pool.take(size as usize);
     let got = (&mut *r)
         .take(size as u64)
         .read_to_end(&mut v)
         .map_err(ReadFault::Io)?;
-    let data = Bytes::from(v);
+    let data = Bytes::from_owner(PooledBuf {
+        buf: v,
+        pool: pool.clone(),
+    });
     let complete = got == size as usize;
     let sync_offset = data_offset + got as u64;
     let mut marker = [0u8; 16];
@@ -960,6 +1032,39 @@ impl Cursor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_buffer_returns_to_the_pool_once_its_last_slice_is_gone() {
+        let pool = BlockPool::default();
+        let mut buf = pool.take(100);
+        buf.extend_from_slice(&[7; 100]);
+        let addr = buf.as_ptr();
+        let data = Bytes::from_owner(PooledBuf {
+            buf,
+            pool: pool.clone(),
+        });
+        let slice = data.slice(10..20);
+        drop(data);
+        assert!(
+            pool.0.lock().unwrap().free.is_empty(),
+            "a slice still holds it"
+        );
+        drop(slice);
+        let again = pool.take(50);
+        assert_eq!(again.as_ptr(), addr, "the same buffer, reused");
+        assert!(again.is_empty());
+    }
+
+    #[test]
+    fn the_block_pool_keeps_a_bounded_number_of_bytes() {
+        let pool = BlockPool::default();
+        for _ in 0..3 {
+            pool.give(Vec::with_capacity(POOL_BYTES / 2));
+        }
+        let p = pool.0.lock().unwrap();
+        assert_eq!(p.free.len(), 2, "the third would pass the bound");
+        assert!(p.bytes <= POOL_BYTES);
+    }
 
     #[test]
     fn fast_uuid_agrees_with_the_parser() {

@@ -276,6 +276,7 @@ struct FastAvro {
     /// File offset of the next block.
     offset: u64,
     block: Option<avro::Block>,
+    pool: avro::BlockPool,
     pos: usize,
     decoded: u64,
 }
@@ -428,6 +429,7 @@ impl Reader {
                     sync: header.sync,
                     offset: header.len,
                     block: None,
+                    pool: avro::BlockPool::default(),
                     pos: 0,
                     decoded: 0,
                 })),
@@ -605,7 +607,7 @@ impl Reader {
                 }
                 f.block = None;
             }
-            match avro::read_block(&mut f.input, f.offset, &f.sync) {
+            match avro::read_block(&mut f.input, f.offset, &f.sync, &f.pool) {
                 Ok(None) => {
                     self.inner = Inner::Done;
                     self.records += (out.len() - start) as u64;
