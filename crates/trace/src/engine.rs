@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 
 use choreo_core::{Envelope, EventId, Name, Outcome, RECEIPT_TYPE, Timestamp, dlq_headers};
 use choreo_topology::Topology;
@@ -1079,9 +1079,6 @@ impl Tracer {
         self.records_in_flight = 0;
         // A stable order, so reports and examples do not depend on hashing.
         ids.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        // Flows are independent: two threads analyse and fold them, each
-        // into its own aggregates, merged in order — the result is the same
-        // as one thread's. Rounds bound what is held at once.
         let receipts_expected = self.receipts_expected();
         let ctx = Ctx {
             model: self.model.as_ref(),
@@ -1094,51 +1091,93 @@ impl Tracer {
         let mut orphans = 0;
         let mut log = self.log.take();
         let (agg, kept, config) = (&mut self.agg, &mut self.kept, &self.config);
-        std::thread::scope(|outer| {
-            // The event log is written on its own thread, while the next
-            // round is analysed.
-            let (tx, rx) = mpsc::sync_channel::<LogChunk>(4);
-            let writer = log.as_mut().map(|w| {
-                outer.spawn(move || {
-                    for chunk in rx {
-                        w.append(&chunk);
-                    }
-                })
-            });
-            for round in ids.chunks_mut(ROUND) {
-                let (left, right) = if config.parallel && round.len() >= PARALLEL_FROM {
-                    let half = round.len() / 2;
-                    round.split_at_mut(half)
-                } else {
-                    round.split_at_mut(round.len())
-                };
-                let mut agg_right = Aggregates::default();
-                let (l, r) = std::thread::scope(|scope| {
-                    let other = (!right.is_empty()).then(|| {
-                        let ctx = &ctx;
-                        let agg = &mut agg_right;
-                        scope.spawn(move || fold_all(ctx, metrics, agg, log_format, right, now_us))
-                    });
-                    let mine = fold_all(&ctx, metrics, agg, log_format, left, now_us);
-                    let theirs =
-                        other.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-                    (mine, theirs)
+        if !(config.parallel && ids.len() >= PARALLEL_FROM) {
+            let (o, k, chunk) = fold_all(&ctx, metrics, agg, log_format, &mut ids, now_us);
+            orphans += o;
+            kept.extend(k);
+            if let (Some(w), Some(chunk)) = (log.as_mut(), chunk) {
+                w.append(&chunk);
+            }
+        } else {
+            // Flows are independent: this thread and a helper take chunks of
+            // them in turn, analyse and fold each chunk into aggregates of its
+            // own, and this thread merges the chunks in their order — the
+            // result is the same as one thread's. Taking chunks rather than
+            // halves keeps both threads busy to the end; a third thread writes
+            // the event log.
+            let chunks = ids.len().div_ceil(CHUNK);
+            let work = Mutex::new((0usize, std::mem::take(&mut ids).into_iter()));
+            let take = || {
+                let mut w = work.lock().unwrap_or_else(|e| e.into_inner());
+                let i = w.0;
+                let flows: Vec<_> = w.1.by_ref().take(CHUNK).collect();
+                w.0 += 1;
+                (!flows.is_empty()).then_some((i, flows))
+            };
+            let fold = |mut flows: Vec<(EventId, Box<FlowState>)>| {
+                let mut part = Aggregates::default();
+                let (o, k, chunk) =
+                    fold_all(&ctx, metrics, &mut part, log_format, &mut flows, now_us);
+                // Freed here, on the thread that folded them.
+                drop(flows);
+                (part, o, k, chunk)
+            };
+            std::thread::scope(|scope| {
+                let (log_tx, log_rx) = mpsc::sync_channel::<LogChunk>(4);
+                let writer = log.as_mut().map(|w| {
+                    scope.spawn(move || {
+                        for chunk in log_rx {
+                            w.append(&chunk);
+                        }
+                    })
                 });
-                agg.merge(agg_right, config);
-                for part in std::iter::once(l).chain(r) {
-                    orphans += part.0;
-                    kept.extend(part.1);
-                    if let Some(chunk) = part.2 {
-                        // Only sent when there is a log, hence a writer.
-                        let _ = tx.send(chunk);
+                // Bounded: the helper waits rather than run far ahead of the merge.
+                let (done_tx, done_rx) = mpsc::sync_channel(4);
+                let (take, fold) = (&take, &fold);
+                let helper = scope.spawn(move || {
+                    while let Some((i, flows)) = take() {
+                        if done_tx.send((i, fold(flows))).is_err() {
+                            return;
+                        }
+                    }
+                });
+                let mut pending = std::collections::BTreeMap::new();
+                let mut next = 0;
+                while next < chunks {
+                    match take() {
+                        Some((i, flows)) => {
+                            pending.insert(i, fold(flows));
+                        }
+                        // Nothing left to take: wait for the helper's chunks.
+                        None => match done_rx.recv() {
+                            Ok((i, part)) => {
+                                pending.insert(i, part);
+                            }
+                            // The helper is gone (it panicked: rethrown below).
+                            Err(_) => break,
+                        },
+                    }
+                    pending.extend(done_rx.try_iter());
+                    while let Some((part, o, k, chunk)) = pending.remove(&next) {
+                        agg.merge(part, config);
+                        orphans += o;
+                        kept.extend(k);
+                        if let Some(chunk) = chunk {
+                            // Only rendered when there is a log, hence a writer.
+                            let _ = log_tx.send(chunk);
+                        }
+                        next += 1;
                     }
                 }
-            }
-            drop(tx);
-            if let Some(w) = writer {
-                w.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-            }
-        });
+                drop(log_tx);
+                helper
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                if let Some(w) = writer {
+                    w.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                }
+            });
+        }
         self.log = log;
         self.counters.orphans += orphans;
         drop(ids);
@@ -1342,8 +1381,8 @@ fn log_case(
 /// Flows at the end of a batch from which the analysis uses a second thread.
 const PARALLEL_FROM: usize = 2048;
 
-/// Flows per round of the end-of-batch fold.
-const ROUND: usize = 16 * 1024;
+/// Flows a thread takes at a time in the end-of-batch fold.
+const CHUNK: usize = 1024;
 
 /// Analyses and folds `flows` into `agg`: the orphans counted, the flows
 /// kept, the event-log text.
