@@ -10,15 +10,25 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Debian packages: the package lists are fetched once per run (here or in a
+# script this one calls), however many packages turn out to be missing.
+apt_install() {
+  if [ -z "${CHOREO_APT_UPDATED:-}" ]; then
+    apt-get update -qq
+    export CHOREO_APT_UPDATED=1
+  fi
+  apt-get install -y -qq "$@" >/dev/null
+}
+
 step "build dependencies: OpenSSL headers and pkg-config (librdkafka is built with TLS)"
 # Before any cargo build: every crate that links choreo-kafka needs them.
 if ! dpkg -s libssl-dev pkg-config >/dev/null 2>&1; then
-  apt-get update -qq && apt-get install -y -qq --no-install-recommends libssl-dev pkg-config >/dev/null
+  apt_install --no-install-recommends libssl-dev pkg-config
 fi
 
 step "test tools: graphviz (renders the topology graphs in the tests)"
 if ! command -v dot >/dev/null 2>&1; then
-  apt-get update -qq && apt-get install -y -qq graphviz >/dev/null
+  apt_install graphviz
 fi
 # The renderer tests fail, rather than skip, when `dot` is missing.
 export CHOREO_REQUIRE_GRAPHVIZ=1
@@ -27,7 +37,7 @@ step "test tools: prometheus and promtool (the stack tests run a real Prometheus
 # Debian's `prometheus` package brings both; tests/stack fails, rather than
 # skips, when either is missing.
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
-  apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  apt_install --no-install-recommends prometheus
 fi
 
 step "test tools: pm4py in target/pm4py-venv (reads the tracer's event logs in a test)"

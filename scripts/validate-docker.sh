@@ -24,7 +24,9 @@ stamp="$venv/.choreo-packages"
 if [[ ! -x "$venv/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "${packages[*]}" ]]; then
   echo "installing ${packages[*]} into $venv"
   if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+    # The package lists: fetched unless ./scripts/test.sh already did.
+    [ -n "${CHOREO_APT_UPDATED:-}" ] || apt-get update -qq
+    apt-get install -y -qq python3-venv >/dev/null
   fi
   rm -rf "$venv"
   python3 -m venv "$venv"

@@ -21,7 +21,9 @@ packages=(@asyncapi/specs@6.11.1 ajv@8.20.0 ajv-formats@3.0.1 mermaid@11.17.2 js
 
 if ! command -v npm >/dev/null 2>&1; then
   echo "installing node and npm (Debian packages)"
-  apt-get update -qq && apt-get install -y -qq nodejs npm >/dev/null
+  # The package lists: fetched unless ./scripts/test.sh already did.
+  [ -n "${CHOREO_APT_UPDATED:-}" ] || apt-get update -qq
+  apt-get install -y -qq nodejs npm >/dev/null
 fi
 
 stamp="$tools/.choreo-packages"
