@@ -165,21 +165,12 @@ impl Tansu {
     /// Starts the broker again on the same port and storage.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "kill it first");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match spawn_tansu(self.dir.path(), self.port) {
-                Ok(c) => {
-                    self.child = Some(c);
-                    return;
-                }
-                // The port may linger a moment after the kill.
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("restarting tansu: {e}; retrying");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => panic!("tansu did not restart: {e}"),
-            }
-        }
+        self.child = Some(spawn_tansu_on_released_port(
+            self.dir.path(),
+            self.port,
+            self.port,
+            &[],
+        ));
     }
 
     /// Creates a topic with tansu's CLI and lets the bus know.
@@ -215,6 +206,27 @@ impl Drop for Tansu {
 
 fn spawn_tansu(dir: &Path, port: u16) -> Result<Child, String> {
     spawn_tansu_with(dir, port, port, &[])
+}
+
+/// Like [`spawn_tansu_with`], on a port a killed broker listened on a moment
+/// ago: retries for up to 30 s while the port lingers, then panics.
+pub fn spawn_tansu_on_released_port(
+    dir: &Path,
+    port: u16,
+    advertised: u16,
+    extra: &[&str],
+) -> Child {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match spawn_tansu_with(dir, port, advertised, extra) {
+            Ok(c) => return c,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("starting tansu on port {port}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("tansu did not start on port {port}: {e}"),
+        }
+    }
 }
 
 /// Starts tansu on `port` with sqlite storage in `dir`, advertising

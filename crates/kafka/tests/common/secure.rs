@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openssl::asn1::Asn1Time;
 use openssl::bn::{BigNum, MsbOption};
@@ -30,7 +30,7 @@ use openssl::x509::extension::{
 };
 use openssl::x509::{X509, X509NameBuilder};
 
-use crate::common::{free_port, spawn_tansu_with, tansu_binary};
+use crate::common::{free_port, spawn_tansu_on_released_port, spawn_tansu_with, tansu_binary};
 
 /// A certificate authority: its certificate and key.
 pub struct Ca {
@@ -336,18 +336,8 @@ impl SecureTansu {
         } else {
             &["--authentication"]
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let child = loop {
-            match spawn_tansu_with(dir.path(), port, front, extra) {
-                Ok(c) => break c,
-                // The port may linger a moment after the first broker's kill.
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("starting tansu: {e}; retrying");
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => panic!("tansu did not start: {e}"),
-            }
-        };
+        // The same port as the broker that created the users, killed just now.
+        let child = spawn_tansu_on_released_port(dir.path(), port, front, extra);
         let proxy = security.tls.map(|pki| {
             TlsProxy::start(
                 front,
