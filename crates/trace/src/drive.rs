@@ -4,8 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 
-use choreo_core::RECEIPT_TYPE;
-
 use crate::engine::{ParsedReceipt, parse_receipt};
 use crate::record::{Progress, Source};
 use crate::util::Interner;
@@ -82,7 +80,7 @@ where
                 };
                 if q2.load(Ordering::Relaxed) >= 1 {
                     parsed.extend(records.iter().map(|r| {
-                        (r.attributed && r.envelope.event_type.as_str() == RECEIPT_TYPE)
+                        r.is_receipt()
                             .then(|| parse_receipt(&r.envelope.data, &mut names))
                             .flatten()
                     }));

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::{Mutex, mpsc};
 
-use choreo_core::{Envelope, EventId, Name, Outcome, RECEIPT_TYPE, Timestamp, dlq_headers};
+use choreo_core::{Envelope, EventId, Name, Outcome, Timestamp, dlq_headers};
 use choreo_topology::Topology;
 use petgraph::graph::{Graph, NodeIndex};
 use serde::Deserialize;
@@ -761,7 +761,7 @@ impl Tracer {
             return;
         }
         let time = env.time.as_micros();
-        if env.event_type.as_str() == RECEIPT_TYPE {
+        if crate::record::is_receipt_type(env) {
             let parsed = match pre {
                 Some(p) => Some(p),
                 None => parse_receipt(&env.data, &mut self.receipt_names),

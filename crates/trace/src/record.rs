@@ -1,6 +1,6 @@
 //! Records: an envelope as a source saw it, and the [`Source`] trait every input implements.
 
-use choreo_core::Envelope;
+use choreo_core::{Envelope, RECEIPT_TYPE};
 
 use crate::Result;
 
@@ -21,6 +21,11 @@ pub struct Record {
 }
 
 impl Record {
+    /// Whether the tracer reads this record as a receipt: an attributed
+    /// record of the receipt event type.
+    pub(crate) fn is_receipt(&self) -> bool {
+        self.attributed && is_receipt_type(&self.envelope)
+    }
     /// A record of `envelope` with no position. It is attributed unless its
     /// event type is empty.
     pub fn new(envelope: Envelope) -> Record {
@@ -171,4 +176,9 @@ impl<S: Source + ?Sized> Source for Box<S> {
     fn fill(&mut self, out: &mut Vec<Record>, max: usize) -> Result<usize> {
         (**self).fill(out, max)
     }
+}
+
+/// Whether `envelope` carries a receipt (its event type is the receipts').
+pub(crate) fn is_receipt_type(envelope: &Envelope) -> bool {
+    envelope.event_type.as_str() == RECEIPT_TYPE
 }
