@@ -162,6 +162,14 @@ impl KafkaSource {
             records: 0,
         })
     }
+
+    fn read_error(&self, e: choreo_kafka::Error) -> choreo_trace::Error {
+        choreo_trace::Error::Io {
+            path: self.name.clone().into(),
+            action: "read",
+            source: std::io::Error::other(e),
+        }
+    }
 }
 
 impl Source for KafkaSource {
@@ -175,11 +183,34 @@ impl Source for KafkaSource {
                 self.records += 1;
                 Some(Ok(trace_record(r)))
             }
-            Err(e) => Some(Err(choreo_trace::Error::Io {
-                path: self.name.clone().into(),
-                action: "read",
-                source: std::io::Error::other(e),
-            })),
+            Err(e) => Some(Err(self.read_error(e))),
+        }
+    }
+
+    /// A batch per entry into the runtime, not a record: the source reads the
+    /// topics to their current end, so waiting for a full batch never holds
+    /// records back for long.
+    fn fill(&mut self, out: &mut Vec<Record>, max: usize) -> choreo_trace::Result<usize> {
+        let reader = &mut self.reader;
+        let (n, error) = self.rt.block_on(async {
+            let mut n = 0;
+            while n < max {
+                match reader.next().await {
+                    None => break,
+                    Some(Ok(r)) => {
+                        out.push(trace_record(r));
+                        n += 1;
+                    }
+                    Some(Err(e)) => return (n, Some(e)),
+                }
+            }
+            (n, None)
+        });
+        self.records += n as u64;
+        match error {
+            // The records before the error are in `out`, as `fill` promises.
+            Some(e) => Err(self.read_error(e)),
+            None => Ok(n),
         }
     }
 
