@@ -2,6 +2,7 @@
 //! code itself: records the Kafka backend writes (binary mode) and a
 //! structured CloudEvent, Avro payloads the codec encodes, and the example
 //! topologies. The capture seeds come from `crates/trace/examples/gen_capture.rs`.
+//! Deterministic: a rerun writes the same bytes.
 //!
 //! ```sh
 //! cargo run --manifest-path fuzz/Cargo.toml --example make_seeds
@@ -9,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use choreo_core::{Codec, Envelope, PayloadMeta};
+use choreo_core::{Codec, Envelope, EventId, PayloadMeta, Timestamp};
 use choreo_fuzz::{AVRO_TYPES, Record};
 use serde_json::json;
 
@@ -40,12 +41,34 @@ fn record_of(env: &Envelope, offset: i64) -> Record {
     .expect("a valid envelope")
 }
 
+/// `env` with a fixed id and time instead of fresh ones, so rerunning this
+/// program rewrites the seeds byte for byte. A flow's first event keeps its
+/// correlation id and key equal to its id.
+fn fixed(mut env: Envelope, id: &str, micros: i64) -> Envelope {
+    let id = EventId::parse(id).expect("a UUID");
+    if env.causation_id.is_none() {
+        env.correlation_id = id.clone();
+        env.key = Some(id.to_key());
+    }
+    env.id = id;
+    env.time = Timestamp::from_micros(micros);
+    env
+}
+
 fn records() {
-    let placed = Envelope::new("OrderPlaced", "orders", r#"{"order_id":42,"total":19.5}"#)
-        .with_source("checkout");
-    let mut captured = Envelope::new("PaymentCaptured", "payments", r#"{"order_id":42}"#)
-        .with_source("payment")
-        .caused_by(&placed);
+    let placed = fixed(
+        Envelope::new("OrderPlaced", "orders", r#"{"order_id":42,"total":19.5}"#)
+            .with_source("checkout"),
+        "019ab697-e802-7029-acce-be1067d5b17e",
+        1_764_000_000_000_000,
+    );
+    let mut captured = fixed(
+        Envelope::new("PaymentCaptured", "payments", r#"{"order_id":42}"#)
+            .with_source("payment")
+            .caused_by(&placed),
+        "019ab697-e807-7d06-b8e8-ebad37e9a894",
+        1_764_000_000_012_345,
+    );
     captured.traceparent =
         Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned());
     captured.tracestate = Some("vendor=1".to_owned());
