@@ -158,26 +158,42 @@ pub struct ReadRecord {
 
 /// Reads records of some topics; see the [module docs](self).
 pub struct RecordReader {
-    consumer: StreamConsumer<LogContext>,
     config: KafkaConfig,
     options: ReaderOptions,
-    /// Without a group and not following: the end offset of each partition
-    /// still to be read to its end.
-    remaining: HashMap<(String, i32), i64>,
-    /// Partitions assigned (without a group).
-    assigned: HashSet<(String, i32)>,
+    source: ReadSource,
+}
+
+/// Where a reader's records come from.
+enum ReadSource {
+    /// Without a group: partitions assigned by hand.
+    Assigned(Assigned),
     /// In a group: the member, and the delivery handed out last, settled
     /// (and so committed) when the next record is asked for.
-    member: Option<(KafkaSubscription, Option<Delivery>)>,
+    Member {
+        sub: Box<KafkaSubscription>,
+        last: Option<Delivery>,
+    },
+}
+
+/// A reader's own consumer, with partitions assigned by hand.
+struct Assigned {
+    consumer: StreamConsumer<LogContext>,
+    /// Not following: the end offset of each partition still to be read to
+    /// its end.
+    remaining: HashMap<(String, i32), i64>,
+    /// Partitions assigned.
+    assigned: HashSet<(String, i32)>,
     last_refresh: Instant,
 }
 
 impl std::fmt::Debug for RecordReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RecordReader")
-            .field("options", &self.options)
-            .field("remaining", &self.remaining.len())
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("RecordReader");
+        d.field("options", &self.options);
+        if let ReadSource::Assigned(a) = &self.source {
+            d.field("remaining", &a.remaining.len());
+        }
+        d.finish_non_exhaustive()
     }
 }
 
@@ -185,10 +201,10 @@ impl RecordReader {
     /// The partitions this reader reads now, as `(topic, partition)`, sorted:
     /// in a group, what the group assigned to it (it changes with rebalances).
     pub fn assignment(&self) -> Vec<(String, i32)> {
-        match &self.member {
-            Some((member, _)) => member.assignment(),
-            None => {
-                let mut v: Vec<(String, i32)> = self.assigned.iter().cloned().collect();
+        match &self.source {
+            ReadSource::Member { sub, .. } => sub.assignment(),
+            ReadSource::Assigned(a) => {
+                let mut v: Vec<(String, i32)> = a.assigned.iter().cloned().collect();
                 v.sort();
                 v
             }
@@ -204,6 +220,149 @@ impl RecordReader {
                 reason: "a reader in a consumer group always follows: set `follow` (or read without a group)".into(),
             });
         }
+        let source = match &options.group {
+            // In a group: the bus's own consumer, with its rebalance handling
+            // and settled-offset commits.
+            Some(group) => {
+                let bus = match &options.metrics {
+                    Some(m) => KafkaBus::with_metrics(config.clone(), m.clone())?,
+                    None => KafkaBus::new(config.clone())?,
+                };
+                let topics = match &options.topics {
+                    Topics::Names(n) => {
+                        for t in n {
+                            if bus.inner().lookup(t, false).await?.is_none() {
+                                return Err(Error::Topic {
+                                    topic: t.clone(),
+                                    reason: format!(
+                                        "does not exist on brokers '{}': check the name",
+                                        config.brokers
+                                    ),
+                                });
+                            }
+                        }
+                        n.clone()
+                    }
+                    // librdkafka reads a subscription starting with ^ as a regex.
+                    Topics::Pattern(p) if p.starts_with('^') => vec![p.clone()],
+                    Topics::Pattern(p) => vec![format!("^{p}")],
+                };
+                let start = match options.from {
+                    ReadFrom::Beginning => StartFrom::Earliest,
+                    ReadFrom::End => StartFrom::Latest,
+                };
+                let sub = KafkaSubscription::start(
+                    bus.inner().clone(),
+                    SubscribeOptions::new(group.clone(), topics).start_from(start),
+                )
+                .await?;
+                ReadSource::Member {
+                    sub: Box::new(sub),
+                    last: None,
+                }
+            }
+            None => {
+                let mut a = Assigned::new(config)?;
+                a.assign_new(config, &options, true).await?;
+                ReadSource::Assigned(a)
+            }
+        };
+        Ok(RecordReader {
+            config: config.clone(),
+            options,
+            source,
+        })
+    }
+
+    /// The next record; `None` once every partition was read to its end (not following).
+    pub async fn next(&mut self) -> Option<Result<ReadRecord>> {
+        let (config, options) = (&self.config, &self.options);
+        let a = match &mut self.source {
+            ReadSource::Assigned(a) => a,
+            ReadSource::Member { sub, last } => {
+                // The caller asked for the next record: the last one is read.
+                if let Some(d) = last.take() {
+                    d.ack();
+                }
+                return match sub.next().await? {
+                    Ok(d) => {
+                        let record = ReadRecord {
+                            envelope: (**d.envelope()).clone(),
+                            partition: d.partition() as i32,
+                            offset: d.offset() as i64,
+                        };
+                        *last = Some(d);
+                        Some(Ok(record))
+                    }
+                    Err(e) => Some(Err(Error::Topic {
+                        topic: format!("{:?}", options.topics),
+                        reason: e.to_string(),
+                    })),
+                };
+            }
+        };
+        loop {
+            if !options.follow && a.remaining.is_empty() {
+                return None;
+            }
+            if options.follow
+                && matches!(options.topics, Topics::Pattern(_))
+                && a.last_refresh.elapsed() >= options.refresh
+                && let Err(e) = a.assign_new(config, options, false).await
+            {
+                return Some(Err(e));
+            }
+            let wait = if options.follow {
+                options.refresh
+            } else {
+                Duration::from_millis(500)
+            };
+            let m = match tokio::time::timeout(wait, a.consumer.recv()).await {
+                Err(_) => {
+                    a.drop_finished();
+                    continue;
+                }
+                Ok(Err(e)) => return Some(Err(reader_error(e))),
+                Ok(Ok(m)) => m,
+            };
+            let (topic, partition, offset) = (m.topic().to_owned(), m.partition(), m.offset());
+            let envelope = envelope_of(&m);
+            drop(m);
+            if let Some(end) = a.remaining.get(&(topic.clone(), partition)) {
+                if offset + 1 >= *end {
+                    a.remaining.remove(&(topic.clone(), partition));
+                }
+            } else if !options.follow {
+                // Past the end as of `open`.
+                continue;
+            }
+            return Some(Ok(ReadRecord {
+                envelope,
+                partition,
+                offset,
+            }));
+        }
+    }
+
+    /// Stops reading. In a group, the last record handed out counts as read,
+    /// what was read is committed, and the member leaves the group.
+    pub async fn close(self) -> Result<()> {
+        if let ReadSource::Member { sub, last } = self.source {
+            if let Some(d) = last {
+                d.ack();
+            }
+            sub.close().await.map_err(|e| Error::Topic {
+                topic: format!("{:?}", self.options.topics),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Assigned {
+    /// A consumer that is assigned partitions by hand, nothing yet.
+    fn new(config: &KafkaConfig) -> Result<Assigned> {
         let mut client_config = config.client_config(Role::Consumer, None)?;
         // librdkafka wants a group id even to assign partitions by hand;
         // this one never joins, and nothing is committed.
@@ -228,76 +387,37 @@ impl RecordReader {
                     source: watch.redact(source),
                 }
             })?;
-        let mut reader = RecordReader {
+        Ok(Assigned {
             consumer,
-            config: config.clone(),
-            options,
             remaining: HashMap::new(),
             assigned: HashSet::new(),
-            member: None,
             last_refresh: Instant::now(),
-        };
-        match &reader.options.group {
-            // In a group: the bus's own consumer, with its rebalance handling
-            // and settled-offset commits.
-            Some(group) => {
-                let bus = match &reader.options.metrics {
-                    Some(m) => KafkaBus::with_metrics(config.clone(), m.clone())?,
-                    None => KafkaBus::new(config.clone())?,
-                };
-                let topics = match &reader.options.topics {
-                    Topics::Names(n) => {
-                        for t in n {
-                            if bus.inner().lookup(t, false).await?.is_none() {
-                                return Err(Error::Topic {
-                                    topic: t.clone(),
-                                    reason: format!(
-                                        "does not exist on brokers '{}': check the name",
-                                        config.brokers
-                                    ),
-                                });
-                            }
-                        }
-                        n.clone()
-                    }
-                    // librdkafka reads a subscription starting with ^ as a regex.
-                    Topics::Pattern(p) if p.starts_with('^') => vec![p.clone()],
-                    Topics::Pattern(p) => vec![format!("^{p}")],
-                };
-                let start = match reader.options.from {
-                    ReadFrom::Beginning => StartFrom::Earliest,
-                    ReadFrom::End => StartFrom::Latest,
-                };
-                let sub = KafkaSubscription::start(
-                    bus.inner().clone(),
-                    SubscribeOptions::new(group.clone(), topics).start_from(start),
-                )
-                .await?;
-                reader.member = Some((sub, None));
-            }
-            None => reader.assign_new(true).await?,
-        }
-        Ok(reader)
+        })
     }
 
     /// Assigns partitions of matching topics not assigned yet: at the
     /// configured start on `first`, from the beginning for topics found later.
-    async fn assign_new(&mut self, first: bool) -> Result<()> {
-        let config = self.config.clone();
+    async fn assign_new(
+        &mut self,
+        config: &KafkaConfig,
+        options: &ReaderOptions,
+        first: bool,
+    ) -> Result<()> {
         let watch = self.consumer.context().watch.clone();
-        let topics = self.options.topics.clone();
-        let need_ends = !self.options.follow || (first && self.options.from == ReadFrom::End);
-        let timeout = self.config.admin_timeout;
+        let topics = options.topics.clone();
+        let need_ends = !options.follow || (first && options.from == ReadFrom::End);
+        let timeout = config.admin_timeout;
+        let lookup = config.clone();
         let found = tokio::task::spawn_blocking(move || {
-            discover(&config, &watch, &topics, need_ends, timeout)
+            discover(&lookup, &watch, &topics, need_ends, timeout)
         })
         .await
         .map_err(|_| Error::Topic {
-            topic: format!("{:?}", self.options.topics),
+            topic: format!("{:?}", options.topics),
             reason: "the metadata lookup was cancelled".into(),
         })??;
-        // Without a group, `assign` replaces the whole assignment: keep the
-        // partitions already assigned at their current positions.
+        // `assign` replaces the whole assignment: keep the partitions already
+        // assigned at their current positions.
         let mut tpl = TopicPartitionList::new();
         if !first {
             let positions = self.consumer.position().unwrap_or_default();
@@ -318,7 +438,7 @@ impl RecordReader {
             }
             // The end as read now, not as librdkafka resolves it later: a
             // record published right after `open` must be read.
-            let offset = match (first, self.options.from) {
+            let offset = match (first, options.from) {
                 (true, ReadFrom::End) => Offset::Offset(p.high),
                 _ => Offset::Beginning,
             };
@@ -327,7 +447,7 @@ impl RecordReader {
                     context: format!("assigning {}/{}", p.topic, p.partition),
                     source,
                 })?;
-            if !self.options.follow && self.options.from == ReadFrom::Beginning && p.high > p.low {
+            if !options.follow && options.from == ReadFrom::Beginning && p.high > p.low {
                 self.remaining.insert(key.clone(), p.high);
             }
             self.assigned.insert(key);
@@ -339,87 +459,6 @@ impl RecordReader {
             })?;
         }
         self.last_refresh = Instant::now();
-        Ok(())
-    }
-
-    /// The next record; `None` once every partition was read to its end (not following).
-    pub async fn next(&mut self) -> Option<Result<ReadRecord>> {
-        if let Some((sub, last)) = &mut self.member {
-            // The caller asked for the next record: the last one is read.
-            if let Some(d) = last.take() {
-                d.ack();
-            }
-            return match sub.next().await? {
-                Ok(d) => {
-                    let record = ReadRecord {
-                        envelope: (**d.envelope()).clone(),
-                        partition: d.partition() as i32,
-                        offset: d.offset() as i64,
-                    };
-                    *last = Some(d);
-                    Some(Ok(record))
-                }
-                Err(e) => Some(Err(Error::Topic {
-                    topic: format!("{:?}", self.options.topics),
-                    reason: e.to_string(),
-                })),
-            };
-        }
-        loop {
-            if !self.options.follow && self.remaining.is_empty() {
-                return None;
-            }
-            if self.options.follow
-                && matches!(self.options.topics, Topics::Pattern(_))
-                && self.last_refresh.elapsed() >= self.options.refresh
-                && let Err(e) = self.assign_new(false).await
-            {
-                return Some(Err(e));
-            }
-            let wait = if self.options.follow {
-                self.options.refresh
-            } else {
-                Duration::from_millis(500)
-            };
-            let m = match tokio::time::timeout(wait, self.consumer.recv()).await {
-                Err(_) => {
-                    self.drop_finished();
-                    continue;
-                }
-                Ok(Err(e)) => return Some(Err(reader_error(e))),
-                Ok(Ok(m)) => m,
-            };
-            let (topic, partition, offset) = (m.topic().to_owned(), m.partition(), m.offset());
-            let envelope = envelope_of(&m);
-            drop(m);
-            if let Some(end) = self.remaining.get(&(topic.clone(), partition)) {
-                if offset + 1 >= *end {
-                    self.remaining.remove(&(topic.clone(), partition));
-                }
-            } else if !self.options.follow {
-                // Past the end as of `open`.
-                continue;
-            }
-            return Some(Ok(ReadRecord {
-                envelope,
-                partition,
-                offset,
-            }));
-        }
-    }
-
-    /// Stops reading. In a group, the last record handed out counts as read,
-    /// what was read is committed, and the member leaves the group.
-    pub async fn close(mut self) -> Result<()> {
-        if let Some((sub, last)) = self.member.take() {
-            if let Some(d) = last {
-                d.ack();
-            }
-            sub.close().await.map_err(|e| Error::Topic {
-                topic: format!("{:?}", self.options.topics),
-                reason: e.to_string(),
-            })?;
-        }
         Ok(())
     }
 
