@@ -6,6 +6,9 @@
 //!
 //!     cargo bench -p choreo-bus --bench chain [-- FLOWS]
 //!
+//! `CHOREO_BENCH_RETENTION=N` bounds the bus's partitions at N events instead
+//! of the default 10 000 (the bare chain's channels hold 1 024).
+//!
 //! "Full runtime" means what a service gets by default: envelopes with UUID v7
 //! ids and timestamps, JSON payloads, routing, retry and timeout middleware,
 //! idempotency, metrics (published/handled counters, duration and queue
@@ -54,10 +57,17 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Handled events per second through the chain with the full runtime.
 fn choreo_chain(flows: u64, receipts: bool) -> f64 {
     runtime().block_on(async move {
-        let bus = InProcessBus::with_config(InProcessConfig {
+        let mut config = InProcessConfig {
             partitions: 1,
             ..Default::default()
-        });
+        };
+        if let Some(n) = std::env::var("CHOREO_BENCH_RETENTION")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            config.retention.max_events_per_partition = n;
+        }
+        let bus = InProcessBus::with_config(config);
         let registry = prometheus::Registry::new();
         let metrics = Metrics::new(&registry).expect("metrics");
         let done = Arc::new(AtomicU64::new(0));
