@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-# Debian packages: the package lists are fetched once per run (here or in a
-# script this one calls), however many packages turn out to be missing.
+# Debian packages: the package lists are fetched at most once by this script,
+# however many packages turn out to be missing, and not again by the
+# validation scripts it calls once it has (they see CHOREO_APT_UPDATED).
 apt_install() {
   if [ -z "${CHOREO_APT_UPDATED:-}" ]; then
     apt-get update -qq

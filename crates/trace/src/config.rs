@@ -62,8 +62,8 @@ pub struct TracerConfig {
     pub examples_per_rule: usize,
     /// Stuck and failed flows listed in the report at most. Default 50.
     pub listed_flows: usize,
-    /// Finish a batch on two threads (each analyses and folds half of the
-    /// flows; the result is the same as one thread's). Default true.
+    /// Finish a batch on two threads (they take chunks of flows in turn to
+    /// analyse and fold; the result is the same as one thread's). Default true.
     pub parallel: bool,
     /// Correlation ids of evicted flows remembered, so that their late
     /// records are counted as `late` instead of starting a new flow. Default 100,000.

@@ -1092,11 +1092,14 @@ impl Tracer {
         let mut log = self.log.take();
         let (agg, kept, config) = (&mut self.agg, &mut self.kept, &self.config);
         if !(config.parallel && ids.len() >= PARALLEL_FROM) {
-            let (o, k, chunk) = fold_all(&ctx, metrics, agg, log_format, &mut ids, now_us);
-            orphans += o;
-            kept.extend(k);
-            if let (Some(w), Some(chunk)) = (log.as_mut(), chunk) {
-                w.append(&chunk);
+            // A chunk at a time, so the event log's text is held a chunk at a time.
+            for flows in ids.chunks_mut(CHUNK) {
+                let (o, k, chunk) = fold_all(&ctx, metrics, agg, log_format, flows, now_us);
+                orphans += o;
+                kept.extend(k);
+                if let (Some(w), Some(chunk)) = (log.as_mut(), chunk) {
+                    w.append(&chunk);
+                }
             }
         } else {
             // Flows are independent: this thread and a helper take chunks of
@@ -1144,11 +1147,15 @@ impl Tracer {
                 let mut pending = std::collections::BTreeMap::new();
                 let mut next = 0;
                 while next < chunks {
-                    match take() {
+                    // Past a few chunks folded ahead of the one the helper is
+                    // still on, wait for it rather than hold more.
+                    let ahead = pending.len() >= MAX_AHEAD;
+                    match if ahead { None } else { take() } {
                         Some((i, flows)) => {
                             pending.insert(i, fold(flows));
                         }
-                        // Nothing left to take: wait for the helper's chunks.
+                        // Nothing left to take, or far enough ahead: wait for
+                        // the helper's chunk.
                         None => match done_rx.recv() {
                             Ok((i, part)) => {
                                 pending.insert(i, part);
@@ -1383,6 +1390,10 @@ const PARALLEL_FROM: usize = 2048;
 
 /// Flows a thread takes at a time in the end-of-batch fold.
 const CHUNK: usize = 1024;
+
+/// Chunks folded and waiting for an earlier one to be merged, at most: what
+/// the end of a batch holds beyond the chunks being folded.
+const MAX_AHEAD: usize = 8;
 
 /// Analyses and folds `flows` into `agg`: the orphans counted, the flows
 /// kept, the event-log text.

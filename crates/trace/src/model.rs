@@ -27,6 +27,7 @@ pub(crate) struct Symbols {
 /// possibly allocated once per interner (the reading thread's and the
 /// tracer's); with few slots two of them would keep evicting each other.
 const BY_ADDR: usize = 512;
+const _: () = assert!(BY_ADDR.is_power_of_two());
 
 impl Default for Symbols {
     fn default() -> Self {
@@ -45,8 +46,9 @@ impl Symbols {
     pub(crate) fn intern(&mut self, name: &Name) -> Sym {
         let addr = name.as_str().as_ptr() as usize;
         // The address's bits mixed by a multiplication; the top bits pick the slot.
-        let slot = ((addr ^ name.len()) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 55;
-        let slot = slot as usize % BY_ADDR;
+        let slot = ((addr ^ name.len()) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            >> (64 - BY_ADDR.trailing_zeros());
+        let slot = slot as usize;
         if let Some((n, s)) = &self.by_addr[slot]
             && n.as_str().as_ptr() == name.as_str().as_ptr()
             && n.len() == name.len()

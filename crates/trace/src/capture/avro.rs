@@ -835,7 +835,9 @@ impl BlockPool {
         };
         match buf {
             Some(mut b) => {
-                b.reserve(size);
+                // Exact: doubling would let pooled buffers creep towards twice
+                // the largest block.
+                b.reserve_exact(size);
                 b
             }
             None => Vec::with_capacity(size),
