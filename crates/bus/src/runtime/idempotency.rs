@@ -42,6 +42,11 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct MemoryState {
     uuids: Generations<u128>,
+    /// The greatest UUID ever remembered. UUID v7 ids grow with time (and
+    /// strictly, for the ids one thread makes), so most new events carry an id
+    /// above it: not remembered, known without touching the tables — whose
+    /// lookups miss the cache once they hold many ids.
+    uuid_high: Option<u128>,
     texts: Generations<EventId>,
 }
 
@@ -66,7 +71,14 @@ impl<K: std::hash::Hash + Eq> Generations<K> {
     }
 
     fn insert(&mut self, k: K, capacity: usize) {
-        if self.previous.contains(&k) || !self.current.insert(k) {
+        if !self.previous.contains(&k) {
+            self.insert_new(k, capacity);
+        }
+    }
+
+    /// Inserts `k`, known not to be in the previous generation.
+    fn insert_new(&mut self, k: K, capacity: usize) {
+        if !self.current.insert(k) {
             return;
         }
         if self.current.len() >= capacity {
@@ -93,7 +105,10 @@ impl MemoryStore {
     pub fn contains_now(&self, id: &EventId) -> bool {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match id.as_uuid() {
-            Some(u) => st.uuids.contains(&u.as_u128()),
+            Some(u) => {
+                let u = u.as_u128();
+                st.uuid_high.is_some_and(|high| u <= high) && st.uuids.contains(&u)
+            }
             None => st.texts.contains(id),
         }
     }
@@ -103,7 +118,18 @@ impl MemoryStore {
     pub fn insert_now(&self, id: &EventId) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match id.as_uuid() {
-            Some(u) => st.uuids.insert(u.as_u128(), self.capacity),
+            Some(u) => {
+                let u = u.as_u128();
+                match st.uuid_high {
+                    // Remembered, if at all, in either generation.
+                    Some(high) if u <= high => st.uuids.insert(u, self.capacity),
+                    // Greater than any id remembered: in neither.
+                    _ => {
+                        st.uuid_high = Some(u);
+                        st.uuids.insert_new(u, self.capacity);
+                    }
+                }
+            }
             None => st.texts.insert(id.clone(), self.capacity),
         }
     }
@@ -228,6 +254,24 @@ mod tests {
         assert!(!s.contains_now(&ids[0]) && !s.contains_now(&ids[1]));
         assert!(ids[2..].iter().all(|id| s.contains_now(id)));
         assert!(s.len() <= 4);
+    }
+
+    #[test]
+    fn memory_store_finds_ids_below_the_greatest_one_remembered() {
+        // Out of time order: the check against the greatest id must not hide
+        // an older id that was remembered after a newer one.
+        let s = MemoryStore::new(100);
+        let older = EventId::new();
+        let newer = EventId::new();
+        assert!(older.as_uuid() < newer.as_uuid());
+        s.insert_now(&newer);
+        assert!(!s.contains_now(&older));
+        s.insert_now(&older);
+        assert!(s.contains_now(&older) && s.contains_now(&newer));
+        assert!(
+            !s.contains_now(&EventId::new()),
+            "a newer id is not remembered"
+        );
     }
 
     #[test]
