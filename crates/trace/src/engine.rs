@@ -1239,7 +1239,7 @@ impl Tracer {
         let now = self.effective_now(None);
         let state = self.flows.remove(correlation_id)?;
         let a = self.analyse(correlation_id, &state, now);
-        let trace = build_trace(&self.ctx(), correlation_id, &state, &a);
+        let trace = build_trace(&self.ctx(), correlation_id, &state, &a, &self.scratch.order);
         self.flows.insert(correlation_id.clone(), state);
         Some(trace)
     }
@@ -1337,7 +1337,7 @@ impl<'a> Folder<'a> {
         );
         let brief = self.agg.wants_brief(a.status, config);
         if keep || brief {
-            let trace = build_trace(self.ctx, id, state, a);
+            let trace = build_trace(self.ctx, id, state, a, order);
             if brief {
                 self.agg.push_brief(FlowBrief::of(&trace), config);
             }
@@ -2232,12 +2232,20 @@ pub(crate) fn resolve_findings(
         .collect()
 }
 
-fn build_trace(ctx: &Ctx<'_>, corr: &EventId, f: &FlowState, a: &Analysis) -> FlowTrace {
-    let mut order: Vec<usize> = (0..f.events.len()).collect();
-    order.sort_by_key(|&i| (f.events[i].time, i));
+/// The flow as a [`FlowTrace`]; `order` is its events' time order, from its
+/// analysis `a`.
+fn build_trace(
+    ctx: &Ctx<'_>,
+    corr: &EventId,
+    f: &FlowState,
+    a: &Analysis,
+    order: &[u32],
+) -> FlowTrace {
+    debug_assert_eq!(order.len(), f.events.len(), "the flow's own order");
     let mut graph: Graph<TracedEvent, ()> = Graph::with_capacity(order.len(), order.len());
     let mut node = vec![NodeIndex::end(); f.events.len()];
-    for &i in &order {
+    for &i in order {
+        let i = i as usize;
         let e = &f.events[i];
         let handled = f
             .receipts
