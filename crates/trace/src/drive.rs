@@ -55,9 +55,9 @@ where
             let mut error = None;
             // Receipts are parsed on whichever thread has time: here when the
             // tracer is behind (a batch is still waiting for it), else by the
-            // tracer as it ingests them. Either way the result is the same; which thread is
-            // the slower one depends on the input and on what else the machine
-            // is doing.
+            // tracer as it ingests them. Either way the result is the same;
+            // which thread is the slower one depends on the input and on what
+            // else the machine is doing.
             let mut names = Interner::default();
             loop {
                 // Ingested batches come back full: their records are dropped
@@ -78,7 +78,7 @@ where
                         true
                     }
                 };
-                if q2.load(Ordering::Relaxed) >= 1 {
+                if q2.load(Ordering::Relaxed) > 0 {
                     parsed.extend(records.iter().map(|r| {
                         r.is_receipt()
                             .then(|| parse_receipt(&r.envelope.data, &mut names))

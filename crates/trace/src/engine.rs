@@ -761,7 +761,7 @@ impl Tracer {
             return;
         }
         let time = env.time.as_micros();
-        if crate::record::is_receipt_type(env) {
+        if crate::record::is_receipt_type(&env.event_type) {
             let parsed = match pre {
                 Some(p) => Some(p),
                 None => parse_receipt(&env.data, &mut self.receipt_names),

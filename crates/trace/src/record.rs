@@ -24,8 +24,9 @@ impl Record {
     /// Whether the tracer reads this record as a receipt: an attributed
     /// record of the receipt event type.
     pub(crate) fn is_receipt(&self) -> bool {
-        self.attributed && is_receipt_type(&self.envelope)
+        self.attributed && is_receipt_type(&self.envelope.event_type)
     }
+
     /// A record of `envelope` with no position. It is attributed unless its
     /// event type is empty.
     pub fn new(envelope: Envelope) -> Record {
@@ -178,7 +179,7 @@ impl<S: Source + ?Sized> Source for Box<S> {
     }
 }
 
-/// Whether `envelope` carries a receipt (its event type is the receipts').
-pub(crate) fn is_receipt_type(envelope: &Envelope) -> bool {
-    envelope.event_type.as_str() == RECEIPT_TYPE
+/// Whether `event_type` is the receipts' event type.
+pub(crate) fn is_receipt_type(event_type: &str) -> bool {
+    event_type == RECEIPT_TYPE
 }

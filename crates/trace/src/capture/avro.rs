@@ -454,7 +454,7 @@ fn decode_parts<F: FnOnce() -> String>(
         ),
     };
     // Lean: the tracer reads the payloads of receipts only.
-    let data = if lean && event_type.as_str() != choreo_core::RECEIPT_TYPE {
+    let data = if lean && !crate::record::is_receipt_type(&event_type) {
         c.raw()?;
         Bytes::new()
     } else {
