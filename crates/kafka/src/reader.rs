@@ -158,7 +158,6 @@ pub struct ReadRecord {
 
 /// Reads records of some topics; see the [module docs](self).
 pub struct RecordReader {
-    config: KafkaConfig,
     options: ReaderOptions,
     source: ReadSource,
 }
@@ -166,17 +165,19 @@ pub struct RecordReader {
 /// Where a reader's records come from.
 enum ReadSource {
     /// Without a group: partitions assigned by hand.
-    Assigned(Assigned),
+    Assigned(Box<Assigned>),
     /// In a group: the member, and the delivery handed out last, settled
     /// (and so committed) when the next record is asked for.
     Member {
-        sub: Box<KafkaSubscription>,
+        sub: KafkaSubscription,
         last: Option<Delivery>,
     },
 }
 
 /// A reader's own consumer, with partitions assigned by hand.
 struct Assigned {
+    /// For looking up partitions (a pattern's new topics).
+    config: KafkaConfig,
     consumer: StreamConsumer<LogContext>,
     /// Not following: the end offset of each partition still to be read to
     /// its end.
@@ -256,27 +257,20 @@ impl RecordReader {
                     SubscribeOptions::new(group.clone(), topics).start_from(start),
                 )
                 .await?;
-                ReadSource::Member {
-                    sub: Box::new(sub),
-                    last: None,
-                }
+                ReadSource::Member { sub, last: None }
             }
             None => {
-                let mut a = Assigned::new(config)?;
-                a.assign_new(config, &options, true).await?;
+                let mut a = Box::new(Assigned::new(config)?);
+                a.assign_new(&options, true).await?;
                 ReadSource::Assigned(a)
             }
         };
-        Ok(RecordReader {
-            config: config.clone(),
-            options,
-            source,
-        })
+        Ok(RecordReader { options, source })
     }
 
     /// The next record; `None` once every partition was read to its end (not following).
     pub async fn next(&mut self) -> Option<Result<ReadRecord>> {
-        let (config, options) = (&self.config, &self.options);
+        let options = &self.options;
         let a = match &mut self.source {
             ReadSource::Assigned(a) => a,
             ReadSource::Member { sub, last } => {
@@ -308,7 +302,7 @@ impl RecordReader {
             if options.follow
                 && matches!(options.topics, Topics::Pattern(_))
                 && a.last_refresh.elapsed() >= options.refresh
-                && let Err(e) = a.assign_new(config, options, false).await
+                && let Err(e) = a.assign_new(options, false).await
             {
                 return Some(Err(e));
             }
@@ -388,6 +382,7 @@ impl Assigned {
                 }
             })?;
         Ok(Assigned {
+            config: config.clone(),
             consumer,
             remaining: HashMap::new(),
             assigned: HashSet::new(),
@@ -397,17 +392,12 @@ impl Assigned {
 
     /// Assigns partitions of matching topics not assigned yet: at the
     /// configured start on `first`, from the beginning for topics found later.
-    async fn assign_new(
-        &mut self,
-        config: &KafkaConfig,
-        options: &ReaderOptions,
-        first: bool,
-    ) -> Result<()> {
+    async fn assign_new(&mut self, options: &ReaderOptions, first: bool) -> Result<()> {
         let watch = self.consumer.context().watch.clone();
         let topics = options.topics.clone();
         let need_ends = !options.follow || (first && options.from == ReadFrom::End);
-        let timeout = config.admin_timeout;
-        let lookup = config.clone();
+        let timeout = self.config.admin_timeout;
+        let lookup = self.config.clone();
         let found = tokio::task::spawn_blocking(move || {
             discover(&lookup, &watch, &topics, need_ends, timeout)
         })
