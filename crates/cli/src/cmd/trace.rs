@@ -178,12 +178,10 @@ impl Source for KafkaSource {
     }
 
     fn next_record(&mut self) -> Option<choreo_trace::Result<Record>> {
-        match self.rt.block_on(self.reader.next())? {
-            Ok(r) => {
-                self.records += 1;
-                Some(Ok(trace_record(r)))
-            }
-            Err(e) => Some(Err(self.read_error(e))),
+        let mut one = Vec::with_capacity(1);
+        match self.fill(&mut one, 1) {
+            Ok(_) => one.pop().map(Ok),
+            Err(e) => Some(Err(e)),
         }
     }
 
