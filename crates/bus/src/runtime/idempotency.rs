@@ -1,6 +1,7 @@
 //! Idempotency: an event a service already handled is acked without running
 //! its handler again.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
@@ -24,15 +25,18 @@ pub trait IdempotencyStore: Send + Sync + 'static {
 }
 
 /// The bounded in-memory store: remembers at least the last `capacity` ids
-/// (and at most twice as many of each kind, UUIDs and text ids), oldest
-/// forgotten first.
+/// of each kind, oldest forgotten first.
 ///
-/// Ids are kept in two generations of `capacity` each: new ids go into the
-/// current one; when it is full it becomes the previous one and the old
-/// previous one is forgotten at once. A lookup checks both. This costs no
-/// per-event eviction (no queue of ids, no removal from the table) and reuses
-/// the tables' memory once they have grown. UUID ids — every id choreo
-/// generates — are stored as 128-bit integers; other ids as their text.
+/// UUID ids — every id choreo generates — are stored as 128-bit integers.
+/// UUID v7 ids grow with time (strictly, for the ids one thread makes), so
+/// most ids a service handles are greater than any it handled before. Those
+/// go to the end of a sorted ring of the last `capacity` such ids: appending
+/// writes memory next to the last write, an id above the ring's end is known
+/// to be new without a lookup, and an id below it is found by binary search.
+/// The few ids that arrive out of order (from another producer whose clock is
+/// behind) go to a hash set kept in two generations of `capacity` each: when
+/// the current one is full it becomes the previous one, and the old previous
+/// one is forgotten. Other ids (text) are kept the same way.
 pub struct MemoryStore {
     capacity: usize,
     // std Mutex: never held across an await.
@@ -41,13 +45,31 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct MemoryState {
-    uuids: Generations<u128>,
-    /// The greatest UUID ever remembered. UUID v7 ids grow with time (and
-    /// strictly, for the ids one thread makes), so most new events carry an id
-    /// above it: not remembered, known without touching the tables — whose
-    /// lookups miss the cache once they hold many ids.
-    uuid_high: Option<u128>,
+    /// UUIDs remembered in increasing order, the greatest last.
+    ascending: VecDeque<u128>,
+    /// UUIDs that were not above every id remembered when they came.
+    stragglers: Generations<u128>,
     texts: Generations<EventId>,
+}
+
+impl MemoryState {
+    fn contains_uuid(&self, u: u128) -> bool {
+        // Above every id in the ring means never seen: a straggler was below
+        // the ring's end when it came, and the end only grows.
+        self.ascending.back().is_some_and(|&last| u <= last)
+            && (self.ascending.binary_search(&u).is_ok() || self.stragglers.contains(&u))
+    }
+
+    fn insert_uuid(&mut self, u: u128, capacity: usize) {
+        if self.ascending.back().is_none_or(|&last| u > last) {
+            if self.ascending.len() >= capacity {
+                self.ascending.pop_front();
+            }
+            self.ascending.push_back(u);
+        } else if self.ascending.binary_search(&u).is_err() {
+            self.stragglers.insert(u, capacity);
+        }
+    }
 }
 
 /// Two generations of remembered keys.
@@ -71,14 +93,7 @@ impl<K: std::hash::Hash + Eq> Generations<K> {
     }
 
     fn insert(&mut self, k: K, capacity: usize) {
-        if !self.previous.contains(&k) {
-            self.insert_new(k, capacity);
-        }
-    }
-
-    /// Inserts `k`, known not to be in the previous generation.
-    fn insert_new(&mut self, k: K, capacity: usize) {
-        if !self.current.insert(k) {
+        if self.previous.contains(&k) || !self.current.insert(k) {
             return;
         }
         if self.current.len() >= capacity {
@@ -105,31 +120,16 @@ impl MemoryStore {
     pub fn contains_now(&self, id: &EventId) -> bool {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match id.as_uuid() {
-            Some(u) => {
-                let u = u.as_u128();
-                st.uuid_high.is_some_and(|high| u <= high) && st.uuids.contains(&u)
-            }
+            Some(u) => st.contains_uuid(u.as_u128()),
             None => st.texts.contains(id),
         }
     }
 
-    /// Remembers `id`; when the current generation is full, the oldest
-    /// generation is forgotten.
+    /// Remembers `id`, forgetting the oldest ids beyond the capacity.
     pub fn insert_now(&self, id: &EventId) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match id.as_uuid() {
-            Some(u) => {
-                let u = u.as_u128();
-                match st.uuid_high {
-                    // Remembered, if at all, in either generation.
-                    Some(high) if u <= high => st.uuids.insert(u, self.capacity),
-                    // Greater than any id remembered: in neither.
-                    _ => {
-                        st.uuid_high = Some(u);
-                        st.uuids.insert_new(u, self.capacity);
-                    }
-                }
-            }
+            Some(u) => st.insert_uuid(u.as_u128(), self.capacity),
             None => st.texts.insert(id.clone(), self.capacity),
         }
     }
@@ -137,7 +137,7 @@ impl MemoryStore {
     /// How many ids are remembered.
     pub fn len(&self) -> usize {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.uuids.len() + st.texts.len()
+        st.ascending.len() + st.stragglers.len() + st.texts.len()
     }
 
     /// True when none are.
@@ -240,7 +240,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn memory_store_remembers_at_least_capacity_and_forgets_the_oldest() {
+    fn memory_store_remembers_the_last_capacity_ids_and_forgets_the_oldest() {
         let s = MemoryStore::new(2);
         let ids: Vec<EventId> = (0..5).map(|_| EventId::new()).collect();
         s.insert_now(&ids[0]);
@@ -250,10 +250,32 @@ mod tests {
         for id in &ids[2..] {
             s.insert_now(id);
         }
-        // The last two (at least) are remembered; the oldest generation is gone.
-        assert!(!s.contains_now(&ids[0]) && !s.contains_now(&ids[1]));
-        assert!(ids[2..].iter().all(|id| s.contains_now(id)));
-        assert!(s.len() <= 4);
+        assert!(ids[..3].iter().all(|id| !s.contains_now(id)));
+        assert!(ids[3..].iter().all(|id| s.contains_now(id)));
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn memory_store_keeps_ids_that_came_out_of_order_apart() {
+        let s = MemoryStore::new(3);
+        let ids: Vec<EventId> = (0..8).map(|_| EventId::new()).collect();
+        // 0 and 1 come late, after 2 and 3.
+        for i in [2, 3, 0, 1] {
+            s.insert_now(&ids[i]);
+        }
+        assert!(ids[..4].iter().all(|id| s.contains_now(id)));
+        // Pushed out of the ring by newer ids, in order...
+        for id in &ids[4..7] {
+            s.insert_now(id);
+        }
+        assert!(!s.contains_now(&ids[2]) && !s.contains_now(&ids[3]));
+        // ...while the late ones are kept by their own bound.
+        assert!(s.contains_now(&ids[0]) && s.contains_now(&ids[1]));
+        assert!(ids[4..7].iter().all(|id| s.contains_now(id)));
+        assert!(!s.contains_now(&ids[7]));
+        // A forgotten id that comes again is remembered again, as a late one.
+        s.insert_now(&ids[2]);
+        assert!(s.contains_now(&ids[2]));
     }
 
     #[test]
