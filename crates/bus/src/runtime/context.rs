@@ -99,6 +99,12 @@ impl Context {
         });
         self.inner.shared.limits.check(&env)?;
         let id = env.id.clone();
+        if state.outbox.capacity() == 0 {
+            // Most handlers emit one event: room for one, not the four a
+            // growing Vec makes (over a kilobyte, past the allocator's
+            // per-thread caches).
+            state.outbox.reserve_exact(1);
+        }
         state.outbox.push(env);
         Ok(id)
     }
