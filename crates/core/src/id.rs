@@ -132,7 +132,12 @@ impl EventId {
         match &self.0 {
             Repr::Uuid(u) => {
                 let mut buf = [0u8; 36];
-                bytes::Bytes::copy_from_slice(u.hyphenated().encode_lower(&mut buf).as_bytes())
+                u.hyphenated().encode_lower(&mut buf);
+                // One allocation holding the text and its reference count: a
+                // flow's key is shared by every event of the flow, and a key
+                // copied from a slice would allocate its count apart on the
+                // first share.
+                bytes::Bytes::from_owner(buf)
             }
             Repr::Text(t) => bytes::Bytes::copy_from_slice(t.as_bytes()),
         }

@@ -966,6 +966,9 @@ impl<B: Bus> Runtime<B> {
         emitted: super::context::Outbox,
         span: &HandleSpan,
     ) -> Result<Vec<EventId>, choreo_core::Error> {
+        if emitted.is_empty() {
+            return Ok(Vec::new());
+        }
         let name = &self.shared.name;
         // The ids are for the receipt: without receipts, nothing to collect.
         let want_ids = self.receipts.is_some();
