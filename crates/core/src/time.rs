@@ -21,7 +21,13 @@ impl Timestamp {
     /// The current wall-clock time.
     pub fn now() -> Self {
         match SystemTime::now().duration_since(UNIX_EPOCH) {
-            Ok(d) => Timestamp(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+            // Seconds and microseconds apart: no 128-bit arithmetic.
+            Ok(d) => Timestamp(
+                i64::try_from(d.as_secs())
+                    .unwrap_or(i64::MAX / 1_000_000)
+                    .saturating_mul(1_000_000)
+                    .saturating_add(i64::from(d.subsec_micros())),
+            ),
             Err(e) => Timestamp(-i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX)),
         }
     }
