@@ -299,8 +299,9 @@ impl Metrics {
 pub(crate) struct PublishedCounters {
     service: Name,
     metrics: Metrics,
+    /// By topic, then event type: looked up without cloning either name.
     // std RwLock: never held across an await.
-    cache: RwLock<rustc_hash::FxHashMap<(Name, Name), IntCounter>>,
+    cache: RwLock<rustc_hash::FxHashMap<Name, rustc_hash::FxHashMap<Name, IntCounter>>>,
 }
 
 impl PublishedCounters {
@@ -314,12 +315,12 @@ impl PublishedCounters {
 
     /// Counts one event published to `topic`.
     pub(crate) fn inc(&self, topic: &Name, event_type: &Name) {
-        let key = (topic.clone(), event_type.clone());
         if let Some(c) = self
             .cache
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
+            .get(topic)
+            .and_then(|by_type| by_type.get(event_type))
         {
             c.inc();
             return;
@@ -331,7 +332,9 @@ impl PublishedCounters {
         self.cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, c);
+            .entry(topic.clone())
+            .or_default()
+            .insert(event_type.clone(), c);
     }
 
     /// Counts one failed publish to `topic`.
