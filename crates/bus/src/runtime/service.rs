@@ -3,6 +3,7 @@
 use rustc_hash::FxHashMap as HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use choreo_core::{
@@ -483,6 +484,7 @@ impl Service {
             receipts: self.config.receipts.clone().map(Name::from),
             dead_letter_topic: self.config.dead_letter_topic.clone(),
             shutdown: shutdown.clone(),
+            stopping: AtomicBool::new(false),
             concurrency: self.config.partition_concurrency.max(1),
         });
         Ok(Joined {
@@ -516,14 +518,29 @@ impl<B: Bus> Joined<B> {
         let shutdown = runtime.shutdown.clone();
         let mut workers: HashMap<(Name, u32), mpsc::Sender<Delivery>> = HashMap::default();
         let mut tasks = JoinSet::new();
+        // Mirrors the token in a flag that costs one load to read (reading the
+        // token takes a lock), for the checks made per delivery.
+        let _watcher = {
+            let runtime = runtime.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                runtime.shutdown.cancelled().await;
+                runtime.stopping.store(true, Ordering::Release);
+            }))
+        };
         // One wait for the whole loop: registered once, not per delivery.
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         loop {
+            if runtime.stopping() {
+                break;
+            }
+            // The next delivery first: the token is only polled (a lock, and
+            // another for its waiter) when there is none to take. While
+            // deliveries keep coming, the flag above ends the loop.
             let next = tokio::select! {
                 biased;
-                _ = &mut cancelled => break,
                 next = sub.next() => next,
+                _ = &mut cancelled => break,
             };
             let delivery = match next {
                 None => break,
@@ -564,6 +581,7 @@ impl<B: Bus> Joined<B> {
         }
 
         // Shutdown: no new deliveries; workers finish what they started.
+        runtime.stopping.store(true, Ordering::Release);
         drop(workers);
         let grace = shutdown_grace;
         let drained = tokio::time::timeout(grace, async {
@@ -650,6 +668,8 @@ struct Runtime<B> {
     receipts: Option<Name>,
     dead_letter_topic: DeadLetterNaming,
     shutdown: CancellationToken,
+    /// Set once `shutdown` is cancelled, or the consumer loop has ended.
+    stopping: AtomicBool,
     concurrency: usize,
 }
 
@@ -662,6 +682,12 @@ struct Settled {
 }
 
 impl<B: Bus> Runtime<B> {
+    /// Whether the service is shutting down: deliveries not started yet are
+    /// given back.
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
     async fn worker(
         self: Arc<Self>,
         mut rx: mpsc::Receiver<Delivery>,
@@ -672,7 +698,7 @@ impl<B: Bus> Runtime<B> {
             let mut batch = Vec::with_capacity(64);
             while rx.recv_many(&mut batch, 64).await > 0 {
                 for d in batch.drain(..) {
-                    if self.shutdown.is_cancelled() {
+                    if self.stopping() {
                         // Not started: give it back.
                         drop(d);
                         continue;
@@ -694,7 +720,7 @@ impl<B: Bus> Runtime<B> {
             tokio::select! {
                 d = rx.recv(), if running.len() < self.concurrency => {
                     let Some(d) = d else { break };
-                    if self.shutdown.is_cancelled() {
+                    if self.stopping() {
                         drop(d);
                         continue;
                     }
@@ -1030,6 +1056,16 @@ fn worker_stopped(
     tracing::error!(service = %service, partition = d.partition(), "a partition worker stopped unexpectedly; starting a new one");
     workers.remove(&(d.envelope().topic.clone(), d.partition()));
     drop(d);
+}
+
+/// Aborts a task when dropped: the loop that spawned it may itself be dropped
+/// before it returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Whether the backend marked the delivery as only partly readable.
