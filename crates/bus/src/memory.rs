@@ -816,7 +816,10 @@ impl Bus for InProcessBus {
     fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<()>> + Send {
         // Shared at once: the future then holds a pointer, not the envelope,
         // and appending moves no more bytes.
-        let envelope = Arc::new(envelope);
+        self.publish_shared(Arc::new(envelope))
+    }
+
+    fn publish_shared(&self, envelope: Arc<Envelope>) -> impl Future<Output = Result<()>> + Send {
         async move {
             let topic = self.inner.topic_of(&envelope.topic);
             let p = envelope

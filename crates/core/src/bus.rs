@@ -284,6 +284,14 @@ pub trait Bus: Clone + Send + Sync + 'static {
     /// allows it.
     fn publish(&self, envelope: Envelope) -> impl Future<Output = Result<()>> + Send;
 
+    /// [`publish`](Bus::publish) for an envelope that is already shared. A
+    /// backend that keeps envelopes in memory (the in-process bus) keeps this
+    /// one as it is, without moving it again; the default publishes the
+    /// envelope itself when nothing else holds it, else a copy.
+    fn publish_shared(&self, envelope: Arc<Envelope>) -> impl Future<Output = Result<()>> + Send {
+        self.publish(Arc::unwrap_or_clone(envelope))
+    }
+
     /// Joins a consumer group on some topics.
     fn subscribe(
         &self,

@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use choreo_core::{Codecs, Envelope, Event, EventId, Headers, Limits, Name, Result, Timestamp};
 
-/// The events one attempt emitted.
-pub(crate) type Outbox = Vec<Envelope>;
+/// The events one attempt emitted, shared from the start: publishing them to
+/// the in-process bus moves a pointer, not the envelope.
+pub(crate) type Outbox = Vec<Arc<Envelope>>;
 
 /// What every handler of one service shares.
 pub(crate) struct ServiceShared {
@@ -99,12 +100,7 @@ impl Context {
         });
         self.inner.shared.limits.check(&env)?;
         let id = env.id.clone();
-        if state.outbox.capacity() == 0 {
-            // Most handlers emit one event: room for one, not the four a
-            // growing Vec makes (over a kilobyte, past the allocator's
-            // per-thread caches).
-            state.outbox.reserve_exact(1);
-        }
+        let env = Arc::new(env);
         state.outbox.push(env);
         Ok(id)
     }

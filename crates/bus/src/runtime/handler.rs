@@ -177,7 +177,7 @@ pub struct Handled {
 
 impl Handled {
     /// The events the handler emitted.
-    pub fn emitted(&self) -> &[Envelope] {
+    pub fn emitted(&self) -> &[Arc<Envelope>] {
         &self.emitted
     }
 }

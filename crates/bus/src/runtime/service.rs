@@ -1003,10 +1003,11 @@ impl<B: Bus> Runtime<B> {
         } else {
             Vec::new()
         };
-        let publish_one = |mut env: Envelope| {
-            let produce = span.produce(&mut env, name);
+        let publish_one = |mut env: Arc<Envelope>| {
+            // Held by the outbox alone: changing it copies nothing.
+            let produce = span.produce(Arc::make_mut(&mut env), name);
             let (topic, event_type) = (env.topic.clone(), env.event_type.clone());
-            let fut = self.bus.publish(env);
+            let fut = self.bus.publish_shared(env);
             async move {
                 let r = fut.await;
                 match &r {
