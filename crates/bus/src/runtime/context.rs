@@ -128,17 +128,12 @@ impl Context {
         }
     }
 
-    /// The key of the flow: its correlation id.
+    /// The key of the flow: its correlation id, written afresh. The cause's
+    /// key usually holds the same bytes, but reading them (to be sure) and
+    /// sharing them would touch memory that has gone cold while the cause
+    /// waited in its queue; the new key is in the cache already.
     fn flow_key(&self) -> Bytes {
-        let cause = &self.inner.cause;
-        // Usually the cause is keyed by its flow already: share its bytes.
-        if let (Some(key), Some(uuid)) = (&cause.key, cause.correlation_id.as_uuid()) {
-            let mut buf = [0u8; 36];
-            if key.as_ref() == uuid.hyphenated().encode_lower(&mut buf).as_bytes() {
-                return key.clone();
-            }
-        }
-        cause.correlation_id.to_key()
+        self.inner.cause.correlation_id.to_key()
     }
 
     /// The event being handled.
