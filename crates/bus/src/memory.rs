@@ -819,30 +819,28 @@ impl Bus for InProcessBus {
         self.publish_shared(Arc::new(envelope))
     }
 
-    fn publish_shared(&self, envelope: Arc<Envelope>) -> impl Future<Output = Result<()>> + Send {
-        async move {
-            let topic = self.inner.topic_of(&envelope.topic);
-            let p = envelope
-                .partition_key()
-                .partition(topic.partitions.len() as u32);
-            let partition = &topic.partitions[p as usize];
-            let mut envelope = Some(envelope);
-            // Fast path: room available, no waiter registration.
+    async fn publish_shared(&self, envelope: Arc<Envelope>) -> Result<()> {
+        let topic = self.inner.topic_of(&envelope.topic);
+        let p = envelope
+            .partition_key()
+            .partition(topic.partitions.len() as u32);
+        let partition = &topic.partitions[p as usize];
+        let mut envelope = Some(envelope);
+        // Fast path: room available, no waiter registration.
+        if partition.try_append(&mut envelope) {
+            return Ok(());
+        }
+        partition.publish_waits.inc();
+        loop {
+            // Register for a wake-up before re-checking, so a settlement that
+            // makes room in between is not missed.
+            let room = partition.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
             if partition.try_append(&mut envelope) {
                 return Ok(());
             }
-            partition.publish_waits.inc();
-            loop {
-                // Register for a wake-up before re-checking, so a settlement that
-                // makes room in between is not missed.
-                let room = partition.room.notified();
-                tokio::pin!(room);
-                room.as_mut().enable();
-                if partition.try_append(&mut envelope) {
-                    return Ok(());
-                }
-                room.await;
-            }
+            room.await;
         }
     }
 
