@@ -12,6 +12,7 @@ use choreo_core::{
     dead_letter_topic,
 };
 use futures_util::StreamExt;
+use futures_util::future::Either;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -681,6 +682,17 @@ struct Settled {
     emitted: Vec<EventId>,
 }
 
+impl Settled {
+    fn new(outcome: Outcome, attempts: u32, reason: Option<String>) -> Self {
+        Settled {
+            outcome,
+            attempts,
+            reason,
+            emitted: Vec::new(),
+        }
+    }
+}
+
 impl<B: Bus> Runtime<B> {
     /// Whether the service is shutting down: deliveries not started yet are
     /// given back.
@@ -774,23 +786,104 @@ impl<B: Bus> Runtime<B> {
         }
     }
 
+    /// Handles one delivery inside its spans (see [`handle`](Self::handle)).
+    ///
+    /// Not an `async fn`: an async fn's future holds the futures it awaits,
+    /// and each awaited future is copied whole when it starts, so every level
+    /// of nesting adds to what each delivery copies. This returns the
+    /// handling's future itself, boxed only when spans are recorded.
+    fn process<'a>(
+        &'a self,
+        d: Delivery,
+        route: &'a mut WorkerRoute,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        let span = HandleSpan::start(
+            d.envelope(),
+            &self.shared.name,
+            &self.group,
+            d.partition(),
+            d.offset(),
+        );
+        if span.is_quiet() {
+            Either::Left(self.handle(d, route, span))
+        } else {
+            let spans = span.clone();
+            Either::Right(Box::pin(spans.instrument(self.handle(d, route, span))))
+        }
+    }
+
     /// The one place where a delivery's outcome is decided. See [`Service`].
-    async fn process(&self, d: Delivery, route: &mut WorkerRoute) {
+    ///
+    /// One function from start to settlement, for the reason given at
+    /// [`process`](Self::process); the paths off the common one (dead-letters,
+    /// retries, several emitted events) are boxed, so their futures take no
+    /// room in this one.
+    async fn handle(&self, d: Delivery, route: &mut WorkerRoute, span: HandleSpan) {
         let env = d.envelope().clone();
         let (partition, offset) = (d.partition(), d.offset());
+        let name = &self.shared.name;
         let started = Timestamp::now();
         route
             .metrics
             .queue
             .observe(started.micros_since(env.time).max(0) as f64 / 1e6);
         self.in_flight.inc();
-        let span = HandleSpan::start(&env, &self.shared.name, &self.group, partition, offset);
-        // Awaited directly when no span is recorded: wrapping the (large)
-        // future would only move it around.
-        let settled = if span.is_quiet() {
-            self.decide(d, &env, route, &span).await
+        let refused = if let Some(problem) = env.headers.get_str(MALFORMED_HEADER) {
+            // The backend could only partly read the record: no handler can
+            // be trusted with it.
+            Some(format!("malformed record: {problem}"))
         } else {
-            span.instrument(self.decide(d, &env, route, &span)).await
+            // Too large to trust a handler with (its producer ignored the limits).
+            self.shared
+                .limits
+                .violation(&env)
+                .map(|problem| format!("refused: {problem}"))
+        };
+        let settled = match refused {
+            Some(reason) => Box::pin(self.dead_letter(d, &env, route, reason, 0)).await,
+            None if self.idempotency.contains(name, &env.id).await => {
+                d.ack();
+                Settled::new(Outcome::Duplicate, 0, None)
+            }
+            None => match self.attempts(&env, route).await {
+                Ok(handled) => {
+                    let attempts = handled.attempts;
+                    let published = if handled.emitted.len() <= 1 {
+                        match handled.emitted.into_iter().next() {
+                            Some(e) => self.publish_one(e, &span).await.map(|id| vec![id]),
+                            None => Ok(Vec::new()),
+                        }
+                    } else {
+                        Box::pin(self.publish_all(handled.emitted, &span)).await
+                    };
+                    match published {
+                        Ok(ids) => {
+                            d.ack();
+                            self.idempotency.insert(name, &env.id).await;
+                            let mut settled = Settled::new(Outcome::Acked, attempts, None);
+                            // The ids are for the receipt.
+                            if self.receipts.is_some() {
+                                settled.emitted = ids;
+                            }
+                            settled
+                        }
+                        Err(e) => {
+                            d.redeliver();
+                            let reason = format!("publishing the handler's events failed: {e}");
+                            Settled::new(Outcome::Redelivered, attempts, Some(reason))
+                        }
+                    }
+                }
+                Err(failure) if failure.kind == FailureKind::Interrupted => {
+                    d.redeliver();
+                    let reason = format!("shutdown during retries: {}", failure.reason());
+                    Settled::new(Outcome::Redelivered, failure.attempts.max(1), Some(reason))
+                }
+                Err(failure) => {
+                    let (reason, attempts) = (failure.reason(), failure.attempts.max(1));
+                    Box::pin(self.dead_letter(d, &env, route, reason, attempts)).await
+                }
+            },
         };
         let elapsed_us = Timestamp::now().micros_since(started).max(0) as u64;
         route.metrics.outcome(settled.outcome).inc();
@@ -799,7 +892,7 @@ impl<B: Bus> Runtime<B> {
         span.finish(settled.outcome.as_str(), settled.reason.as_deref());
         if let Some(topic) = &self.receipts {
             let receipt = Receipt {
-                service: self.shared.name.clone(),
+                service: name.clone(),
                 event_id: env.id.clone(),
                 event_type: env.event_type.clone(),
                 correlation_id: env.correlation_id.clone(),
@@ -813,85 +906,13 @@ impl<B: Bus> Runtime<B> {
                 duration_us: elapsed_us,
                 emitted: settled.emitted,
             };
-            if let Err(e) = self
-                .bus
-                .publish(receipt.to_envelope(topic.clone(), &env))
-                .await
-            {
+            // Only the envelope is kept across the await.
+            let envelope = Arc::new(receipt.to_envelope(topic.clone(), &env));
+            drop(receipt);
+            if let Err(e) = self.bus.publish_shared(envelope).await {
                 // Receipts are observability: losing one must not redeliver the event.
                 self.published.failed(topic);
-                tracing::warn!(service = %self.shared.name, error = %e, "publishing a receipt failed");
-            }
-        }
-    }
-
-    async fn decide(
-        &self,
-        d: Delivery,
-        env: &Arc<Envelope>,
-        route: &mut WorkerRoute,
-        span: &HandleSpan,
-    ) -> Settled {
-        let name = &self.shared.name;
-        if let Some(problem) = env.headers.get_str(MALFORMED_HEADER) {
-            // The backend could only partly read the record: no handler can
-            // be trusted with it.
-            let reason = format!("malformed record: {problem}");
-            return self.dead_letter(d, env, route, reason, 0).await;
-        }
-        if let Some(problem) = self.shared.limits.violation(env) {
-            // Too large to trust a handler with (its producer ignored the limits).
-            let reason = format!("refused: {problem}");
-            return self.dead_letter(d, env, route, reason, 0).await;
-        }
-        if self.idempotency.contains(name, &env.id).await {
-            d.ack();
-            return Settled {
-                outcome: Outcome::Duplicate,
-                attempts: 0,
-                reason: None,
-                emitted: Vec::new(),
-            };
-        }
-        let result = self.attempts(env, route).await;
-        match result {
-            Ok(handled) => {
-                let attempts = handled.attempts;
-                match self.publish_emitted(handled.emitted, span).await {
-                    Ok(ids) => {
-                        d.ack();
-                        self.idempotency.insert(name, &env.id).await;
-                        Settled {
-                            outcome: Outcome::Acked,
-                            attempts,
-                            reason: None,
-                            emitted: ids,
-                        }
-                    }
-                    Err(e) => {
-                        d.redeliver();
-                        Settled {
-                            outcome: Outcome::Redelivered,
-                            attempts,
-                            reason: Some(format!("publishing the handler's events failed: {e}")),
-                            emitted: Vec::new(),
-                        }
-                    }
-                }
-            }
-            Err(failure) => {
-                let attempts = failure.attempts.max(1);
-                let reason = failure.reason();
-                if failure.kind == FailureKind::Interrupted {
-                    d.redeliver();
-                    return Settled {
-                        outcome: Outcome::Redelivered,
-                        attempts,
-                        reason: Some(format!("shutdown during retries: {reason}")),
-                        emitted: Vec::new(),
-                    };
-                }
-                self.dead_letter(d, env, route, reason, attempts).await
+                tracing::warn!(service = %name, error = %e, "publishing a receipt failed");
             }
         }
     }
@@ -976,74 +997,57 @@ impl<B: Bus> Runtime<B> {
             route.metrics.retries.inc();
             let delay = self.retry.delay(attempt);
             // Shutdown cuts the wait short; the next attempt then runs at
-            // once, and if it fails too the delivery is given back.
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.shutdown.cancelled() => {}
-            }
+            // once, and if it fails too the delivery is given back. Boxed: the
+            // wait takes no room in the future of a first attempt.
+            Box::pin(async {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = self.shutdown.cancelled() => {}
+                }
+            })
+            .await;
             attempt += 1;
         }
     }
 
-    /// Publishes a handler's emissions, all at once (a backend that pipelines
-    /// sends them together).
-    async fn publish_emitted(
+    /// Publishes one emitted event, in a PRODUCER span, and counts it.
+    /// Returns its id.
+    async fn publish_one(
+        &self,
+        mut env: Arc<Envelope>,
+        span: &HandleSpan,
+    ) -> Result<EventId, choreo_core::Error> {
+        let name = &self.shared.name;
+        // Held by the outbox alone: changing it copies nothing.
+        let produce = span.produce(Arc::make_mut(&mut env), name);
+        let id = env.id.clone();
+        let (topic, event_type) = (env.topic.clone(), env.event_type.clone());
+        match self.bus.publish_shared(env).await {
+            Ok(()) => {
+                produce.end(None);
+                self.published.inc(&topic, &event_type);
+                Ok(id)
+            }
+            Err(e) => {
+                produce.end(Some(&e.to_string()));
+                self.published.failed(&topic);
+                Err(e)
+            }
+        }
+    }
+
+    /// Publishes several emitted events at once (a backend that pipelines
+    /// sends them together). Returns their ids.
+    async fn publish_all(
         &self,
         emitted: super::context::Outbox,
         span: &HandleSpan,
     ) -> Result<Vec<EventId>, choreo_core::Error> {
-        if emitted.is_empty() {
-            return Ok(Vec::new());
-        }
-        let name = &self.shared.name;
-        // The ids are for the receipt: without receipts, nothing to collect.
-        let want_ids = self.receipts.is_some();
-        let mut ids = if want_ids {
-            Vec::with_capacity(emitted.len())
-        } else {
-            Vec::new()
-        };
-        let publish_one = |mut env: Arc<Envelope>| {
-            // Held by the outbox alone: changing it copies nothing.
-            let produce = span.produce(Arc::make_mut(&mut env), name);
-            let (topic, event_type) = (env.topic.clone(), env.event_type.clone());
-            let fut = self.bus.publish_shared(env);
-            async move {
-                let r = fut.await;
-                match &r {
-                    Ok(()) => {
-                        produce.end(None);
-                        self.published.inc(&topic, &event_type);
-                    }
-                    Err(e) => {
-                        produce.end(Some(&e.to_string()));
-                        self.published.failed(&topic);
-                    }
-                }
-                r
-            }
-        };
-        if emitted.len() == 1 {
-            let env = emitted.into_iter().next().expect("one event");
-            if want_ids {
-                ids.push(env.id.clone());
-            }
-            publish_one(env).await?;
-            return Ok(ids);
-        }
-        let futures: Vec<_> = emitted
+        let futures = emitted.into_iter().map(|env| self.publish_one(env, span));
+        futures_util::future::join_all(futures)
+            .await
             .into_iter()
-            .map(|env| {
-                if want_ids {
-                    ids.push(env.id.clone());
-                }
-                publish_one(env)
-            })
-            .collect();
-        for r in Box::pin(futures_util::future::join_all(futures)).await {
-            r?;
-        }
-        Ok(ids)
+            .collect()
     }
 }
 

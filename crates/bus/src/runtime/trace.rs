@@ -8,6 +8,7 @@ use std::future::Future;
 use choreo_core::Envelope;
 
 /// The spans of handling one delivery.
+#[derive(Clone)]
 pub(crate) struct HandleSpan {
     pub(crate) span: tracing::Span,
     #[cfg(feature = "otel")]
@@ -50,7 +51,7 @@ impl HandleSpan {
     }
 
     /// Runs `fut` inside the spans.
-    pub(crate) fn instrument<F: Future>(&self, fut: F) -> impl Future<Output = F::Output> {
+    pub(crate) fn instrument<F: Future>(&self, fut: F) -> impl Future<Output = F::Output> + use<F> {
         use tracing::Instrument;
         let fut = fut.instrument(self.span.clone());
         #[cfg(feature = "otel")]
