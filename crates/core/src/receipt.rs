@@ -79,6 +79,15 @@ impl Receipt {
     /// handled event, caused by it, keyed like it, timed at the settlement
     /// (`started` + `duration_us`).
     pub fn to_envelope(&self, topic: Name, handled: &Envelope) -> Envelope {
+        // The id from the clock: a settlement time from elsewhere (a receipt
+        // built by hand) must not move the thread's id clock.
+        self.to_envelope_with_id(EventId::new(), topic, handled)
+    }
+
+    /// [`to_envelope`](Receipt::to_envelope) with the envelope's id given: a
+    /// runtime that has just read the clock for the settlement makes the id
+    /// from that reading ([`EventId::generate`]) rather than reading it again.
+    pub fn to_envelope_with_id(&self, id: EventId, topic: Name, handled: &Envelope) -> Envelope {
         let data = crate::codec::bytes_from_scratch(|buf| {
             self.write_json(buf);
             Ok::<(), std::convert::Infallible>(())
@@ -90,9 +99,7 @@ impl Receipt {
             .saturating_add(i64::try_from(self.duration_us).unwrap_or(i64::MAX));
         let time = Timestamp::from_micros(settled);
         Envelope {
-            // The id from the clock: a settlement time from elsewhere (a
-            // receipt built by hand) must not move the thread's id clock.
-            id: EventId::new(),
+            id,
             event_type: Name::from_static(RECEIPT_TYPE),
             source: self.service.clone(),
             topic,

@@ -6,8 +6,9 @@ use bytes::Bytes;
 use choreo_core::{Codecs, Envelope, Event, EventId, Headers, Limits, Name, Result, Timestamp};
 
 /// The events one attempt emitted, shared from the start: publishing them to
-/// the in-process bus moves a pointer, not the envelope.
-pub(crate) type Outbox = Vec<Arc<Envelope>>;
+/// the in-process bus moves a pointer, not the envelope. Room for one inside:
+/// most handlers emit one event, or none.
+pub(crate) type Outbox = smallvec::SmallVec<[Arc<Envelope>; 1]>;
 
 /// What every handler of one service shares.
 pub(crate) struct ServiceShared {

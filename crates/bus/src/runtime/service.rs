@@ -885,7 +885,8 @@ impl<B: Bus> Runtime<B> {
                 }
             },
         };
-        let elapsed_us = Timestamp::now().micros_since(started).max(0) as u64;
+        let ended = Timestamp::now();
+        let elapsed_us = ended.micros_since(started).max(0) as u64;
         route.metrics.outcome(settled.outcome).inc();
         route.metrics.duration.observe(elapsed_us as f64 / 1e6);
         self.in_flight.dec();
@@ -907,7 +908,9 @@ impl<B: Bus> Runtime<B> {
                 emitted: settled.emitted,
             };
             // Only the envelope is kept across the await.
-            let envelope = Arc::new(receipt.to_envelope(topic.clone(), &env));
+            // Its id from the clock reading just made.
+            let id = EventId::generate(ended);
+            let envelope = Arc::new(receipt.to_envelope_with_id(id, topic.clone(), &env));
             drop(receipt);
             if let Err(e) = self.bus.publish_shared(envelope).await {
                 // Receipts are observability: losing one must not redeliver the event.
