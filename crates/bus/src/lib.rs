@@ -75,6 +75,7 @@
 
 pub mod dlq;
 mod error;
+mod identity;
 pub mod memory;
 mod runtime;
 mod serve;

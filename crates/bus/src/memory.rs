@@ -45,6 +45,8 @@ use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use tokio::sync::Notify;
 
+use crate::identity::{self, IdentityCache};
+
 /// What a full partition does with a new event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WhenFull {
@@ -136,6 +138,8 @@ struct Inner {
     config: InProcessConfig,
     // std RwLock: never held across an await.
     topics: RwLock<rustc_hash::FxHashMap<Name, Arc<Topic>>>,
+    /// Topics by the identity of the names publishes name them with.
+    by_identity: IdentityCache<Name, Arc<Topic>, 64>,
     groups: Mutex<HashMap<Arc<str>, GroupState>>,
     next_member: AtomicU64,
     counters: Counters,
@@ -298,6 +302,7 @@ impl InProcessBus {
             inner: Arc::new(Inner {
                 config,
                 topics: RwLock::new(rustc_hash::FxHashMap::default()),
+                by_identity: IdentityCache::new(),
                 groups: Mutex::new(HashMap::new()),
                 next_member: AtomicU64::new(1),
                 counters: Counters::new(),
@@ -439,11 +444,20 @@ impl Inner {
         self.topic_with(name, None)
     }
 
-    /// [`topic`](Self::topic) for a publish: the topic is usually found by a
-    /// clone of the name it was created with, so the bytes are not compared.
+    /// [`topic`](Self::topic) for a publish: usually found in the identity
+    /// cache, by the address of the name's text, without taking the lock.
     fn topic_of(&self, name: &Name) -> Arc<Topic> {
-        self.find_topic(name)
-            .unwrap_or_else(|| self.topic_with_key(name.clone(), None))
+        let id = identity::of_name(name);
+        let is_key = |k: &Name| identity::same(k, name);
+        if let Some(t) = self.by_identity.get(id, is_key) {
+            return t.clone();
+        }
+        let topic = self
+            .find_topic(name)
+            .unwrap_or_else(|| self.topic_with_key(name.clone(), None));
+        self.by_identity
+            .insert(id, name.clone(), topic.clone(), is_key);
+        topic
     }
 
     fn topic_with(&self, name: &str, partitions: Option<u32>) -> Arc<Topic> {

@@ -3,6 +3,8 @@
 use std::sync::{Arc, OnceLock, RwLock};
 
 use choreo_core::{Name, Outcome};
+
+use crate::identity::{self, IdentityCache};
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -299,6 +301,8 @@ impl Metrics {
 pub(crate) struct PublishedCounters {
     service: Name,
     metrics: Metrics,
+    /// By the names' identity: read without a lock.
+    fast: IdentityCache<(Name, Name), IntCounter, 32>,
     /// By topic, then event type: looked up without cloning either name.
     // std RwLock: never held across an await.
     cache: RwLock<rustc_hash::FxHashMap<Name, rustc_hash::FxHashMap<Name, IntCounter>>>,
@@ -309,12 +313,28 @@ impl PublishedCounters {
         PublishedCounters {
             service,
             metrics,
+            fast: IdentityCache::new(),
             cache: RwLock::default(),
         }
     }
 
     /// Counts one event published to `topic`.
     pub(crate) fn inc(&self, topic: &Name, event_type: &Name) {
+        let identity = identity::of_pair(topic, event_type);
+        let is_key =
+            |k: &(Name, Name)| identity::same(&k.0, topic) && identity::same(&k.1, event_type);
+        if let Some(c) = self.fast.get(identity, is_key) {
+            c.inc();
+            return;
+        }
+        let c = self.counter(topic, event_type);
+        c.inc();
+        self.fast
+            .insert(identity, (topic.clone(), event_type.clone()), c, is_key);
+    }
+
+    /// The counter of `topic` and `event_type`, from the table of record.
+    fn counter(&self, topic: &Name, event_type: &Name) -> IntCounter {
         if let Some(c) = self
             .cache
             .read()
@@ -322,19 +342,18 @@ impl PublishedCounters {
             .get(topic)
             .and_then(|by_type| by_type.get(event_type))
         {
-            c.inc();
-            return;
+            return c.clone();
         }
         let c = self
             .metrics
             .published_counter(&self.service, topic, event_type);
-        c.inc();
         self.cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .entry(topic.clone())
             .or_default()
-            .insert(event_type.clone(), c);
+            .insert(event_type.clone(), c.clone());
+        c
     }
 
     /// Counts one failed publish to `topic`.
