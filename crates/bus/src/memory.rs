@@ -983,6 +983,22 @@ impl Subscription for InProcessSubscription {
         }
     }
 
+    async fn next_batch(&mut self, out: &mut Vec<Result<Delivery>>, max: usize) -> bool {
+        let Some(first) = self.next().await else {
+            return false;
+        };
+        out.push(first);
+        // Then those already fetched, while the assignment they were fetched
+        // under holds (`next` drops them when it has changed).
+        while out.len() < max && self.member.epoch.load(Ordering::Acquire) == self.buffer_epoch {
+            match self.buffer.pop_front() {
+                Some(d) => out.push(Ok(d)),
+                None => break,
+            }
+        }
+        true
+    }
+
     async fn close(mut self) -> Result<()> {
         // Prefetched deliveries were never handed out: give them back first.
         self.buffer.clear();

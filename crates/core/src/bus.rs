@@ -332,6 +332,28 @@ pub trait Subscription: Send + 'static {
     /// closed. Cancel-safe: dropping the future loses nothing.
     fn next(&mut self) -> impl Future<Output = Option<Result<Delivery>>> + Send;
 
+    /// Waits for the next delivery like [`next`](Subscription::next), and
+    /// adds it to `out` together with any others ready at once, up to `max`
+    /// in all. Returns false, adding nothing, once the subscription is
+    /// closed. Cancel-safe like `next`: nothing is taken until it returns.
+    /// The default takes one delivery at a time.
+    fn next_batch(
+        &mut self,
+        out: &mut Vec<Result<Delivery>>,
+        max: usize,
+    ) -> impl Future<Output = bool> + Send {
+        let _ = max;
+        async move {
+            match self.next().await {
+                Some(d) => {
+                    out.push(d);
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
     /// Leaves the group: what was settled is final (Kafka: committed), what was
     /// not is delivered again to the group's other or next members.
     fn close(self) -> impl Future<Output = Result<()>> + Send;

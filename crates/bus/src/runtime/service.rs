@@ -29,12 +29,16 @@ use super::idempotency::Idempotency;
 use super::metrics::{Metrics, PublishedCounters, RouteMetrics};
 use super::retry::Retry;
 use super::trace::HandleSpan;
+use crate::identity;
 use crate::{Error, Result};
 
 /// The type-erased middleware stack of one handler.
 pub type StackService = BoxCloneService<Invocation, Handled, BoxError>;
 
 type LayerFn = Arc<dyn Fn(StackService) -> StackService + Send + Sync>;
+
+/// Deliveries the consumer loop takes from its subscription at a time.
+const BATCH: usize = 64;
 
 /// Builds a handler's stack with the service's timeout, once the service is
 /// configured: the handler and tower's `Timeout` are erased together, so an
@@ -531,58 +535,81 @@ impl<B: Bus> Joined<B> {
         // One wait for the whole loop: registered once, not per delivery.
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
-        loop {
+        // Deliveries come in batches of those ready at once, and most go to
+        // the same worker as the one before: its sender is kept at hand.
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut last: Option<(Name, u32, mpsc::Sender<Delivery>)> = None;
+        'consume: loop {
             if runtime.stopping() {
                 break;
             }
-            // The next delivery first: the token is only polled (a lock, and
-            // another for its waiter) when there is none to take. While
+            // The next deliveries first: the token is only polled (a lock, and
+            // another for its waiter) when there are none to take. While
             // deliveries keep coming, the flag above ends the loop.
-            let next = tokio::select! {
+            let open = tokio::select! {
                 biased;
-                next = sub.next() => next,
+                open = sub.next_batch(&mut batch, BATCH) => open,
                 _ = &mut cancelled => break,
             };
-            let delivery = match next {
-                None => break,
-                Some(Ok(d)) => d,
-                Some(Err(e)) => {
-                    runtime.metrics.receive_error(&runtime.shared.name);
-                    tracing::warn!(service = %runtime.shared.name, error = %e, "receiving failed");
-                    continue;
-                }
-            };
-            let key = (delivery.envelope().topic.clone(), delivery.partition());
-            let tx = workers.entry(key).or_insert_with(|| {
-                let (tx, rx) = mpsc::channel(partition_queue);
-                let rt = runtime.clone();
-                let routes = routes.clone();
-                tasks.spawn(async move { rt.worker(rx, routes).await });
-                tx
-            });
-            // Room in the worker's queue: no waiting, no select.
-            let delivery = match tx.try_send(delivery) {
-                Ok(()) => continue,
-                Err(mpsc::error::TrySendError::Full(d)) => d,
-                Err(mpsc::error::TrySendError::Closed(d)) => {
-                    worker_stopped(&mut workers, d, &runtime.shared.name);
-                    continue;
-                }
-            };
-            tokio::select! {
-                biased;
-                // Not started: dropping the delivery gives it back to the bus.
-                _ = &mut cancelled => break,
-                sent = tx.send(delivery) => {
-                    if let Err(mpsc::error::SendError(d)) = sent {
+            if !open {
+                break;
+            }
+            // Leaving early drops the rest, not started: given back to the bus.
+            for next in batch.drain(..) {
+                let delivery = match next {
+                    Ok(d) => d,
+                    Err(e) => {
+                        runtime.metrics.receive_error(&runtime.shared.name);
+                        tracing::warn!(service = %runtime.shared.name, error = %e, "receiving failed");
+                        continue;
+                    }
+                };
+                let (topic, partition) = (&delivery.envelope().topic, delivery.partition());
+                let tx = match &last {
+                    Some((t, p, tx)) if *p == partition && identity::same(t, topic) => tx,
+                    _ => {
+                        let tx = workers
+                            .entry((topic.clone(), partition))
+                            .or_insert_with(|| {
+                                let (tx, rx) = mpsc::channel(partition_queue);
+                                let rt = runtime.clone();
+                                let routes = routes.clone();
+                                tasks.spawn(async move { rt.worker(rx, routes).await });
+                                tx
+                            })
+                            .clone();
+                        &last.insert((topic.clone(), partition, tx)).2
+                    }
+                };
+                // Room in the worker's queue: no waiting, no select.
+                let delivery = match tx.try_send(delivery) {
+                    Ok(()) => continue,
+                    Err(mpsc::error::TrySendError::Full(d)) => d,
+                    Err(mpsc::error::TrySendError::Closed(d)) => {
+                        last = None;
                         worker_stopped(&mut workers, d, &runtime.shared.name);
+                        continue;
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    // Not started: dropping the delivery gives it back to the bus.
+                    _ = &mut cancelled => break 'consume,
+                    sent = tx.send(delivery) => {
+                        if let Err(mpsc::error::SendError(d)) = sent {
+                            last = None;
+                            worker_stopped(&mut workers, d, &runtime.shared.name);
+                        }
                     }
                 }
             }
         }
+        drop(batch);
 
         // Shutdown: no new deliveries; workers finish what they started.
         runtime.stopping.store(true, Ordering::Release);
+        // Every sender gone: each worker ends once its queue is empty.
+        drop(last);
         drop(workers);
         let grace = shutdown_grace;
         let drained = tokio::time::timeout(grace, async {
