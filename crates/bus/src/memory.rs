@@ -32,6 +32,7 @@
 //! `choreo_bus_unread_evicted_total` like case 3. No event a group has not read
 //! disappears without being counted.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -446,18 +447,19 @@ impl Inner {
 
     /// [`topic`](Self::topic) for a publish: usually found in the identity
     /// cache, by the address of the name's text, without taking the lock.
-    fn topic_of(&self, name: &Name) -> Arc<Topic> {
+    fn topic_of(&self, name: &Name) -> Cow<'_, Arc<Topic>> {
         let id = identity::of_name(name);
         let is_key = |k: &Name| identity::same(k, name);
         if let Some(t) = self.by_identity.get(id, is_key) {
-            return t.clone();
+            // Borrowed: no count to change.
+            return Cow::Borrowed(t);
         }
         let topic = self
             .find_topic(name)
             .unwrap_or_else(|| self.topic_with_key(name.clone(), None));
         self.by_identity
             .insert(id, name.clone(), topic.clone(), is_key);
-        topic
+        Cow::Owned(topic)
     }
 
     fn topic_with(&self, name: &str, partitions: Option<u32>) -> Arc<Topic> {

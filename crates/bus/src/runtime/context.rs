@@ -67,12 +67,12 @@ impl Context {
     pub fn emit<E: Event>(&self, event: &E) -> Result<EventId> {
         let data = self.inner.shared.codecs.encode(event)?;
         let key = event.key().map(Bytes::from);
-        let env = self.stamp(
+        self.push(
             Name::from_static(E::TYPE),
             Name::from_static(E::TOPIC),
             data,
-        );
-        self.push(env, key)
+            key,
+        )
     }
 
     /// Emits a raw payload as an event of type `event_type` on `topic`, stamped
@@ -84,38 +84,45 @@ impl Context {
         topic: impl Into<Name>,
         data: impl Into<Bytes>,
     ) -> Result<EventId> {
-        let env = self.stamp(event_type.into(), topic.into(), data.into());
-        self.push(env, None)
+        self.push(event_type.into(), topic.into(), data.into(), None)
     }
 
-    /// Keys `env` (with `key`, or the flow's key), checks it against the
-    /// limits and adds it to the outbox.
-    fn push(&self, mut env: Envelope, key: Option<Bytes>) -> Result<EventId> {
+    /// Stamps an event (keyed with `key`, or the flow's key), checks it
+    /// against the limits and adds it to the outbox.
+    fn push(
+        &self,
+        event_type: Name,
+        topic: Name,
+        data: Bytes,
+        key: Option<Bytes>,
+    ) -> Result<EventId> {
         let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
-        env.key = Some(match key {
+        let key = match key {
             Some(k) => k,
             None => state
                 .flow_key
                 .get_or_insert_with(|| self.flow_key())
                 .clone(),
-        });
+        };
+        let env = self.stamp(event_type, topic, data, key);
         self.inner.shared.limits.check(&env)?;
         let id = env.id.clone();
-        let env = Arc::new(env);
         state.outbox.push(env);
         Ok(id)
     }
 
-    fn stamp(&self, event_type: Name, topic: Name, data: Bytes) -> Envelope {
+    /// The envelope of an emitted event, built where it is shared (not built
+    /// apart and then moved there).
+    fn stamp(&self, event_type: Name, topic: Name, data: Bytes, key: Bytes) -> Arc<Envelope> {
         let cause = &self.inner.cause;
         let time = Timestamp::now();
         let id = EventId::generate(time);
-        Envelope {
+        Arc::new(Envelope {
             id,
             event_type,
             source: self.inner.shared.name.clone(),
             topic,
-            key: None,
+            key: Some(key),
             correlation_id: cause.correlation_id.clone(),
             causation_id: Some(cause.id.clone()),
             time,
@@ -126,7 +133,7 @@ impl Context {
             content_type: self.inner.shared.codecs.content_type(),
             data,
             headers: Headers::new(),
-        }
+        })
     }
 
     /// The key of the flow: its correlation id, written afresh. The cause's

@@ -444,7 +444,7 @@ impl Service {
             limits: self.config.limits,
         });
         let retry = Arc::new(self.retry.clone());
-        let mut routes = HashMap::default();
+        let mut routes = Routes::new();
         let mut topics: Vec<String> = Vec::new();
         for r in self.routes {
             let route_metrics = metrics.route(&self.name, &r.topic, &r.event_type);
@@ -452,13 +452,13 @@ impl Service {
             for layer in self.layers.iter().rev() {
                 svc = layer(svc);
             }
-            routes.insert(
+            routes.push((
                 r.event_type.clone(),
                 WorkerRoute {
                     stack: svc,
                     metrics: route_metrics,
                 },
-            );
+            ));
             if !topics.iter().any(|t| *t == *r.topic) {
                 topics.push(r.topic.to_string());
             }
@@ -506,7 +506,7 @@ impl Service {
 struct Joined<B: Bus> {
     sub: B::Subscription,
     runtime: Arc<Runtime<B>>,
-    routes: HashMap<Name, WorkerRoute>,
+    routes: Routes,
     partition_queue: usize,
     shutdown_grace: Duration,
 }
@@ -678,6 +678,17 @@ impl std::future::Future for ServiceHandle {
     }
 }
 
+/// A service's routes by event type. A handful, so a list: names are
+/// compared by address first, with no hashing per delivery.
+type Routes = Vec<(Name, WorkerRoute)>;
+
+fn find_route<'r>(routes: &'r mut Routes, event_type: &Name) -> Option<&'r mut WorkerRoute> {
+    routes
+        .iter_mut()
+        .find(|(t, _)| t == event_type)
+        .map(|(_, r)| r)
+}
+
 #[derive(Clone)]
 struct WorkerRoute {
     stack: StackService,
@@ -727,11 +738,7 @@ impl<B: Bus> Runtime<B> {
         self.stopping.load(Ordering::Acquire)
     }
 
-    async fn worker(
-        self: Arc<Self>,
-        mut rx: mpsc::Receiver<Delivery>,
-        mut routes: HashMap<Name, WorkerRoute>,
-    ) {
+    async fn worker(self: Arc<Self>, mut rx: mpsc::Receiver<Delivery>, mut routes: Routes) {
         let mut ignored: HashMap<Name, prometheus::IntCounter> = HashMap::default();
         if self.concurrency <= 1 {
             let mut batch = Vec::with_capacity(64);
@@ -742,7 +749,7 @@ impl<B: Bus> Runtime<B> {
                         drop(d);
                         continue;
                     }
-                    match routes.get_mut(&d.envelope().event_type) {
+                    match find_route(&mut routes, &d.envelope().event_type) {
                         Some(route) => self.process(d, route).await,
                         None if is_malformed(&d) => {
                             let mut route = self.malformed_route(&d, &routes);
@@ -763,7 +770,7 @@ impl<B: Bus> Runtime<B> {
                         drop(d);
                         continue;
                     }
-                    let route = match routes.get(&d.envelope().event_type) {
+                    let route = match find_route(&mut routes, &d.envelope().event_type) {
                         Some(route) => Some(route.clone()),
                         None if is_malformed(&d) => Some(self.malformed_route(&d, &routes)),
                         None => None,
@@ -795,14 +802,14 @@ impl<B: Bus> Runtime<B> {
     }
 
     /// A route for a malformed delivery of a type the service has no handler
-    /// for (its type could not be read): [`decide`](Self::decide)
+    /// for (its type could not be read): [`handle`](Self::handle)
     /// dead-letters it before any handler runs, so the stack is never called.
-    fn malformed_route(&self, d: &Delivery, routes: &HashMap<Name, WorkerRoute>) -> WorkerRoute {
+    fn malformed_route(&self, d: &Delivery, routes: &Routes) -> WorkerRoute {
         let env = d.envelope();
         let stack = routes
-            .values()
-            .next()
+            .first()
             .expect("a service has at least one handler")
+            .1
             .stack
             .clone();
         WorkerRoute {
