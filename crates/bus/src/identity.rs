@@ -10,7 +10,10 @@
 //!
 //! The cache keeps a clone of every name it holds, so the text at a cached
 //! address cannot be freed and another name's put there: the same address
-//! and length mean the same text.
+//! and length mean the same text. Slots are never emptied: a caller that
+//! makes a new name for every event (a topic from a `String` each time) fills
+//! the cache, and the names it has not cached are then looked up in the table
+//! of record, as without it. Name things once and clone the name.
 
 use std::sync::OnceLock;
 
@@ -88,8 +91,13 @@ impl<K, V, const N: usize> IdentityCache<K, V, N> {
             }
             match slot.set(entry) {
                 Ok(()) => return,
-                // Another thread filled it first: try the next one.
-                Err(back) => entry = back,
+                // Another thread filled it first, maybe with this key.
+                Err(back) => {
+                    if slot.get().is_some_and(|(k, _)| is_key(k)) {
+                        return;
+                    }
+                    entry = back;
+                }
             }
         }
     }

@@ -334,7 +334,7 @@ pub trait Subscription: Send + 'static {
 
     /// Waits for the next delivery like [`next`](Subscription::next), and
     /// adds it to `out` together with any others ready at once, up to `max`
-    /// in all. Returns false, adding nothing, once the subscription is
+    /// in all (always the one waited for). Returns false, adding nothing, once the subscription is
     /// closed. Cancel-safe like `next`: nothing is taken until it returns.
     /// The default takes one delivery at a time.
     fn next_batch(

@@ -33,10 +33,12 @@ pub trait IdempotencyStore: Send + Sync + 'static {
 /// go to the end of a sorted ring of the last `capacity` such ids: appending
 /// writes memory next to the last write, an id above the ring's end is known
 /// to be new without a lookup, and an id below it is found by binary search.
-/// The few ids that arrive out of order (from another producer whose clock is
-/// behind) go to a hash set kept in two generations of `capacity` each: when
-/// the current one is full it becomes the previous one, and the old previous
-/// one is forgotten. Other ids (text) are kept the same way.
+/// Ids that arrive out of order (from producers whose clocks differ, from a
+/// partition behind the others) and UUIDs of other versions (random ones
+/// would pin the ring's end) go to a hash set kept in two generations of
+/// `capacity` each: when the current one is full it becomes the previous one,
+/// and the old previous one is forgotten. Other ids (text) are kept the same
+/// way.
 pub struct MemoryStore {
     capacity: usize,
     // std Mutex: never held across an await.
@@ -54,14 +56,17 @@ struct MemoryState {
 
 impl MemoryState {
     fn contains_uuid(&self, u: u128) -> bool {
-        // Above every id in the ring means never seen: a straggler was below
-        // the ring's end when it came, and the end only grows.
+        if !is_v7(u) {
+            return self.stragglers.contains(&u);
+        }
+        // Above every id in the ring means never seen: a v7 straggler was
+        // below the ring's end when it came, and the end only grows.
         self.ascending.back().is_some_and(|&last| u <= last)
             && (self.ascending.binary_search(&u).is_ok() || self.stragglers.contains(&u))
     }
 
     fn insert_uuid(&mut self, u: u128, capacity: usize) {
-        if self.ascending.back().is_none_or(|&last| u > last) {
+        if is_v7(u) && self.ascending.back().is_none_or(|&last| u > last) {
             if self.ascending.len() >= capacity {
                 self.ascending.pop_front();
             }
@@ -70,6 +75,11 @@ impl MemoryState {
             self.stragglers.insert(u, capacity);
         }
     }
+}
+
+/// Whether a UUID (as an integer) is a version 7 one: time-ordered.
+fn is_v7(u: u128) -> bool {
+    (u >> 76) & 0xf == 7
 }
 
 /// Two generations of remembered keys.
@@ -294,6 +304,21 @@ mod tests {
             !s.contains_now(&EventId::new()),
             "a newer id is not remembered"
         );
+    }
+
+    #[test]
+    fn memory_store_keeps_random_uuids_out_of_the_ring() {
+        // A v4 UUID is (almost always) greater than every v7 one: in the ring
+        // it would send every later id the slow way.
+        let s = MemoryStore::new(10);
+        let random = EventId::parse("f47ac10b-58cc-4372-a567-0e02b2c3d479").unwrap();
+        s.insert_now(&random);
+        let later = EventId::new();
+        s.insert_now(&later);
+        assert!(s.contains_now(&random) && s.contains_now(&later));
+        let st = s.state.lock().unwrap();
+        assert_eq!(st.ascending.len(), 1, "the v7 id is in the ring");
+        assert_eq!(st.stragglers.len(), 1, "the v4 one is not");
     }
 
     #[test]

@@ -2,8 +2,8 @@
 
 use rustc_hash::FxHashMap as HashMap;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use choreo_core::{
@@ -488,6 +488,7 @@ impl Service {
             metrics,
             receipts: self.config.receipts.clone().map(Name::from),
             dead_letter_topic: self.config.dead_letter_topic.clone(),
+            dead_letter_topics: Mutex::default(),
             shutdown: shutdown.clone(),
             stopping: AtomicBool::new(false),
             concurrency: self.config.partition_concurrency.max(1),
@@ -606,8 +607,11 @@ impl<B: Bus> Joined<B> {
         }
         drop(batch);
 
-        // Shutdown: no new deliveries; workers finish what they started.
-        runtime.stopping.store(true, Ordering::Release);
+        // Shutdown: no new deliveries; workers finish what they started (and,
+        // when the subscription ended without a shutdown, what they were given).
+        if shutdown.is_cancelled() {
+            runtime.stopping.store(true, Ordering::Release);
+        }
         // Every sender gone: each worker ends once its queue is empty.
         drop(last);
         drop(workers);
@@ -706,6 +710,9 @@ struct Runtime<B> {
     in_flight: prometheus::IntGauge,
     receipts: Option<Name>,
     dead_letter_topic: DeadLetterNaming,
+    /// The dead-letter topic of each source topic, named once: one name per
+    /// topic, not one per dead letter (the bus caches topics by name).
+    dead_letter_topics: Mutex<HashMap<Name, Name>>,
     shutdown: CancellationToken,
     /// Set once `shutdown` is cancelled, or the consumer loop has ended.
     stopping: AtomicBool,
@@ -733,9 +740,22 @@ impl Settled {
 
 impl<B: Bus> Runtime<B> {
     /// Whether the service is shutting down: deliveries not started yet are
-    /// given back.
+    /// given back. Reads the flag the watcher sets.
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    /// [`stopping`](Self::stopping), reading the token itself (a lock): the
+    /// watcher that sets the flag may not have run yet.
+    fn stop_requested(&self) -> bool {
+        if self.stopping() {
+            return true;
+        }
+        let cancelled = self.shutdown.is_cancelled();
+        if cancelled {
+            self.stopping.store(true, Ordering::Release);
+        }
+        cancelled
     }
 
     async fn worker(self: Arc<Self>, mut rx: mpsc::Receiver<Delivery>, mut routes: Routes) {
@@ -743,6 +763,8 @@ impl<B: Bus> Runtime<B> {
         if self.concurrency <= 1 {
             let mut batch = Vec::with_capacity(64);
             while rx.recv_many(&mut batch, 64).await > 0 {
+                // The token once per batch, the flag per delivery.
+                self.stop_requested();
                 for d in batch.drain(..) {
                     if self.stopping() {
                         // Not started: give it back.
@@ -766,7 +788,7 @@ impl<B: Bus> Runtime<B> {
             tokio::select! {
                 d = rx.recv(), if running.len() < self.concurrency => {
                     let Some(d) = d else { break };
-                    if self.stopping() {
+                    if self.stop_requested() {
                         drop(d);
                         continue;
                     }
@@ -884,7 +906,14 @@ impl<B: Bus> Runtime<B> {
                     let attempts = handled.attempts;
                     let published = if handled.emitted.len() <= 1 {
                         match handled.emitted.into_iter().next() {
-                            Some(e) => self.publish_one(e, &span).await.map(|id| vec![id]),
+                            // The ids are for the receipt.
+                            Some(e) => self.publish_one(e, &span).await.map(|id| {
+                                if self.receipts.is_some() {
+                                    vec![id]
+                                } else {
+                                    Vec::new()
+                                }
+                            }),
                             None => Ok(Vec::new()),
                         }
                     } else {
@@ -895,10 +924,7 @@ impl<B: Bus> Runtime<B> {
                             d.ack();
                             self.idempotency.insert(name, &env.id).await;
                             let mut settled = Settled::new(Outcome::Acked, attempts, None);
-                            // The ids are for the receipt.
-                            if self.receipts.is_some() {
-                                settled.emitted = ids;
-                            }
+                            settled.emitted = ids;
                             settled
                         }
                         Err(e) => {
@@ -968,8 +994,15 @@ impl<B: Bus> Runtime<B> {
             service = %name, event_type = %env.event_type, event_id = %env.id,
             correlation_id = %env.correlation_id, reason, "dead-lettering"
         );
+        let topic = self
+            .dead_letter_topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(env.topic.clone())
+            .or_insert_with(|| Name::from((self.dead_letter_topic)(&env.topic)))
+            .clone();
         let info = DeadLetter {
-            topic: Name::from((self.dead_letter_topic)(&env.topic)),
+            topic,
             reason: reason.clone(),
             attempts,
             service: name.clone(),
@@ -1055,8 +1088,7 @@ impl<B: Bus> Runtime<B> {
         span: &HandleSpan,
     ) -> Result<EventId, choreo_core::Error> {
         let name = &self.shared.name;
-        // Held by the outbox alone: changing it copies nothing.
-        let produce = span.produce(Arc::make_mut(&mut env), name);
+        let produce = span.produce(&mut env, name);
         let id = env.id.clone();
         let (topic, event_type) = (env.topic.clone(), env.event_type.clone());
         match self.bus.publish_shared(env).await {

@@ -61,10 +61,12 @@ impl HandleSpan {
 
     /// Stamps an emitted event with the trace context of a PRODUCER span that is
     /// a child of this handling. Returns the span, to end once published.
-    pub(crate) fn produce(&self, env: &mut Envelope, service: &str) -> ProduceSpan {
+    /// Without the `otel` feature the envelope is left as it is (not copied,
+    /// even when shared).
+    pub(crate) fn produce(&self, env: &mut std::sync::Arc<Envelope>, service: &str) -> ProduceSpan {
         #[cfg(feature = "otel")]
         {
-            otel::producer(&self.cx, env, service)
+            otel::producer(&self.cx, std::sync::Arc::make_mut(env), service)
         }
         #[cfg(not(feature = "otel"))]
         {
