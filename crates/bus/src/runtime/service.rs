@@ -522,7 +522,7 @@ impl<B: Bus> Joined<B> {
             shutdown_grace,
         } = self;
         let shutdown = runtime.shutdown.clone();
-        let mut workers: HashMap<(Name, u32), mpsc::Sender<Delivery>> = HashMap::default();
+        let mut workers = Workers::default();
         let mut tasks = JoinSet::new();
         // Mirrors the token in a flag that costs one load to read (reading the
         // token takes a lock), for the checks made per delivery.
@@ -536,10 +536,8 @@ impl<B: Bus> Joined<B> {
         // One wait for the whole loop: registered once, not per delivery.
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
-        // Deliveries come in batches of those ready at once, and most go to
-        // the same worker as the one before: its sender is kept at hand.
+        // Deliveries come in batches of those ready at once.
         let mut batch = Vec::with_capacity(BATCH);
-        let mut last: Option<(Name, u32, mpsc::Sender<Delivery>)> = None;
         'consume: loop {
             if runtime.stopping() {
                 break;
@@ -565,30 +563,19 @@ impl<B: Bus> Joined<B> {
                         continue;
                     }
                 };
-                let (topic, partition) = (&delivery.envelope().topic, delivery.partition());
-                let tx = match &last {
-                    Some((t, p, tx)) if *p == partition && identity::same(t, topic) => tx,
-                    _ => {
-                        let tx = workers
-                            .entry((topic.clone(), partition))
-                            .or_insert_with(|| {
-                                let (tx, rx) = mpsc::channel(partition_queue);
-                                let rt = runtime.clone();
-                                let routes = routes.clone();
-                                tasks.spawn(async move { rt.worker(rx, routes).await });
-                                tx
-                            })
-                            .clone();
-                        &last.insert((topic.clone(), partition, tx)).2
-                    }
-                };
+                let tx = workers.sender(&delivery, || {
+                    let (tx, rx) = mpsc::channel(partition_queue);
+                    let rt = runtime.clone();
+                    let routes = routes.clone();
+                    tasks.spawn(async move { rt.worker(rx, routes).await });
+                    tx
+                });
                 // Room in the worker's queue: no waiting, no select.
                 let delivery = match tx.try_send(delivery) {
                     Ok(()) => continue,
                     Err(mpsc::error::TrySendError::Full(d)) => d,
                     Err(mpsc::error::TrySendError::Closed(d)) => {
-                        last = None;
-                        worker_stopped(&mut workers, d, &runtime.shared.name);
+                        workers.stopped(d, &runtime.shared.name);
                         continue;
                     }
                 };
@@ -598,8 +585,7 @@ impl<B: Bus> Joined<B> {
                     _ = &mut cancelled => break 'consume,
                     sent = tx.send(delivery) => {
                         if let Err(mpsc::error::SendError(d)) = sent {
-                            last = None;
-                            worker_stopped(&mut workers, d, &runtime.shared.name);
+                            workers.stopped(d, &runtime.shared.name);
                         }
                     }
                 }
@@ -613,7 +599,6 @@ impl<B: Bus> Joined<B> {
             runtime.stopping.store(true, Ordering::Release);
         }
         // Every sender gone: each worker ends once its queue is empty.
-        drop(last);
         drop(workers);
         let grace = shutdown_grace;
         let drained = tokio::time::timeout(grace, async {
@@ -714,7 +699,8 @@ struct Runtime<B> {
     /// topic, not one per dead letter (the bus caches topics by name).
     dead_letter_topics: Mutex<HashMap<Name, Name>>,
     shutdown: CancellationToken,
-    /// Set once `shutdown` is cancelled, or the consumer loop has ended.
+    /// Set once `shutdown` is cancelled (by the watcher, or by whoever reads
+    /// the token first).
     stopping: AtomicBool,
     concurrency: usize,
 }
@@ -967,8 +953,8 @@ impl<B: Bus> Runtime<B> {
                 duration_us: elapsed_us,
                 emitted: settled.emitted,
             };
-            // Only the envelope is kept across the await.
-            // Its id from the clock reading just made.
+            // Its id from the clock reading just made; only the envelope is
+            // kept across the await.
             let id = EventId::generate(ended);
             let envelope = Arc::new(receipt.to_envelope_with_id(id, topic.clone(), &env));
             drop(receipt);
@@ -1120,16 +1106,47 @@ impl<B: Bus> Runtime<B> {
     }
 }
 
-/// A partition worker stopped unexpectedly (it panicked): forget it, so the
-/// partition's next delivery starts a new one, and give `d` back to the bus.
-fn worker_stopped(
-    workers: &mut HashMap<(Name, u32), mpsc::Sender<Delivery>>,
-    d: Delivery,
-    service: &Name,
-) {
-    tracing::error!(service = %service, partition = d.partition(), "a partition worker stopped unexpectedly; starting a new one");
-    workers.remove(&(d.envelope().topic.clone(), d.partition()));
-    drop(d);
+/// The consumer loop's senders to its partition workers, by topic and
+/// partition. Most deliveries go to the same worker as the one before: its
+/// sender is kept at hand, found without hashing.
+#[derive(Default)]
+struct Workers {
+    by_partition: HashMap<(Name, u32), mpsc::Sender<Delivery>>,
+    last: Option<(Name, u32, mpsc::Sender<Delivery>)>,
+}
+
+impl Workers {
+    /// The sender to the worker of `d`'s partition, started with `start` if
+    /// there is none yet.
+    fn sender(
+        &mut self,
+        d: &Delivery,
+        start: impl FnOnce() -> mpsc::Sender<Delivery>,
+    ) -> &mpsc::Sender<Delivery> {
+        let (topic, partition) = (&d.envelope().topic, d.partition());
+        let hit =
+            matches!(&self.last, Some((t, p, _)) if *p == partition && identity::same(t, topic));
+        if !hit {
+            let tx = self
+                .by_partition
+                .entry((topic.clone(), partition))
+                .or_insert_with(start)
+                .clone();
+            self.last = Some((topic.clone(), partition, tx));
+        }
+        &self.last.as_ref().expect("set when missed").2
+    }
+
+    /// A partition worker stopped unexpectedly (it panicked): forget it, so
+    /// the partition's next delivery starts a new one, and give `d` back to
+    /// the bus.
+    fn stopped(&mut self, d: Delivery, service: &Name) {
+        tracing::error!(service = %service, partition = d.partition(), "a partition worker stopped unexpectedly; starting a new one");
+        self.last = None;
+        self.by_partition
+            .remove(&(d.envelope().topic.clone(), d.partition()));
+        drop(d);
+    }
 }
 
 /// Aborts a task when dropped: the loop that spawned it may itself be dropped
