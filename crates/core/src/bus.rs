@@ -334,9 +334,9 @@ pub trait Subscription: Send + 'static {
 
     /// Waits for the next delivery like [`next`](Subscription::next), and
     /// adds it to `out` together with any others ready at once, up to `max`
-    /// in all (always the one waited for). Returns false, adding nothing, once the subscription is
-    /// closed. Cancel-safe like `next`: nothing is taken until it returns.
-    /// The default takes one delivery at a time.
+    /// in all (always the one waited for). Returns false, adding nothing,
+    /// once the subscription is closed. Cancel-safe like `next`: nothing is
+    /// taken until it returns. The default takes one delivery at a time.
     fn next_batch(
         &mut self,
         out: &mut Vec<Result<Delivery>>,

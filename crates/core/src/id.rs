@@ -134,9 +134,9 @@ impl EventId {
                 let mut buf = [0u8; 36];
                 u.hyphenated().encode_lower(&mut buf);
                 // One allocation holding the text and its reference count: a
-                // flow's key is shared by every event of the flow, and a key
-                // copied from a slice would allocate its count apart on the
-                // first share.
+                // key is shared (by the events one attempt emits, by an
+                // event's receipt), and a key copied from a slice would
+                // allocate its count apart on the first share.
                 bytes::Bytes::from_owner(buf)
             }
             Repr::Text(t) => bytes::Bytes::copy_from_slice(t.as_bytes()),

@@ -66,13 +66,23 @@ impl MemoryState {
     }
 
     fn insert_uuid(&mut self, u: u128, capacity: usize) {
-        if is_v7(u) && self.ascending.back().is_none_or(|&last| u > last) {
-            if self.ascending.len() >= capacity {
-                self.ascending.pop_front();
-            }
-            self.ascending.push_back(u);
-        } else if self.ascending.binary_search(&u).is_err() {
+        if !is_v7(u) {
+            // Not time-ordered: never in the ring.
             self.stragglers.insert(u, capacity);
+            return;
+        }
+        match self.ascending.back() {
+            Some(&last) if u <= last => {
+                if self.ascending.binary_search(&u).is_err() {
+                    self.stragglers.insert(u, capacity);
+                }
+            }
+            _ => {
+                if self.ascending.len() >= capacity {
+                    self.ascending.pop_front();
+                }
+                self.ascending.push_back(u);
+            }
         }
     }
 }

@@ -3,11 +3,11 @@
 use std::sync::{Arc, OnceLock, RwLock};
 
 use choreo_core::{Name, Outcome};
-
-use crate::identity::{self, IdentityCache};
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+
+use crate::identity::{self, IdentityCache};
 
 /// Buckets for handler and queue durations, in seconds: 100 µs to 60 s.
 pub const DURATION_BUCKETS: &[f64] = &[
@@ -303,9 +303,9 @@ pub(crate) struct PublishedCounters {
     metrics: Metrics,
     /// By the names' identity: read without a lock.
     fast: IdentityCache<(Name, Name), IntCounter, 32>,
-    /// By topic, then event type: looked up without cloning either name.
+    /// By topic and event type: the table of record, read when `fast` misses.
     // std RwLock: never held across an await.
-    cache: RwLock<rustc_hash::FxHashMap<Name, rustc_hash::FxHashMap<Name, IntCounter>>>,
+    cache: RwLock<rustc_hash::FxHashMap<(Name, Name), IntCounter>>,
 }
 
 impl PublishedCounters {
@@ -335,12 +335,12 @@ impl PublishedCounters {
 
     /// The counter of `topic` and `event_type`, from the table of record.
     fn counter(&self, topic: &Name, event_type: &Name) -> IntCounter {
+        let key = (topic.clone(), event_type.clone());
         if let Some(c) = self
             .cache
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(topic)
-            .and_then(|by_type| by_type.get(event_type))
+            .get(&key)
         {
             return c.clone();
         }
@@ -350,9 +350,7 @@ impl PublishedCounters {
         self.cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(topic.clone())
-            .or_default()
-            .insert(event_type.clone(), c.clone());
+            .insert(key, c.clone());
         c
     }
 
