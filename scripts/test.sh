@@ -21,6 +21,17 @@ apt_install() {
   apt-get install -y -qq "$@" >/dev/null
 }
 
+step "disk space for the build"
+# A build from scratch (the test binaries, the soak test's release build, the
+# fuzz targets, the pm4py environment) takes about 8 GB. Running out midway fails
+# with a confusing error from whichever tool was writing, so say it up front.
+mkdir -p target
+free_kb=$(df -Pk target | awk 'NR == 2 { print $4 }')
+if [ "$free_kb" -lt $((8 * 1024 * 1024)) ]; then
+  echo "warning: only $((free_kb / 1024)) MiB free under target/; a build from scratch needs about 8 GB." >&2
+  echo "         Free space (for instance \`cargo clean\` in an old checkout) if a step fails with 'No space left on device'." >&2
+fi
+
 step "build dependencies: OpenSSL headers and pkg-config (librdkafka is built with TLS)"
 # Before any cargo build: every crate that links choreo-kafka needs them.
 if ! dpkg -s libssl-dev pkg-config >/dev/null 2>&1; then
