@@ -156,3 +156,46 @@ async fn a_custom_dead_letter_topic_is_used() {
     stop.cancel();
     svc.await.unwrap();
 }
+
+#[tokio::test]
+async fn an_emitted_event_over_the_limits_is_dead_lettered_at_once() {
+    let bus = InProcessBus::new();
+    let (_r, m) = metrics();
+    let stop = CancellationToken::new();
+    let svc = Service::new("payment")
+        .on(|o: OrderPlaced, ctx: Context| async move {
+            // Another attempt would build the same 100-byte payload.
+            ctx.emit_raw("Scan", "scans", vec![b'x'; 100 + o.order_id as usize])?;
+            Ok::<(), HandlerError>(())
+        })
+        .limits(choreo_core::Limits {
+            max_payload_bytes: 64,
+            ..Default::default()
+        })
+        .retry(
+            Retry::default()
+                .max_attempts(5)
+                .backoff(Duration::from_millis(1), Duration::from_millis(2)),
+        )
+        .metrics(m)
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
+    Publisher::new(&bus, "checkout")
+        .start_flow(&OrderPlaced { order_id: 0 })
+        .await
+        .unwrap();
+    wait_until("the dead letter", PATIENCE, || dlq(&bus).len() == 1).await;
+    stop.cancel();
+    svc.await.unwrap();
+    let dead = &dlq(&bus)[0];
+    assert_eq!(dead.headers.get_str(dlq_headers::ATTEMPTS), Some("1"));
+    assert_eq!(
+        dead.headers.get_str(dlq_headers::REASON),
+        Some(
+            "permanent error after 1 attempt: event 'Scan' on 'scans' is refused: \
+             payload of 100 bytes is over the limit of 64 bytes (Limits::max_payload_bytes)"
+        )
+    );
+    assert!(bus.retained("scans").is_empty(), "nothing was emitted");
+}

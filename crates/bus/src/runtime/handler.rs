@@ -23,7 +23,10 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// Any error converts into it with `?` and counts as **transient**: the retry
 /// middleware tries again. Return [`HandlerError::permanent`] for an event
 /// that can never succeed (a business rule rejects it): it is dead-lettered
-/// without further attempts.
+/// without further attempts. An event [`Context::emit`] refused for being over
+/// the service's [`Limits`](choreo_core::Limits) is permanent too when it
+/// converts with `?`: every attempt would build the same event. (An encode
+/// error stays transient: the Avro codec's schema registry may be down.)
 pub struct HandlerError {
     permanent: bool,
     source: BoxError,
@@ -87,8 +90,16 @@ impl<E> From<E> for HandlerError
 where
     E: std::error::Error + Send + Sync + 'static,
 {
+    /// Transient, except an event the context refused to emit (over the
+    /// service's [`Limits`](choreo_core::Limits)): the next attempt would
+    /// build the same event, so it is permanent.
     fn from(e: E) -> Self {
-        HandlerError::transient(e)
+        let source: BoxError = Box::new(e);
+        let permanent = matches!(
+            source.downcast_ref::<choreo_core::Error>(),
+            Some(choreo_core::Error::Refused { .. })
+        );
+        HandlerError { permanent, source }
     }
 }
 
@@ -443,5 +454,28 @@ impl<F: Future<Output = Result<(), HandlerError>>> Future for HandlerFuture<F> {
                 Poll::Ready(Err(Box::new(outcome)))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refused_emission_converts_into_a_permanent_error() {
+        let refused = choreo_core::Error::Refused {
+            event_type: "Scan".into(),
+            topic: "scans".into(),
+            reason: "payload of 100 bytes is over the limit of 64 bytes".into(),
+        };
+        assert!(HandlerError::from(refused).is_permanent());
+        // The Avro codec reports a schema registry it cannot reach this way.
+        let encode = choreo_core::Error::Encode {
+            event_type: "Scan".into(),
+            content_type: "application/avro".into(),
+            reason: "registry unreachable".into(),
+        };
+        assert!(!HandlerError::from(encode).is_permanent());
+        assert!(!HandlerError::from(std::io::Error::other("card declined")).is_permanent());
     }
 }
