@@ -677,16 +677,49 @@ impl ClientContext for GroupContext {
         for (topic, t) in &statistics.topics {
             for (p, stats) in &t.partitions {
                 let key = (Name::from(topic.as_str()), *p);
-                if stats.consumer_lag >= 0 && st.parts.contains_key(&key) {
+                let Some(part) = st.parts.get(&key) else {
+                    continue;
+                };
+                let lag = if stats.consumer_lag >= 0 {
+                    Some(stats.consumer_lag)
+                } else {
+                    lag_before_first_commit(&part.window, stats, self.start)
+                };
+                if let Some(lag) = lag {
                     self.shared
                         .metrics
                         .lag
                         .with_label_values(&[&self.shared.group, topic, &p.to_string()])
-                        .set(stats.consumer_lag);
+                        .set(lag);
                 }
             }
         }
     }
+}
+
+/// The lag of a partition whose group has no committed offset yet.
+/// librdkafka counts lag from the committed offset and reports none before
+/// the first commit, yet a group that has never committed (its first
+/// handlings hang, or it only just joined behind a backlog) is one an
+/// operator must see. Counted from the first record this member has not
+/// settled; before it has received any, from where it reads next (librdkafka's
+/// fetch position less what it has prefetched), or for `Earliest` from the log
+/// start. `None` while the high watermark is not known yet.
+fn lag_before_first_commit(
+    window: &Window,
+    stats: &rdkafka::statistics::Partition,
+    start: StartFrom,
+) -> Option<i64> {
+    if stats.hi_offset < 0 {
+        return None;
+    }
+    let from = match window.unsettled_from() {
+        Some(offset) => offset,
+        None if stats.next_offset >= 0 => stats.next_offset - stats.fetchq_cnt.max(0),
+        None if start == StartFrom::Earliest && stats.lo_offset >= 0 => stats.lo_offset,
+        None => return None,
+    };
+    Some((stats.hi_offset - from).max(0))
 }
 
 impl ConsumerContext for GroupContext {

@@ -150,6 +150,14 @@ impl Window {
         self.committable
     }
 
+    /// The first offset not known to be settled: the committable offset once
+    /// a record was settled, else the oldest record fetched. `None` while
+    /// nothing has been fetched or settled.
+    pub(crate) fn unsettled_from(&self) -> Option<i64> {
+        self.committable
+            .or_else(|| self.slots.front().map(|s| s.offset))
+    }
+
     /// Records waiting to be handed out.
     pub(crate) fn waiting(&self) -> usize {
         self.waiting
@@ -175,6 +183,20 @@ mod tests {
             assert!(w.push(o, env()));
         }
         w
+    }
+
+    #[test]
+    fn the_unsettled_part_starts_at_the_oldest_record_then_at_the_committable_offset() {
+        assert_eq!(Window::default().unsettled_from(), None);
+        let mut w = filled(&[10, 11]);
+        assert_eq!(w.unsettled_from(), Some(10));
+        let a = w.take().unwrap();
+        let b = w.take().unwrap();
+        assert!(w.settle(b.offset, true));
+        assert_eq!(w.unsettled_from(), Some(10), "11 is settled, 10 is not");
+        assert!(w.settle(a.offset, true));
+        assert_eq!(w.unsettled_from(), Some(12));
+        assert_eq!(Window::settled_until(40).unsettled_from(), Some(40));
     }
 
     #[test]

@@ -54,3 +54,29 @@ async fn lag_counts_what_the_group_has_not_settled() {
     sub.close().await.unwrap();
     assert_eq!(lag(), None, "a revoked partition's gauge is removed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_has_settled_nothing_yet_shows_its_whole_backlog() {
+    let mock = Mock::start(1);
+    mock.topic("backlog", 1).await;
+    for _ in 0..7 {
+        mock.bus
+            .publish(Envelope::new("Job", "backlog", "{}"))
+            .await
+            .unwrap();
+    }
+    // A new group behind the seven, whose first handling hangs: it never
+    // commits, so librdkafka reports no lag for it.
+    let mut sub = mock
+        .bus
+        .subscribe(SubscribeOptions::new("stuck", ["backlog"]))
+        .await
+        .unwrap();
+    let held = choreo_testkit::recv(&mut sub, "the first record", PATIENCE).await;
+    let lag = || mock.bus.metrics().lag("stuck", "backlog", 0);
+    wait_until("the lag to show the backlog", PATIENCE, || lag() == Some(7)).await;
+    // Settling the first (it is committed) counts from the commit on.
+    held.ack();
+    wait_until("the lag to show 6", PATIENCE, || lag() == Some(6)).await;
+    sub.close().await.unwrap();
+}
