@@ -134,7 +134,15 @@ impl<B: Bus> Publisher<B> {
 
     /// Publishes a ready envelope as is (its source, ids and time are kept),
     /// with a PRODUCER span and the published counter.
+    ///
+    /// Each publish takes a unit of the task's tokio budget and yields once
+    /// the budget is spent, as tokio's own channels do: the in-process bus
+    /// accepts an event without waiting while the partition has room, so a
+    /// publishing loop would otherwise keep a current-thread runtime from its
+    /// services until the partition is full (and the services would then read
+    /// thousands of events that have gone cold in the meantime).
     pub async fn publish(&self, mut env: Envelope) -> Result<()> {
+        tokio::task::coop::consume_budget().await;
         self.limits
             .check(&env)
             .map_err(|source| Error::Publish { source })?;
