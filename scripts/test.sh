@@ -23,12 +23,14 @@ apt_install() {
 
 step "disk space for the build"
 # A build from scratch (the test binaries, the soak test's release build, the
-# fuzz targets, the pm4py environment) takes about 8 GB. Running out midway fails
-# with a confusing error from whichever tool was writing, so say it up front.
-mkdir -p target
-free_kb=$(df -Pk target | awk 'NR == 2 { print $4 }')
-if [ "$free_kb" -lt $((8 * 1024 * 1024)) ]; then
-  echo "warning: only $((free_kb / 1024)) MiB free under target/; a build from scratch needs about 8 GB." >&2
+# fuzz targets, the pm4py environment) takes about 8 GiB. Running out midway
+# fails with a confusing error from whichever tool was writing, so say it up
+# front. Only a warning: a build that is mostly there needs far less.
+target_dir="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target_dir"
+free_kb=$(df -Pk "$target_dir" 2>/dev/null | awk 'NR == 2 { print $4 }') || free_kb=
+if [[ "$free_kb" =~ ^[0-9]+$ ]] && [ "$free_kb" -lt $((8 * 1024 * 1024)) ]; then
+  echo "warning: only $((free_kb / 1024)) MiB free under $target_dir; a build from scratch needs about 8 GiB." >&2
   echo "         Free space (for instance \`cargo clean\` in an old checkout) if a step fails with 'No space left on device'." >&2
 fi
 

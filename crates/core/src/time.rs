@@ -28,12 +28,11 @@ impl Timestamp {
         #[cfg(target_os = "linux")]
         {
             let t = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
+            // Both fields are 32 bits on some 32-bit targets.
+            #[allow(clippy::useless_conversion)]
+            let (secs, nanos) = (i64::from(t.tv_sec), i64::from(t.tv_nsec));
             // tv_nsec is in 0..1e9 even before the epoch, so this floors.
-            Timestamp(
-                t.tv_sec
-                    .saturating_mul(1_000_000)
-                    .saturating_add(t.tv_nsec / 1_000),
-            )
+            Timestamp(secs.saturating_mul(1_000_000).saturating_add(nanos / 1_000))
         }
         #[cfg(not(target_os = "linux"))]
         {

@@ -122,6 +122,11 @@ struct Part {
     /// The last offset handed to librdkafka's offset store.
     stored: Option<i64>,
     paused: bool,
+    /// Where this member starts reading when the assignment names an offset
+    /// (the end, pinned for `Latest`; or where settled records stop, when a
+    /// partition comes back): the lag before the group's first commit counts
+    /// from here.
+    start: Option<i64>,
 }
 
 impl State {
@@ -683,7 +688,7 @@ impl ClientContext for GroupContext {
                 let lag = if stats.consumer_lag >= 0 {
                     Some(stats.consumer_lag)
                 } else {
-                    lag_before_first_commit(&part.window, stats, self.start)
+                    lag_before_first_commit(part, stats, self.start)
                 };
                 if let Some(lag) = lag {
                     self.shared
@@ -702,24 +707,32 @@ impl ClientContext for GroupContext {
 /// the first commit, yet a group that has never committed (its first
 /// handlings hang, or it only just joined behind a backlog) is one an
 /// operator must see. Counted from the first record this member has not
-/// settled; before it has received any, from where it reads next (librdkafka's
-/// fetch position less what it has prefetched), or for `Earliest` from the log
-/// start. `None` while the high watermark is not known yet.
+/// settled; before it has received any, from where it starts reading (the end
+/// pinned for `Latest`, or the log start for `Earliest`). Up to the same end
+/// as librdkafka's lag: the last stable offset (its default isolation level
+/// is `read_committed`), else the high watermark. `None` while either end is
+/// unknown.
 fn lag_before_first_commit(
-    window: &Window,
+    part: &Part,
     stats: &rdkafka::statistics::Partition,
     start: StartFrom,
 ) -> Option<i64> {
-    if stats.hi_offset < 0 {
+    let end = if stats.ls_offset >= 0 {
+        stats.ls_offset
+    } else {
+        stats.hi_offset
+    };
+    if end < 0 {
         return None;
     }
-    let from = match window.unsettled_from() {
+    let from = match part.window.unsettled_from().or(part.start) {
         Some(offset) => offset,
-        None if stats.next_offset >= 0 => stats.next_offset - stats.fetchq_cnt.max(0),
         None if start == StartFrom::Earliest && stats.lo_offset >= 0 => stats.lo_offset,
         None => return None,
     };
-    Some((stats.hi_offset - from).max(0))
+    // Records below the log start are gone: they are not behind.
+    let from = from.max(stats.lo_offset);
+    Some((end - from).max(0))
 }
 
 impl ConsumerContext for GroupContext {
@@ -868,6 +881,10 @@ impl GroupContext {
                 Some((_, offset)) => Window::settled_until(*offset),
                 None => Window::default(),
             };
+            let start = match e.offset() {
+                Offset::Offset(n) => Some(n),
+                _ => None,
+            };
             st.parts.insert(
                 key,
                 Part {
@@ -877,6 +894,7 @@ impl GroupContext {
                     committed: None,
                     stored: None,
                     paused: false,
+                    start,
                 },
             );
         }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use choreo_core::{Bus, Envelope, SubscribeOptions, Subscription};
+use choreo_core::{Bus, Envelope, StartFrom, SubscribeOptions, Subscription};
 use choreo_testkit::wait_until;
 use common::*;
 
@@ -78,5 +78,36 @@ async fn a_group_that_has_settled_nothing_yet_shows_its_whole_backlog() {
     // Settling the first (it is committed) counts from the commit on.
     held.ack();
     wait_until("the lag to show 6", PATIENCE, || lag() == Some(6)).await;
+    sub.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_group_reading_from_the_end_counts_only_what_came_after_it() {
+    let mock = Mock::start(1);
+    mock.topic("later", 1).await;
+    let publish = |n: usize| {
+        let bus = mock.bus.clone();
+        async move {
+            for _ in 0..n {
+                bus.publish(Envelope::new("Job", "later", "{}"))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    publish(5).await;
+    let mut sub = mock
+        .bus
+        .subscribe(SubscribeOptions::new("fresh", ["later"]).start_from(StartFrom::Latest))
+        .await
+        .unwrap();
+    let lag = || mock.bus.metrics().lag("fresh", "later", 0);
+    // Joined at the end: the five before it are not behind it.
+    wait_until("a lag of 0", PATIENCE, || lag() == Some(0)).await;
+    publish(3).await;
+    let held = choreo_testkit::recv(&mut sub, "the first new record", PATIENCE).await;
+    wait_until("the lag to show the three", PATIENCE, || lag() == Some(3)).await;
+    held.ack();
+    wait_until("the lag to show 2", PATIENCE, || lag() == Some(2)).await;
     sub.close().await.unwrap();
 }

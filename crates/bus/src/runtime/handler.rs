@@ -23,10 +23,12 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// Any error converts into it with `?` and counts as **transient**: the retry
 /// middleware tries again. Return [`HandlerError::permanent`] for an event
 /// that can never succeed (a business rule rejects it): it is dead-lettered
-/// without further attempts. An event [`Context::emit`] refused for being over
-/// the service's [`Limits`](choreo_core::Limits) is permanent too when it
-/// converts with `?`: every attempt would build the same event. (An encode
-/// error stays transient: the Avro codec's schema registry may be down.)
+/// without further attempts. An event refused for being over the service's
+/// [`Limits`](choreo_core::Limits) (by [`Context::emit`], or by a
+/// [`Publisher`](crate::Publisher) the handler uses) is permanent too when the
+/// error converts with `?`, wrapped or not: every attempt would build the same
+/// event. (An encode error stays transient: the Avro codec's schema registry
+/// may be down.)
 pub struct HandlerError {
     permanent: bool,
     source: BoxError,
@@ -90,15 +92,22 @@ impl<E> From<E> for HandlerError
 where
     E: std::error::Error + Send + Sync + 'static,
 {
-    /// Transient, except an event the context refused to emit (over the
-    /// service's [`Limits`](choreo_core::Limits)): the next attempt would
-    /// build the same event, so it is permanent.
+    /// Transient, except an event choreo refused to emit or publish (over the
+    /// service's [`Limits`](choreo_core::Limits)), found anywhere in the
+    /// error's chain of sources: the next attempt would build the same event,
+    /// so it is permanent.
     fn from(e: E) -> Self {
         let source: BoxError = Box::new(e);
-        let permanent = matches!(
-            source.downcast_ref::<choreo_core::Error>(),
-            Some(choreo_core::Error::Refused { .. })
-        );
+        let permanent =
+            std::iter::successors(Some(&*source as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            })
+            .any(|e| {
+                matches!(
+                    e.downcast_ref::<choreo_core::Error>(),
+                    Some(choreo_core::Error::Refused { .. })
+                )
+            });
         HandlerError { permanent, source }
     }
 }
@@ -477,5 +486,14 @@ mod tests {
         };
         assert!(!HandlerError::from(encode).is_permanent());
         assert!(!HandlerError::from(std::io::Error::other("card declined")).is_permanent());
+        // Wrapped, as a Publisher used in a handler returns it.
+        let wrapped = crate::Error::Publish {
+            source: choreo_core::Error::Refused {
+                event_type: "Scan".into(),
+                topic: "scans".into(),
+                reason: "too large".into(),
+            },
+        };
+        assert!(HandlerError::from(wrapped).is_permanent());
     }
 }
