@@ -460,13 +460,25 @@ impl Bus for KafkaBus {
 }
 
 /// A failed publish; when a SASL or TLS failure was seen meanwhile, that is
-/// the error's source.
+/// the error's source. A record too large for Kafka is [`Refused`](choreo_core::Error::Refused).
 fn publish_error(
     watch: &Watch,
     started: Instant,
     env: &Envelope,
     source: KafkaError,
 ) -> choreo_core::Error {
+    if source.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
+        // The same record would fail again: refused, not a transient failure.
+        return choreo_core::Error::Refused {
+            event_type: env.event_type.to_string(),
+            topic: env.topic.to_string(),
+            reason: format!(
+                "the record (a payload of {} bytes, with its headers) is over message.max.bytes \
+                 (the producer's or the broker's): raise it, or lower Limits::max_payload_bytes below it",
+                env.data.len()
+            ),
+        };
+    }
     let context = format!(
         "publishing '{}' (id {}) to kafka topic '{}'",
         env.event_type, env.id, env.topic

@@ -193,3 +193,54 @@ async fn poison_records_are_dead_lettered_with_the_reason_and_the_consumer_goes_
     stop.cancel();
     payment.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emission_too_large_for_kafka_dead_letters_its_cause_instead_of_looping() {
+    let mock = Mock::start(1);
+    for t in ["orders", "payments", "orders.dlq"] {
+        mock.topic(t, 1).await;
+    }
+    // The service's client takes records up to 2 000 bytes; its handler
+    // emits 3 000 (within choreo's own limit of 1 MiB).
+    let small =
+        choreo_kafka::KafkaBus::new(config(&mock.brokers()).set("message.max.bytes", "2000"))
+            .unwrap();
+    for t in ["orders", "payments", "orders.dlq"] {
+        small.create_topic(t, 1).await.unwrap();
+    }
+    let (_registry, m) = metrics();
+    let stop = CancellationToken::new();
+    let payment = Service::new("payment")
+        .on(|_: OrderPlaced, ctx: Context| async move {
+            ctx.emit_raw("Scan", "payments", vec![b'x'; 3_000])?;
+            Ok::<(), HandlerError>(())
+        })
+        .receipts(None)
+        .metrics(m.clone())
+        .start(&small, stop.clone())
+        .await
+        .unwrap();
+    let mut dead = mock
+        .bus
+        .subscribe(SubscribeOptions::new("observer", ["orders.dlq"]))
+        .await
+        .unwrap();
+    Publisher::new(&mock.bus, "checkout")
+        .metrics(m)
+        .start_flow(&OrderPlaced { order_id: 7 })
+        .await
+        .unwrap();
+    let dlq = collect(&mut dead, 1, "the dead letter").await;
+    let reason = dlq[0].headers.get_str(dlq_headers::REASON).unwrap();
+    assert!(
+        reason.starts_with(
+            "publishing the handler's events failed: event 'Scan' on 'payments' is refused: \
+             the record (a payload of 3000 bytes, with its headers) is over message.max.bytes"
+        ),
+        "{reason}"
+    );
+    assert_eq!(dlq[0].headers.get_str(dlq_headers::ATTEMPTS), Some("1"));
+    dead.close().await.unwrap();
+    stop.cancel();
+    payment.await.unwrap();
+}

@@ -70,7 +70,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
         "choreo_publish_failures_total",
         "counter",
         "service, topic",
-        "publishes that failed (emissions: the delivery is redelivered; receipts: logged)",
+        "publishes that failed (emissions: the delivery is redelivered, or dead-lettered when the backend refused them; receipts: logged)",
     ),
     (
         "choreo_receive_errors_total",

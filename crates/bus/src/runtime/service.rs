@@ -171,7 +171,9 @@ struct RouteSpec {
 ///    the **handler**, with panics caught and treated as errors.
 /// 7. **Decision**: success → the emitted events are published, then the
 ///    delivery is acked → `acked` (if publishing fails, the delivery is given
-///    back → `redelivered`); failure after the last attempt, or a permanent
+///    back → `redelivered`, unless the backend refused the events, as Kafka
+///    does a record over `message.max.bytes`: the next delivery would emit
+///    the same, so → `dead_lettered`); failure after the last attempt, or a permanent
 ///    error → the event goes to the dead-letter topic with the reason, attempts,
 ///    origin and service in its headers, then is acked → `dead_lettered`;
 ///    shutdown during retries → given back → `redelivered`.
@@ -912,6 +914,12 @@ impl<B: Bus> Runtime<B> {
                             let mut settled = Settled::new(Outcome::Acked, attempts, None);
                             settled.emitted = ids;
                             settled
+                        }
+                        // Refused (too large for the backend, say): the
+                        // next delivery would emit the same, forever.
+                        Err(e @ choreo_core::Error::Refused { .. }) => {
+                            let reason = format!("publishing the handler's events failed: {e}");
+                            Box::pin(self.dead_letter(d, &env, route, reason, attempts)).await
                         }
                         Err(e) => {
                             d.redeliver();
