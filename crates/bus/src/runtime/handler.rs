@@ -78,13 +78,7 @@ impl fmt::Debug for HandlerError {
 
 impl fmt::Display for HandlerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.source, f)?;
-        let mut cause = self.source.source();
-        while let Some(c) = cause {
-            write!(f, ": {c}")?;
-            cause = c.source();
-        }
-        Ok(())
+        f.write_str(&error_chain(&*self.source))
     }
 }
 
@@ -279,12 +273,18 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+/// An error and its sources, joined with ": ".
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let text = c.to_string();
+        // Many errors (choreo's own among them) already end their message
+        // with their source's: said once.
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cause = c.source();
     }
     s
@@ -494,6 +494,12 @@ mod tests {
                 reason: "too large".into(),
             },
         };
-        assert!(HandlerError::from(wrapped).is_permanent());
+        let wrapped = HandlerError::from(wrapped);
+        assert!(wrapped.is_permanent());
+        assert_eq!(
+            wrapped.to_string(),
+            "publishing failed: event 'Scan' on 'scans' is refused: too large",
+            "the source's message, which the wrapper's repeats, is said once"
+        );
     }
 }
