@@ -94,6 +94,9 @@ struct Shared {
     stop: AtomicBool,
     /// Bumped by every rebalance: records fetched before one are dropped.
     rebalances: AtomicU64,
+    /// The group's state as librdkafka's last statistics gave it, for a
+    /// join that times out to say where it stopped.
+    group_state: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -218,6 +221,7 @@ impl KafkaSubscription {
             joined: Notify::new(),
             stop: AtomicBool::new(false),
             rebalances: AtomicU64::new(0),
+            group_state: Mutex::new(None),
         });
         let context = GroupContext {
             watch: bus.watch.clone(),
@@ -270,12 +274,16 @@ impl KafkaSubscription {
         })
         .await;
         if joined.is_err() {
+            let last_seen = shared.group_state.lock().clone().unwrap_or_else(|| {
+                "librdkafka sent no statistics (they come every lag_interval)".to_owned()
+            });
             return Err(bus.watch.explain(
                 started,
                 Error::JoinTimeout {
                     group,
                     brokers: config.brokers.clone(),
                     timeout: config.join_timeout,
+                    last_seen,
                 },
             ));
         }
@@ -678,6 +686,12 @@ impl ClientContext for GroupContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        if let Some(g) = &statistics.cgrp {
+            *self.shared.group_state.lock() = Some(format!(
+                "group state '{}', join state '{}', {} rebalances, {} partitions assigned",
+                g.state, g.join_state, g.rebalance_cnt, g.assignment_size
+            ));
+        }
         let st = self.shared.state.lock();
         for (topic, t) in &statistics.topics {
             for (p, stats) in &t.partitions {

@@ -72,7 +72,7 @@ pub enum Error {
     },
     /// A consumer did not get its partitions in time.
     #[error(
-        "consumer group '{group}' gave this member no partition assignment within {timeout:?} (brokers '{brokers}'): check that the brokers are reachable, or raise `join_timeout`"
+        "consumer group '{group}' gave this member no partition assignment within {timeout:?} (brokers '{brokers}'; last seen: {last_seen}): check that the brokers are reachable, or raise `join_timeout`"
     )]
     JoinTimeout {
         /// The consumer group.
@@ -81,6 +81,8 @@ pub enum Error {
         brokers: String,
         /// How long it waited.
         timeout: Duration,
+        /// Where the join stood, from librdkafka's last statistics.
+        last_seen: String,
     },
     /// The brokers refused this client's SASL authentication.
     #[error(

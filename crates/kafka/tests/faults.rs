@@ -111,3 +111,31 @@ async fn a_broker_down_and_back_mid_flow_loses_nothing() {
     saga.wait_all(FLOWS, PATIENCE).await;
     saga.finish(FLOWS).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_that_times_out_says_where_the_group_stood() {
+    use choreo_core::{Bus, SubscribeOptions};
+    let mock = Mock::start(1);
+    mock.topic("orders", 1).await;
+    // No coordinator to be found: the member can never join.
+    let errors = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE; 1_000];
+    mock.cluster
+        .request_errors(RDKafkaApiKey::FindCoordinator, &errors);
+    let bus = choreo_kafka::KafkaBus::new(choreo_kafka::KafkaConfig {
+        join_timeout: Duration::from_secs(3),
+        ..config(&mock.brokers())
+    })
+    .unwrap();
+    let err = bus
+        .subscribe(SubscribeOptions::new("stranded", ["orders"]))
+        .await
+        .expect_err("no coordinator, no assignment");
+    let message = err.to_string();
+    assert!(
+        message.contains(
+            "consumer group 'stranded' gave this member no partition assignment within 3s"
+        ) && message.contains("last seen: group state '")
+            && message.contains("0 partitions assigned"),
+        "{message}"
+    );
+}
