@@ -199,3 +199,74 @@ async fn an_emitted_event_over_the_limits_is_dead_lettered_at_once() {
     );
     assert!(bus.retained("scans").is_empty(), "nothing was emitted");
 }
+
+/// The in-process bus, except that it refuses anything published to `big`
+/// (as the Kafka producer refuses a record over its `message.max.bytes`).
+#[derive(Clone)]
+struct Refusing(InProcessBus);
+
+impl Bus for Refusing {
+    type Subscription = choreo_bus::InProcessSubscription;
+
+    async fn publish(&self, envelope: Envelope) -> choreo_core::Result<()> {
+        if envelope.topic.as_str() == "big" {
+            return Err(choreo_core::Error::Refused {
+                event_type: envelope.event_type.to_string(),
+                topic: "big".into(),
+                reason: "too large for this backend".into(),
+            });
+        }
+        self.0.publish(envelope).await
+    }
+
+    async fn subscribe(
+        &self,
+        options: choreo_core::SubscribeOptions,
+    ) -> choreo_core::Result<Self::Subscription> {
+        self.0.subscribe(options).await
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "refusing"
+    }
+}
+
+#[tokio::test]
+async fn emissions_the_backend_refuses_dead_letter_their_cause_and_say_what_went_out() {
+    let inner = InProcessBus::new();
+    let bus = Refusing(inner.clone());
+    let (_r, m) = metrics();
+    let stop = CancellationToken::new();
+    let svc = Service::new("payment")
+        .on(|_: OrderPlaced, ctx: Context| async move {
+            ctx.emit_raw("Small", "fine", "{}")?;
+            ctx.emit_raw("Large", "big", "{}")?;
+            Ok::<(), HandlerError>(())
+        })
+        .receipts(None)
+        .retry(Retry::default().max_attempts(3))
+        .metrics(m)
+        .start(&bus, stop.clone())
+        .await
+        .unwrap();
+    Publisher::new(&inner, "checkout")
+        .start_flow(&OrderPlaced { order_id: 1 })
+        .await
+        .unwrap();
+    wait_until("the dead letter", PATIENCE, || dlq(&inner).len() == 1).await;
+    stop.cancel();
+    svc.await.unwrap();
+    let dead = &dlq(&inner)[0];
+    assert_eq!(
+        dead.headers.get_str(dlq_headers::REASON),
+        Some(
+            "publishing the handler's events failed: event 'Large' on 'big' is refused: \
+             too large for this backend (1 of the 2 events emitted with it were published)"
+        )
+    );
+    assert_eq!(
+        inner.retained("fine").len(),
+        1,
+        "delivered once, not again and again"
+    );
+}

@@ -422,7 +422,7 @@ impl Bus for KafkaBus {
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Err((source, _)) => {
-                        return Err(publish_error(&inner.watch, started, &env, source));
+                        return Err(publish_error(&inner.watch, started, &env, source, true));
                     }
                 }
             };
@@ -436,7 +436,7 @@ impl Bus for KafkaBus {
                         // The topic went away: look it up again next time.
                         inner.topics.write().remove(env.topic.as_str());
                     }
-                    Err(publish_error(&inner.watch, started, &env, source))
+                    Err(publish_error(&inner.watch, started, &env, source, false))
                 }
                 Err(_) => Err(choreo_core::Error::Closed),
             }
@@ -460,21 +460,25 @@ impl Bus for KafkaBus {
 }
 
 /// A failed publish; when a SASL or TLS failure was seen meanwhile, that is
-/// the error's source. A record too large for Kafka is [`Refused`](choreo_core::Error::Refused).
+/// the error's source. A record the producer itself (`local`) finds over its
+/// `message.max.bytes` is [`Refused`](choreo_core::Error::Refused): the same
+/// record would fail again. The broker's size refusal stays a backend error:
+/// it fails a whole batch, the records that did fit in it included.
 fn publish_error(
     watch: &Watch,
     started: Instant,
     env: &Envelope,
     source: KafkaError,
+    local: bool,
 ) -> choreo_core::Error {
-    if source.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
-        // The same record would fail again: refused, not a transient failure.
+    if local && source.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
         return choreo_core::Error::Refused {
             event_type: env.event_type.to_string(),
             topic: env.topic.to_string(),
             reason: format!(
-                "the record (a payload of {} bytes, with its headers) is over message.max.bytes \
-                 (the producer's or the broker's): raise it, or lower Limits::max_payload_bytes below it",
+                "the record (a payload of {} bytes, with its headers) is over the producer's \
+                 message.max.bytes: raise it (and the broker's and the topic's limits), or lower \
+                 Limits::max_payload_bytes below it",
                 env.data.len()
             ),
         };

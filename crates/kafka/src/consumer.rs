@@ -275,7 +275,7 @@ impl KafkaSubscription {
         .await;
         if joined.is_err() {
             let last_seen = shared.group_state.lock().clone().unwrap_or_else(|| {
-                "librdkafka sent no statistics (they come every lag_interval)".to_owned()
+                "no statistics from librdkafka yet (they come every lag_interval, and not at all when it is off)".to_owned()
             });
             return Err(bus.watch.explain(
                 started,

@@ -71,6 +71,7 @@ pub enum Error {
         reason: String,
     },
     /// A consumer did not get its partitions in time.
+    #[non_exhaustive]
     #[error(
         "consumer group '{group}' gave this member no partition assignment within {timeout:?} (brokers '{brokers}'; last seen: {last_seen}): check that the brokers are reachable, or raise `join_timeout`"
     )]

@@ -9,7 +9,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
         "choreo_kafka_consumer_lag",
         "gauge",
         "group, topic, partition",
-        "records after the group's committed offset (high watermark minus committed; before its first commit, from the first record not settled), refreshed every lag_interval",
+        "records after the group's committed offset (the log end minus committed, as librdkafka counts it; before its first commit, from the first record not settled), refreshed every lag_interval",
     ),
     (
         "choreo_kafka_malformed_records_total",
@@ -48,7 +48,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
 ///
 /// | metric | type | labels | meaning |
 /// |---|---|---|---|
-/// | `choreo_kafka_consumer_lag` | gauge | `group`, `topic`, `partition` | records after the group's committed offset (high watermark − committed; before its first commit, from the first record not settled), refreshed every `lag_interval` |
+/// | `choreo_kafka_consumer_lag` | gauge | `group`, `topic`, `partition` | records after the group's committed offset (the log end minus committed, as librdkafka counts it; before its first commit, from the first record not settled), refreshed every `lag_interval` |
 /// | `choreo_kafka_malformed_records_total` | counter | `topic` | records whose CloudEvents headers could not be read; delivered with `choreo-malformed` for the runtime to dead-letter |
 /// | `choreo_kafka_commit_failures_total` | counter | `group` | offset commits the broker refused (retried with the next commit) |
 /// | `choreo_kafka_rebalances_total` | counter | `group`, `kind` | partition assignments (`assign`) and revocations (`revoke`, `lost`) of this process's members |

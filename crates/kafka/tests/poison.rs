@@ -235,7 +235,8 @@ async fn an_emission_too_large_for_kafka_dead_letters_its_cause_instead_of_loopi
     assert!(
         reason.starts_with(
             "publishing the handler's events failed: event 'Scan' on 'payments' is refused: \
-             the record (a payload of 3000 bytes, with its headers) is over message.max.bytes"
+             the record (a payload of 3000 bytes, with its headers) is over the producer's \
+             message.max.bytes"
         ),
         "{reason}"
     );

@@ -23,9 +23,11 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 /// Any error converts into it with `?` and counts as **transient**: the retry
 /// middleware tries again. Return [`HandlerError::permanent`] for an event
 /// that can never succeed (a business rule rejects it): it is dead-lettered
-/// without further attempts. An event refused for being over the service's
-/// [`Limits`](choreo_core::Limits) (by [`Context::emit`], or by a
-/// [`Publisher`](crate::Publisher) the handler uses) is permanent too when the
+/// without further attempts. An event choreo refused
+/// ([`Error::Refused`](choreo_core::Error::Refused): over the service's
+/// [`Limits`](choreo_core::Limits), or over what the backend takes, such as
+/// Kafka's `message.max.bytes`), from [`Context::emit`] or from a
+/// [`Publisher`](crate::Publisher) the handler uses, is permanent too when the
 /// error converts with `?`, wrapped or not: every attempt would build the same
 /// event. (An encode error stays transient: the Avro codec's schema registry
 /// may be down.)
@@ -86,8 +88,8 @@ impl<E> From<E> for HandlerError
 where
     E: std::error::Error + Send + Sync + 'static,
 {
-    /// Transient, except an event choreo refused to emit or publish (over the
-    /// service's [`Limits`](choreo_core::Limits)), found anywhere in the
+    /// Transient, except an event choreo refused to emit or publish
+    /// ([`Error::Refused`](choreo_core::Error::Refused)), found anywhere in the
     /// error's chain of sources: the next attempt would build the same event,
     /// so it is permanent.
     fn from(e: E) -> Self {
@@ -96,6 +98,7 @@ where
             std::iter::successors(Some(&*source as &(dyn std::error::Error + 'static)), |e| {
                 e.source()
             })
+            .take(32)
             .any(|e| {
                 matches!(
                     e.downcast_ref::<choreo_core::Error>(),
@@ -276,16 +279,15 @@ impl std::error::Error for Failure {}
 /// An error and its sources, joined with ": ".
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
+    // Bounded: a chain of sources could loop.
+    for c in std::iter::successors(e.source(), |c| c.source()).take(32) {
         let text = c.to_string();
         // Many errors (choreo's own among them) already end their message
         // with their source's: said once.
-        if !s.ends_with(&text) {
+        if s != text && !s.ends_with(&format!(": {text}")) {
             s.push_str(": ");
             s.push_str(&text);
         }
-        cause = c.source();
     }
     s
 }
@@ -469,6 +471,33 @@ impl<F: Future<Output = Result<(), HandlerError>>> Future for HandlerFuture<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Wrapping(&'static str, Option<std::io::Error>);
+
+    impl fmt::Display for Wrapping {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapping {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_ref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn a_chain_says_a_source_once_but_never_drops_one() {
+        let repeated = Wrapping(
+            "binding failed: port taken",
+            Some(std::io::Error::other("port taken")),
+        );
+        assert_eq!(error_chain(&repeated), "binding failed: port taken");
+        // Ends with the source's text, but not as its own part.
+        let distinct = Wrapping("listening on port 80", Some(std::io::Error::other("0")));
+        assert_eq!(error_chain(&distinct), "listening on port 80: 0");
+    }
 
     #[test]
     fn only_a_refused_emission_converts_into_a_permanent_error() {

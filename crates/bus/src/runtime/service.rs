@@ -171,8 +171,8 @@ struct RouteSpec {
 ///    the **handler**, with panics caught and treated as errors.
 /// 7. **Decision**: success → the emitted events are published, then the
 ///    delivery is acked → `acked` (if publishing fails, the delivery is given
-///    back → `redelivered`, unless the backend refused the events, as Kafka
-///    does a record over `message.max.bytes`: the next delivery would emit
+///    back → `redelivered`, unless the backend refused the events, as the
+///    Kafka producer does a record over its `message.max.bytes`: the next delivery would emit
 ///    the same, so → `dead_lettered`); failure after the last attempt, or a permanent
 ///    error → the event goes to the dead-letter topic with the reason, attempts,
 ///    origin and service in its headers, then is acked → `dead_lettered`;
@@ -1100,17 +1100,46 @@ impl<B: Bus> Runtime<B> {
     }
 
     /// Publishes several emitted events at once (a backend that pipelines
-    /// sends them together). Returns their ids.
+    /// sends them together). Returns their ids, or the error that decides the
+    /// delivery: a refusal if there is one (the next delivery would meet it
+    /// again), saying how many of the others were published; else the first.
     async fn publish_all(
         &self,
         emitted: super::context::Outbox,
         span: &HandleSpan,
     ) -> Result<Vec<EventId>, choreo_core::Error> {
+        let n = emitted.len();
         let futures = emitted.into_iter().map(|env| self.publish_one(env, span));
-        futures_util::future::join_all(futures)
-            .await
-            .into_iter()
-            .collect()
+        let mut ids = Vec::with_capacity(n);
+        let mut failed: Option<choreo_core::Error> = None;
+        for result in futures_util::future::join_all(futures).await {
+            match result {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    let refused =
+                        |e: &choreo_core::Error| matches!(e, choreo_core::Error::Refused { .. });
+                    if failed.as_ref().is_none_or(|f| refused(&e) && !refused(f)) {
+                        failed = Some(e);
+                    }
+                }
+            }
+        }
+        match failed {
+            None => Ok(ids),
+            Some(choreo_core::Error::Refused {
+                event_type,
+                topic,
+                reason,
+            }) if !ids.is_empty() => Err(choreo_core::Error::Refused {
+                event_type,
+                topic,
+                reason: format!(
+                    "{reason} ({} of the {n} events emitted with it were published)",
+                    ids.len()
+                ),
+            }),
+            Some(e) => Err(e),
+        }
     }
 }
 
