@@ -11,6 +11,15 @@ use common::*;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// Publishes `n` jobs to `topic`, one after the other.
+async fn publish(bus: &choreo_kafka::KafkaBus, topic: &str, n: usize) {
+    for _ in 0..n {
+        bus.publish(Envelope::new("Job", topic, "{}"))
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_counts_what_the_group_has_not_settled() {
     let mock = Mock::start(1);
@@ -22,23 +31,13 @@ async fn lag_counts_what_the_group_has_not_settled() {
         .subscribe(SubscribeOptions::new("slow", ["work"]))
         .await
         .unwrap();
-    let publish = |n: usize| {
-        let bus = mock.bus.clone();
-        async move {
-            for _ in 0..n {
-                bus.publish(Envelope::new("Job", "work", "{}"))
-                    .await
-                    .unwrap();
-            }
-        }
-    };
-    publish(10).await;
+    publish(&mock.bus, "work", 10).await;
     collect(&mut sub, 10, "the first ten").await;
     let lag = || mock.bus.metrics().lag("slow", "work", 0);
     wait_until("the lag to drop to 0", PATIENCE, || lag() == Some(0)).await;
 
     // Five more, fetched but not settled: they are lag.
-    publish(5).await;
+    publish(&mock.bus, "work", 5).await;
     wait_until("the lag to show 5", PATIENCE, || lag() == Some(5)).await;
     assert_eq!(
         metric(
@@ -59,12 +58,7 @@ async fn lag_counts_what_the_group_has_not_settled() {
 async fn a_group_that_has_settled_nothing_yet_shows_its_whole_backlog() {
     let mock = Mock::start(1);
     mock.topic("backlog", 1).await;
-    for _ in 0..7 {
-        mock.bus
-            .publish(Envelope::new("Job", "backlog", "{}"))
-            .await
-            .unwrap();
-    }
+    publish(&mock.bus, "backlog", 7).await;
     // A new group behind the seven, whose first handling hangs: it never
     // commits, so librdkafka reports no lag for it.
     let mut sub = mock
@@ -85,17 +79,7 @@ async fn a_group_that_has_settled_nothing_yet_shows_its_whole_backlog() {
 async fn a_new_group_reading_from_the_end_counts_only_what_came_after_it() {
     let mock = Mock::start(1);
     mock.topic("later", 1).await;
-    let publish = |n: usize| {
-        let bus = mock.bus.clone();
-        async move {
-            for _ in 0..n {
-                bus.publish(Envelope::new("Job", "later", "{}"))
-                    .await
-                    .unwrap();
-            }
-        }
-    };
-    publish(5).await;
+    publish(&mock.bus, "later", 5).await;
     let mut sub = mock
         .bus
         .subscribe(SubscribeOptions::new("fresh", ["later"]).start_from(StartFrom::Latest))
@@ -104,7 +88,7 @@ async fn a_new_group_reading_from_the_end_counts_only_what_came_after_it() {
     let lag = || mock.bus.metrics().lag("fresh", "later", 0);
     // Joined at the end: the five before it are not behind it.
     wait_until("a lag of 0", PATIENCE, || lag() == Some(0)).await;
-    publish(3).await;
+    publish(&mock.bus, "later", 3).await;
     let held = choreo_testkit::recv(&mut sub, "the first new record", PATIENCE).await;
     wait_until("the lag to show the three", PATIENCE, || lag() == Some(3)).await;
     held.ack();
