@@ -421,8 +421,17 @@ impl Bus for KafkaBus {
                         record = r;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
+                    // The producer's own size check: the same record would
+                    // fail again. (The broker's size refusal, in the delivery
+                    // report, fails a whole batch: it stays a backend error.)
+                    Err((source, _))
+                        if source.rdkafka_error_code()
+                            == Some(RDKafkaErrorCode::MessageSizeTooLarge) =>
+                    {
+                        return Err(too_large(&env));
+                    }
                     Err((source, _)) => {
-                        return Err(publish_error(&inner.watch, started, &env, source, true));
+                        return Err(publish_error(&inner.watch, started, &env, source));
                     }
                 }
             };
@@ -436,7 +445,7 @@ impl Bus for KafkaBus {
                         // The topic went away: look it up again next time.
                         inner.topics.write().remove(env.topic.as_str());
                     }
-                    Err(publish_error(&inner.watch, started, &env, source, false))
+                    Err(publish_error(&inner.watch, started, &env, source))
                 }
                 Err(_) => Err(choreo_core::Error::Closed),
             }
@@ -459,30 +468,29 @@ impl Bus for KafkaBus {
     }
 }
 
+/// A record the producer finds over its `message.max.bytes`:
+/// [`Refused`](choreo_core::Error::Refused).
+fn too_large(env: &Envelope) -> choreo_core::Error {
+    choreo_core::Error::Refused {
+        event_type: env.event_type.to_string(),
+        topic: env.topic.to_string(),
+        reason: format!(
+            "the record (a payload of {} bytes, with its headers) is over the producer's \
+             message.max.bytes: raise it (and the broker's and the topic's limits), or lower \
+             Limits::max_payload_bytes below it",
+            env.data.len()
+        ),
+    }
+}
+
 /// A failed publish; when a SASL or TLS failure was seen meanwhile, that is
-/// the error's source. A record the producer itself (`local`) finds over its
-/// `message.max.bytes` is [`Refused`](choreo_core::Error::Refused): the same
-/// record would fail again. The broker's size refusal stays a backend error:
-/// it fails a whole batch, the records that did fit in it included.
+/// the error's source.
 fn publish_error(
     watch: &Watch,
     started: Instant,
     env: &Envelope,
     source: KafkaError,
-    local: bool,
 ) -> choreo_core::Error {
-    if local && source.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) {
-        return choreo_core::Error::Refused {
-            event_type: env.event_type.to_string(),
-            topic: env.topic.to_string(),
-            reason: format!(
-                "the record (a payload of {} bytes, with its headers) is over the producer's \
-                 message.max.bytes: raise it (and the broker's and the topic's limits), or lower \
-                 Limits::max_payload_bytes below it",
-                env.data.len()
-            ),
-        };
-    }
     let context = format!(
         "publishing '{}' (id {}) to kafka topic '{}'",
         env.event_type, env.id, env.topic
