@@ -100,13 +100,17 @@ where
             })
             .take(32)
             .any(|e| {
-                matches!(
-                    e.downcast_ref::<choreo_core::Error>(),
-                    Some(choreo_core::Error::Refused { .. })
-                )
+                e.downcast_ref::<choreo_core::Error>()
+                    .is_some_and(is_refused)
             });
         HandlerError { permanent, source }
     }
+}
+
+/// Whether choreo refused the event (over the limits, or over what the
+/// backend takes): the same event would be refused again.
+pub(crate) fn is_refused(e: &choreo_core::Error) -> bool {
+    matches!(e, choreo_core::Error::Refused { .. })
 }
 
 /// An async function of a typed event and a [`Context`].

@@ -23,7 +23,7 @@ use tower::{Layer, ServiceExt};
 use super::context::{Context, ServiceShared};
 use super::handler::{
     BoxError, EnvelopeHandlerService, Failure, FailureKind, Handled, Handler, HandlerError,
-    HandlerService, Invocation,
+    HandlerService, Invocation, is_refused,
 };
 use super::idempotency::Idempotency;
 use super::metrics::{Metrics, PublishedCounters, RouteMetrics};
@@ -172,10 +172,11 @@ struct RouteSpec {
 /// 7. **Decision**: success → the emitted events are published, then the
 ///    delivery is acked → `acked` (if publishing fails, the delivery is given
 ///    back → `redelivered`, unless the backend refused the events, as the
-///    Kafka producer does a record over its `message.max.bytes`: the next delivery would emit
-///    the same, so → `dead_lettered`); failure after the last attempt, or a permanent
-///    error → the event goes to the dead-letter topic with the reason, attempts,
-///    origin and service in its headers, then is acked → `dead_lettered`;
+///    Kafka producer does a record over its `message.max.bytes`: the next
+///    delivery would emit the same, so → `dead_lettered`); failure after the
+///    last attempt, or a permanent error → the event goes to the dead-letter
+///    topic with the reason, attempts, origin and service in its headers,
+///    then is acked → `dead_lettered`;
 ///    shutdown during retries → given back → `redelivered`.
 /// 8. **Receipt** published (unless switched off), metrics and spans recorded.
 pub struct Service {
@@ -917,7 +918,7 @@ impl<B: Bus> Runtime<B> {
                         }
                         // Refused (too large for the backend, say): the
                         // next delivery would emit the same, forever.
-                        Err(e @ choreo_core::Error::Refused { .. }) => {
+                        Err(e) if is_refused(&e) => {
                             let reason = format!("publishing the handler's events failed: {e}");
                             Box::pin(self.dead_letter(d, &env, route, reason, attempts)).await
                         }
@@ -1116,9 +1117,10 @@ impl<B: Bus> Runtime<B> {
             match result {
                 Ok(id) => ids.push(id),
                 Err(e) => {
-                    let refused =
-                        |e: &choreo_core::Error| matches!(e, choreo_core::Error::Refused { .. });
-                    if failed.as_ref().is_none_or(|f| refused(&e) && !refused(f)) {
+                    if failed
+                        .as_ref()
+                        .is_none_or(|f| is_refused(&e) && !is_refused(f))
+                    {
                         failed = Some(e);
                     }
                 }
