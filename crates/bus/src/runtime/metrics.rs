@@ -58,7 +58,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
         "choreo_handlers_in_flight",
         "gauge",
         "service",
-        "deliveries being handled now",
+        "deliveries being handled now that have waited (for I/O, a timer, a lock); one handled without waiting is over before a scrape could see it",
     ),
     (
         "choreo_deliveries_ignored_total",
@@ -176,7 +176,7 @@ impl Metrics {
         let in_flight = IntGaugeVec::new(
             Opts::new(
                 "choreo_handlers_in_flight",
-                "Deliveries a service is handling right now.",
+                "Deliveries a service is handling right now (counted from the handling's first wait).",
             ),
             &["service"],
         )?;
@@ -383,3 +383,77 @@ impl RouteMetrics {
         }
     }
 }
+
+/// What one handling measured, recorded once it has settled.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Observation {
+    pub(crate) outcome: Outcome,
+    /// Publication to the start of handling, in seconds.
+    pub(crate) queue: f64,
+    /// Start of handling to settlement, in seconds.
+    pub(crate) duration: f64,
+}
+
+impl RouteMetrics {
+    /// Records a handling in the shared metrics at once.
+    pub(crate) fn record(&self, o: &Observation) {
+        self.outcome(o.outcome).inc();
+        self.queue.observe(o.queue);
+        self.duration.observe(o.duration);
+    }
+}
+
+/// One route's observations gathered by a partition worker while it handles
+/// deliveries back to back, and added to the shared metrics together
+/// ([`flush`](RouteTally::flush)) before the worker waits for anything: the
+/// shared metrics are atomics, and the dozen atomic updates a handling would
+/// otherwise make cost more than the rest of its bookkeeping. No observation
+/// stays here while the worker is idle or a handler waits.
+pub(crate) struct RouteTally {
+    metrics: RouteMetrics,
+    handled: [u64; 4],
+    queue: prometheus::local::LocalHistogram,
+    duration: prometheus::local::LocalHistogram,
+}
+
+impl RouteTally {
+    pub(crate) fn new(metrics: &RouteMetrics) -> Self {
+        RouteTally {
+            metrics: metrics.clone(),
+            handled: [0; 4],
+            queue: metrics.queue.local(),
+            duration: metrics.duration.local(),
+        }
+    }
+
+    pub(crate) fn record(&mut self, o: &Observation) {
+        let slot = match o.outcome {
+            Outcome::Acked => 0,
+            Outcome::DeadLettered => 1,
+            Outcome::Duplicate => 2,
+            Outcome::Redelivered => 3,
+        };
+        self.handled[slot] += 1;
+        self.queue.observe(o.queue);
+        self.duration.observe(o.duration);
+    }
+
+    /// Adds what was gathered to the shared metrics.
+    pub(crate) fn flush(&mut self) {
+        for (outcome, n) in OUTCOMES.iter().zip(&mut self.handled) {
+            if *n > 0 {
+                self.metrics.outcome(*outcome).inc_by(std::mem::take(n));
+            }
+        }
+        self.queue.flush();
+        self.duration.flush();
+    }
+}
+
+/// Every outcome, in the order of `RouteTally::handled`.
+const OUTCOMES: [Outcome; 4] = [
+    Outcome::Acked,
+    Outcome::DeadLettered,
+    Outcome::Duplicate,
+    Outcome::Redelivered,
+];

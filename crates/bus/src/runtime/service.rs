@@ -26,7 +26,7 @@ use super::handler::{
     HandlerService, Invocation, is_refused,
 };
 use super::idempotency::Idempotency;
-use super::metrics::{Metrics, PublishedCounters, RouteMetrics};
+use super::metrics::{Metrics, Observation, PublishedCounters, RouteMetrics, RouteTally};
 use super::retry::Retry;
 use super::trace::HandleSpan;
 use crate::identity;
@@ -681,6 +681,80 @@ fn find_route<'r>(routes: &'r mut Routes, event_type: &Name) -> Option<&'r mut W
         .map(|(_, r)| r)
 }
 
+/// The position of the route of `event_type`.
+fn route_index(routes: &Routes, event_type: &Name) -> Option<usize> {
+    routes.iter().position(|(t, _)| t == event_type)
+}
+
+pin_project_lite::pin_project! {
+    /// One handling, watched for its first wait: from then until it settles
+    /// the in-flight gauge counts it, and the worker's gathered observations
+    /// are flushed first, so none is held back while a handler waits. A
+    /// handling that completes without waiting moves neither (it is over
+    /// before anyone could read the gauge). Yields the handling's output and
+    /// whether it waited.
+    struct Tracked<'a, F> {
+        #[pin]
+        handling: F,
+        in_flight: &'a prometheus::IntGauge,
+        tallies: &'a mut [RouteTally],
+        // Whether the gauge counts this handling now.
+        waited: bool,
+    }
+
+    impl<F> PinnedDrop for Tracked<'_, F> {
+        // Abandoned while waiting (a shutdown past its grace period).
+        fn drop(this: Pin<&mut Self>) {
+            if this.waited {
+                this.in_flight.dec();
+            }
+        }
+    }
+}
+
+impl<'a, F> Tracked<'a, F> {
+    fn new(
+        handling: F,
+        in_flight: &'a prometheus::IntGauge,
+        tallies: &'a mut [RouteTally],
+    ) -> Self {
+        Tracked {
+            handling,
+            in_flight,
+            tallies,
+            waited: false,
+        }
+    }
+}
+
+impl<F: Future> Future for Tracked<'_, F> {
+    type Output = (F::Output, bool);
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        match this.handling.poll(cx) {
+            std::task::Poll::Ready(out) => {
+                let waited = std::mem::take(this.waited);
+                if waited {
+                    this.in_flight.dec();
+                }
+                std::task::Poll::Ready((out, waited))
+            }
+            std::task::Poll::Pending => {
+                if !*this.waited {
+                    *this.waited = true;
+                    this.in_flight.inc();
+                    this.tallies.iter_mut().for_each(RouteTally::flush);
+                }
+                std::task::Poll::Pending
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 struct WorkerRoute {
     stack: StackService,
@@ -750,25 +824,46 @@ impl<B: Bus> Runtime<B> {
     async fn worker(self: Arc<Self>, mut rx: mpsc::Receiver<Delivery>, mut routes: Routes) {
         let mut ignored: HashMap<Name, prometheus::IntCounter> = HashMap::default();
         if self.concurrency <= 1 {
+            let mut tallies: Vec<RouteTally> = routes
+                .iter()
+                .map(|(_, r)| RouteTally::new(&r.metrics))
+                .collect();
             let mut batch = Vec::with_capacity(64);
             while rx.recv_many(&mut batch, 64).await > 0 {
                 // The token once per batch, the flag per delivery.
                 self.stop_requested();
+                // The reading that ended the last handling, while nothing has
+                // waited since: the next handling starts there.
+                let mut clock: Option<Timestamp> = None;
                 for d in batch.drain(..) {
                     if self.stopping() {
                         // Not started: give it back.
                         drop(d);
                         continue;
                     }
-                    match find_route(&mut routes, &d.envelope().event_type) {
-                        Some(route) => self.process(d, route).await,
+                    let started = clock.take().unwrap_or_else(Timestamp::now);
+                    match route_index(&routes, &d.envelope().event_type) {
+                        Some(i) => {
+                            let handling = self.process(d, &mut routes[i].1, started);
+                            let ((observed, ended), waited) =
+                                Tracked::new(handling, &self.in_flight, &mut tallies).await;
+                            tallies[i].record(&observed);
+                            if !waited {
+                                clock = Some(ended);
+                            }
+                        }
                         None if is_malformed(&d) => {
                             let mut route = self.malformed_route(&d, &routes);
-                            self.process(d, &mut route).await
+                            let handling = self.process(d, &mut route, started);
+                            let ((observed, _), _) =
+                                Tracked::new(handling, &self.in_flight, &mut tallies).await;
+                            route.metrics.record(&observed);
                         }
                         None => self.ignore(d, &mut ignored),
                     }
                 }
+                // Before waiting for more.
+                tallies.iter_mut().for_each(RouteTally::flush);
             }
             return;
         }
@@ -789,7 +884,12 @@ impl<B: Bus> Runtime<B> {
                     match route {
                         Some(mut route) => {
                             let rt = self.clone();
-                            running.push(async move { rt.process(d, &mut route).await });
+                            running.push(async move {
+                                let handling = rt.process(d, &mut route, Timestamp::now());
+                                let ((observed, _), _) =
+                                    Tracked::new(handling, &rt.in_flight, &mut []).await;
+                                route.metrics.record(&observed);
+                            });
                         }
                         None => self.ignore(d, &mut ignored),
                     }
@@ -841,7 +941,8 @@ impl<B: Bus> Runtime<B> {
         &'a self,
         d: Delivery,
         route: &'a mut WorkerRoute,
-    ) -> impl Future<Output = ()> + Send + 'a {
+        started: Timestamp,
+    ) -> impl Future<Output = (Observation, Timestamp)> + Send + 'a {
         let span = HandleSpan::start(
             d.envelope(),
             &self.shared.name,
@@ -850,10 +951,12 @@ impl<B: Bus> Runtime<B> {
             d.offset(),
         );
         if span.is_quiet() {
-            Either::Left(self.handle(d, route, span))
+            Either::Left(self.handle(d, route, span, started))
         } else {
             let spans = span.clone();
-            Either::Right(Box::pin(spans.instrument(self.handle(d, route, span))))
+            Either::Right(Box::pin(
+                spans.instrument(self.handle(d, route, span, started)),
+            ))
         }
     }
 
@@ -863,16 +966,20 @@ impl<B: Bus> Runtime<B> {
     /// [`process`](Self::process); the paths off the common one (dead-letters,
     /// retries, several emitted events) are boxed, so their futures take no
     /// room in this one.
-    async fn handle(&self, d: Delivery, route: &mut WorkerRoute, span: HandleSpan) {
+    ///
+    /// `started` is a clock reading taken just before. Returns what the
+    /// handling measured, for the caller to record, and the reading that
+    /// ended it.
+    async fn handle(
+        &self,
+        d: Delivery,
+        route: &mut WorkerRoute,
+        span: HandleSpan,
+        started: Timestamp,
+    ) -> (Observation, Timestamp) {
         let env = d.envelope().clone();
         let (partition, offset) = (d.partition(), d.offset());
         let name = &self.shared.name;
-        let started = Timestamp::now();
-        route
-            .metrics
-            .queue
-            .observe(started.micros_since(env.time).max(0) as f64 / 1e6);
-        self.in_flight.inc();
         let refused = if let Some(problem) = env.headers.get_str(MALFORMED_HEADER) {
             // The backend could only partly read the record: no handler can
             // be trusted with it.
@@ -942,9 +1049,11 @@ impl<B: Bus> Runtime<B> {
         };
         let ended = Timestamp::now();
         let elapsed_us = ended.micros_since(started).max(0) as u64;
-        route.metrics.outcome(settled.outcome).inc();
-        route.metrics.duration.observe(elapsed_us as f64 / 1e6);
-        self.in_flight.dec();
+        let observation = Observation {
+            outcome: settled.outcome,
+            queue: started.micros_since(env.time).max(0) as f64 / 1e6,
+            duration: elapsed_us as f64 / 1e6,
+        };
         span.finish(settled.outcome.as_str(), settled.reason.as_deref());
         if let Some(topic) = &self.receipts {
             let receipt = Receipt {
@@ -973,6 +1082,7 @@ impl<B: Bus> Runtime<B> {
                 tracing::warn!(service = %name, error = %e, "publishing a receipt failed");
             }
         }
+        (observation, ended)
     }
 
     /// Sends a delivery to its dead-letter topic with `reason`.
