@@ -63,7 +63,13 @@ pub enum WhenFull {
 /// How many events a partition keeps, and what happens when it is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
-    /// Events kept per partition. Default 10 000.
+    /// Events kept per partition. Default 1 024: with the default 4
+    /// partitions a topic holds at most 4 096 events, which bounds what the
+    /// bus keeps in memory (every event of every topic, read or not: a
+    /// receipts topic nothing reads holds as many as the topics it reports
+    /// on) and lets a slow group hold a publisher back after as many unread
+    /// events as a bounded channel would. Raise it for late subscribers that
+    /// need more history, or for bursts larger than that per partition.
     pub max_events_per_partition: usize,
     /// What happens when a partition is full. Default [`WhenFull::Block`].
     pub when_full: WhenFull,
@@ -72,7 +78,7 @@ pub struct Retention {
 impl Default for Retention {
     fn default() -> Self {
         Retention {
-            max_events_per_partition: 10_000,
+            max_events_per_partition: 1024,
             when_full: WhenFull::Block,
         }
     }
