@@ -14,7 +14,7 @@ use choreo_core::{
 use futures_util::StreamExt;
 use futures_util::future::Either;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::util::BoxCloneService;
@@ -525,8 +525,7 @@ impl<B: Bus> Joined<B> {
             shutdown_grace,
         } = self;
         let shutdown = runtime.shutdown.clone();
-        let mut workers = Workers::default();
-        let mut tasks = JoinSet::new();
+        let mut workers = Workers::new(runtime.clone(), routes, partition_queue);
         // Mirrors the token in a flag that costs one load to read (reading the
         // token takes a lock), for the checks made per delivery.
         let _watcher = {
@@ -539,6 +538,8 @@ impl<B: Bus> Joined<B> {
         // One wait for the whole loop: registered once, not per delivery.
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
+        // A run never needs more room than a worker's queue has.
+        let max_run = BATCH.min(partition_queue);
         // Deliveries come in batches of those ready at once.
         let mut batch = Vec::with_capacity(BATCH);
         'consume: loop {
@@ -556,7 +557,10 @@ impl<B: Bus> Joined<B> {
             if !open {
                 break;
             }
-            // Leaving early drops the rest, not started: given back to the bus.
+            // Consecutive deliveries of one partition go to its worker as one
+            // run: one hand-over per run, not per delivery. Leaving early
+            // drops the rest, not started: given back to the bus.
+            let mut run = Run::new();
             for next in batch.drain(..) {
                 let delivery = match next {
                     Ok(d) => d,
@@ -566,32 +570,20 @@ impl<B: Bus> Joined<B> {
                         continue;
                     }
                 };
-                let tx = workers.sender(&delivery, || {
-                    let (tx, rx) = mpsc::channel(partition_queue);
-                    let rt = runtime.clone();
-                    let routes = routes.clone();
-                    tasks.spawn(async move { rt.worker(rx, routes).await });
-                    tx
+                let joins = run.first().is_some_and(|first| {
+                    first.partition() == delivery.partition()
+                        && identity::same(&first.envelope().topic, &delivery.envelope().topic)
                 });
-                // Room in the worker's queue: no waiting, no select.
-                let delivery = match tx.try_send(delivery) {
-                    Ok(()) => continue,
-                    Err(mpsc::error::TrySendError::Full(d)) => d,
-                    Err(mpsc::error::TrySendError::Closed(d)) => {
-                        workers.stopped(d, &runtime.shared.name);
-                        continue;
-                    }
-                };
-                tokio::select! {
-                    biased;
-                    // Not started: dropping the delivery gives it back to the bus.
-                    _ = &mut cancelled => break 'consume,
-                    sent = tx.send(delivery) => {
-                        if let Err(mpsc::error::SendError(d)) = sent {
-                            workers.stopped(d, &runtime.shared.name);
-                        }
+                if !run.is_empty() && (!joins || run.len() >= max_run) {
+                    let full = std::mem::take(&mut run);
+                    if !workers.hand_over(full, cancelled.as_mut()).await {
+                        break 'consume;
                     }
                 }
+                run.push(delivery);
+            }
+            if !run.is_empty() && !workers.hand_over(run, cancelled.as_mut()).await {
+                break 'consume;
             }
         }
         drop(batch);
@@ -602,7 +594,7 @@ impl<B: Bus> Joined<B> {
             runtime.stopping.store(true, Ordering::Release);
         }
         // Every sender gone: each worker ends once its queue is empty.
-        drop(workers);
+        let mut tasks = workers.close();
         let grace = shutdown_grace;
         let drained = tokio::time::timeout(grace, async {
             while let Some(r) = tasks.join_next().await {
@@ -821,46 +813,59 @@ impl<B: Bus> Runtime<B> {
         cancelled
     }
 
-    async fn worker(self: Arc<Self>, mut rx: mpsc::Receiver<Delivery>, mut routes: Routes) {
+    /// Handles one partition's deliveries, which come in runs on `rx`; each
+    /// run taken off the queue gives its room back to `room`.
+    async fn worker(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<Run>,
+        room: Arc<Semaphore>,
+        mut routes: Routes,
+    ) {
         let mut ignored: HashMap<Name, prometheus::IntCounter> = HashMap::default();
         if self.concurrency <= 1 {
             let mut tallies: Vec<RouteTally> = routes
                 .iter()
                 .map(|(_, r)| RouteTally::new(&r.metrics))
                 .collect();
-            let mut batch = Vec::with_capacity(64);
-            while rx.recv_many(&mut batch, 64).await > 0 {
-                // The token once per batch, the flag per delivery.
-                self.stop_requested();
+            while let Some(first) = rx.recv().await {
                 // The reading that ended the last handling, while nothing has
                 // waited since: the next handling starts there.
                 let mut clock: Option<Timestamp> = None;
-                for d in batch.drain(..) {
-                    if self.stopping() {
-                        // Not started: give it back.
-                        drop(d);
-                        continue;
-                    }
-                    let started = clock.take().unwrap_or_else(Timestamp::now);
-                    match route_index(&routes, &d.envelope().event_type) {
-                        Some(i) => {
-                            let handling = self.process(d, &mut routes[i].1, started);
-                            let ((observed, ended), waited) =
-                                Tracked::new(handling, &self.in_flight, &mut tallies).await;
-                            tallies[i].record(&observed);
-                            if !waited {
-                                clock = Some(ended);
+                // One run in hand at a time; the next without waiting, while
+                // there is one.
+                let mut next = Some(first);
+                while let Some(run) = next.take() {
+                    room.add_permits(run.len());
+                    // The token once per run, the flag per delivery.
+                    self.stop_requested();
+                    for d in run {
+                        if self.stopping() {
+                            // Not started: give it back.
+                            drop(d);
+                            continue;
+                        }
+                        let started = clock.take().unwrap_or_else(Timestamp::now);
+                        match route_index(&routes, &d.envelope().event_type) {
+                            Some(i) => {
+                                let handling = self.process(d, &mut routes[i].1, started);
+                                let ((observed, ended), waited) =
+                                    Tracked::new(handling, &self.in_flight, &mut tallies).await;
+                                tallies[i].record(&observed);
+                                if !waited {
+                                    clock = Some(ended);
+                                }
                             }
+                            None if is_malformed(&d) => {
+                                let mut route = self.malformed_route(&d, &routes);
+                                let handling = self.process(d, &mut route, started);
+                                let ((observed, _), _) =
+                                    Tracked::new(handling, &self.in_flight, &mut tallies).await;
+                                route.metrics.record(&observed);
+                            }
+                            None => self.ignore(d, &mut ignored),
                         }
-                        None if is_malformed(&d) => {
-                            let mut route = self.malformed_route(&d, &routes);
-                            let handling = self.process(d, &mut route, started);
-                            let ((observed, _), _) =
-                                Tracked::new(handling, &self.in_flight, &mut tallies).await;
-                            route.metrics.record(&observed);
-                        }
-                        None => self.ignore(d, &mut ignored),
                     }
+                    next = rx.try_recv().ok();
                 }
                 // Before waiting for more.
                 tallies.iter_mut().for_each(RouteTally::flush);
@@ -868,31 +873,40 @@ impl<B: Bus> Runtime<B> {
             return;
         }
         let mut running = FuturesUnordered::new();
+        // Received, not started yet: the rest of the last run.
+        let mut received = Run::new().into_iter();
         loop {
+            // Start what was received, up to the limit.
+            while running.len() < self.concurrency {
+                let Some(d) = received.next() else { break };
+                if self.stop_requested() {
+                    drop(d);
+                    continue;
+                }
+                let route = match find_route(&mut routes, &d.envelope().event_type) {
+                    Some(route) => Some(route.clone()),
+                    None if is_malformed(&d) => Some(self.malformed_route(&d, &routes)),
+                    None => None,
+                };
+                match route {
+                    Some(mut route) => {
+                        let rt = self.clone();
+                        running.push(async move {
+                            let handling = rt.process(d, &mut route, Timestamp::now());
+                            let ((observed, _), _) =
+                                Tracked::new(handling, &rt.in_flight, &mut []).await;
+                            route.metrics.record(&observed);
+                        });
+                    }
+                    None => self.ignore(d, &mut ignored),
+                }
+            }
             tokio::select! {
-                d = rx.recv(), if running.len() < self.concurrency => {
-                    let Some(d) = d else { break };
-                    if self.stop_requested() {
-                        drop(d);
-                        continue;
-                    }
-                    let route = match find_route(&mut routes, &d.envelope().event_type) {
-                        Some(route) => Some(route.clone()),
-                        None if is_malformed(&d) => Some(self.malformed_route(&d, &routes)),
-                        None => None,
-                    };
-                    match route {
-                        Some(mut route) => {
-                            let rt = self.clone();
-                            running.push(async move {
-                                let handling = rt.process(d, &mut route, Timestamp::now());
-                                let ((observed, _), _) =
-                                    Tracked::new(handling, &rt.in_flight, &mut []).await;
-                                route.metrics.record(&observed);
-                            });
-                        }
-                        None => self.ignore(d, &mut ignored),
-                    }
+                // Below the limit, everything received has started.
+                run = rx.recv(), if running.len() < self.concurrency => {
+                    let Some(run) = run else { break };
+                    room.add_permits(run.len());
+                    received = run.into_iter();
                 }
                 Some(()) = running.next(), if !running.is_empty() => {}
             }
@@ -1255,46 +1269,119 @@ impl<B: Bus> Runtime<B> {
     }
 }
 
-/// The consumer loop's senders to its partition workers, by topic and
-/// partition. Most deliveries go to the same worker as the one before: its
-/// sender is kept at hand, found without hashing.
-#[derive(Default)]
-struct Workers {
-    by_partition: HashMap<(Name, u32), mpsc::Sender<Delivery>>,
-    last: Option<(Name, u32, mpsc::Sender<Delivery>)>,
+/// Consecutive deliveries of one partition, handed to its worker at once.
+type Run = Vec<Delivery>;
+
+/// The way to one partition worker: its queue of runs, and the room that
+/// bounds how many deliveries wait in it (`partition_queue`). The queue
+/// itself is unbounded: the room is counted in deliveries, whatever the
+/// sizes of the runs.
+#[derive(Clone)]
+struct WorkerQueue {
+    runs: mpsc::UnboundedSender<Run>,
+    room: Arc<Semaphore>,
 }
 
-impl Workers {
-    /// The sender to the worker of `d`'s partition, started with `start` if
-    /// there is none yet.
-    fn sender(
+/// The partition workers of a consumer loop, by partition, and their tasks.
+/// Most runs go to the same worker as the one before: its queue is kept at
+/// hand, found without hashing.
+struct Workers<B: Bus> {
+    runtime: Arc<Runtime<B>>,
+    /// What each new worker starts with.
+    routes: Routes,
+    partition_queue: usize,
+    by_partition: HashMap<(Name, u32), WorkerQueue>,
+    last: Option<(Name, u32, WorkerQueue)>,
+    tasks: JoinSet<()>,
+}
+
+impl<B: Bus> Workers<B> {
+    fn new(runtime: Arc<Runtime<B>>, routes: Routes, partition_queue: usize) -> Self {
+        Workers {
+            runtime,
+            routes,
+            partition_queue,
+            by_partition: HashMap::default(),
+            last: None,
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Starts a partition worker.
+    fn start(&mut self) -> WorkerQueue {
+        let (runs, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(self.partition_queue));
+        let (rt, routes, r) = (self.runtime.clone(), self.routes.clone(), room.clone());
+        self.tasks
+            .spawn(async move { rt.worker(rx, r, routes).await });
+        WorkerQueue { runs, room }
+    }
+
+    /// Hands `run` (not empty) to the worker of its partition, started if
+    /// there is none yet: at once when its queue has room for the
+    /// run, else once it has. Returns false, dropping the run (not started,
+    /// so given back to the bus), if the service is shut down while it waits.
+    async fn hand_over(
         &mut self,
-        d: &Delivery,
-        start: impl FnOnce() -> mpsc::Sender<Delivery>,
-    ) -> &mpsc::Sender<Delivery> {
-        let (topic, partition) = (&d.envelope().topic, d.partition());
+        run: Run,
+        cancelled: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+    ) -> bool {
+        let first = &run[0];
+        let (topic, partition) = (&first.envelope().topic, first.partition());
         let hit =
             matches!(&self.last, Some((t, p, _)) if *p == partition && identity::same(t, topic));
         if !hit {
-            let tx = self
-                .by_partition
-                .entry((topic.clone(), partition))
-                .or_insert_with(start)
-                .clone();
-            self.last = Some((topic.clone(), partition, tx));
+            let queue = match self.by_partition.get(&(topic.clone(), partition)) {
+                Some(q) => q.clone(),
+                None => {
+                    let q = self.start();
+                    self.by_partition
+                        .insert((topic.clone(), partition), q.clone());
+                    q
+                }
+            };
+            self.last = Some((topic.clone(), partition, queue));
         }
-        &self.last.as_ref().expect("set when missed").2
+        let queue = &self.last.as_ref().expect("set when missed").2;
+        let n = u32::try_from(run.len()).expect("a run is at most a batch");
+        match queue.room.try_acquire_many(n) {
+            // Given back by the worker when it takes the run.
+            Ok(permit) => permit.forget(),
+            Err(_) => {
+                tokio::select! {
+                    biased;
+                    _ = cancelled => return false,
+                    permit = queue.room.acquire_many(n) => {
+                        // The room is never closed.
+                        if let Ok(permit) = permit {
+                            permit.forget();
+                        }
+                    }
+                }
+            }
+        }
+        if let Err(mpsc::error::SendError(run)) = queue.runs.send(run) {
+            self.stopped(run);
+        }
+        true
     }
 
     /// A partition worker stopped unexpectedly (it panicked): forget it, so
-    /// the partition's next delivery starts a new one, and give `d` back to
+    /// the partition's next delivery starts a new one, and give `run` back to
     /// the bus.
-    fn stopped(&mut self, d: Delivery, service: &Name) {
-        tracing::error!(service = %service, partition = d.partition(), "a partition worker stopped unexpectedly; starting a new one");
+    fn stopped(&mut self, run: Run) {
+        let first = &run[0];
+        tracing::error!(service = %self.runtime.shared.name, partition = first.partition(), "a partition worker stopped unexpectedly; starting a new one");
         self.last = None;
         self.by_partition
-            .remove(&(d.envelope().topic.clone(), d.partition()));
-        drop(d);
+            .remove(&(first.envelope().topic.clone(), first.partition()));
+        drop(run);
+    }
+
+    /// Drops every queue, so that each worker ends once it has handled what
+    /// it was given, and returns their tasks.
+    fn close(self) -> JoinSet<()> {
+        self.tasks
     }
 }
 
