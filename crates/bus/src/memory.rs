@@ -154,10 +154,8 @@ struct Inner {
 
 #[derive(Clone)]
 struct Counters {
-    evicted: IntCounterVec,
     unread_evicted: IntCounterVec,
     publish_waits: IntCounterVec,
-    published: IntCounterVec,
 }
 
 impl Counters {
@@ -166,11 +164,6 @@ impl Counters {
             IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition")
         };
         Counters {
-            evicted: vec(
-                "choreo_bus_retention_evicted_total",
-                "Events evicted from an in-process partition after every active group settled them.",
-                &["topic"],
-            ),
             unread_evicted: vec(
                 "choreo_bus_unread_evicted_total",
                 "Events evicted from an in-process partition before a group read them (DropOldest, or a group without members).",
@@ -179,11 +172,6 @@ impl Counters {
             publish_waits: vec(
                 "choreo_bus_publish_waits_total",
                 "Publishes that waited for room in a full in-process partition (WhenFull::Block).",
-                &["topic"],
-            ),
-            published: vec(
-                "choreo_bus_appended_total",
-                "Events appended to in-process partitions.",
                 &["topic"],
             ),
         }
@@ -203,16 +191,19 @@ struct Partition {
     /// Publishers waiting for room.
     room: Notify,
     counters: Counters,
-    appended: prometheus::IntCounter,
     publish_waits: prometheus::IntCounter,
-    evicted: prometheus::IntCounter,
     when_full: WhenFull,
     max_events: usize,
 }
 
 struct PartState {
-    /// Offset of `log[0]`.
+    /// Offset of `log[0]`: every event below was evicted. (So `end()` counts
+    /// the events ever appended, and `base - evicted_unread` those evicted
+    /// once settled: the counters are read from here when scraped, not
+    /// counted per event.)
     base: u64,
+    /// Events evicted before some group had settled them.
+    evicted_unread: u64,
     log: VecDeque<Arc<Envelope>>,
     cursors: Vec<Cursor>,
 }
@@ -325,10 +316,8 @@ impl InProcessBus {
     /// Registers the bus's metrics (`choreo_bus_*`) with `registry`.
     pub fn register_metrics(&self, registry: &Registry) -> prometheus::Result<()> {
         let c = &self.inner.counters;
-        registry.register(Box::new(c.evicted.clone()))?;
         registry.register(Box::new(c.unread_evicted.clone()))?;
         registry.register(Box::new(c.publish_waits.clone()))?;
-        registry.register(Box::new(c.published.clone()))?;
         registry.register(Box::new(LagCollector::new(Arc::downgrade(&self.inner))))?;
         Ok(())
     }
@@ -505,20 +494,16 @@ impl Inner {
                                 index,
                                 state: Mutex::new(PartState {
                                     base: 0,
+                                    evicted_unread: 0,
                                     log: VecDeque::new(),
                                     cursors: Vec::new(),
                                 }),
                                 room: Notify::new(),
                                 counters: self.counters.clone(),
-                                appended: self
-                                    .counters
-                                    .published
-                                    .with_label_values(&[name.as_str()]),
                                 publish_waits: self
                                     .counters
                                     .publish_waits
                                     .with_label_values(&[name.as_str()]),
-                                evicted: self.counters.evicted.with_label_values(&[name.as_str()]),
                                 when_full: self.config.retention.when_full,
                                 max_events: self.config.retention.max_events_per_partition.max(1),
                             })
@@ -692,7 +677,6 @@ impl Partition {
             }
         }
         drop(st);
-        self.appended.inc();
         true
     }
 
@@ -731,8 +715,8 @@ impl Partition {
                 c.pending.retain(|&o| o > oldest);
             }
         }
-        if !unread {
-            self.evicted.inc();
+        if unread {
+            st.evicted_unread += 1;
         }
         true
     }
@@ -740,7 +724,9 @@ impl Partition {
     /// Takes up to `max` deliverable events for `group`, redeliveries first.
     fn fetch(&self, group: &Arc<str>, max: usize, out: &mut Vec<(Arc<Envelope>, u64, u32, u64)>) {
         let mut st = self.lock();
-        let PartState { base, log, cursors } = &mut *st;
+        let PartState {
+            base, log, cursors, ..
+        } = &mut *st;
         let Some(c) = cursors.iter_mut().find(|c| c.group == *group) else {
             return;
         };
@@ -1022,40 +1008,74 @@ impl Drop for InProcessSubscription {
     }
 }
 
-/// Exposes `choreo_bus_retained_events{topic,partition}` and
-/// `choreo_bus_consumer_lag{topic,partition,group}` at scrape time.
+/// Exposes `choreo_bus_retained_events{topic,partition}`,
+/// `choreo_bus_consumer_lag{topic,partition,group}`,
+/// `choreo_bus_appended_total{topic}` and
+/// `choreo_bus_retention_evicted_total{topic}` at scrape time, from the
+/// partitions' offsets (an append costs no counter update).
 struct LagCollector {
     inner: std::sync::Weak<Inner>,
     descs: Vec<Desc>,
+}
+
+/// The families [`LagCollector`] exposes, made afresh for each scrape (two
+/// scrapes at once then share nothing).
+struct BusFamilies {
     retained: IntGaugeVec,
     lag: IntGaugeVec,
+    appended: IntCounterVec,
+    evicted: IntCounterVec,
+}
+
+impl BusFamilies {
+    fn new() -> Self {
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition")
+        };
+        let counter = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &["topic"]).expect("valid metric definition")
+        };
+        BusFamilies {
+            retained: gauge(
+                "choreo_bus_retained_events",
+                "Events retained in an in-process partition.",
+                &["topic", "partition"],
+            ),
+            lag: gauge(
+                "choreo_bus_consumer_lag",
+                "Events of an in-process partition not yet settled by a consumer group.",
+                &["topic", "partition", "group"],
+            ),
+            appended: counter(
+                "choreo_bus_appended_total",
+                "Events appended to in-process partitions.",
+            ),
+            evicted: counter(
+                "choreo_bus_retention_evicted_total",
+                "Events evicted from an in-process partition after every active group settled them.",
+            ),
+        }
+    }
+
+    fn descs(&self) -> Vec<Desc> {
+        [
+            self.retained.desc(),
+            self.lag.desc(),
+            self.appended.desc(),
+            self.evicted.desc(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+    }
 }
 
 impl LagCollector {
     fn new(inner: std::sync::Weak<Inner>) -> Self {
-        let retained = IntGaugeVec::new(
-            Opts::new(
-                "choreo_bus_retained_events",
-                "Events retained in an in-process partition.",
-            ),
-            &["topic", "partition"],
-        )
-        .expect("valid metric definition");
-        let lag = IntGaugeVec::new(
-            Opts::new(
-                "choreo_bus_consumer_lag",
-                "Events of an in-process partition not yet settled by a consumer group.",
-            ),
-            &["topic", "partition", "group"],
-        )
-        .expect("valid metric definition");
-        let mut descs: Vec<Desc> = retained.desc().into_iter().cloned().collect();
-        descs.extend(lag.desc().into_iter().cloned());
         LagCollector {
             inner,
-            descs,
-            retained,
-            lag,
+            descs: BusFamilies::new().descs(),
         }
     }
 }
@@ -1069,8 +1089,7 @@ impl Collector for LagCollector {
         let Some(inner) = self.inner.upgrade() else {
             return Vec::new();
         };
-        self.retained.reset();
-        self.lag.reset();
+        let f = BusFamilies::new();
         let topics: Vec<Arc<Topic>> = inner
             .topics
             .read()
@@ -1079,22 +1098,33 @@ impl Collector for LagCollector {
             .cloned()
             .collect();
         for t in topics {
+            let (mut appended, mut evicted) = (0, 0);
             for p in &t.partitions {
                 let st = p.lock();
+                appended += st.end();
+                evicted += st.base - st.evicted_unread;
                 let part = p.index.to_string();
-                self.retained
+                f.retained
                     .with_label_values(&[t.name.as_str(), &part])
                     .set(st.log.len() as i64);
                 let end = st.end();
                 for c in &st.cursors {
-                    self.lag
+                    f.lag
                         .with_label_values(&[t.name.as_str(), &part, &c.group])
                         .set(end.saturating_sub(c.committed) as i64);
                 }
             }
+            f.appended
+                .with_label_values(&[t.name.as_str()])
+                .inc_by(appended);
+            f.evicted
+                .with_label_values(&[t.name.as_str()])
+                .inc_by(evicted);
         }
-        let mut out = self.retained.collect();
-        out.extend(self.lag.collect());
+        let mut out = f.retained.collect();
+        out.extend(f.lag.collect());
+        out.extend(f.appended.collect());
+        out.extend(f.evicted.collect());
         out
     }
 }

@@ -54,6 +54,10 @@ async fn consumed_events_are_evicted_to_make_room() {
         metric(&registry, "choreo_bus_unread_evicted_total", &[]),
         0.0
     );
+    assert_eq!(
+        metric(&registry, "choreo_bus_appended_total", &[("topic", "t")]),
+        4.0
+    );
 }
 
 #[tokio::test]
@@ -115,6 +119,12 @@ async fn drop_oldest_evicts_unread_events_and_counts_them_per_group() {
         ),
         2.0
     );
+    assert_eq!(
+        metric(&registry, "choreo_bus_retention_evicted_total", &[]),
+        0.0,
+        "evicted unread: not counted as evicted once settled"
+    );
+    assert_eq!(metric(&registry, "choreo_bus_appended_total", &[]), 5.0);
     let d = recv(&mut sub, "the oldest retained event", PATIENCE).await;
     assert_eq!(
         &d.envelope().data[..],
