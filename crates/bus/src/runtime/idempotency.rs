@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use choreo_core::EventId;
@@ -43,6 +44,10 @@ pub struct MemoryStore {
     capacity: usize,
     // std Mutex: never held across an await.
     state: Mutex<MemoryState>,
+    /// The high 64 bits (the millisecond time and the first random bits) of
+    /// the greatest UUID v7 remembered; only grows. A v7 id above it was
+    /// never seen, which `contains_now` answers without the lock.
+    greatest_high: AtomicU64,
 }
 
 #[derive(Default)]
@@ -133,11 +138,18 @@ impl MemoryStore {
         MemoryStore {
             capacity: capacity.max(1),
             state: Mutex::new(MemoryState::default()),
+            greatest_high: AtomicU64::new(0),
         }
     }
 
     /// Whether `id` is remembered.
     pub fn contains_now(&self, id: &EventId) -> bool {
+        if let Some(u) = id.as_uuid().map(|u| u.as_u128())
+            && is_v7(u)
+            && (u >> 64) as u64 > self.greatest_high.load(Ordering::Acquire)
+        {
+            return false;
+        }
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match id.as_uuid() {
             Some(u) => st.contains_uuid(u.as_u128()),
@@ -149,7 +161,15 @@ impl MemoryStore {
     pub fn insert_now(&self, id: &EventId) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match id.as_uuid() {
-            Some(u) => st.insert_uuid(u.as_u128(), self.capacity),
+            Some(u) => {
+                let u = u.as_u128();
+                st.insert_uuid(u, self.capacity);
+                let high = (u >> 64) as u64;
+                // Only written under the lock: no read-modify-write needed.
+                if is_v7(u) && high > self.greatest_high.load(Ordering::Relaxed) {
+                    self.greatest_high.store(high, Ordering::Release);
+                }
+            }
             None => st.texts.insert(id.clone(), self.capacity),
         }
     }
@@ -258,6 +278,41 @@ impl Idempotency {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_sharing_the_greatest_ids_high_bits_are_looked_up() {
+        // Two v7 ids with the same time and first random bits.
+        let high: u128 = (0x0190_b3c4_1d2e_7a8b_u128) << 64;
+        let id = |v: u128| {
+            let h = format!("{v:032x}");
+            let text = format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            );
+            EventId::parse(&text).expect("an id")
+        };
+        let (low, lower) = (
+            id(high | 0x8000_0000_0000_0009),
+            id(high | 0x8000_0000_0000_0005),
+        );
+        let s = MemoryStore::new(10);
+        s.insert_now(&low);
+        assert!(s.contains_now(&low));
+        assert!(!s.contains_now(&lower), "never inserted");
+        s.insert_now(&lower);
+        assert!(
+            s.contains_now(&lower),
+            "remembered although below the greatest"
+        );
+        let later = id((0x0190_b3c4_1d2f_7000_u128 << 64) | 0x8000_0000_0000_0001);
+        assert!(!s.contains_now(&later));
+        s.insert_now(&later);
+        assert!(s.contains_now(&later) && s.contains_now(&low));
+    }
 
     #[test]
     fn memory_store_remembers_the_last_capacity_ids_and_forgets_the_oldest() {
