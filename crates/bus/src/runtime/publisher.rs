@@ -74,9 +74,10 @@ impl<B: Bus> Publisher<B> {
 
     /// Starts a new flow with `event`: its id becomes the flow's correlation id.
     pub async fn start_flow<E: Event>(&self, event: &E) -> Result<EventId> {
-        let env = self.envelope(event, None)?;
+        tokio::task::coop::consume_budget().await;
+        let (env, span) = self.share(self.envelope(event, None)?)?;
         let id = env.id.clone();
-        self.publish(env).await?;
+        self.send(env, span).await?;
         Ok(id)
     }
 
@@ -88,9 +89,10 @@ impl<B: Bus> Publisher<B> {
         event: &E,
         cause: &Envelope,
     ) -> Result<EventId> {
-        let env = self.envelope(event, Some(cause))?;
+        tokio::task::coop::consume_budget().await;
+        let (env, span) = self.share(self.envelope(event, Some(cause))?)?;
         let id = env.id.clone();
-        self.publish(env).await?;
+        self.send(env, span).await?;
         Ok(id)
     }
 
@@ -141,14 +143,27 @@ impl<B: Bus> Publisher<B> {
     /// publishing loop would otherwise keep a current-thread runtime from its
     /// services until the partition is full (and the services would then read
     /// thousands of events that have gone cold in the meantime).
-    pub async fn publish(&self, mut env: Envelope) -> Result<()> {
+    pub async fn publish(&self, env: Envelope) -> Result<()> {
         tokio::task::coop::consume_budget().await;
+        let (env, span) = self.share(env)?;
+        self.send(env, span).await
+    }
+
+    /// Checks `env` against the limits, starts its PRODUCER span and shares
+    /// it: the publishing futures then hold a pointer, not the envelope, and
+    /// do not copy it along with them.
+    fn share(&self, mut env: Envelope) -> Result<(Arc<Envelope>, ProduceSpan)> {
         self.limits
             .check(&env)
             .map_err(|source| Error::Publish { source })?;
         let span = ProduceSpan::root(&mut env, &self.source);
+        Ok((Arc::new(env), span))
+    }
+
+    /// Publishes a shared envelope and counts it.
+    async fn send(&self, env: Arc<Envelope>, span: ProduceSpan) -> Result<()> {
         let (topic, event_type) = (env.topic.clone(), env.event_type.clone());
-        match self.bus.publish(env).await {
+        match self.bus.publish_shared(env).await {
             Ok(()) => {
                 span.end(None);
                 self.published.inc(&topic, &event_type);
