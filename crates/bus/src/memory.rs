@@ -34,7 +34,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use choreo_core::{
@@ -190,6 +190,10 @@ struct Partition {
     state: Mutex<PartState>,
     /// Publishers waiting for room.
     room: Notify,
+    /// How many publishers wait on `room`: a settlement wakes them only if
+    /// there are any (a partition at its bound is full in every settlement
+    /// once retention has filled it, waiting publishers or not).
+    waiting: AtomicUsize,
     counters: Counters,
     publish_waits: prometheus::IntCounter,
     when_full: WhenFull,
@@ -499,6 +503,7 @@ impl Inner {
                                     cursors: Vec::new(),
                                 }),
                                 room: Notify::new(),
+                                waiting: AtomicUsize::new(0),
                                 counters: self.counters.clone(),
                                 publish_waits: self
                                     .counters
@@ -793,8 +798,13 @@ impl Partition {
                 slot.state = SlotState::Settled;
                 let before = c.committed;
                 c.advance_committed();
-                // Only a full partition has publishers waiting for room.
-                let wake = c.committed != before && st.log.len() >= self.max_events;
+                // Only a full partition has publishers waiting for room. A
+                // publisher counts itself in `waiting` before it looks for
+                // room under the lock: if it is not counted yet, it will
+                // find the room made here.
+                let wake = c.committed != before
+                    && st.log.len() >= self.max_events
+                    && self.waiting.load(Ordering::SeqCst) > 0;
                 drop(st);
                 if wake {
                     self.room.notify_waiters();
@@ -815,6 +825,16 @@ impl Settle for CursorHandle {
     fn settle(&self, _partition: u32, offset: u64, token: u64, settlement: Settlement) {
         self.partition
             .settle(&self.group, offset, token, settlement);
+    }
+}
+
+/// Uncounts a waiting publisher however its wait ends (room found, or the
+/// publish dropped).
+struct Counted<'a>(&'a AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -839,6 +859,8 @@ impl Bus for InProcessBus {
             return Ok(());
         }
         partition.publish_waits.inc();
+        partition.waiting.fetch_add(1, Ordering::SeqCst);
+        let _counted = Counted(&partition.waiting);
         loop {
             // Register for a wake-up before re-checking, so a settlement that
             // makes room in between is not missed.
