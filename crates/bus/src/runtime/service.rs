@@ -847,7 +847,10 @@ impl<B: Bus> Runtime<B> {
                         let started = clock.take().unwrap_or_else(Timestamp::now);
                         match route_index(&routes, &d.envelope().event_type) {
                             Some(i) => {
-                                let handling = self.process(d, &mut routes[i].1, started);
+                                // Pinned where it is made: the handling is
+                                // large, and is not moved again.
+                                let handling =
+                                    std::pin::pin!(self.process(d, &mut routes[i].1, started));
                                 let ((observed, ended), waited) =
                                     Tracked::new(handling, &self.in_flight, &mut tallies).await;
                                 tallies[i].record(&observed);
@@ -892,9 +895,11 @@ impl<B: Bus> Runtime<B> {
                     Some(mut route) => {
                         let rt = self.clone();
                         running.push(async move {
-                            let handling = rt.process(d, &mut route, Timestamp::now());
-                            let ((observed, _), _) =
-                                Tracked::new(handling, &rt.in_flight, &mut []).await;
+                            let ((observed, _), _) = {
+                                let handling =
+                                    std::pin::pin!(rt.process(d, &mut route, Timestamp::now()));
+                                Tracked::new(handling, &rt.in_flight, &mut []).await
+                            };
                             route.metrics.record(&observed);
                         });
                     }
