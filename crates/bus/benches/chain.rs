@@ -10,7 +10,7 @@
 //! with them), for a profiler.
 //!
 //! `CHOREO_BENCH_RETENTION=N` bounds the bus's partitions at N events instead
-//! of the default 10 000 (the bare chain's channels hold 1 024).
+//! of the default 1 024 (as many as the bare chain's channels hold).
 //!
 //! "Full runtime" means what a service gets by default: envelopes with UUID v7
 //! ids and timestamps, JSON payloads, routing, retry and timeout middleware,

@@ -45,7 +45,7 @@ pub struct MemoryStore {
     // std Mutex: never held across an await.
     state: Mutex<MemoryState>,
     /// The high 64 bits (the millisecond time and the first random bits) of
-    /// the greatest UUID v7 remembered; only grows. A v7 id above it was
+    /// the greatest UUID v7 ever inserted (forgetting ids does not lower it). A v7 id above it was
     /// never seen, which `contains_now` answers without the lock.
     greatest_high: AtomicU64,
 }

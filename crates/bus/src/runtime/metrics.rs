@@ -58,7 +58,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
         "choreo_handlers_in_flight",
         "gauge",
         "service",
-        "deliveries being handled now that have waited (for I/O, a timer, a lock); one handled without waiting is over before a scrape could see it",
+        "deliveries being handled now, counted from their first wait (for I/O, a timer, a lock): a handling that never waits is not counted",
     ),
     (
         "choreo_deliveries_ignored_total",
@@ -407,8 +407,9 @@ impl RouteMetrics {
 /// deliveries back to back, and added to the shared metrics together
 /// ([`flush`](RouteTally::flush)) before the worker waits for anything: the
 /// shared metrics are atomics, and the dozen atomic updates a handling would
-/// otherwise make cost more than the rest of its bookkeeping. No observation
-/// stays here while the worker is idle or a handler waits.
+/// otherwise make cost more than the rest of its bookkeeping. The worker
+/// flushes after each run of deliveries (at most 64) and at a handler's first
+/// wait, so no observation stays here while the worker is idle or waits.
 pub(crate) struct RouteTally {
     metrics: RouteMetrics,
     handled: [u64; 4],
@@ -447,6 +448,13 @@ impl RouteTally {
         }
         self.queue.flush();
         self.duration.flush();
+    }
+}
+
+/// A worker that ends (by a panic, too) leaves nothing unpublished.
+impl Drop for RouteTally {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

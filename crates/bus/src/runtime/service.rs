@@ -14,7 +14,7 @@ use choreo_core::{
 use futures_util::StreamExt;
 use futures_util::future::Either;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, TryAcquireError, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::util::BoxCloneService;
@@ -827,48 +827,45 @@ impl<B: Bus> Runtime<B> {
                 .iter()
                 .map(|(_, r)| RouteTally::new(&r.metrics))
                 .collect();
-            while let Some(first) = rx.recv().await {
-                // The reading that ended the last handling, while nothing has
-                // waited since: the next handling starts there.
+            // One run in hand at a time. Receiving takes tokio's task budget,
+            // so a worker whose queue never empties still yields.
+            while let Some(run) = rx.recv().await {
+                room.add_permits(run.len());
+                // The token once per run, the flag per delivery.
+                self.stop_requested();
+                // The reading that ended the last handling of this run, while
+                // nothing has waited since: the next handling starts there.
+                // (Every delivery of the run was published before it.)
                 let mut clock: Option<Timestamp> = None;
-                // One run in hand at a time; the next without waiting, while
-                // there is one.
-                let mut next = Some(first);
-                while let Some(run) = next.take() {
-                    room.add_permits(run.len());
-                    // The token once per run, the flag per delivery.
-                    self.stop_requested();
-                    for d in run {
-                        if self.stopping() {
-                            // Not started: give it back.
-                            drop(d);
-                            continue;
-                        }
-                        let started = clock.take().unwrap_or_else(Timestamp::now);
-                        match route_index(&routes, &d.envelope().event_type) {
-                            Some(i) => {
-                                // Pinned where it is made: the handling is
-                                // large, and is not moved again.
-                                let handling =
-                                    std::pin::pin!(self.process(d, &mut routes[i].1, started));
-                                let ((observed, ended), waited) =
-                                    Tracked::new(handling, &self.in_flight, &mut tallies).await;
-                                tallies[i].record(&observed);
-                                if !waited {
-                                    clock = Some(ended);
-                                }
-                            }
-                            None if is_malformed(&d) => {
-                                let mut route = self.malformed_route(&d, &routes);
-                                let handling = self.process(d, &mut route, started);
-                                let ((observed, _), _) =
-                                    Tracked::new(handling, &self.in_flight, &mut tallies).await;
-                                route.metrics.record(&observed);
-                            }
-                            None => self.ignore(d, &mut ignored),
-                        }
+                for d in run {
+                    if self.stopping() {
+                        // Not started: give it back.
+                        drop(d);
+                        continue;
                     }
-                    next = rx.try_recv().ok();
+                    let started = clock.take().unwrap_or_else(Timestamp::now);
+                    match route_index(&routes, &d.envelope().event_type) {
+                        Some(i) => {
+                            // Pinned where it is made: the handling is
+                            // large, and is not moved again.
+                            let handling =
+                                std::pin::pin!(self.process(d, &mut routes[i].1, started));
+                            let ((observed, ended), waited) =
+                                Tracked::new(handling, &self.in_flight, &mut tallies).await;
+                            tallies[i].record(&observed);
+                            if !waited {
+                                clock = ended;
+                            }
+                        }
+                        None if is_malformed(&d) => {
+                            let mut route = self.malformed_route(&d, &routes);
+                            let handling = self.process(d, &mut route, started);
+                            let ((observed, _), _) =
+                                Tracked::new(handling, &self.in_flight, &mut tallies).await;
+                            route.metrics.record(&observed);
+                        }
+                        None => self.ignore(d, &mut ignored),
+                    }
                 }
                 // Before waiting for more.
                 tallies.iter_mut().for_each(RouteTally::flush);
@@ -961,7 +958,7 @@ impl<B: Bus> Runtime<B> {
         d: Delivery,
         route: &'a mut WorkerRoute,
         started: Timestamp,
-    ) -> impl Future<Output = (Observation, Timestamp)> + Send + 'a {
+    ) -> impl Future<Output = (Observation, Option<Timestamp>)> + Send + 'a {
         let span = HandleSpan::start(
             d.envelope(),
             &self.shared.name,
@@ -988,14 +985,15 @@ impl<B: Bus> Runtime<B> {
     ///
     /// `started` is a clock reading taken just before. Returns what the
     /// handling measured, for the caller to record, and the reading that
-    /// ended it.
+    /// ended it when nothing followed that reading (the next handling may
+    /// start there); with receipts on, publishing the receipt follows it.
     async fn handle(
         &self,
         d: Delivery,
         route: &mut WorkerRoute,
         span: HandleSpan,
         started: Timestamp,
-    ) -> (Observation, Timestamp) {
+    ) -> (Observation, Option<Timestamp>) {
         let env = d.envelope().clone();
         let (partition, offset) = (d.partition(), d.offset());
         let name = &self.shared.name;
@@ -1100,8 +1098,9 @@ impl<B: Bus> Runtime<B> {
                 self.published.failed(topic);
                 tracing::warn!(service = %name, error = %e, "publishing a receipt failed");
             }
+            return (observation, None);
         }
-        (observation, ended)
+        (observation, Some(ended))
     }
 
     /// Sends a delivery to its dead-letter topic with `reason`.
@@ -1317,8 +1316,12 @@ impl<B: Bus> Workers<B> {
         let (runs, rx) = mpsc::unbounded_channel();
         let room = Arc::new(Semaphore::new(self.partition_queue));
         let (rt, routes, r) = (self.runtime.clone(), self.routes.clone(), room.clone());
-        self.tasks
-            .spawn(async move { rt.worker(rx, r, routes).await });
+        self.tasks.spawn(async move {
+            // However the worker ends (a panic included), its room closes:
+            // a sender waiting for room learns the worker is gone.
+            let _closed = CloseOnDrop(r.clone());
+            rt.worker(rx, r, routes).await
+        });
         WorkerQueue { runs, room }
     }
 
@@ -1349,21 +1352,31 @@ impl<B: Bus> Workers<B> {
         }
         let queue = &self.last.as_ref().expect("set when missed").2;
         let n = u32::try_from(run.len()).expect("a run is at most a batch");
-        match queue.room.try_acquire_many(n) {
-            // Given back by the worker when it takes the run.
-            Ok(permit) => permit.forget(),
-            Err(_) => {
+        // The room taken is given back by the worker when it takes the run;
+        // a closed room means the worker is gone.
+        let has_room = match queue.room.try_acquire_many(n) {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(TryAcquireError::Closed) => false,
+            Err(TryAcquireError::NoPermits) => {
                 tokio::select! {
                     biased;
                     _ = cancelled => return false,
-                    permit = queue.room.acquire_many(n) => {
-                        // The room is never closed.
-                        if let Ok(permit) = permit {
+                    permit = queue.room.acquire_many(n) => match permit {
+                        Ok(permit) => {
                             permit.forget();
+                            true
                         }
-                    }
+                        Err(_) => false,
+                    },
                 }
             }
+        };
+        if !has_room {
+            self.stopped(run);
+            return true;
         }
         if let Err(mpsc::error::SendError(run)) = queue.runs.send(run) {
             self.stopped(run);
@@ -1387,6 +1400,15 @@ impl<B: Bus> Workers<B> {
     /// it was given, and returns their tasks.
     fn close(self) -> JoinSet<()> {
         self.tasks
+    }
+}
+
+/// Closes a partition worker's room when the worker ends.
+struct CloseOnDrop(Arc<Semaphore>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
