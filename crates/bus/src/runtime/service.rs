@@ -682,9 +682,10 @@ pin_project_lite::pin_project! {
     /// One handling, watched for its first wait: from then until it settles
     /// the in-flight gauge counts it, and the worker's gathered observations
     /// are flushed first, so none is held back while a handler waits. A
-    /// handling that completes without waiting moves neither (it is over
-    /// before anyone could read the gauge). Yields the handling's output and
-    /// whether it waited.
+    /// handling that completes without waiting moves neither. Yields the
+    /// handling's output and whether it waited. The worker passes the
+    /// handling pinned where it was made (`Pin<&mut _>`): it is large, and
+    /// moving it into this wrapper copied it.
     struct Tracked<'a, F> {
         #[pin]
         handling: F,
