@@ -14,7 +14,7 @@ use choreo_core::{
 use futures_util::StreamExt;
 use futures_util::future::Either;
 use futures_util::stream::FuturesUnordered;
-use tokio::sync::{Semaphore, TryAcquireError, mpsc};
+use tokio::sync::{Semaphore, SemaphorePermit, TryAcquireError, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::util::BoxCloneService;
@@ -666,13 +666,6 @@ impl std::future::Future for ServiceHandle {
 /// compared by address first, with no hashing per delivery.
 type Routes = Vec<(Name, WorkerRoute)>;
 
-fn find_route<'r>(routes: &'r mut Routes, event_type: &Name) -> Option<&'r mut WorkerRoute> {
-    routes
-        .iter_mut()
-        .find(|(t, _)| t == event_type)
-        .map(|(_, r)| r)
-}
-
 /// The position of the route of `event_type`.
 fn route_index(routes: &Routes, event_type: &Name) -> Option<usize> {
     routes.iter().position(|(t, _)| t == event_type)
@@ -884,8 +877,8 @@ impl<B: Bus> Runtime<B> {
                     drop(d);
                     continue;
                 }
-                let route = match find_route(&mut routes, &d.envelope().event_type) {
-                    Some(route) => Some(route.clone()),
+                let route = match route_index(&routes, &d.envelope().event_type) {
+                    Some(i) => Some(routes[i].1.clone()),
                     None if is_malformed(&d) => Some(self.malformed_route(&d, &routes)),
                     None => None,
                 };
@@ -1355,26 +1348,15 @@ impl<B: Bus> Workers<B> {
         let n = u32::try_from(run.len()).expect("a run is at most a batch");
         // The room taken is given back by the worker when it takes the run;
         // a closed room means the worker is gone.
-        let has_room = match queue.room.try_acquire_many(n) {
-            Ok(permit) => {
-                permit.forget();
-                true
-            }
-            Err(TryAcquireError::Closed) => false,
-            Err(TryAcquireError::NoPermits) => {
-                tokio::select! {
-                    biased;
-                    _ = cancelled => return false,
-                    permit = queue.room.acquire_many(n) => match permit {
-                        Ok(permit) => {
-                            permit.forget();
-                            true
-                        }
-                        Err(_) => false,
-                    },
-                }
-            }
+        let permit = match queue.room.try_acquire_many(n) {
+            Err(TryAcquireError::NoPermits) => tokio::select! {
+                biased;
+                _ = cancelled => return false,
+                permit = queue.room.acquire_many(n) => permit.ok(),
+            },
+            taken => taken.ok(),
         };
+        let has_room = permit.map(SemaphorePermit::forget).is_some();
         if !has_room {
             self.stopped(run);
             return true;
