@@ -1123,13 +1123,13 @@ impl Collector for LagCollector {
             let (mut appended, mut evicted) = (0, 0);
             for p in &t.partitions {
                 let st = p.lock();
-                appended += st.end();
+                let end = st.end();
+                appended += end;
                 evicted += st.base - st.evicted_unread;
                 let part = p.index.to_string();
                 f.retained
                     .with_label_values(&[t.name.as_str(), &part])
                     .set(st.log.len() as i64);
-                let end = st.end();
                 for c in &st.cursors {
                     f.lag
                         .with_label_values(&[t.name.as_str(), &part, &c.group])

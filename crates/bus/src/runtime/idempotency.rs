@@ -45,8 +45,9 @@ pub struct MemoryStore {
     // std Mutex: never held across an await.
     state: Mutex<MemoryState>,
     /// The high 64 bits (the millisecond time and the first random bits) of
-    /// the greatest UUID v7 ever inserted (forgetting ids does not lower it). A v7 id above it was
-    /// never seen, which `contains_now` answers without the lock.
+    /// the greatest UUID v7 ever inserted (forgetting ids does not lower it).
+    /// A v7 id above it was never seen, which `contains_now` answers without
+    /// the lock.
     greatest_high: AtomicU64,
 }
 
@@ -144,15 +145,16 @@ impl MemoryStore {
 
     /// Whether `id` is remembered.
     pub fn contains_now(&self, id: &EventId) -> bool {
-        if let Some(u) = id.as_uuid().map(|u| u.as_u128())
+        let uuid = id.as_uuid().map(|u| u.as_u128());
+        if let Some(u) = uuid
             && is_v7(u)
             && (u >> 64) as u64 > self.greatest_high.load(Ordering::Acquire)
         {
             return false;
         }
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        match id.as_uuid() {
-            Some(u) => st.contains_uuid(u.as_u128()),
+        match uuid {
+            Some(u) => st.contains_uuid(u),
             None => st.texts.contains(id),
         }
     }

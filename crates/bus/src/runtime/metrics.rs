@@ -428,12 +428,10 @@ impl RouteTally {
     }
 
     pub(crate) fn record(&mut self, o: &Observation) {
-        let slot = match o.outcome {
-            Outcome::Acked => 0,
-            Outcome::DeadLettered => 1,
-            Outcome::Duplicate => 2,
-            Outcome::Redelivered => 3,
-        };
+        let slot = OUTCOMES
+            .iter()
+            .position(|&outcome| outcome == o.outcome)
+            .expect("every outcome is listed");
         self.handled[slot] += 1;
         self.queue.observe(o.queue);
         self.duration.observe(o.duration);
