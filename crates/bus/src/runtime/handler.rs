@@ -94,15 +94,10 @@ where
     /// so it is permanent.
     fn from(e: E) -> Self {
         let source: BoxError = Box::new(e);
-        let permanent =
-            std::iter::successors(Some(&*source as &(dyn std::error::Error + 'static)), |e| {
-                e.source()
-            })
-            .take(32)
-            .any(|e| {
-                e.downcast_ref::<choreo_core::Error>()
-                    .is_some_and(is_refused)
-            });
+        let permanent = chain(&*source).any(|e| {
+            e.downcast_ref::<choreo_core::Error>()
+                .is_some_and(is_refused)
+        });
         HandlerError { permanent, source }
     }
 }
@@ -280,11 +275,18 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+/// An error, then its sources, in order. Bounded: a chain of sources could
+/// loop.
+fn chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source()).take(32)
+}
+
 /// An error and its sources, joined with ": ".
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
-    // Bounded: a chain of sources could loop.
-    for c in std::iter::successors(e.source(), |c| c.source()).take(32) {
+    for c in chain(e).skip(1) {
         let text = c.to_string();
         // Many errors (choreo's own among them) already end their message
         // with their source's: said once.
