@@ -74,11 +74,7 @@ impl<B: Bus> Publisher<B> {
 
     /// Starts a new flow with `event`: its id becomes the flow's correlation id.
     pub async fn start_flow<E: Event>(&self, event: &E) -> Result<EventId> {
-        tokio::task::coop::consume_budget().await;
-        let (env, span) = self.share(self.envelope(event, None)?)?;
-        let id = env.id.clone();
-        self.send(env, span).await?;
-        Ok(id)
+        self.publish_event(event, None).await
     }
 
     /// Publishes `event` as a consequence of `cause` (same flow), for work done
@@ -89,8 +85,17 @@ impl<B: Bus> Publisher<B> {
         event: &E,
         cause: &Envelope,
     ) -> Result<EventId> {
+        self.publish_event(event, Some(cause)).await
+    }
+
+    /// Publishes `event`, a flow's first or caused by `cause`; returns its id.
+    async fn publish_event<E: Event>(
+        &self,
+        event: &E,
+        cause: Option<&Envelope>,
+    ) -> Result<EventId> {
         tokio::task::coop::consume_budget().await;
-        let (env, span) = self.share(self.envelope(event, Some(cause))?)?;
+        let (env, span) = self.share(self.envelope(event, cause)?)?;
         let id = env.id.clone();
         self.send(env, span).await?;
         Ok(id)
