@@ -20,10 +20,11 @@ impl Timestamp {
 
     /// The current wall-clock time.
     ///
-    /// On Linux, read with `clock_gettime` straight from the vDSO (rustix)
-    /// and converted with one multiply: `SystemTime` goes through a checked
-    /// subtraction and a `Duration` on the way, and a handled event reads the
-    /// clock three times, so that was 5 % of the runtime's chain benchmark.
+    /// On Linux, read with `clock_gettime` (rustix over libc, which takes it
+    /// from the vDSO: rustix's own vDSO parser crashes programs run under
+    /// valgrind) and converted with one multiply: `SystemTime` goes through a
+    /// checked subtraction and a `Duration` on the way, and a handled event
+    /// reads the clock three times.
     pub fn now() -> Self {
         #[cfg(target_os = "linux")]
         {
