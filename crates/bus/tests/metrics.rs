@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use choreo_bus::{Context, HandlerError, InProcessBus, InProcessConfig, Publisher, Service};
+use choreo_bus::{Context, HandlerError, Service};
 use choreo_testkit::wait_until;
 use common::*;
 use tokio::sync::Notify;
@@ -14,20 +14,10 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
 async fn a_waiting_handler_is_in_flight_and_the_handlings_before_it_are_counted_meanwhile() {
-    let bus = InProcessBus::with_config(InProcessConfig {
-        partitions: 1,
-        ..Default::default()
-    });
-    let (registry, m) = metrics();
     // Published before the service starts, so that its worker receives all
     // three in one batch and handles the first two without waiting.
-    let checkout = Publisher::new(&bus, "checkout");
-    for order_id in 1..=3 {
-        checkout
-            .start_flow(&OrderPlaced { order_id })
-            .await
-            .unwrap();
-    }
+    let bus = orders_waiting(3).await;
+    let (registry, m) = metrics();
     let gate = Arc::new(Notify::new());
     let g = gate.clone();
     let stop = CancellationToken::new();
@@ -81,18 +71,8 @@ async fn a_waiting_handler_is_in_flight_and_the_handlings_before_it_are_counted_
 
 #[tokio::test]
 async fn handlings_that_never_wait_are_counted_once_the_worker_is_idle() {
-    let bus = InProcessBus::with_config(InProcessConfig {
-        partitions: 1,
-        ..Default::default()
-    });
+    let bus = orders_waiting(200).await;
     let (registry, m) = metrics();
-    let checkout = Publisher::new(&bus, "checkout");
-    for order_id in 1..=200 {
-        checkout
-            .start_flow(&OrderPlaced { order_id })
-            .await
-            .unwrap();
-    }
     let stop = CancellationToken::new();
     let svc = Service::new("payment")
         .on(|_o: OrderPlaced, _ctx: Context| async { Ok::<(), HandlerError>(()) })

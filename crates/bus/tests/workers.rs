@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use choreo_bus::{
-    BoxError, BoxFuture, Context, HandlerError, Idempotency, IdempotencyStore, InProcessBus,
-    InProcessConfig, Publisher, Service, ServiceConfig,
+    BoxError, BoxFuture, Context, HandlerError, Idempotency, IdempotencyStore, Service,
+    ServiceConfig,
 };
 use choreo_core::{EventId, Outcome};
 use choreo_testkit::wait_until;
@@ -36,19 +36,9 @@ impl IdempotencyStore for PanicsOnce {
 
 #[tokio::test]
 async fn a_worker_that_dies_with_runs_queued_is_replaced_and_every_event_is_handled() {
-    let bus = InProcessBus::with_config(InProcessConfig {
-        partitions: 1,
-        ..Default::default()
-    });
     // Published first, so that the consumer loop hands them over in runs of
     // two (the queue's room) while the worker is busy.
-    let checkout = Publisher::new(&bus, "checkout");
-    for order_id in 1..=10 {
-        checkout
-            .start_flow(&OrderPlaced { order_id })
-            .await
-            .unwrap();
-    }
+    let bus = orders_waiting(10).await;
     let (_registry, m) = metrics();
     let stop = CancellationToken::new();
     let svc = Service::new("payment")

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use choreo_bus::{InProcessBus, Metrics};
+use choreo_bus::{InProcessBus, InProcessConfig, Metrics, Publisher};
 use choreo_core::{Envelope, Outcome, RECEIPTS_TOPIC, Receipt};
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +51,23 @@ pub fn receipts_with(bus: &InProcessBus, outcome: Outcome) -> Vec<Receipt> {
 
 pub fn events(bus: &InProcessBus, topic: &str) -> Vec<Arc<Envelope>> {
     bus.retained(topic)
+}
+
+/// A bus of one partition holding orders `1..=n`, placed before any service
+/// runs: a service started on it finds them all waiting, in one batch.
+pub async fn orders_waiting(n: u64) -> InProcessBus {
+    let bus = InProcessBus::with_config(InProcessConfig {
+        partitions: 1,
+        ..Default::default()
+    });
+    let checkout = Publisher::new(&bus, "checkout");
+    for order_id in 1..=n {
+        checkout
+            .start_flow(&OrderPlaced { order_id })
+            .await
+            .expect("publish");
+    }
+    bus
 }
 
 #[allow(unused_imports)] // not every test binary reads metrics
