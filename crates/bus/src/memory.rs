@@ -8,7 +8,7 @@
 //! or leaves. A partition that changes owner is handed over at the group's
 //! position: deliveries the old owner had not settled are delivered again.
 //!
-//! # Retention
+//! # Retention and back-pressure
 //!
 //! Each partition keeps at most [`Retention::max_events_per_partition`]
 //! events. Events are kept after they are consumed, so that a group that
@@ -17,25 +17,40 @@
 //!
 //! 1. the oldest event is evicted if every group with members has settled it
 //!    (counted in `choreo_bus_retention_evicted_total`);
-//! 2. otherwise, with [`WhenFull::Block`] (the default), the publisher waits
-//!    until the slowest group settles the oldest event
-//!    (`choreo_bus_publish_waits_total` counts the waits). Nothing is lost,
-//!    but a service that publishes to a full topic it also consumes, through a
-//!    cycle, can wait for itself: size the bound for your cycles;
+//! 2. otherwise, with [`WhenFull::Block`] (the default), who waits depends on
+//!    who publishes (see [`WhenFull::Block`] for why):
+//!    - a publish made **while handling a delivery** (a [`Service`]'s emitted
+//!      events, receipts and dead letters) never waits: the event is appended
+//!      past the bound (counted in `choreo_bus_overflow_total`);
+//!    - any other publish (a flow started by a [`Publisher`], an event
+//!      published from a loop of your own) waits for room in its partition,
+//!      and also while **any** partition of the bus is past its bound, so the
+//!      work already admitted drains before new work comes in
+//!      (`choreo_bus_publish_waits_total` counts the waits). Nothing is lost;
 //! 3. with [`WhenFull::DropOldest`], the oldest event is evicted even though a
 //!    group has not read it; the group skips it and
 //!    `choreo_bus_unread_evicted_total{topic,group}` counts it, with a warning
-//!    in the log.
+//!    in the log. Nothing waits and nothing goes past the bound.
 //!
 //! A group whose members have all left does not hold events back: its unread
 //! events are evicted when room is needed, counted in
 //! `choreo_bus_unread_evicted_total` like case 3. No event a group has not read
 //! disappears without being counted.
+//!
+//! A publisher that has waited [`Retention::stalled_after`] (default 10 s)
+//! while the group holding the room back settled nothing logs a warning naming
+//! the topic, partition and group, and counts
+//! `choreo_bus_publish_stalls_total{topic,partition,group}`, again every
+//! period while it lasts: a wait that may never end is never silent.
+//!
+//! [`Service`]: crate::Service
+//! [`Publisher`]: crate::Publisher
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use choreo_core::{
     Bus, Delivery, Envelope, Error, Name, Result, Settle, Settlement, StartFrom, SubscribeOptions,
@@ -48,15 +63,45 @@ use tokio::sync::Notify;
 
 use crate::identity::{self, IdentityCache};
 
-/// What a full partition does with a new event.
+/// What a full partition does with a new event: one whose oldest event a
+/// group with members has not settled yet. See the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WhenFull {
-    /// The publisher waits until the slowest active group has settled the
-    /// oldest event. Nothing is lost.
+    /// Nothing is lost; the publishers that start work wait, handlers never
+    /// do.
+    ///
+    /// A publish made outside a handler (a flow started by a
+    /// [`Publisher`](crate::Publisher), an event from a loop of your own)
+    /// waits until the slowest group has settled the oldest event of its
+    /// partition, and while any partition of the bus is past its bound.
+    ///
+    /// A publish made while handling a delivery (the events a
+    /// [`Service`](crate::Service)'s handler emits, its receipts, its dead
+    /// letters; anything published from the task of a service's partition
+    /// worker) never waits: the event is appended past the bound and counted
+    /// in `choreo_bus_overflow_total{topic}`. Waiting there could wait for
+    /// itself: services in a cycle (the order saga's `orders` → `payment` →
+    /// `payments` → `checkout` → `orders`) each hold the deliveries whose
+    /// settlement would make room for the other, and a service that publishes
+    /// to a topic its own group reads holds the very room it waits for. So
+    /// back-pressure stops new work at the door instead, and the work already
+    /// admitted always finishes: the partitions past their bound drain as
+    /// their consumers settle, which they can, since none of them waits for
+    /// room. What the bus holds beyond the bounds is what the work admitted
+    /// before the door closed produces.
+    ///
+    /// A publisher then only ever waits for consumers; if the consumer that
+    /// holds the room back settles nothing for [`Retention::stalled_after`]
+    /// (a handler stuck, a subscription nobody reads, your own loop waiting
+    /// for its own publish), a warning names its topic, partition and group
+    /// (`choreo_bus_publish_stalls_total`). A handler that publishes from a
+    /// task of its own (`tokio::spawn`) is not handling there: its publishes
+    /// wait like any other, so await them in the handler, or emit through
+    /// its [`Context`](crate::Context).
     #[default]
     Block,
     /// The oldest event is evicted even if an active group has not read it;
-    /// counted in `choreo_bus_unread_evicted_total`.
+    /// counted in `choreo_bus_unread_evicted_total`. Nothing ever waits.
     DropOldest,
 }
 
@@ -64,15 +109,23 @@ pub enum WhenFull {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// Events kept per partition. Default 1 024: with the default 4
-    /// partitions a topic holds at most 4 096 events, which bounds what the
-    /// bus keeps in memory (every event of every topic, read or not: a
-    /// receipts topic nothing reads holds as many as the topics it reports
-    /// on) and lets a slow group hold a publisher back after as many unread
-    /// events as a bounded channel would. Raise it for late subscribers that
-    /// need more history, or for bursts larger than that per partition.
+    /// partitions a topic holds 4 096 events, which bounds what the bus keeps
+    /// in memory (every event of every topic, read or not: a receipts topic
+    /// nothing reads holds as many as the topics it reports on) and lets a
+    /// slow group hold a publisher back after as many unread events as a
+    /// bounded channel would. With [`WhenFull::Block`], events handlers
+    /// publish can go past it while a consumer catches up (new work waits
+    /// meanwhile). Raise it for late subscribers that need more history, or
+    /// for bursts larger than that per partition.
     pub max_events_per_partition: usize,
     /// What happens when a partition is full. Default [`WhenFull::Block`].
     pub when_full: WhenFull,
+    /// How long a publisher waits for room, while the group holding it back
+    /// settles nothing, before it logs a warning naming that group and counts
+    /// `choreo_bus_publish_stalls_total` (and again every such period). The
+    /// publisher keeps waiting: a consumer may be slow on purpose. Default
+    /// 10 s.
+    pub stalled_after: Duration,
 }
 
 impl Default for Retention {
@@ -80,6 +133,7 @@ impl Default for Retention {
         Retention {
             max_events_per_partition: 1024,
             when_full: WhenFull::Block,
+            stalled_after: Duration::from_secs(10),
         }
     }
 }
@@ -91,7 +145,9 @@ pub struct InProcessConfig {
     pub partitions: u32,
     /// Partition counts of named topics, overriding `partitions`.
     pub topic_partitions: HashMap<String, u32>,
-    /// Retention bound and policy. See the [module docs](self).
+    /// Retention bound and policy: how much a partition keeps, and who waits
+    /// when it is full (publishers that start work; never a handler). See
+    /// [`WhenFull`] and the [module docs](self).
     pub retention: Retention,
     /// Deliveries a subscription takes from a partition per lock. Default 64.
     /// Larger batches cost fewer locks; smaller ones spread a burst over more
@@ -150,12 +206,50 @@ struct Inner {
     groups: Mutex<HashMap<Arc<str>, GroupState>>,
     next_member: AtomicU64,
     counters: Counters,
+    gate: Arc<Gate>,
+}
+
+tokio::task_local! {
+    /// Set on the task of a service's partition worker (see [`handling`]):
+    /// what it publishes never waits for room.
+    static HANDLING: ();
+}
+
+/// Runs `worker`, a task that handles deliveries, so that what it publishes
+/// to the in-process bus never waits for room (see [`WhenFull::Block`]): a
+/// handler holds unsettled deliveries, and the room it would wait for may be
+/// held back by them. Harmless on other backends.
+pub(crate) fn handling<F: Future>(worker: F) -> impl Future<Output = F::Output> {
+    HANDLING.scope((), worker)
+}
+
+/// Whether the current task handles deliveries ([`handling`]).
+fn in_handler() -> bool {
+    HANDLING.try_with(|_| ()).is_ok()
+}
+
+/// The door new work comes in by: closed while any partition of the bus holds
+/// more than its bound (events handlers published past it). Publishes made
+/// outside handlers wait for it to open.
+struct Gate {
+    /// Partitions past their bound.
+    over: AtomicUsize,
+    /// Woken when `over` drops to 0.
+    opened: Notify,
+}
+
+impl Gate {
+    fn is_open(&self) -> bool {
+        self.over.load(Ordering::Acquire) == 0
+    }
 }
 
 #[derive(Clone)]
 struct Counters {
     unread_evicted: IntCounterVec,
     publish_waits: IntCounterVec,
+    overflow: IntCounterVec,
+    stalls: IntCounterVec,
 }
 
 impl Counters {
@@ -171,8 +265,18 @@ impl Counters {
             ),
             publish_waits: vec(
                 "choreo_bus_publish_waits_total",
-                "Publishes that waited for room in a full in-process partition (WhenFull::Block).",
+                "Publishes from outside handlers that waited for room in a full in-process partition, or for partitions past their bound to drain (WhenFull::Block).",
                 &["topic"],
+            ),
+            overflow: vec(
+                "choreo_bus_overflow_total",
+                "Events published while handling a delivery, appended past a full in-process partition's bound instead of waiting (WhenFull::Block).",
+                &["topic"],
+            ),
+            stalls: vec(
+                "choreo_bus_publish_stalls_total",
+                "Periods of Retention::stalled_after in which a waiting publisher saw the group holding the room back settle nothing in this partition.",
+                &["topic", "partition", "group"],
             ),
         }
     }
@@ -196,8 +300,12 @@ struct Partition {
     waiting: AtomicUsize,
     counters: Counters,
     publish_waits: prometheus::IntCounter,
+    overflow: prometheus::IntCounter,
     when_full: WhenFull,
     max_events: usize,
+    /// The bus's door for new work: this partition keeps it closed while it
+    /// is past its bound (`PartState::over`).
+    gate: Arc<Gate>,
 }
 
 struct PartState {
@@ -210,6 +318,8 @@ struct PartState {
     evicted_unread: u64,
     log: VecDeque<Arc<Envelope>>,
     cursors: Vec<Cursor>,
+    /// Whether `log` holds more than the bound, counted in `Gate::over`.
+    over: bool,
 }
 
 impl PartState {
@@ -308,6 +418,10 @@ impl InProcessBus {
                 groups: Mutex::new(HashMap::new()),
                 next_member: AtomicU64::new(1),
                 counters: Counters::new(),
+                gate: Arc::new(Gate {
+                    over: AtomicUsize::new(0),
+                    opened: Notify::new(),
+                }),
             }),
         }
     }
@@ -322,6 +436,8 @@ impl InProcessBus {
         let c = &self.inner.counters;
         registry.register(Box::new(c.unread_evicted.clone()))?;
         registry.register(Box::new(c.publish_waits.clone()))?;
+        registry.register(Box::new(c.overflow.clone()))?;
+        registry.register(Box::new(c.stalls.clone()))?;
         registry.register(Box::new(LagCollector::new(Arc::downgrade(&self.inner))))?;
         Ok(())
     }
@@ -501,6 +617,7 @@ impl Inner {
                                     evicted_unread: 0,
                                     log: VecDeque::new(),
                                     cursors: Vec::new(),
+                                    over: false,
                                 }),
                                 room: Notify::new(),
                                 waiting: AtomicUsize::new(0),
@@ -509,8 +626,13 @@ impl Inner {
                                     .counters
                                     .publish_waits
                                     .with_label_values(&[name.as_str()]),
+                                overflow: self
+                                    .counters
+                                    .overflow
+                                    .with_label_values(&[name.as_str()]),
                                 when_full: self.config.retention.when_full,
                                 max_events: self.config.retention.max_events_per_partition.max(1),
+                                gate: self.gate.clone(),
                             })
                         })
                         .collect(),
@@ -559,6 +681,9 @@ impl Inner {
                     cursor.rewind();
                     cursor.owner = owner.clone();
                 }
+                // A group that lost its members no longer holds events back:
+                // a partition it kept past its bound can shrink now.
+                p.trim(&mut st);
                 drop(st);
                 if let Some(o) = owner {
                     new_assignments
@@ -660,22 +785,123 @@ impl Inner {
     }
 }
 
+/// A group holding back room a publisher waits for, at `committed` in one
+/// partition.
+#[derive(PartialEq, Eq)]
+struct Holder {
+    topic: Name,
+    partition: u32,
+    group: Arc<str>,
+    committed: u64,
+}
+
+impl Inner {
+    /// A publish from outside handlers that found its partition full or the
+    /// door closed: waits until both allow it, warning about the groups that
+    /// hold the room back while they settle nothing.
+    async fn wait_to_append(
+        &self,
+        partition: &Partition,
+        mut envelope: Option<Arc<Envelope>>,
+    ) -> Result<()> {
+        partition.publish_waits.inc();
+        partition.waiting.fetch_add(1, Ordering::SeqCst);
+        let _counted = Counted(&partition.waiting);
+        let period = self.config.retention.stalled_after;
+        let since = Instant::now();
+        // Who held the room back at the last look, to tell a consumer that
+        // is slow from one that has stopped.
+        let mut held_by = self.holders(partition);
+        let check = tokio::time::sleep(period);
+        tokio::pin!(check);
+        loop {
+            // Register for both wake-ups before re-checking, so a settlement
+            // or the door opening in between is not missed.
+            let room = partition.room.notified();
+            let opened = partition.gate.opened.notified();
+            tokio::pin!(room, opened);
+            room.as_mut().enable();
+            opened.as_mut().enable();
+            if partition.gate.is_open() && partition.try_append(&mut envelope, false) {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = room => {}
+                _ = opened => {}
+                _ = check.as_mut() => {
+                    let now = self.holders(partition);
+                    for h in now.iter().filter(|h| held_by.contains(h)) {
+                        self.counters
+                            .stalls
+                            .with_label_values(&[h.topic.as_str(), &h.partition.to_string(), &h.group])
+                            .inc();
+                        tracing::warn!(
+                            topic = %partition.topic, partition = partition.index,
+                            waited = ?since.elapsed(), held_by_topic = %h.topic,
+                            held_by_partition = h.partition, held_by_group = %h.group,
+                            offset = h.committed,
+                            "a publish has waited for room in the in-process bus while group '{}' settled nothing in partition {} of '{}' for {period:?} (its oldest unsettled event is offset {}): is its consumer stuck, or waiting for this publish? Publishes outside handlers wait for room (WhenFull::Block); handlers never do",
+                            h.group, h.partition, h.topic, h.committed
+                        );
+                    }
+                    held_by = now;
+                    check.as_mut().reset(tokio::time::Instant::now() + period);
+                }
+            }
+        }
+    }
+
+    /// The groups holding back the room a publish to `partition` waits for:
+    /// those of `partition`, and those keeping any partition past its bound
+    /// (the door closed).
+    fn holders(&self, partition: &Partition) -> Vec<Holder> {
+        let mut out = Vec::new();
+        partition.holders(&mut out);
+        if !partition.gate.is_open() {
+            let topics: Vec<Arc<Topic>> = self
+                .topics
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .cloned()
+                .collect();
+            for t in topics {
+                for p in &t.partitions {
+                    if !std::ptr::eq(&**p, partition) && p.lock().over {
+                        p.holders(&mut out);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 impl Partition {
     fn lock(&self) -> std::sync::MutexGuard<'_, PartState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Appends, making room per the retention policy. Returns false when the
-    /// publisher must wait for room.
-    fn try_append(&self, envelope: &mut Option<Arc<Envelope>>) -> bool {
+    /// publisher must wait for room; with `past_bound` (a publish made while
+    /// handling, see [`WhenFull::Block`]) never: what cannot be evicted
+    /// stays, and the event goes past the bound.
+    fn try_append(&self, envelope: &mut Option<Arc<Envelope>>, past_bound: bool) -> bool {
         let mut st = self.lock();
         while st.log.len() >= self.max_events {
             if !self.evict_oldest(&mut st) {
-                return false;
+                if !past_bound {
+                    return false;
+                }
+                self.overflow.inc();
+                break;
             }
         }
         let env = envelope.take().expect("envelope present until appended");
         st.log.push_back(env);
+        if st.over != (st.log.len() > self.max_events) {
+            self.set_over(&mut st);
+        }
         for c in &st.cursors {
             if let Some(owner) = &c.owner {
                 owner.notify.notify_one();
@@ -683,6 +909,46 @@ impl Partition {
         }
         drop(st);
         true
+    }
+
+    /// Evicts the oldest events of a partition past its bound, down to the
+    /// bound, as far as the groups that hold them allow: called when a group
+    /// settles or loses its members.
+    fn trim(&self, st: &mut PartState) {
+        while st.log.len() > self.max_events && self.evict_oldest(st) {}
+        self.set_over(st);
+    }
+
+    /// Keeps `st.over` in step with the log's length, and the gate with it:
+    /// the last partition to come back under its bound opens the door.
+    fn set_over(&self, st: &mut PartState) {
+        let over = st.log.len() > self.max_events;
+        if over == st.over {
+            return;
+        }
+        st.over = over;
+        if over {
+            self.gate.over.fetch_add(1, Ordering::AcqRel);
+        } else if self.gate.over.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Waiters enable their wake-up before they look at the gate.
+            self.gate.opened.notify_waiters();
+        }
+    }
+
+    /// The groups with members that hold back the eviction of the oldest
+    /// event (so the room a publisher waits for), with their positions.
+    fn holders(&self, out: &mut Vec<Holder>) {
+        let st = self.lock();
+        for c in &st.cursors {
+            if c.active() && c.committed <= st.base && c.committed < st.end() {
+                out.push(Holder {
+                    topic: self.topic.clone(),
+                    partition: self.index,
+                    group: c.group.clone(),
+                    committed: c.committed,
+                });
+            }
+        }
     }
 
     /// Evicts `log[0]` if the policy allows it.
@@ -802,9 +1068,15 @@ impl Partition {
                 // publisher counts itself in `waiting` before it looks for
                 // room under the lock: if it is not counted yet, it will
                 // find the room made here.
-                let wake = c.committed != before
+                let advanced = c.committed != before;
+                let wake = advanced
                     && st.log.len() >= self.max_events
                     && self.waiting.load(Ordering::SeqCst) > 0;
+                if advanced && st.over {
+                    // Past its bound (handlers published while it was full):
+                    // back down as far as every group has settled.
+                    self.trim(&mut st);
+                }
                 drop(st);
                 if wake {
                     self.room.notify_waiters();
@@ -854,24 +1126,19 @@ impl Bus for InProcessBus {
             .partition(topic.partitions.len() as u32);
         let partition = &topic.partitions[p as usize];
         let mut envelope = Some(envelope);
-        // Fast path: room available, no waiter registration.
-        if partition.try_append(&mut envelope) {
+        // Fast path: the door open and room available, no waiter registration.
+        if partition.gate.is_open() && partition.try_append(&mut envelope, false) {
             return Ok(());
         }
-        partition.publish_waits.inc();
-        partition.waiting.fetch_add(1, Ordering::SeqCst);
-        let _counted = Counted(&partition.waiting);
-        loop {
-            // Register for a wake-up before re-checking, so a settlement that
-            // makes room in between is not missed.
-            let room = partition.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            if partition.try_append(&mut envelope) {
-                return Ok(());
-            }
-            room.await;
+        if in_handler() {
+            // A handler never waits for room: it could wait for itself (see
+            // `WhenFull::Block`). Appended, past the bound if need be.
+            let appended = partition.try_append(&mut envelope, true);
+            debug_assert!(appended, "an append past the bound always succeeds");
+            return Ok(());
         }
+        // Boxed: the wait takes no room in the future of every publish.
+        Box::pin(self.inner.wait_to_append(partition, envelope)).await
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<InProcessSubscription> {

@@ -15,6 +15,7 @@ fn bus(when_full: WhenFull) -> (InProcessBus, prometheus::Registry) {
         retention: Retention {
             max_events_per_partition: 3,
             when_full,
+            ..Retention::default()
         },
         ..Default::default()
     });

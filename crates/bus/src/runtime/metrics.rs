@@ -100,7 +100,19 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
         "choreo_bus_publish_waits_total",
         "counter",
         "topic",
-        "in-process bus: publishes that waited for room (WhenFull::Block)",
+        "in-process bus: publishes from outside handlers that waited for room in their partition, or for partitions past their bound to drain (WhenFull::Block)",
+    ),
+    (
+        "choreo_bus_overflow_total",
+        "counter",
+        "topic",
+        "in-process bus: events published while handling a delivery, appended past a full partition's bound instead of waiting (a handler waiting for room could wait for itself); new work waits until it drains",
+    ),
+    (
+        "choreo_bus_publish_stalls_total",
+        "counter",
+        "topic, partition, group",
+        "in-process bus: periods of Retention::stalled_after (10 s) in which a waiting publisher saw the group holding the room back settle nothing in this partition (a warning is logged each time)",
     ),
     (
         "choreo_bus_retained_events",

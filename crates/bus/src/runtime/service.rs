@@ -1310,12 +1310,14 @@ impl<B: Bus> Workers<B> {
         let (runs, rx) = mpsc::unbounded_channel();
         let room = Arc::new(Semaphore::new(self.partition_queue));
         let (rt, routes, r) = (self.runtime.clone(), self.routes.clone(), room.clone());
-        self.tasks.spawn(async move {
+        // In a `handling` scope: what its handlers publish to the in-process
+        // bus never waits for room, which they may themselves hold back.
+        self.tasks.spawn(crate::memory::handling(async move {
             // However the worker ends (a panic included), its room closes:
             // a sender waiting for room learns the worker is gone.
             let _closed = CloseOnDrop(r.clone());
             rt.worker(rx, r, routes).await
-        });
+        }));
         WorkerQueue { runs, room }
     }
 
