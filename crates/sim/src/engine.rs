@@ -142,19 +142,26 @@ fn roll(seed: u64, flow: u64, parts: &[&str], n: u64) -> f64 {
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// The flow number a simulated payload carries.
-fn flow_of(data: &[u8]) -> u64 {
-    #[derive(Deserialize)]
-    struct P {
-        flow: u64,
-    }
-    serde_json::from_slice::<P>(data)
-        .map(|p| p.flow)
-        .unwrap_or(0)
+/// What a simulated payload carries: the flow number, and how many
+/// reactions led to the event (0 for a flow's start).
+#[derive(Deserialize)]
+struct Payload {
+    flow: u64,
+    #[serde(default)]
+    hop: u64,
 }
 
-fn payload(flow: u64) -> Bytes {
-    Bytes::from(format!("{{\"flow\":{flow}}}"))
+fn payload_of(data: &[u8]) -> Payload {
+    serde_json::from_slice(data).unwrap_or(Payload { flow: 0, hop: 0 })
+}
+
+/// The flow number a simulated payload carries.
+fn flow_of(data: &[u8]) -> u64 {
+    payload_of(data).flow
+}
+
+fn payload(flow: u64, hop: u64) -> Bytes {
+    Bytes::from(format!("{{\"flow\":{flow},\"hop\":{hop}}}"))
 }
 
 /// The event type the `extra` fault emits for `service`: declared nowhere.
@@ -205,7 +212,7 @@ impl Handler {
     }
 
     async fn handle(&self, env: Arc<Envelope>, ctx: Context) -> Result<(), HandlerError> {
-        let flow = flow_of(&env.data);
+        let Payload { flow, hop } = payload_of(&env.data);
         let handled = env.event_type.as_str();
         let seed = self.seed;
         let svc = self.service.as_str();
@@ -260,7 +267,10 @@ impl Handler {
                     .map(|e| self.config.weights.get(&e.name).copied().unwrap_or(1.0))
                     .collect();
                 let total: f64 = weights.iter().sum();
-                let mut pick = roll(seed, flow, &[svc, handled, "branch"], 0) * total;
+                // The depth in the roll: a flow that comes back to this
+                // reaction through a loop (a rejected document resubmitted)
+                // draws again, rather than making the same choice forever.
+                let mut pick = roll(seed, flow, &[svc, handled, "branch"], hop) * total;
                 let mut chosen = events.len() - 1;
                 for (i, w) in weights.iter().enumerate() {
                     if pick < *w {
@@ -296,7 +306,7 @@ impl Handler {
                     if roll(seed, flow, &[svc, handled, "extra"], 0) < *probability =>
                 {
                     let extra = undeclared_event(svc);
-                    ctx.emit_raw(extra.clone(), env.topic.clone(), payload(flow))?;
+                    ctx.emit_raw(extra.clone(), env.topic.clone(), payload(flow, hop + 1))?;
                     let mut i = self.record(&env, flow, "extra");
                     i.emitted = vec![extra];
                     self.push(i);
@@ -311,7 +321,7 @@ impl Handler {
                 .topic_of(&name)
                 .unwrap_or("unknown")
                 .to_owned();
-            ctx.emit_raw(name, topic, payload(flow))?;
+            ctx.emit_raw(name, topic, payload(flow, hop + 1))?;
         }
         Ok(())
     }
@@ -707,7 +717,7 @@ impl Simulation {
             let env = Envelope::new(
                 Name::from(event.as_str()),
                 Name::from(topic.as_str()),
-                payload(n),
+                payload(n, 0),
             )
             .with_source(source.as_str());
             publishers[source]

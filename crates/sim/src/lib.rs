@@ -10,8 +10,9 @@
 //! compared with the tracer's findings.
 //!
 //! Runs are reproducible: every decision (branch, latency, fault) is a hash of
-//! the seed, the flow number and the service and event involved, not of the
-//! scheduling.
+//! the seed, the flow number and the service and event involved (for a branch,
+//! also of the event's depth in its flow, so a flow that loops back to a
+//! `one_of` draws again), not of the scheduling.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {

@@ -178,3 +178,42 @@ fn a_latency_for_an_unknown_reaction_is_refused() {
         "{err}"
     );
 }
+
+/// signup-kyc loops (a rejected document is resubmitted, then checked
+/// again): a flow that goes round draws its branch again each time, so every
+/// flow ends, some after more than one round. It used to make the same
+/// choice forever, and the run never settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_that_loops_draws_again_and_ends() {
+    let topology = Topology::from_path(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../topologies/signup-kyc.yaml"
+    ))
+    .unwrap();
+    let bus = InProcessBus::new();
+    let metrics = Metrics::new(&prometheus::Registry::new()).unwrap();
+    const FLOWS: u64 = 300;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        Simulation::new(topology, quick(FLOWS, Vec::new()))
+            .unwrap()
+            .run(&bus, &metrics, &|_| {}),
+    )
+    .await
+    .expect("every flow ends, loops included")
+    .unwrap();
+    let ended =
+        count(&bus, "accounts", "AccountActivated") + count(&bus, "accounts", "AccountClosed");
+    assert_eq!(ended as u64, FLOWS);
+    let mut rounds = std::collections::HashMap::<String, usize>::new();
+    for e in bus.retained("kyc") {
+        if e.event_type == "KycRequested" {
+            *rounds.entry(e.correlation_id.to_string()).or_default() += 1;
+        }
+    }
+    assert!(
+        rounds.values().any(|&n| n >= 3),
+        "some flow went round the loop at least twice: {:?}",
+        rounds.values().max()
+    );
+}
