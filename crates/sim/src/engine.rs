@@ -1,6 +1,6 @@
 //! The simulation: every service of a topology as simulated handlers on the real runtime.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -114,6 +114,92 @@ pub struct SimProgress {
 pub struct Simulation {
     topology: Arc<Topology>,
     config: Arc<SimConfig>,
+    loops: Arc<Loops>,
+}
+
+/// How often an event type may occur along one causal path of a simulated
+/// flow: the tracer's default cycle bound (`cycle-bound` is reported above
+/// it), so a run without faults is judged clean.
+const LOOP_BOUND: u32 = 3;
+
+/// The event types a flow can come back to (signup-kyc's resubmission loop),
+/// and which of them each event type can lead to.
+#[derive(Debug, Default)]
+struct Loops {
+    looping: HashSet<String>,
+    /// For each event type that can lead to a looping one: those it can reach,
+    /// itself included.
+    leads_to: HashMap<String, Vec<String>>,
+}
+
+impl Loops {
+    fn of(topology: &Topology) -> Loops {
+        let mut next: HashMap<&str, Vec<&str>> = HashMap::new();
+        for s in topology.services() {
+            for (event, reaction) in &s.reactions {
+                next.entry(event.as_str())
+                    .or_default()
+                    .extend(reaction.emit.events().iter().map(|e| e.name.as_str()));
+            }
+        }
+        // Every type reachable from `from` in one step or more.
+        let reach = |from: &str| {
+            let mut seen: HashSet<&str> = HashSet::new();
+            let mut todo: Vec<&str> = next.get(from).cloned().unwrap_or_default();
+            while let Some(e) = todo.pop() {
+                if seen.insert(e) {
+                    todo.extend(next.get(e).into_iter().flatten());
+                }
+            }
+            seen
+        };
+        let events: HashSet<&str> = next
+            .values()
+            .flatten()
+            .copied()
+            .chain(next.keys().copied())
+            .collect();
+        let reaches: HashMap<&str, HashSet<&str>> = events.iter().map(|e| (*e, reach(e))).collect();
+        let looping: HashSet<String> = reaches
+            .iter()
+            .filter(|(e, r)| r.contains(*e))
+            .map(|(e, _)| (*e).to_owned())
+            .collect();
+        let leads_to = reaches
+            .iter()
+            .filter_map(|(e, r)| {
+                let mut to: Vec<String> = r
+                    .iter()
+                    .chain(std::iter::once(e))
+                    .filter(|t| looping.contains(**t))
+                    .map(|t| (*t).to_owned())
+                    .collect();
+                to.sort();
+                to.dedup();
+                (!to.is_empty()).then(|| ((*e).to_owned(), to))
+            })
+            .collect();
+        Loops { looping, leads_to }
+    }
+
+    /// Whether the path `seen` has been can go on to `event` without an
+    /// event type occurring on it more than [`LOOP_BOUND`] times (one more
+    /// time round, at most, for each).
+    fn may_go_to(&self, event: &str, seen: &BTreeMap<String, u32>) -> bool {
+        self.leads_to.get(event).is_none_or(|to| {
+            to.iter()
+                .all(|t| seen.get(t).copied().unwrap_or(0) < LOOP_BOUND)
+        })
+    }
+
+    /// `seen` once the path goes on to `event`.
+    fn after(&self, seen: &BTreeMap<String, u32>, event: &str) -> BTreeMap<String, u32> {
+        let mut seen = seen.clone();
+        if self.looping.contains(event) {
+            *seen.entry(event.to_owned()).or_default() += 1;
+        }
+        seen
+    }
 }
 
 /// A stable 64-bit hash of the decision inputs, mapped to `[0, 1)`: the same
@@ -142,17 +228,21 @@ fn roll(seed: u64, flow: u64, parts: &[&str], n: u64) -> f64 {
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// What a simulated payload carries: the flow number, and how many
-/// reactions led to the event (0 for a flow's start).
-#[derive(Deserialize)]
+/// What a simulated payload carries: the flow number, how many reactions led
+/// to the event (0 for a flow's start), and how often each looping event type
+/// occurs along that causal path, the event itself included (only in
+/// topologies with loops).
+#[derive(Default, Serialize, Deserialize)]
 struct Payload {
     flow: u64,
     #[serde(default)]
     hop: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    seen: BTreeMap<String, u32>,
 }
 
 fn payload_of(data: &[u8]) -> Payload {
-    serde_json::from_slice(data).unwrap_or(Payload { flow: 0, hop: 0 })
+    serde_json::from_slice(data).unwrap_or_default()
 }
 
 /// The flow number a simulated payload carries.
@@ -160,8 +250,12 @@ fn flow_of(data: &[u8]) -> u64 {
     payload_of(data).flow
 }
 
-fn payload(flow: u64, hop: u64) -> Bytes {
-    Bytes::from(format!("{{\"flow\":{flow},\"hop\":{hop}}}"))
+fn payload(flow: u64, hop: u64, seen: BTreeMap<String, u32>) -> Bytes {
+    if seen.is_empty() {
+        return Bytes::from(format!("{{\"flow\":{flow},\"hop\":{hop}}}"));
+    }
+    let p = Payload { flow, hop, seen };
+    Bytes::from(serde_json::to_vec(&p).expect("a payload serialises"))
 }
 
 /// The event type the `extra` fault emits for `service`: declared nowhere.
@@ -182,6 +276,7 @@ struct Handler {
     config: Arc<SimConfig>,
     faults: Vec<Fault>,
     truth: Arc<Mutex<Vec<Injected>>>,
+    loops: Arc<Loops>,
 }
 
 impl Handler {
@@ -212,7 +307,7 @@ impl Handler {
     }
 
     async fn handle(&self, env: Arc<Envelope>, ctx: Context) -> Result<(), HandlerError> {
-        let Payload { flow, hop } = payload_of(&env.data);
+        let Payload { flow, hop, seen } = payload_of(&env.data);
         let handled = env.event_type.as_str();
         let seed = self.seed;
         let svc = self.service.as_str();
@@ -262,10 +357,28 @@ impl Handler {
         let mut emits: Vec<String> = match &self.reaction.emit {
             Emit::All(events) => events.iter().map(|e| e.name.clone()).collect(),
             Emit::OneOf(events) => {
-                let weights: Vec<f64> = events
+                let mut weights: Vec<f64> = events
                     .iter()
                     .map(|e| self.config.weights.get(&e.name).copied().unwrap_or(1.0))
                     .collect();
+                // A flow that has gone round a loop as often as the bound
+                // allows takes a way out, where there is one.
+                if !seen.is_empty() {
+                    let bounded: Vec<f64> = events
+                        .iter()
+                        .zip(&weights)
+                        .map(|(e, w)| {
+                            if self.loops.may_go_to(&e.name, &seen) {
+                                *w
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    if bounded.iter().sum::<f64>() > 0.0 {
+                        weights = bounded;
+                    }
+                }
                 let total: f64 = weights.iter().sum();
                 // The depth in the roll: a flow that comes back to this
                 // reaction through a loop (a rejected document resubmitted)
@@ -306,7 +419,11 @@ impl Handler {
                     if roll(seed, flow, &[svc, handled, "extra"], 0) < *probability =>
                 {
                     let extra = undeclared_event(svc);
-                    ctx.emit_raw(extra.clone(), env.topic.clone(), payload(flow, hop + 1))?;
+                    ctx.emit_raw(
+                        extra.clone(),
+                        env.topic.clone(),
+                        payload(flow, hop + 1, seen.clone()),
+                    )?;
                     let mut i = self.record(&env, flow, "extra");
                     i.emitted = vec![extra];
                     self.push(i);
@@ -321,7 +438,8 @@ impl Handler {
                 .topic_of(&name)
                 .unwrap_or("unknown")
                 .to_owned();
-            ctx.emit_raw(name, topic, payload(flow, hop + 1))?;
+            let seen = self.loops.after(&seen, &name);
+            ctx.emit_raw(name, topic, payload(flow, hop + 1, seen))?;
         }
         Ok(())
     }
@@ -462,6 +580,7 @@ impl Simulation {
             ));
         }
         Ok(Simulation {
+            loops: Arc::new(Loops::of(&topology)),
             topology: Arc::new(topology),
             config: Arc::new(config),
         })
@@ -533,6 +652,7 @@ impl Simulation {
                 config: self.config.clone(),
                 faults: faults.clone(),
                 truth: truth.clone(),
+                loops: self.loops.clone(),
             });
             let topic = self
                 .topology
@@ -717,7 +837,7 @@ impl Simulation {
             let env = Envelope::new(
                 Name::from(event.as_str()),
                 Name::from(topic.as_str()),
-                payload(n, 0),
+                payload(n, 0, self.loops.after(&BTreeMap::new(), event)),
             )
             .with_source(source.as_str());
             publishers[source]
@@ -839,6 +959,42 @@ mod tests {
         let n = 10_000;
         let below: usize = (0..n).filter(|i| roll(1, *i, &["x"], 0) < 0.25).count();
         assert!((2_200..2_800).contains(&below), "{below}");
+    }
+
+    #[test]
+    fn loops_are_found_and_bounded() {
+        let load = |f: &str| {
+            Topology::from_path(format!(
+                "{}/../../topologies/{f}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        assert!(
+            Loops::of(&load("order-fulfillment.yaml"))
+                .looping
+                .is_empty()
+        );
+        let kyc = Loops::of(&load("signup-kyc.yaml"));
+        let mut looping: Vec<&str> = kyc.looping.iter().map(String::as_str).collect();
+        looping.sort();
+        assert_eq!(
+            looping,
+            ["DocumentsRejected", "KycRequested", "ResubmissionRequested"]
+        );
+        let seen = |n: u32| {
+            ["KycRequested", "DocumentsRejected", "ResubmissionRequested"]
+                .map(|t| (t.to_owned(), n))
+                .into_iter()
+                .collect::<BTreeMap<_, _>>()
+        };
+        // Round twice: once more is allowed; three times: only the way out.
+        assert!(kyc.may_go_to("DocumentsRejected", &seen(2)));
+        assert!(!kyc.may_go_to("DocumentsRejected", &seen(3)));
+        assert!(kyc.may_go_to("DocumentsVerified", &seen(3)));
+        assert!(kyc.may_go_to("AccountClosed", &seen(3)));
+        assert_eq!(kyc.after(&seen(1), "KycRequested")["KycRequested"], 2);
+        assert_eq!(kyc.after(&seen(1), "AccountClosed"), seen(1));
     }
 
     #[test]

@@ -12,7 +12,10 @@
 //! Runs are reproducible: every decision (branch, latency, fault) is a hash of
 //! the seed, the flow number and the service and event involved (for a branch,
 //! also of the event's depth in its flow, so a flow that loops back to a
-//! `one_of` draws again), not of the scheduling.
+//! `one_of` draws again), not of the scheduling. A flow goes round a loop of
+//! the topology at most as often as the tracer's default cycle bound allows
+//! (3 occurrences of an event type along one causal path), then takes the
+//! way out, so a run without faults is judged clean.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {

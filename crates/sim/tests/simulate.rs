@@ -180,9 +180,10 @@ fn a_latency_for_an_unknown_reaction_is_refused() {
 }
 
 /// signup-kyc loops (a rejected document is resubmitted, then checked
-/// again): a flow that goes round draws its branch again each time, so every
-/// flow ends, some after more than one round. It used to make the same
-/// choice forever, and the run never settled.
+/// again): a flow that goes round draws its branch again each time, and takes
+/// the way out once it has been round as often as the tracer's cycle bound
+/// allows, so every flow ends. It used to make the same choice forever, and
+/// the run never settled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_that_loops_draws_again_and_ends() {
     let topology = Topology::from_path(concat!(
@@ -211,9 +212,11 @@ async fn a_flow_that_loops_draws_again_and_ends() {
             *rounds.entry(e.correlation_id.to_string()).or_default() += 1;
         }
     }
-    assert!(
-        rounds.values().any(|&n| n >= 3),
-        "some flow went round the loop at least twice: {:?}",
-        rounds.values().max()
+    // Round the loop up to the tracer's cycle bound (3 occurrences along a
+    // causal path), never past it: a run without faults is judged clean.
+    assert_eq!(
+        rounds.values().max(),
+        Some(&3),
+        "some flow goes round to the bound"
     );
 }
