@@ -268,7 +268,7 @@ impl Aggregates {
                 Outcome::Duplicate => edge.duplicates += 1,
                 Outcome::Redelivered => edge.redelivered += 1,
                 Outcome::DeadLettered => edge.failed += 1,
-                Outcome::Acked => {}
+                Outcome::Acked | Outcome::Ignored => {}
             }
             if r.outcome == Outcome::Duplicate {
                 continue;
