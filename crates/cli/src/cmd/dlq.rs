@@ -495,16 +495,16 @@ fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
         // The original as it was received, again; a dead letter read
         // without its record (none here: all come from Kafka) as an envelope.
         let replay = |d: &DeadLettered| {
-            let record = records.get(&(d.id.clone(), d.replays)).cloned();
             let bus = bus.clone();
+            let (topic, partition) = (d.topic.clone(), d.partition.unwrap_or(0));
+            let again = records
+                .get(&(d.id.clone(), d.replays))
+                .map(|r| replay_record(r, d.replays));
+            let envelope = d.replay_envelope();
             async move {
-                match record {
-                    Some(r) => {
-                        let again = replay_record(&r, d.replays);
-                        let partition = d.partition.unwrap_or(0);
-                        Ok(bus.publish_record(&d.topic, &again, partition).await?)
-                    }
-                    None => choreo_core::Bus::publish(&bus, d.replay_envelope()).await,
+                match again {
+                    Some(r) => Ok(bus.publish_record(&topic, &r, partition).await?),
+                    None => choreo_core::Bus::publish(&bus, envelope).await,
                 }
             }
         };
