@@ -774,12 +774,12 @@ impl Tracer {
                 return;
             };
             self.receipts_seen = true;
-            self.counters.receipts += 1;
             if view.outcome == Outcome::Ignored {
                 // The service has no handler for the event: not a handling.
                 self.bump_time(time);
                 return;
             }
+            self.counters.receipts += 1;
             let outcome = view.outcome;
             let done = view.started.saturating_add(view.duration_us as i64);
             let rc = Rc {

@@ -50,7 +50,8 @@ pub struct Counters {
     pub records: u64,
     /// Business events (distinct or not).
     pub events: u64,
-    /// Receipts.
+    /// Receipts of handlings (`ignored` ones, for events a service has no
+    /// handler for, are not counted).
     pub receipts: u64,
     /// Dead-letter copies.
     pub dead_letters: u64,
