@@ -96,7 +96,7 @@ fn headers_of(record: &Value) -> Vec<(String, Option<Vec<u8>>)> {
         .collect()
 }
 
-fn header<'a>(record: &'a Value, name: &str) -> Option<String> {
+fn header(record: &Value, name: &str) -> Option<String> {
     headers_of(record)
         .into_iter()
         .find(|(n, _)| n == name)

@@ -22,8 +22,9 @@ const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 /// Inputs are capture files — Avro object container files (`choreo capture`,
 /// `choreo simulate --capture`) or JSON lines, told apart by content — or
 /// Kafka (--brokers, or $CHOREO_KAFKA_BROKERS): by default the topology's
-/// topics, their `.dlq` topics and `choreo.receipts`, from the beginning to
-/// the end as of the start. "Now", which decides whether an unfinished flow is
+/// topics, their `.dlq` topics and `choreo.receipts` — those that exist; the
+/// others are said to be absent, and waited for with --follow — from the
+/// beginning to the end as of the start. "Now", which decides whether an unfinished flow is
 /// stuck or still in progress, is the latest timestamp in the input unless
 /// --now gives it.
 ///
