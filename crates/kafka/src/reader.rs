@@ -53,9 +53,9 @@ pub enum Topics {
     /// (dead-letter topics appear with the first dead letter,
     /// `choreo.receipts` with the first receipt). One missing at `open` is
     /// left out ([`RecordReader::absent`] names it); a following reader
-    /// looks for it every `refresh` (in a group: at librdkafka's metadata
-    /// refresh, `topic.metadata.refresh.interval.ms`) and reads it from its
-    /// beginning once it exists.
+    /// looks for it every `refresh` (in a group, through librdkafka's
+    /// `topic.metadata.refresh.interval.ms`, unless the configuration sets
+    /// that) and reads it from its beginning once it exists.
     Optional(Vec<String>),
     /// Every topic whose whole name matches this regular expression (topics
     /// starting with `__`, Kafka's internal ones, excluded). When following,
@@ -116,8 +116,8 @@ pub struct ReaderOptions {
     /// Read as a member of this consumer group (with `group_prefix`),
     /// committing what was read. Default none: no group, nothing committed.
     pub group: Option<String>,
-    /// How often a following reader looks for new topics matching a
-    /// pattern. Default 5 s.
+    /// How often a following reader looks for new topics: matching a
+    /// pattern, or [`Topics::Optional`] ones that did not exist. Default 5 s.
     pub refresh: Duration,
     /// In a group: where the member's metrics go (its consumer lag among
     /// them). Default: metrics nobody registered.
@@ -267,6 +267,15 @@ impl RecordReader {
             // In a group: the bus's own consumer, with its rebalance handling
             // and settled-offset commits.
             Some(group) => {
+                let mut config = config.clone();
+                // librdkafka matches a regex subscription against the topics
+                // at each metadata refresh (every 5 minutes by default):
+                // every `refresh` instead, unless the configuration says.
+                const REFRESH: &str = "topic.metadata.refresh.interval.ms";
+                if options.topics.grows() && !config.librdkafka.contains_key(REFRESH) {
+                    let ms = options.refresh.as_millis().max(1).to_string();
+                    config = config.set(REFRESH, ms);
+                }
                 let bus = match &options.metrics {
                     Some(m) => KafkaBus::with_metrics(config.clone(), m.clone())?,
                     None => KafkaBus::new(config.clone())?,
