@@ -581,3 +581,104 @@ async fn trace_on_a_fresh_cluster_reads_the_topics_that_exist_and_waits_for_the_
     assert_eq!(report["input"]["receipts"], 1, "{report}");
     assert_eq!(report["input"]["events"], 5, "{report}");
 }
+
+/// `choreo dlq show` and `replay` on a dead letter that is a broken record as
+/// received: show prints its headers as they arrived (the bytes that are not
+/// UTF-8 escaped) and choreo's apart; replay publishes the original again,
+/// byte for byte, with a replay count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_show_and_replay_keep_a_broken_record_as_it_was_received() {
+    use bytes::Bytes;
+    use choreo_kafka::RawRecord;
+    let kafka = MockKafka::start(1).unwrap();
+    for t in ["orders", "orders.dlq"] {
+        kafka.create_topic(t, 1).unwrap();
+    }
+    let brokers = kafka.bootstrap_servers();
+    let bus = KafkaBus::new(config(&brokers)).unwrap();
+    let original = RawRecord::new(
+        Some(Bytes::from_static(b"order-6")),
+        Some(Bytes::from_static(br#"{"order_id": 6}"#)),
+        Some(1_764_104_835_123),
+    )
+    .with_header("ce_specversion", Some(b"1.0"))
+    .with_header("ce_id", Some(b"\xff\xfe"))
+    .with_header("ce_type", Some(b"OrderPlaced"))
+    .with_header("ce_time", Some(b"yesterday"))
+    .with_header("x-null", None);
+    let mut dead = original.clone();
+    for (n, v) in [
+        (
+            dlq_headers::REASON,
+            "malformed record: header 'ce_id' is not UTF-8",
+        ),
+        (dlq_headers::SERVICE, "payment"),
+        (dlq_headers::ATTEMPTS, "0"),
+        (dlq_headers::TOPIC, "orders"),
+        (dlq_headers::PARTITION, "0"),
+        (dlq_headers::OFFSET, "41"),
+        (dlq_headers::TIME, "2026-01-31T12:00:00Z"),
+        (dlq_headers::MALFORMED, "header 'ce_id' is not UTF-8"),
+    ] {
+        dead.push_header(n, Some(v.as_bytes()));
+    }
+    bus.publish_record("orders.dlq", &dead, 0).await.unwrap();
+
+    // Its id is derived from where it was read, as it was when delivered.
+    let out = choreo(&["dlq", "show", "orders/0/41", "--brokers", &brokers]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (own, ours) = shown.split_once("choreo's headers").expect("apart");
+    let own = own
+        .split_once("headers as received")
+        .expect("as received")
+        .1;
+    assert!(own.contains("ce_id: \\xff\\xfe"), "{shown}");
+    assert!(
+        own.contains("ce_time: yesterday") && own.contains("x-null: (null)"),
+        "{shown}"
+    );
+    assert!(
+        ours.contains("choreo-dlq-malformed: header 'ce_id' is not UTF-8"),
+        "{shown}"
+    );
+    let out = choreo(&[
+        "dlq",
+        "show",
+        "orders/0/41",
+        "--brokers",
+        &brokers,
+        "-f",
+        "json",
+    ]);
+    let doc = report_json(&out);
+    assert_eq!(doc["record"]["key"], "order-6");
+    assert_eq!(
+        doc["record"]["headers"].as_array().unwrap().len(),
+        5,
+        "{doc}"
+    );
+
+    let out = choreo(&["dlq", "replay", "orders/0/41", "--brokers", &brokers]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut reader = RecordReader::open(
+        &config(&brokers),
+        ReaderOptions::new(Topics::names(["orders"])),
+    )
+    .await
+    .unwrap();
+    let replayed = reader.next().await.expect("the replay").unwrap();
+    let expected = original.with_header(dlq_headers::REPLAYS, Some(b"1"));
+    assert_eq!(
+        *replayed.original, expected,
+        "the original, byte for byte, with its count"
+    );
+}
