@@ -859,8 +859,9 @@ impl<B: Bus> Runtime<B> {
                                 Tracked::new(handling, &self.in_flight, &mut tallies).await;
                             route.metrics.record(&observed);
                         }
-                        // Boxed: the receipt's publish takes no room in the worker's future.
-                        None => Box::pin(self.ignore(d, &mut ignored)).await,
+                        // Not boxed: its future is smaller than a handling's,
+                        // whose room in the worker's future it shares.
+                        None => self.ignore(d, &mut ignored).await,
                     }
                 }
                 // Before waiting for more.
@@ -896,7 +897,7 @@ impl<B: Bus> Runtime<B> {
                             route.metrics.record(&observed);
                         });
                     }
-                    None => Box::pin(self.ignore(d, &mut ignored)).await,
+                    None => self.ignore(d, &mut ignored).await,
                 }
             }
             tokio::select! {
