@@ -62,6 +62,14 @@ fi
 # The event-log test fails, rather than skips, when pm4py is missing.
 export CHOREO_REQUIRE_PM4PY=1
 
+step "test tools: the CloudEvents SDK and confluent-kafka in target/interop-venv (a Python peer of the Kafka interop test)"
+if ! target/interop-venv/bin/python -c 'import cloudevents.core.bindings.kafka, confluent_kafka' >/dev/null 2>&1; then
+  python3 -m venv target/interop-venv
+  target/interop-venv/bin/pip install -q --disable-pip-version-check 'cloudevents>=2.2,<3' 'confluent-kafka>=2.16,<3'
+fi
+# The CloudEvents interop test fails, rather than skips, when they are missing.
+export CHOREO_REQUIRE_CLOUDEVENTS=1
+
 step "test tools: tansu (the Kafka-compatible broker the Kafka backend's tests start)"
 if ! command -v tansu >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then
   cargo install tansu --version 0.6.0 --locked --features dynostore,libsql

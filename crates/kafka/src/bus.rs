@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use choreo_core::{Bus, Envelope, SubscribeOptions};
+use choreo_core::{Bus, DeadLetter, Delivery, Envelope, SubscribeOptions};
 use parking_lot::RwLock;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
@@ -213,6 +213,10 @@ impl KafkaBus {
 }
 
 impl Inner {
+    pub(crate) fn producer(&self) -> &FutureProducer<LogContext> {
+        &self.producer
+    }
+
     fn known_partitions(&self, topic: &str) -> Option<u32> {
         self.topics.read().get(topic).copied()
     }
@@ -465,6 +469,19 @@ impl Bus for KafkaBus {
 
     fn backend_name(&self) -> &'static str {
         "kafka"
+    }
+
+    /// Dead-letters a delivery with the record as it was received — key,
+    /// value, timestamp and headers byte for byte — plus the `choreo-dlq-*`
+    /// headers (see [`dlq`](crate::dlq)), then acks it. If the copy cannot
+    /// be published the delivery is given back and the error returned.
+    fn dead_letter(
+        &self,
+        delivery: Delivery,
+        info: DeadLetter,
+    ) -> impl std::future::Future<Output = choreo_core::Result<()>> + Send {
+        let bus = self.clone();
+        async move { crate::dlq::dead_letter(&bus, delivery, info).await }
     }
 }
 

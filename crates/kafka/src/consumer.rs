@@ -16,7 +16,6 @@
 //! starts a new window with a new epoch.
 
 use std::collections::{HashMap, VecDeque};
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
@@ -32,7 +31,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::{FromClientConfigAndContext, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
@@ -40,10 +39,10 @@ use tokio::sync::Notify;
 
 use crate::bus::{Inner, client_error, log_librdkafka};
 use crate::config::Role;
+use crate::dlq::RawRecord;
 use crate::metrics::KafkaMetrics;
-use crate::record::{RecordHeader, RecordParts, envelope_from_record};
 use crate::watch::Watch;
-use crate::window::Window;
+use crate::window::{Fetched, Window};
 use crate::{Error, Result};
 
 /// How long one poll of the consumer blocks: bounds how fast the thread
@@ -155,14 +154,15 @@ impl State {
             let epoch = part.epoch;
             let settle = self.settlers.get(&key.0).cloned()?;
             self.enqueue(&key);
-            return Some(Delivery::new(
-                t.envelope,
+            let delivery = Delivery::new(
+                t.record.envelope,
                 key.1 as u32,
                 t.offset as u64,
                 t.attempt,
                 epoch,
                 settle,
-            ));
+            );
+            return Some(delivery.with_original(t.record.original));
         }
         None
     }
@@ -373,7 +373,7 @@ struct Poller {
 
 impl Poller {
     fn run(mut self, consumer: BaseConsumer<GroupContext>) {
-        let mut batch: Vec<(Key, i64, Envelope)> = Vec::with_capacity(BATCH);
+        let mut batch: Vec<(Key, i64, Fetched)> = Vec::with_capacity(BATCH);
         let mut last_store = Instant::now();
         while !self.shared.stop.load(Ordering::Acquire) {
             let mut timeout = POLL;
@@ -456,9 +456,9 @@ impl Poller {
         n
     }
 
-    fn convert(&mut self, m: &BorrowedMessage<'_>) -> (Key, i64, Envelope) {
+    fn convert(&mut self, m: &BorrowedMessage<'_>) -> (Key, i64, Fetched) {
         let topic = self.name(m.topic());
-        let mut env = envelope_of(m);
+        let (mut env, original) = envelope_of(m);
         env.topic = topic.clone();
         if env.headers.get(MALFORMED_HEADER).is_some() {
             self.shared
@@ -467,18 +467,22 @@ impl Poller {
                 .with_label_values(&[&topic])
                 .inc();
         }
-        ((topic, m.partition()), m.offset(), env)
+        let record = Fetched {
+            envelope: Arc::new(env),
+            original: Arc::new(original),
+        };
+        ((topic, m.partition()), m.offset(), record)
     }
 
-    fn deliver(&self, batch: &mut Vec<(Key, i64, Envelope)>) {
+    fn deliver(&self, batch: &mut Vec<(Key, i64, Fetched)>) {
         let mut st = self.shared.state.lock();
         let mut added = false;
-        for (key, offset, env) in batch.drain(..) {
+        for (key, offset, record) in batch.drain(..) {
             let Some(part) = st.parts.get_mut(&key) else {
                 // Not (or no longer) assigned: its owner fetches it again.
                 continue;
             };
-            if part.window.push(offset, Arc::new(env)) {
+            if part.window.push(offset, record) {
                 added = true;
                 st.enqueue(&key);
             }
@@ -532,42 +536,25 @@ impl Poller {
     }
 }
 
-/// The envelope of a consumed record (see [`envelope_from_record`]).
-pub(crate) fn envelope_of(m: &BorrowedMessage<'_>) -> Envelope {
+/// The envelope of a consumed record (see
+/// [`envelope_from_record`](crate::record::envelope_from_record)), and the
+/// record as received.
+pub(crate) fn envelope_of(m: &BorrowedMessage<'_>) -> (Envelope, RawRecord) {
     // rdkafka panics on a header name that is not UTF-8: such a record is
-    // still delivered, marked malformed.
-    let headers = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        m.headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| RecordHeader {
-                        name: h.key,
-                        value: h.value,
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default()
-    }));
-    let (headers, unreadable) = match headers {
-        Ok(h) => (h, false),
-        Err(_) => (Vec::new(), true),
-    };
-    let mut env = envelope_from_record(&RecordParts {
-        topic: m.topic(),
-        partition: m.partition(),
-        offset: m.offset(),
-        timestamp_ms: m.timestamp().to_millis(),
-        key: m.key(),
-        value: m.payload(),
-        headers: &headers,
-    });
-    if unreadable {
-        env.headers.insert(
-            MALFORMED_HEADER,
-            "the record's headers are unreadable (a header name is not UTF-8)",
+    // still delivered, marked malformed (and the header left out).
+    let (raw, unreadable) = RawRecord::of_message(m);
+    let mut env = raw.envelope(m.topic(), m.partition(), m.offset());
+    if unreadable > 0 {
+        let problem = format!(
+            "{unreadable} of the record's headers are unreadable (a header name is not UTF-8)"
         );
+        let problem = match env.headers.get_str(MALFORMED_HEADER) {
+            Some(other) => format!("{other}; {problem}"),
+            None => problem,
+        };
+        env.headers.insert(MALFORMED_HEADER, problem);
     }
-    env
+    (env, raw)
 }
 
 /// Hands every partition's settled prefix that moved to librdkafka's offset

@@ -4,8 +4,10 @@
 //!   deadline, never a blind sleep.
 //! - [`conformance`]: the suite, and [`conformance_suite!`] to instantiate it
 //!   for a backend.
+//! - [`tansu`]: a real Kafka-protocol broker in its own process.
 
 pub mod conformance;
+pub mod tansu;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -155,8 +155,9 @@ struct RouteSpec {
 /// Every delivery goes through the same steps, in this order, and ends in
 /// exactly one [`Outcome`], decided in one place:
 ///
-/// 1. **Routing**: an event type the service has no handler for is acked and
-///    counted in `choreo_deliveries_ignored_total` (no receipt). A
+/// 1. **Routing**: an event type the service has no handler for (or a record
+///    that names no type) is acked and counted in
+///    `choreo_deliveries_ignored_total` → `ignored`. A
 ///    **malformed** record (the backend could only partly read it and set
 ///    [`MALFORMED_HEADER`](choreo_core::MALFORMED_HEADER)) is dead-lettered at
 ///    once with reason `malformed record: …`, whatever its type → `dead_lettered`.
@@ -858,7 +859,9 @@ impl<B: Bus> Runtime<B> {
                                 Tracked::new(handling, &self.in_flight, &mut tallies).await;
                             route.metrics.record(&observed);
                         }
-                        None => self.ignore(d, &mut ignored),
+                        // Not boxed: its future is smaller than a handling's,
+                        // whose room in the worker's future it shares.
+                        None => self.ignore(d, &mut ignored).await,
                     }
                 }
                 // Before waiting for more.
@@ -894,7 +897,7 @@ impl<B: Bus> Runtime<B> {
                             route.metrics.record(&observed);
                         });
                     }
-                    None => self.ignore(d, &mut ignored),
+                    None => self.ignore(d, &mut ignored).await,
                 }
             }
             tokio::select! {
@@ -910,8 +913,14 @@ impl<B: Bus> Runtime<B> {
         while running.next().await.is_some() {}
     }
 
-    fn ignore(&self, d: Delivery, counters: &mut HashMap<Name, prometheus::IntCounter>) {
-        let env = d.envelope();
+    /// A delivery the service does not route: acked, counted, and with
+    /// receipts on recorded with the outcome `ignored`, so that an event
+    /// which reached the service and was passed over can be told from one
+    /// that never arrived.
+    async fn ignore(&self, d: Delivery, counters: &mut HashMap<Name, prometheus::IntCounter>) {
+        let started = Timestamp::now();
+        let env = d.envelope().clone();
+        let (partition, offset) = (d.partition(), d.offset());
         counters
             .entry(env.event_type.clone())
             .or_insert_with(|| {
@@ -920,6 +929,28 @@ impl<B: Bus> Runtime<B> {
             })
             .inc();
         d.ack();
+        let Some(topic) = &self.receipts else { return };
+        let receipt = Receipt {
+            service: self.shared.name.clone(),
+            event_id: env.id.clone(),
+            event_type: env.event_type.clone(),
+            correlation_id: env.correlation_id.clone(),
+            topic: env.topic.clone(),
+            partition,
+            offset,
+            outcome: Outcome::Ignored,
+            attempts: 0,
+            reason: Some(format!("no handler for event type '{}'", env.event_type)),
+            started,
+            duration_us: 0,
+            emitted: Vec::new(),
+        };
+        let id = EventId::generate(started);
+        let envelope = receipt.to_envelope_with_id(id, topic.clone(), &env);
+        if let Err(e) = self.bus.publish(envelope).await {
+            self.published.failed(topic);
+            tracing::warn!(service = %self.shared.name, error = %e, "publishing a receipt failed");
+        }
     }
 
     /// A route for a malformed delivery of a type the service has no handler
