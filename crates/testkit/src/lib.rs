@@ -4,9 +4,11 @@
 //!   deadline, never a blind sleep.
 //! - [`conformance`]: the suite, and [`conformance_suite!`] to instantiate it
 //!   for a backend.
+//! - [`postgres`]: a throwaway PostgreSQL cluster.
 //! - [`tansu`]: a real Kafka-protocol broker in its own process.
 
 pub mod conformance;
+pub mod postgres;
 pub mod tansu;
 
 use std::future::Future;

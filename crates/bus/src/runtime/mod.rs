@@ -9,7 +9,7 @@ mod retry;
 mod service;
 mod trace;
 
-pub use context::Context;
+pub use context::{Context, EmissionSink};
 pub use handler::{BoxError, BoxFuture, Handled, Handler, HandlerError, Invocation};
 pub use idempotency::{Idempotency, IdempotencyStore, MemoryStore};
 pub use metrics::{DURATION_BUCKETS, METRICS, Metrics};
