@@ -54,7 +54,10 @@ impl<B: Bus> Bus for OutboxBus<B> {
             .map_err(|e| choreo_core::Error::backend("writing the event to the outbox", e))
     }
 
-    async fn subscribe(&self, options: SubscribeOptions) -> choreo_core::Result<Self::Subscription> {
+    async fn subscribe(
+        &self,
+        options: SubscribeOptions,
+    ) -> choreo_core::Result<Self::Subscription> {
         self.inner.subscribe(options).await
     }
 

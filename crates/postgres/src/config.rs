@@ -138,15 +138,20 @@ impl PgConfig {
     }
 
     pub(crate) fn get_metrics(&self) -> PgMetrics {
-        self.metrics.clone().unwrap_or_else(|| PgMetrics::global().clone())
+        self.metrics
+            .clone()
+            .unwrap_or_else(|| PgMetrics::global().clone())
     }
 
     /// The client configuration, with the options choreo sets.
     pub(crate) fn client_config(&self) -> Result<tokio_postgres::Config> {
-        let mut c: tokio_postgres::Config = self.url.parse().map_err(|e: tokio_postgres::Error| Error::Url {
-            url: self.redacted_url(),
-            reason: crate::error::describe(&e),
-        })?;
+        let mut c: tokio_postgres::Config =
+            self.url
+                .parse()
+                .map_err(|e: tokio_postgres::Error| Error::Url {
+                    url: self.redacted_url(),
+                    reason: crate::error::describe(&e),
+                })?;
         c.connect_timeout(self.connect_timeout);
         if c.get_application_name().is_none() {
             c.application_name(&self.application_name);
@@ -278,7 +283,13 @@ impl Tables {
                 )));
             }
         }
-        let mut all = vec![&self.outbox, &self.outbox_dead, &self.lanes, &self.inbox, &self.migrations];
+        let mut all = vec![
+            &self.outbox,
+            &self.outbox_dead,
+            &self.lanes,
+            &self.inbox,
+            &self.migrations,
+        ];
         all.sort();
         all.dedup();
         if all.len() != 5 {
@@ -321,10 +332,22 @@ impl Tables {
             ("{outbox_dead}", self.q_outbox_dead()),
             ("{lanes}", self.q_lanes()),
             ("{inbox}", self.q_inbox()),
-            ("{outbox_pending_index}", bare(&format!("{}_pending", self.outbox))),
-            ("{outbox_sent_index}", bare(&format!("{}_sent", self.outbox))),
-            ("{inbox_handled_index}", bare(&format!("{}_handled", self.inbox))),
-            ("{notify_function}", self.qualified(&format!("{}_notify", self.outbox))),
+            (
+                "{outbox_pending_index}",
+                bare(&format!("{}_pending", self.outbox)),
+            ),
+            (
+                "{outbox_sent_index}",
+                bare(&format!("{}_sent", self.outbox)),
+            ),
+            (
+                "{inbox_handled_index}",
+                bare(&format!("{}_handled", self.inbox)),
+            ),
+            (
+                "{notify_function}",
+                self.qualified(&format!("{}_notify", self.outbox)),
+            ),
             ("{notify_trigger}", bare(&format!("{}_notify", self.outbox))),
             ("{channel}", self.outbox.clone()),
             ("{lane_count}", lanes.to_string()),
@@ -334,7 +357,11 @@ impl Tables {
 
 impl fmt::Display for Tables {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let prefix = self.schema.as_ref().map(|s| format!("{s}.")).unwrap_or_default();
+        let prefix = self
+            .schema
+            .as_ref()
+            .map(|s| format!("{s}."))
+            .unwrap_or_default();
         write!(
             f,
             "{prefix}{}, {prefix}{}, {prefix}{}, {prefix}{}, {prefix}{}",
@@ -391,7 +418,10 @@ pub fn redact(url: &str) -> String {
     let mut out = String::with_capacity(url.len());
     let mut rest = url;
     while let Some(eq) = rest.find('=') {
-        let key_start = rest[..eq].trim_end().rfind(char::is_whitespace).map_or(0, |i| i + 1);
+        let key_start = rest[..eq]
+            .trim_end()
+            .rfind(char::is_whitespace)
+            .map_or(0, |i| i + 1);
         let key = rest[key_start..eq].trim();
         out.push_str(&rest[..=eq]);
         let after = &rest[eq + 1..];
@@ -437,11 +467,23 @@ mod tests {
                 "postgres://orders:s3cr%40t@db.internal:5432/orders",
                 "postgres://orders:***@db.internal:5432/orders",
             ),
-            ("postgresql://u:p@h/db?sslmode=disable", "postgresql://u:***@h/db?sslmode=disable"),
+            (
+                "postgresql://u:p@h/db?sslmode=disable",
+                "postgresql://u:***@h/db?sslmode=disable",
+            ),
             ("postgres://u@h:5/db", "postgres://u@h:5/db"),
-            ("postgres://h/db?user=u&password=hunter2&x=1", "postgres://h/db?user=u&password=***&x=1"),
-            ("host=h user=u password=hunter2 dbname=d", "host=h user=u password=*** dbname=d"),
-            ("host=h password='a b\\' c' dbname=d", "host=h password=*** dbname=d"),
+            (
+                "postgres://h/db?user=u&password=hunter2&x=1",
+                "postgres://h/db?user=u&password=***&x=1",
+            ),
+            (
+                "host=h user=u password=hunter2 dbname=d",
+                "host=h user=u password=*** dbname=d",
+            ),
+            (
+                "host=h password='a b\\' c' dbname=d",
+                "host=h password=*** dbname=d",
+            ),
             ("password = x host=h", "password = *** host=h"),
         ];
         for (url, want) in cases {
@@ -460,10 +502,21 @@ mod tests {
     #[test]
     fn table_names_must_be_plain_identifiers_and_distinct() {
         assert!(Tables::default().validate().is_ok());
-        assert!(Tables::prefixed("payment_").schema("svc").validate().is_ok());
-        let e = Tables::default().outbox("x; DROP TABLE y").validate().unwrap_err();
+        assert!(
+            Tables::prefixed("payment_")
+                .schema("svc")
+                .validate()
+                .is_ok()
+        );
+        let e = Tables::default()
+            .outbox("x; DROP TABLE y")
+            .validate()
+            .unwrap_err();
         assert!(e.to_string().contains("outbox = 'x; DROP TABLE y'"), "{e}");
-        let e = Tables::default().inbox("choreo_outbox").validate().unwrap_err();
+        let e = Tables::default()
+            .inbox("choreo_outbox")
+            .validate()
+            .unwrap_err();
         assert!(e.to_string().contains("share a name"), "{e}");
         assert!(Tables::default().schema("9x").validate().is_err());
     }

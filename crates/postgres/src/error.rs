@@ -7,7 +7,9 @@
 #[non_exhaustive]
 pub enum Error {
     /// The connection URL could not be read.
-    #[error("invalid PostgreSQL URL '{url}': {reason}; write it as postgres://USER:PASSWORD@HOST:PORT/DATABASE")]
+    #[error(
+        "invalid PostgreSQL URL '{url}': {reason}; write it as postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+    )]
     Url {
         /// The URL, password redacted.
         url: String,

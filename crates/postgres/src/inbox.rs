@@ -33,7 +33,9 @@ impl IdempotencyStore for Inbox {
                 true
             } else {
                 let client = store.connection().await?;
-                let stmt = client.prepare_cached(&store.inner.sql.contains_inbox).await?;
+                let stmt = client
+                    .prepare_cached(&store.inner.sql.contains_inbox)
+                    .await?;
                 client
                     .query_one(&stmt, &[&service, &id.to_string()])
                     .await?

@@ -9,8 +9,7 @@ use prometheus::{
 
 /// Buckets of the relay's lag, in seconds: 1 ms to 5 min.
 pub const LAG_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    300.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
 /// Every metric this crate exports: (name, type, labels, meaning).
@@ -92,13 +91,17 @@ impl std::fmt::Debug for PgMetrics {
 impl PgMetrics {
     /// Creates the metric families and registers them with `registry`.
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
-        let counter = |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
         let backlog = IntGaugeVec::new(
-            Opts::new("choreo_outbox_backlog_rows", "Committed outbox rows not yet relayed."),
+            Opts::new(
+                "choreo_outbox_backlog_rows",
+                "Committed outbox rows not yet relayed.",
+            ),
             &["outbox"],
         )?;
         registry.register(Box::new(backlog.clone()))?;

@@ -411,7 +411,8 @@ impl<B: Bus> Relay<B> {
                 Err(reason) => {
                     metrics.decode.inc();
                     tracing::error!(outbox, seq = row.seq, %reason, "choreo-postgres relay: an outbox row does not decode; moved aside");
-                    out.aside.push((row.seq, format!("does not decode: {reason}")));
+                    out.aside
+                        .push((row.seq, format!("does not decode: {reason}")));
                     continue;
                 }
             };
@@ -428,7 +429,8 @@ impl<B: Bus> Relay<B> {
                 Err(e @ choreo_core::Error::Refused { .. }) => {
                     metrics.refused.inc();
                     tracing::error!(outbox, seq = row.seq, event_id = %id, %event_type, error = %e, "choreo-postgres relay: the bus refuses an outbox event; moved aside");
-                    out.aside.push((row.seq, format!("refused by the bus: {e}")));
+                    out.aside
+                        .push((row.seq, format!("refused by the bus: {e}")));
                 }
                 Err(e) => {
                     metrics.publish_failures.inc();
@@ -460,8 +462,18 @@ impl<B: Bus> Relay<B> {
             t = tables.q_inbox()
         );
         for (sql, secs, count, table) in [
-            (&outbox_sql, self.config.retention.as_secs_f64(), &mut pruned.outbox, tables.outbox_name().to_owned()),
-            (&inbox_sql, self.config.inbox_retention.as_secs_f64(), &mut pruned.inbox, "inbox".to_owned()),
+            (
+                &outbox_sql,
+                self.config.retention.as_secs_f64(),
+                &mut pruned.outbox,
+                tables.outbox_name().to_owned(),
+            ),
+            (
+                &inbox_sql,
+                self.config.inbox_retention.as_secs_f64(),
+                &mut pruned.inbox,
+                "inbox".to_owned(),
+            ),
         ] {
             for _ in 0..ROUNDS {
                 let n = client
@@ -556,7 +568,11 @@ struct Backoff {
 
 impl Backoff {
     fn new(min: Duration, max: Duration) -> Self {
-        Backoff { min, max, next: min }
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
     }
 
     fn next(&mut self) -> Duration {

@@ -108,7 +108,12 @@ impl Pending {
         Pending {
             seq: row.get("seq"),
             lane: row.get("lane"),
-            age: row.try_get::<_, Option<f64>>("age").ok().flatten().unwrap_or(0.0).max(0.0),
+            age: row
+                .try_get::<_, Option<f64>>("age")
+                .ok()
+                .flatten()
+                .unwrap_or(0.0)
+                .max(0.0),
             envelope: decode(row),
         }
     }
@@ -116,7 +121,10 @@ impl Pending {
 
 /// The envelope of a row, or why it does not decode.
 fn decode(row: &Row) -> Result<Envelope, String> {
-    fn col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, name: &str) -> Result<T, String> {
+    fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
+        row: &'a Row,
+        name: &str,
+    ) -> Result<T, String> {
         row.try_get(name).map_err(|e| format!("column {name}: {e}"))
     }
     fn id(row: &Row, name: &str) -> Result<EventId, String> {
@@ -139,7 +147,8 @@ fn decode(row: &Row) -> Result<Envelope, String> {
     let causation_id = match col::<Option<String>>(row, "causation_id")? {
         None => None,
         Some(text) => Some(
-            EventId::parse(&text).ok_or_else(|| "column causation_id is empty (use NULL for none)".to_owned())?,
+            EventId::parse(&text)
+                .ok_or_else(|| "column causation_id is empty (use NULL for none)".to_owned())?,
         ),
     };
     let names: Vec<String> = col(row, "header_names")?;

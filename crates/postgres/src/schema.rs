@@ -83,7 +83,10 @@ pub(crate) async fn migrate(client: &mut Client, config: &PgConfig) -> Result<()
         .map_err(|e| fail(first.version, first.name, e))?;
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtext($1))",
-        &[&format!("choreo-postgres migrations {}", tables.q_migrations())],
+        &[&format!(
+            "choreo-postgres migrations {}",
+            tables.q_migrations()
+        )],
     )
     .await
     .map_err(|e| fail(first.version, first.name, e))?;
@@ -125,7 +128,10 @@ pub(crate) async fn migrate(client: &mut Client, config: &PgConfig) -> Result<()
 pub(crate) async fn check(client: &Client, config: &PgConfig) -> Result<()> {
     let tables = config.get_tables();
     let exists: bool = client
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&tables.q_migrations()])
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&tables.q_migrations()],
+        )
         .await
         .map_err(|e| Error::db("checking the outbox schema", e))?
         .get(0);
@@ -161,7 +167,10 @@ async fn current_version(
 ) -> Result<i32, tokio_postgres::Error> {
     let row = client
         .query_one(
-            &format!("SELECT coalesce(max(version), 0) FROM {}", tables.q_migrations()),
+            &format!(
+                "SELECT coalesce(max(version), 0) FROM {}",
+                tables.q_migrations()
+            ),
             &[],
         )
         .await?;

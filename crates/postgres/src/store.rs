@@ -13,7 +13,7 @@ use crate::error::describe;
 use crate::inbox::Inbox;
 use crate::metrics::{OutboxMetrics, PgMetrics};
 use crate::relay::Relay;
-use crate::transaction::Transaction;
+use crate::transaction::{Sink, Transaction};
 use crate::{Error, Result, schema};
 
 /// A service's PostgreSQL database, as choreo uses it: a connection pool,
@@ -223,6 +223,31 @@ impl PgStore {
     /// the outbox **in this transaction** (see [`Transaction`]); the relay
     /// publishes it once committed.
     pub async fn begin(&self, ctx: &Context) -> Result<Option<Transaction>> {
+        // The emissions are diverted first: a second transaction on the same
+        // handling is refused before it could wait on the first one's inbox row.
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        if let Some(previous) = ctx.divert_emissions(Arc::new(Sink(events.clone()))) {
+            ctx.divert_emissions(previous);
+            return Err(Error::AlreadyOpen {
+                event_id: ctx.event().id.to_string(),
+            });
+        }
+        match self.begin_with_inbox(ctx).await {
+            Ok(Some(client)) => Ok(Some(Transaction::open(
+                self.clone(),
+                client,
+                Some(ctx.clone()),
+                events,
+            ))),
+            other => {
+                ctx.restore_emissions();
+                other.map(|_| None)
+            }
+        }
+    }
+
+    /// `BEGIN` and the inbox row; `None` when the inbox holds the event.
+    async fn begin_with_inbox(&self, ctx: &Context) -> Result<Option<Object>> {
         let service = ctx.service();
         let event_id = ctx.event().id.to_string();
         let client = self.connection().await?;
@@ -241,10 +266,7 @@ impl PgStore {
             Ok(n) => n,
             Err(e) => {
                 let _ = client.batch_execute("ROLLBACK").await;
-                return Err(Error::db(
-                    format!("recording '{event_id}' in the inbox"),
-                    e,
-                ));
+                return Err(Error::db(format!("recording '{event_id}' in the inbox"), e));
             }
         };
         if inserted == 0 {
@@ -253,7 +275,7 @@ impl PgStore {
             self.inner.recent.insert(service, &ctx.event().id);
             return Ok(None);
         }
-        Transaction::open(self.clone(), client, Some(ctx.clone())).map(Some)
+        Ok(Some(client))
     }
 
     /// Begins a transaction outside any handler, for the service's own
@@ -265,7 +287,12 @@ impl PgStore {
             .batch_execute("BEGIN")
             .await
             .map_err(|e| Error::db("beginning a transaction", e))?;
-        Transaction::open(self.clone(), client, None)
+        Ok(Transaction::open(
+            self.clone(),
+            client,
+            None,
+            Arc::default(),
+        ))
     }
 
     /// The inbox as the service's idempotency store:

@@ -37,7 +37,7 @@ pub struct Transaction {
 }
 
 /// Takes a context's emissions into a transaction's event list.
-struct Sink(Arc<Mutex<Vec<Arc<Envelope>>>>);
+pub(crate) struct Sink(pub(crate) Arc<Mutex<Vec<Arc<Envelope>>>>);
 
 impl EmissionSink for Sink {
     fn accept(&self, event: Arc<Envelope>) -> choreo_core::Result<()> {
@@ -56,28 +56,23 @@ impl std::fmt::Debug for Transaction {
 }
 
 impl Transaction {
-    /// A transaction begun on `client`; with `ctx`, its emissions are diverted here.
-    pub(crate) fn open(store: PgStore, client: Object, ctx: Option<Context>) -> Result<Self> {
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let mut tx = Transaction {
+    /// A transaction begun on `client`; with `ctx`, whose emissions are
+    /// already diverted to `events`.
+    pub(crate) fn open(
+        store: PgStore,
+        client: Object,
+        ctx: Option<Context>,
+        events: Arc<Mutex<Vec<Arc<Envelope>>>>,
+    ) -> Self {
+        Transaction {
             client: Some(client),
             store,
-            ctx: None,
-            handled: None,
-            events: events.clone(),
-        };
-        if let Some(ctx) = ctx {
-            if let Some(previous) = ctx.divert_emissions(Arc::new(Sink(events))) {
-                // Someone else's sink: put it back; dropping `tx` rolls back.
-                ctx.divert_emissions(previous);
-                return Err(Error::AlreadyOpen {
-                    event_id: ctx.event().id.to_string(),
-                });
-            }
-            tx.handled = Some((ctx.service().to_owned(), ctx.event().id.clone()));
-            tx.ctx = Some(ctx);
+            handled: ctx
+                .as_ref()
+                .map(|c| (c.service().to_owned(), c.event().id.clone())),
+            ctx,
+            events,
         }
-        Ok(tx)
     }
 
     /// The connection, inside the transaction: run the service's own
@@ -99,7 +94,11 @@ impl Transaction {
     /// Starts a flow with `event`, as [`Publisher::start_flow`] would, but
     /// through the outbox: published once this transaction commits.
     /// Returns the new flow's correlation id (the event's id).
-    pub fn start_flow<B: Bus, E: Event>(&self, publisher: &Publisher<B>, event: &E) -> Result<EventId> {
+    pub fn start_flow<B: Bus, E: Event>(
+        &self,
+        publisher: &Publisher<B>,
+        event: &E,
+    ) -> Result<EventId> {
         let env = publisher
             .envelope(event, None)
             .map_err(|source| Error::Event { source })?;
@@ -130,7 +129,10 @@ impl Transaction {
     }
 
     fn push(&self, env: Arc<Envelope>) {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).push(env);
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(env);
     }
 
     /// Writes the events to the outbox and commits. Emissions after this go

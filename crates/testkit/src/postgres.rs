@@ -90,16 +90,25 @@ impl Postgres {
             running: false,
         };
         if as_postgres {
-            pg.checked("chown", Command::new("chown").arg("postgres:postgres").arg(&pg.dir));
+            pg.checked(
+                "chown",
+                Command::new("chown").arg("postgres:postgres").arg(&pg.dir),
+            );
         }
         let mut initdb = pg.command("initdb");
         let data = pg.data();
         pg.checked(
             "initdb",
-            initdb
-                .arg("-D")
-                .arg(&data)
-                .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"]),
+            initdb.arg("-D").arg(&data).args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]),
         );
         let mut last = String::new();
         for _ in 0..5 {
@@ -139,8 +148,26 @@ impl Postgres {
     /// Runs `sql` with psql against `db` and returns its unaligned output.
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let out = Command::new(self.bin_or_path("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db, "-c", sql])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+            ])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
             .output()
             .expect("psql runs");
         assert!(
@@ -158,7 +185,9 @@ impl Postgres {
         let data = self.data();
         self.checked(
             "pg_ctl stop",
-            cmd.arg("-D").arg(&data).args(["-m", "immediate", "-w", "stop"]),
+            cmd.arg("-D")
+                .arg(&data)
+                .args(["-m", "immediate", "-w", "stop"]),
         );
         self.running = false;
     }
