@@ -70,6 +70,9 @@
 //!   the record reader).
 //! - `avro`: Avro payloads with a schema registry, as `choreo::avro`
 //!   (`AvroCodec`, `MemoryRegistry`, `HttpRegistry`).
+//! - `postgres`: a transactional outbox and inbox on PostgreSQL, as
+//!   `choreo::postgres` (`PgStore`, `Transaction`, `Relay`; see
+//!   docs/postgres.md).
 
 pub use choreo_bus::{
     BoxError, Context, Handled, Handler, HandlerError, Idempotency, IdempotencyStore, InProcessBus,
@@ -90,6 +93,10 @@ pub use choreo_kafka as kafka;
 /// Avro payloads with a schema registry (the `avro` feature).
 #[cfg(feature = "avro")]
 pub use choreo_avro as avro;
+
+/// Transactional outbox and inbox on PostgreSQL (the `postgres` feature).
+#[cfg(feature = "postgres")]
+pub use choreo_postgres as postgres;
 
 /// The SDK's error types.
 pub mod errors {
