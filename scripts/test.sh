@@ -54,6 +54,15 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
   apt_install --no-install-recommends prometheus
 fi
 
+step "test tools: PostgreSQL 15 (the outbox's tests start throwaway clusters of it)"
+# Debian's `postgresql` package: the server binaries in
+# /usr/lib/postgresql/<version>/bin (initdb, pg_ctl), psql on the PATH. The
+# tests fail, rather than skip, when they are missing; CHOREO_PG_BIN points
+# them at other binaries.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  apt_install --no-install-recommends postgresql
+fi
+
 step "test tools: pm4py in target/pm4py-venv (reads the tracer's event logs in a test)"
 if ! target/pm4py-venv/bin/python -c 'import pm4py' >/dev/null 2>&1; then
   python3 -m venv target/pm4py-venv
