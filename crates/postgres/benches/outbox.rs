@@ -22,7 +22,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use choreo_bus::{Context, HandlerError, InProcessBus, Metrics, Publisher, Service};
+use choreo_bus::{
+    Context, HandlerError, InProcessBus, InProcessConfig, Metrics, Publisher, Service,
+};
 use choreo_core::{Bus, SubscribeOptions, Subscription, Timestamp};
 use choreo_postgres::{PgConfig, PgMetrics, PgStore, RelayConfig, Tables};
 use choreo_testkit::postgres::Postgres;
@@ -56,24 +58,38 @@ fn service(mode: Mode, store: PgStore, metrics: Metrics) -> Service {
             async move {
                 let client = db.pool().get().await?;
                 client
-                    .execute("INSERT INTO ledger (order_id, cents) VALUES ($1, $2)", &[&o.order_id, &o.cents])
+                    .execute(
+                        "INSERT INTO ledger (order_id, cents) VALUES ($1, $2)",
+                        &[&o.order_id, &o.cents],
+                    )
                     .await?;
-                ctx.emit(&PaymentCaptured { order_id: o.order_id })?;
+                ctx.emit(&PaymentCaptured {
+                    order_id: o.order_id,
+                })?;
                 Ok::<(), HandlerError>(())
             }
         }),
-        Mode::Outbox => svc.idempotency(store.inbox()).on(move |o: OrderPlaced, ctx: Context| {
-            let db = store.clone();
-            async move {
-                let Some(tx) = db.begin(&ctx).await? else { return Ok(()) };
-                tx.client()
-                    .execute("INSERT INTO ledger (order_id, cents) VALUES ($1, $2)", &[&o.order_id, &o.cents])
-                    .await?;
-                ctx.emit(&PaymentCaptured { order_id: o.order_id })?;
-                tx.commit().await?;
-                Ok::<(), HandlerError>(())
-            }
-        }),
+        Mode::Outbox => svc
+            .idempotency(store.inbox())
+            .on(move |o: OrderPlaced, ctx: Context| {
+                let db = store.clone();
+                async move {
+                    let Some(tx) = db.begin(&ctx).await? else {
+                        return Ok(());
+                    };
+                    tx.client()
+                        .execute(
+                            "INSERT INTO ledger (order_id, cents) VALUES ($1, $2)",
+                            &[&o.order_id, &o.cents],
+                        )
+                        .await?;
+                    ctx.emit(&PaymentCaptured {
+                        order_id: o.order_id,
+                    })?;
+                    tx.commit().await?;
+                    Ok::<(), HandlerError>(())
+                }
+            }),
     }
 }
 
@@ -86,7 +102,14 @@ struct Setup {
 
 async fn setup(url: &str, round: usize, mode: Mode, start_service: bool) -> (Setup, PgStore) {
     let registry = prometheus::Registry::new();
-    let prefix = format!("r{round}_{}_", if mode == Mode::Plain { "plain" } else { "outbox" });
+    let prefix = format!(
+        "r{round}_{}_",
+        if mode == Mode::Plain {
+            "plain"
+        } else {
+            "outbox"
+        }
+    );
     let store = PgStore::connect(
         PgConfig::new(url)
             .tables(Tables::prefixed(&prefix))
@@ -94,7 +117,10 @@ async fn setup(url: &str, round: usize, mode: Mode, start_service: bool) -> (Set
     )
     .await
     .unwrap();
-    let bus = InProcessBus::new();
+    // Room for every order of a round, waiting before any group reads them.
+    let mut config = InProcessConfig::default();
+    config.retention.max_events_per_partition = 1_000_000;
+    let bus = InProcessBus::with_config(config);
     bus.create_topic("orders", 4);
     bus.create_topic("payments", 4);
     let shutdown = CancellationToken::new();
@@ -120,10 +146,14 @@ async fn setup(url: &str, round: usize, mode: Mode, start_service: bool) -> (Set
 }
 
 async fn start(s: &Setup, mode: Mode, store: &PgStore) -> choreo_bus::ServiceHandle {
-    service(mode, store.clone(), Metrics::new(&prometheus::Registry::new()).unwrap())
-        .start(&s.bus, s.shutdown.clone())
-        .await
-        .unwrap()
+    service(
+        mode,
+        store.clone(),
+        Metrics::new(&prometheus::Registry::new()).unwrap(),
+    )
+    .start(&s.bus, s.shutdown.clone())
+    .await
+    .unwrap()
 }
 
 async fn finish(s: Setup) {
@@ -144,14 +174,24 @@ async fn throughput(url: &str, round: usize, mode: Mode, n: usize) -> f64 {
         .subscribe(SubscribeOptions::new("bench", ["payments"]))
         .await
         .unwrap();
-    let checkout = Publisher::new(&s.bus, "checkout").metrics(Metrics::new(&prometheus::Registry::new()).unwrap());
+    let checkout = Publisher::new(&s.bus, "checkout")
+        .metrics(Metrics::new(&prometheus::Registry::new()).unwrap());
     for i in 0..n {
-        checkout.start_flow(&OrderPlaced { order_id: i as i64, cents: 100 }).await.unwrap();
+        checkout
+            .start_flow(&OrderPlaced {
+                order_id: i as i64,
+                cents: 100,
+            })
+            .await
+            .unwrap();
     }
     let started = Instant::now();
     s.handle = Some(start(&s, mode, &store).await);
-    for _ in 0..n {
-        out.next().await.unwrap().unwrap().ack();
+    for i in 0..n {
+        match tokio::time::timeout(Duration::from_secs(60), out.next()).await {
+            Ok(Some(Ok(d))) => d.ack(),
+            other => panic!("event {i} of {n} did not arrive within 60 s: {other:?}"),
+        }
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
     out.close().await.unwrap();
@@ -169,16 +209,26 @@ async fn latency(url: &str, round: usize, mode: Mode, n: usize, rate: f64) -> Ve
         .unwrap();
     let bus = s.bus.clone();
     let placing = tokio::spawn(async move {
-        let checkout = Publisher::new(&bus, "checkout").metrics(Metrics::new(&prometheus::Registry::new()).unwrap());
+        let checkout = Publisher::new(&bus, "checkout")
+            .metrics(Metrics::new(&prometheus::Registry::new()).unwrap());
         let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
         for i in 0..n {
             every.tick().await;
-            checkout.start_flow(&OrderPlaced { order_id: i as i64, cents: 100 }).await.unwrap();
+            checkout
+                .start_flow(&OrderPlaced {
+                    order_id: i as i64,
+                    cents: 100,
+                })
+                .await
+                .unwrap();
         }
     });
     let mut lat = Vec::with_capacity(n);
-    for _ in 0..n {
-        let d = out.next().await.unwrap().unwrap();
+    for i in 0..n {
+        let d = match tokio::time::timeout(Duration::from_secs(60), out.next()).await {
+            Ok(Some(Ok(d))) => d,
+            other => panic!("event {i} of {n} did not arrive within 60 s: {other:?}"),
+        };
         lat.push(Timestamp::now().micros_since(d.envelope().time));
         d.ack();
     }

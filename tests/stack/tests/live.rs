@@ -85,14 +85,29 @@ const EMPTY: &[(&str, &str)] = &[
     ("choreo-service / Oldest unsent outbox row / A", NO_OUTBOX),
     ("choreo-service / Relay lag / A", NO_OUTBOX),
     ("choreo-service / Relay lag / B", NO_OUTBOX),
-    ("choreo-service / Relayed and failed per second / A", NO_OUTBOX),
-    ("choreo-service / Relayed and failed per second / B", NO_OUTBOX),
-    ("choreo-service / Rows moved aside, inbox hits / A", NO_OUTBOX),
-    ("choreo-service / Rows moved aside, inbox hits / B", NO_OUTBOX),
+    (
+        "choreo-service / Relayed and failed per second / A",
+        NO_OUTBOX,
+    ),
+    (
+        "choreo-service / Relayed and failed per second / B",
+        NO_OUTBOX,
+    ),
+    (
+        "choreo-service / Rows moved aside, inbox hits / A",
+        NO_OUTBOX,
+    ),
+    (
+        "choreo-service / Rows moved aside, inbox hits / B",
+        NO_OUTBOX,
+    ),
     ("rule ChoreoOutboxLagging", NO_OUTBOX),
     ("rule ChoreoOutboxLagging without its threshold", NO_OUTBOX),
     ("rule ChoreoOutboxRowsMovedAside", NO_OUTBOX),
-    ("rule ChoreoOutboxRowsMovedAside without its threshold", NO_OUTBOX),
+    (
+        "rule ChoreoOutboxRowsMovedAside without its threshold",
+        NO_OUTBOX,
+    ),
     (
         "choreo-service / Publish and receive errors / A",
         "no publish fails on the in-process bus: choreo_publish_failures_total has no series",
@@ -126,34 +141,13 @@ const EMPTY: &[(&str, &str)] = &[
 /// Metric names the dashboards and rules read that the scenario does not
 /// export, and why. Each must be absent (else remove it from here).
 const ABSENT: &[(&str, &str)] = &[
-    (
-        "choreo_outbox_backlog_rows",
-        NO_OUTBOX,
-    ),
-    (
-        "choreo_outbox_oldest_age_seconds",
-        NO_OUTBOX,
-    ),
-    (
-        "choreo_outbox_relay_lag_seconds_bucket",
-        NO_OUTBOX,
-    ),
-    (
-        "choreo_outbox_relayed_total",
-        NO_OUTBOX,
-    ),
-    (
-        "choreo_outbox_relay_failures_total",
-        NO_OUTBOX,
-    ),
-    (
-        "choreo_outbox_moved_aside_total",
-        NO_OUTBOX,
-    ),
-    (
-        "choreo_inbox_hits_total",
-        NO_OUTBOX,
-    ),
+    ("choreo_outbox_backlog_rows", NO_OUTBOX),
+    ("choreo_outbox_oldest_age_seconds", NO_OUTBOX),
+    ("choreo_outbox_relay_lag_seconds_bucket", NO_OUTBOX),
+    ("choreo_outbox_relayed_total", NO_OUTBOX),
+    ("choreo_outbox_relay_failures_total", NO_OUTBOX),
+    ("choreo_outbox_moved_aside_total", NO_OUTBOX),
+    ("choreo_inbox_hits_total", NO_OUTBOX),
     (
         "choreo_kafka_consumer_lag",
         "the Kafka backend's gauge; the scenario runs on the in-process bus, whose lag is \

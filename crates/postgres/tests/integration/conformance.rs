@@ -61,7 +61,7 @@ impl Harness for Outbox {
 // returns at its commit, before the relay appends the event to that log — so
 // a group that subscribes in between sees it. That is when the event reaches
 // the bus, not what reaches it.
-choreo_testkit::conformance_suite!(@cases || Outbox::start();
+choreo_testkit::conformance_suite!(@cases Outbox::start;
     round_trip_keeps_every_field,
     each_group_gets_every_event,
     members_of_a_group_split_partitions,
