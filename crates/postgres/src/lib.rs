@@ -22,7 +22,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let bus = InProcessBus::new();
 //! let db = PgStore::connect(PgConfig::new("postgres://payment@localhost/payment")).await?;
-//! let shutdown = choreo_bus::CancellationToken::new();
+//! let shutdown = tokio_util::sync::CancellationToken::new();
 //!
 //! // Publishes what handlers commit to the outbox.
 //! let relay = db.relay(&bus).start(shutdown.clone());

@@ -27,7 +27,6 @@
 //! crash lands there exactly.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -595,25 +594,6 @@ fn payment_crashing_over_1000_orders_on_the_in_process_bus_loses_and_repeats_not
 // ---------------------------------------------------------------------------
 // On tansu, each service its own process.
 
-/// The tansu binary: `$CHOREO_TANSU`, `tansu` on the PATH, or `~/.cargo/bin/tansu`.
-fn tansu_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("CHOREO_TANSU") {
-        return PathBuf::from(p);
-    }
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("tansu")).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-    {
-        candidates.push(home.join("bin").join("tansu"));
-    }
-    candidates.into_iter().find(|p| p.is_file()).unwrap_or_else(|| {
-        panic!("tansu is not installed: `cargo install tansu --version 0.6.0 --locked --features dynostore,libsql` (./scripts/test.sh does it), or point CHOREO_TANSU at it")
-    })
-}
-
 /// Processes killed (and reaped) when dropped.
 struct Procs(Vec<Child>);
 
@@ -709,7 +689,9 @@ fn payment_killed_with_kill_9_over_1000_orders_on_tansu_loses_and_repeats_nothin
     let dir = tempfile::tempdir().unwrap();
     let port = choreo_testkit::free_port();
     let brokers = format!("127.0.0.1:{port}");
-    let broker = Command::new(tansu_binary())
+    // tansu in memory (choreo_testkit::tansu runs it on sqlite, which slows
+    // down under this test's thousands of records with their headers).
+    let broker = Command::new(choreo_testkit::tansu::binary())
         .args(["broker", "--listener-url"])
         .arg(format!("tcp://{brokers}"))
         .arg("--advertised-listener-url")
@@ -727,7 +709,7 @@ fn payment_killed_with_kill_9_over_1000_orders_on_tansu_loses_and_repeats_nothin
         std::thread::sleep(Duration::from_millis(50));
     }
     for t in choreo_trace::tap_topics(&topology) {
-        let out = Command::new(tansu_binary())
+        let out = Command::new(choreo_testkit::tansu::binary())
             .args(["topic", "create", &t, "--broker"])
             .arg(format!("tcp://{brokers}"))
             .args(["--partitions", "4"])
