@@ -120,25 +120,30 @@
 //! within 1/64 (≈ 1.6 %) above, maxima exact. Prometheus histograms use
 //! fixed buckets (0.5 ms … 60 s for edges, 10 ms … 1 h for flows).
 
+mod aggregate;
+mod analysis;
+mod assemble;
 pub mod capture;
 mod config;
 mod drive;
-mod engine;
 mod error;
 pub mod export;
 mod finding;
 mod flow;
+mod fold;
 mod metrics;
 mod model;
+mod receipt;
 mod record;
 mod report;
 mod stats;
+mod store;
 mod tap;
+mod tracer;
 mod util;
 
 pub use config::{Keep, Receipts, TracerConfig};
 pub use drive::{Drained, drive};
-pub use engine::Tracer;
 pub use error::{Error, Result};
 pub use export::{LogFormat, LogWriter};
 pub use finding::{Finding, Rule};
@@ -151,3 +156,4 @@ pub use report::{
 };
 pub use stats::{Histogram, Quantiles, format_micros};
 pub use tap::{tap, tap_topics};
+pub use tracer::Tracer;

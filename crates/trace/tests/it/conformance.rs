@@ -1,11 +1,9 @@
 //! One test per conformance rule: each finding names the flow, the service, the event and the rule.
 
-mod common;
-
+use crate::helpers::*;
 use choreo_core::{Envelope, Outcome, Timestamp};
 use choreo_topology::Topology;
 use choreo_trace::{Finding, FlowStatus, Rule, TracerConfig};
-use common::*;
 
 fn findings(topology: &Topology, envs: &[&Envelope], now: Option<Timestamp>) -> Vec<Finding> {
     let t = trace(Some(topology), &records(envs), now);

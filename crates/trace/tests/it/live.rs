@@ -1,12 +1,10 @@
 //! Live mode: flows folded once settled, stuck flows reported and evicted, caps that bound memory.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::helpers::*;
 use choreo_core::Envelope;
 use choreo_trace::{FlowStatus, Record, Tracer, TracerConfig};
-use common::*;
 
 fn live(config: impl FnOnce(&mut TracerConfig)) -> Tracer {
     let mut c = TracerConfig::live();

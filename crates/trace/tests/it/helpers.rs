@@ -1,8 +1,6 @@
 //! Shared helpers: the order-fulfillment saga run by real services on the
 //! in-process bus, and hand-built envelopes for the faults.
 
-#![allow(dead_code, unreachable_pub)]
-
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,20 +12,24 @@ use choreo_trace::{Record, Tracer, TracerConfig, tap, tap_topics};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-pub fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-pub fn order_fulfillment() -> Topology {
+pub(crate) fn order_fulfillment() -> Topology {
     Topology::from_path(root().join("topologies/order-fulfillment.yaml")).unwrap()
 }
 
-pub fn signup_kyc() -> Topology {
+pub(crate) fn signup_kyc() -> Topology {
     Topology::from_path(root().join("topologies/signup-kyc.yaml")).unwrap()
 }
 
 /// Traces `records` in a batch against `topology`, judged at `now` (default: latest).
-pub fn trace(topology: Option<&Topology>, records: &[Record], now: Option<Timestamp>) -> Tracer {
+pub(crate) fn trace(
+    topology: Option<&Topology>,
+    records: &[Record],
+    now: Option<Timestamp>,
+) -> Tracer {
     let mut config = TracerConfig::batch();
     config.keep = choreo_trace::Keep::All;
     let mut t = Tracer::new(config, topology);
@@ -39,8 +41,8 @@ pub fn trace(topology: Option<&Topology>, records: &[Record], now: Option<Timest
 }
 
 /// Hand-built events with controlled times (µs after a fixed epoch).
-pub struct Hand {
-    pub base: i64,
+pub(crate) struct Hand {
+    pub(crate) base: i64,
 }
 
 impl Default for Hand {
@@ -52,13 +54,13 @@ impl Default for Hand {
 }
 
 impl Hand {
-    pub fn start(&self, ty: &str, source: &str, at_ms: i64) -> Envelope {
+    pub(crate) fn start(&self, ty: &str, source: &str, at_ms: i64) -> Envelope {
         let mut e = Envelope::new(Name::from(ty), topic_of(ty), "{}").with_source(source);
         e.time = Timestamp::from_micros(self.base + at_ms * 1000);
         e
     }
 
-    pub fn after(&self, cause: &Envelope, ty: &str, source: &str, at_ms: i64) -> Envelope {
+    pub(crate) fn after(&self, cause: &Envelope, ty: &str, source: &str, at_ms: i64) -> Envelope {
         let mut e = Envelope::new(Name::from(ty), topic_of(ty), "{}")
             .with_source(source)
             .caused_by(cause);
@@ -67,7 +69,7 @@ impl Hand {
     }
 
     /// The receipt envelope of `service` handling `handled`, started at `at_ms`, taking `took_ms`.
-    pub fn receipt(
+    pub(crate) fn receipt(
         &self,
         service: &str,
         handled: &Envelope,
@@ -100,12 +102,12 @@ impl Hand {
         env
     }
 
-    pub fn at(&self, ms: i64) -> Timestamp {
+    pub(crate) fn at(&self, ms: i64) -> Timestamp {
         Timestamp::from_micros(self.base + ms * 1000)
     }
 }
 
-pub fn topic_of(ty: &str) -> &'static str {
+pub(crate) fn topic_of(ty: &str) -> &'static str {
     match ty {
         "OrderPlaced" | "OrderCancelled" => "orders",
         "PaymentCaptured" | "PaymentFailed" | "PaymentRefunded" => "payments",
@@ -115,61 +117,61 @@ pub fn topic_of(ty: &str) -> &'static str {
     }
 }
 
-pub fn records(envs: &[&Envelope]) -> Vec<Record> {
+pub(crate) fn records(envs: &[&Envelope]) -> Vec<Record> {
     envs.iter().map(|e| Record::new((*e).clone())).collect()
 }
 
 // ---- the saga on the in-process bus ----------------------------------------
 
 #[derive(Serialize, Deserialize)]
-pub struct OrderPlaced {
-    pub order_id: u64,
+pub(crate) struct OrderPlaced {
+    pub(crate) order_id: u64,
     /// 1 = payment fails, 2 = out of stock, 3 = shipping dead-letters, 4 = payment emits both branches.
-    pub scenario: u8,
+    pub(crate) scenario: u8,
 }
 choreo_core::event!(OrderPlaced, topic = "orders");
 
 #[derive(Serialize, Deserialize)]
-pub struct PaymentCaptured {
-    pub order_id: u64,
-    pub scenario: u8,
+pub(crate) struct PaymentCaptured {
+    pub(crate) order_id: u64,
+    pub(crate) scenario: u8,
 }
 choreo_core::event!(PaymentCaptured, topic = "payments");
 
 #[derive(Serialize, Deserialize)]
-pub struct PaymentFailed {
-    pub order_id: u64,
+pub(crate) struct PaymentFailed {
+    pub(crate) order_id: u64,
 }
 choreo_core::event!(PaymentFailed, topic = "payments");
 
 #[derive(Serialize, Deserialize)]
-pub struct PaymentRefunded {
-    pub order_id: u64,
+pub(crate) struct PaymentRefunded {
+    pub(crate) order_id: u64,
 }
 choreo_core::event!(PaymentRefunded, topic = "payments");
 
 #[derive(Serialize, Deserialize)]
-pub struct StockReserved {
-    pub order_id: u64,
-    pub scenario: u8,
+pub(crate) struct StockReserved {
+    pub(crate) order_id: u64,
+    pub(crate) scenario: u8,
 }
 choreo_core::event!(StockReserved, topic = "inventory");
 
 #[derive(Serialize, Deserialize)]
-pub struct OutOfStock {
-    pub order_id: u64,
+pub(crate) struct OutOfStock {
+    pub(crate) order_id: u64,
 }
 choreo_core::event!(OutOfStock, topic = "inventory");
 
 #[derive(Serialize, Deserialize)]
-pub struct OrderShipped {
-    pub order_id: u64,
+pub(crate) struct OrderShipped {
+    pub(crate) order_id: u64,
 }
 choreo_core::event!(OrderShipped, topic = "shipping");
 
 #[derive(Serialize, Deserialize)]
-pub struct OrderCancelled {
-    pub order_id: u64,
+pub(crate) struct OrderCancelled {
+    pub(crate) order_id: u64,
 }
 choreo_core::event!(OrderCancelled, topic = "orders");
 
@@ -253,15 +255,15 @@ async fn notify_cancelled(_: OrderCancelled, _: Context) -> Result<(), HandlerEr
 }
 
 /// What running the saga captured.
-pub struct Run {
-    pub records: Vec<Record>,
-    pub flows: Vec<EventId>,
+pub(crate) struct Run {
+    pub(crate) records: Vec<Record>,
+    pub(crate) flows: Vec<EventId>,
 }
 
 /// Runs the order-fulfillment services on an in-process bus, starts one flow
 /// per scenario in `scenarios`, and captures everything through a tap until
 /// `receipts` receipts have been seen (or 20 s pass, which fails the test).
-pub async fn run_saga(scenarios: &[u8], receipts: usize) -> Run {
+pub(crate) async fn run_saga(scenarios: &[u8], receipts: usize) -> Run {
     let topology = order_fulfillment();
     let bus = InProcessBus::new();
     let shutdown = CancellationToken::new();

@@ -1,0 +1,11 @@
+//! choreo-trace's integration tests: one binary, a module per topic (linking
+//! one test binary instead of eight is most of the time a 2-core CI saves).
+
+mod capture_damage;
+mod conformance;
+mod export;
+mod helpers;
+mod live;
+mod metrics;
+mod reconstruction;
+mod stuck;
