@@ -26,6 +26,7 @@ pub(crate) struct FlowStats {
     failed: u64,
     in_progress: u64,
     stuck: u64,
+    recovered: u64,
     evicted: u64,
     duration: Histogram,
 }
@@ -86,6 +87,7 @@ impl Aggregates {
             mine.failed += f.failed;
             mine.in_progress += f.in_progress;
             mine.stuck += f.stuck;
+            mine.recovered += f.recovered;
             mine.evicted += f.evicted;
             mine.duration.merge(&f.duration);
         }
@@ -152,6 +154,7 @@ impl Aggregates {
             FlowStatus::Failed => st.failed += 1,
             FlowStatus::InProgress => st.in_progress += 1,
             FlowStatus::Stuck => st.stuck += 1,
+            FlowStatus::Recovered => st.recovered += 1,
         }
         if matches!(
             evicted,
@@ -165,12 +168,12 @@ impl Aggregates {
             st.evicted += 1;
         }
         let duration = match (a.status, a.end) {
-            (FlowStatus::Completed | FlowStatus::Failed, Some(end)) => {
+            (FlowStatus::Completed | FlowStatus::Recovered | FlowStatus::Failed, Some(end)) => {
                 Some(end.saturating_sub(a.start))
             }
             _ => None,
         };
-        if a.status == FlowStatus::Completed
+        if matches!(a.status, FlowStatus::Completed | FlowStatus::Recovered)
             && let Some(d) = duration
         {
             st.duration.record(d);
@@ -183,7 +186,9 @@ impl Aggregates {
                 .findings
                 .entry((f.rule, f.service, f.event_type))
                 .or_default() += 1;
-            if let Some(m) = metrics {
+            // Notes (a recovered flow) are no violations: alerts on the
+            // counter stay quiet for them.
+            if let Some(m) = metrics.filter(|_| f.rule.is_violation()) {
                 m.violation(f.rule, syms.name(f.service));
             }
         }
@@ -263,7 +268,8 @@ impl Aggregates {
             .iter()
             .filter(|(_, s)| {
                 s.started as i64 + s.moved != 0
-                    || s.completed + s.failed + s.in_progress + s.stuck + s.evicted > 0
+                    || s.completed + s.failed + s.in_progress + s.stuck + s.recovered + s.evicted
+                        > 0
             })
             .map(|(n, s)| {
                 let ft = FlowTotals {
@@ -272,6 +278,7 @@ impl Aggregates {
                     failed: s.failed,
                     in_progress: s.in_progress,
                     stuck: s.stuck,
+                    recovered: s.recovered,
                     evicted: s.evicted,
                     in_flight: 0,
                 };
@@ -280,6 +287,7 @@ impl Aggregates {
                 totals.failed += ft.failed;
                 totals.in_progress += ft.in_progress;
                 totals.stuck += ft.stuck;
+                totals.recovered += ft.recovered;
                 totals.evicted += ft.evicted;
                 FlowNameReport {
                     flow: flow_label(*n),

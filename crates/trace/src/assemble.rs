@@ -48,7 +48,8 @@ pub(crate) fn build_trace(
     for &i in order {
         let i = i as usize;
         let e = &f.events[i];
-        let handled = f
+        // Each handling once (a receipt may arrive twice), in time order.
+        let mut handled: Vec<Handling> = f
             .receipts
             .iter()
             .filter(|r| r.event == e.id)
@@ -62,6 +63,17 @@ pub(crate) fn build_trace(
                 emitted: r.emitted,
             })
             .collect();
+        if handled.len() > 1 {
+            handled.sort_by(|a, b| {
+                (a.started, &a.service, a.outcome.as_str(), a.duration_us).cmp(&(
+                    b.started,
+                    &b.service,
+                    b.outcome.as_str(),
+                    b.duration_us,
+                ))
+            });
+            handled.dedup();
+        }
         let orphan = e.cause.as_ref().is_some_and(|c| f.find(c).is_none());
         node[i] = graph.add_node(TracedEvent {
             id: e.id.clone(),

@@ -70,6 +70,24 @@ rules! {
     ClockSkew = "clock-skew", "an event's time is earlier than its cause's (clocks disagree between services)";
     /// Causation ids that loop.
     CausalLoop = "causal-loop", "causation ids form a loop (an event is its own ancestor): corrupt ids";
+    /// A service handled one event twice: acked it twice, or emitted its reaction twice.
+    HandledTwice = "handled-twice", "a service handled one event more than once: two acked receipts for one event id, or its reaction emitted twice under new ids (its idempotency failed)";
+    /// An event published on a topic other than the one its type declares.
+    WrongTopic = "wrong-topic", "an event was published on a topic other than the one the topology declares for its type";
+    /// A declared consumer never handled an event it reacts to.
+    NeverHandled = "never-handled", "a declared consumer (a sink included) never handled an event it reacts to, though its bound has passed and receipts show the topic is handled";
+    /// A record no service could read.
+    MalformedRecord = "malformed-record", "a record no service could read (its metadata is broken) was dead-lettered by every service that received it";
+    /// A dead letter replayed and handled: a note, not a violation.
+    Recovered = "recovered", "an event dead-lettered was replayed and then handled: the flow recovered (a note, not a violation)";
+}
+
+impl Rule {
+    /// Whether a finding of this rule is a violation (it fails the verdict);
+    /// `recovered` is only a note.
+    pub fn is_violation(self) -> bool {
+        self != Rule::Recovered
+    }
 }
 
 impl From<Rule> for &'static str {

@@ -22,16 +22,20 @@ pub enum FlowStatus {
     InProgress,
     /// Past the flow's `within` or a reaction's `within` with events still owed.
     Stuck,
+    /// It completed after an event dead-lettered on the way was replayed and
+    /// handled; its history keeps the dead letter.
+    Recovered,
 }
 
 impl FlowStatus {
-    /// `completed`, `failed`, `in_progress` or `stuck`.
+    /// `completed`, `failed`, `in_progress`, `stuck` or `recovered`.
     pub fn as_str(self) -> &'static str {
         match self {
             FlowStatus::Completed => "completed",
             FlowStatus::Failed => "failed",
             FlowStatus::InProgress => "in_progress",
             FlowStatus::Stuck => "stuck",
+            FlowStatus::Recovered => "recovered",
         }
     }
 }

@@ -43,9 +43,18 @@
 //! | status | when |
 //! |---|---|
 //! | `completed` | it reached one of its flow's `ends_with` events, and nothing was dead-lettered |
-//! | `failed` | an event was dead-lettered, or it came to rest (nothing owed) on events that end nothing |
+//! | `recovered` | it completed after an event dead-lettered on the way was replayed and handled |
+//! | `failed` | an event was dead-lettered (and not recovered), or it came to rest (nothing owed) on events that end nothing |
 //! | `in_progress` | services still owe events and no `within` has passed |
 //! | `stuck` | past the flow's `within` or a reaction's `within` with events owed; the report names each service, what it owes, for which event, since when |
+//!
+//! A reaction is *owed* from the moment its cause was published until it is
+//! emitted — a handler may ack and emit later, through
+//! `Publisher::publish_caused_by` — and a finding about it (`missing-emit`,
+//! `stuck`, `never-handled`) comes only once the tightest bound (the
+//! reaction's `within` or the flow's) has passed relative to "now". Without
+//! any bound, an owed reaction is never late. Statuses and findings do not
+//! depend on the order of the records, nor on duplicates of them.
 //!
 //! Without a topology a flow is `failed` when dead-lettered and `completed`
 //! otherwise: ends and deadlines come from the topology.
@@ -73,6 +82,11 @@
 //! | `orphan` | an event's causation id names no event of its flow |
 //! | `clock-skew` | an event is earlier than its cause by more than [`TracerConfig::skew_tolerance`] |
 //! | `causal-loop` | causation ids that loop (corrupt ids) |
+//! | `handled-twice` | a service handled one event twice: two acked receipts, or its reaction emitted twice under new ids |
+//! | `wrong-topic` | an event published on a topic other than its type's |
+//! | `never-handled` | a declared consumer never handled an event it reacts to, past its bound |
+//! | `malformed-record` | a record no service could read, dead-lettered by all that received it |
+//! | `recovered` | a dead letter replayed and handled (a note, not a violation) |
 //!
 //! # Sources
 //!

@@ -59,7 +59,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
         "choreo_flow_completed_total",
         "counter",
         "flow",
-        "flows that reached a declared end",
+        "flows that reached a declared end (recovered ones, after a dead letter was replayed, included)",
     ),
     (
         "choreo_flow_failed_total",
@@ -89,7 +89,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
         "choreo_flow_duration_seconds",
         "histogram",
         "flow, status",
-        "first event to end, for completed and failed flows",
+        "first event to end, for completed, recovered and failed flows",
     ),
     (
         "choreo_trace_edge_total",
@@ -414,7 +414,8 @@ impl TraceMetrics {
     ) {
         let flow = flow.unwrap_or("unknown");
         let c = match status {
-            FlowStatus::Completed => &self.flow_completed,
+            // Recovered flows did reach their end; the duration's label tells them apart.
+            FlowStatus::Completed | FlowStatus::Recovered => &self.flow_completed,
             FlowStatus::Failed => &self.flow_failed,
             FlowStatus::Stuck => &self.flow_stuck,
             FlowStatus::InProgress => &self.flow_unfinished,

@@ -16,7 +16,7 @@ struct ReceiptView<'a> {
     event_id: Cow<'a, str>,
     #[serde(borrow)]
     event_type: Cow<'a, str>,
-    outcome: Outcome,
+    outcome: OutcomeText,
     #[serde(default)]
     attempts: u32,
     #[serde(default)]
@@ -27,6 +27,31 @@ struct ReceiptView<'a> {
     duration_us: u64,
     #[serde(default)]
     emitted: Count,
+}
+
+/// A receipt's outcome as written: the runtime's outcomes, and `ignored`
+/// (a record the service does not route: acknowledged, not handled).
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum OutcomeText {
+    Acked,
+    DeadLettered,
+    Duplicate,
+    Redelivered,
+    Ignored,
+}
+
+/// The outcome (`None`: ignored) of an outcome's text.
+#[inline]
+fn outcome(text: &[u8]) -> Option<Option<Outcome>> {
+    Some(match text {
+        b"acked" => Some(Outcome::Acked),
+        b"dead_lettered" => Some(Outcome::DeadLettered),
+        b"duplicate" => Some(Outcome::Duplicate),
+        b"redelivered" => Some(Outcome::Redelivered),
+        b"ignored" => None,
+        _ => return None,
+    })
 }
 
 /// A receipt's payload, parsed.
@@ -40,6 +65,9 @@ pub(crate) struct ParsedReceipt {
     pub(crate) started: i64,
     pub(crate) duration_us: u64,
     pub(crate) emitted: u32,
+    /// The service ignored the record (it does not route its type): not a
+    /// handling, not a consumption. `outcome` is then meaningless.
+    pub(crate) ignored: bool,
 }
 
 /// Parses a receipt envelope's payload; `None` when it is not a receipt.
@@ -70,13 +98,7 @@ fn written_receipt(data: &[u8], names: &mut Interner) -> Option<ParsedReceipt> {
     p.lit(b",\"offset\":")?;
     p.int()?;
     p.lit(b",\"outcome\":")?;
-    let outcome = match p.plain()? {
-        b"acked" => Outcome::Acked,
-        b"dead_lettered" => Outcome::DeadLettered,
-        b"duplicate" => Outcome::Duplicate,
-        b"redelivered" => Outcome::Redelivered,
-        _ => return None,
-    };
+    let settled = outcome(p.plain()?)?;
     p.lit(b",\"attempts\":")?;
     let attempts = u32::try_from(p.int()?).ok()?;
     let reason = if p.lit(b",\"reason\":").is_some() {
@@ -104,12 +126,13 @@ fn written_receipt(data: &[u8], names: &mut Interner) -> Option<ParsedReceipt> {
         event,
         service,
         event_type,
-        outcome,
+        outcome: settled.unwrap_or(Outcome::Acked),
         attempts,
         reason,
         started,
         duration_us,
         emitted,
+        ignored: settled.is_none(),
     })
 }
 
@@ -263,7 +286,7 @@ impl<'a> Scan<'a> {
 fn fast_receipt(data: &[u8], names: &mut Interner) -> Option<ParsedReceipt> {
     let mut p = Scan { b: data, i: 0 };
     p.eat(b'{')?;
-    let (mut service, mut event, mut ty, mut outcome) = (None, None, None, None);
+    let (mut service, mut event, mut ty, mut settled) = (None, None, None, None);
     let (mut attempts, mut started, mut duration, mut emitted) = (0u32, 0i64, 0u64, 0u32);
     let mut reason = None;
     if p.eat(b'}').is_none() {
@@ -278,15 +301,7 @@ fn fast_receipt(data: &[u8], names: &mut Interner) -> Option<ParsedReceipt> {
                         .or_else(|| EventId::parse(std::str::from_utf8(raw).ok()?));
                 }
                 b"event_type" => ty = Some(std::str::from_utf8(p.string()?).ok()?),
-                b"outcome" => {
-                    outcome = Some(match p.string()? {
-                        b"acked" => Outcome::Acked,
-                        b"dead_lettered" => Outcome::DeadLettered,
-                        b"duplicate" => Outcome::Duplicate,
-                        b"redelivered" => Outcome::Redelivered,
-                        _ => return None,
-                    })
-                }
+                b"outcome" => settled = Some(outcome(p.string()?)?),
                 b"attempts" => attempts = u32::try_from(p.int()?).ok()?,
                 b"started" => started = p.int()?,
                 b"duration_us" => duration = u64::try_from(p.int()?).ok()?,
@@ -314,12 +329,13 @@ fn fast_receipt(data: &[u8], names: &mut Interner) -> Option<ParsedReceipt> {
         event: event?,
         service: names.name(service?),
         event_type: names.name(ty?),
-        outcome: outcome?,
+        outcome: settled?.unwrap_or(Outcome::Acked),
         attempts,
         reason,
         started,
         duration_us: duration,
         emitted,
+        ignored: settled?.is_none(),
     })
 }
 
@@ -331,7 +347,13 @@ fn serde_receipt(data: &[u8], names: &mut Interner) -> Option<ParsedReceipt> {
         event,
         service: names.name(&view.service),
         event_type: names.name(&view.event_type),
-        outcome: view.outcome,
+        outcome: match view.outcome {
+            OutcomeText::Acked | OutcomeText::Ignored => Outcome::Acked,
+            OutcomeText::DeadLettered => Outcome::DeadLettered,
+            OutcomeText::Duplicate => Outcome::Duplicate,
+            OutcomeText::Redelivered => Outcome::Redelivered,
+        },
+        ignored: matches!(view.outcome, OutcomeText::Ignored),
         attempts: view.attempts,
         reason: view.reason.map(String::into_boxed_str),
         started: view.started,
@@ -436,5 +458,30 @@ mod tests {
             );
         }
         assert!(parse_receipt(b"not json", &mut names).is_none());
+    }
+
+    #[test]
+    fn an_ignored_receipt_is_read_as_ignored_by_every_parser() {
+        let mut names = Interner::default();
+        let mut written = Vec::new();
+        receipt(None, 0).write_json(&mut written);
+        let text = String::from_utf8(written)
+            .unwrap()
+            .replace("\"outcome\":\"dead_lettered\"", "\"outcome\":\"ignored\"");
+        for parsed in [
+            written_receipt(text.as_bytes(), &mut names),
+            fast_receipt(text.as_bytes(), &mut names),
+            serde_receipt(text.as_bytes(), &mut names),
+        ] {
+            assert!(parsed.unwrap().ignored);
+        }
+        let spaced = text.replace(',', ", ");
+        assert!(
+            parse_receipt(spaced.as_bytes(), &mut names)
+                .unwrap()
+                .ignored
+        );
+        let wrong = text.replace("ignored", "ignoring");
+        assert!(parse_receipt(wrong.as_bytes(), &mut names).is_none());
     }
 }

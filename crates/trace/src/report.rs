@@ -46,6 +46,9 @@ pub struct Counters {
     pub events: u64,
     /// Receipts.
     pub receipts: u64,
+    /// Of those, records a service ignored (it routes no handler for their
+    /// type): acknowledged, not handled.
+    pub ignored: u64,
     /// Dead-letter copies.
     pub dead_letters: u64,
     /// Events seen again (same id) and collapsed.
@@ -128,6 +131,8 @@ pub struct FlowTotals {
     pub in_progress: u64,
     /// Past a `within` with events owed.
     pub stuck: u64,
+    /// Completed after a dead letter was replayed and handled.
+    pub recovered: u64,
     /// Evicted by a cap or the idle timeout before finishing.
     pub evicted: u64,
     /// Still held in flight (live mode).
@@ -253,9 +258,11 @@ impl Report {
             edges,
             listed,
         } = parts;
-        let violations: u64 = findings.iter().map(|f| f.count).sum();
+        let broken: Vec<&RuleReport> = findings.iter().filter(|f| f.rule.is_violation()).collect();
+        let violations: u64 = broken.iter().map(|f| f.count).sum();
         let ok = violations == 0 && totals.failed == 0 && totals.stuck == 0;
-        let finished = totals.completed + totals.failed + totals.stuck + totals.in_progress;
+        let finished =
+            totals.completed + totals.recovered + totals.failed + totals.stuck + totals.in_progress;
         let verdict = if input.records == 0 {
             "no records: nothing to trace".to_owned()
         } else if ok {
@@ -274,8 +281,8 @@ impl Report {
                 parts.push(format!(
                     "{violations} violation{} of {} rule{}",
                     plural(violations),
-                    findings.len(),
-                    plural(findings.len() as u64)
+                    broken.len(),
+                    plural(broken.len() as u64)
                 ));
             }
             if totals.failed > 0 {
@@ -366,6 +373,13 @@ impl Report {
                 );
             }
         }
+        if self.flows.recovered > 0 {
+            let _ = writeln!(
+                o,
+                "({} recovered: completed after a dead letter was replayed)",
+                self.flows.recovered
+            );
+        }
         if self.flows.evicted > 0 || self.flows.in_flight > 0 {
             let _ = writeln!(
                 o,
@@ -373,10 +387,19 @@ impl Report {
                 self.flows.evicted, self.flows.in_flight
             );
         }
-        if !self.findings.is_empty() {
+        for (violations, title) in [(true, "violations by rule:"), (false, "notes:")] {
+            let rules: Vec<&RuleReport> = self
+                .findings
+                .iter()
+                .filter(|r| r.rule.is_violation() == violations)
+                .take(10)
+                .collect();
+            if rules.is_empty() {
+                continue;
+            }
             let _ = writeln!(o);
-            let _ = writeln!(o, "violations by rule:");
-            for r in self.findings.iter().take(10) {
+            let _ = writeln!(o, "{title}");
+            for r in rules {
                 let top: Vec<String> =
                     r.by.iter()
                         .take(3)

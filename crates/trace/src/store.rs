@@ -35,13 +35,22 @@ pub(crate) struct Rc {
     pub(crate) reason: Option<Box<str>>,
 }
 
-/// A dead-letter copy of an event.
+/// A dead-letter copy of an event; or, with `marker`, the note that an
+/// event's own record was malformed (the backend could only partly read it).
 #[derive(Debug, Clone)]
 pub(crate) struct Dl {
     pub(crate) event: EventId,
+    /// The service that gave up (`EMPTY` when the copy does not say).
     pub(crate) service: Sym,
+    /// Why; for a marker, what is wrong with the record.
     pub(crate) reason: Box<str>,
     pub(crate) attempts: u32,
+    /// When it was dead-lettered, when the copy says (µs).
+    pub(crate) at: Option<i64>,
+    /// The record could not be read: no service could handle it.
+    pub(crate) malformed: bool,
+    /// Not a dead-letter copy: the mark of a malformed event record.
+    pub(crate) marker: bool,
 }
 
 #[derive(Debug)]
@@ -53,9 +62,6 @@ pub(crate) struct FlowState {
     pub(crate) index: Option<FastMap<EventId, u32>>,
     pub(crate) last_activity: i64,
     pub(crate) duplicates: u32,
-    /// An end event of its flow was seen, or an event was dead-lettered: it can
-    /// be folded once it settles.
-    pub(crate) resting: bool,
     /// Live mode: don't analyse again before this time.
     pub(crate) next_check: i64,
     pub(crate) name: Option<usize>,
@@ -76,7 +82,6 @@ impl FlowState {
             index: None,
             last_activity: time,
             duplicates: 0,
-            resting: false,
             next_check: i64::MIN,
             name,
         }

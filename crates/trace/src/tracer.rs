@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use choreo_core::{Envelope, EventId, Outcome, Timestamp, dlq_headers};
+use choreo_core::{Envelope, EventId, MALFORMED_HEADER, Timestamp, dlq_headers};
 use choreo_topology::Topology;
 
 use crate::Record;
@@ -57,6 +57,9 @@ pub struct Tracer {
     max_time: i64,
     now: i64,
     receipts_seen: bool,
+    /// Event type → the services whose receipts for it were seen: the
+    /// evidence that a consumer's silence is real (see `never-handled`).
+    handlers: Vec<Vec<Sym>>,
     metrics: Option<TraceMetrics>,
     kept: Vec<FlowTrace>,
     scratch: Scratch,
@@ -95,6 +98,7 @@ impl Tracer {
             max_time: i64::MIN,
             now: i64::MIN,
             receipts_seen: false,
+            handlers: Vec::new(),
             metrics: None,
             kept: Vec::new(),
             scratch: Scratch::default(),
@@ -215,7 +219,7 @@ impl Tracer {
         if crate::record::is_receipt_type(&env.event_type) {
             self.ingest_receipt(env, pre);
         } else if let Some(reason) = env.headers.get_str(dlq_headers::REASON) {
-            self.ingest_dead_letter(env, reason);
+            self.ingest_dead_letter(env, reason, partition.zip(offset));
         } else {
             self.ingest_event(env, partition, offset);
         }
@@ -235,12 +239,25 @@ impl Tracer {
         };
         self.receipts_seen = true;
         self.counters.receipts += 1;
+        if view.ignored {
+            // The service does not route this record: it was acknowledged,
+            // not handled — no consumption, nothing owed or done.
+            self.counters.ignored += 1;
+            return;
+        }
         let outcome = view.outcome;
         let done = view.started.saturating_add(view.duration_us as i64);
+        let service = self.syms.intern(&view.service);
+        let service = self
+            .model
+            .as_ref()
+            .map_or(service, |m| m.canonical(service));
+        let ty = self.syms.intern(&view.event_type);
+        self.saw_handler(ty, service);
         let rc = Rc {
             event: view.event,
-            service: self.syms.intern(&view.service),
-            ty: self.syms.intern(&view.event_type),
+            service,
+            ty,
             outcome,
             attempts: view.attempts,
             started: view.started,
@@ -255,40 +272,53 @@ impl Tracer {
             flow.last_activity = flow.last_activity.max(time);
             // Something changed: judge it again at the next tick.
             flow.next_check = i64::MIN;
-            if outcome == Outcome::DeadLettered {
-                flow.resting = true;
-            }
             self.records_in_flight += 1;
             self.after_growth(&env.correlation_id);
         }
     }
 
     /// A dead-letter copy of an event (it carries the reason header).
-    fn ingest_dead_letter(&mut self, env: &Envelope, reason: &str) {
+    fn ingest_dead_letter(&mut self, env: &Envelope, reason: &str, position: Option<(u32, u64)>) {
         let time = env.time.as_micros();
         self.bump_time(time);
         self.counters.dead_letters += 1;
+        let malformed = env.headers.get(MALFORMED_HEADER).is_some()
+            || reason.starts_with(crate::analysis::poison::MALFORMED_REASON);
+        let service = env
+            .headers
+            .get_str(dlq_headers::SERVICE)
+            .map_or(EMPTY, |s| self.syms.intern_str(s));
+        let (event, correlation) = match malformed.then(|| stands_for(env, position)).flatten() {
+            Some(original) => original,
+            None => (env.id.clone(), env.correlation_id.clone()),
+        };
         let dl = Dl {
-            event: env.id.clone(),
-            service: env
-                .headers
-                .get_str(dlq_headers::SERVICE)
-                .map_or(EMPTY, |s| self.syms.intern_str(s)),
+            event,
+            service: self
+                .model
+                .as_ref()
+                .map_or(service, |m| m.canonical(service)),
             reason: reason.into(),
             attempts: env
                 .headers
                 .get_str(dlq_headers::ATTEMPTS)
                 .and_then(|a| a.parse().ok())
                 .unwrap_or(0),
+            at: env
+                .headers
+                .get_str(dlq_headers::TIME)
+                .and_then(Timestamp::parse_rfc3339)
+                .map(Timestamp::as_micros),
+            malformed,
+            marker: false,
         };
-        if let Some(flow) = self.flow_for(&env.correlation_id, time, env.event_type.as_str()) {
+        if let Some(flow) = self.flow_for(&correlation, time, env.event_type.as_str()) {
             flow.dead.push(dl);
-            flow.resting = true;
             flow.last_activity = flow.last_activity.max(time);
             // Something changed: judge it again at the next tick.
             flow.next_check = i64::MIN;
             self.records_in_flight += 1;
-            self.after_growth(&env.correlation_id);
+            self.after_growth(&correlation);
         }
     }
 
@@ -299,8 +329,14 @@ impl Tracer {
         self.counters.events += 1;
         let ty = self.syms.intern(&env.event_type);
         let source = self.syms.intern(&env.source);
+        let source = self.model.as_ref().map_or(source, |m| m.canonical(source));
         let topic = self.syms.intern(&env.topic);
-        let ends = self.ends_a_flow(ty);
+        // What is wrong with the record, when its source could only partly read it.
+        let malformed = if env.headers.is_empty() {
+            None
+        } else {
+            env.headers.get_str(MALFORMED_HEADER)
+        };
         let Some(flow) = self.flow_for(&env.correlation_id, time, env.event_type.as_str()) else {
             return;
         };
@@ -328,11 +364,34 @@ impl Tracer {
             partition: partition.unwrap_or(NO_PARTITION),
             offset: offset.unwrap_or(NO_OFFSET),
         });
-        if ends {
-            flow.resting = true;
+        if let Some(problem) = malformed {
+            // No service can read it: every one that receives it dead-letters it.
+            flow.dead.push(Dl {
+                event: env.id.clone(),
+                service: EMPTY,
+                reason: problem.into(),
+                attempts: 0,
+                at: None,
+                malformed: true,
+                marker: true,
+            });
+            self.records_in_flight += 1;
         }
         self.records_in_flight += 1;
         self.after_growth(&env.correlation_id);
+    }
+
+    /// Notes that `service` handled (or gave up on) an event of type `ty`.
+    #[inline]
+    fn saw_handler(&mut self, ty: Sym, service: Sym) {
+        let ty = ty as usize;
+        if self.handlers.len() <= ty {
+            self.handlers.resize(ty + 1, Vec::new());
+        }
+        let seen = &mut self.handlers[ty];
+        if !seen.contains(&service) {
+            seen.push(service);
+        }
     }
 
     #[inline]
@@ -340,12 +399,6 @@ impl Tracer {
         if t > self.max_time {
             self.max_time = t;
         }
-    }
-
-    fn ends_a_flow(&self, ty: Sym) -> bool {
-        self.model
-            .as_ref()
-            .is_some_and(|m| m.flows.iter().any(|f| f.ends.contains(&ty)))
     }
 
     /// The flow a record belongs to, created if new; `None` for a late record
@@ -453,53 +506,66 @@ impl Tracer {
         let settle = i64::try_from(self.config.settle.as_micros()).unwrap_or(i64::MAX);
         let idle = i64::try_from(self.config.idle.as_micros()).unwrap_or(i64::MAX);
         let has_model = self.model.is_some();
-        let mut due: Vec<(EventId, Option<EvictReason>)> = Vec::new();
+        let mut due: Vec<(EventId, Due)> = Vec::new();
         for (id, f) in self.flows.iter() {
             let quiet = now_us.saturating_sub(f.last_activity);
             if quiet >= idle {
-                due.push((id.clone(), Some(EvictReason::Idle)));
-            } else if (f.resting || !has_model) && quiet >= settle {
-                due.push((id.clone(), None));
+                due.push((id.clone(), Due::Idle));
+            } else if !has_model && quiet >= settle {
+                due.push((id.clone(), Due::Settled));
             } else if has_model && now_us >= f.next_check {
-                due.push((id.clone(), Some(EvictReason::Stuck)));
+                due.push((id.clone(), Due::Check));
             }
         }
-        for (id, reason) in due {
+        for (id, why) in due {
             let Some(state) = self.flows.remove(&id) else {
                 continue;
             };
-            match reason {
-                Some(EvictReason::Stuck) => {
-                    // Only stuck flows go; the others wait for their next deadline.
-                    let a = self.analyse(&id, &state, now_us);
-                    if a.status == FlowStatus::Stuck {
-                        self.records_in_flight -= state.records();
-                        self.counters.evicted(EvictReason::Stuck);
-                        if let Some(m) = &self.metrics {
-                            m.evicted(EvictReason::Stuck);
-                        }
-                        self.remember_evicted(id.clone());
-                        self.fold(id, &state, a, None);
-                    } else {
-                        let mut state = state;
-                        state.next_check = a.next_deadline.unwrap_or(i64::MAX);
-                        self.flows.insert(id, state);
-                    }
-                }
-                Some(r) => {
-                    self.records_in_flight -= state.records();
+            if why != Due::Check {
+                let evicted = (why == Due::Idle).then_some(EvictReason::Idle);
+                self.records_in_flight -= state.records();
+                if let Some(r) = evicted {
                     self.counters.evicted(r);
                     if let Some(m) = &self.metrics {
                         m.evicted(r);
                     }
-                    self.remember_evicted(id.clone());
-                    self.finalize(id, state, now_us, Some(r));
                 }
-                None => {
-                    self.records_in_flight -= state.records();
-                    self.remember_evicted(id.clone());
-                    self.finalize(id, state, now_us, None);
+                self.remember_evicted(id.clone());
+                self.finalize(id, state, now_us, evicted);
+                continue;
+            }
+            let a = self.analyse(&id, &state, now_us);
+            let at_rest = matches!(
+                a.status,
+                FlowStatus::Completed | FlowStatus::Failed | FlowStatus::Recovered
+            );
+            let settled_at = state.last_activity.saturating_add(settle);
+            if a.status == FlowStatus::Stuck {
+                // Reported, and evicted: what it owes will not come now.
+                self.records_in_flight -= state.records();
+                self.counters.evicted(EvictReason::Stuck);
+                if let Some(m) = &self.metrics {
+                    m.evicted(EvictReason::Stuck);
                 }
+                self.remember_evicted(id.clone());
+                self.fold(id, &state, a, None);
+            } else if at_rest && a.next_deadline.is_none() && now_us >= settled_at {
+                // At rest, quiet for the settle time (late receipts had
+                // their chance), and nothing owed that may still come.
+                self.records_in_flight -= state.records();
+                self.remember_evicted(id.clone());
+                self.fold(id, &state, a, None);
+            } else {
+                // The others wait: for their next deadline (an owed
+                // reaction, a sink's receipt, is judged when its bound
+                // passes), or, at rest, to settle.
+                let mut state = state;
+                state.next_check = match a.next_deadline {
+                    Some(d) => d,
+                    None if at_rest => settled_at,
+                    None => i64::MAX,
+                };
+                self.flows.insert(id, state);
             }
         }
         self.update_gauges(now_us);
@@ -535,6 +601,7 @@ impl Tracer {
             syms: &self.syms,
             config: &self.config,
             receipts_expected: self.receipts_expected(),
+            handlers: &self.handlers,
         };
         let orphans = fold::finish_batch(
             &ctx,
@@ -561,6 +628,7 @@ impl Tracer {
             syms: &self.syms,
             config: &self.config,
             receipts_expected: false,
+            handlers: &self.handlers,
         };
         let mut folder = Folder::new(
             &ctx,
@@ -642,6 +710,7 @@ impl Tracer {
             syms: &self.syms,
             config: &self.config,
             receipts_expected: self.receipts_expected(),
+            handlers: &self.handlers,
         }
     }
 }
@@ -655,4 +724,42 @@ mod tests {
         send::<crate::capture::Reader>();
         send::<crate::Report>();
     }
+}
+
+/// Why a flow is looked at in a tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// No activity for the idle timeout: evicted.
+    Idle,
+    /// Without a topology, quiet for the settle time.
+    Settled,
+    /// A deadline may have passed, or something changed.
+    Check,
+}
+
+/// The record a malformed dead-letter copy stands for: (event id,
+/// correlation id). A copy kept as it was received is no more readable than
+/// its original, so a source derives its ids from where it read it
+/// (`<topic>/<partition>/<offset>`, the Kafka backend's convention); those of
+/// the original are then the same derived from the origin the copy's
+/// headers name. `None` when the copy's ids were its own.
+fn stands_for(env: &Envelope, position: Option<(u32, u64)>) -> Option<(EventId, EventId)> {
+    let (partition, offset) = position?;
+    let derived = format!("{}/{partition}/{offset}", env.topic);
+    if env.id.to_string() != derived {
+        return None;
+    }
+    let origin = format!(
+        "{}/{}/{}",
+        env.headers.get_str(dlq_headers::TOPIC)?,
+        env.headers.get_str(dlq_headers::PARTITION)?,
+        env.headers.get_str(dlq_headers::OFFSET)?
+    );
+    let id = EventId::parse(&origin)?;
+    let correlation = if env.correlation_id == env.id {
+        id.clone()
+    } else {
+        env.correlation_id.clone()
+    };
+    Some((id, correlation))
 }

@@ -22,7 +22,7 @@ pub(crate) struct Shape {
     pub(crate) orphans: u32,
 }
 
-/// Orders the flow's events in time (arrival breaks ties), links each to its
+/// Orders the flow's events in time (ids break ties), links each to its
 /// cause in `s`, and reports the links that are wrong.
 pub(crate) fn rebuild(
     ctx: &Ctx<'_>,
@@ -33,12 +33,17 @@ pub(crate) fn rebuild(
 ) -> Shape {
     let n = f.events.len();
     let syms = ctx.syms;
-    // Time order (arrival order breaks ties): out-of-order input lands in place.
+    // Time order (ids break ties, so the order records arrived in does not
+    // matter): out-of-order input lands in place.
     s.order.clear();
     s.order.extend(0..n as u32);
     // Usually already so: events mostly arrive in the order they happened.
-    if !f.events.is_sorted_by_key(|e| e.time) {
-        s.order.sort_by_key(|&i| (f.events[i as usize].time, i));
+    if !f
+        .events
+        .is_sorted_by(|a, b| a.time < b.time || (a.time == b.time && a.id <= b.id))
+    {
+        s.order
+            .sort_by(|&a, &b| super::by_time(f, a as usize, b as usize));
     }
     s.graph.clear();
     s.node_of.clear();

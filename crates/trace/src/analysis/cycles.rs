@@ -101,6 +101,6 @@ mod tests {
         for i in 0..5 {
             f.event(&format!("a{i}"), "A", "s", Some("root"), i);
         }
-        assert!(f.judge(10).findings.is_empty());
+        assert!(f.judge(10).of(Rule::CycleBound).is_empty());
     }
 }

@@ -7,10 +7,15 @@
 //! | module | rules |
 //! |---|---|
 //! | [`causality`] | the graph, the flow's first event; `orphan`, `clock-skew`, `causal-loop` |
-//! | [`names`] | `unknown-event`, `unknown-service`, `unknown-flow`, `undeclared-emit` of a flow's first event |
-//! | [`reactions`] | per event and consumer: `undeclared-consume`, `undeclared-emit`, `missing-emit`, `both-branches`, `reaction-late`, `dead-lettered`, and what is owed |
+//! | [`poison`] | `malformed-record`: records no service could read |
+//! | [`dead`] | `dead-lettered`, `recovered`: what services gave up on, and what a replay brought back |
+//! | [`names`] | `unknown-event`, `unknown-service`, `unknown-flow`, `wrong-topic`, `undeclared-emit` of a flow's first event |
+//! | [`reactions`] | per event and consumer: `undeclared-consume`, `undeclared-emit`, `missing-emit`, `both-branches`, `handled-twice`, `reaction-late`, and what is owed |
 //! | [`cycles`] | `cycle-bound` |
-//! | [`status`] | the flow's status; `flow-late`, `bad-end`, `stuck` |
+//! | [`status`] | the flow's status as of "now"; `flow-late`, `bad-end`, `stuck`, `never-handled` |
+//!
+//! Findings come out in one order whatever the order of the records
+//! ([`canonical_order`]), and duplicates of a record change nothing.
 
 use choreo_core::EventId;
 use petgraph::graph::{Graph, NodeIndex};
@@ -23,7 +28,9 @@ use crate::store::FlowState;
 
 pub(crate) mod causality;
 pub(crate) mod cycles;
+pub(crate) mod dead;
 pub(crate) mod names;
+pub(crate) mod poison;
 pub(crate) mod reactions;
 pub(crate) mod status;
 
@@ -38,6 +45,54 @@ pub(crate) struct Ctx<'a> {
     pub(crate) config: &'a TracerConfig,
     /// Whether the input holds receipts (a sink then owes one).
     pub(crate) receipts_expected: bool,
+    /// Event type → the services whose receipts for it the input holds.
+    pub(crate) handlers: &'a [Vec<Sym>],
+}
+
+impl Ctx<'_> {
+    /// Whether the input shows that `service`'s silence about an event of
+    /// type `ty` in flow `f` is real: the flow holds other services'
+    /// receipts, or `service` wrote receipts for something, or other
+    /// services wrote receipts for events on `ty`'s topic. Never when
+    /// receipts are declared absent.
+    pub(crate) fn receipts_show(&self, f: &FlowState, service: Sym, ty: Sym) -> bool {
+        if self.config.receipts == crate::config::Receipts::Absent {
+            return false;
+        }
+        if f.receipts.iter().any(|r| r.service != service) {
+            return true;
+        }
+        let topic = self.model.and_then(|m| m.topic_of(ty));
+        self.handlers.iter().enumerate().any(|(t, services)| {
+            services.contains(&service)
+                || (topic.is_some()
+                    && self.model.and_then(|m| m.topic_of(t as Sym)) == topic
+                    && services.iter().any(|s| *s != service))
+        })
+    }
+}
+
+/// "Now", and the flow's own bound, for the rules that depend on time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    pub(crate) now: i64,
+    /// The flow's start plus its `within`.
+    pub(crate) flow_deadline: Option<i64>,
+}
+
+impl Clock {
+    /// The tightest bound of a debt whose own bound is `deadline`.
+    pub(crate) fn bound(&self, deadline: Option<i64>) -> Option<i64> {
+        match (deadline, self.flow_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether that bound has passed.
+    pub(crate) fn overdue(&self, deadline: Option<i64>) -> bool {
+        self.bound(deadline).is_some_and(|d| self.now > d)
+    }
 }
 
 /// Buffers reused from flow to flow: the causal graph and the time order.
@@ -51,6 +106,10 @@ pub(crate) struct Scratch {
     pub(crate) node_of: Vec<NodeIndex>,
     /// Event index → its cause's index (`u32::MAX`: none in the flow).
     pub(crate) parent: Vec<u32>,
+    /// Event index → no service could read its record.
+    pub(crate) poison: Vec<bool>,
+    /// Event index → published on another topic than its type's.
+    pub(crate) misrouted: Vec<bool>,
 }
 
 impl Scratch {
@@ -60,6 +119,22 @@ impl Scratch {
             .neighbors(self.node_of[i])
             .map(|nx| self.graph[nx] as usize)
     }
+
+    /// The effects of event `i` in time order (ties by id), into `out`.
+    pub(crate) fn kids_in_order(&self, f: &FlowState, i: usize, out: &mut Vec<usize>) {
+        out.clear();
+        out.extend(self.kids(i));
+        if out.len() > 1 {
+            out.sort_by(|&a, &b| by_time(f, a, b));
+        }
+    }
+}
+
+/// Events `a` and `b` of `f` by time, ties by id: an order that does not
+/// depend on the order records arrived in.
+pub(crate) fn by_time(f: &FlowState, a: usize, b: usize) -> std::cmp::Ordering {
+    let (x, y) = (&f.events[a], &f.events[b]);
+    x.time.cmp(&y.time).then_with(|| x.id.cmp(&y.id))
 }
 
 /// What judging a flow found.
@@ -96,7 +171,24 @@ pub(crate) struct RawOwed {
     pub(crate) event: u32,
     pub(crate) owes: Vec<Sym>,
     pub(crate) one_of: bool,
+    /// The reaction's own bound (the event's time plus its `within`).
     pub(crate) deadline: Option<i64>,
+    /// What is owed, and why.
+    pub(crate) debt: Debt,
+    /// Whether the flow waits for it (a sink's receipt holds nothing up).
+    pub(crate) blocking: bool,
+}
+
+/// Why a service owes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Debt {
+    /// It has not handled the event (no receipt, no emission).
+    Unhandled,
+    /// Its receipt announced `announced` emissions; `seen` are in the input.
+    Announced { announced: u32, seen: u32 },
+    /// It handled the event and has not emitted its reaction yet (an
+    /// asynchronous reaction, or one it will never emit).
+    Unemitted,
 }
 
 /// Rebuilds the causal graph of flow `corr` and judges it as of `now`.
@@ -109,14 +201,55 @@ pub(crate) fn analyse(
 ) -> Analysis {
     let mut findings = Vec::new();
     let shape = causality::rebuild(ctx, s, corr, f, &mut findings);
-    let Some(m) = ctx.model else {
-        return status::without_topology(ctx, f, &shape, findings);
+    let poisoned = poison::check(ctx, s, f, &mut findings);
+    let dead = dead::check(ctx, s, f, &mut findings);
+    let mut a = match ctx.model {
+        None => status::without_topology(&shape, poisoned, &dead, findings),
+        Some(m) => {
+            let name = names::flow_name(m, s, f, shape.root);
+            names::check(m, ctx.syms, s, f, shape.root, &mut findings);
+            let clock = Clock {
+                now,
+                flow_deadline: name
+                    .and_then(|n| m.flows[n].within_us)
+                    .map(|w| shape.start.saturating_add(w)),
+            };
+            let owed = reactions::check(ctx, m, s, f, &dead, &clock, &mut findings);
+            cycles::check(ctx, s, f, &mut findings);
+            let judged = status::Judged {
+                name,
+                owed,
+                poisoned,
+                dead: &dead,
+            };
+            status::judge(ctx, m, s, f, &shape, judged, &clock, findings)
+        }
     };
-    let name = names::flow_name(m, f, shape.root);
-    names::check(m, ctx.syms, f, shape.root, &mut findings);
-    let owed = reactions::check(ctx, m, s, f, &mut findings);
-    cycles::check(ctx, s, f, &mut findings);
-    status::judge(ctx, m, s, f, &shape, name, owed, now, findings)
+    canonical_order(ctx, f, &mut a);
+    a
+}
+
+/// Sorts the findings by time, rule, event and message, and the debts by
+/// event and service: an order that does not depend on the order of the
+/// records (symbols do: they number names as they first arrive).
+fn canonical_order(ctx: &Ctx<'_>, f: &FlowState, a: &mut Analysis) {
+    let id = |e: Option<u32>| e.map(|i| &f.events[i as usize].id);
+    if a.findings.len() > 1 {
+        a.findings.sort_by(|x, y| {
+            (x.time, x.rule, id(x.event), &x.message).cmp(&(
+                y.time,
+                y.rule,
+                id(y.event),
+                &y.message,
+            ))
+        });
+    }
+    if a.owed.len() > 1 {
+        a.owed.sort_by(|x, y| {
+            by_time(f, x.event as usize, y.event as usize)
+                .then_with(|| ctx.syms.name(x.service).cmp(ctx.syms.name(y.service)))
+        });
+    }
 }
 
 /// `'A', 'B'`, or `nothing`.

@@ -1,28 +1,47 @@
-//! Where a flow stands as of "now": completed, failed, in progress or stuck; `flow-late`, `bad-end`, `stuck`.
+//! Where a flow stands as of "now": completed, recovered, failed, in progress or stuck; `flow-late`, `bad-end`, `stuck`, `never-handled`.
+//!
+//! A flow is judged from what is owed in it ([`RawOwed`]): a debt becomes a
+//! finding only once its bound — the reaction's `within` or the flow's,
+//! whichever is earlier — has passed relative to "now", so a capture cut
+//! from a running system reads "in progress", not "failed".
 
-use choreo_core::{Outcome, Timestamp};
+use choreo_core::Timestamp;
 
 use super::causality::Shape;
-use super::{Analysis, Ctx, Raw, RawOwed, Scratch, list, owes_text, plural};
+use super::dead::DeadLetters;
+use super::{Analysis, Clock, Ctx, Debt, Raw, RawOwed, Scratch, list, owes_text};
 use crate::finding::Rule;
 use crate::flow::FlowStatus;
-use crate::model::{EMPTY, Model, Sym, Symbols};
+use crate::model::{EMPTY, FlowInfo, Model, Sym};
 use crate::stats::format_micros;
 use crate::store::FlowState;
 
-/// Without a topology: failed when something was dead-lettered, else completed.
+/// What the rules before found, for the status.
+pub(crate) struct Judged<'a> {
+    /// The flow's index in the model.
+    pub(crate) name: Option<usize>,
+    /// Debts.
+    pub(crate) owed: Vec<RawOwed>,
+    /// A record in the flow no service could read.
+    pub(crate) poisoned: bool,
+    pub(crate) dead: &'a DeadLetters<'a>,
+}
+
+/// Without a topology: failed when something was dead-lettered (and not
+/// recovered), else completed.
 pub(crate) fn without_topology(
-    ctx: &Ctx<'_>,
-    f: &FlowState,
     shape: &Shape,
-    mut findings: Vec<Raw>,
+    poisoned: bool,
+    dead: &DeadLetters<'_>,
+    findings: Vec<Raw>,
 ) -> Analysis {
-    let status = if dead_any(f) {
+    let status = if poisoned || dead.any_lost() {
         FlowStatus::Failed
+    } else if dead.any_recovered() {
+        FlowStatus::Recovered
     } else {
         FlowStatus::Completed
     };
-    dead_letter_findings(f, ctx.syms, &mut findings);
     Analysis {
         status,
         name: None,
@@ -35,15 +54,7 @@ pub(crate) fn without_topology(
     }
 }
 
-/// Whether anything in the flow was dead-lettered.
-fn dead_any(f: &FlowState) -> bool {
-    !f.dead.is_empty()
-        || f.receipts
-            .iter()
-            .any(|r| r.outcome == Outcome::DeadLettered)
-}
-
-/// Decides the flow's status from what is owed and what ended it, as of `now`.
+/// Decides the flow's status from what ended it and what is owed, as of `clock.now`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn judge(
     ctx: &Ctx<'_>,
@@ -51,196 +62,288 @@ pub(crate) fn judge(
     s: &Scratch,
     f: &FlowState,
     shape: &Shape,
-    name: Option<usize>,
-    owed: Vec<RawOwed>,
-    now: i64,
+    j: Judged<'_>,
+    clock: &Clock,
     mut findings: Vec<Raw>,
 ) -> Analysis {
-    let syms = ctx.syms;
     let n = f.events.len();
-    let start = shape.start;
-    let last = shape.last;
-    let flow = name.map(|x| &m.flows[x]);
+    let flow = j.name.map(|x| &m.flows[x]);
+    // The flow's end: its earliest end event.
     let end = flow.and_then(|fl| {
-        f.events
-            .iter()
-            .filter(|e| fl.ends.contains(&e.ty))
-            .map(|e| e.time)
-            .min()
+        (0..n)
+            .filter(|&i| !s.poison[i] && fl.ends.contains(&f.events[i].ty))
+            .min_by(|&a, &b| super::by_time(f, a, b))
     });
-    let flow_deadline = flow
-        .and_then(|fl| fl.within_us)
-        .map(|w| start.saturating_add(w));
-    let mut next_deadline: Option<i64> = None;
-    let status = if dead_any(f) {
-        if findings.iter().all(|x| x.rule != Rule::DeadLettered) {
-            dead_letter_findings(f, syms, &mut findings);
-        }
+    let blocking = j.owed.iter().any(|o| o.blocking);
+    let mut stuck: Vec<&RawOwed> = Vec::new();
+    let status = if j.poisoned || j.dead.any_lost() {
         FlowStatus::Failed
-    } else if let Some(end_time) = end {
-        if let (Some(fl), Some(w)) = (flow, flow.and_then(|fl| fl.within_us)) {
-            let took = end_time.saturating_sub(start);
-            if took > w {
-                let r = shape.root.unwrap_or(0);
-                findings.push(Raw {
-                    rule: Rule::FlowLate,
-                    service: f.events.get(r).map_or(EMPTY, |e| e.source),
-                    event_type: f.events.get(r).map_or(EMPTY, |e| e.ty),
-                    event: None,
-                    time: start,
-                    message: format!(
-                        "flow '{}' took {} (within {})",
-                        fl.name,
-                        format_micros(took as u64),
-                        format_micros(w as u64)
-                    ),
-                });
-            }
+    } else if let Some(end) = end {
+        // A flow that recovered took the time its replay took: the recovery
+        // note says so, not a late flow.
+        if let Some(fl) = flow.filter(|_| !j.dead.any_recovered()) {
+            flow_late(ctx, s, f, shape, fl, end, &mut findings);
         }
-        FlowStatus::Completed
-    } else if owed.is_empty() {
-        if flow.is_some() && n > 0 {
-            let leaves: Vec<Sym> = (0..n)
-                .filter(|&i| s.kids(i).next().is_none())
-                .map(|i| f.events[i].ty)
-                .fold(Vec::new(), |mut acc, t| {
-                    if !acc.contains(&t) {
-                        acc.push(t);
-                    }
-                    acc
-                });
-            let fl = flow.map(|fl| fl.name.as_str()).unwrap_or_default();
-            let last_ev = s.order.last().map_or(0, |&i| i as usize);
-            findings.push(Raw {
-                rule: Rule::BadEnd,
-                service: f.events[last_ev].source,
-                event_type: f.events[last_ev].ty,
-                event: None,
-                time: last,
-                message: format!(
-                    "flow '{fl}' came to rest on {} without reaching an end ({})",
-                    list(syms, &leaves),
-                    list(syms, &flow.map(|fl| fl.ends.clone()).unwrap_or_default())
-                ),
-            });
+        if j.dead.any_recovered() {
+            FlowStatus::Recovered
+        } else {
+            FlowStatus::Completed
+        }
+    } else if !blocking {
+        if let Some(fl) = flow.filter(|_| n > 0) {
+            // It came to rest without an end. When a rule already names who
+            // stopped it, nobody upstream, who did their part, is blamed.
+            if !findings.iter().any(|x| explains_rest(x.rule)) {
+                findings.push(bad_end(ctx, s, f, shape, fl));
+            }
             FlowStatus::Failed
+        } else if j.dead.any_recovered() {
+            FlowStatus::Recovered
         } else {
             FlowStatus::Completed
         }
     } else {
-        let overdue_flow = flow_deadline.is_some_and(|d| now > d);
-        let overdue_reaction = owed.iter().any(|o| o.deadline.is_some_and(|d| now > d));
-        if overdue_flow || overdue_reaction {
-            for o in &owed {
-                let overdue = overdue_flow || o.deadline.is_some_and(|d| now > d);
-                if !overdue {
-                    continue;
-                }
-                let e = &f.events[o.event as usize];
-                findings.push(Raw {
-                    rule: Rule::Stuck,
-                    service: o.service,
-                    event_type: e.ty,
-                    event: Some(o.event),
-                    time: e.time,
-                    message: format!(
-                        "'{}' owes {} for '{}' since {} ({} overdue{})",
-                        syms.name(o.service),
-                        owes_text(syms, &o.owes, o.one_of),
-                        syms.name(e.ty),
-                        Timestamp::from_micros(e.time),
-                        if o.deadline.is_some_and(|d| now > d) {
-                            "its reaction is"
-                        } else {
-                            "the flow is"
-                        },
-                        match (o.deadline, flow_deadline) {
-                            (Some(d), _) if now > d => {
-                                format!(", by {}", format_micros(now.saturating_sub(d) as u64))
-                            }
-                            (_, Some(d)) if now > d => {
-                                format!(", by {}", format_micros(now.saturating_sub(d) as u64))
-                            }
-                            _ => String::new(),
-                        }
-                    ),
-                });
+        let flow_overdue = clock.flow_deadline.is_some_and(|d| clock.now > d);
+        stuck.extend(
+            j.owed
+                .iter()
+                .filter(|o| o.blocking && (flow_overdue || clock.overdue(o.deadline))),
+        );
+        if stuck.is_empty() {
+            FlowStatus::InProgress
+        } else {
+            for o in &stuck {
+                findings.push(stuck_finding(ctx, f, o, clock));
             }
             FlowStatus::Stuck
-        } else {
-            next_deadline = owed
-                .iter()
-                .filter_map(|o| o.deadline)
-                .chain(flow_deadline)
-                .min()
-                .map(|d| d.saturating_add(1));
-            FlowStatus::InProgress
         }
     };
+    never_handled(ctx, f, &j.owed, &stuck, clock, &mut findings);
+    // The next time something may change here: the earliest bound not yet passed.
+    let next_deadline = j
+        .owed
+        .iter()
+        .filter_map(|o| clock.bound(o.deadline))
+        .filter(|&d| d >= clock.now)
+        .min()
+        .map(|d| d.saturating_add(1));
     let end = match status {
-        FlowStatus::Completed => end.or(Some(last)),
-        FlowStatus::Failed => Some(last),
+        FlowStatus::Completed | FlowStatus::Recovered => {
+            Some(end.map_or(shape.last, |i| f.events[i].time))
+        }
+        FlowStatus::Failed => Some(shape.last),
         _ => None,
     };
     Analysis {
         status,
-        name,
-        start,
+        name: j.name,
+        start: shape.start,
         end,
         findings,
-        owed,
+        owed: j.owed,
         next_deadline,
         orphans: shape.orphans,
     }
 }
 
-/// One `dead-lettered` finding per dead letter (receipt, or dead-letter copy
-/// no receipt stands for).
-pub(crate) fn dead_letter_findings(f: &FlowState, syms: &Symbols, findings: &mut Vec<Raw>) {
-    let mut seen: Vec<(usize, Sym)> = Vec::new();
-    for r in f
-        .receipts
-        .iter()
-        .filter(|r| r.outcome == Outcome::DeadLettered)
-    {
-        let i = f.find(&r.event);
-        if let Some(i) = i {
-            seen.push((i, r.service));
-        }
-        findings.push(Raw {
-            rule: Rule::DeadLettered,
-            service: r.service,
-            event_type: r.ty,
-            event: i.map(|i| i as u32),
-            time: r.started,
-            message: format!(
-                "'{}' dead-lettered '{}' after {} attempt{}: {}",
-                syms.name(r.service),
-                syms.name(r.ty),
-                r.attempts,
-                plural(r.attempts),
-                r.reason.as_deref().unwrap_or("")
-            ),
-        });
+/// Rules whose findings say why a flow stopped short of its end.
+fn explains_rest(rule: Rule) -> bool {
+    matches!(
+        rule,
+        Rule::MissingEmit
+            | Rule::DeadLettered
+            | Rule::MalformedRecord
+            | Rule::WrongTopic
+            | Rule::UndeclaredEmit
+            | Rule::UnknownEvent
+            | Rule::UnknownFlow
+            | Rule::Orphan
+            | Rule::CausalLoop
+            | Rule::NeverHandled
+    )
+}
+
+/// A flow that ended later than its `within`: named at the service whose
+/// reaction took the largest share of the time, along the path from its
+/// first event to its end.
+fn flow_late(
+    ctx: &Ctx<'_>,
+    s: &Scratch,
+    f: &FlowState,
+    shape: &Shape,
+    fl: &FlowInfo,
+    end: usize,
+    findings: &mut Vec<Raw>,
+) {
+    let Some(w) = fl.within_us else { return };
+    let took = f.events[end].time.saturating_sub(shape.start);
+    if took <= w {
+        return;
     }
-    for d in &f.dead {
-        let i = f.find(&d.event);
-        if i.is_some_and(|i| seen.contains(&(i, d.service))) {
+    let syms = ctx.syms;
+    // (time taken, the reacting event, the event it reacted to)
+    let mut slowest: Option<(i64, usize, usize)> = None;
+    let mut c = end;
+    let mut steps = 0;
+    while s.parent[c] != u32::MAX && steps <= f.events.len() {
+        let p = s.parent[c] as usize;
+        let spent = f.events[c].time.saturating_sub(f.events[p].time);
+        if slowest.is_none_or(|(t, _, _)| spent > t) {
+            slowest = Some((spent, c, p));
+        }
+        c = p;
+        steps += 1;
+    }
+    let r = shape.root.unwrap_or(0);
+    let (service, ty, event, share) = match slowest {
+        Some((spent, c, p)) => (
+            f.events[c].source,
+            f.events[p].ty,
+            Some(p as u32),
+            format!(
+                "; {} in '{}' (reacting to '{}')",
+                format_micros(spent.max(0) as u64),
+                syms.name(f.events[c].source),
+                syms.name(f.events[p].ty)
+            ),
+        ),
+        None => (
+            f.events.get(r).map_or(EMPTY, |e| e.source),
+            f.events.get(r).map_or(EMPTY, |e| e.ty),
+            None,
+            String::new(),
+        ),
+    };
+    findings.push(Raw {
+        rule: Rule::FlowLate,
+        service,
+        event_type: ty,
+        event,
+        time: shape.start,
+        message: format!(
+            "flow '{}' took {} (within {}){share}",
+            fl.name,
+            format_micros(took as u64),
+            format_micros(w as u64)
+        ),
+    });
+}
+
+/// A flow at rest on events that end nothing, all its services having done
+/// their part: named at the publisher of the last event it rests on.
+fn bad_end(ctx: &Ctx<'_>, s: &Scratch, f: &FlowState, shape: &Shape, fl: &FlowInfo) -> Raw {
+    let syms = ctx.syms;
+    let mut leaves: Vec<Sym> = Vec::new();
+    for &i in &s.order {
+        let i = i as usize;
+        if s.kids(i).next().is_none() && !leaves.contains(&f.events[i].ty) {
+            leaves.push(f.events[i].ty);
+        }
+    }
+    let last = s.order.last().map_or(0, |&i| i as usize);
+    Raw {
+        rule: Rule::BadEnd,
+        service: f.events[last].source,
+        event_type: f.events[last].ty,
+        event: None,
+        time: shape.last,
+        message: format!(
+            "flow '{}' came to rest on {} without reaching an end ({})",
+            fl.name,
+            list(syms, &leaves),
+            list(syms, &fl.ends)
+        ),
+    }
+}
+
+/// The finding of a debt past its bound that holds the flow up.
+fn stuck_finding(ctx: &Ctx<'_>, f: &FlowState, o: &RawOwed, clock: &Clock) -> Raw {
+    let syms = ctx.syms;
+    let e = &f.events[o.event as usize];
+    let now = clock.now;
+    let own = o.deadline.is_some_and(|d| now > d);
+    let by = match (o.deadline, clock.flow_deadline) {
+        (Some(d), _) if now > d => format!(", by {}", format_micros(now.saturating_sub(d) as u64)),
+        (_, Some(d)) if now > d => format!(", by {}", format_micros(now.saturating_sub(d) as u64)),
+        _ => String::new(),
+    };
+    let overdue = if own {
+        "its reaction is"
+    } else {
+        "the flow is"
+    };
+    let message = match o.debt {
+        Debt::Announced { announced, seen } => format!(
+            "'{}' announced {announced} event{} for '{}' in its receipt, and {} of them arrived: it owes {} since {} ({overdue} overdue{by})",
+            syms.name(o.service),
+            if announced == 1 { "" } else { "s" },
+            syms.name(e.ty),
+            if seen == 0 {
+                "none".to_owned()
+            } else {
+                seen.to_string()
+            },
+            owes_text(syms, &o.owes, o.one_of),
+            Timestamp::from_micros(e.time),
+        ),
+        Debt::Unhandled | Debt::Unemitted => format!(
+            "'{}' owes {} for '{}' since {} ({overdue} overdue{by})",
+            syms.name(o.service),
+            owes_text(syms, &o.owes, o.one_of),
+            syms.name(e.ty),
+            Timestamp::from_micros(e.time),
+        ),
+    };
+    Raw {
+        rule: Rule::Stuck,
+        service: o.service,
+        event_type: e.ty,
+        event: Some(o.event),
+        time: e.time,
+        message,
+    }
+}
+
+/// Consumers that never handled an event they react to, past its bound,
+/// where the input shows their silence is real; debts reported `stuck` aside.
+fn never_handled(
+    ctx: &Ctx<'_>,
+    f: &FlowState,
+    owed: &[RawOwed],
+    stuck: &[&RawOwed],
+    clock: &Clock,
+    findings: &mut Vec<Raw>,
+) {
+    let syms = ctx.syms;
+    for o in owed {
+        if o.debt != Debt::Unhandled
+            || !clock.overdue(o.deadline)
+            || stuck.iter().any(|x| std::ptr::eq(*x, o))
+        {
             continue;
         }
-        let ty = i.map_or(EMPTY, |i| f.events[i].ty);
+        let e = &f.events[o.event as usize];
+        if !ctx.receipts_show(f, o.service, e.ty) {
+            continue;
+        }
+        let bound = clock.bound(o.deadline).unwrap_or(clock.now);
         findings.push(Raw {
-            rule: Rule::DeadLettered,
-            service: d.service,
-            event_type: ty,
-            event: i.map(|i| i as u32),
-            time: i.map_or(0, |i| f.events[i].time),
+            rule: Rule::NeverHandled,
+            service: o.service,
+            event_type: e.ty,
+            event: Some(o.event),
+            time: e.time,
             message: format!(
-                "'{}' dead-lettered '{}' after {} attempts: {}",
-                syms.name(d.service),
-                syms.name(ty),
-                d.attempts,
-                d.reason
+                "'{}' never handled '{}' (published {}), {} past its bound, though it reacts to it{}",
+                syms.name(o.service),
+                syms.name(e.ty),
+                Timestamp::from_micros(e.time),
+                format_micros(clock.now.saturating_sub(bound).max(0) as u64),
+                if o.owes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and owes {}", owes_text(syms, &o.owes, o.one_of))
+                }
             ),
         });
     }
@@ -331,5 +434,77 @@ mod tests {
         let j = f.judge(0);
         assert_eq!(j.status, FlowStatus::Failed);
         assert_eq!(j.rules(), [Rule::DeadLettered]);
+    }
+
+    #[test]
+    fn a_sink_that_never_handled_an_end_event_is_found_past_the_flows_bound() {
+        let mut f = shipped();
+        f.receipt("shipping", "r", "StockReserved", Outcome::Acked, 1, 21, 5);
+        let j = f.judge(30_000);
+        assert_eq!(j.status, FlowStatus::Completed);
+        assert!(j.findings.is_empty(), "{j:?}");
+        let j = f.judge(60_001);
+        assert_eq!(j.status, FlowStatus::Completed);
+        assert_eq!(
+            j.findings,
+            [(
+                Rule::NeverHandled,
+                "notifications".into(),
+                "OrderShipped".into(),
+                Some("s".into())
+            )]
+        );
+        f.config.receipts = crate::config::Receipts::Absent;
+        assert!(f.judge(60_001).findings.is_empty());
+    }
+
+    #[test]
+    fn emissions_a_receipt_announced_and_that_never_came_are_stuck_at_the_reactions_bound() {
+        let mut f = Fixture::new(ORDERS);
+        f.event("p", "OrderPlaced", "checkout", None, 0).receipt(
+            "payment",
+            "p",
+            "OrderPlaced",
+            Outcome::Acked,
+            1,
+            1,
+            2,
+        );
+        assert_eq!(f.judge(4_000).status, FlowStatus::InProgress);
+        let j = f.judge(5_001);
+        assert_eq!(j.status, FlowStatus::Stuck);
+        assert_eq!(
+            j.findings,
+            [(
+                Rule::Stuck,
+                "payment".into(),
+                "OrderPlaced".into(),
+                Some("p".into())
+            )]
+        );
+        assert!(
+            j.messages[0].contains("announced 1 event"),
+            "{}",
+            j.messages[0]
+        );
+    }
+
+    #[test]
+    fn a_flow_at_rest_on_a_missing_emission_blames_nobody_else() {
+        let mut f = Fixture::new(ORDERS);
+        f.event("p", "OrderPlaced", "checkout", None, 0)
+            .event("c", "PaymentCaptured", "payment", Some("p"), 10)
+            .receipt(
+                "inventory",
+                "c",
+                "PaymentCaptured",
+                Outcome::Acked,
+                0,
+                11,
+                1,
+            );
+        let j = f.judge(5_000);
+        assert_eq!(j.status, FlowStatus::Failed);
+        assert_eq!(j.rules(), [Rule::MissingEmit]);
     }
 }

@@ -23,6 +23,8 @@ pub(crate) struct Fixture {
     pub(crate) config: TracerConfig,
     pub(crate) receipts_expected: bool,
     flow: FlowState,
+    /// Event type → services with receipts for it, as the tracer keeps it.
+    handlers: Vec<Vec<crate::model::Sym>>,
 }
 
 /// A finding, with names: (rule, service, event type, label of the event).
@@ -70,6 +72,7 @@ impl Fixture {
             config: TracerConfig::batch(),
             receipts_expected: false,
             flow: FlowState::new(at(0), None),
+            handlers: Vec::new(),
         }
     }
 
@@ -81,7 +84,17 @@ impl Fixture {
             config: TracerConfig::batch(),
             receipts_expected: false,
             flow: FlowState::new(at(0), None),
+            handlers: Vec::new(),
         }
+    }
+
+    /// The topic the topology declares for `ty` (`misc` when none does).
+    fn topic(&mut self, ty: &str) -> crate::model::Sym {
+        let declared = self
+            .syms
+            .get(ty)
+            .and_then(|t| self.model.as_ref().and_then(|m| m.topic_of(t)));
+        declared.unwrap_or_else(|| self.syms.intern_str("misc"))
     }
 
     /// Adds event `label` of type `ty` by `source`, caused by the event
@@ -99,7 +112,7 @@ impl Fixture {
             cause: cause.map(id),
             ty: self.syms.intern_str(ty),
             source: self.syms.intern_str(source),
-            topic: self.syms.intern_str(&format!("{ty}-topic")),
+            topic: self.topic(ty),
             time: at(ms),
             partition: NO_PARTITION,
             offset: NO_OFFSET,
@@ -122,10 +135,17 @@ impl Fixture {
         took_ms: i64,
     ) -> &mut Self {
         self.receipts_expected = true;
+        let (service, ty) = (self.syms.intern_str(service), self.syms.intern_str(ty));
+        if self.handlers.len() <= ty as usize {
+            self.handlers.resize(ty as usize + 1, Vec::new());
+        }
+        if !self.handlers[ty as usize].contains(&service) {
+            self.handlers[ty as usize].push(service);
+        }
         let rc = Rc {
             event: id(of),
-            service: self.syms.intern_str(service),
-            ty: self.syms.intern_str(ty),
+            service,
+            ty,
             outcome,
             attempts: 1,
             started: at(ms),
@@ -144,8 +164,50 @@ impl Fixture {
             service: self.syms.intern_str(service),
             reason: "it broke".into(),
             attempts: 3,
+            at: None,
+            malformed: false,
+            marker: false,
         };
         self.flow.dead.push(dl);
+        self
+    }
+
+    /// Adds a receipt of `service` dead-lettering `of` with `reason`.
+    pub(crate) fn dead_receipt(
+        &mut self,
+        service: &str,
+        of: &str,
+        ty: &str,
+        reason: &str,
+        ms: i64,
+    ) -> &mut Self {
+        self.receipt(service, of, ty, Outcome::DeadLettered, 0, ms, 1);
+        if let Some(r) = self.flow.receipts.last_mut() {
+            r.reason = Some(reason.into());
+        }
+        self
+    }
+
+    /// Marks the record of `of` malformed, as its source found it.
+    pub(crate) fn malformed(&mut self, of: &str, problem: &str) -> &mut Self {
+        self.flow.dead.push(Dl {
+            event: id(of),
+            service: crate::model::EMPTY,
+            reason: problem.into(),
+            attempts: 0,
+            at: None,
+            malformed: true,
+            marker: true,
+        });
+        self
+    }
+
+    /// Publishes the last event added on `topic` instead.
+    pub(crate) fn on_topic(&mut self, topic: &str) -> &mut Self {
+        let topic = self.syms.intern_str(topic);
+        if let Some(e) = self.flow.events.last_mut() {
+            e.topic = topic;
+        }
         self
     }
 
@@ -156,6 +218,7 @@ impl Fixture {
             syms: &self.syms,
             config: &self.config,
             receipts_expected: self.receipts_expected,
+            handlers: &self.handlers,
         };
         let corr = self
             .flow

@@ -102,19 +102,54 @@ impl Hand {
         env
     }
 
+    /// The receipt of `service` dead-lettering `handled` with `reason`, at `at_ms`.
+    pub(crate) fn dead_receipt(
+        &self,
+        service: &str,
+        handled: &Envelope,
+        reason: &str,
+        at_ms: i64,
+    ) -> Envelope {
+        let r = Receipt {
+            service: Name::from(service),
+            event_id: handled.id.clone(),
+            event_type: handled.event_type.clone(),
+            correlation_id: handled.correlation_id.clone(),
+            topic: handled.topic.clone(),
+            partition: 0,
+            offset: 0,
+            outcome: Outcome::DeadLettered,
+            attempts: 0,
+            reason: Some(reason.to_owned()),
+            started: Timestamp::from_micros(self.base + at_ms * 1000),
+            duration_us: 100,
+            emitted: Vec::new(),
+        };
+        let mut env = r.to_envelope(Name::from_static(choreo_core::RECEIPTS_TOPIC), handled);
+        env.time = Timestamp::from_micros(self.base + at_ms * 1000 + 100);
+        env
+    }
+
     pub(crate) fn at(&self, ms: i64) -> Timestamp {
         Timestamp::from_micros(self.base + ms * 1000)
     }
 }
 
-pub(crate) fn topic_of(ty: &str) -> &'static str {
-    match ty {
+/// The topic the example topologies declare for `ty`; for the small
+/// topologies written in tests (`A: {topic: a}`), the type in lower case.
+pub(crate) fn topic_of(ty: &str) -> Name {
+    Name::from(match ty {
         "OrderPlaced" | "OrderCancelled" => "orders",
         "PaymentCaptured" | "PaymentFailed" | "PaymentRefunded" => "payments",
         "StockReserved" | "OutOfStock" => "inventory",
         "OrderShipped" => "shipping",
-        _ => "misc",
-    }
+        "SignupRequested" => "signups",
+        "AccountCreated" | "AccountActivated" | "AccountClosed" => "accounts",
+        "KycRequested" | "DocumentsVerified" | "DocumentsRejected" | "ResubmissionRequested" => {
+            "kyc"
+        }
+        _ => return Name::from(ty.to_lowercase()),
+    })
 }
 
 pub(crate) fn records(envs: &[&Envelope]) -> Vec<Record> {
