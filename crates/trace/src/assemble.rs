@@ -5,7 +5,7 @@ use petgraph::graph::{Graph, NodeIndex};
 
 use crate::analysis::{Analysis, Ctx};
 use crate::finding::Finding;
-use crate::flow::{FlowTrace, Handling, Owed, TracedEvent};
+use crate::flow::{FlowSummary, FlowTrace, Handling, Owed, TracedEvent};
 use crate::store::{FlowState, NO_OFFSET, NO_PARTITION};
 
 /// Resolves raw findings into [`Finding`]s with names.
@@ -95,8 +95,25 @@ pub(crate) fn build_trace(
             graph.add_edge(node[p], node[i], ());
         }
     }
-    let owed = a
-        .owed
+    let owed = owed_of(ctx, f, a);
+    FlowTrace {
+        correlation_id: corr.clone(),
+        flow: a
+            .name
+            .and_then(|n| ctx.model.map(|m| m.flows[n].name.to_string())),
+        status: a.status,
+        started: Timestamp::from_micros(a.start),
+        ended: a.end.map(Timestamp::from_micros),
+        graph,
+        findings: resolve_findings(ctx, corr, f, a),
+        owed,
+        duplicates: f.duplicates,
+    }
+}
+
+/// What the flow owes, with names.
+fn owed_of(ctx: &Ctx<'_>, f: &FlowState, a: &Analysis) -> Vec<Owed> {
+    a.owed
         .iter()
         .map(|o| {
             let e = &f.events[o.event as usize];
@@ -114,8 +131,18 @@ pub(crate) fn build_trace(
                 deadline: o.deadline.map(Timestamp::from_micros),
             }
         })
-        .collect();
-    FlowTrace {
+        .collect()
+}
+
+/// The flow's verdict without its graph: one line of `--format flows-jsonl`.
+pub(crate) fn summary_of(
+    ctx: &Ctx<'_>,
+    corr: &EventId,
+    f: &FlowState,
+    a: &Analysis,
+) -> FlowSummary {
+    let owed = owed_of(ctx, f, a);
+    FlowSummary {
         correlation_id: corr.clone(),
         flow: a
             .name
@@ -123,9 +150,10 @@ pub(crate) fn build_trace(
         status: a.status,
         started: Timestamp::from_micros(a.start),
         ended: a.end.map(Timestamp::from_micros),
-        graph,
-        findings: resolve_findings(ctx, corr, f, a),
-        owed,
+        owed_since: owed.iter().map(|o| o.since).min(),
+        events: f.events.len() as u64,
         duplicates: f.duplicates,
+        owed,
+        findings: resolve_findings(ctx, corr, f, a),
     }
 }

@@ -6,13 +6,56 @@ use choreo_core::EventId;
 
 use crate::aggregate::Aggregates;
 use crate::analysis::{Analysis, Ctx, Scratch, analyse};
-use crate::assemble::{build_trace, resolve_findings};
+use crate::assemble::{build_trace, resolve_findings, summary_of};
 use crate::config::Keep;
-use crate::export::{LogChunk, LogFormat, LogWriter, Row};
+use crate::export::{FlowChunk, FlowWriter, LogChunk, LogFormat, LogWriter, Row};
 use crate::flow::FlowTrace;
 use crate::metrics::TraceMetrics;
 use crate::report::{EvictReason, FlowBrief};
 use crate::store::FlowState;
+use crate::util::FastMap;
+
+/// Where folded flows are written, besides the aggregates.
+#[derive(Default)]
+pub(crate) struct Out<'a> {
+    /// The event log.
+    pub(crate) log: Option<&'a mut LogWriter>,
+    /// Every flow's verdict, as JSON lines.
+    pub(crate) flows: Option<&'a mut FlowWriter>,
+}
+
+impl Out<'_> {
+    /// What a [`Folder`] renders for these outputs.
+    pub(crate) fn shape(&self) -> Shape {
+        Shape {
+            log: self.log.as_ref().map(|w| w.format()),
+            flows: self.flows.is_some(),
+        }
+    }
+
+    pub(crate) fn write(&mut self, chunk: &Chunk) {
+        if let (Some(w), Some(c)) = (self.log.as_mut(), &chunk.log) {
+            w.append(c);
+        }
+        if let (Some(w), Some(c)) = (self.flows.as_mut(), &chunk.flows) {
+            w.append(c);
+        }
+    }
+}
+
+/// What to render while folding.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Shape {
+    pub(crate) log: Option<LogFormat>,
+    pub(crate) flows: bool,
+}
+
+/// Text rendered while folding, for the outputs, in the order of the flows.
+#[derive(Default)]
+pub(crate) struct Chunk {
+    log: Option<LogChunk>,
+    flows: Option<FlowChunk>,
+}
 
 /// Folds finished flows into aggregates: on the tracer's thread, or on a
 /// helper thread over its own aggregates, merged afterwards.
@@ -20,9 +63,11 @@ pub(crate) struct Folder<'a> {
     ctx: &'a Ctx<'a>,
     metrics: Option<&'a TraceMetrics>,
     agg: &'a mut Aggregates,
+    /// Flows kept whole besides those `TracerConfig::keep` names.
+    keep: &'a FastMap<EventId, ()>,
     pub(crate) orphans: u64,
     pub(crate) kept: Vec<FlowTrace>,
-    pub(crate) log: Option<LogChunk>,
+    pub(crate) out: Chunk,
 }
 
 impl<'a> Folder<'a> {
@@ -30,15 +75,20 @@ impl<'a> Folder<'a> {
         ctx: &'a Ctx<'a>,
         metrics: Option<&'a TraceMetrics>,
         agg: &'a mut Aggregates,
-        log: Option<LogFormat>,
+        keep: &'a FastMap<EventId, ()>,
+        shape: Shape,
     ) -> Self {
         Folder {
             ctx,
             metrics,
             agg,
+            keep,
             orphans: 0,
             kept: Vec::new(),
-            log: log.map(LogChunk::new),
+            out: Chunk {
+                log: shape.log.map(LogChunk::new),
+                flows: shape.flows.then(FlowChunk::default),
+            },
         }
     }
 
@@ -56,11 +106,14 @@ impl<'a> Folder<'a> {
             Keep::None => false,
             Keep::One(k) => k == id,
             Keep::All => true,
-        };
+        } || (!self.keep.is_empty() && self.keep.contains_key(id));
         self.orphans += u64::from(a.orphans);
-        if let Some(chunk) = self.log.as_mut() {
+        if let Some(chunk) = self.out.log.as_mut() {
             debug_assert_eq!(order.len(), state.events.len(), "the flow's own order");
             log_case(self.ctx, chunk, id, state, a, order);
+        }
+        if let Some(chunk) = self.out.flows.as_mut() {
+            chunk.push(&summary_of(self.ctx, id, state, a));
         }
         self.agg.fold_flow(
             state,
@@ -130,58 +183,60 @@ const CHUNK: usize = 1024;
 /// the end of a batch holds beyond the chunks being folded.
 const MAX_AHEAD: usize = 8;
 
+/// What the end of a batch folds with.
+#[derive(Clone, Copy)]
+pub(crate) struct Batch<'a> {
+    pub(crate) ctx: &'a Ctx<'a>,
+    pub(crate) metrics: Option<&'a TraceMetrics>,
+    pub(crate) keep: &'a FastMap<EventId, ()>,
+    pub(crate) now: i64,
+}
+
 /// Analyses and folds `flows` into `agg`: the orphans counted, the flows
-/// kept, the event-log text.
+/// kept, the text for the outputs.
 /// Each flow's records are freed as soon as it is folded, on the thread
 /// that folded it: freeing a million small vectors afterwards, on one
 /// thread, took a tenth of the end of a batch.
-pub(crate) fn fold_all(
-    ctx: &Ctx<'_>,
-    metrics: Option<&TraceMetrics>,
+fn fold_all(
+    b: Batch<'_>,
     agg: &mut Aggregates,
-    log: Option<LogFormat>,
+    shape: Shape,
     flows: &mut [(EventId, Box<FlowState>)],
-    now: i64,
-) -> (u64, Vec<FlowTrace>, Option<LogChunk>) {
+) -> (u64, Vec<FlowTrace>, Chunk) {
     let mut scratch = Scratch::default();
-    let mut folder = Folder::new(ctx, metrics, agg, log);
+    let mut folder = Folder::new(b.ctx, b.metrics, agg, b.keep, shape);
     for (id, f) in flows {
-        let a = analyse(ctx, &mut scratch, id, f, now);
+        let a = analyse(b.ctx, &mut scratch, id, f, b.now);
         folder.flow(id, f, &a, None, &scratch.order);
         f.release();
     }
-    (folder.orphans, folder.kept, folder.log)
+    (folder.orphans, folder.kept, folder.out)
 }
 
 /// Judges and folds every flow left at the end of a batch, as of `now`, in
 /// the order given: into `agg`, the flows to keep into `kept`, the event log
-/// into `log`. Returns the orphans counted.
+/// and the flows' lines into `out`. Returns the orphans counted.
 ///
 /// Flows are independent: past [`PARALLEL_FROM`] flows (and when
 /// [`TracerConfig::parallel`](crate::TracerConfig::parallel) allows) this thread and a helper take chunks of
 /// them in turn, and the result is the same as one thread's.
 pub(crate) fn finish_batch(
-    ctx: &Ctx<'_>,
-    metrics: Option<&TraceMetrics>,
+    b: Batch<'_>,
     agg: &mut Aggregates,
     kept: &mut Vec<FlowTrace>,
-    log: Option<&mut LogWriter>,
+    mut out: Out<'_>,
     mut flows_in: Vec<(EventId, Box<FlowState>)>,
-    now_us: i64,
 ) -> u64 {
-    let log_format = log.as_ref().map(|w| w.format());
-    let config = ctx.config;
+    let shape = out.shape();
+    let config = b.ctx.config;
     let mut orphans = 0;
-    let mut log = log;
     if !(config.parallel && flows_in.len() >= PARALLEL_FROM) {
-        // A chunk at a time, so the event log's text is held a chunk at a time.
+        // A chunk at a time, so the outputs' text is held a chunk at a time.
         for flows in flows_in.chunks_mut(CHUNK) {
-            let (o, k, chunk) = fold_all(ctx, metrics, agg, log_format, flows, now_us);
+            let (o, k, chunk) = fold_all(b, agg, shape, flows);
             orphans += o;
             kept.extend(k);
-            if let (Some(w), Some(chunk)) = (log.as_mut(), chunk) {
-                w.append(&chunk);
-            }
+            out.write(&chunk);
         }
     } else {
         // Flows are independent: this thread and a helper take chunks of
@@ -189,7 +244,7 @@ pub(crate) fn finish_batch(
         // own, and this thread merges the chunks in their order — the
         // result is the same as one thread's. Taking chunks rather than
         // halves keeps both threads busy to the end; a third thread writes
-        // the event log.
+        // the event log and the flows' lines.
         let chunks = flows_in.len().div_ceil(CHUNK);
         let work = Mutex::new((0usize, std::mem::take(&mut flows_in).into_iter()));
         let take = || {
@@ -201,17 +256,19 @@ pub(crate) fn finish_batch(
         };
         let fold = |mut flows: Vec<(EventId, Box<FlowState>)>| {
             let mut part = Aggregates::default();
-            let (o, k, chunk) = fold_all(ctx, metrics, &mut part, log_format, &mut flows, now_us);
+            let (o, k, chunk) = fold_all(b, &mut part, shape, &mut flows);
             // Freed here, on the thread that folded them.
             drop(flows);
             (part, o, k, chunk)
         };
         std::thread::scope(|scope| {
-            let (log_tx, log_rx) = mpsc::sync_channel::<LogChunk>(4);
-            let writer = log.take().map(|w| {
+            let (out_tx, out_rx) = mpsc::sync_channel::<Chunk>(4);
+            let writing = shape.log.is_some() || shape.flows;
+            let writer = writing.then(|| {
+                let mut out = std::mem::take(&mut out);
                 scope.spawn(move || {
-                    for chunk in log_rx {
-                        w.append(&chunk);
+                    for chunk in out_rx {
+                        out.write(&chunk);
                     }
                 })
             });
@@ -250,14 +307,13 @@ pub(crate) fn finish_batch(
                     agg.merge(part, config);
                     orphans += o;
                     kept.extend(k);
-                    if let Some(chunk) = chunk {
-                        // Only rendered when there is a log, hence a writer.
-                        let _ = log_tx.send(chunk);
+                    if writing {
+                        let _ = out_tx.send(chunk);
                     }
                     next += 1;
                 }
             }
-            drop(log_tx);
+            drop(out_tx);
             helper
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));

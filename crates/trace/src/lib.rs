@@ -61,32 +61,11 @@
 //!
 //! # Rules
 //!
-//! Every finding names its flow, service, event type (and event id where
-//! there is one) and one of these stable codes:
-//!
-//! | code | finding |
-//! |---|---|
-//! | `unknown-event` | an event type the topology does not declare |
-//! | `unknown-service` | a service (event source or receipt) the topology does not declare |
-//! | `undeclared-consume` | a service handled (receipt) or reacted to (emitted a child of) an event it declares no reaction to |
-//! | `undeclared-emit` | a service emitted an event its reaction to the cause does not list (or, for a flow's first event, its `emits` does not) |
-//! | `missing-emit` | a handler finished without emitting what its reaction must (attributed with its receipt: acked, emitted fewer) |
-//! | `both-branches` | a handler emitted more than one branch of a `one_of` |
-//! | `reaction-late` | a handler's emissions (or a sink's settlement) came later than its reaction's `within` after the event |
-//! | `flow-late` | a flow ended later than its `within` after its first event |
-//! | `bad-end` | a flow came to rest on events that do not end it |
-//! | `unknown-flow` | a flow's first event is no flow's `starts_with` |
-//! | `stuck` | a flow or reaction is past its `within` with events still owed |
-//! | `dead-lettered` | a service gave up on an event (receipt or dead-letter copy) |
-//! | `cycle-bound` | an event type repeats along one causal path more than [`TracerConfig::cycle_bound`] times |
-//! | `orphan` | an event's causation id names no event of its flow |
-//! | `clock-skew` | an event is earlier than its cause by more than [`TracerConfig::skew_tolerance`] |
-//! | `causal-loop` | causation ids that loop (corrupt ids) |
-//! | `handled-twice` | a service handled one event twice: two acked receipts, or its reaction emitted twice under new ids |
-//! | `wrong-topic` | an event published on a topic other than its type's |
-//! | `never-handled` | a declared consumer never handled an event it reacts to, past its bound |
-//! | `malformed-record` | a record no service could read, dead-lettered by all that received it |
-//! | `recovered` | a dead letter replayed and handled (a note, not a violation) |
+//! Every finding names its flow, the service at fault, the event type (and
+//! event id where there is one) and a [`Rule`] with a stable code. What
+//! triggers each rule, whom it names and an example are in the rules'
+//! reference, `docs/rules.md` (the docs of [`Rule`], [`Rule::explain`],
+//! `choreo trace --explain RULE`).
 //!
 //! # Sources
 //!
@@ -142,6 +121,7 @@ mod config;
 mod drive;
 mod error;
 pub mod export;
+mod find;
 mod finding;
 mod flow;
 mod fold;
@@ -159,14 +139,15 @@ mod util;
 pub use config::{Keep, Receipts, TracerConfig};
 pub use drive::{Drained, drive};
 pub use error::{Error, Result};
-pub use export::{LogFormat, LogWriter};
+pub use export::{FlowWriter, LogFormat, LogWriter};
+pub use find::Query;
 pub use finding::{Finding, Rule};
-pub use flow::{FlowStatus, FlowTrace, Handling, Owed, TracedEvent};
+pub use flow::{FlowStatus, FlowSummary, FlowTrace, Handling, Owed, TracedEvent};
 pub use metrics::METRICS;
 pub use record::{IterSource, Progress, Record, Source};
 pub use report::{
-    Counters, EdgeReport, EvictReason, FlowBrief, FlowNameReport, FlowTotals, Report, RuleReport,
-    RuleSite,
+    Counters, EdgeReport, EvictReason, FlowBrief, FlowNameReport, FlowTotals, NowFrom, Report,
+    RuleReport, RuleSite,
 };
 pub use stats::{Histogram, Quantiles, format_micros};
 pub use tap::{tap, tap_topics};

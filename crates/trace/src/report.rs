@@ -205,9 +205,38 @@ pub struct EdgeReport {
     pub latency: Quantiles,
 }
 
+/// Where the "now" flows are judged at came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum NowFrom {
+    /// The newest record's time (a capture file, by default).
+    LatestRecord,
+    /// Given (`--now`).
+    Given,
+    /// The wall clock (a live source: Kafka, a bus).
+    WallClock,
+}
+
+impl NowFrom {
+    /// In words, for the summary.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NowFrom::LatestRecord => "the newest record's time",
+            NowFrom::Given => "given",
+            NowFrom::WallClock => "the wall clock",
+        }
+    }
+}
+
+/// A "now" this far behind the capture's end or the clock is worth a note:
+/// flows in progress then may have stopped since.
+const FAR_BEHIND_US: i64 = 60_000_000;
+
 /// What a [`Report`] is made of, as the tracer has it.
 pub(crate) struct ReportParts {
     pub(crate) now: Option<Timestamp>,
+    pub(crate) now_from: NowFrom,
     pub(crate) topology: Option<String>,
     pub(crate) input: Counters,
     pub(crate) flows: FlowTotals,
@@ -222,6 +251,11 @@ pub(crate) struct ReportParts {
 pub struct Report {
     /// The "now" flows were judged at (latest input timestamp, or `--now`).
     pub now: Option<Timestamp>,
+    /// Where that "now" came from.
+    pub now_from: NowFrom,
+    /// What the reader should know about the judgement (a "now" far behind
+    /// the capture's end or the clock), in words.
+    pub notes: Vec<String>,
     /// The topology checked against.
     pub topology: Option<String>,
     /// What was read.
@@ -250,6 +284,7 @@ impl Report {
     pub(crate) fn build(parts: ReportParts) -> Report {
         let ReportParts {
             now,
+            now_from,
             topology,
             input,
             flows: totals,
@@ -299,6 +334,8 @@ impl Report {
         };
         Report {
             now,
+            now_from,
+            notes: Vec::new(),
             topology,
             input,
             flows: totals,
@@ -310,6 +347,35 @@ impl Report {
             ok,
             verdict,
         }
+    }
+
+    /// Says where "now" came from (`from`), and adds a note when it is the
+    /// newest record's time and that is far behind the capture's end
+    /// (`input_end`, when the source knows it: a file's last write) or the
+    /// wall clock (`wall`), while flows are in progress: they may have
+    /// stopped since, and `--now` judges as of another time.
+    pub fn note_clock(&mut self, from: NowFrom, wall: Timestamp, input_end: Option<Timestamp>) {
+        self.now_from = from;
+        let (Some(now), NowFrom::LatestRecord) = (self.now, from) else {
+            return;
+        };
+        if self.flows.in_progress == 0 {
+            return;
+        }
+        let n = self.flows.in_progress;
+        let behind = |t: Timestamp, what: &str| {
+            let gap = t.micros_since(now);
+            (gap > FAR_BEHIND_US).then(|| {
+                format!(
+                    "the newest record is {} before {what} ({t}); {n} flow{} in progress then may have stopped since — --now judges as of another time",
+                    format_micros(gap as u64),
+                    plural(n)
+                )
+            })
+        };
+        self.notes
+            .extend(input_end.and_then(|end| behind(end, "the capture's end")));
+        self.notes.extend(behind(wall, "the wall clock"));
     }
 
     /// The human summary: flows by status, top violations with an example flow
@@ -335,12 +401,16 @@ impl Report {
         if let Some(now) = self.now {
             let _ = writeln!(
                 o,
-                "judged at {now}{}",
+                "judged at {now} ({}){}",
+                self.now_from.as_str(),
                 match &self.topology {
                     Some(t) => format!(" against topology '{t}'"),
                     None => " without a topology (structure only)".to_owned(),
                 }
             );
+        }
+        for note in &self.notes {
+            let _ = writeln!(o, "note: {note}");
         }
         if !self.by_flow.is_empty() {
             let _ = writeln!(o);

@@ -10,13 +10,13 @@ use crate::aggregate::Aggregates;
 use crate::analysis::{Analysis, Ctx, Scratch, analyse};
 use crate::assemble::build_trace;
 use crate::config::{Receipts, TracerConfig};
-use crate::export::LogWriter;
+use crate::export::{FlowWriter, LogWriter};
 use crate::flow::{FlowStatus, FlowTrace};
-use crate::fold::{self, Folder};
+use crate::fold::{self, Folder, Out};
 use crate::metrics::{Gauges, TraceMetrics};
 use crate::model::{EMPTY, Model, Sym, Symbols};
 use crate::receipt::{ParsedReceipt, parse_receipt};
-use crate::report::{Counters, EvictReason, Report, ReportParts};
+use crate::report::{Counters, EvictReason, NowFrom, Report, ReportParts};
 use crate::store::{Dl, Ev, FlowState, FlowTable, NO_OFFSET, NO_PARTITION, Rc};
 use crate::util::{FastMap, Interner};
 
@@ -57,6 +57,8 @@ pub struct Tracer {
     max_time: i64,
     now: i64,
     receipts_seen: bool,
+    /// Whether `finish` was given its "now".
+    now_given: bool,
     /// Event type → the services whose receipts for it were seen: the
     /// evidence that a consumer's silence is real (see `never-handled`).
     handlers: Vec<Vec<Sym>>,
@@ -64,6 +66,9 @@ pub struct Tracer {
     kept: Vec<FlowTrace>,
     scratch: Scratch,
     log: Option<LogWriter>,
+    flows_out: Option<FlowWriter>,
+    /// Flows kept whole besides those `config.keep` names (see [`Tracer::keep_flows`]).
+    also_keep: FastMap<EventId, ()>,
     receipt_names: Interner,
 }
 
@@ -98,11 +103,14 @@ impl Tracer {
             max_time: i64::MIN,
             now: i64::MIN,
             receipts_seen: false,
+            now_given: false,
             handlers: Vec::new(),
             metrics: None,
             kept: Vec::new(),
             scratch: Scratch::default(),
             log: None,
+            flows_out: None,
+            also_keep: FastMap::default(),
             receipt_names: Interner::default(),
         }
     }
@@ -116,6 +124,25 @@ impl Tracer {
     /// the cases and events written, or the first write error.
     pub fn finish_log(&mut self) -> Option<std::io::Result<(u64, u64)>> {
         self.log.take().map(LogWriter::finish)
+    }
+
+    /// Writes every flow's verdict (a [`FlowSummary`](crate::FlowSummary)) to
+    /// `out` as one JSON line when the flow finishes.
+    pub fn export_flows(&mut self, out: FlowWriter) {
+        self.flows_out = Some(out);
+    }
+
+    /// Takes the flows' lines back (after [`Tracer::finish`]) and flushes
+    /// them: the flows written, or the first write error.
+    pub fn finish_flows(&mut self) -> Option<std::io::Result<u64>> {
+        self.flows_out.take().map(FlowWriter::finish)
+    }
+
+    /// Keeps these flows whole too (see [`Tracer::kept`]), besides those
+    /// [`TracerConfig::keep`] names: flows found by what a user knows of
+    /// them, before they finish.
+    pub fn keep_flows(&mut self, ids: impl IntoIterator<Item = EventId>) {
+        self.also_keep.extend(ids.into_iter().map(|id| (id, ())));
     }
 
     /// Flows in flight per flow name (`unknown` when not known yet).
@@ -589,6 +616,7 @@ impl Tracer {
     /// default the latest timestamp seen in the input): completed, failed,
     /// stuck or still in progress.
     pub fn finish(&mut self, now: Option<Timestamp>) {
+        self.now_given = now.is_some();
         let now_us = self.effective_now(now);
         self.now = now_us;
         let mut flows = self.flows.take_all();
@@ -603,15 +631,17 @@ impl Tracer {
             receipts_expected: self.receipts_expected(),
             handlers: &self.handlers,
         };
-        let orphans = fold::finish_batch(
-            &ctx,
-            self.metrics.as_ref(),
-            &mut self.agg,
-            &mut self.kept,
-            self.log.as_mut(),
-            flows,
-            now_us,
-        );
+        let batch = fold::Batch {
+            ctx: &ctx,
+            metrics: self.metrics.as_ref(),
+            keep: &self.also_keep,
+            now: now_us,
+        };
+        let out = Out {
+            log: self.log.as_mut(),
+            flows: self.flows_out.as_mut(),
+        };
+        let orphans = fold::finish_batch(batch, &mut self.agg, &mut self.kept, out, flows);
         self.counters.orphans += orphans;
         self.update_gauges(now_us);
     }
@@ -630,22 +660,28 @@ impl Tracer {
             receipts_expected: false,
             handlers: &self.handlers,
         };
+        let mut out = Out {
+            log: self.log.as_mut(),
+            flows: self.flows_out.as_mut(),
+        };
         let mut folder = Folder::new(
             &ctx,
             self.metrics.as_ref(),
             &mut self.agg,
-            self.log.as_ref().map(LogWriter::format),
+            &self.also_keep,
+            out.shape(),
         );
         // `a` was just analysed: the scratch holds this flow's time order.
         folder.flow(&id, state, &a, evicted, &self.scratch.order);
         let Folder {
-            orphans, kept, log, ..
+            orphans,
+            kept,
+            out: chunk,
+            ..
         } = folder;
         self.counters.orphans += orphans;
         self.kept.extend(kept);
-        if let (Some(w), Some(chunk)) = (self.log.as_mut(), log) {
-            w.append(&chunk);
-        }
+        out.write(&chunk);
     }
 
     /// Flows kept whole (see [`TracerConfig::keep`]), in the order they finished.
@@ -678,6 +714,11 @@ impl Tracer {
         Report::build(ReportParts {
             now: (self.now != i64::MIN || self.max_time != i64::MIN)
                 .then(|| Timestamp::from_micros(self.now.max(self.max_time))),
+            now_from: if self.now_given {
+                NowFrom::Given
+            } else {
+                NowFrom::LatestRecord
+            },
             topology: model.map(|m| m.name.clone()),
             input: self.counters.clone(),
             flows,
