@@ -689,3 +689,19 @@ async fn kafka_is_judged_as_of_the_wall_clock() {
     assert_eq!(v["now_from"], "given");
     assert_eq!(v["flows"]["in_progress"], 1);
 }
+
+#[test]
+fn the_corpus_capture_of_a_running_system_exits_0() {
+    choreo()
+        .args([
+            "trace",
+            "crates/trace/tests/corpus/in-flight.jsonl",
+            "-t",
+            "topologies/order-fulfillment.yaml",
+        ])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains(
+            "ok: 6 flows traced against 'order-fulfillment', no violations",
+        ));
+}

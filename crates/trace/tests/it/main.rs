@@ -3,6 +3,7 @@
 
 mod capture_damage;
 mod conformance;
+mod corpus;
 mod export;
 mod helpers;
 mod judgement;
