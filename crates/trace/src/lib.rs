@@ -36,7 +36,12 @@
 //! - A [`Report`] says all that: [`Report::summary`] for people, JSON (serde)
 //!   for tools, the graph as DOT or Mermaid; [`FlowTrace::timeline`] draws
 //!   one flow.
-//! - [`export`] writes CSV or XES event logs for process-mining tools.
+//! - [`export`] writes CSV or XES event logs for process-mining tools, and
+//!   every flow's verdict as JSON lines ([`FlowSummary`], [`FlowWriter`],
+//!   [`Tracer::export_flows`]).
+//! - [`Query`] finds flows by what a user knows of them (an event id, a
+//!   record key, `order_id=42`); [`Tracer::keep_flows`] keeps them whole.
+//! - [`FlowTrace::to_dot`] and [`FlowTrace::to_mermaid`] draw one flow.
 //!
 //! # Flow status
 //!
@@ -89,16 +94,20 @@
 //! durations), `findings` (per rule: count, sites, examples), `services` and
 //! `edges` (the service graph with counts and p50/p95/p99 of queue, handler
 //! and end-to-end latency), `listed` (stuck and failed flows with what is
-//! owed), `ok` and `verdict`. Times are microseconds since the Unix epoch.
+//! owed), `now` and `now_from` (where "now" came from), `notes`, `ok` and
+//! `verdict`. Times are microseconds since the Unix epoch.
 //!
 //! # Batch and live
 //!
 //! A capture file is one batch: ingest everything, then [`Tracer::finish`]
 //! judges every flow as of "now" — the latest timestamp in the input unless
-//! given. Live, call [`Tracer::tick`] with the wall clock every second or so:
-//! flows that reached their end are folded and dropped once quiet for
-//! [`TracerConfig::settle`], stuck ones are reported and evicted, and the caps
-//! of [`TracerConfig::live`] bound memory (evictions are counted).
+//! given (a batch read from a live source passes the wall clock;
+//! [`Report::note_clock`] says where "now" came from). Live, call
+//! [`Tracer::tick`] with the wall clock every second or so: flows that
+//! reached their end are folded and dropped once quiet for
+//! [`TracerConfig::settle`] (and once nothing they still owe within a bound,
+//! a sink's receipt say, may come), stuck ones are reported and evicted, and
+//! the caps of [`TracerConfig::live`] bound memory (evictions are counted).
 //!
 //! # Metrics
 //!
