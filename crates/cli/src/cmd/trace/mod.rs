@@ -449,10 +449,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
                 "--format flows-jsonl writes the flows' lines to standard output; --export flows writes them to -o: choose one"
             );
         }
-        tracer.export_flows(FlowWriter::new(std::io::BufWriter::with_capacity(
-            1 << 16,
-            std::io::stdout(),
-        )));
+        // Live, each line as its flow finishes (standard output writes out
+        // each line); a batch, in large writes.
+        tracer.export_flows(if config.follow.is_some() {
+            FlowWriter::new(std::io::stdout())
+        } else {
+            FlowWriter::new(std::io::BufWriter::with_capacity(
+                1 << 16,
+                std::io::stdout(),
+            ))
+        });
     }
 
     // CHOREO_TRACE_TIMING=1 prints where the time went (the benchmark script uses it).
