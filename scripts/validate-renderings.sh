@@ -5,8 +5,10 @@
 #   - the AsyncAPI document of every topology in topologies/ against the
 #     official AsyncAPI 3.0.0 JSON Schema (from the @asyncapi/specs package,
 #     checked with Ajv), plus every local $ref resolving;
-#   - the Mermaid flowchart of every topology (with and without --topics)
-#     with Mermaid's own parser, headless (jsdom stands in for the browser).
+#   - the Mermaid flowchart of every topology (with and without --topics),
+#     and of flows of the tracer's corpus (`choreo trace --flow ID --format
+#     mermaid`: events, handlings, owed events, findings), with Mermaid's own
+#     parser, headless (jsdom stands in for the browser).
 #
 # The npm packages are installed once into a cache outside the repository
 # (CHOREO_TOOLS_DIR, default ~/.cache/choreo/npm); nothing third-party is
@@ -52,6 +54,25 @@ for topology in topologies/*.yaml topologies/fixtures/broken.yaml; do
   "$choreo" graph "$topology" --format mermaid -o "$out/$base.mmd"
   "$choreo" graph "$topology" --format mermaid --topics -o "$out/$base.topics.mmd"
   diagrams+=("$PWD/$out/$base.mmd" "$PWD/$out/$base.topics.mmd")
+done
+
+# One flow of each shape from the tracer's corpus: a replayed dead letter, a
+# late flow, an unreadable record, a day-long one, a stuck one, a foreign id.
+corpus=crates/trace/tests/corpus
+flows=(
+  "interleaved topologies/order-fulfillment.yaml 01930000-0003-7003-8001-000000000000"
+  "skewed-clocks topologies/order-fulfillment.yaml 01930000-0004-7003-8001-000000000000"
+  "foreign $corpus/shop.yaml 01930000-0006-7003-8001-000000000000"
+  "foreign $corpus/shop.yaml shop-order-1001"
+  "async-reactions topologies/signup-kyc.yaml 01930000-0002-7001-8001-000000000000"
+  "no-receipts topologies/order-fulfillment.yaml 01930000-0007-7002-8001-000000000000"
+)
+for f in "${flows[@]}"; do
+  read -r capture topology id <<<"$f"
+  # exit 1 is a flow with findings: expected for most of these
+  "$choreo" trace "$corpus/$capture.jsonl" -t "$topology" --flow "$id" --format mermaid \
+    >"$out/flow-$capture-$id.mmd" || [ $? -eq 1 ]
+  diagrams+=("$PWD/$out/flow-$capture-$id.mmd")
 done
 
 (cd "$tools" && node validate-asyncapi.mjs "${docs[@]}")

@@ -123,9 +123,19 @@ async fn trace_capture_and_dead_letters_on_kafka_agree_with_the_capture_file() {
     let t = topology_path();
     let topology = t.to_str().unwrap();
 
-    // `choreo trace SOURCE… -t TOPOLOGY -f json -q`.
+    // `choreo trace SOURCE… -t TOPOLOGY -f json -q`, judged at one "now" (a
+    // file's default is its newest record, Kafka's the wall clock).
+    let newest = records.iter().map(|r| r.envelope.time).max().unwrap();
+    let now = newest.saturating_add(Duration::from_secs(120)).to_rfc3339();
     let trace_json = |source: &[&str]| {
-        choreo(&[&["trace"], source, &["-t", topology, "-f", "json", "-q"]].concat())
+        choreo(
+            &[
+                &["trace"],
+                source,
+                &["-t", topology, "-f", "json", "-q", "--now", &now],
+            ]
+            .concat(),
+        )
     };
 
     // choreo trace straight from Kafka finds what it finds in the file.

@@ -11,7 +11,7 @@ use choreo_core::Timestamp;
 use choreo_sim::Truth;
 use choreo_topology::Topology;
 use choreo_trace::capture::Reader;
-use choreo_trace::{FlowStatus, FlowTrace, Keep, Report, Tracer, TracerConfig};
+use choreo_trace::{FlowStatus, FlowTrace, Keep, Record, Report, Tracer, TracerConfig};
 
 fn topology_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topologies/order-fulfillment.yaml")
@@ -21,6 +21,7 @@ struct Run {
     truth: Truth,
     report: Report,
     flows: Vec<FlowTrace>,
+    records: Vec<Record>,
     _dir: tempfile::TempDir,
 }
 
@@ -95,7 +96,13 @@ fn run(flags: &[&str]) -> Run {
     let mut config = TracerConfig::batch();
     config.keep = Keep::All;
     let mut tracer = Tracer::new(config, Some(&topology));
-    let drained = choreo_trace::drive(Reader::open(&capture).unwrap(), &mut tracer, |_| {}, |_| {});
+    let mut records = Vec::new();
+    let drained = choreo_trace::drive(
+        Reader::open(&capture).unwrap(),
+        &mut tracer,
+        |r| records.push(r.clone()),
+        |_| {},
+    );
     assert!(drained.error.is_none(), "{:?}", drained.error);
     // As `choreo demo` does: the run is over, judge once every deadline has passed.
     tracer.finish(Some(judge_at(&topology, truth.finished)));
@@ -105,6 +112,7 @@ fn run(flags: &[&str]) -> Run {
         truth,
         report,
         flows,
+        records,
         _dir: dir,
     }
 }
@@ -263,4 +271,118 @@ fn a_service_down_for_good_leaves_its_flows_stuck_owing_its_events() {
         .collect();
     assert_eq!(stuck_flows.len(), unshipped.len());
     assert_eq!(r.report.flows.stuck as usize, unshipped.len());
+}
+
+#[test]
+fn reactions_completed_after_their_handler_are_no_fault() {
+    // payment acks each order at once and answers up to 400 ms later (a
+    // provider's callback), well within its 5 s.
+    let r = run(&[
+        "--flows",
+        "120",
+        "--rate",
+        "400",
+        "--deferred",
+        "payment:OrderPlaced=100ms..400ms",
+    ]);
+    assert!(r.truth.injected.is_empty());
+    assert!(r.report.ok, "{}", r.report.summary());
+    assert_eq!(r.report.flows.completed, 120);
+    assert!(r.rules().is_empty(), "{:?}", r.rules());
+
+    // The same traffic cut while it ran: the flows waiting for payment are
+    // in progress, owed by payment, and nothing is wrong.
+    let topology = Topology::from_path(topology_path()).unwrap();
+    let start = r.records.iter().map(|x| x.envelope.time).min().unwrap();
+    let cut = start.saturating_add(std::time::Duration::from_millis(250));
+    let mut config = TracerConfig::batch();
+    config.keep = Keep::All;
+    let mut tracer = Tracer::new(config, Some(&topology));
+    for rec in r.records.iter().filter(|x| x.envelope.time <= cut) {
+        tracer.ingest(rec);
+    }
+    tracer.finish(None);
+    let report = tracer.report();
+    assert!(report.ok, "{}", report.summary());
+    assert!(report.findings.is_empty(), "{}", report.summary());
+    assert!(report.flows.in_progress > 0, "{}", report.summary());
+    assert_eq!(report.flows.failed + report.flows.stuck, 0);
+    let waiting = tracer
+        .kept()
+        .iter()
+        .filter(|f| f.owed.iter().any(|o| o.service == "payment"))
+        .count();
+    assert!(waiting > 0, "some flows wait for payment's answer");
+}
+
+#[test]
+fn a_reaction_completed_after_its_bound_is_late_not_missing() {
+    // inventory answers 3.1–3.3 s after the payment: past its 3 s.
+    let r = run(&[
+        "--flows",
+        "30",
+        "--rate",
+        "100",
+        "--deferred",
+        "inventory=3100ms..3300ms",
+    ]);
+    let late = r.findings("reaction-late");
+    assert!(!late.is_empty());
+    assert!(
+        late.iter()
+            .all(|(s, e, _)| s == "inventory" && e == "PaymentCaptured"),
+        "{late:?}"
+    );
+    assert_eq!(r.rules(), BTreeSet::from(["reaction-late".to_owned()]));
+    // Every flow that was paid went through inventory, late.
+    let paid = r
+        .flows
+        .iter()
+        .filter(|f| f.events().any(|e| e.event_type == "PaymentCaptured"))
+        .count();
+    assert_eq!(late.len(), paid);
+    assert_eq!(r.report.flows.completed, 30, "late, but every flow ends");
+}
+
+#[test]
+fn a_sink_down_for_good_is_found_never_handling_what_it_reacts_to() {
+    // notifications stops after 300 ms; every flow still ends, but the
+    // customers of the later ones were never told.
+    let r = run(&[
+        "--flows",
+        "120",
+        "--rate",
+        "200",
+        "--down",
+        "notifications=300ms..",
+    ]);
+    let found = r.findings("never-handled");
+    assert!(!found.is_empty());
+    // Exactly the end events notifications has no receipt for.
+    let told: HashSet<String> = r
+        .flows
+        .iter()
+        .flat_map(|f| f.events())
+        .filter(|e| e.handled.iter().any(|h| h.service == "notifications"))
+        .map(|e| e.id.to_string())
+        .collect();
+    let untold: BTreeSet<(String, String, String)> = r
+        .flows
+        .iter()
+        .flat_map(|f| f.events().map(move |e| (f, e)))
+        .filter(|(_, e)| {
+            matches!(e.event_type.as_str(), "OrderShipped" | "OrderCancelled")
+                && !told.contains(&e.id.to_string())
+        })
+        .map(|(f, e)| {
+            (
+                "notifications".to_owned(),
+                e.event_type.to_string(),
+                f.correlation_id.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(found, untold);
+    assert_eq!(r.rules(), BTreeSet::from(["never-handled".to_owned()]));
+    assert_eq!(r.report.flows.completed, 120, "the flows themselves ended");
 }

@@ -298,3 +298,410 @@ fn unreadable_input_exits_2() {
         .code(2)
         .stderr(predicate::str::contains("unknown format"));
 }
+
+/// Runs `dot -Tsvg`; `None` when Graphviz is not installed and not required
+/// (scripts/test.sh requires it).
+fn graphviz(dot: &str) -> Option<String> {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let child = std::process::Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) if std::env::var_os("CHOREO_REQUIRE_GRAPHVIZ").is_some() => {
+            panic!("Graphviz 'dot' is required (CHOREO_REQUIRE_GRAPHVIZ) but can't run: {e}")
+        }
+        Err(_) => {
+            eprintln!("skipping the Graphviz check: 'dot' is not installed");
+            return None;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dot.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dot failed: {stderr}\n{dot}");
+    assert!(stderr.trim().is_empty(), "dot warned: {stderr}\n{dot}");
+    Some(String::from_utf8(out.stdout).unwrap())
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Orders with payloads and keys: 41 shipped; 42 paid and waiting for
+/// inventory (stuck once its 3 s pass); 43 cancelled.
+fn orders(dir: &Path) -> (PathBuf, [Envelope; 3]) {
+    let order = |n: u64, ms: i64| {
+        let mut e = Envelope::new(
+            Name::from("OrderPlaced"),
+            Name::from("orders"),
+            format!("{{\"order_id\":{n},\"customer\":{{\"id\":\"c-{n}\"}}}}"),
+        )
+        .with_source("checkout");
+        e.key = Some(format!("order-{n}").into_bytes().into());
+        e.time = Timestamp::from_micros(BASE + ms * 1000);
+        e
+    };
+    let o41 = order(41, 0);
+    let c41 = ev("PaymentCaptured", "payments", "payment", 10, Some(&o41));
+    let r41 = ev("StockReserved", "inventory", "inventory", 20, Some(&c41));
+    let s41 = ev("OrderShipped", "shipping", "shipping", 30, Some(&r41));
+    let o42 = order(42, 100);
+    let c42 = ev("PaymentCaptured", "payments", "payment", 110, Some(&o42));
+    let o43 = order(43, 200);
+    let f43 = ev("PaymentFailed", "payments", "payment", 210, Some(&o43));
+    let x43 = ev("OrderCancelled", "orders", "checkout", 220, Some(&f43));
+    let path = dir.join("orders.jsonl");
+    let mut w = Writer::create(&path, Format::JsonLines).unwrap();
+    for e in [&o41, &c41, &r41, &s41, &o42, &c42, &o43, &f43, &x43] {
+        w.write(&Record::new(e.clone())).unwrap();
+    }
+    w.finish().unwrap();
+    (path, [o41, o42, o43])
+}
+
+#[test]
+fn every_flow_as_a_json_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, [o41, o42, o43]) = orders(dir.path());
+    let later = Timestamp::from_micros(BASE + 60_000_000).to_rfc3339();
+    let out = choreo()
+        .args([
+            "trace",
+            path.to_str().unwrap(),
+            "-t",
+            "topologies/order-fulfillment.yaml",
+        ])
+        .args(["--now", &later, "-f", "flows-jsonl"])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", stdout(&out));
+    let of = |id: &Envelope| {
+        lines
+            .iter()
+            .find(|l| l["correlation_id"] == id.id.to_string())
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(of(&o41)["status"], "completed");
+    assert_eq!(of(&o43)["status"], "completed");
+    let stuck = of(&o42);
+    assert_eq!(stuck["status"], "stuck");
+    assert_eq!(stuck["flow"], "checkout");
+    assert_eq!(stuck["ended"], serde_json::Value::Null);
+    assert_eq!(stuck["owed_since"], serde_json::json!(BASE + 110_000));
+    assert_eq!(stuck["findings"][0]["rule"], "stuck");
+    assert_eq!(stuck["findings"][0]["service"], "inventory");
+    assert_eq!(stuck["findings"][0]["event_type"], "PaymentCaptured");
+    assert!(
+        stuck["findings"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("owes one of")
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NOT OK"),
+        "the verdict goes to stderr"
+    );
+    // The same lines to a file, beside the summary.
+    let file = dir.path().join("flows.jsonl");
+    choreo()
+        .args([
+            "trace",
+            path.to_str().unwrap(),
+            "-t",
+            "topologies/order-fulfillment.yaml",
+        ])
+        .args([
+            "--now",
+            &later,
+            "--export",
+            "flows",
+            "-o",
+            file.to_str().unwrap(),
+        ])
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("NOT OK"))
+        .stderr(predicate::str::contains("wrote 3 flows"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 3);
+}
+
+#[test]
+fn flows_are_found_by_id_key_or_payload_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, [o41, o42, _]) = orders(dir.path());
+    let find = |term: &str| {
+        choreo()
+            .args([
+                "trace",
+                path.to_str().unwrap(),
+                "-t",
+                "topologies/order-fulfillment.yaml",
+            ])
+            .args([
+                "--now",
+                &Timestamp::from_micros(BASE + 60_000_000).to_rfc3339(),
+            ])
+            .args(["--find", term])
+            .assert()
+    };
+    // "Where is order 42?" — stuck, and who owes what.
+    let out = find("order_id=42").code(1).get_output().clone();
+    let text = stdout(&out);
+    assert!(text.starts_with("1 flow match 'order_id=42':"), "{text}");
+    assert!(text.contains(&o42.id.to_string()), "{text}");
+    assert!(text.contains("stuck"), "{text}");
+    assert!(
+        text.contains("'inventory' owes one of StockReserved, OutOfStock"),
+        "{text}"
+    );
+    // A nested field, a record key, an event id (not the first one) — exit 0: all is well there.
+    for term in [
+        "customer.id=c-41".to_owned(),
+        "order-41".to_owned(),
+        o41.id.to_string(),
+    ] {
+        let out = find(&term).code(0).get_output().clone();
+        assert!(stdout(&out).contains(&o41.id.to_string()), "{term}");
+        assert!(stdout(&out).contains("completed"), "{term}");
+    }
+    // As JSON, for scripts.
+    let out = choreo()
+        .args([
+            "trace",
+            path.to_str().unwrap(),
+            "-t",
+            "topologies/order-fulfillment.yaml",
+        ])
+        .args(["--find", "order_id=42", "-f", "json"])
+        .assert()
+        .code(0)
+        .get_output()
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["status"], "in_progress", "judged at the newest record");
+    find("order_id=99")
+        .code(2)
+        .stderr(predicate::str::contains("no flow has 'order_id=99'"));
+}
+
+#[test]
+fn one_flow_as_a_graph_that_graphviz_and_mermaid_draw() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _, bad) = capture(dir.path(), Format::Avro);
+    let later = Timestamp::from_micros(BASE + 60_000_000).to_rfc3339();
+    let draw = |format: &str| {
+        let out = choreo()
+            .args([
+                "trace",
+                path.to_str().unwrap(),
+                "-t",
+                "topologies/order-fulfillment.yaml",
+            ])
+            .args(["--now", &later, "--flow", &bad.id.to_string(), "-f", format])
+            .assert()
+            .code(1)
+            .get_output()
+            .clone();
+        stdout(&out)
+    };
+    let dot = draw("dot");
+    assert!(
+        dot.starts_with(&format!("digraph \"flow {}\" {{", bad.id)),
+        "{dot}"
+    );
+    // both-branches marked at OrderPlaced; two owed events hanging off the branches.
+    assert!(dot.contains("✗ both-branches\", color=red"), "{dot}");
+    assert_eq!(dot.matches("style=\"rounded,dashed\"").count(), 2, "{dot}");
+    if let Some(svg) = graphviz(&dot) {
+        // (SVG writes '-' as an entity.)
+        for text in [
+            "OrderPlaced",
+            "PaymentCaptured",
+            "PaymentFailed",
+            "✗ both&#45;branches",
+        ] {
+            assert!(svg.contains(text), "{text} not drawn: {svg}");
+        }
+        assert!(
+            svg.contains("owes one of StockReserved, OutOfStock"),
+            "{svg}"
+        );
+    }
+    let mermaid = draw("mermaid");
+    let mut lines = mermaid.lines();
+    assert_eq!(lines.next(), Some("flowchart LR"));
+    // Nodes declared before edges use them; the classes exist.
+    let mut declared = std::collections::HashSet::new();
+    for line in lines {
+        let line = line.trim();
+        if let Some((id, _)) = line.split_once("[\"") {
+            declared.insert(id.to_owned());
+        } else if let Some((from, to)) = line.split_once(" --> ") {
+            assert!(declared.contains(from) && declared.contains(to), "{line}");
+        } else if let Some((from, rest)) = line.split_once(" -.->|") {
+            let to = rest.rsplit("| ").next().unwrap();
+            assert!(declared.contains(from) && declared.contains(to), "{line}");
+        } else {
+            assert!(
+                line.starts_with("classDef ") || line.starts_with("class "),
+                "{line}"
+            );
+        }
+    }
+    assert!(mermaid.contains("class e0,e1,e2 finding"), "{mermaid}");
+    assert!(mermaid.contains("class owed0,owed1 owed"), "{mermaid}");
+    let line = draw("flows-jsonl");
+    assert_eq!(line.lines().count(), 1);
+}
+
+#[test]
+fn explain_prints_a_rules_reference() {
+    choreo()
+        .args(["trace", "--explain", "never-handled"])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::starts_with("## `never-handled`"))
+        .stdout(predicate::str::contains("**Names:** the consumer"));
+    choreo()
+        .args(["trace", "--explain", "nope"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("the rules are unknown-event, "));
+}
+
+#[test]
+fn a_capture_cut_from_a_running_system_reads_in_progress_and_says_how_old_now_is() {
+    let dir = tempfile::tempdir().unwrap();
+    // Paid a moment ago; inventory's 3 s have not passed at the newest record.
+    let placed = ev("OrderPlaced", "orders", "checkout", 0, None);
+    let captured = ev("PaymentCaptured", "payments", "payment", 10, Some(&placed));
+    let path = dir.path().join("cut.avro");
+    let mut w = Writer::create(&path, Format::Avro).unwrap();
+    for e in [&placed, &captured] {
+        w.write(&Record::new(e.clone())).unwrap();
+    }
+    w.finish().unwrap();
+    choreo()
+        .args([
+            "trace",
+            path.to_str().unwrap(),
+            "-t",
+            "topologies/order-fulfillment.yaml",
+        ])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains(
+            "judged at 2025-11-24T16:00:00.010000Z (the newest record's time)",
+        ))
+        .stdout(predicate::str::contains("note: the newest record is"))
+        .stdout(predicate::str::contains("before the capture's end"))
+        .stdout(predicate::str::contains(
+            "1 flow in progress then may have stopped since",
+        ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_is_judged_as_of_the_wall_clock() {
+    use choreo_core::Bus as _;
+    let kafka = choreo_kafka::mock::MockKafka::start(1).unwrap();
+    let topology =
+        choreo_topology::Topology::from_path(root().join("topologies/order-fulfillment.yaml"))
+            .unwrap();
+    for t in choreo_trace::tap_topics(&topology) {
+        kafka.create_topic(&t, 1).unwrap();
+    }
+    let brokers = kafka.bootstrap_servers();
+    let bus = choreo_kafka::KafkaBus::new(choreo_kafka::KafkaConfig::new(&brokers)).unwrap();
+    // An order placed a minute ago; payment (5 s) never answered, and no
+    // event has come since.
+    let mut placed = Envelope::new(Name::from("OrderPlaced"), Name::from("orders"), "{}")
+        .with_source("checkout");
+    placed.time = Timestamp::from_micros(Timestamp::now().as_micros() - 60_000_000);
+    bus.publish(placed.clone()).await.unwrap();
+    let trace = |extra: &[&str]| {
+        let brokers = brokers.clone();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_choreo"));
+                cmd.current_dir(root())
+                    .args([
+                        "trace",
+                        "--brokers",
+                        &brokers,
+                        "-t",
+                        "topologies/order-fulfillment.yaml",
+                    ])
+                    .args(["-f", "json", "-q"])
+                    .args(&extra)
+                    .env(
+                        "CHOREO_KAFKA_OPTIONS",
+                        "fetch.wait.max.ms=50;topic.metadata.refresh.interval.ms=1000",
+                    );
+                cmd.output().unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = trace(&[]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["now_from"], "wall_clock");
+    assert_eq!(v["flows"]["stuck"], 1, "{v:#}");
+    assert_eq!(v["listed"][0]["owed"][0]["service"], "payment");
+    // --now still decides.
+    let at = placed
+        .time
+        .saturating_add(std::time::Duration::from_secs(1))
+        .to_rfc3339();
+    let out = trace(&["--now", &at]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["now_from"], "given");
+    assert_eq!(v["flows"]["in_progress"], 1);
+}
+
+#[test]
+fn the_corpus_capture_of_a_running_system_exits_0() {
+    choreo()
+        .args([
+            "trace",
+            "crates/trace/tests/corpus/in-flight.jsonl",
+            "-t",
+            "topologies/order-fulfillment.yaml",
+        ])
+        .assert()
+        .code(0)
+        .stdout(predicate::str::contains(
+            "ok: 6 flows traced against 'order-fulfillment', no violations",
+        ));
+}

@@ -328,6 +328,13 @@ pub struct SimConfig {
     pub max_attempts: u32,
     /// Partitions of every topic. Default 4.
     pub partitions: u32,
+    /// Reactions completed after their handler, by `service:event` (or
+    /// `service` for all of its reactions): the handler acks at once, and
+    /// its events are published this much later through the service's
+    /// `Publisher` as caused by the event (what `publish_caused_by` does for
+    /// a payment provider's callback).
+    #[serde(default)]
+    pub deferred: HashMap<String, Latency>,
 }
 
 impl Default for SimConfig {
@@ -343,6 +350,7 @@ impl Default for SimConfig {
             faults: Vec::new(),
             max_attempts: 3,
             partitions: 4,
+            deferred: HashMap::new(),
         }
     }
 }
@@ -356,6 +364,30 @@ impl SimConfig {
             .copied()
             .unwrap_or(self.latency)
     }
+
+    /// How long after its handler `service`'s reaction to `event` is
+    /// published, when it is deferred.
+    pub fn deferred_of(&self, service: &str, event: &str) -> Option<Latency> {
+        self.deferred
+            .get(&format!("{service}:{event}"))
+            .or_else(|| self.deferred.get(service))
+            .copied()
+    }
+}
+
+/// Parses `SERVICE[:EVENT]=DELAY` for a reaction completed after its handler.
+pub fn parse_deferred(arg: &str) -> Result<(String, Latency)> {
+    let (target, delay) = arg.split_once('=').ok_or_else(|| {
+        Error::Config(format!(
+            "--deferred {arg}: expected SERVICE[:EVENT]=DELAY, such as payment:OrderPlaced=200ms..2s"
+        ))
+    })?;
+    if target.trim().is_empty() {
+        return Err(Error::Config(format!(
+            "--deferred {arg}: name the service (and event) before '='"
+        )));
+    }
+    Ok((target.trim().to_owned(), delay.trim().parse()?))
 }
 
 /// Parses `SERVICE[:EVENT]=LATENCY` for one reaction's (or service's) latency.
@@ -489,5 +521,33 @@ mod tests {
         let l = Latency::Uniform(Duration::from_millis(10), Duration::from_millis(20));
         assert_eq!(l.sample(0.0), Duration::from_millis(10));
         assert_eq!(l.sample(0.5), Duration::from_millis(15));
+    }
+
+    #[test]
+    fn deferred_reactions_parse_and_are_found_by_service_or_reaction() {
+        let (target, delay) = parse_deferred("payment:OrderPlaced=200ms..2s").unwrap();
+        assert_eq!(target, "payment:OrderPlaced");
+        assert_eq!(
+            delay,
+            Latency::Uniform(Duration::from_millis(200), Duration::from_secs(2))
+        );
+        assert!(parse_deferred("payment").is_err());
+        assert!(parse_deferred("=1s").is_err());
+        let mut c = SimConfig::default();
+        c.deferred
+            .insert("kyc".into(), Latency::Fixed(Duration::from_secs(1)));
+        c.deferred.insert(
+            "payment:OrderPlaced".into(),
+            Latency::Fixed(Duration::from_millis(5)),
+        );
+        assert_eq!(
+            c.deferred_of("payment", "OrderPlaced"),
+            Some(Latency::Fixed(Duration::from_millis(5)))
+        );
+        assert_eq!(c.deferred_of("payment", "OutOfStock"), None);
+        assert_eq!(
+            c.deferred_of("kyc", "KycRequested"),
+            Some(Latency::Fixed(Duration::from_secs(1)))
+        );
     }
 }

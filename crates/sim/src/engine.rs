@@ -1,6 +1,7 @@
 //! The simulation: every service of a topology as simulated handlers on the real runtime.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -115,6 +116,8 @@ pub struct Simulation {
     topology: Arc<Topology>,
     config: Arc<SimConfig>,
     loops: Arc<Loops>,
+    /// Deferred reactions waiting to be published.
+    pending: Arc<AtomicUsize>,
 }
 
 /// How often an event type may occur along one causal path of a simulated
@@ -277,6 +280,10 @@ struct Handler {
     faults: Vec<Fault>,
     truth: Arc<Mutex<Vec<Injected>>>,
     loops: Arc<Loops>,
+    /// Publishes the service's deferred reactions.
+    publisher: Publisher<SimBus>,
+    /// Deferred reactions not published yet.
+    pending: Arc<AtomicUsize>,
 }
 
 impl Handler {
@@ -432,6 +439,35 @@ impl Handler {
             }
         }
 
+        if let Some(delay) = self.config.deferred_of(svc, handled)
+            && !emits.is_empty()
+        {
+            // Acked now; the reaction is published later, as caused by the
+            // event — a callback, an upload — through the service's
+            // publisher, as `Publisher::publish_caused_by` does.
+            let wait = delay.sample(roll(seed, flow, &[svc, handled, "deferred"], 0));
+            let (publisher, pending) = (self.publisher.clone(), self.pending.clone());
+            let topology = self.topology.clone();
+            let source = self.service.clone();
+            let loops = self.loops.clone();
+            pending.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                for name in emits {
+                    let topic = topology.topic_of(&name).unwrap_or("unknown").to_owned();
+                    let seen = loops.after(&seen, &name);
+                    let data = payload(flow, hop + 1, seen);
+                    let event = Envelope::new(Name::from(name), Name::from(topic), data)
+                        .with_source(source.as_str())
+                        .caused_by(&env);
+                    if let Err(e) = publisher.publish(event).await {
+                        tracing::warn!(service = %source, error = %e, "a deferred reaction was not published");
+                    }
+                }
+                pending.fetch_sub(1, Ordering::SeqCst);
+            });
+            return Ok(());
+        }
         for name in emits {
             let topic = self
                 .topology
@@ -560,6 +596,22 @@ impl Simulation {
                 )));
             }
         }
+        for target in config.deferred.keys() {
+            let (service, event) = match target.split_once(':') {
+                Some((s, e)) => (s, Some(e)),
+                None => (target.as_str(), None),
+            };
+            let known = match event {
+                Some(e) => topology.reaction(service, e).is_some(),
+                None => topology.service(service).is_some(),
+            };
+            if !known {
+                return Err(Error::Config(format!(
+                    "--deferred {target}=…: topology '{}' has no reaction '{target}' (write SERVICE or SERVICE:EVENT of a declared reaction)",
+                    topology.name()
+                )));
+            }
+        }
         for event in config.weights.keys() {
             if topology.event(event).is_none() {
                 return Err(Error::Config(format!(
@@ -583,6 +635,7 @@ impl Simulation {
             loops: Arc::new(Loops::of(&topology)),
             topology: Arc::new(topology),
             config: Arc::new(config),
+            pending: Arc::default(),
         })
     }
 
@@ -653,6 +706,8 @@ impl Simulation {
                 faults: faults.clone(),
                 truth: truth.clone(),
                 loops: self.loops.clone(),
+                publisher: Publisher::new(bus, name.to_owned()).metrics(metrics.clone()),
+                pending: self.pending.clone(),
             });
             let topic = self
                 .topology
@@ -668,7 +723,6 @@ impl Simulation {
                 },
             );
         }
-        let _ = bus;
         service
     }
 
@@ -883,7 +937,17 @@ impl Simulation {
             .into_iter()
             .filter(|g| !down_for_good.contains(&g.as_str()))
             .collect();
-        wait_quiet(bus, &groups).await;
+        // Quiet, and no deferred reaction left to publish (whose events would
+        // start the handling again).
+        loop {
+            while self.pending.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            wait_quiet(bus, &groups).await;
+            if self.pending.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+        }
         let finished = Timestamp::now();
 
         let all: Vec<(String, (CancellationToken, ServiceHandle))> = running

@@ -37,7 +37,9 @@
 mod config;
 mod engine;
 
-pub use config::{Fault, Latency, SimConfig, duration, parse_latency, parse_weight};
+pub use config::{
+    Fault, Latency, SimConfig, duration, parse_deferred, parse_latency, parse_weight,
+};
 pub use engine::{Injected, SimProgress, Simulation, Truth, undeclared_event, wait_quiet};
 
 /// Errors from configuring or running a simulation.

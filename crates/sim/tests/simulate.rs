@@ -233,3 +233,48 @@ async fn a_flow_that_loops_draws_again_and_ends() {
         "some flow goes round to the bound"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_reaction_is_acked_first_and_published_later_as_caused_by_its_event() {
+    let mut config = quick(20, Vec::new());
+    config.deferred.insert(
+        "payment:OrderPlaced".into(),
+        Latency::Uniform(Duration::from_millis(20), Duration::from_millis(60)),
+    );
+    let (bus, truth) = run(config).await;
+    assert_eq!(truth.flows_started, 20);
+    // payment acked each order having emitted nothing…
+    let receipts: Vec<Receipt> = bus
+        .retained(RECEIPTS_TOPIC)
+        .iter()
+        .filter_map(|e| Receipt::from_envelope(e))
+        .filter(|r| r.service == "payment" && r.event_type == "OrderPlaced")
+        .collect();
+    assert_eq!(receipts.len(), 20);
+    assert!(
+        receipts
+            .iter()
+            .all(|r| r.outcome == Outcome::Acked && r.emitted.is_empty())
+    );
+    // …and published its branch later, caused by the order, each flow one.
+    let orders = bus.retained("orders");
+    let branches: Vec<_> = bus
+        .retained("payments")
+        .into_iter()
+        .filter(|e| e.event_type == "PaymentCaptured" || e.event_type == "PaymentFailed")
+        .collect();
+    assert_eq!(branches.len(), 20);
+    for b in &branches {
+        assert_eq!(b.source, "payment");
+        let cause = orders
+            .iter()
+            .find(|o| Some(&o.id) == b.causation_id.as_ref())
+            .expect("caused by an order");
+        assert_eq!(b.correlation_id, cause.correlation_id);
+        let done = receipts.iter().find(|r| r.event_id == cause.id).unwrap();
+        assert!(b.time > done.started, "published after the handler began");
+    }
+    // The run waited for them: every flow ended.
+    let ends = count(&bus, "shipping", "OrderShipped") + count(&bus, "orders", "OrderCancelled");
+    assert_eq!(ends, 20);
+}

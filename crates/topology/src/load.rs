@@ -78,7 +78,7 @@ type Entries = [(Node, Node)];
 
 const TOP_KEYS: &[&str] = &["name", "description", "events", "services", "flows"];
 const EVENT_KEYS: &[&str] = &["topic", "schema", "description"];
-const SERVICE_KEYS: &[&str] = &["description", "emits", "on"];
+const SERVICE_KEYS: &[&str] = &["description", "emits", "on", "sources"];
 const REACTION_KEYS: &[&str] = &["emit", "within", "description"];
 const ONE_OF_KEYS: &[&str] = &["one_of"];
 const FLOW_KEYS: &[&str] = &["description", "starts_with", "ends_with", "within"];
@@ -252,6 +252,9 @@ impl Loader {
             let emits = get(fields, "emits")
                 .map(|n| self.event_list(n, &format!("'emits' of {what}"), events))
                 .unwrap_or_default();
+            let sources = get(fields, "sources")
+                .map(|n| self.sources(n, &what))
+                .unwrap_or_default();
             let mut reactions = IndexMap::new();
             if let Some(on) = get(fields, "on") {
                 let on_entries: &Entries = match &on.kind {
@@ -283,12 +286,106 @@ impl Loader {
                         description,
                         emits,
                         reactions,
+                        sources: sources.into_iter().map(|(s, _)| s).collect(),
                         pos: key.pos,
                     },
                 );
             }
         }
+        self.check_sources(entries, &services);
         services
+    }
+
+    /// The `sources` of a service: a list of non-empty strings, each once,
+    /// with their positions.
+    fn sources(&mut self, node: &Node, what: &str) -> Vec<(String, Pos)> {
+        let items: &[Node] = match &node.kind {
+            Kind::Seq(items) => items,
+            Kind::Null => &[],
+            Kind::Str(_) => std::slice::from_ref(node),
+            other => {
+                self.error(
+                    Code::InvalidType,
+                    node.pos,
+                    format!(
+                        "'sources' of {what} must be a list of the CloudEvents sources its events carry, not {}",
+                        other.type_name()
+                    ),
+                );
+                return Vec::new();
+            }
+        };
+        let mut sources: Vec<(String, Pos)> = Vec::new();
+        for item in items {
+            let Some(source) = self.text(item, &format!("a source of {what}")) else {
+                continue;
+            };
+            if source.trim().is_empty() || source.len() > 2048 {
+                self.error(
+                    Code::InvalidValue,
+                    item.pos,
+                    format!(
+                        "a source of {what} is empty or longer than 2048 bytes; write the CloudEvents `source` its events carry, e.g. \"https://shop.example.com/checkout\""
+                    ),
+                );
+            } else if sources.iter().any(|(s, _)| *s == source) {
+                self.error(
+                    Code::DuplicateKey,
+                    item.pos,
+                    format!("{what} lists source '{}' twice", truncate(&source)),
+                );
+            } else {
+                sources.push((source, item.pos));
+            }
+        }
+        sources
+    }
+
+    /// A source names one service only: not two services' `sources`, not
+    /// another service's name.
+    fn check_sources(&mut self, entries: &Entries, services: &IndexMap<String, Service>) {
+        let mut owner: Vec<(&str, &str)> = Vec::new();
+        for (key, value) in entries {
+            let (Kind::Str(name), Kind::Map(fields)) = (&key.kind, &value.kind) else {
+                continue;
+            };
+            let Some(Node {
+                kind: Kind::Seq(items),
+                ..
+            }) = get(fields, "sources")
+            else {
+                continue;
+            };
+            for item in items {
+                let Kind::Str(source) = &item.kind else {
+                    continue;
+                };
+                if let Some(other) = services.get(source.as_str()).filter(|s| s.name != *name) {
+                    self.error(
+                        Code::InvalidValue,
+                        item.pos,
+                        format!(
+                            "source '{}' of service '{name}' is the name of service '{}'; a source must name one service only",
+                            truncate(source),
+                            other.name
+                        ),
+                    );
+                } else if let Some((_, first)) = owner.iter().find(|(s, _)| *s == source.as_str())
+                    && *first != name.as_str()
+                {
+                    self.error(
+                        Code::DuplicateKey,
+                        item.pos,
+                        format!(
+                            "source '{}' is listed by services '{first}' and '{name}'; a source must name one service only",
+                            truncate(source)
+                        ),
+                    );
+                } else {
+                    owner.push((source.as_str(), name.as_str()));
+                }
+            }
+        }
     }
 
     fn reaction(

@@ -62,6 +62,11 @@ pub struct Service {
     pub emits: Vec<EventRef>,
     /// Its handlers, keyed by the event they react to, in declaration order.
     pub reactions: IndexMap<String, Reaction>,
+    /// Other names its events carry as their `source`: the CloudEvents
+    /// `source` URIs of a producer outside choreo
+    /// (`https://shop.example.com/checkout`). The tracer takes an event with
+    /// one of these sources for one of this service's.
+    pub sources: Vec<String>,
     /// Where the service is declared.
     pub pos: Pos,
 }
@@ -224,6 +229,16 @@ impl Topology {
     /// The service named `name`.
     pub fn service(&self, name: &str) -> Option<&Service> {
         self.services.get(name)
+    }
+
+    /// The service an event with this `source` comes from: the service of
+    /// that name, or the one that lists it in its `sources`.
+    pub fn service_of_source(&self, source: &str) -> Option<&Service> {
+        self.services.get(source).or_else(|| {
+            self.services
+                .values()
+                .find(|s| s.sources.iter().any(|x| x == source))
+        })
     }
 
     /// All flows, in declaration order.

@@ -93,3 +93,64 @@ fn flows() {
         ["OutOfStock", "PaymentRefunded", "OrderCancelled"]
     );
 }
+
+#[test]
+fn a_service_is_found_by_its_foreign_sources() {
+    let text = "name: t\nevents:\n  A: {topic: a}\nservices:\n  shop:\n    emits: [A]\n    sources:\n      - https://shop.example.com/checkout\n      - \"/legacy/checkout\"\nflows:\n  f: {starts_with: A, ends_with: [A]}\n";
+    let t = Topology::parse(text, "t.yaml").unwrap();
+    let shop = t.service("shop").unwrap();
+    assert_eq!(
+        shop.sources,
+        ["https://shop.example.com/checkout", "/legacy/checkout"]
+    );
+    for source in [
+        "shop",
+        "https://shop.example.com/checkout",
+        "/legacy/checkout",
+    ] {
+        assert_eq!(
+            t.service_of_source(source).map(|s| s.name.as_str()),
+            Some("shop"),
+            "{source}"
+        );
+    }
+    assert!(t.service_of_source("https://shop.example.com").is_none());
+}
+
+#[test]
+fn sources_that_are_not_one_services_are_refused_at_their_position() {
+    let text = "name: t\nevents:\n  A: {topic: a}\nservices:\n  shop:\n    emits: [A]\n    sources: [\"urn:shop\", \"urn:shop\", \"\"]\n  legacy:\n    sources: [\"urn:shop\", shop]\n  other:\n    sources: {a: b}\nflows:\n  f: {starts_with: A, ends_with: [A]}\n";
+    let err = Topology::parse(text, "t.yaml").unwrap_err();
+    let choreo_topology::Error::Invalid { diagnostics, .. } = err else {
+        panic!("{err}")
+    };
+    let found: Vec<(u32, u32, &str)> = diagnostics
+        .iter()
+        .map(|d| (d.pos.line, d.pos.column, d.code.as_str()))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (7, 27, "duplicate-key"),
+            (7, 39, "invalid-value"),
+            (9, 15, "duplicate-key"),
+            (9, 27, "invalid-value"),
+            (11, 14, "invalid-type"),
+        ],
+        "{diagnostics:#?}"
+    );
+    assert!(
+        diagnostics[2]
+            .message
+            .contains("services 'shop' and 'legacy'"),
+        "{}",
+        diagnostics[2].message
+    );
+    assert!(
+        diagnostics[3]
+            .message
+            .contains("the name of service 'shop'"),
+        "{}",
+        diagnostics[3].message
+    );
+}

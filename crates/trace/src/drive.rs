@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 
-use crate::engine::{ParsedReceipt, parse_receipt};
+use crate::receipt::{ParsedReceipt, parse_receipt};
 use crate::record::{Progress, Source};
 use crate::util::Interner;
 use crate::{Error, Record, Tracer};

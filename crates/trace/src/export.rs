@@ -1,4 +1,5 @@
-//! Event logs for process-mining tools: CSV and XES, one case per flow.
+//! Event logs for process-mining tools (CSV and XES, one case per flow), and
+//! every flow's verdict as JSON lines ([`FlowWriter`]).
 //!
 //! Case = correlation id, activity = event type, timestamp = publication
 //! time, resource = the publishing service. Only business events are written
@@ -368,5 +369,80 @@ mod tests {
         let mut x = String::new();
         xml(&mut x, "<a&'\">");
         assert_eq!(x, "&lt;a&amp;&apos;&quot;&gt;");
+    }
+}
+
+/// Writes every flow's verdict as one JSON object per line (a
+/// [`FlowSummary`](crate::FlowSummary): status, flow name, start, end or
+/// owed-since, what is owed, every finding) as flows finish. Give it to
+/// [`Tracer::export_flows`](crate::Tracer::export_flows); get the count (or
+/// the first write error) back from
+/// [`Tracer::finish_flows`](crate::Tracer::finish_flows).
+pub struct FlowWriter {
+    out: Box<dyn Write + Send>,
+    error: Option<io::Error>,
+    flows: u64,
+}
+
+impl std::fmt::Debug for FlowWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlowWriter")
+            .field("flows", &self.flows)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Flows rendered as JSON lines, to be appended to a [`FlowWriter`] in order.
+#[derive(Default)]
+pub(crate) struct FlowChunk {
+    pub(crate) text: String,
+    pub(crate) flows: u64,
+}
+
+impl FlowChunk {
+    /// Appends one flow's line.
+    pub(crate) fn push(&mut self, summary: &crate::FlowSummary) {
+        // Serializing plain data into a String cannot fail.
+        if let Ok(line) = serde_json::to_string(summary) {
+            self.text.push_str(&line);
+            self.text.push('\n');
+            self.flows += 1;
+        }
+    }
+}
+
+impl FlowWriter {
+    /// Flows written to `out`, one JSON object per line.
+    pub fn new(out: impl Write + Send + 'static) -> FlowWriter {
+        FlowWriter {
+            out: Box::new(out),
+            error: None,
+            flows: 0,
+        }
+    }
+
+    /// Flows written.
+    pub fn flows(&self) -> u64 {
+        self.flows
+    }
+
+    /// Writes flows rendered elsewhere.
+    pub(crate) fn append(&mut self, chunk: &FlowChunk) {
+        if self.error.is_some() || chunk.text.is_empty() {
+            return;
+        }
+        self.flows += chunk.flows;
+        if let Err(e) = self.out.write_all(chunk.text.as_bytes()) {
+            self.error = Some(e);
+        }
+    }
+
+    /// Flushes; returns the flows written, or the first error met.
+    pub fn finish(mut self) -> io::Result<u64> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        self.out.flush()?;
+        Ok(self.flows)
     }
 }

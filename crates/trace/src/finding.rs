@@ -7,7 +7,12 @@ use serde::Serialize;
 
 macro_rules! rules {
     ($( $(#[$doc:meta])* $variant:ident = $code:literal, $summary:literal; )*) => {
-        /// A conformance rule. Codes are stable: scripts and dashboards may match them.
+        /// A conformance rule. Codes are stable: scripts and dashboards may
+        /// match them. [`Rule::explain`] gives a rule's section of the
+        /// reference below (`docs/rules.md`, which `choreo trace --explain`
+        /// prints).
+        ///
+        #[doc = include_str!("../../../docs/rules.md")]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
         #[serde(into = "&'static str")]
         #[non_exhaustive]
@@ -70,6 +75,39 @@ rules! {
     ClockSkew = "clock-skew", "an event's time is earlier than its cause's (clocks disagree between services)";
     /// Causation ids that loop.
     CausalLoop = "causal-loop", "causation ids form a loop (an event is its own ancestor): corrupt ids";
+    /// A service handled one event twice: acked it twice, or emitted its reaction twice.
+    HandledTwice = "handled-twice", "a service handled one event more than once: two acked receipts for one event id, or its reaction emitted twice under new ids (its idempotency failed)";
+    /// An event published on a topic other than the one its type declares.
+    WrongTopic = "wrong-topic", "an event was published on a topic other than the one the topology declares for its type";
+    /// A declared consumer never handled an event it reacts to.
+    NeverHandled = "never-handled", "a declared consumer (a sink included) never handled an event it reacts to, past its bound, where receipts show its silence is real";
+    /// A record no service could read.
+    MalformedRecord = "malformed-record", "a record no service could read (its metadata is broken) was dead-lettered by every service that received it";
+    /// A dead letter replayed and handled: a note, not a violation.
+    Recovered = "recovered", "an event dead-lettered was replayed and then handled: the flow recovered (a note, not a violation)";
+}
+
+/// The rules' reference: what triggers each, whom it names, an example.
+const REFERENCE: &str = include_str!("../../../docs/rules.md");
+
+impl Rule {
+    /// The rule's section of the reference (`docs/rules.md`): what triggers
+    /// it, which service it names, an example, and what to do.
+    pub fn explain(self) -> &'static str {
+        let heading = format!("\n## `{}`\n", self.code());
+        let Some(start) = REFERENCE.find(&heading) else {
+            return self.summary();
+        };
+        let body = &REFERENCE[start + 1..];
+        let end = body[3..].find("\n## ").map_or(body.len(), |i| i + 3);
+        body[..end].trim_end()
+    }
+
+    /// Whether a finding of this rule is a violation (it fails the verdict);
+    /// `recovered` is only a note.
+    pub fn is_violation(self) -> bool {
+        self != Rule::Recovered
+    }
 }
 
 impl From<Rule> for &'static str {
@@ -123,14 +161,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_crate_docs_list_every_rule() {
-        let docs = include_str!("lib.rs");
+    fn the_reference_explains_every_rule_in_order() {
+        let mut last = 0;
         for r in Rule::ALL {
+            let text = r.explain();
             assert!(
-                docs.contains(&format!("//! | `{}` |", r.code())),
-                "{r} missing from lib.rs docs"
+                text.starts_with(&format!("## `{}`", r.code())),
+                "{r} has no section in docs/rules.md"
+            );
+            for part in ["**Trigger:**", "**Names:**", "**Example:**"] {
+                assert!(text.contains(part), "{r}: no {part}");
+            }
+            assert!(!text.contains("\n## "), "{r}: one section only");
+            let at = REFERENCE.find(text).unwrap();
+            assert!(at > last, "{r} is out of the order of Rule::ALL");
+            last = at;
+            // And a row in the table at the top.
+            assert!(
+                REFERENCE.contains(&format!("| [`{0}`](#{0}) |", r.code())),
+                "{r} is not in the table"
             );
         }
+        let sections = REFERENCE.matches("\n## `").count();
+        assert_eq!(
+            sections,
+            Rule::ALL.len(),
+            "a section for a rule that does not exist"
+        );
     }
 
     #[test]

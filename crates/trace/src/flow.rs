@@ -22,16 +22,20 @@ pub enum FlowStatus {
     InProgress,
     /// Past the flow's `within` or a reaction's `within` with events still owed.
     Stuck,
+    /// It completed after an event dead-lettered on the way was replayed and
+    /// handled; its history keeps the dead letter.
+    Recovered,
 }
 
 impl FlowStatus {
-    /// `completed`, `failed`, `in_progress` or `stuck`.
+    /// `completed`, `failed`, `in_progress`, `stuck` or `recovered`.
     pub fn as_str(self) -> &'static str {
         match self {
             FlowStatus::Completed => "completed",
             FlowStatus::Failed => "failed",
             FlowStatus::InProgress => "in_progress",
             FlowStatus::Stuck => "stuck",
+            FlowStatus::Recovered => "recovered",
         }
     }
 }
@@ -55,6 +59,33 @@ pub struct Owed {
     pub since: Timestamp,
     /// When the reaction's `within` runs out, if it has one.
     pub deadline: Option<Timestamp>,
+}
+
+/// One flow's verdict, without its events: a line of `choreo trace --format
+/// flows-jsonl` (every flow, every finding; stable field names, times in µs
+/// since the epoch).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowSummary {
+    /// The flow's correlation id.
+    pub correlation_id: EventId,
+    /// The topology's flow name, when known.
+    pub flow: Option<String>,
+    /// Where it stands.
+    pub status: FlowStatus,
+    /// Its first event's time.
+    pub started: Timestamp,
+    /// When it reached an end (or, failed, its last event).
+    pub ended: Option<Timestamp>,
+    /// Since when something is owed: the earliest owed event's time.
+    pub owed_since: Option<Timestamp>,
+    /// Its distinct events.
+    pub events: u64,
+    /// Copies of events seen more than once, collapsed.
+    pub duplicates: u32,
+    /// Services that still owe events.
+    pub owed: Vec<Owed>,
+    /// Every finding.
+    pub findings: Vec<Finding>,
 }
 
 /// What one service did with an event, from its receipt.
@@ -126,6 +157,22 @@ pub struct FlowTrace {
 }
 
 impl FlowTrace {
+    /// Its verdict without its events (what `--format flows-jsonl` writes).
+    pub fn summary(&self) -> FlowSummary {
+        FlowSummary {
+            correlation_id: self.correlation_id.clone(),
+            flow: self.flow.clone(),
+            status: self.status,
+            started: self.started,
+            ended: self.ended,
+            owed_since: self.owed.iter().map(|o| o.since).min(),
+            events: self.graph.node_count() as u64,
+            duplicates: self.duplicates,
+            owed: self.owed.clone(),
+            findings: self.findings.clone(),
+        }
+    }
+
     /// The events in time order.
     pub fn events(&self) -> impl Iterator<Item = &TracedEvent> {
         self.graph.node_weights()
@@ -289,6 +336,222 @@ impl FlowTrace {
             self.node_lines(*k, &child_prefix, i + 1 == kids.len(), out, depth + 1);
         }
     }
+}
+
+impl FlowTrace {
+    /// The flow's causal graph in Graphviz DOT: events as nodes (type,
+    /// publisher, time since the start, who handled it and how), causation as
+    /// edges, owed events as dashed nodes hanging off the event they are owed
+    /// for, and events with findings in red with the rules named.
+    pub fn to_dot(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "digraph {} {{",
+            dot_quote(&format!("flow {}", self.correlation_id))
+        );
+        let _ = writeln!(o, "  rankdir=LR;");
+        let _ = writeln!(o, "  labelloc=t;");
+        let _ = writeln!(o, "  label={};", dot_quote(&self.title()));
+        let _ = writeln!(o, "  node [shape=box, style=rounded];");
+        for n in self.graph.node_indices() {
+            let e = &self.graph[n];
+            let rules = self.rules_at(&e.id);
+            let mut label = self.event_lines(e).join("\n");
+            if !rules.is_empty() {
+                label.push_str(&format!("\n✗ {}", rules.join(", ")));
+            }
+            let _ = writeln!(
+                o,
+                "  e{} [label={}{}];",
+                n.index(),
+                dot_quote(&label),
+                if rules.is_empty() {
+                    ""
+                } else {
+                    ", color=red, fontcolor=red"
+                }
+            );
+        }
+        for edge in self.graph.raw_edges() {
+            let _ = writeln!(
+                o,
+                "  e{} -> e{};",
+                edge.source().index(),
+                edge.target().index()
+            );
+        }
+        for (i, w) in self.owed.iter().enumerate() {
+            let Some(from) = self.node_of(&w.event_id) else {
+                continue;
+            };
+            let _ = writeln!(
+                o,
+                "  owed{i} [label={}, style=\"rounded,dashed\", color=orange, fontcolor=orange];",
+                dot_quote(&owed_label(w).join("\n"))
+            );
+            let _ = writeln!(
+                o,
+                "  e{} -> owed{i} [style=dashed, color=orange, label={}];",
+                from.index(),
+                dot_quote(&w.service)
+            );
+        }
+        o.push_str("}\n");
+        o
+    }
+
+    /// The flow's causal graph as a Mermaid flowchart, with the same content
+    /// as [`FlowTrace::to_dot`].
+    pub fn to_mermaid(&self) -> String {
+        let mut o = String::from("flowchart LR\n");
+        let mut marked = Vec::new();
+        for n in self.graph.node_indices() {
+            let e = &self.graph[n];
+            let rules = self.rules_at(&e.id);
+            let mut lines = self.event_lines(e);
+            if !rules.is_empty() {
+                lines.push(format!("✗ {}", rules.join(", ")));
+                marked.push(format!("e{}", n.index()));
+            }
+            let _ = writeln!(o, "  e{}[\"{}\"]", n.index(), mermaid_lines(&lines));
+        }
+        for edge in self.graph.raw_edges() {
+            let _ = writeln!(
+                o,
+                "  e{} --> e{}",
+                edge.source().index(),
+                edge.target().index()
+            );
+        }
+        let mut owed = Vec::new();
+        for (i, w) in self.owed.iter().enumerate() {
+            let Some(from) = self.node_of(&w.event_id) else {
+                continue;
+            };
+            let _ = writeln!(o, "  owed{i}[\"{}\"]", mermaid_lines(&owed_label(w)));
+            let _ = writeln!(
+                o,
+                "  e{} -.->|\"{}\"| owed{i}",
+                from.index(),
+                mermaid_text(&w.service)
+            );
+            owed.push(format!("owed{i}"));
+        }
+        let _ = writeln!(
+            o,
+            "  classDef finding stroke:#c00,stroke-width:2px,color:#c00"
+        );
+        let _ = writeln!(
+            o,
+            "  classDef owed stroke:#e80,stroke-dasharray:5 5,color:#e80"
+        );
+        if !marked.is_empty() {
+            let _ = writeln!(o, "  class {} finding", marked.join(","));
+        }
+        if !owed.is_empty() {
+            let _ = writeln!(o, "  class {} owed", owed.join(","));
+        }
+        o
+    }
+
+    /// `flow ID (name) — status`, and the findings about no one event.
+    fn title(&self) -> String {
+        let mut t = format!(
+            "flow {} ({}) — {}",
+            self.correlation_id,
+            self.flow.as_deref().unwrap_or("unknown flow"),
+            self.status.as_str()
+        );
+        for f in self.findings.iter().filter(|f| f.event_id.is_none()) {
+            t.push_str(&format!("\n✗ {}: {}", f.rule, f.message));
+        }
+        t
+    }
+
+    /// An event's lines: type, publisher and time, and each handling.
+    fn event_lines(&self, e: &TracedEvent) -> Vec<String> {
+        let mut lines = vec![
+            e.event_type.to_string(),
+            format!(
+                "by {} · +{}",
+                if e.source.is_empty() {
+                    "?"
+                } else {
+                    e.source.as_str()
+                },
+                fmt_rel(e.time.micros_since(self.started))
+            ),
+        ];
+        for h in &e.handled {
+            lines.push(format!("{}: {}", h.service, h.outcome.as_str()));
+        }
+        lines
+    }
+
+    /// The rules of the findings about event `id`, each once.
+    fn rules_at(&self, id: &EventId) -> Vec<String> {
+        let mut rules: Vec<String> = Vec::new();
+        for f in self
+            .findings
+            .iter()
+            .filter(|f| f.event_id.as_ref() == Some(id))
+        {
+            let code = f.rule.code().to_owned();
+            if !rules.contains(&code) {
+                rules.push(code);
+            }
+        }
+        rules
+    }
+
+    fn node_of(&self, id: &EventId) -> Option<NodeIndex> {
+        self.graph.node_indices().find(|n| &self.graph[*n].id == id)
+    }
+}
+
+/// A debt's lines: what is owed, by whom, since when.
+fn owed_label(w: &Owed) -> Vec<String> {
+    vec![
+        format!(
+            "owes {}{}",
+            if w.one_of { "one of " } else { "" },
+            if w.owes.is_empty() {
+                "a receipt".to_owned()
+            } else {
+                w.owes.join(", ")
+            }
+        ),
+        format!("{} since {}", w.service, w.since),
+    ]
+}
+
+fn dot_quote(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            // A line break is DOT's `\n`; a backslash is escaped, so it stays one.
+            '\n' => o.push_str("\\n"),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn mermaid_text(s: &str) -> String {
+    s.replace('"', "#quot;")
+}
+
+fn mermaid_lines(lines: &[String]) -> String {
+    lines
+        .iter()
+        .map(|l| mermaid_text(l))
+        .collect::<Vec<_>>()
+        .join("<br/>")
 }
 
 fn fmt_rel(us: i64) -> String {

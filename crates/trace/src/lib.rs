@@ -36,43 +36,41 @@
 //! - A [`Report`] says all that: [`Report::summary`] for people, JSON (serde)
 //!   for tools, the graph as DOT or Mermaid; [`FlowTrace::timeline`] draws
 //!   one flow.
-//! - [`export`] writes CSV or XES event logs for process-mining tools.
+//! - [`export`] writes CSV or XES event logs for process-mining tools, and
+//!   every flow's verdict as JSON lines ([`FlowSummary`], [`FlowWriter`],
+//!   [`Tracer::export_flows`]).
+//! - [`Query`] finds flows by what a user knows of them (an event id, a
+//!   record key, `order_id=42`); [`Tracer::keep_flows`] keeps them whole.
+//! - [`FlowTrace::to_dot`] and [`FlowTrace::to_mermaid`] draw one flow.
 //!
 //! # Flow status
 //!
 //! | status | when |
 //! |---|---|
 //! | `completed` | it reached one of its flow's `ends_with` events, and nothing was dead-lettered |
-//! | `failed` | an event was dead-lettered, or it came to rest (nothing owed) on events that end nothing |
+//! | `recovered` | it completed after an event dead-lettered on the way was replayed and handled |
+//! | `failed` | an event was dead-lettered (and not recovered), or it came to rest (nothing owed) on events that end nothing |
 //! | `in_progress` | services still owe events and no `within` has passed |
 //! | `stuck` | past the flow's `within` or a reaction's `within` with events owed; the report names each service, what it owes, for which event, since when |
+//!
+//! A reaction is *owed* from the moment its cause was published until it is
+//! emitted — a handler may ack and emit later, through
+//! `Publisher::publish_caused_by` — and a finding about it (`missing-emit`,
+//! `stuck`, `never-handled`) comes only once the tightest bound (the
+//! reaction's `within` or the flow's) has passed relative to "now". Without
+//! any bound, an owed reaction is never late. Statuses and findings do not
+//! depend on the order of the records, nor on duplicates of them.
 //!
 //! Without a topology a flow is `failed` when dead-lettered and `completed`
 //! otherwise: ends and deadlines come from the topology.
 //!
 //! # Rules
 //!
-//! Every finding names its flow, service, event type (and event id where
-//! there is one) and one of these stable codes:
-//!
-//! | code | finding |
-//! |---|---|
-//! | `unknown-event` | an event type the topology does not declare |
-//! | `unknown-service` | a service (event source or receipt) the topology does not declare |
-//! | `undeclared-consume` | a service handled (receipt) or reacted to (emitted a child of) an event it declares no reaction to |
-//! | `undeclared-emit` | a service emitted an event its reaction to the cause does not list (or, for a flow's first event, its `emits` does not) |
-//! | `missing-emit` | a handler finished without emitting what its reaction must (attributed with its receipt: acked, emitted fewer) |
-//! | `both-branches` | a handler emitted more than one branch of a `one_of` |
-//! | `reaction-late` | a handler's emissions (or a sink's settlement) came later than its reaction's `within` after the event |
-//! | `flow-late` | a flow ended later than its `within` after its first event |
-//! | `bad-end` | a flow came to rest on events that do not end it |
-//! | `unknown-flow` | a flow's first event is no flow's `starts_with` |
-//! | `stuck` | a flow or reaction is past its `within` with events still owed |
-//! | `dead-lettered` | a service gave up on an event (receipt or dead-letter copy) |
-//! | `cycle-bound` | an event type repeats along one causal path more than [`TracerConfig::cycle_bound`] times |
-//! | `orphan` | an event's causation id names no event of its flow |
-//! | `clock-skew` | an event is earlier than its cause by more than [`TracerConfig::skew_tolerance`] |
-//! | `causal-loop` | causation ids that loop (corrupt ids) |
+//! Every finding names its flow, the service at fault, the event type (and
+//! event id where there is one) and a [`Rule`] with a stable code. What
+//! triggers each rule, whom it names and an example are in the rules'
+//! reference, `docs/rules.md` (the docs of [`Rule`], [`Rule::explain`],
+//! `choreo trace --explain RULE`).
 //!
 //! # Sources
 //!
@@ -96,16 +94,20 @@
 //! durations), `findings` (per rule: count, sites, examples), `services` and
 //! `edges` (the service graph with counts and p50/p95/p99 of queue, handler
 //! and end-to-end latency), `listed` (stuck and failed flows with what is
-//! owed), `ok` and `verdict`. Times are microseconds since the Unix epoch.
+//! owed), `now` and `now_from` (where "now" came from), `notes`, `ok` and
+//! `verdict`. Times are microseconds since the Unix epoch.
 //!
 //! # Batch and live
 //!
 //! A capture file is one batch: ingest everything, then [`Tracer::finish`]
 //! judges every flow as of "now" — the latest timestamp in the input unless
-//! given. Live, call [`Tracer::tick`] with the wall clock every second or so:
-//! flows that reached their end are folded and dropped once quiet for
-//! [`TracerConfig::settle`], stuck ones are reported and evicted, and the caps
-//! of [`TracerConfig::live`] bound memory (evictions are counted).
+//! given (a batch read from a live source passes the wall clock;
+//! [`Report::note_clock`] says where "now" came from). Live, call
+//! [`Tracer::tick`] with the wall clock every second or so: flows that
+//! reached their end are folded and dropped once quiet for
+//! [`TracerConfig::settle`] (and once nothing they still owe within a bound,
+//! a sink's receipt say, may come), stuck ones are reported and evicted, and
+//! the caps of [`TracerConfig::live`] bound memory (evictions are counted).
 //!
 //! # Metrics
 //!
@@ -120,34 +122,42 @@
 //! within 1/64 (≈ 1.6 %) above, maxima exact. Prometheus histograms use
 //! fixed buckets (0.5 ms … 60 s for edges, 10 ms … 1 h for flows).
 
+mod aggregate;
+mod analysis;
+mod assemble;
 pub mod capture;
 mod config;
 mod drive;
-mod engine;
 mod error;
 pub mod export;
+mod find;
 mod finding;
 mod flow;
+mod fold;
 mod metrics;
 mod model;
+mod receipt;
 mod record;
 mod report;
 mod stats;
+mod store;
 mod tap;
+mod tracer;
 mod util;
 
 pub use config::{Keep, Receipts, TracerConfig};
 pub use drive::{Drained, drive};
-pub use engine::Tracer;
 pub use error::{Error, Result};
-pub use export::{LogFormat, LogWriter};
+pub use export::{FlowWriter, LogFormat, LogWriter};
+pub use find::Query;
 pub use finding::{Finding, Rule};
-pub use flow::{FlowStatus, FlowTrace, Handling, Owed, TracedEvent};
+pub use flow::{FlowStatus, FlowSummary, FlowTrace, Handling, Owed, TracedEvent};
 pub use metrics::METRICS;
 pub use record::{IterSource, Progress, Record, Source};
 pub use report::{
-    Counters, EdgeReport, EvictReason, FlowBrief, FlowNameReport, FlowTotals, Report, RuleReport,
-    RuleSite,
+    Counters, EdgeReport, EvictReason, FlowBrief, FlowNameReport, FlowTotals, NowFrom, Report,
+    RuleReport, RuleSite,
 };
 pub use stats::{Histogram, Quantiles, format_micros};
 pub use tap::{tap, tap_topics};
+pub use tracer::Tracer;

@@ -6,7 +6,6 @@ use prometheus::{
 };
 
 use crate::config::TracerConfig;
-use crate::engine::Tracer;
 use crate::finding::Rule;
 use crate::flow::FlowStatus;
 use crate::report::{Counters, EvictReason};
@@ -60,7 +59,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
         "choreo_flow_completed_total",
         "counter",
         "flow",
-        "flows that reached a declared end",
+        "flows that reached a declared end (recovered ones, after a dead letter was replayed, included)",
     ),
     (
         "choreo_flow_failed_total",
@@ -90,7 +89,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
         "choreo_flow_duration_seconds",
         "histogram",
         "flow, status",
-        "first event to end, for completed and failed flows",
+        "first event to end, for completed, recovered and failed flows",
     ),
     (
         "choreo_trace_edge_total",
@@ -187,6 +186,16 @@ pub(crate) struct TraceMetrics {
     latest: Gauge,
     synced: std::sync::Arc<std::sync::Mutex<Counters>>,
     flows: Vec<String>,
+}
+
+/// What the gauges show, as the tracer has it now.
+pub(crate) struct Gauges<'a> {
+    pub(crate) counters: &'a Counters,
+    pub(crate) records_in_flight: usize,
+    /// Flows in flight per flow name.
+    pub(crate) in_flight_by_flow: Vec<(String, usize)>,
+    /// The latest event time seen.
+    pub(crate) latest: Option<choreo_core::Timestamp>,
 }
 
 /// The series of one edge, looked up once.
@@ -405,7 +414,8 @@ impl TraceMetrics {
     ) {
         let flow = flow.unwrap_or("unknown");
         let c = match status {
-            FlowStatus::Completed => &self.flow_completed,
+            // Recovered flows did reach their end; the duration's label tells them apart.
+            FlowStatus::Completed | FlowStatus::Recovered => &self.flow_completed,
             FlowStatus::Failed => &self.flow_failed,
             FlowStatus::Stuck => &self.flow_stuck,
             FlowStatus::InProgress => &self.flow_unfinished,
@@ -437,8 +447,8 @@ impl TraceMetrics {
 
     /// Syncs the counters and gauges that are cheaper to set now and then
     /// than on every record.
-    pub(crate) fn gauges(&self, t: &Tracer, now_us: i64) {
-        let c = &t.counters;
+    pub(crate) fn gauges(&self, g: &Gauges<'_>, now_us: i64) {
+        let c = g.counters;
         if let Ok(mut last) = self.synced.lock() {
             // std Mutex: held only for these additions, never across an await.
             let kinds = [
@@ -456,17 +466,17 @@ impl TraceMetrics {
             }
             *last = c.clone();
         }
-        self.in_flight.set(t.records_in_flight() as f64);
+        self.in_flight.set(g.records_in_flight as f64);
         self.flow_in_flight.reset();
         for f in &self.flows {
             self.flow_in_flight.with_label_values(&[f.as_str()]).set(0);
         }
-        for (name, n) in t.in_flight_by_flow() {
+        for (name, n) in &g.in_flight_by_flow {
             self.flow_in_flight
                 .with_label_values(&[name.as_str()])
-                .set(n as i64);
+                .set(*n as i64);
         }
-        if let Some(latest) = t.latest() {
+        if let Some(latest) = g.latest {
             let latest = latest.as_micros();
             self.latest.set(latest as f64 / 1e6);
             self.lag

@@ -106,6 +106,8 @@ pub(crate) struct ReactionInfo {
 
 #[derive(Debug, Default, Clone)]
 pub(crate) struct TypeInfo {
+    /// The topic the topology declares for it.
+    pub(crate) topic: Sym,
     /// The reactions to this event type.
     pub(crate) consumers: Vec<ReactionInfo>,
     /// The flow this event starts.
@@ -136,6 +138,8 @@ pub(crate) struct Model {
     pub(crate) types: Vec<Option<TypeInfo>>,
     pub(crate) services: Vec<Option<ServiceInfo>>,
     pub(crate) flows: Vec<FlowInfo>,
+    /// A service's `sources` → the service (indexed by the source's symbol).
+    aliases: Vec<Sym>,
 }
 
 fn micros(d: std::time::Duration) -> i64 {
@@ -187,6 +191,7 @@ impl Model {
                 .filter_map(|f| t.flows().position(|g| g.name == f.name))
                 .collect();
             types[s] = Some(TypeInfo {
+                topic: syms.intern_str(&e.topic),
                 consumers,
                 starts,
                 member_of,
@@ -212,12 +217,36 @@ impl Model {
                 .collect();
             services[s] = Some(ServiceInfo { emits, reactions });
         }
+        let mut aliases: Vec<Sym> = Vec::new();
+        for svc in t.services() {
+            let service = syms.intern_str(&svc.name);
+            for source in &svc.sources {
+                let alias = syms.intern_str(source) as usize;
+                if aliases.len() <= alias {
+                    aliases.extend((aliases.len()..=alias).map(|i| i as Sym));
+                }
+                aliases[alias] = service;
+            }
+        }
         Model {
             name: t.name().to_owned(),
             types,
             services,
             flows,
+            aliases,
         }
+    }
+
+    /// The service an event `source` stands for: the service that lists it
+    /// in its `sources`, else the source itself.
+    #[inline]
+    pub(crate) fn canonical(&self, source: Sym) -> Sym {
+        self.aliases.get(source as usize).copied().unwrap_or(source)
+    }
+
+    /// The topic the topology declares for event type `ty`.
+    pub(crate) fn topic_of(&self, ty: Sym) -> Option<Sym> {
+        self.event(ty).map(|t| t.topic)
     }
 
     #[inline]

@@ -1,19 +1,13 @@
-//! Aggregates and the report: flows by status, findings, the service graph, a verdict.
+//! The report: flows by status, findings, the service graph, a verdict; for people and as JSON.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use choreo_core::{EventId, Outcome, Timestamp};
+use choreo_core::{EventId, Timestamp};
 use serde::Serialize;
 
-use crate::config::TracerConfig;
-use crate::engine::{Analysis, FlowState, Tracer};
 use crate::finding::{Finding, Rule};
 use crate::flow::{FlowStatus, FlowTrace, Owed};
-use crate::metrics::{EdgeMetrics, TraceMetrics};
-use crate::model::{EMPTY, Model, Sym, Symbols};
-use crate::stats::{Histogram, Quantiles, format_micros};
-use crate::util::FastMap;
+use crate::stats::{Quantiles, format_micros};
 
 /// Why a flow was evicted before it finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,9 +44,11 @@ pub struct Counters {
     pub records: u64,
     /// Business events (distinct or not).
     pub events: u64,
-    /// Receipts of handlings (`ignored` ones, for events a service has no
-    /// handler for, are not counted).
+    /// Receipts of handlings.
     pub receipts: u64,
+    /// Receipts of records a service ignored (it routes no handler for their
+    /// type): acknowledged, not handled, and not counted in `receipts`.
+    pub ignored: u64,
     /// Dead-letter copies.
     pub dead_letters: u64,
     /// Events seen again (same id) and collapsed.
@@ -87,267 +83,6 @@ impl Counters {
             EvictReason::Idle => self.evicted_idle += 1,
         }
     }
-}
-
-#[derive(Debug, Default, Clone)]
-pub(crate) struct FlowStats {
-    started: u64,
-    /// Starts moved here (+) or away (−) once a flow's name was known.
-    moved: i64,
-    completed: u64,
-    failed: u64,
-    in_progress: u64,
-    stuck: u64,
-    evicted: u64,
-    duration: Histogram,
-}
-
-#[derive(Default)]
-pub(crate) struct EdgeStats {
-    count: u64,
-    failed: u64,
-    redelivered: u64,
-    duplicates: u64,
-    inferred: u64,
-    queue: Histogram,
-    handler: Histogram,
-    latency: Histogram,
-    metrics: Option<EdgeMetrics>,
-}
-
-/// Everything folded from finished flows.
-#[derive(Default)]
-pub(crate) struct Aggregates {
-    edges: FastMap<(Sym, Sym, Sym), EdgeStats>,
-    by_flow: FastMap<Option<usize>, FlowStats>,
-    findings: FastMap<(Rule, Sym, Sym), u64>,
-    examples: BTreeMap<Rule, Vec<Finding>>,
-    briefs: Vec<FlowBrief>,
-}
-
-impl Aggregates {
-    pub(crate) fn started(&mut self, name: Option<usize>) {
-        self.by_flow.entry(name).or_default().started += 1;
-    }
-
-    /// Adds everything `other` folded after what this one folded: the
-    /// same result as folding both in one, in that order.
-    pub(crate) fn merge(&mut self, other: Aggregates, config: &TracerConfig) {
-        for (k, e) in other.edges {
-            match self.edges.get_mut(&k) {
-                Some(mine) => {
-                    mine.count += e.count;
-                    mine.failed += e.failed;
-                    mine.redelivered += e.redelivered;
-                    mine.duplicates += e.duplicates;
-                    mine.inferred += e.inferred;
-                    mine.queue.merge(&e.queue);
-                    mine.handler.merge(&e.handler);
-                    mine.latency.merge(&e.latency);
-                }
-                None => {
-                    self.edges.insert(k, e);
-                }
-            }
-        }
-        for (k, f) in other.by_flow {
-            let mine = self.by_flow.entry(k).or_default();
-            mine.started += f.started;
-            mine.moved += f.moved;
-            mine.completed += f.completed;
-            mine.failed += f.failed;
-            mine.in_progress += f.in_progress;
-            mine.stuck += f.stuck;
-            mine.evicted += f.evicted;
-            mine.duration.merge(&f.duration);
-        }
-        for (k, n) in other.findings {
-            *self.findings.entry(k).or_default() += n;
-        }
-        for (_, examples) in other.examples {
-            for f in examples {
-                self.push_example(f, config);
-            }
-        }
-        for b in other.briefs {
-            self.push_brief(b, config);
-        }
-    }
-
-    pub(crate) fn wants_brief(&self, status: FlowStatus, config: &TracerConfig) -> bool {
-        matches!(status, FlowStatus::Stuck | FlowStatus::Failed)
-            && self.briefs.len() < config.listed_flows
-    }
-
-    pub(crate) fn push_brief(&mut self, brief: FlowBrief, config: &TracerConfig) {
-        if self.briefs.len() < config.listed_flows {
-            self.briefs.push(brief);
-        }
-    }
-
-    pub(crate) fn wants_example(&self, rule: Rule, config: &TracerConfig) -> bool {
-        self.examples
-            .get(&rule)
-            .is_none_or(|v| v.len() < config.examples_per_rule)
-    }
-
-    pub(crate) fn push_example(&mut self, f: Finding, config: &TracerConfig) {
-        let v = self.examples.entry(f.rule).or_default();
-        // One example per flow: the report shows different flows.
-        if v.len() < config.examples_per_rule
-            && !v.iter().any(|x| x.correlation_id == f.correlation_id)
-        {
-            v.push(f);
-        }
-    }
-
-    pub(crate) fn fold_flow(
-        &mut self,
-        state: &FlowState,
-        a: &Analysis,
-        evicted: Option<EvictReason>,
-        syms: &Symbols,
-        model: Option<&Model>,
-        metrics: Option<&TraceMetrics>,
-    ) {
-        let flow_name = a.name.and_then(|n| model.map(|m| m.flows[n].name.as_str()));
-        if a.name != state.name {
-            // Started was counted under the flow the first record suggested;
-            // the whole flow says otherwise. Kept as a difference, so folds on
-            // several threads add up.
-            self.by_flow.entry(state.name).or_default().moved -= 1;
-            self.by_flow.entry(a.name).or_default().moved += 1;
-        }
-        let st = self.by_flow.entry(a.name).or_default();
-        match a.status {
-            FlowStatus::Completed => st.completed += 1,
-            FlowStatus::Failed => st.failed += 1,
-            FlowStatus::InProgress => st.in_progress += 1,
-            FlowStatus::Stuck => st.stuck += 1,
-        }
-        if matches!(
-            evicted,
-            Some(
-                EvictReason::FlowCap
-                    | EvictReason::RecordCap
-                    | EvictReason::FlowRecordCap
-                    | EvictReason::Idle
-            )
-        ) {
-            st.evicted += 1;
-        }
-        let duration = match (a.status, a.end) {
-            (FlowStatus::Completed | FlowStatus::Failed, Some(end)) => {
-                Some(end.saturating_sub(a.start))
-            }
-            _ => None,
-        };
-        if a.status == FlowStatus::Completed
-            && let Some(d) = duration
-        {
-            st.duration.record(d);
-        }
-        if let Some(m) = metrics {
-            m.flow_finished(flow_name, a.status, duration);
-        }
-        for f in &a.findings {
-            *self
-                .findings
-                .entry((f.rule, f.service, f.event_type))
-                .or_default() += 1;
-            if let Some(m) = metrics {
-                m.violation(f.rule, syms.name(f.service));
-            }
-        }
-        // Edges from receipts.
-        for r in &state.receipts {
-            let ev = state.events.iter().find(|e| e.id == r.event);
-            let producer = ev.map_or(EMPTY, |e| e.source);
-            let edge = self.edge(producer, r.ty, r.service, syms, metrics);
-            let failed = matches!(r.outcome, Outcome::DeadLettered | Outcome::Redelivered);
-            match r.outcome {
-                Outcome::Duplicate => edge.duplicates += 1,
-                Outcome::Redelivered => edge.redelivered += 1,
-                Outcome::DeadLettered => edge.failed += 1,
-                Outcome::Acked | Outcome::Ignored => {}
-            }
-            if r.outcome == Outcome::Duplicate {
-                continue;
-            }
-            edge.count += 1;
-            let handler = r.duration_us as i64;
-            edge.handler.record(handler);
-            let queue = ev.map(|e| r.started.saturating_sub(e.time).max(0));
-            if let Some(q) = queue {
-                edge.queue.record(q);
-                edge.latency.record(q.saturating_add(handler));
-            }
-            if let Some(em) = &edge.metrics {
-                em.observe(failed, queue, Some(handler));
-            }
-        }
-        // Edges seen only through causation (no receipt from the consumer).
-        let mut pairs: Vec<(usize, Sym)> = Vec::new();
-        for kid in &state.events {
-            let Some(cause) = &kid.cause else { continue };
-            let Some(p) = state.events.iter().position(|e| &e.id == cause) else {
-                continue;
-            };
-            if pairs.contains(&(p, kid.source)) {
-                continue;
-            }
-            pairs.push((p, kid.source));
-            let parent = &state.events[p];
-            if state
-                .receipts
-                .iter()
-                .any(|r| r.event == parent.id && r.service == kid.source)
-            {
-                continue;
-            }
-            let first = state
-                .events
-                .iter()
-                .filter(|e| e.cause.as_ref() == Some(&parent.id) && e.source == kid.source)
-                .map(|e| e.time)
-                .min()
-                .unwrap_or(kid.time);
-            let edge = self.edge(parent.source, parent.ty, kid.source, syms, metrics);
-            edge.count += 1;
-            edge.inferred += 1;
-            let latency = first.saturating_sub(parent.time).max(0);
-            edge.latency.record(latency);
-            if let Some(em) = &edge.metrics {
-                em.observe(false, Some(latency), None);
-            }
-        }
-    }
-
-    fn edge(
-        &mut self,
-        producer: Sym,
-        ty: Sym,
-        consumer: Sym,
-        syms: &Symbols,
-        metrics: Option<&TraceMetrics>,
-    ) -> &mut EdgeStats {
-        self.edges
-            .entry((producer, ty, consumer))
-            .or_insert_with(|| EdgeStats {
-                metrics: metrics.map(|m| {
-                    m.edge(
-                        label(syms.name(producer)),
-                        syms.name(ty),
-                        label(syms.name(consumer)),
-                    )
-                }),
-                ..EdgeStats::default()
-            })
-    }
-}
-
-fn label(name: &str) -> &str {
-    if name.is_empty() { "unknown" } else { name }
 }
 
 /// A stuck or failed flow, listed in the report.
@@ -396,6 +131,8 @@ pub struct FlowTotals {
     pub in_progress: u64,
     /// Past a `within` with events owed.
     pub stuck: u64,
+    /// Completed after a dead letter was replayed and handled.
+    pub recovered: u64,
     /// Evicted by a cap or the idle timeout before finishing.
     pub evicted: u64,
     /// Still held in flight (live mode).
@@ -468,11 +205,57 @@ pub struct EdgeReport {
     pub latency: Quantiles,
 }
 
+/// Where the "now" flows are judged at came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum NowFrom {
+    /// The newest record's time (a capture file, by default).
+    LatestRecord,
+    /// Given (`--now`).
+    Given,
+    /// The wall clock (a live source: Kafka, a bus).
+    WallClock,
+}
+
+impl NowFrom {
+    /// In words, for the summary.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NowFrom::LatestRecord => "the newest record's time",
+            NowFrom::Given => "given",
+            NowFrom::WallClock => "the wall clock",
+        }
+    }
+}
+
+/// A "now" this far behind the capture's end or the clock is worth a note:
+/// flows in progress then may have stopped since.
+const FAR_BEHIND_US: i64 = 60_000_000;
+
+/// What a [`Report`] is made of, as the tracer has it.
+pub(crate) struct ReportParts {
+    pub(crate) now: Option<Timestamp>,
+    pub(crate) now_from: NowFrom,
+    pub(crate) topology: Option<String>,
+    pub(crate) input: Counters,
+    pub(crate) flows: FlowTotals,
+    pub(crate) by_flow: Vec<FlowNameReport>,
+    pub(crate) findings: Vec<RuleReport>,
+    pub(crate) edges: Vec<EdgeReport>,
+    pub(crate) listed: Vec<FlowBrief>,
+}
+
 /// Everything the tracer knows: the stable JSON of `choreo trace --format json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     /// The "now" flows were judged at (latest input timestamp, or `--now`).
     pub now: Option<Timestamp>,
+    /// Where that "now" came from.
+    pub now_from: NowFrom,
+    /// What the reader should know about the judgement (a "now" far behind
+    /// the capture's end or the clock), in words.
+    pub notes: Vec<String>,
     /// The topology checked against.
     pub topology: Option<String>,
     /// What was read.
@@ -496,119 +279,34 @@ pub struct Report {
 }
 
 impl Report {
-    pub(crate) fn build(t: &Tracer) -> Report {
-        let model = t.model.as_ref();
-        let flow_label = |n: Option<usize>| -> String {
-            n.and_then(|n| model.map(|m| m.flows[n].name.to_string()))
-                .unwrap_or_else(|| "unknown".to_owned())
-        };
-        let mut totals = FlowTotals::default();
-        let mut by_flow: Vec<FlowNameReport> = t
-            .agg
-            .by_flow
-            .iter()
-            .filter(|(_, s)| {
-                s.started as i64 + s.moved != 0
-                    || s.completed + s.failed + s.in_progress + s.stuck + s.evicted > 0
-            })
-            .map(|(n, s)| {
-                let ft = FlowTotals {
-                    started: u64::try_from(s.started as i64 + s.moved).unwrap_or(0),
-                    completed: s.completed,
-                    failed: s.failed,
-                    in_progress: s.in_progress,
-                    stuck: s.stuck,
-                    evicted: s.evicted,
-                    in_flight: 0,
-                };
-                totals.started += ft.started;
-                totals.completed += ft.completed;
-                totals.failed += ft.failed;
-                totals.in_progress += ft.in_progress;
-                totals.stuck += ft.stuck;
-                totals.evicted += ft.evicted;
-                FlowNameReport {
-                    flow: flow_label(*n),
-                    totals: ft,
-                    duration: s.duration.summary(),
-                }
-            })
-            .collect();
-        totals.in_flight = t.flows_in_flight() as u64;
-        by_flow.sort_by(|a, b| {
-            b.totals
-                .started
-                .cmp(&a.totals.started)
-                .then(a.flow.cmp(&b.flow))
-        });
-
-        let mut rules: BTreeMap<Rule, (u64, Vec<RuleSite>)> = BTreeMap::new();
-        for ((rule, svc, ty), count) in &t.agg.findings {
-            let e = rules.entry(*rule).or_default();
-            e.0 += count;
-            e.1.push(RuleSite {
-                service: t.name(*svc).to_string(),
-                event_type: t.name(*ty).to_string(),
-                count: *count,
-            });
-        }
-        let mut findings: Vec<RuleReport> = rules
-            .into_iter()
-            .map(|(rule, (count, mut by))| {
-                by.sort_by(|a, b| {
-                    b.count
-                        .cmp(&a.count)
-                        .then_with(|| a.service.cmp(&b.service))
-                        .then_with(|| a.event_type.cmp(&b.event_type))
-                });
-                RuleReport {
-                    rule,
-                    summary: rule.summary(),
-                    count,
-                    by,
-                    examples: t.agg.examples.get(&rule).cloned().unwrap_or_default(),
-                }
-            })
-            .collect();
-        findings.sort_by(|a, b| b.count.cmp(&a.count).then(a.rule.cmp(&b.rule)));
-
-        let mut edges: Vec<EdgeReport> = t
-            .agg
-            .edges
-            .iter()
-            .map(|((p, ty, c), s)| EdgeReport {
-                producer: label(t.name(*p)).to_owned(),
-                event_type: t.name(*ty).to_string(),
-                consumer: label(t.name(*c)).to_owned(),
-                count: s.count,
-                failed: s.failed,
-                redelivered: s.redelivered,
-                duplicates: s.duplicates,
-                inferred: s.inferred,
-                queue: s.queue.summary(),
-                handler: s.handler.summary(),
-                latency: s.latency.summary(),
-            })
-            .collect();
-        edges.sort_by(|a, b| {
-            b.count
-                .cmp(&a.count)
-                .then_with(|| a.producer.cmp(&b.producer))
-                .then_with(|| a.event_type.cmp(&b.event_type))
-                .then_with(|| a.consumer.cmp(&b.consumer))
-        });
-        let violations: u64 = findings.iter().map(|f| f.count).sum();
+    /// The report of these parts: the verdict and the service's nodes are
+    /// derived from them.
+    pub(crate) fn build(parts: ReportParts) -> Report {
+        let ReportParts {
+            now,
+            now_from,
+            topology,
+            input,
+            flows: totals,
+            by_flow,
+            findings,
+            edges,
+            listed,
+        } = parts;
+        let broken: Vec<&RuleReport> = findings.iter().filter(|f| f.rule.is_violation()).collect();
+        let violations: u64 = broken.iter().map(|f| f.count).sum();
         let ok = violations == 0 && totals.failed == 0 && totals.stuck == 0;
-        let finished = totals.completed + totals.failed + totals.stuck + totals.in_progress;
-        let verdict = if t.counters.records == 0 {
+        let finished =
+            totals.completed + totals.recovered + totals.failed + totals.stuck + totals.in_progress;
+        let verdict = if input.records == 0 {
             "no records: nothing to trace".to_owned()
         } else if ok {
             format!(
                 "ok: {} flow{} traced{}, no violations",
                 finished,
                 plural(finished),
-                match &model {
-                    Some(m) => format!(" against '{}'", m.name),
+                match &topology {
+                    Some(t) => format!(" against '{t}'"),
                     None => " (no topology: structure only)".to_owned(),
                 }
             )
@@ -618,8 +316,8 @@ impl Report {
                 parts.push(format!(
                     "{violations} violation{} of {} rule{}",
                     plural(violations),
-                    findings.len(),
-                    plural(findings.len() as u64)
+                    broken.len(),
+                    plural(broken.len() as u64)
                 ));
             }
             if totals.failed > 0 {
@@ -635,19 +333,49 @@ impl Report {
             )
         };
         Report {
-            now: (t.now != i64::MIN || t.max_time != i64::MIN)
-                .then(|| Timestamp::from_micros(t.now.max(t.max_time))),
-            topology: model.map(|m| m.name.clone()),
-            input: t.counters.clone(),
+            now,
+            now_from,
+            notes: Vec::new(),
+            topology,
+            input,
             flows: totals,
             by_flow,
             findings,
             services: services_of(&edges),
             edges,
-            listed: t.agg.briefs.clone(),
+            listed,
             ok,
             verdict,
         }
+    }
+
+    /// Says where "now" came from (`from`), and adds a note when it is the
+    /// newest record's time and that is far behind the capture's end
+    /// (`input_end`, when the source knows it: a file's last write) or the
+    /// wall clock (`wall`), while flows are in progress: they may have
+    /// stopped since, and `--now` judges as of another time.
+    pub fn note_clock(&mut self, from: NowFrom, wall: Timestamp, input_end: Option<Timestamp>) {
+        self.now_from = from;
+        let (Some(now), NowFrom::LatestRecord) = (self.now, from) else {
+            return;
+        };
+        if self.flows.in_progress == 0 {
+            return;
+        }
+        let n = self.flows.in_progress;
+        let behind = |t: Timestamp, what: &str| {
+            let gap = t.micros_since(now);
+            (gap > FAR_BEHIND_US).then(|| {
+                format!(
+                    "the newest record is {} before {what} ({t}); {n} flow{} in progress then may have stopped since — --now judges as of another time",
+                    format_micros(gap as u64),
+                    plural(n)
+                )
+            })
+        };
+        self.notes
+            .extend(input_end.and_then(|end| behind(end, "the capture's end")));
+        self.notes.extend(behind(wall, "the wall clock"));
     }
 
     /// The human summary: flows by status, top violations with an example flow
@@ -657,10 +385,18 @@ impl Report {
         let i = &self.input;
         let _ = writeln!(
             o,
-            "read {} records: {} events, {} receipts, {} dead-letter copies; {} duplicates collapsed, {} unattributed{}",
+            "read {} records: {} events, {} receipts{}, {} dead-letter copies; {} duplicates collapsed, {} unattributed{}",
             i.records,
             i.events,
             i.receipts,
+            if i.ignored > 0 {
+                format!(
+                    " (and {} of records a service routes no handler for)",
+                    i.ignored
+                )
+            } else {
+                String::new()
+            },
             i.dead_letters,
             i.duplicates,
             i.unattributed,
@@ -673,12 +409,16 @@ impl Report {
         if let Some(now) = self.now {
             let _ = writeln!(
                 o,
-                "judged at {now}{}",
+                "judged at {now} ({}){}",
+                self.now_from.as_str(),
                 match &self.topology {
                     Some(t) => format!(" against topology '{t}'"),
                     None => " without a topology (structure only)".to_owned(),
                 }
             );
+        }
+        for note in &self.notes {
+            let _ = writeln!(o, "note: {note}");
         }
         if !self.by_flow.is_empty() {
             let _ = writeln!(o);
@@ -711,6 +451,13 @@ impl Report {
                 );
             }
         }
+        if self.flows.recovered > 0 {
+            let _ = writeln!(
+                o,
+                "({} recovered: completed after a dead letter was replayed)",
+                self.flows.recovered
+            );
+        }
         if self.flows.evicted > 0 || self.flows.in_flight > 0 {
             let _ = writeln!(
                 o,
@@ -718,10 +465,19 @@ impl Report {
                 self.flows.evicted, self.flows.in_flight
             );
         }
-        if !self.findings.is_empty() {
+        for (violations, title) in [(true, "violations by rule:"), (false, "notes:")] {
+            let rules: Vec<&RuleReport> = self
+                .findings
+                .iter()
+                .filter(|r| r.rule.is_violation() == violations)
+                .take(10)
+                .collect();
+            if rules.is_empty() {
+                continue;
+            }
             let _ = writeln!(o);
-            let _ = writeln!(o, "violations by rule:");
-            for r in self.findings.iter().take(10) {
+            let _ = writeln!(o, "{title}");
+            for r in rules {
                 let top: Vec<String> =
                     r.by.iter()
                         .take(3)

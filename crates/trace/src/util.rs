@@ -1,74 +1,11 @@
-//! Small shared helpers: a fast hasher for ids and names, a name interner, base64.
-
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+//! Small shared helpers: the tracer's hash map, a name interner.
 
 use choreo_core::Name;
 
-/// A multiply-xorshift hasher for the tracer's maps. Keys are event ids (UUID
-/// v7, whose low bits are random) and short names; SipHash's flood resistance
-/// buys nothing there and costs a third of the ingest time.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FastHasher(u64);
-
-const K: u64 = 0x9e37_79b9_7f4a_7c15;
-
-impl FastHasher {
-    #[inline]
-    fn mix(&mut self, word: u64) {
-        self.0 = (self.0 ^ word).wrapping_mul(K);
-        self.0 ^= self.0 >> 29;
-    }
-}
-
-impl Hasher for FastHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.mix(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self.mix(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.mix(u64::from(i));
-    }
-
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.mix(u64::from(i));
-    }
-
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.mix(i);
-    }
-
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.mix(i as u64);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        let mut h = self.0;
-        h ^= h >> 32;
-        h = h.wrapping_mul(K);
-        h ^ (h >> 29)
-    }
-}
-
-/// A `HashMap` with [`FastHasher`].
-pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+/// A `HashMap` with rustc's Fx hasher. Keys are event ids (UUID v7, whose
+/// low bits are random) and short names; SipHash's flood resistance buys
+/// nothing there and costs a third of the ingest time.
+pub(crate) type FastMap<K, V> = rustc_hash::FxHashMap<K, V>;
 
 /// Turns repeated strings (event types, topics, services) into shared
 /// [`Name`]s, so decoding a million records allocates each name once.

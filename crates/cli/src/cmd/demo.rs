@@ -142,6 +142,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
             faults,
             max_attempts: 3,
             partitions: 4,
+            deferred: Default::default(),
         },
         capture: None,
         trace: true,

@@ -23,6 +23,11 @@ use crate::{EXIT_FINDINGS, EXIT_OK};
 /// list, one branch of a `one_of` (by --weight), or nothing. Runs are
 /// reproducible: every decision is a function of --seed and the flow.
 ///
+/// --deferred SERVICE[:EVENT]=DELAY completes a reaction after its handler:
+/// the handler acks at once and the reaction's events are published DELAY
+/// later as caused by the event (what `Publisher::publish_caused_by` does for
+/// a payment provider's callback or a customer's upload).
+///
 /// Faults (repeatable): --drop SERVICE[:EVENT]=P (handles, emits nothing);
 /// --fail SERVICE[:EVENT]=P (an attempt fails; retried, dead-lettered after
 /// --max-attempts); --down SERVICE=FROM..UNTIL (stopped in that window of the
@@ -56,6 +61,11 @@ pub(crate) struct Args {
     /// Latency of one reaction or of all of a service's, SERVICE[:EVENT]=LATENCY (repeatable).
     #[arg(long = "latency-of", value_name = "SERVICE[:EVENT]=LATENCY")]
     latencies: Vec<String>,
+    /// A reaction completed after its handler, SERVICE[:EVENT]=DELAY
+    /// (a duration or a range): acked at once, its events published DELAY
+    /// later, caused by the event (repeatable).
+    #[arg(long = "deferred", value_name = "SERVICE[:EVENT]=DELAY")]
+    deferred: Vec<String>,
     /// Weight of a one_of branch, EVENT=WEIGHT (default 1 each; repeatable).
     #[arg(long = "weight", value_name = "EVENT=WEIGHT")]
     weights: Vec<String>,
@@ -136,6 +146,11 @@ impl Config {
             let (target, latency) = choreo_sim::parse_latency(l)?;
             latencies.insert(target, latency);
         }
+        let mut deferred = std::collections::HashMap::new();
+        for d in &a.deferred {
+            let (target, delay) = choreo_sim::parse_deferred(d)?;
+            deferred.insert(target, delay);
+        }
         if a.concurrency == 0 {
             bail!("--concurrency must be at least 1");
         }
@@ -161,6 +176,7 @@ impl Config {
                 faults,
                 max_attempts: a.max_attempts,
                 partitions: a.partitions,
+                deferred,
             },
             capture: a.capture,
             trace: a.trace,
@@ -482,8 +498,17 @@ mod tests {
             "payment:OrderPlaced=20ms..40ms",
             "--latency-of",
             "shipping=1s",
+            "--deferred",
+            "payment:OrderPlaced=1s..2s",
         ])
         .unwrap();
+        assert_eq!(
+            c.sim.deferred_of("payment", "OrderPlaced"),
+            Some(Latency::Uniform(
+                Duration::from_secs(1),
+                Duration::from_secs(2)
+            ))
+        );
         assert_eq!(c.sim.flows, 50);
         assert_eq!(c.sim.latency, Latency::Fixed(Duration::from_millis(2)));
         assert_eq!(c.sim.faults.len(), 6);
@@ -517,5 +542,6 @@ mod tests {
         assert!(config(&["t.yaml", "--latency-of", "payment"]).is_err());
         assert!(config(&["t.yaml", "--latency-of", "payment=soon"]).is_err());
         assert!(config(&["t.yaml", "--capture", "run.txt"]).is_err());
+        assert!(config(&["t.yaml", "--deferred", "payment"]).is_err());
     }
 }

@@ -1,11 +1,9 @@
 //! Flows rebuilt from what real services on the in-process bus publish.
 
-mod common;
-
+use crate::helpers::*;
 use choreo_core::Outcome;
 use choreo_trace::capture::{Format, Reader, Writer};
 use choreo_trace::{FlowStatus, Record, Rule};
-use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saga_flows_are_rebuilt_with_receipts_and_statuses() {

@@ -1,14 +1,12 @@
 //! Event logs: CSV and XES, one case per flow, readable by pm4py.
 
-mod common;
-
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::helpers::*;
 use choreo_core::Outcome;
 use choreo_trace::{LogFormat, LogWriter, Record, Tracer, TracerConfig};
-use common::*;
 
 /// A writer the test can read back after the tracer owns the log.
 #[derive(Clone, Default)]

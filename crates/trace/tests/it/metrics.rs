@@ -1,13 +1,11 @@
 //! Prometheus series: Grafana's service-graph names and labels, choreo's own, no clash with the SDK's.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::sync::Arc;
 
+use crate::helpers::*;
 use choreo_core::Outcome;
 use choreo_trace::{METRICS, Record, Tracer, TracerConfig};
-use common::*;
 
 fn traced(registry: &prometheus::Registry) -> Tracer {
     let h = Hand::default();

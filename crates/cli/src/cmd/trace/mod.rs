@@ -1,11 +1,16 @@
 //! `choreo trace`: rebuild every flow of a capture, check it against a topology, report.
 
+mod output;
+
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use choreo_core::{EventId, Timestamp};
 use choreo_trace::capture::Reader;
-use choreo_trace::{Keep, LogFormat, LogWriter, Source, Tracer, TracerConfig};
+use choreo_trace::{
+    FlowWriter, Keep, LogFormat, LogWriter, NowFrom, Query, Receipts, Rule, Source, Tracer,
+    TracerConfig,
+};
 
 use choreo_kafka::{KafkaConfig, ReadFrom, ReaderOptions, RecordReader, Topics};
 use choreo_trace::Record;
@@ -24,9 +29,16 @@ const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 /// Kafka (--brokers, or $CHOREO_KAFKA_BROKERS): by default the topology's
 /// topics, their `.dlq` topics and `choreo.receipts` — those that exist; the
 /// others are said to be absent, and waited for with --follow — from the
-/// beginning to the end as of the start. "Now", which decides whether an unfinished flow is
-/// stuck or still in progress, is the latest timestamp in the input unless
-/// --now gives it.
+/// beginning to the end as of the start. "Now", which decides whether an owed
+/// reaction is still in progress or late, is the wall clock on Kafka and the
+/// newest record's time in a capture (the report says so when that is far
+/// behind the capture's end or the clock), unless --now gives it.
+///
+/// Find a flow by what you know of it with --find (an event id, a record key,
+/// or a payload field: `--find order_id=42`); show it with --flow (a
+/// timeline, JSON, or its causal graph as DOT or Mermaid). --format
+/// flows-jsonl writes every flow's verdict as a JSON line; --explain RULE
+/// says what a rule means.
 ///
 /// With --follow the tracer runs live on Kafka: memory stays bounded
 /// (completed flows are folded into the aggregates and dropped, stuck flows
@@ -36,9 +48,10 @@ const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 /// topics keyed by correlation id give each whole flows.
 ///
 /// Exit codes: 0 nothing found (no violations, no failed or stuck flow; with
-/// --flow, about that flow); 1 violations, or failed or stuck flows; 2 usage
-/// or input error (unreadable, unknown or damaged capture — a damaged capture
-/// is still reported up to the damage —, invalid topology, --flow not found).
+/// --flow or --find, about those flows); 1 violations, or failed or stuck
+/// flows; 2 usage or input error (unreadable, unknown or damaged capture — a
+/// damaged capture is still reported up to the damage —, invalid topology,
+/// --flow or --find not found, unknown rule).
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Capture files (.avro or .jsonl), read in order.
@@ -66,14 +79,25 @@ pub(crate) struct Args {
     /// checked: orphans, clock skew, loops, dead letters).
     #[arg(long, short)]
     topology: Option<PathBuf>,
-    /// Show one flow, by correlation id, as a timeline tree (or JSON with --format json).
+    /// Show one flow, by correlation id: a timeline tree (--format human), JSON,
+    /// its causal graph (dot, mermaid), or its verdict as a JSON line.
     #[arg(long, value_name = "CORRELATION_ID")]
     flow: Option<String>,
-    /// Output: the human summary, the report as JSON, or the service graph as DOT or Mermaid.
+    /// Find flows by what you know: an event id, a record key, or a payload
+    /// field (FIELD=VALUE, FIELD a dotted path: order_id=42, customer.id=c-7);
+    /// lists them with their status.
+    #[arg(long, value_name = "TERM", conflicts_with_all = ["flow", "follow"])]
+    find: Option<String>,
+    /// Say what a rule means (its trigger, whom it names, an example) and stop.
+    #[arg(long, value_name = "RULE")]
+    explain: Option<String>,
+    /// Output: the human summary, the report as JSON, the service graph as DOT
+    /// or Mermaid, or every flow's verdict as JSON lines (flows-jsonl).
     #[arg(long, short, value_enum, default_value_t = Format::Human)]
     format: Format,
-    /// Also write the event log for process-mining tools (case = correlation
-    /// id, activity = event type, timestamp, resource = source service) to -o.
+    /// Also write, to -o: the event log for process-mining tools (xes, csv:
+    /// case = correlation id, activity = event type, timestamp, resource =
+    /// source service), or every flow's verdict as JSON lines (flows).
     #[arg(long, value_enum, requires = "output")]
     export: Option<Export>,
     /// Where --export writes.
@@ -89,6 +113,11 @@ pub(crate) struct Args {
     /// How often an event type may repeat along one causal path before `cycle-bound` is reported.
     #[arg(long, default_value_t = 3, value_name = "N")]
     cycle_bound: u32,
+    /// Whether the input holds receipts: auto (once any is seen), expected
+    /// (a sink owes one), absent (nothing is owed for lack of one; no
+    /// never-handled).
+    #[arg(long, value_enum, default_value_t = ReceiptsArg::Auto)]
+    receipts: ReceiptsArg,
     /// No progress bar, even on a terminal.
     #[arg(long, short)]
     quiet: bool,
@@ -105,15 +134,31 @@ pub(crate) enum Format {
     Dot,
     /// The service graph as a Mermaid flowchart.
     Mermaid,
+    /// Every flow's verdict, one JSON object per line: status, flow, start,
+    /// end or owed-since, what is owed, every finding.
+    FlowsJsonl,
 }
 
-/// An event log format.
+/// What --export writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Export {
-    /// IEEE XES.
+    /// The event log in IEEE XES.
     Xes,
-    /// CSV with XES attribute names as the header.
+    /// The event log in CSV with XES attribute names as the header.
     Csv,
+    /// Every flow's verdict as JSON lines (as --format flows-jsonl).
+    Flows,
+}
+
+/// Whether receipts are expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ReceiptsArg {
+    /// Expected once any receipt is seen.
+    Auto,
+    /// Always expected.
+    Expected,
+    /// Not expected.
+    Absent,
 }
 
 /// Where records come from. To add a source (Kafka, say), add a variant, open
@@ -228,14 +273,26 @@ impl Source for KafkaSource {
     }
 }
 
+/// Where --export writes what.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ExportTo {
+    /// The event log.
+    Log(LogFormat, PathBuf),
+    /// Every flow's verdict as JSON lines.
+    Flows(PathBuf),
+}
+
 /// The validated form of [`Args`].
 #[derive(Debug)]
 pub(crate) struct Config {
     inputs: Vec<Input>,
     topology: Option<PathBuf>,
     flow: Option<EventId>,
+    find: Option<Query>,
+    /// --explain: the rule to explain (nothing is read).
+    explain: Option<Rule>,
     format: Format,
-    export: Option<(LogFormat, PathBuf)>,
+    export: Option<ExportTo>,
     now: Option<Timestamp>,
     metrics_addr: Option<String>,
     tracer: TracerConfig,
@@ -246,6 +303,29 @@ pub(crate) struct Config {
 
 impl Config {
     fn from_args(args: Args) -> anyhow::Result<Config> {
+        if let Some(code) = &args.explain {
+            let Some(rule) = Rule::from_code(code.trim()) else {
+                let codes: Vec<&str> = Rule::ALL.iter().map(|r| r.code()).collect();
+                bail!(
+                    "--explain: there is no rule '{code}'; the rules are {}",
+                    codes.join(", ")
+                );
+            };
+            return Ok(Config {
+                inputs: Vec::new(),
+                topology: None,
+                flow: None,
+                find: None,
+                explain: Some(rule),
+                format: args.format,
+                export: None,
+                now: None,
+                metrics_addr: None,
+                tracer: TracerConfig::batch(),
+                progress: false,
+                follow: None,
+            });
+        }
         let now = match &args.now {
             Some(text) => Some(Timestamp::parse_rfc3339(text).with_context(|| {
                 format!("--now '{text}' is not RFC 3339 time; write it like 2026-01-31T12:00:00Z")
@@ -259,11 +339,7 @@ impl Config {
             ),
             None => None,
         };
-        if matches!(args.format, Format::Dot | Format::Mermaid) && flow.is_some() {
-            bail!(
-                "--flow shows one flow as a timeline (human) or JSON; --format dot and mermaid draw the whole service graph"
-            );
-        }
+        let find = args.find.as_deref().map(Query::parse).transpose()?;
         let kafka = args.kafka.wanted();
         if kafka && !args.captures.is_empty() {
             bail!("read either capture files or Kafka (--brokers), not both");
@@ -310,18 +386,26 @@ impl Config {
             TracerConfig::batch()
         };
         tracer.cycle_bound = args.cycle_bound;
+        tracer.receipts = match args.receipts {
+            ReceiptsArg::Auto => Receipts::Auto,
+            ReceiptsArg::Expected => Receipts::Expected,
+            ReceiptsArg::Absent => Receipts::Absent,
+        };
         if let Some(id) = &flow {
             tracer.keep = Keep::One(id.clone());
         }
         let export = match (args.export, args.output) {
-            (Some(Export::Csv), Some(o)) => Some((LogFormat::Csv, o)),
-            (Some(Export::Xes), Some(o)) => Some((LogFormat::Xes, o)),
+            (Some(Export::Csv), Some(o)) => Some(ExportTo::Log(LogFormat::Csv, o)),
+            (Some(Export::Xes), Some(o)) => Some(ExportTo::Log(LogFormat::Xes, o)),
+            (Some(Export::Flows), Some(o)) => Some(ExportTo::Flows(o)),
             _ => None,
         };
         Ok(Config {
             inputs,
             topology: args.topology,
             flow,
+            find,
+            explain: None,
             format: args.format,
             export,
             now,
@@ -335,6 +419,10 @@ impl Config {
 
 pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
     let config = Config::from_args(args)?;
+    if let Some(rule) = config.explain {
+        super::emit(super::output(None)?, &format!("{}\n", rule.explain()))?;
+        return Ok(EXIT_OK);
+    }
     let topology = match &config.topology {
         Some(path) => Some(super::load(path)?),
         None => None,
@@ -344,12 +432,43 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
     if config.metrics_addr.is_some() {
         tracer.register_metrics(&registry)?;
     }
-    if let Some((format, path)) = &config.export {
-        let file = std::fs::File::create(path)
-            .with_context(|| format!("cannot create the event log '{}'", path.display()))?;
-        let log = LogWriter::new(std::io::BufWriter::with_capacity(1 << 20, file), *format)
-            .with_context(|| format!("cannot write the event log '{}'", path.display()))?;
-        tracer.export_log(log);
+    match &config.export {
+        Some(ExportTo::Log(format, path)) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot create the event log '{}'", path.display()))?;
+            let log = LogWriter::new(std::io::BufWriter::with_capacity(1 << 20, file), *format)
+                .with_context(|| format!("cannot write the event log '{}'", path.display()))?;
+            tracer.export_log(log);
+        }
+        Some(ExportTo::Flows(path)) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot create '{}'", path.display()))?;
+            tracer.export_flows(FlowWriter::new(std::io::BufWriter::with_capacity(
+                1 << 20,
+                file,
+            )));
+        }
+        None => {}
+    }
+    // Every flow's line on standard output, as the flows finish (live too).
+    let lines_to_stdout =
+        config.format == Format::FlowsJsonl && config.flow.is_none() && config.find.is_none();
+    if lines_to_stdout {
+        if matches!(config.export, Some(ExportTo::Flows(_))) {
+            bail!(
+                "--format flows-jsonl writes the flows' lines to standard output; --export flows writes them to -o: choose one"
+            );
+        }
+        // Live, each line as its flow finishes (standard output writes out
+        // each line); a batch, in large writes.
+        tracer.export_flows(if config.follow.is_some() {
+            FlowWriter::new(std::io::stdout())
+        } else {
+            FlowWriter::new(std::io::BufWriter::with_capacity(
+                1 << 16,
+                std::io::stdout(),
+            ))
+        });
     }
 
     // CHOREO_TRACE_TIMING=1 prints where the time went (the benchmark script uses it).
@@ -367,6 +486,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
         let options = options.clone().metrics(kafka_metrics);
         follow(&mut tracer, kconfig, options, addr, &registry)?;
     }
+    // --find: the flows of the records that match, kept whole as they finish.
+    let mut found: Vec<EventId> = Vec::new();
     for input in &config.inputs {
         let source = input.open()?;
         let name = source.name();
@@ -382,7 +503,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
         let drained = choreo_trace::drive(
             source,
             &mut tracer,
-            |_| {},
+            |r| {
+                if let Some(q) = &config.find
+                    && r.attributed
+                    && q.matches(r)
+                    && found.last() != Some(&r.envelope.correlation_id)
+                {
+                    found.push(r.envelope.correlation_id.clone());
+                }
+            },
             |p| {
                 if let Some(bar) = &bar {
                     bar.set_position(p.bytes);
@@ -398,19 +527,38 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
             eprintln!("choreo: {err} ({name}: {} records traced)", drained.records);
         }
     }
+    found.sort();
+    found.dedup();
+    tracer.keep_flows(found.iter().cloned());
     let t1 = std::time::Instant::now();
-    tracer.finish(config.now);
+    // "Now": given, the wall clock for a live source, else the newest record's time.
+    let live =
+        config.follow.is_some() || config.inputs.iter().any(|i| matches!(i, Input::Kafka(..)));
+    let wall = Timestamp::now();
+    let (now, now_from) = match config.now {
+        Some(t) => (Some(t), NowFrom::Given),
+        None if live => (Some(wall), NowFrom::WallClock),
+        None => (None, NowFrom::LatestRecord),
+    };
+    tracer.finish(now);
     let t2 = std::time::Instant::now();
     if let Some(done) = tracer.finish_log() {
         let (cases, events) = done.context("cannot write the event log")?;
-        if let Some((_, path)) = &config.export {
+        if let Some(ExportTo::Log(_, path)) = &config.export {
             eprintln!(
                 "choreo: wrote {events} events in {cases} cases to '{}'",
                 path.display()
             );
         }
     }
-    let report = tracer.report();
+    if let Some(done) = tracer.finish_flows() {
+        let flows = done.context("cannot write the flows' lines")?;
+        if let Some(ExportTo::Flows(path)) = &config.export {
+            eprintln!("choreo: wrote {flows} flows to '{}'", path.display());
+        }
+    }
+    let mut report = tracer.report();
+    report.note_clock(now_from, wall, capture_end(&config.inputs));
     if timing {
         eprintln!(
             "choreo: timing: read+ingest {:.3}s, finish {:.3}s, report {:.3}s",
@@ -420,31 +568,53 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
         );
     }
     let mut code = if report.ok { EXIT_OK } else { EXIT_FINDINGS };
-    let text = match (&config.flow, config.format) {
-        (Some(id), format) => match tracer.kept().first() {
+    let text = if let Some(id) = &config.flow {
+        match tracer.kept().first() {
             Some(flow) => {
-                // One flow's verdict: its findings, or a failed or stuck status.
-                let bad = !flow.findings.is_empty()
-                    || matches!(
-                        flow.status,
-                        choreo_trace::FlowStatus::Failed | choreo_trace::FlowStatus::Stuck
-                    );
-                code = if bad { EXIT_FINDINGS } else { EXIT_OK };
-                match format {
-                    Format::Json => pretty(&flow.to_json())?,
-                    _ => flow.timeline(),
-                }
+                // One flow's verdict: its violations, or a failed or stuck status.
+                code = if output::is_bad(flow) {
+                    EXIT_FINDINGS
+                } else {
+                    EXIT_OK
+                };
+                Some(output::flow(flow, config.format)?)
             }
             None => bail!(
-                "flow {id} is not in the capture: no event has it as correlation id (try `choreo trace <capture> --format json` to list stuck and failed flows)"
+                "flow {id} is not in the capture: no event has it as correlation id (try `choreo trace <capture> --find ID`, or `--format json` to list stuck and failed flows)"
             ),
-        },
-        (None, Format::Human) => report.summary(),
-        (None, Format::Json) => pretty(&serde_json::to_value(&report)?)?,
-        (None, Format::Dot) => report.graph_dot(),
-        (None, Format::Mermaid) => report.graph_mermaid(),
+        }
+    } else if let Some(query) = &config.find {
+        let flows: Vec<&choreo_trace::FlowTrace> = tracer.kept().iter().collect();
+        if flows.is_empty() {
+            bail!(
+                "no flow has '{}': no event id, correlation id or record key is that{}",
+                query.as_str(),
+                if query.as_str().contains('=') {
+                    ", and no JSON payload has that field with that value"
+                } else {
+                    " (for a payload field, write FIELD=VALUE)"
+                }
+            );
+        }
+        code = if flows.iter().any(|f| output::is_bad(f)) {
+            EXIT_FINDINGS
+        } else {
+            EXIT_OK
+        };
+        Some(output::found(query.as_str(), &flows, config.format)?)
+    } else {
+        output::report(&report, config.format)?
     };
-    super::emit(super::output(None)?, &text)?;
+    if let Some(text) = text {
+        super::emit(super::output(None)?, &text)?;
+    } else {
+        // The lines went to standard output as flows finished; the verdict
+        // goes to standard error.
+        eprintln!("choreo: {}", report.verdict);
+        for note in &report.notes {
+            eprintln!("choreo: note: {note}");
+        }
+    }
     if let (Some(addr), None) = (&config.metrics_addr, &config.follow) {
         serve_metrics(addr, registry)?;
     }
@@ -454,10 +624,17 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
     Ok(code)
 }
 
-fn pretty(v: &serde_json::Value) -> anyhow::Result<String> {
-    let mut s = serde_json::to_string_pretty(v)?;
-    s.push('\n');
-    Ok(s)
+/// When the capture files were last written: the end of what they recorded.
+fn capture_end(inputs: &[Input]) -> Option<Timestamp> {
+    inputs
+        .iter()
+        .filter_map(|i| match i {
+            Input::File(path) => std::fs::metadata(path).ok()?.modified().ok(),
+            Input::Kafka(..) => None,
+        })
+        .max()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| Timestamp::from_micros(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)))
 }
 
 /// Traces Kafka live until interrupted (ctrl-c or SIGTERM) or the topics
@@ -567,11 +744,45 @@ mod tests {
         assert_eq!(c.inputs.len(), 2);
         assert_eq!(c.topology, Some(PathBuf::from("t.yaml")));
         assert_eq!(c.format, Format::Json);
-        assert_eq!(c.export, Some((LogFormat::Csv, PathBuf::from("log.csv"))));
+        assert_eq!(
+            c.export,
+            Some(ExportTo::Log(LogFormat::Csv, PathBuf::from("log.csv")))
+        );
         assert_eq!(c.now, Timestamp::parse_rfc3339("2026-01-31T12:00:00Z"));
         assert_eq!(c.tracer.cycle_bound, 5);
         assert!(matches!(c.tracer.keep, Keep::One(_)));
         assert!(!c.progress);
+    }
+
+    #[test]
+    fn finding_explaining_and_the_flows_lines_convert() {
+        let c = config(&["--explain", "never-handled"]).unwrap();
+        assert_eq!(c.explain, Some(Rule::NeverHandled));
+        assert!(c.inputs.is_empty(), "explaining reads nothing");
+        let c = config(&["a.avro", "--find", "order_id=42", "-f", "flows-jsonl"]).unwrap();
+        assert_eq!(c.find, Some(Query::parse("order_id=42").unwrap()));
+        assert_eq!(c.format, Format::FlowsJsonl);
+        let c = config(&[
+            "a.avro",
+            "--export",
+            "flows",
+            "-o",
+            "f.jsonl",
+            "--receipts",
+            "absent",
+        ])
+        .unwrap();
+        assert_eq!(c.export, Some(ExportTo::Flows(PathBuf::from("f.jsonl"))));
+        assert_eq!(c.tracer.receipts, Receipts::Absent);
+        let c = config(&[
+            "a.avro",
+            "--flow",
+            "0190b3c4-1d2e-7a8b-9c0d-1e2f3a4b5c6d",
+            "-f",
+            "mermaid",
+        ])
+        .unwrap();
+        assert_eq!(c.format, Format::Mermaid, "one flow's causal graph");
     }
 
     #[test]
@@ -616,7 +827,19 @@ mod tests {
             "-o needs --export"
         );
         assert!(config(&["a.avro", "--format", "svg"]).is_err());
-        assert!(config(&["a.avro", "--flow", "x", "--format", "dot"]).is_err());
         assert!(config(&[]).is_err(), "a capture is required");
+        assert!(
+            config(&["--explain", "stuck-ish"]).is_err(),
+            "an unknown rule"
+        );
+        assert!(
+            config(&["a.avro", "--find", "=42"]).is_err(),
+            "a field to find"
+        );
+        assert!(
+            config(&["a.avro", "--find", "x", "--flow", "y"]).is_err(),
+            "--find or --flow"
+        );
+        assert!(config(&["a.avro", "--receipts", "maybe"]).is_err());
     }
 }

@@ -1,8 +1,6 @@
 //! Shared helpers: the order-fulfillment saga run by real services on the
 //! in-process bus, and hand-built envelopes for the faults.
 
-#![allow(dead_code, unreachable_pub)]
-
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,20 +12,24 @@ use choreo_trace::{Record, Tracer, TracerConfig, tap, tap_topics};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-pub fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-pub fn order_fulfillment() -> Topology {
+pub(crate) fn order_fulfillment() -> Topology {
     Topology::from_path(root().join("topologies/order-fulfillment.yaml")).unwrap()
 }
 
-pub fn signup_kyc() -> Topology {
+pub(crate) fn signup_kyc() -> Topology {
     Topology::from_path(root().join("topologies/signup-kyc.yaml")).unwrap()
 }
 
 /// Traces `records` in a batch against `topology`, judged at `now` (default: latest).
-pub fn trace(topology: Option<&Topology>, records: &[Record], now: Option<Timestamp>) -> Tracer {
+pub(crate) fn trace(
+    topology: Option<&Topology>,
+    records: &[Record],
+    now: Option<Timestamp>,
+) -> Tracer {
     let mut config = TracerConfig::batch();
     config.keep = choreo_trace::Keep::All;
     let mut t = Tracer::new(config, topology);
@@ -39,8 +41,8 @@ pub fn trace(topology: Option<&Topology>, records: &[Record], now: Option<Timest
 }
 
 /// Hand-built events with controlled times (µs after a fixed epoch).
-pub struct Hand {
-    pub base: i64,
+pub(crate) struct Hand {
+    pub(crate) base: i64,
 }
 
 impl Default for Hand {
@@ -52,13 +54,13 @@ impl Default for Hand {
 }
 
 impl Hand {
-    pub fn start(&self, ty: &str, source: &str, at_ms: i64) -> Envelope {
+    pub(crate) fn start(&self, ty: &str, source: &str, at_ms: i64) -> Envelope {
         let mut e = Envelope::new(Name::from(ty), topic_of(ty), "{}").with_source(source);
         e.time = Timestamp::from_micros(self.base + at_ms * 1000);
         e
     }
 
-    pub fn after(&self, cause: &Envelope, ty: &str, source: &str, at_ms: i64) -> Envelope {
+    pub(crate) fn after(&self, cause: &Envelope, ty: &str, source: &str, at_ms: i64) -> Envelope {
         let mut e = Envelope::new(Name::from(ty), topic_of(ty), "{}")
             .with_source(source)
             .caused_by(cause);
@@ -67,7 +69,7 @@ impl Hand {
     }
 
     /// The receipt envelope of `service` handling `handled`, started at `at_ms`, taking `took_ms`.
-    pub fn receipt(
+    pub(crate) fn receipt(
         &self,
         service: &str,
         handled: &Envelope,
@@ -100,76 +102,111 @@ impl Hand {
         env
     }
 
-    pub fn at(&self, ms: i64) -> Timestamp {
+    /// The receipt of `service` dead-lettering `handled` with `reason`, at `at_ms`.
+    pub(crate) fn dead_receipt(
+        &self,
+        service: &str,
+        handled: &Envelope,
+        reason: &str,
+        at_ms: i64,
+    ) -> Envelope {
+        let r = Receipt {
+            service: Name::from(service),
+            event_id: handled.id.clone(),
+            event_type: handled.event_type.clone(),
+            correlation_id: handled.correlation_id.clone(),
+            topic: handled.topic.clone(),
+            partition: 0,
+            offset: 0,
+            outcome: Outcome::DeadLettered,
+            attempts: 0,
+            reason: Some(reason.to_owned()),
+            started: Timestamp::from_micros(self.base + at_ms * 1000),
+            duration_us: 100,
+            emitted: Vec::new(),
+        };
+        let mut env = r.to_envelope(Name::from_static(choreo_core::RECEIPTS_TOPIC), handled);
+        env.time = Timestamp::from_micros(self.base + at_ms * 1000 + 100);
+        env
+    }
+
+    pub(crate) fn at(&self, ms: i64) -> Timestamp {
         Timestamp::from_micros(self.base + ms * 1000)
     }
 }
 
-pub fn topic_of(ty: &str) -> &'static str {
-    match ty {
+/// The topic the example topologies declare for `ty`; for the small
+/// topologies written in tests (`A: {topic: a}`), the type in lower case.
+pub(crate) fn topic_of(ty: &str) -> Name {
+    Name::from(match ty {
         "OrderPlaced" | "OrderCancelled" => "orders",
         "PaymentCaptured" | "PaymentFailed" | "PaymentRefunded" => "payments",
         "StockReserved" | "OutOfStock" => "inventory",
         "OrderShipped" => "shipping",
-        _ => "misc",
-    }
+        "SignupRequested" => "signups",
+        "AccountCreated" | "AccountActivated" | "AccountClosed" => "accounts",
+        "KycRequested" | "DocumentsVerified" | "DocumentsRejected" | "ResubmissionRequested" => {
+            "kyc"
+        }
+        _ => return Name::from(ty.to_lowercase()),
+    })
 }
 
-pub fn records(envs: &[&Envelope]) -> Vec<Record> {
+pub(crate) fn records(envs: &[&Envelope]) -> Vec<Record> {
     envs.iter().map(|e| Record::new((*e).clone())).collect()
 }
 
 // ---- the saga on the in-process bus ----------------------------------------
 
 #[derive(Serialize, Deserialize)]
-pub struct OrderPlaced {
-    pub order_id: u64,
+pub(crate) struct OrderPlaced {
+    pub(crate) order_id: u64,
     /// 1 = payment fails, 2 = out of stock, 3 = shipping dead-letters, 4 = payment emits both branches.
-    pub scenario: u8,
+    pub(crate) scenario: u8,
 }
 choreo_core::event!(OrderPlaced, topic = "orders");
 
 #[derive(Serialize, Deserialize)]
-pub struct PaymentCaptured {
-    pub order_id: u64,
-    pub scenario: u8,
+pub(crate) struct PaymentCaptured {
+    pub(crate) order_id: u64,
+    pub(crate) scenario: u8,
 }
 choreo_core::event!(PaymentCaptured, topic = "payments");
 
 #[derive(Serialize, Deserialize)]
-pub struct PaymentFailed {
-    pub order_id: u64,
+pub(crate) struct PaymentFailed {
+    pub(crate) order_id: u64,
 }
 choreo_core::event!(PaymentFailed, topic = "payments");
 
 #[derive(Serialize, Deserialize)]
-pub struct PaymentRefunded {
-    pub order_id: u64,
+pub(crate) struct PaymentRefunded {
+    pub(crate) order_id: u64,
 }
 choreo_core::event!(PaymentRefunded, topic = "payments");
 
 #[derive(Serialize, Deserialize)]
-pub struct StockReserved {
-    pub order_id: u64,
-    pub scenario: u8,
+pub(crate) struct StockReserved {
+    pub(crate) order_id: u64,
+    pub(crate) scenario: u8,
 }
 choreo_core::event!(StockReserved, topic = "inventory");
 
 #[derive(Serialize, Deserialize)]
-pub struct OutOfStock {
-    pub order_id: u64,
+pub(crate) struct OutOfStock {
+    pub(crate) order_id: u64,
 }
 choreo_core::event!(OutOfStock, topic = "inventory");
 
 #[derive(Serialize, Deserialize)]
-pub struct OrderShipped {
-    pub order_id: u64,
+pub(crate) struct OrderShipped {
+    pub(crate) order_id: u64,
 }
 choreo_core::event!(OrderShipped, topic = "shipping");
 
 #[derive(Serialize, Deserialize)]
-pub struct OrderCancelled {
-    pub order_id: u64,
+pub(crate) struct OrderCancelled {
+    pub(crate) order_id: u64,
 }
 choreo_core::event!(OrderCancelled, topic = "orders");
 
@@ -253,15 +290,15 @@ async fn notify_cancelled(_: OrderCancelled, _: Context) -> Result<(), HandlerEr
 }
 
 /// What running the saga captured.
-pub struct Run {
-    pub records: Vec<Record>,
-    pub flows: Vec<EventId>,
+pub(crate) struct Run {
+    pub(crate) records: Vec<Record>,
+    pub(crate) flows: Vec<EventId>,
 }
 
 /// Runs the order-fulfillment services on an in-process bus, starts one flow
 /// per scenario in `scenarios`, and captures everything through a tap until
 /// `receipts` receipts have been seen (or 20 s pass, which fails the test).
-pub async fn run_saga(scenarios: &[u8], receipts: usize) -> Run {
+pub(crate) async fn run_saga(scenarios: &[u8], receipts: usize) -> Run {
     let topology = order_fulfillment();
     let bus = InProcessBus::new();
     let shutdown = CancellationToken::new();
@@ -316,7 +353,10 @@ pub async fn run_saga(scenarios: &[u8], receipts: usize) -> Run {
             .lock()
             .unwrap()
             .iter()
-            .filter(|r| r.envelope.event_type == choreo_core::RECEIPT_TYPE)
+            // Receipts of handlings: a service also writes one, `ignored`,
+            // for each record of its topics it routes no handler for.
+            .filter_map(|r| Receipt::from_envelope(&r.envelope))
+            .filter(|r| r.outcome != Outcome::Ignored)
             .count();
         if seen >= receipts {
             break;
@@ -334,4 +374,38 @@ pub async fn run_saga(scenarios: &[u8], receipts: usize) -> Run {
     tap_task.await.unwrap().unwrap();
     let records = captured.lock().unwrap().clone();
     Run { records, flows }
+}
+
+/// Runs `dot -Tsvg` on `dot`; `None` when Graphviz is not installed and not
+/// required (scripts/test.sh sets CHOREO_REQUIRE_GRAPHVIZ).
+pub(crate) fn graphviz(dot: &str) -> Option<String> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let child = Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) if std::env::var_os("CHOREO_REQUIRE_GRAPHVIZ").is_some() => {
+            panic!("Graphviz 'dot' is required (CHOREO_REQUIRE_GRAPHVIZ) but can't run: {e}")
+        }
+        Err(_) => {
+            eprintln!("skipping the Graphviz check: 'dot' is not installed");
+            return None;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dot.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dot failed: {stderr}\n{dot}");
+    assert!(stderr.trim().is_empty(), "dot warned: {stderr}\n{dot}");
+    Some(String::from_utf8(out.stdout).unwrap())
 }

@@ -1,10 +1,8 @@
 //! Stuck flows: past a `within`, naming who owes what since when; "now" decides.
 
-mod common;
-
+use crate::helpers::*;
 use choreo_core::Outcome;
 use choreo_trace::{FlowStatus, Rule};
-use common::*;
 
 #[test]
 fn a_reaction_past_its_within_is_stuck_and_names_the_debtor() {

@@ -1,12 +1,10 @@
 //! Live mode: flows folded once settled, stuck flows reported and evicted, caps that bound memory.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::helpers::*;
 use choreo_core::Envelope;
 use choreo_trace::{FlowStatus, Record, Tracer, TracerConfig};
-use common::*;
 
 fn live(config: impl FnOnce(&mut TracerConfig)) -> Tracer {
     let mut c = TracerConfig::live();
@@ -242,4 +240,71 @@ fn a_new_event_brings_its_earlier_deadline_forward() {
     let r = t.report();
     assert_eq!(r.flows.stuck, 1);
     assert_eq!(r.listed[0].owed[0].service, "inventory");
+}
+
+#[test]
+fn a_completed_flow_waits_for_its_sinks_receipt_until_its_bound() {
+    use choreo_core::Outcome;
+    let h = Hand::default();
+    let mut t = live(|_| {});
+    let envs = happy(&h, 0);
+    let receipts = [
+        h.receipt("payment", &envs[0], Outcome::Acked, &[&envs[1]], 1, 9),
+        h.receipt("inventory", &envs[1], Outcome::Acked, &[&envs[2]], 11, 9),
+        h.receipt("shipping", &envs[2], Outcome::Acked, &[&envs[3]], 21, 9),
+    ];
+    for e in envs.iter().chain(&receipts) {
+        t.ingest(&Record::new(e.clone()));
+    }
+    // Settled, but notifications has until the flow's minute to handle OrderShipped.
+    t.tick(h.at(1_000));
+    t.tick(h.at(10_000));
+    assert_eq!(t.flows_in_flight(), 1);
+    assert!(t.report().findings.is_empty());
+    t.tick(h.at(60_002));
+    assert_eq!(t.flows_in_flight(), 0);
+    let r = t.report();
+    assert_eq!(r.flows.completed, 1);
+    assert_eq!(r.findings.len(), 1, "{:#?}", r.findings);
+    assert_eq!(r.findings[0].rule, choreo_trace::Rule::NeverHandled);
+    assert_eq!(r.findings[0].by[0].service, "notifications");
+}
+
+#[test]
+fn an_asynchronous_reaction_is_waited_for_live() {
+    use choreo_core::Outcome;
+    let h = Hand::default();
+    let mut t = live(|_| {});
+    let placed = h.start("OrderPlaced", "checkout", 0);
+    t.ingest(&Record::new(placed.clone()));
+    t.ingest(&Record::new(h.receipt(
+        "payment",
+        &placed,
+        Outcome::Acked,
+        &[],
+        1,
+        2,
+    )));
+    t.tick(h.at(1_000));
+    t.tick(h.at(4_000));
+    assert_eq!(t.flows_in_flight(), 1, "payment has until 5 s");
+    // The provider's callback, published with publish_caused_by.
+    let failed = h.after(&placed, "PaymentFailed", "payment", 4_500);
+    let cancelled = h.after(&failed, "OrderCancelled", "checkout", 4_510);
+    t.ingest(&Record::new(failed));
+    t.ingest(&Record::new(cancelled.clone()));
+    t.ingest(&Record::new(h.receipt(
+        "notifications",
+        &cancelled,
+        Outcome::Acked,
+        &[],
+        4_511,
+        1,
+    )));
+    t.tick(h.at(5_001));
+    t.tick(h.at(10_000));
+    assert_eq!(t.flows_in_flight(), 0);
+    let r = t.report();
+    assert_eq!(r.flows.completed, 1);
+    assert!(r.findings.is_empty(), "{:#?}", r.findings);
 }

@@ -1,11 +1,9 @@
 //! Damaged, truncated and foreign capture files: what was read, where the damage is, never a panic.
 
-mod common;
-
+use crate::helpers::*;
 use choreo_core::Envelope;
 use choreo_trace::capture::{Format, Reader, Writer};
 use choreo_trace::{Error, Record};
-use common::*;
 use proptest::prelude::*;
 
 fn sample(n: usize) -> Vec<Record> {

@@ -1,0 +1,806 @@
+//! The tracer: ingests records into flows in flight, evicts within its caps, and finishes flows into the aggregates.
+
+use std::collections::VecDeque;
+
+use choreo_core::{Envelope, EventId, MALFORMED_HEADER, Timestamp, dlq_headers};
+use choreo_topology::Topology;
+
+use crate::Record;
+use crate::aggregate::Aggregates;
+use crate::analysis::{Analysis, Ctx, Scratch, analyse};
+use crate::assemble::build_trace;
+use crate::config::{Receipts, TracerConfig};
+use crate::export::{FlowWriter, LogWriter};
+use crate::flow::{FlowStatus, FlowTrace};
+use crate::fold::{self, Folder, Out};
+use crate::metrics::{Gauges, TraceMetrics};
+use crate::model::{EMPTY, Model, Sym, Symbols};
+use crate::receipt::{ParsedReceipt, parse_receipt};
+use crate::report::{Counters, EvictReason, NowFrom, Report, ReportParts};
+use crate::store::{Dl, Ev, FlowState, FlowTable, NO_OFFSET, NO_PARTITION, Rc};
+use crate::util::{FastMap, Interner};
+
+/// The tracer. Feed it records with [`Tracer::ingest`]; in live mode call
+/// [`Tracer::tick`] now and then; at the end of a batch call
+/// [`Tracer::finish`]; read the results with [`Tracer::report`].
+///
+/// ```
+/// use choreo_core::Envelope;
+/// use choreo_topology::Topology;
+/// use choreo_trace::{Record, Tracer, TracerConfig};
+///
+/// let topology = Topology::parse(
+///     "name: t\nevents:\n  A: {topic: a}\n  B: {topic: b}\nservices:\n  s:\n    emits: [A]\n  r:\n    on:\n      A: {emit: [B]}\nflows:\n  f: {starts_with: A, ends_with: [B]}\n",
+///     "t.yaml",
+/// ).unwrap();
+/// let mut tracer = Tracer::new(TracerConfig::batch(), Some(&topology));
+/// let a = Envelope::new("A", "a", "{}").with_source("s");
+/// let b = Envelope::new("B", "b", "{}").with_source("r").caused_by(&a);
+/// tracer.ingest(&Record::new(b)); // out of order is fine
+/// tracer.ingest(&Record::new(a));
+/// tracer.finish(None);
+/// let report = tracer.report();
+/// assert_eq!(report.flows.completed, 1);
+/// assert!(report.findings.is_empty());
+/// ```
+pub struct Tracer {
+    config: TracerConfig,
+    syms: Symbols,
+    model: Option<Model>,
+    flows: FlowTable,
+    created: VecDeque<EventId>,
+    records_in_flight: usize,
+    evicted: FastMap<EventId, ()>,
+    evicted_order: VecDeque<EventId>,
+    agg: Aggregates,
+    counters: Counters,
+    max_time: i64,
+    now: i64,
+    receipts_seen: bool,
+    /// Whether `finish` was given its "now".
+    now_given: bool,
+    /// Event type → the services whose receipts for it were seen: the
+    /// evidence that a consumer's silence is real (see `never-handled`).
+    handlers: Vec<Vec<Sym>>,
+    metrics: Option<TraceMetrics>,
+    kept: Vec<FlowTrace>,
+    scratch: Scratch,
+    log: Option<LogWriter>,
+    flows_out: Option<FlowWriter>,
+    /// Flows kept whole besides those `config.keep` names (see [`Tracer::keep_flows`]).
+    also_keep: FastMap<EventId, ()>,
+    receipt_names: Interner,
+}
+
+impl std::fmt::Debug for Tracer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracer")
+            .field("flows_in_flight", &self.flows.len())
+            .field("records_in_flight", &self.records_in_flight)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tracer {
+    /// A tracer with `config`, checking against `topology` when given (without
+    /// one it reconstructs flows and aggregates but checks only structure:
+    /// orphans, clock skew, loops, dead letters).
+    pub fn new(config: TracerConfig, topology: Option<&Topology>) -> Tracer {
+        let mut syms = Symbols::default();
+        let model = topology.map(|t| Model::new(t, &mut syms));
+        Tracer {
+            config,
+            syms,
+            model,
+            flows: FlowTable::default(),
+            created: VecDeque::new(),
+            records_in_flight: 0,
+            evicted: FastMap::default(),
+            evicted_order: VecDeque::new(),
+            agg: Aggregates::default(),
+            counters: Counters::default(),
+            max_time: i64::MIN,
+            now: i64::MIN,
+            receipts_seen: false,
+            now_given: false,
+            handlers: Vec::new(),
+            metrics: None,
+            kept: Vec::new(),
+            scratch: Scratch::default(),
+            log: None,
+            flows_out: None,
+            also_keep: FastMap::default(),
+            receipt_names: Interner::default(),
+        }
+    }
+
+    /// Writes every flow's events to `log` as the flow finishes (see [`crate::export`]).
+    pub fn export_log(&mut self, log: LogWriter) {
+        self.log = Some(log);
+    }
+
+    /// Takes the event log back (after [`Tracer::finish`]) and finishes it:
+    /// the cases and events written, or the first write error.
+    pub fn finish_log(&mut self) -> Option<std::io::Result<(u64, u64)>> {
+        self.log.take().map(LogWriter::finish)
+    }
+
+    /// Writes every flow's verdict (a [`FlowSummary`](crate::FlowSummary)) to
+    /// `out` as one JSON line when the flow finishes.
+    pub fn export_flows(&mut self, out: FlowWriter) {
+        self.flows_out = Some(out);
+    }
+
+    /// Takes the flows' lines back (after [`Tracer::finish`]) and flushes
+    /// them: the flows written, or the first write error.
+    pub fn finish_flows(&mut self) -> Option<std::io::Result<u64>> {
+        self.flows_out.take().map(FlowWriter::finish)
+    }
+
+    /// Keeps these flows whole too (see [`Tracer::kept`]), besides those
+    /// [`TracerConfig::keep`] names: flows found by what a user knows of
+    /// them, before they finish.
+    pub fn keep_flows(&mut self, ids: impl IntoIterator<Item = EventId>) {
+        self.also_keep.extend(ids.into_iter().map(|id| (id, ())));
+    }
+
+    /// Flows in flight per flow name (`unknown` when not known yet).
+    pub fn in_flight_by_flow(&self) -> Vec<(String, usize)> {
+        let mut counts: FastMap<Option<usize>, usize> = FastMap::default();
+        for f in self.flows.values() {
+            *counts.entry(f.name).or_default() += 1;
+        }
+        let mut v: Vec<(String, usize)> = counts
+            .into_iter()
+            .map(|(n, c)| {
+                let name = n
+                    .and_then(|n| self.model.as_ref().map(|m| m.flows[n].name.to_string()))
+                    .unwrap_or_else(|| "unknown".to_owned());
+                (name, c)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Exports Prometheus metrics on `registry` from now on (see the crate
+    /// docs for the table).
+    pub fn register_metrics(&mut self, registry: &prometheus::Registry) -> crate::Result<()> {
+        let mut m = TraceMetrics::new(registry)?;
+        m.set_caps(&self.config);
+        if let Some(model) = &self.model {
+            m.init_flows(model.flows.iter().map(|f| f.name.to_string()).collect());
+        }
+        self.metrics = Some(m);
+        Ok(())
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &TracerConfig {
+        &self.config
+    }
+
+    /// Flows in flight.
+    pub fn flows_in_flight(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Records (events, receipts, dead-letter copies) held in flight.
+    pub fn records_in_flight(&self) -> usize {
+        self.records_in_flight
+    }
+
+    /// The latest event time seen (the default "now" of a capture).
+    pub fn latest(&self) -> Option<Timestamp> {
+        (self.max_time != i64::MIN).then(|| Timestamp::from_micros(self.max_time))
+    }
+
+    /// Ingests a record.
+    pub fn ingest(&mut self, record: &Record) {
+        self.ingest_parts(
+            &record.envelope,
+            record.partition,
+            record.offset,
+            record.attributed,
+            None,
+        );
+    }
+
+    /// Ingests an envelope read at `position` (partition, offset) when known.
+    pub fn ingest_envelope(&mut self, envelope: &Envelope, position: Option<(u32, u64)>) {
+        self.ingest_parts(
+            envelope,
+            position.map(|p| p.0),
+            position.map(|p| p.1),
+            !envelope.event_type.is_empty(),
+            None,
+        );
+    }
+
+    /// Ingests a record whose receipt payload (when it is a receipt) was
+    /// already parsed, on the reading thread.
+    pub(crate) fn ingest_prepared(&mut self, record: &Record, pre: Option<ParsedReceipt>) {
+        self.ingest_parts(
+            &record.envelope,
+            record.partition,
+            record.offset,
+            record.attributed,
+            pre,
+        );
+    }
+
+    fn ingest_parts(
+        &mut self,
+        env: &Envelope,
+        partition: Option<u32>,
+        offset: Option<u64>,
+        attributed: bool,
+        pre: Option<ParsedReceipt>,
+    ) {
+        self.counters.records += 1;
+        if !attributed {
+            self.counters.unattributed += 1;
+            return;
+        }
+        if crate::record::is_receipt_type(&env.event_type) {
+            self.ingest_receipt(env, pre);
+        } else if let Some(reason) = env.headers.get_str(dlq_headers::REASON) {
+            self.ingest_dead_letter(env, reason, partition.zip(offset));
+        } else {
+            self.ingest_event(env, partition, offset);
+        }
+    }
+
+    /// A receipt: attached to its flow.
+    fn ingest_receipt(&mut self, env: &Envelope, pre: Option<ParsedReceipt>) {
+        let time = env.time.as_micros();
+        let parsed = match pre {
+            Some(p) => Some(p),
+            None => parse_receipt(&env.data, &mut self.receipt_names),
+        };
+        let Some(view) = parsed else {
+            self.counters.unattributed += 1;
+            self.counters.bad_receipts += 1;
+            return;
+        };
+        self.receipts_seen = true;
+        if view.ignored {
+            // The service does not route this record: it was acknowledged,
+            // not handled — no consumption, nothing owed or done.
+            self.counters.ignored += 1;
+            return;
+        }
+        self.counters.receipts += 1;
+        let outcome = view.outcome;
+        let done = view.started.saturating_add(view.duration_us as i64);
+        let service = self.syms.intern(&view.service);
+        let service = self
+            .model
+            .as_ref()
+            .map_or(service, |m| m.canonical(service));
+        let ty = self.syms.intern(&view.event_type);
+        self.saw_handler(ty, service);
+        let rc = Rc {
+            event: view.event,
+            service,
+            ty,
+            outcome,
+            attempts: view.attempts,
+            started: view.started,
+            duration_us: view.duration_us,
+            emitted: view.emitted,
+            reason: view.reason,
+        };
+        self.bump_time(time.max(done));
+        let handled = view.event_type;
+        if let Some(flow) = self.flow_for(&env.correlation_id, time, handled.as_str()) {
+            flow.receipts.push(rc);
+            flow.last_activity = flow.last_activity.max(time);
+            // Something changed: judge it again at the next tick.
+            flow.next_check = i64::MIN;
+            self.records_in_flight += 1;
+            self.after_growth(&env.correlation_id);
+        }
+    }
+
+    /// A dead-letter copy of an event (it carries the reason header).
+    fn ingest_dead_letter(&mut self, env: &Envelope, reason: &str, position: Option<(u32, u64)>) {
+        let time = env.time.as_micros();
+        self.bump_time(time);
+        self.counters.dead_letters += 1;
+        let malformed = env.headers.get(MALFORMED_HEADER).is_some()
+            || reason.starts_with(crate::analysis::poison::MALFORMED_REASON);
+        let service = env
+            .headers
+            .get_str(dlq_headers::SERVICE)
+            .map_or(EMPTY, |s| self.syms.intern_str(s));
+        let (event, correlation) = match malformed.then(|| stands_for(env, position)).flatten() {
+            Some(original) => original,
+            None => (env.id.clone(), env.correlation_id.clone()),
+        };
+        let dl = Dl {
+            event,
+            service: self
+                .model
+                .as_ref()
+                .map_or(service, |m| m.canonical(service)),
+            reason: reason.into(),
+            attempts: env
+                .headers
+                .get_str(dlq_headers::ATTEMPTS)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0),
+            at: env
+                .headers
+                .get_str(dlq_headers::TIME)
+                .and_then(Timestamp::parse_rfc3339)
+                .map(Timestamp::as_micros),
+            malformed,
+            marker: false,
+        };
+        if let Some(flow) = self.flow_for(&correlation, time, env.event_type.as_str()) {
+            flow.dead.push(dl);
+            flow.last_activity = flow.last_activity.max(time);
+            // Something changed: judge it again at the next tick.
+            flow.next_check = i64::MIN;
+            self.records_in_flight += 1;
+            self.after_growth(&correlation);
+        }
+    }
+
+    /// A business event: added to its flow, or collapsed into the copy it duplicates.
+    fn ingest_event(&mut self, env: &Envelope, partition: Option<u32>, offset: Option<u64>) {
+        let time = env.time.as_micros();
+        self.bump_time(time);
+        self.counters.events += 1;
+        let ty = self.syms.intern(&env.event_type);
+        let source = self.syms.intern(&env.source);
+        let source = self.model.as_ref().map_or(source, |m| m.canonical(source));
+        let topic = self.syms.intern(&env.topic);
+        // What is wrong with the record, when its source could only partly read it.
+        let malformed = if env.headers.is_empty() {
+            None
+        } else {
+            env.headers.get_str(MALFORMED_HEADER)
+        };
+        let Some(flow) = self.flow_for(&env.correlation_id, time, env.event_type.as_str()) else {
+            return;
+        };
+        flow.last_activity = flow.last_activity.max(time);
+        // Something changed: judge it again at the next tick.
+        flow.next_check = i64::MIN;
+        if let Some(i) = flow.find(&env.id) {
+            // At-least-once: the same event again. Keep the first, fill in its position.
+            flow.duplicates += 1;
+            let e = &mut flow.events[i];
+            if e.partition == NO_PARTITION {
+                e.partition = partition.unwrap_or(NO_PARTITION);
+                e.offset = offset.unwrap_or(NO_OFFSET);
+            }
+            self.counters.duplicates += 1;
+            return;
+        }
+        flow.push_event(Ev {
+            id: env.id.clone(),
+            cause: env.causation_id.clone(),
+            ty,
+            source,
+            topic,
+            time,
+            partition: partition.unwrap_or(NO_PARTITION),
+            offset: offset.unwrap_or(NO_OFFSET),
+        });
+        if let Some(problem) = malformed {
+            // No service can read it: every one that receives it dead-letters it.
+            flow.dead.push(Dl {
+                event: env.id.clone(),
+                service: EMPTY,
+                reason: problem.into(),
+                attempts: 0,
+                at: None,
+                malformed: true,
+                marker: true,
+            });
+            self.records_in_flight += 1;
+        }
+        self.records_in_flight += 1;
+        self.after_growth(&env.correlation_id);
+    }
+
+    /// Notes that `service` handled (or gave up on) an event of type `ty`.
+    #[inline]
+    fn saw_handler(&mut self, ty: Sym, service: Sym) {
+        let ty = ty as usize;
+        if self.handlers.len() <= ty {
+            self.handlers.resize(ty + 1, Vec::new());
+        }
+        let seen = &mut self.handlers[ty];
+        if !seen.contains(&service) {
+            seen.push(service);
+        }
+    }
+
+    #[inline]
+    fn bump_time(&mut self, t: i64) {
+        if t > self.max_time {
+            self.max_time = t;
+        }
+    }
+
+    /// The flow a record belongs to, created if new; `None` for a late record
+    /// of an evicted flow.
+    fn flow_for(&mut self, corr: &EventId, time: i64, event_type: &str) -> Option<&mut FlowState> {
+        if let Some(i) = self.flows.find(corr) {
+            return Some(self.flows.at_mut(i));
+        }
+        if !self.evicted.is_empty() && self.evicted.contains_key(corr) {
+            self.counters.late += 1;
+            return None;
+        }
+        if self.flows.len() >= self.config.max_flows {
+            self.evict_oldest(EvictReason::FlowCap);
+        }
+        let name = self.model.as_ref().and_then(|m| {
+            let ty = self.syms.get(event_type)?;
+            m.flow_of(ty)
+        });
+        self.agg.started(name);
+        if let (Some(m), Some(metrics)) = (&self.model, &self.metrics) {
+            metrics.flow_started(name.map(|n| m.flows[n].name.as_str()));
+        } else if let Some(metrics) = &self.metrics {
+            metrics.flow_started(None);
+        }
+        if self.config.max_flows != usize::MAX {
+            self.created.push_back(corr.clone());
+        }
+        let i = self.flows.insert(corr.clone(), FlowState::new(time, name));
+        Some(self.flows.at_mut(i))
+    }
+
+    fn after_growth(&mut self, corr: &EventId) {
+        if self.config.max_records_per_flow != usize::MAX
+            && self
+                .flows
+                .get(corr)
+                .is_some_and(|f| f.records() > self.config.max_records_per_flow)
+        {
+            self.evict(corr, EvictReason::FlowRecordCap);
+        }
+        while self.records_in_flight > self.config.max_records && !self.flows.is_empty() {
+            if !self.evict_oldest(EvictReason::RecordCap) {
+                break;
+            }
+        }
+    }
+
+    fn evict_oldest(&mut self, reason: EvictReason) -> bool {
+        while let Some(id) = self.created.pop_front() {
+            if self.flows.contains_key(&id) {
+                self.evict(&id, reason);
+                return true;
+            }
+        }
+        // Without creation order (batch config), evict any.
+        let Some(id) = self.flows.first_key() else {
+            return false;
+        };
+        self.evict(&id, reason);
+        true
+    }
+
+    fn evict(&mut self, corr: &EventId, reason: EvictReason) {
+        let now = self.effective_now(None);
+        if let Some(state) = self.flows.remove(corr) {
+            self.records_in_flight -= state.records();
+            self.counters.evicted(reason);
+            if let Some(m) = &self.metrics {
+                m.evicted(reason);
+            }
+            self.remember_evicted(corr.clone());
+            self.finalize(corr.clone(), state, now, Some(reason));
+        }
+    }
+
+    fn remember_evicted(&mut self, corr: EventId) {
+        if self.config.remember_evicted == 0 {
+            return;
+        }
+        if self.evicted_order.len() >= self.config.remember_evicted
+            && let Some(old) = self.evicted_order.pop_front()
+        {
+            self.evicted.remove(&old);
+        }
+        self.evicted.insert(corr.clone(), ());
+        self.evicted_order.push_back(corr);
+    }
+
+    fn effective_now(&self, now: Option<Timestamp>) -> i64 {
+        match now {
+            Some(t) => t.as_micros(),
+            None if self.now != i64::MIN => self.now.max(self.max_time),
+            None => self.max_time,
+        }
+    }
+
+    /// Live mode: advances the clock to `now`. Flows that reached their end
+    /// and have been quiet for [`TracerConfig::settle`] are folded into the
+    /// aggregates and dropped; stuck flows are reported and evicted; flows idle
+    /// for [`TracerConfig::idle`] are evicted. Updates the gauges.
+    pub fn tick(&mut self, now: Timestamp) {
+        let now_us = now.as_micros();
+        self.now = self.now.max(now_us);
+        let settle = i64::try_from(self.config.settle.as_micros()).unwrap_or(i64::MAX);
+        let idle = i64::try_from(self.config.idle.as_micros()).unwrap_or(i64::MAX);
+        let has_model = self.model.is_some();
+        let mut due: Vec<(EventId, Due)> = Vec::new();
+        for (id, f) in self.flows.iter() {
+            let quiet = now_us.saturating_sub(f.last_activity);
+            if quiet >= idle {
+                due.push((id.clone(), Due::Idle));
+            } else if !has_model && quiet >= settle {
+                due.push((id.clone(), Due::Settled));
+            } else if has_model && now_us >= f.next_check {
+                due.push((id.clone(), Due::Check));
+            }
+        }
+        for (id, why) in due {
+            let Some(state) = self.flows.remove(&id) else {
+                continue;
+            };
+            if why != Due::Check {
+                let evicted = (why == Due::Idle).then_some(EvictReason::Idle);
+                self.records_in_flight -= state.records();
+                if let Some(r) = evicted {
+                    self.counters.evicted(r);
+                    if let Some(m) = &self.metrics {
+                        m.evicted(r);
+                    }
+                }
+                self.remember_evicted(id.clone());
+                self.finalize(id, state, now_us, evicted);
+                continue;
+            }
+            let a = self.analyse(&id, &state, now_us);
+            let at_rest = matches!(
+                a.status,
+                FlowStatus::Completed | FlowStatus::Failed | FlowStatus::Recovered
+            );
+            let settled_at = state.last_activity.saturating_add(settle);
+            if a.status == FlowStatus::Stuck {
+                // Reported, and evicted: what it owes will not come now.
+                self.records_in_flight -= state.records();
+                self.counters.evicted(EvictReason::Stuck);
+                if let Some(m) = &self.metrics {
+                    m.evicted(EvictReason::Stuck);
+                }
+                self.remember_evicted(id.clone());
+                self.fold(id, &state, a, None);
+            } else if at_rest && a.next_deadline.is_none() && now_us >= settled_at {
+                // At rest, quiet for the settle time (late receipts had
+                // their chance), and nothing owed that may still come.
+                self.records_in_flight -= state.records();
+                self.remember_evicted(id.clone());
+                self.fold(id, &state, a, None);
+            } else {
+                // The others wait: for their next deadline (an owed
+                // reaction, a sink's receipt, is judged when its bound
+                // passes), or, at rest, to settle.
+                let mut state = state;
+                state.next_check = match a.next_deadline {
+                    Some(d) => d,
+                    None if at_rest => settled_at,
+                    None => i64::MAX,
+                };
+                self.flows.insert(id, state);
+            }
+        }
+        self.update_gauges(now_us);
+    }
+
+    fn update_gauges(&self, now_us: i64) {
+        if let Some(m) = &self.metrics {
+            m.gauges(
+                &Gauges {
+                    counters: &self.counters,
+                    records_in_flight: self.records_in_flight,
+                    in_flight_by_flow: self.in_flight_by_flow(),
+                    latest: self.latest(),
+                },
+                now_us,
+            );
+        }
+    }
+
+    /// Ends a batch: every flow still in flight is finished as of `now` (by
+    /// default the latest timestamp seen in the input): completed, failed,
+    /// stuck or still in progress.
+    pub fn finish(&mut self, now: Option<Timestamp>) {
+        self.now_given = now.is_some();
+        let now_us = self.effective_now(now);
+        self.now = now_us;
+        let mut flows = self.flows.take_all();
+        self.created.clear();
+        self.records_in_flight = 0;
+        // A stable order, so reports and examples do not depend on hashing.
+        flows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let ctx = Ctx {
+            model: self.model.as_ref(),
+            syms: &self.syms,
+            config: &self.config,
+            receipts_expected: self.receipts_expected(),
+            handlers: &self.handlers,
+        };
+        let batch = fold::Batch {
+            ctx: &ctx,
+            metrics: self.metrics.as_ref(),
+            keep: &self.also_keep,
+            now: now_us,
+        };
+        let out = Out {
+            log: self.log.as_mut(),
+            flows: self.flows_out.as_mut(),
+        };
+        let orphans = fold::finish_batch(batch, &mut self.agg, &mut self.kept, out, flows);
+        self.counters.orphans += orphans;
+        self.update_gauges(now_us);
+    }
+
+    /// Analyses and folds a finished (or evicted) flow.
+    fn finalize(&mut self, id: EventId, state: FlowState, now: i64, evicted: Option<EvictReason>) {
+        let a = self.analyse(&id, &state, now);
+        self.fold(id, &state, a, evicted);
+    }
+
+    fn fold(&mut self, id: EventId, state: &FlowState, a: Analysis, evicted: Option<EvictReason>) {
+        let ctx = Ctx {
+            model: self.model.as_ref(),
+            syms: &self.syms,
+            config: &self.config,
+            receipts_expected: false,
+            handlers: &self.handlers,
+        };
+        let mut out = Out {
+            log: self.log.as_mut(),
+            flows: self.flows_out.as_mut(),
+        };
+        let mut folder = Folder::new(
+            &ctx,
+            self.metrics.as_ref(),
+            &mut self.agg,
+            &self.also_keep,
+            out.shape(),
+        );
+        // `a` was just analysed: the scratch holds this flow's time order.
+        folder.flow(&id, state, &a, evicted, &self.scratch.order);
+        let Folder {
+            orphans,
+            kept,
+            out: chunk,
+            ..
+        } = folder;
+        self.counters.orphans += orphans;
+        self.kept.extend(kept);
+        out.write(&chunk);
+    }
+
+    /// Flows kept whole (see [`TracerConfig::keep`]), in the order they finished.
+    pub fn kept(&self) -> &[FlowTrace] {
+        &self.kept
+    }
+
+    /// The flow with this correlation id as it stands now: kept, or still in flight.
+    pub fn flow(&mut self, correlation_id: &EventId) -> Option<FlowTrace> {
+        if let Some(t) = self
+            .kept
+            .iter()
+            .find(|t| &t.correlation_id == correlation_id)
+        {
+            return Some(t.clone());
+        }
+        let now = self.effective_now(None);
+        let state = self.flows.remove(correlation_id)?;
+        let a = self.analyse(correlation_id, &state, now);
+        let trace = build_trace(&self.ctx(), correlation_id, &state, &a, &self.scratch.order);
+        self.flows.insert(correlation_id.clone(), state);
+        Some(trace)
+    }
+
+    /// Everything known so far: counts, flows by status, findings, the service graph.
+    pub fn report(&self) -> Report {
+        let model = self.model.as_ref();
+        let (by_flow, mut flows) = self.agg.flow_reports(model);
+        flows.in_flight = self.flows.len() as u64;
+        Report::build(ReportParts {
+            now: (self.now != i64::MIN || self.max_time != i64::MIN)
+                .then(|| Timestamp::from_micros(self.now.max(self.max_time))),
+            now_from: if self.now_given {
+                NowFrom::Given
+            } else {
+                NowFrom::LatestRecord
+            },
+            topology: model.map(|m| m.name.clone()),
+            input: self.counters.clone(),
+            flows,
+            by_flow,
+            findings: self.agg.rule_reports(&self.syms),
+            edges: self.agg.edge_reports(&self.syms),
+            listed: self.agg.briefs().to_vec(),
+        })
+    }
+
+    fn receipts_expected(&self) -> bool {
+        match self.config.receipts {
+            Receipts::Auto => self.receipts_seen,
+            Receipts::Expected => true,
+            Receipts::Absent => false,
+        }
+    }
+
+    /// Rebuilds the causal graph of a flow and checks it.
+    pub(crate) fn analyse(&mut self, corr: &EventId, f: &FlowState, now: i64) -> Analysis {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let a = analyse(&self.ctx(), &mut scratch, corr, f, now);
+        self.scratch = scratch;
+        a
+    }
+
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            model: self.model.as_ref(),
+            syms: &self.syms,
+            config: &self.config,
+            receipts_expected: self.receipts_expected(),
+            handlers: &self.handlers,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_tracer_can_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<super::Tracer>();
+        send::<crate::capture::Reader>();
+        send::<crate::Report>();
+    }
+}
+
+/// Why a flow is looked at in a tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// No activity for the idle timeout: evicted.
+    Idle,
+    /// Without a topology, quiet for the settle time.
+    Settled,
+    /// A deadline may have passed, or something changed.
+    Check,
+}
+
+/// The record a malformed dead-letter copy stands for: (event id,
+/// correlation id). A copy kept as it was received is no more readable than
+/// its original, so a source derives its ids from where it read it
+/// (`<topic>/<partition>/<offset>`, the Kafka backend's convention); those of
+/// the original are then the same derived from the origin the copy's
+/// headers name. `None` when the copy's ids were its own.
+fn stands_for(env: &Envelope, position: Option<(u32, u64)>) -> Option<(EventId, EventId)> {
+    let (partition, offset) = position?;
+    let derived = format!("{}/{partition}/{offset}", env.topic);
+    if env.id.to_string() != derived {
+        return None;
+    }
+    let origin = format!(
+        "{}/{}/{}",
+        env.headers.get_str(dlq_headers::TOPIC)?,
+        env.headers.get_str(dlq_headers::PARTITION)?,
+        env.headers.get_str(dlq_headers::OFFSET)?
+    );
+    let id = EventId::parse(&origin)?;
+    let correlation = if env.correlation_id == env.id {
+        id.clone()
+    } else {
+        env.correlation_id.clone()
+    };
+    Some((id, correlation))
+}
