@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use choreo_core::{Bus, Name, SubscribeOptions, Subscription};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::context::ServiceShared;
@@ -76,6 +77,8 @@ pub(super) struct Joined<B: Bus> {
 }
 
 impl<B: Bus> Joined<B> {
+    /// Consumes until shutdown (or until the subscription ends), then lets
+    /// the workers finish within the grace period and leaves the group.
     pub(super) async fn run(self) -> Result<()> {
         let Joined {
             mut sub,
@@ -84,7 +87,6 @@ impl<B: Bus> Joined<B> {
             partition_queue,
             shutdown_grace,
         } = self;
-        let shutdown = runtime.shutdown.clone();
         let mut workers = Workers::new(runtime.clone(), routes, partition_queue);
         // Mirrors the token in a flag that costs one load to read (reading the
         // token takes a lock), for the checks made per delivery.
@@ -95,90 +97,106 @@ impl<B: Bus> Joined<B> {
                 runtime.stopping.store(true, Ordering::Release);
             }))
         };
-        // One wait for the whole loop: registered once, not per delivery.
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
-        // A run never needs more room than a worker's queue has.
-        let max_run = BATCH.min(partition_queue);
-        // Deliveries come in batches of those ready at once.
-        let mut batch = Vec::with_capacity(BATCH);
-        'consume: loop {
-            if runtime.stopping() {
-                break;
-            }
-            // The next deliveries first: the token is only polled (a lock, and
-            // another for its waiter) when there are none to take. While
-            // deliveries keep coming, the flag above ends the loop.
-            let open = tokio::select! {
-                biased;
-                open = sub.next_batch(&mut batch, BATCH) => open,
-                _ = &mut cancelled => break,
-            };
-            if !open {
-                break;
-            }
-            // Consecutive deliveries of one partition go to its worker as one
-            // run: one hand-over per run, not per delivery. Leaving early
-            // drops the rest, not started: given back to the bus.
-            let mut run = Run::new();
-            for next in batch.drain(..) {
-                let delivery = match next {
-                    Ok(d) => d,
-                    Err(e) => {
-                        runtime.metrics.receive_error(&runtime.shared.name);
-                        tracing::warn!(service = %runtime.shared.name, error = %e, "receiving failed");
-                        continue;
-                    }
-                };
-                let joins = run.first().is_some_and(|first| {
-                    first.partition() == delivery.partition()
-                        && identity::same(&first.envelope().topic, &delivery.envelope().topic)
-                });
-                if !run.is_empty() && (!joins || run.len() >= max_run) {
-                    let full = std::mem::take(&mut run);
-                    if !workers.hand_over(full, cancelled.as_mut()).await {
-                        break 'consume;
-                    }
-                }
-                run.push(delivery);
-            }
-            if !run.is_empty() && !workers.hand_over(run, cancelled.as_mut()).await {
-                break 'consume;
-            }
-        }
-        drop(batch);
+        consume(&mut sub, &runtime, &mut workers, partition_queue).await;
 
         // Shutdown: no new deliveries; workers finish what they started (and,
         // when the subscription ended without a shutdown, what they were given).
-        if shutdown.is_cancelled() {
+        if runtime.shutdown.is_cancelled() {
             runtime.stopping.store(true, Ordering::Release);
         }
         // Every sender gone: each worker ends once its queue is empty.
-        let mut tasks = workers.close();
-        let grace = shutdown_grace;
-        let drained = tokio::time::timeout(grace, async {
-            while let Some(r) = tasks.join_next().await {
-                if let Err(e) = r
-                    && e.is_panic()
-                {
-                    tracing::error!(service = %runtime.shared.name, "a partition worker panicked");
-                }
-            }
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                service = %runtime.shared.name, grace = ?grace,
-                "handlers still running after the shutdown grace period were abandoned; their events will be delivered again"
-            );
-            tasks.shutdown().await;
-        }
+        drain(&runtime, workers.close(), shutdown_grace).await;
         let closed = sub.close().await;
         tracing::info!(service = %runtime.shared.name, "service stopped");
         closed.map_err(|source| Error::Close {
             service: runtime.shared.name.to_string(),
             source: Box::new(source),
         })
+    }
+}
+
+/// The consumer loop: takes deliveries from `sub` in batches and hands them
+/// to the partition workers, in runs of consecutive deliveries of one
+/// partition, until shutdown or until the subscription ends.
+async fn consume<B: Bus>(
+    sub: &mut B::Subscription,
+    runtime: &Runtime<B>,
+    workers: &mut Workers<B>,
+    partition_queue: usize,
+) {
+    // One wait for the whole loop: registered once, not per delivery.
+    let cancelled = runtime.shutdown.cancelled();
+    tokio::pin!(cancelled);
+    // A run never needs more room than a worker's queue has.
+    let max_run = BATCH.min(partition_queue);
+    // Deliveries come in batches of those ready at once.
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        if runtime.stopping() {
+            return;
+        }
+        // The next deliveries first: the token is only polled (a lock, and
+        // another for its waiter) when there are none to take. While
+        // deliveries keep coming, the flag above ends the loop.
+        let open = tokio::select! {
+            biased;
+            open = sub.next_batch(&mut batch, BATCH) => open,
+            _ = &mut cancelled => return,
+        };
+        if !open {
+            return;
+        }
+        // Consecutive deliveries of one partition go to its worker as one
+        // run: one hand-over per run, not per delivery. Leaving early
+        // drops the rest, not started: given back to the bus.
+        let mut run = Run::new();
+        for next in batch.drain(..) {
+            let delivery = match next {
+                Ok(d) => d,
+                Err(e) => {
+                    runtime.metrics.receive_error(&runtime.shared.name);
+                    tracing::warn!(service = %runtime.shared.name, error = %e, "receiving failed");
+                    continue;
+                }
+            };
+            let joins = run.first().is_some_and(|first| {
+                first.partition() == delivery.partition()
+                    && identity::same(&first.envelope().topic, &delivery.envelope().topic)
+            });
+            if !run.is_empty() && (!joins || run.len() >= max_run) {
+                let full = std::mem::take(&mut run);
+                if !workers.hand_over(full, cancelled.as_mut()).await {
+                    return;
+                }
+            }
+            run.push(delivery);
+        }
+        if !run.is_empty() && !workers.hand_over(run, cancelled.as_mut()).await {
+            return;
+        }
+    }
+}
+
+/// Waits for the partition workers' `tasks` to end, for at most `grace`;
+/// those still running then are abandoned (their deliveries, not settled,
+/// are delivered again).
+async fn drain<B: Bus>(runtime: &Runtime<B>, mut tasks: JoinSet<()>, grace: Duration) {
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(r) = tasks.join_next().await {
+            if let Err(e) = r
+                && e.is_panic()
+            {
+                tracing::error!(service = %runtime.shared.name, "a partition worker panicked");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            service = %runtime.shared.name, grace = ?grace,
+            "handlers still running after the shutdown grace period were abandoned; their events will be delivered again"
+        );
+        tasks.shutdown().await;
     }
 }
 

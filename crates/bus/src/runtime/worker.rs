@@ -107,61 +107,83 @@ impl<B: Bus> Runtime<B> {
     /// run taken off the queue gives its room back to `room`.
     pub(super) async fn worker(
         self: Arc<Self>,
+        rx: mpsc::UnboundedReceiver<Run>,
+        room: Arc<Semaphore>,
+        routes: Routes,
+    ) {
+        if self.concurrency <= 1 {
+            self.in_order(rx, room, routes).await
+        } else {
+            self.concurrent(rx, room, routes).await
+        }
+    }
+
+    /// The worker with `partition_concurrency` 1: one delivery at a time, in
+    /// the partition's order.
+    async fn in_order(
+        &self,
         mut rx: mpsc::UnboundedReceiver<Run>,
         room: Arc<Semaphore>,
         mut routes: Routes,
     ) {
         let mut ignored: HashMap<Name, prometheus::IntCounter> = HashMap::default();
-        if self.concurrency <= 1 {
-            let mut tallies: Vec<RouteTally> = routes
-                .iter()
-                .map(|(_, r)| RouteTally::new(&r.metrics))
-                .collect();
-            // One run in hand at a time. Receiving takes tokio's task budget,
-            // so a worker whose queue never empties still yields.
-            while let Some(run) = rx.recv().await {
-                room.add_permits(run.len());
-                // The token once per run, the flag per delivery.
-                self.stop_requested();
-                // The reading that ended the last handling of this run, while
-                // nothing has waited since: the next handling starts there.
-                // (Every delivery of the run was published before it.)
-                let mut clock: Option<Timestamp> = None;
-                for d in run {
-                    if self.stopping() {
-                        // Not started: give it back.
-                        drop(d);
-                        continue;
-                    }
-                    let started = clock.take().unwrap_or_else(Timestamp::now);
-                    match route_index(&routes, &d.envelope().event_type) {
-                        Some(i) => {
-                            // Pinned where it is made: the handling is
-                            // large, and is not moved again.
-                            let handling =
-                                std::pin::pin!(self.process(d, &mut routes[i].1, started));
-                            let ((observed, ended), waited) =
-                                Tracked::new(handling, &self.in_flight, &mut tallies).await;
-                            tallies[i].record(&observed);
-                            if !waited {
-                                clock = ended;
-                            }
-                        }
-                        None if is_malformed(&d) => {
-                            let mut route = self.malformed_route(&d, &routes);
-                            let handling = self.process(d, &mut route, started);
-                            let ((observed, _), _) =
-                                Tracked::new(handling, &self.in_flight, &mut tallies).await;
-                            route.metrics.record(&observed);
-                        }
-                        None => self.ignore(d, &mut ignored),
-                    }
+        let mut tallies: Vec<RouteTally> = routes
+            .iter()
+            .map(|(_, r)| RouteTally::new(&r.metrics))
+            .collect();
+        // One run in hand at a time. Receiving takes tokio's task budget,
+        // so a worker whose queue never empties still yields.
+        while let Some(run) = rx.recv().await {
+            room.add_permits(run.len());
+            // The token once per run, the flag per delivery.
+            self.stop_requested();
+            // The reading that ended the last handling of this run, while
+            // nothing has waited since: the next handling starts there.
+            // (Every delivery of the run was published before it.)
+            let mut clock: Option<Timestamp> = None;
+            for d in run {
+                if self.stopping() {
+                    // Not started: give it back.
+                    drop(d);
+                    continue;
                 }
-                // Before waiting for more.
-                tallies.iter_mut().for_each(RouteTally::flush);
+                let started = clock.take().unwrap_or_else(Timestamp::now);
+                match route_index(&routes, &d.envelope().event_type) {
+                    Some(i) => {
+                        // Pinned where it is made: the handling is
+                        // large, and is not moved again.
+                        let handling = std::pin::pin!(self.process(d, &mut routes[i].1, started));
+                        let ((observed, ended), waited) =
+                            Tracked::new(handling, &self.in_flight, &mut tallies).await;
+                        tallies[i].record(&observed);
+                        if !waited {
+                            clock = ended;
+                        }
+                    }
+                    None if is_malformed(&d) => {
+                        let mut route = self.malformed_route(&d, &routes);
+                        let handling = self.process(d, &mut route, started);
+                        let ((observed, _), _) =
+                            Tracked::new(handling, &self.in_flight, &mut tallies).await;
+                        route.metrics.record(&observed);
+                    }
+                    None => self.ignore(d, &mut ignored),
+                }
             }
-            return;
+            // Before waiting for more.
+            tallies.iter_mut().for_each(RouteTally::flush);
         }
+    }
+
+    /// The worker with `partition_concurrency` above 1: up to that many
+    /// deliveries of the partition at once, started in order.
+    async fn concurrent(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<Run>,
+        room: Arc<Semaphore>,
+        routes: Routes,
+    ) {
+        let mut ignored: HashMap<Name, prometheus::IntCounter> = HashMap::default();
         let mut running = FuturesUnordered::new();
         // Received, not started yet: the rest of the last run.
         let mut received = Run::new().into_iter();
