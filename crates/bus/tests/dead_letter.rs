@@ -133,13 +133,9 @@ async fn a_custom_dead_letter_topic_is_used() {
     let bus = InProcessBus::new();
     let (_r, m) = metrics();
     let stop = CancellationToken::new();
-    let config = choreo_bus::ServiceConfig {
-        dead_letter_topic: std::sync::Arc::new(|t: &str| format!("dead.{t}")),
-        ..Default::default()
-    };
     let svc = Service::new("payment")
         .on(picky)
-        .config(config)
+        .dead_letter_topic(|t: &str| format!("dead.{t}"))
         .retry(Retry::none())
         .metrics(m)
         .start(&bus, stop.clone())

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use choreo_bus::{
     BoxError, BoxFuture, Context, HandlerError, Idempotency, IdempotencyStore, Service,
-    ServiceConfig,
 };
 use choreo_core::{EventId, Outcome};
 use choreo_testkit::wait_until;
@@ -51,10 +50,7 @@ async fn a_worker_that_dies_with_runs_queued_is_replaced_and_every_event_is_hand
         .idempotency(Idempotency::store(Arc::new(PanicsOnce {
             lookups: AtomicU32::new(0),
         })))
-        .config(ServiceConfig {
-            partition_queue: 2,
-            ..Default::default()
-        })
+        .partition_queue(2)
         .metrics(m)
         .start(&bus, stop.clone())
         .await

@@ -74,7 +74,7 @@
 pub use choreo_bus::{
     BoxError, Context, Handled, Handler, HandlerError, Idempotency, IdempotencyStore, InProcessBus,
     InProcessConfig, Invocation, MemoryStore, Metrics, MetricsServer, Publisher, Render, Retention,
-    Retry, RetryableError, Service, ServiceConfig, WhenFull, render,
+    Retry, RetryableError, Service, WhenFull, render,
 };
 pub use choreo_core::event;
 pub use choreo_core::{

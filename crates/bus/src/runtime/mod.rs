@@ -23,4 +23,4 @@ pub use metrics::{DURATION_BUCKETS, METRICS, Metrics};
 pub use publisher::Publisher;
 pub use retry::{Retry, RetryPredicate, RetryableError};
 pub use running::ServiceHandle;
-pub use service::{DeadLetterNaming, Service, ServiceConfig, StackService};
+pub use service::{Service, StackService};

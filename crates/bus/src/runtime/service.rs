@@ -48,39 +48,25 @@ where
 }
 
 /// Names the dead-letter topic of a source topic.
-pub type DeadLetterNaming = Arc<dyn Fn(&str) -> String + Send + Sync>;
+pub(super) type DeadLetterNaming = Arc<dyn Fn(&str) -> String + Send + Sync>;
 
-/// How a service consumes; every field has a default.
+/// How a service consumes: the values its setters set (documented there),
+/// kept together.
 #[derive(Clone)]
-pub struct ServiceConfig {
-    /// Consumer group. Default: the service name, so replicas of a service
-    /// split the partitions and different services each see every event.
-    pub group: Option<String>,
-    /// Where a new group starts. Default [`StartFrom::Earliest`].
-    pub start: StartFrom,
-    /// Deliveries of one partition handled at once. Default 1: in order.
-    /// Above 1, a partition's events may be handled out of order.
-    pub partition_concurrency: usize,
-    /// Deliveries queued per partition ahead of its handler. Default 256.
-    /// Bounded: a slow handler must not make the consumer buffer without limit.
-    pub partition_queue: usize,
-    /// How long shutdown waits for in-flight handlers. Default 30 s. Handlers
-    /// still running after it are abandoned; their deliveries are not settled,
-    /// so the bus delivers them again.
-    pub shutdown_grace: Duration,
-    /// Topic receipts are published to; `None` switches receipts off.
-    /// Default `choreo.receipts`.
-    pub receipts: Option<String>,
-    /// Dead-letter topic of each source topic. Default `<topic>.dlq`.
-    pub dead_letter_topic: DeadLetterNaming,
-    /// Size limits: events over them are refused when emitted and
-    /// dead-lettered when received. Default [`Limits::default`].
-    pub limits: Limits,
+pub(super) struct Consuming {
+    pub(super) group: Option<String>,
+    pub(super) start: StartFrom,
+    pub(super) partition_concurrency: usize,
+    pub(super) partition_queue: usize,
+    pub(super) shutdown_grace: Duration,
+    pub(super) receipts: Option<String>,
+    pub(super) dead_letter_topic: DeadLetterNaming,
+    pub(super) limits: Limits,
 }
 
-impl Default for ServiceConfig {
+impl Default for Consuming {
     fn default() -> Self {
-        ServiceConfig {
+        Consuming {
             group: None,
             start: StartFrom::Earliest,
             partition_concurrency: 1,
@@ -93,15 +79,16 @@ impl Default for ServiceConfig {
     }
 }
 
-impl fmt::Debug for ServiceConfig {
+impl fmt::Debug for Consuming {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServiceConfig")
+        f.debug_struct("Consuming")
             .field("group", &self.group)
             .field("start", &self.start)
             .field("partition_concurrency", &self.partition_concurrency)
             .field("partition_queue", &self.partition_queue)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("receipts", &self.receipts)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -169,7 +156,7 @@ pub(super) struct RouteSpec {
 pub struct Service {
     pub(super) name: Name,
     pub(super) routes: Vec<RouteSpec>,
-    pub(super) config: ServiceConfig,
+    pub(super) config: Consuming,
     pub(super) retry: Retry,
     pub(super) timeout: Option<Duration>,
     pub(super) idempotency: Idempotency,
@@ -207,7 +194,7 @@ impl Service {
         Service {
             name: name.into(),
             routes: Vec::new(),
-            config: ServiceConfig::default(),
+            config: Consuming::default(),
             retry: Retry::default(),
             timeout: Some(Duration::from_secs(30)),
             idempotency: Idempotency::default(),
@@ -281,19 +268,23 @@ impl Service {
             .collect()
     }
 
-    /// Sets the retry policy.
+    /// Sets the retry policy. Default [`Retry::default`]: 5 attempts, the
+    /// first wait 100 ms.
     pub fn retry(mut self, retry: Retry) -> Self {
         self.retry = retry;
         self
     }
 
     /// Sets the timeout of each attempt (tower's `Timeout`); `None` for none.
+    /// Default 30 s.
     pub fn timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.timeout = timeout.into();
         self
     }
 
-    /// Sets how deliveries are deduplicated.
+    /// Sets how deliveries are deduplicated. Default
+    /// [`Idempotency::default`]: the ids of the last 100 000 events handled,
+    /// in memory.
     pub fn idempotency(mut self, idempotency: Idempotency) -> Self {
         self.idempotency = idempotency;
         self
@@ -317,57 +308,79 @@ impl Service {
         self
     }
 
-    /// Sets the codecs (JSON by default).
+    /// Sets the codecs. Default: JSON.
     pub fn codecs(mut self, codecs: Codecs) -> Self {
         self.codecs = codecs;
         self
     }
 
-    /// Uses these metric families instead of the ones on the default registry.
+    /// Uses these metric families. Default: the ones on Prometheus' default
+    /// registry ([`Metrics::global`]).
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);
         self
     }
 
-    /// Sets the whole consumer configuration.
-    pub fn config(mut self, config: ServiceConfig) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// Sets the consumer group (default: the service name).
+    /// Sets the consumer group. Default: the service name, so replicas of a
+    /// service split the partitions and different services each see every
+    /// event.
     pub fn group(mut self, group: impl Into<String>) -> Self {
         self.config.group = Some(group.into());
         self
     }
 
-    /// Sets where a new consumer group starts.
+    /// Sets where a new consumer group starts. Default
+    /// [`StartFrom::Earliest`].
     pub fn start_from(mut self, start: StartFrom) -> Self {
         self.config.start = start;
         self
     }
 
-    /// Sets how many deliveries of one partition run at once (1 keeps order).
+    /// Sets how many deliveries of one partition are handled at once.
+    /// Default 1: in order. Above 1, a partition's events may be handled out
+    /// of order.
     pub fn partition_concurrency(mut self, n: usize) -> Self {
         self.config.partition_concurrency = n.max(1);
         self
     }
 
-    /// Sets the receipts topic, or `None` to switch receipts off.
+    /// Sets how many deliveries are queued per partition ahead of its
+    /// handler. Default 256. Bounded: a slow handler must not make the
+    /// consumer buffer without limit.
+    pub fn partition_queue(mut self, n: usize) -> Self {
+        self.config.partition_queue = n.max(1);
+        self
+    }
+
+    /// Sets how long shutdown waits for in-flight handlers. Default 30 s.
+    /// Handlers still running after it are abandoned; their deliveries are
+    /// not settled, so the bus delivers them again.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.config.shutdown_grace = grace;
+        self
+    }
+
+    /// Sets the topic receipts are published to, or `None` to switch
+    /// receipts off. Default `choreo.receipts`.
     pub fn receipts(mut self, topic: Option<&str>) -> Self {
         self.config.receipts = topic.map(str::to_owned);
         self
     }
 
-    /// Sets the size limits of emitted and received events.
-    pub fn limits(mut self, limits: Limits) -> Self {
-        self.config.limits = limits;
+    /// Sets how the dead-letter topic of each source topic is named.
+    /// Default `<topic>.dlq` ([`dead_letter_topic`]).
+    pub fn dead_letter_topic(
+        mut self,
+        naming: impl Fn(&str) -> String + Send + Sync + 'static,
+    ) -> Self {
+        self.config.dead_letter_topic = Arc::new(naming);
         self
     }
 
-    /// Sets how long shutdown waits for in-flight handlers.
-    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
-        self.config.shutdown_grace = grace;
+    /// Sets the size limits: events over them are refused when emitted and
+    /// dead-lettered when received. Default [`Limits::default`].
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.config.limits = limits;
         self
     }
 
@@ -405,7 +418,7 @@ impl Service {
     }
 
     /// Runs until `shutdown` is cancelled, then: stops taking deliveries, lets
-    /// in-flight handlers finish within [`ServiceConfig::shutdown_grace`] and
+    /// in-flight handlers finish within [`shutdown_grace`](Self::shutdown_grace) and
     /// settles them, gives back deliveries that had not started, and leaves
     /// the consumer group.
     pub async fn run_until<B: Bus>(self, bus: &B, shutdown: CancellationToken) -> Result<()> {
