@@ -164,10 +164,7 @@ async fn an_emitted_event_over_the_limits_is_dead_lettered_at_once() {
             ctx.emit_raw("Scan", "scans", vec![b'x'; 100 + o.order_id as usize])?;
             Ok::<(), HandlerError>(())
         })
-        .limits(choreo_core::Limits {
-            max_payload_bytes: 64,
-            ..Default::default()
-        })
+        .limits(choreo_core::Limits::default().max_payload_bytes(64))
         .retry(
             Retry::default()
                 .max_attempts(5)

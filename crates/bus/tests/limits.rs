@@ -10,11 +10,10 @@ use common::*;
 use tokio_util::sync::CancellationToken;
 
 fn small() -> Limits {
-    Limits {
-        max_payload_bytes: 64,
-        max_headers: 4,
-        max_header_bytes: 256,
-    }
+    Limits::default()
+        .max_payload_bytes(64)
+        .max_headers(4)
+        .max_header_bytes(256)
 }
 
 #[tokio::test]

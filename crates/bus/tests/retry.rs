@@ -79,11 +79,9 @@ async fn backoff_waits_grow_exponentially() {
     let (_registry, m) = metrics();
     let calls = Arc::new(AtomicU32::new(0));
     let stop = CancellationToken::new();
-    let retry = Retry {
-        jitter: 0.0,
-        ..Retry::default()
-    }
-    .backoff(Duration::from_secs(1), Duration::from_secs(60));
+    let retry = Retry::default()
+        .jitter(0.0)
+        .backoff(Duration::from_secs(1), Duration::from_secs(60));
     let svc = Service::new("payment")
         .on(flaky(3, calls.clone()))
         .retry(retry)

@@ -143,6 +143,6 @@ fn signup_paths_unroll_the_retry_loop_twice() {
         .filter(|e| e.outcome == choreo_topology::Outcome::Looping)
         .count();
     assert_eq!(looping, 1, "only the always-retry run hits the bound");
-    let capped = &t.paths(PathLimits::listing(2))[0];
+    let capped = &t.paths(PathLimits::default().max_listed(2))[0];
     assert_eq!((capped.listed.len(), capped.more()), (2, 3));
 }

@@ -14,7 +14,7 @@ fn exercise(t: &Topology) {
         assert!(!d.message.is_empty());
         let _ = d.to_string();
     }
-    let limits = PathLimits::listing(5).with_budget(5_000);
+    let limits = PathLimits::default().max_listed(5).budget(5_000);
     for flow in t.paths(limits) {
         assert!(flow.listed.len() <= 5);
         assert!(flow.count >= flow.listed.len() as u64 || !flow.exact);
@@ -23,7 +23,7 @@ fn exercise(t: &Topology) {
         }
     }
     for topics in [false, true] {
-        let options = GraphOptions::with_topics(topics);
+        let options = GraphOptions::default().topics(topics);
         let _ = render::dot(t, options);
         let _ = render::mermaid(t, options);
         let _ = render::json(t, options);

@@ -24,8 +24,8 @@ fn topologies() -> Vec<Topology> {
 
 fn options() -> [GraphOptions; 2] {
     [
-        GraphOptions::with_topics(false),
-        GraphOptions::with_topics(true),
+        GraphOptions::default().topics(false),
+        GraphOptions::default().topics(true),
     ]
 }
 
@@ -164,7 +164,7 @@ fn json_graph_edges_join_declared_nodes() {
 #[test]
 fn topic_mode_routes_events_through_topic_nodes() {
     let t = topologies().remove(0);
-    let g = render::Graph::of(&t, GraphOptions::with_topics(true));
+    let g = render::Graph::of(&t, GraphOptions::default().topics(true));
     let to_orders = g
         .edges
         .iter()

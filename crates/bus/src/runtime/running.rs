@@ -296,11 +296,7 @@ impl Service {
                 topics.push(r.topic.to_string());
             }
         }
-        let options = SubscribeOptions {
-            group: group.clone(),
-            topics,
-            start: self.config.start,
-        };
+        let options = SubscribeOptions::new(group.clone(), topics).start_from(self.config.start);
         let sub = bus
             .subscribe(options)
             .await
