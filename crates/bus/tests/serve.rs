@@ -1,0 +1,193 @@
+//! The HTTP endpoint: metrics, HEAD, clear 404 and 405, routes added beside
+//! the metrics, and the bounds on connections.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use choreo_bus::{MetricsServer, Render};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+/// Long enough for any answer on a loaded machine.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn render() -> Render {
+    Arc::new(|| "choreo_test_total 7\n".to_owned())
+}
+
+/// Sends `request` on a new connection and reads the whole answer.
+async fn ask(addr: SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    timeout(PATIENCE, s.read_to_string(&mut out))
+        .await
+        .expect("an answer within the patience")
+        .unwrap();
+    out
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+}
+
+#[tokio::test]
+async fn metrics_are_served_with_head_and_clear_answers_to_the_rest() {
+    let stop = CancellationToken::new();
+    let server = MetricsServer::start("127.0.0.1:0", render(), stop.clone())
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+
+    let metrics = ask(addr, &get("/metrics")).await;
+    assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
+    assert!(
+        metrics.contains("content-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.ends_with("\r\n\r\nchoreo_test_total 7\n"),
+        "{metrics}"
+    );
+
+    let head = ask(
+        addr,
+        "HEAD /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.ends_with("\r\n\r\n"), "no body after the head: {head}");
+
+    let health = ask(addr, &get("/health")).await;
+    assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+    assert!(health.ends_with("ok: metrics at /metrics\n"), "{health}");
+
+    let missing = ask(addr, &get("/metric")).await;
+    assert!(
+        missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
+        "{missing}"
+    );
+    assert!(
+        missing.ends_with("not found: metrics are at /metrics\n"),
+        "{missing}"
+    );
+
+    let posted = ask(
+        addr,
+        "POST /metrics HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        posted.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+        "{posted}"
+    );
+    assert!(posted.contains("serves GET and HEAD"), "{posted}");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn routes_added_are_served_on_the_same_port_and_may_take_the_root() {
+    let stop = CancellationToken::new();
+    let server = MetricsServer::builder(render())
+        .route("/", axum::routing::get(|| async { "the flow viewer\n" }))
+        .route(
+            "/flows/{id}",
+            axum::routing::get(
+                |axum::extract::Path(id): axum::extract::Path<String>| async move {
+                    format!("flow {id}\n")
+                },
+            ),
+        )
+        .start("127.0.0.1:0", stop.clone())
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    assert!(ask(addr, &get("/")).await.ends_with("the flow viewer\n"));
+    assert!(ask(addr, &get("/flows/42")).await.ends_with("flow 42\n"));
+    assert!(
+        ask(addr, &get("/metrics"))
+            .await
+            .ends_with("choreo_test_total 7\n")
+    );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn connections_beyond_the_bound_wait_until_one_closes() {
+    let stop = CancellationToken::new();
+    let server = MetricsServer::builder(render())
+        .max_connections(2)
+        .start("127.0.0.1:0", stop.clone())
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    // Two clients hold a connection each without asking anything.
+    let first = TcpStream::connect(addr).await.unwrap();
+    let _second = TcpStream::connect(addr).await.unwrap();
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    third.write_all(get("/metrics").as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    // While both are open, the third is not taken in: no answer comes.
+    let waited = timeout(
+        Duration::from_millis(500),
+        third.read_to_string(&mut answer),
+    )
+    .await;
+    assert!(waited.is_err(), "answered beyond the bound: {answer}");
+    // One closes: the third is served.
+    drop(first);
+    timeout(PATIENCE, third.read_to_string(&mut answer))
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_client_that_sends_no_request_is_disconnected() {
+    let stop = CancellationToken::new();
+    let server = MetricsServer::builder(render())
+        .header_timeout(Duration::from_millis(200))
+        .start("127.0.0.1:0", stop.clone())
+        .await
+        .unwrap();
+    let mut idle = TcpStream::connect(server.local_addr()).await.unwrap();
+    // Half a request line, then nothing.
+    idle.write_all(b"GET /met").await.unwrap();
+    let mut rest = Vec::new();
+    let closed = timeout(PATIENCE, idle.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "still open after the header timeout passed many times over"
+    );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_is_closed_after_its_lifetime() {
+    let stop = CancellationToken::new();
+    let server = MetricsServer::builder(render())
+        .connection_lifetime(Duration::from_millis(300))
+        .start("127.0.0.1:0", stop.clone())
+        .await
+        .unwrap();
+    let mut kept = TcpStream::connect(server.local_addr()).await.unwrap();
+    kept.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    timeout(PATIENCE, kept.read_to_end(&mut all))
+        .await
+        .expect("closed after its lifetime")
+        .unwrap();
+    let text = String::from_utf8(all).unwrap();
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("choreo_test_total 7\n"),
+        "the response, then the close: {text}"
+    );
+    stop.cancel();
+}
