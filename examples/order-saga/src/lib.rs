@@ -12,7 +12,8 @@ pub mod services;
 use std::sync::Arc;
 
 use choreo::avro::{AvroCodec, SchemaRegistry};
-use choreo::{Bus, Codecs, EventId, Publisher, Service};
+use choreo::codec::Codecs;
+use choreo::{Bus, EventId, Publisher, Service};
 
 use events::*;
 
@@ -82,6 +83,6 @@ pub fn demo_order(n: u64) -> OrderPlaced {
 pub async fn place_order<B: Bus>(
     checkout: &Publisher<B>,
     order: &OrderPlaced,
-) -> Result<EventId, choreo::errors::RuntimeError> {
+) -> choreo::Result<EventId> {
     checkout.start_flow(order).await
 }

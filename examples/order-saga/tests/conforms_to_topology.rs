@@ -4,7 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use choreo::{CancellationToken, Event, InProcessBus, Publisher, SubscribeOptions};
+use choreo::bus::SubscribeOptions;
+use choreo::{CancellationToken, Event, InProcessBus, Publisher};
 use choreo_topology::Topology;
 use choreo_trace::{Tracer, TracerConfig, tap, tap_topics};
 use order_saga::events::*;
@@ -65,7 +66,7 @@ async fn tracing_a_run_against_the_topology_reports_no_violation() {
     .await
     .unwrap();
     let registry = prometheus::Registry::new();
-    let metrics = choreo::Metrics::new(&registry).unwrap();
+    let metrics = choreo::metrics::Metrics::new(&registry).unwrap();
     let mut running = Vec::new();
     for s in order_saga::services() {
         running.push(

@@ -127,7 +127,7 @@ pub(super) struct RouteSpec {
 /// # What happens to a delivery
 ///
 /// Every delivery goes through the same steps, in this order, and ends in
-/// exactly one [`Outcome`], decided in one place:
+/// exactly one [`Outcome`](choreo_core::Outcome), decided in one place:
 ///
 /// 1. **Routing**: an event type the service has no handler for is acked and
 ///    counted in `choreo_deliveries_ignored_total` (no receipt). A
