@@ -25,8 +25,9 @@ enum Repr {
 /// A UUID's 128 bits as two words, high first (so they order as the UUID
 /// does). A `Uuid` is a byte array: in the enum it sat at an odd offset and
 /// was copied in odd-sized pieces, which the processor could not forward
-/// from the stores that had just written it (a stall on every id copied,
-/// 1 % of the chain benchmark). Two words sit aligned next to the tag.
+/// from the stores that had just written it: a stall on every id copied
+/// (docs/performance.md has what it cost). Two words sit aligned next to
+/// the tag.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Bits(u64, u64);
 
@@ -84,8 +85,9 @@ impl EventId {
     /// writes ids) as a UUID id, decoded straight from the bytes; `None` for
     /// anything else. What [`parse`](Self::parse) gives for that text, for
     /// readers that hold bytes (a capture record, a Kafka header) and read
-    /// many ids: it decodes eight digits at a time, several times faster than
-    /// checking the text and parsing it as a `Uuid`.
+    /// many ids: it checks and decodes eight digits at a time, where checking
+    /// the text and then parsing it as a `Uuid` went a character at a time,
+    /// twice.
     #[inline]
     pub fn from_uuid_text(text: &[u8]) -> Option<Self> {
         let raw: &[u8; 36] = text.try_into().ok()?;
