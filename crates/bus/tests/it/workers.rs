@@ -1,8 +1,6 @@
 //! Partition workers: one that dies is replaced, and the consumer loop never
 //! waits for room in the queue of a worker that is gone.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -11,7 +9,7 @@ use choreo_bus::{
 };
 use choreo_core::{EventId, Outcome};
 use choreo_testkit::wait_until;
-use common::*;
+use crate::common::*;
 use tokio_util::sync::CancellationToken;
 
 /// An idempotency store whose second lookup panics: outside the handler, so

@@ -1,8 +1,6 @@
 //! Graceful shutdown: in-flight handlers finish within the grace period and
 //! are settled; those that don't are abandoned and delivered again later.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -10,7 +8,7 @@ use std::time::Duration;
 use choreo_bus::{Context, HandlerError, InProcessBus, Publisher, Service};
 use choreo_core::{Event, Outcome};
 use choreo_testkit::wait_until;
-use common::*;
+use crate::common::*;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 

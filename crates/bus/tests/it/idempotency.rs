@@ -1,14 +1,12 @@
 //! Idempotency: an event id already handled is acked without running the handler again.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use choreo_bus::{Context, HandlerError, Idempotency, InProcessBus, Publisher, Retry, Service};
 use choreo_core::{Bus, Event, Outcome};
 use choreo_testkit::wait_until;
-use common::*;
+use crate::common::*;
 use tokio_util::sync::CancellationToken;
 
 fn counting(

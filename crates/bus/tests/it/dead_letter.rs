@@ -1,14 +1,12 @@
 //! Dead-lettering: after the last attempt, on a permanent error, a panic or a
 //! payload that does not decode. The consumer always goes on.
 
-mod common;
-
 use std::time::Duration;
 
 use choreo_bus::{Context, HandlerError, InProcessBus, Publisher, Retry, Service};
 use choreo_core::{Bus, Envelope, Event, Outcome, dlq_headers};
 use choreo_testkit::wait_until;
-use common::*;
+use crate::common::*;
 use tokio_util::sync::CancellationToken;
 
 async fn picky(o: OrderPlaced, ctx: Context) -> Result<(), HandlerError> {

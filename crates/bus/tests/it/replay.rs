@@ -2,8 +2,6 @@
 //! services that handled the event before skip it; a replay that fails again
 //! goes back to the dead-letter topic, and replays are bounded.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -11,7 +9,7 @@ use choreo_bus::dlq::{self, Filter, ReplayOptions, Replayed};
 use choreo_bus::{Context, HandlerError, InProcessBus, Publisher, Retry, Service};
 use choreo_core::{Event, Outcome, dlq_headers};
 use choreo_testkit::wait_until;
-use common::*;
+use crate::common::*;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]

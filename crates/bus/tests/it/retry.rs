@@ -1,8 +1,6 @@
 //! Retry with exponential backoff: failed attempts publish nothing, the
 //! successful one publishes once.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -10,7 +8,7 @@ use std::time::Duration;
 use choreo_bus::{Context, HandlerError, InProcessBus, Publisher, Retry, Service};
 use choreo_core::{Event, Outcome};
 use choreo_testkit::wait_until;
-use common::*;
+use crate::common::*;
 use tokio_util::sync::CancellationToken;
 
 fn flaky(

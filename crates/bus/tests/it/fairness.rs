@@ -2,14 +2,12 @@
 //! budget, so services on the same current-thread runtime keep up instead of
 //! waiting until the partition is full.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use choreo_bus::{Context, HandlerError, InProcessBus, Publisher, Service};
 use choreo_testkit::wait_until;
-use common::*;
+use crate::common::*;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]

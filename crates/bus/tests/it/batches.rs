@@ -1,12 +1,10 @@
 //! `Subscription::next_batch` on the in-process bus: what is ready at once, up
 //! to the bound, and never a partition the member no longer owns.
 
-mod common;
-
 use bytes::Bytes;
 use choreo_bus::{InProcessBus, InProcessConfig};
 use choreo_core::{Bus, Envelope, SubscribeOptions, Subscription};
-use common::PATIENCE;
+use crate::common::PATIENCE;
 
 fn bus(partitions: u32) -> InProcessBus {
     InProcessBus::with_config(InProcessConfig {

@@ -1,8 +1,6 @@
 //! Middleware: per-attempt timeout (tower's), tower layers in the documented
 //! order, tower's concurrency limit, partition concurrency.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
@@ -13,7 +11,7 @@ use choreo_bus::{
 };
 use choreo_core::{Outcome, dlq_headers};
 use choreo_testkit::wait_until;
-use common::*;
+use crate::common::*;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]

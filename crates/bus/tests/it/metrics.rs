@@ -2,13 +2,11 @@
 //! observations while it handles deliveries back to back, and must publish
 //! them before it waits for anything.
 
-mod common;
-
 use std::sync::Arc;
 
 use choreo_bus::{Context, HandlerError, Service};
 use choreo_testkit::wait_until;
-use common::*;
+use crate::common::*;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 

@@ -1,13 +1,11 @@
 //! In-process retention: the bound, and what happens when it is hit.
 
-mod common;
-
 use std::time::Duration;
 
 use choreo_bus::{InProcessBus, InProcessConfig, Retention, WhenFull};
 use choreo_core::{Bus, Envelope, SubscribeOptions, Subscription};
 use choreo_testkit::recv;
-use common::*;
+use crate::common::*;
 
 fn bus(when_full: WhenFull) -> (InProcessBus, prometheus::Registry) {
     let bus = InProcessBus::with_config(InProcessConfig {

@@ -1,0 +1,23 @@
+//! The integration tests of choreo-bus, one binary with a module per topic
+//! (one link instead of one per file). `cargo test -p choreo-bus --test it
+//! retry::` runs one topic; the `otel` module needs `--features otel`.
+
+mod common;
+
+mod batches;
+mod conformance;
+mod dead_letter;
+mod fairness;
+mod idempotency;
+mod limits;
+mod malformed;
+mod metrics;
+mod middleware;
+mod otel;
+mod replay;
+mod retention;
+mod retry;
+mod serve;
+mod shutdown;
+mod stamping;
+mod workers;
