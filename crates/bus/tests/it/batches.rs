@@ -1,10 +1,10 @@
 //! `Subscription::next_batch` on the in-process bus: what is ready at once, up
 //! to the bound, and never a partition the member no longer owns.
 
+use crate::common::PATIENCE;
 use bytes::Bytes;
 use choreo_bus::{InProcessBus, InProcessConfig};
 use choreo_core::{Bus, Envelope, SubscribeOptions, Subscription};
-use crate::common::PATIENCE;
 
 fn bus(partitions: u32) -> InProcessBus {
     InProcessBus::with_config(InProcessConfig {

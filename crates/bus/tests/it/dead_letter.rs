@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use crate::common::*;
 use choreo_bus::{Context, HandlerError, InProcessBus, Publisher, Retry, Service};
 use choreo_core::{Bus, Envelope, Event, Outcome, dlq_headers};
 use choreo_testkit::wait_until;
-use crate::common::*;
 use tokio_util::sync::CancellationToken;
 
 async fn picky(o: OrderPlaced, ctx: Context) -> Result<(), HandlerError> {

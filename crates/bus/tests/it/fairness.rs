@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::common::*;
 use choreo_bus::{Context, HandlerError, InProcessBus, Publisher, Service};
 use choreo_testkit::wait_until;
-use crate::common::*;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]

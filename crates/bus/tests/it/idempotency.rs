@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::common::*;
 use choreo_bus::{Context, HandlerError, Idempotency, InProcessBus, Publisher, Retry, Service};
 use choreo_core::{Bus, Event, Outcome};
 use choreo_testkit::wait_until;
-use crate::common::*;
 use tokio_util::sync::CancellationToken;
 
 fn counting(

@@ -1,10 +1,10 @@
 //! Size limits: an oversize event is refused at publish with a clear error,
 //! and one that arrives anyway is dead-lettered with the reason.
 
+use crate::common::*;
 use choreo_bus::{Context, HandlerError, InProcessBus, Publisher, Retry, Service};
 use choreo_core::{Bus, Envelope, Event, Limits, Outcome, dlq_headers};
 use choreo_testkit::wait_until;
-use crate::common::*;
 use tokio_util::sync::CancellationToken;
 
 fn small() -> Limits {

@@ -2,10 +2,10 @@
 //! is dead-lettered at once with the reason, whatever its type, and the
 //! consumer goes on.
 
+use crate::common::*;
 use choreo_bus::{Context, HandlerError, InProcessBus, Publisher, Service};
 use choreo_core::{Bus, Envelope, Event, MALFORMED_HEADER, Outcome, dlq_headers};
 use choreo_testkit::wait_until;
-use crate::common::*;
 use tokio_util::sync::CancellationToken;
 
 async fn capture(o: OrderPlaced, ctx: Context) -> Result<(), HandlerError> {

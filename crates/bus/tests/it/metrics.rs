@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use crate::common::*;
 use choreo_bus::{Context, HandlerError, Service};
 use choreo_testkit::wait_until;
-use crate::common::*;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 

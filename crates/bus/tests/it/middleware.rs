@@ -6,12 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
+use crate::common::*;
 use choreo_bus::{
     BoxError, Context, Handled, HandlerError, InProcessBus, Invocation, Publisher, Retry, Service,
 };
 use choreo_core::{Outcome, dlq_headers};
 use choreo_testkit::wait_until;
-use crate::common::*;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]

@@ -2,10 +2,10 @@
 //! handling, joined into one trace across hops through the envelope.
 #![cfg(feature = "otel")]
 
+use crate::common::*;
 use choreo_bus::{Context, HandlerError, InProcessBus, Publisher, Service};
 use choreo_core::Event;
 use choreo_testkit::wait_until;
-use crate::common::*;
 use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::trace::{InMemorySpanExporterBuilder, SdkTracerProvider};
 use tokio_util::sync::CancellationToken;

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::common::*;
 use choreo_bus::dlq::{self, Filter, ReplayOptions, Replayed};
 use choreo_bus::{Context, HandlerError, InProcessBus, Publisher, Retry, Service};
 use choreo_core::{Event, Outcome, dlq_headers};
 use choreo_testkit::wait_until;
-use crate::common::*;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]

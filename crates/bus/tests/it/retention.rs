@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
+use crate::common::*;
 use choreo_bus::{InProcessBus, InProcessConfig, Retention, WhenFull};
 use choreo_core::{Bus, Envelope, SubscribeOptions, Subscription};
 use choreo_testkit::recv;
-use crate::common::*;
 
 fn bus(when_full: WhenFull) -> (InProcessBus, prometheus::Registry) {
     let bus = InProcessBus::with_config(InProcessConfig {

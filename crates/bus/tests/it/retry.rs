@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::common::*;
 use choreo_bus::{Context, HandlerError, InProcessBus, Publisher, Retry, Service};
 use choreo_core::{Event, Outcome};
 use choreo_testkit::wait_until;
-use crate::common::*;
 use tokio_util::sync::CancellationToken;
 
 fn flaky(

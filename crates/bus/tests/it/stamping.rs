@@ -1,9 +1,9 @@
 //! Publishing through the context stamps source, flow, causation, key and trace context.
 
+use crate::common::*;
 use choreo_bus::{Context, HandlerError, InProcessBus, Publisher, Service};
 use choreo_core::Event;
 use choreo_testkit::wait_until;
-use crate::common::*;
 use tokio_util::sync::CancellationToken;
 
 async fn pay(order: OrderPlaced, ctx: Context) -> Result<(), HandlerError> {

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::common::*;
 use choreo_bus::{
     BoxError, BoxFuture, Context, HandlerError, Idempotency, IdempotencyStore, Service,
 };
 use choreo_core::{EventId, Outcome};
 use choreo_testkit::wait_until;
-use crate::common::*;
 use tokio_util::sync::CancellationToken;
 
 /// An idempotency store whose second lookup panics: outside the handler, so
