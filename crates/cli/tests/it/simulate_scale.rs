@@ -7,7 +7,7 @@
 //!
 //! Run in release with the soak (the test command does):
 //!
-//!     cargo test --release -p choreo-cli --test simulate_scale -- --ignored --nocapture
+//!     cargo test --release -p choreo-cli --test it -- --ignored --nocapture simulate_scale::
 //!
 //! About 12 s (order-fulfillment), 25 s (signup-kyc) and 4 s (the demo) on a
 //! 2-core machine; a debug build takes 31 s and 71 s for the first two.
