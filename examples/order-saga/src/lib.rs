@@ -2,7 +2,7 @@
 //! with choreo: five services that choreograph an order from checkout to
 //! shipment or cancellation (with a refund when the stock is out).
 //!
-//! Each service is a module with a `service()` function; [`services`] returns
+//! Each service is a module with a `service()` function; [`services()`] returns
 //! them all. Run them in one process on the in-process bus, or each in its own
 //! process on Kafka (see the `order-saga` binary).
 
