@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use choreo_bus::{MetricsServer, Render};
+use choreo_bus::{MetricsServer, Render, ServerBuilder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -28,6 +28,13 @@ async fn ask(addr: SocketAddr, request: &str) -> String {
         .expect("an answer within the patience")
         .unwrap();
     out
+}
+
+/// Starts `server` on a free loopback port; cancel the token to stop it.
+async fn serving(server: ServerBuilder) -> (SocketAddr, CancellationToken) {
+    let stop = CancellationToken::new();
+    let server = server.start("127.0.0.1:0", stop.clone()).await.unwrap();
+    (server.local_addr(), stop)
 }
 
 fn get(path: &str) -> String {
@@ -90,8 +97,7 @@ async fn metrics_are_served_with_head_and_clear_answers_to_the_rest() {
 
 #[tokio::test]
 async fn routes_added_are_served_on_the_same_port_and_may_take_the_root() {
-    let stop = CancellationToken::new();
-    let server = MetricsServer::builder(render())
+    let viewer = MetricsServer::builder(render())
         .route("/", axum::routing::get(|| async { "the flow viewer\n" }))
         .route(
             "/flows/{id}",
@@ -100,11 +106,8 @@ async fn routes_added_are_served_on_the_same_port_and_may_take_the_root() {
                     format!("flow {id}\n")
                 },
             ),
-        )
-        .start("127.0.0.1:0", stop.clone())
-        .await
-        .unwrap();
-    let addr = server.local_addr();
+        );
+    let (addr, stop) = serving(viewer).await;
     assert!(ask(addr, &get("/")).await.ends_with("the flow viewer\n"));
     assert!(ask(addr, &get("/flows/42")).await.ends_with("flow 42\n"));
     assert!(
@@ -117,13 +120,7 @@ async fn routes_added_are_served_on_the_same_port_and_may_take_the_root() {
 
 #[tokio::test]
 async fn connections_beyond_the_bound_wait_until_one_closes() {
-    let stop = CancellationToken::new();
-    let server = MetricsServer::builder(render())
-        .max_connections(2)
-        .start("127.0.0.1:0", stop.clone())
-        .await
-        .unwrap();
-    let addr = server.local_addr();
+    let (addr, stop) = serving(MetricsServer::builder(render()).max_connections(2)).await;
     // Two clients hold a connection each without asking anything.
     let first = TcpStream::connect(addr).await.unwrap();
     let _second = TcpStream::connect(addr).await.unwrap();
@@ -149,13 +146,9 @@ async fn connections_beyond_the_bound_wait_until_one_closes() {
 
 #[tokio::test]
 async fn a_client_that_sends_no_request_is_disconnected() {
-    let stop = CancellationToken::new();
-    let server = MetricsServer::builder(render())
-        .header_timeout(Duration::from_millis(200))
-        .start("127.0.0.1:0", stop.clone())
-        .await
-        .unwrap();
-    let mut idle = TcpStream::connect(server.local_addr()).await.unwrap();
+    let (addr, stop) =
+        serving(MetricsServer::builder(render()).header_timeout(Duration::from_millis(200))).await;
+    let mut idle = TcpStream::connect(addr).await.unwrap();
     // Half a request line, then nothing.
     idle.write_all(b"GET /met").await.unwrap();
     let mut rest = Vec::new();
@@ -169,13 +162,10 @@ async fn a_client_that_sends_no_request_is_disconnected() {
 
 #[tokio::test]
 async fn a_kept_alive_connection_is_closed_after_its_lifetime() {
-    let stop = CancellationToken::new();
-    let server = MetricsServer::builder(render())
-        .connection_lifetime(Duration::from_millis(300))
-        .start("127.0.0.1:0", stop.clone())
-        .await
-        .unwrap();
-    let mut kept = TcpStream::connect(server.local_addr()).await.unwrap();
+    let (addr, stop) =
+        serving(MetricsServer::builder(render()).connection_lifetime(Duration::from_millis(300)))
+            .await;
+    let mut kept = TcpStream::connect(addr).await.unwrap();
     kept.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
         .await
         .unwrap();
