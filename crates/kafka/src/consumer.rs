@@ -38,7 +38,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use tokio::sync::Notify;
 
-use crate::bus::{Inner, client_error, log_librdkafka};
+use crate::client::{Inner, client_error, log_librdkafka};
 use crate::config::Role;
 use crate::metrics::KafkaMetrics;
 use crate::record::{RecordHeader, RecordParts, envelope_from_record};

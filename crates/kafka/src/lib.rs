@@ -76,6 +76,7 @@
 //! started as a separate process; see `tests/`.
 
 mod bus;
+mod client;
 mod config;
 mod consumer;
 mod error;
@@ -84,6 +85,7 @@ mod metrics;
 pub mod mock;
 pub mod reader;
 pub mod record;
+mod topics;
 mod watch;
 mod window;
 
