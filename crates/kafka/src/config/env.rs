@@ -99,86 +99,10 @@ impl KafkaConfig {
             let d = ms("CHOREO_KAFKA_LAG_INTERVAL_MS", &v)?;
             c.lag_interval = (!d.is_zero()).then_some(d);
         }
-        let tls_on = take("CHOREO_KAFKA_TLS");
-        let ca = take("CHOREO_KAFKA_TLS_CA_LOCATION");
-        let cert = take("CHOREO_KAFKA_TLS_CERT_LOCATION");
-        let key = take("CHOREO_KAFKA_TLS_KEY_LOCATION");
-        let key_password = take("CHOREO_KAFKA_TLS_KEY_PASSWORD");
-        let verify = take("CHOREO_KAFKA_TLS_VERIFY_HOSTNAME");
-        let tls_on = match tls_on {
-            Some(v) => parse_bool("CHOREO_KAFKA_TLS", &v)?,
-            None => false,
-        };
-        if tls_on
-            || ca.is_some()
-            || cert.is_some()
-            || key.is_some()
-            || key_password.is_some()
-            || verify.is_some()
-        {
-            c.tls = Some(TlsConfig {
-                ca_location: ca.map(PathBuf::from),
-                certificate_location: cert.map(PathBuf::from),
-                key_location: key.map(PathBuf::from),
-                key_password: key_password.map(Secret::new),
-                verify_hostname: match verify {
-                    Some(v) => parse_bool("CHOREO_KAFKA_TLS_VERIFY_HOSTNAME", &v)?,
-                    None => true,
-                },
-            });
-        }
-        let mechanism = take("CHOREO_KAFKA_SASL_MECHANISM");
-        let username = take("CHOREO_KAFKA_SASL_USERNAME");
-        let password = take("CHOREO_KAFKA_SASL_PASSWORD");
-        match (mechanism, username, password) {
-            (None, None, None) => {}
-            (Some(m), Some(u), Some(p)) => {
-                let mechanism = SaslMechanism::parse(&m).ok_or_else(|| Error::Env {
-                    var: "CHOREO_KAFKA_SASL_MECHANISM".into(),
-                    reason: format!(
-                        "'{m}' is not a mechanism choreo configures: use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (others through CHOREO_KAFKA_OPTIONS)"
-                    ),
-                })?;
-                c.sasl = Some(SaslConfig {
-                    mechanism,
-                    username: u,
-                    password: Secret::new(p),
-                });
-            }
-            (m, u, p) => {
-                let missing: Vec<&str> = [
-                    ("CHOREO_KAFKA_SASL_MECHANISM", m.is_none()),
-                    ("CHOREO_KAFKA_SASL_USERNAME", u.is_none()),
-                    ("CHOREO_KAFKA_SASL_PASSWORD", p.is_none()),
-                ]
-                .into_iter()
-                .filter_map(|(n, missing)| missing.then_some(n))
-                .collect();
-                return Err(Error::Env {
-                    var: missing.join(", "),
-                    reason: "SASL needs the mechanism, the user name and the password: set the missing variables".into(),
-                });
-            }
-        }
-        if let Some(options) = take("CHOREO_KAFKA_OPTIONS") {
-            for pair in options.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-                let Some((k, v)) = pair.split_once('=') else {
-                    // A malformed pair may hold a secret (`sasl.password:…`).
-                    let shown = if is_secret_key(pair) {
-                        "<redacted>"
-                    } else {
-                        pair
-                    };
-                    return Err(Error::Env {
-                        var: "CHOREO_KAFKA_OPTIONS".into(),
-                        reason: format!(
-                            "'{shown}' is not 'key=value': write options as 'key=value;key=value'"
-                        ),
-                    });
-                };
-                c.librdkafka
-                    .insert(k.trim().to_owned(), v.trim().to_owned());
-            }
+        c.tls = tls_from(&mut vars)?;
+        c.sasl = sasl_from(&mut vars)?;
+        if let Some(options) = vars.remove("CHOREO_KAFKA_OPTIONS") {
+            c.librdkafka.extend(options_from(&options)?);
         }
         if let Some((unknown, _)) = vars.into_iter().next() {
             return Err(Error::Env {
@@ -192,6 +116,100 @@ impl KafkaConfig {
         c.validate()?;
         Ok(c)
     }
+}
+
+/// `tls` from the `CHOREO_KAFKA_TLS*` variables: on when any is set.
+fn tls_from(vars: &mut BTreeMap<String, String>) -> Result<Option<TlsConfig>> {
+    let mut take = |name: &str| vars.remove(name);
+    let tls_on = take("CHOREO_KAFKA_TLS");
+    let ca = take("CHOREO_KAFKA_TLS_CA_LOCATION");
+    let cert = take("CHOREO_KAFKA_TLS_CERT_LOCATION");
+    let key = take("CHOREO_KAFKA_TLS_KEY_LOCATION");
+    let key_password = take("CHOREO_KAFKA_TLS_KEY_PASSWORD");
+    let verify = take("CHOREO_KAFKA_TLS_VERIFY_HOSTNAME");
+    let tls_on = match tls_on {
+        Some(v) => parse_bool("CHOREO_KAFKA_TLS", &v)?,
+        None => false,
+    };
+    let any = ca.is_some()
+        || cert.is_some()
+        || key.is_some()
+        || key_password.is_some()
+        || verify.is_some();
+    if !tls_on && !any {
+        return Ok(None);
+    }
+    Ok(Some(TlsConfig {
+        ca_location: ca.map(PathBuf::from),
+        certificate_location: cert.map(PathBuf::from),
+        key_location: key.map(PathBuf::from),
+        key_password: key_password.map(Secret::new),
+        verify_hostname: match verify {
+            Some(v) => parse_bool("CHOREO_KAFKA_TLS_VERIFY_HOSTNAME", &v)?,
+            None => true,
+        },
+    }))
+}
+
+/// `sasl` from the `CHOREO_KAFKA_SASL_*` variables: all three or none.
+fn sasl_from(vars: &mut BTreeMap<String, String>) -> Result<Option<SaslConfig>> {
+    let mut take = |name: &str| vars.remove(name);
+    let mechanism = take("CHOREO_KAFKA_SASL_MECHANISM");
+    let username = take("CHOREO_KAFKA_SASL_USERNAME");
+    let password = take("CHOREO_KAFKA_SASL_PASSWORD");
+    match (mechanism, username, password) {
+        (None, None, None) => Ok(None),
+        (Some(m), Some(u), Some(p)) => {
+            let mechanism = SaslMechanism::parse(&m).ok_or_else(|| Error::Env {
+                var: "CHOREO_KAFKA_SASL_MECHANISM".into(),
+                reason: format!(
+                    "'{m}' is not a mechanism choreo configures: use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (others through CHOREO_KAFKA_OPTIONS)"
+                ),
+            })?;
+            Ok(Some(SaslConfig {
+                mechanism,
+                username: u,
+                password: Secret::new(p),
+            }))
+        }
+        (m, u, p) => {
+            let missing: Vec<&str> = [
+                ("CHOREO_KAFKA_SASL_MECHANISM", m.is_none()),
+                ("CHOREO_KAFKA_SASL_USERNAME", u.is_none()),
+                ("CHOREO_KAFKA_SASL_PASSWORD", p.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(n, missing)| missing.then_some(n))
+            .collect();
+            Err(Error::Env {
+                var: missing.join(", "),
+                reason: "SASL needs the mechanism, the user name and the password: set the missing variables".into(),
+            })
+        }
+    }
+}
+
+/// The raw options of `CHOREO_KAFKA_OPTIONS`, `key=value;key=value`.
+fn options_from(options: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for pair in options.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = pair.split_once('=') else {
+            // A malformed pair may hold a secret (`sasl.password:…`).
+            let shown = if is_secret_key(pair) {
+                "<redacted>"
+            } else {
+                pair
+            };
+            return Err(Error::Env {
+                var: "CHOREO_KAFKA_OPTIONS".into(),
+                reason: format!(
+                    "'{shown}' is not 'key=value': write options as 'key=value;key=value'"
+                ),
+            });
+        };
+        out.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    Ok(out)
 }
 
 const ENV_PREFIX: &str = "CHOREO_KAFKA_";

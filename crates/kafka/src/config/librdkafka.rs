@@ -36,6 +36,17 @@ fn millis(d: Duration) -> String {
     d.as_millis().to_string()
 }
 
+/// The typed options of one client: (librdkafka key, value, the typed field
+/// or `None` when choreo owns it, whether the value is secret).
+#[derive(Default)]
+struct Typed(Vec<(&'static str, String, Option<&'static str>, bool)>);
+
+impl Typed {
+    fn add(&mut self, key: &'static str, value: String, field: Option<&'static str>) {
+        self.0.push((key, value, field, is_secret_key(key)));
+    }
+}
+
 impl KafkaConfig {
     /// The librdkafka configuration of one client. `consumer` gives the
     /// group id and start position of a consumer.
@@ -44,11 +55,19 @@ impl KafkaConfig {
         role: Role,
         consumer: Option<(&str, StartFrom)>,
     ) -> Result<ClientConfig> {
-        // (librdkafka key, value, typed field or None when choreo owns it)
-        let mut typed: Vec<(&'static str, String, Option<&'static str>, bool)> = Vec::new();
-        let mut add = |key: &'static str, value: String, field: Option<&'static str>| {
-            typed.push((key, value, field, is_secret_key(key)));
-        };
+        let mut typed = Typed::default();
+        self.connection_options(&mut typed);
+        match role {
+            Role::Producer => self.producer_options(&mut typed),
+            Role::Consumer => self.consumer_options(consumer, &mut typed),
+            Role::Admin => {}
+        }
+        self.merge_raw(&typed, role)
+    }
+
+    /// What every client gets: the brokers, the client id, TLS and SASL.
+    fn connection_options(&self, typed: &mut Typed) {
+        let mut add = |key, value, field| typed.add(key, value, field);
         add("bootstrap.servers", self.brokers.clone(), Some("brokers"));
         add(
             "client.id",
@@ -112,66 +131,75 @@ impl KafkaConfig {
         if let Some(t) = self.socket_timeout {
             add("socket.timeout.ms", millis(t), Some("socket_timeout"));
         }
-        match role {
-            Role::Producer => {
-                add("enable.idempotence", "true".into(), None);
-                add("acks", "all".into(), None);
-                add("partitioner", "murmur2_random".into(), None);
-                add("allow.auto.create.topics", "false".into(), None);
-                if let Some(t) = self.delivery_timeout {
-                    add("message.timeout.ms", millis(t), Some("delivery_timeout"));
-                }
-                if let Some(t) = self.linger {
-                    add("linger.ms", millis(t), Some("linger"));
-                }
-            }
-            Role::Consumer => {
-                // Only settled offsets are stored; librdkafka commits what is
-                // stored every `commit_interval`.
-                add("enable.auto.commit", "true".into(), None);
-                add("enable.auto.offset.store", "false".into(), None);
-                add(
-                    "auto.commit.interval.ms",
-                    millis(self.commit_interval.max(Duration::from_millis(1))),
-                    Some("commit_interval"),
-                );
-                add("enable.partition.eof", "false".into(), None);
-                if let Some((group, start)) = consumer {
-                    add("group.id", self.group_id(group), None);
-                    add(
-                        "auto.offset.reset",
-                        match start {
-                            StartFrom::Earliest => "earliest",
-                            StartFrom::Latest => "latest",
-                        }
-                        .into(),
-                        None,
-                    );
-                }
-                if let Some(t) = self.session_timeout {
-                    add("session.timeout.ms", millis(t), Some("session_timeout"));
-                }
-                let heartbeat = self.heartbeat_interval.or_else(|| {
-                    self.session_timeout
-                        .filter(|s| *s < Duration::from_secs(9))
-                        .map(|s| s / 3)
-                });
-                if let Some(t) = heartbeat {
-                    add(
-                        "heartbeat.interval.ms",
-                        millis(t.max(Duration::from_millis(1))),
-                        Some("heartbeat_interval"),
-                    );
-                }
-                if let Some(t) = self.lag_interval {
-                    add("statistics.interval.ms", millis(t), Some("lag_interval"));
-                }
-            }
-            Role::Admin => {}
+    }
+
+    /// The producer's options: choreo's guarantees, then the typed timings.
+    fn producer_options(&self, typed: &mut Typed) {
+        let mut add = |key, value, field| typed.add(key, value, field);
+        add("enable.idempotence", "true".into(), None);
+        add("acks", "all".into(), None);
+        add("partitioner", "murmur2_random".into(), None);
+        add("allow.auto.create.topics", "false".into(), None);
+        if let Some(t) = self.delivery_timeout {
+            add("message.timeout.ms", millis(t), Some("delivery_timeout"));
         }
+        if let Some(t) = self.linger {
+            add("linger.ms", millis(t), Some("linger"));
+        }
+    }
+
+    /// A consumer's options: settled offsets only, its group and start, the
+    /// group's timings and the lag statistics.
+    fn consumer_options(&self, consumer: Option<(&str, StartFrom)>, typed: &mut Typed) {
+        let mut add = |key, value, field| typed.add(key, value, field);
+        // Only settled offsets are stored; librdkafka commits what is
+        // stored every `commit_interval`.
+        add("enable.auto.commit", "true".into(), None);
+        add("enable.auto.offset.store", "false".into(), None);
+        add(
+            "auto.commit.interval.ms",
+            millis(self.commit_interval.max(Duration::from_millis(1))),
+            Some("commit_interval"),
+        );
+        add("enable.partition.eof", "false".into(), None);
+        if let Some((group, start)) = consumer {
+            add("group.id", self.group_id(group), None);
+            add(
+                "auto.offset.reset",
+                match start {
+                    StartFrom::Earliest => "earliest",
+                    StartFrom::Latest => "latest",
+                }
+                .into(),
+                None,
+            );
+        }
+        if let Some(t) = self.session_timeout {
+            add("session.timeout.ms", millis(t), Some("session_timeout"));
+        }
+        let heartbeat = self.heartbeat_interval.or_else(|| {
+            self.session_timeout
+                .filter(|s| *s < Duration::from_secs(9))
+                .map(|s| s / 3)
+        });
+        if let Some(t) = heartbeat {
+            add(
+                "heartbeat.interval.ms",
+                millis(t.max(Duration::from_millis(1))),
+                Some("heartbeat_interval"),
+            );
+        }
+        if let Some(t) = self.lag_interval {
+            add("statistics.interval.ms", millis(t), Some("lag_interval"));
+        }
+    }
+
+    /// The typed options, then the raw ones: a raw option that says otherwise
+    /// than a typed one, or than one choreo owns, is refused.
+    fn merge_raw(&self, typed: &Typed, role: Role) -> Result<ClientConfig> {
         let mut config = ClientConfig::new();
         config.set_log_level(librdkafka_log_level());
-        for (key, value, _, _) in &typed {
+        for (key, value, _, _) in &typed.0 {
             config.set(*key, value.as_str());
         }
         for (raw_key, raw_value) in &self.librdkafka {
@@ -183,7 +211,7 @@ impl KafkaConfig {
                     v.to_owned()
                 }
             };
-            if let Some((_, value, field, secret)) = typed.iter().find(|(k, ..)| *k == key) {
+            if let Some((_, value, field, secret)) = typed.0.iter().find(|(k, ..)| *k == key) {
                 if !same_value(key, value, raw_value) {
                     return Err(match field {
                         Some(field) => Error::Contradiction {
