@@ -37,11 +37,9 @@ const IN_FLIGHT: usize = 1000;
 const PARTITIONS: u32 = 4;
 
 fn bench_config(brokers: &str) -> KafkaConfig {
-    KafkaConfig {
-        session_timeout: Some(Duration::from_secs(6)),
-        lag_interval: None,
-        ..KafkaConfig::new(brokers)
-    }
+    KafkaConfig::new(brokers)
+        .session_timeout(Duration::from_secs(6))
+        .lag_interval(None)
 }
 
 /// The librdkafka options the choreo backend sets, for the bare clients.

@@ -121,11 +121,9 @@ async fn a_join_that_times_out_says_where_the_group_stood() {
     let errors = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE; 1_000];
     mock.cluster
         .request_errors(RDKafkaApiKey::FindCoordinator, &errors);
-    let bus = choreo_kafka::KafkaBus::new(choreo_kafka::KafkaConfig {
-        join_timeout: Duration::from_secs(3),
-        ..config(&mock.brokers())
-    })
-    .unwrap();
+    let bus =
+        choreo_kafka::KafkaBus::new(config(&mock.brokers()).join_timeout(Duration::from_secs(3)))
+            .unwrap();
     let err = bus
         .subscribe(SubscribeOptions::new("stranded", ["orders"]))
         .await

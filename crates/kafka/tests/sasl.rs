@@ -11,23 +11,17 @@ mod secure;
 use std::time::Duration;
 
 use choreo_core::{Bus, Envelope, SubscribeOptions};
-use choreo_kafka::{KafkaBus, KafkaConfig, SaslConfig, SaslMechanism, Secret};
+use choreo_kafka::{KafkaBus, KafkaConfig, SaslConfig, SaslMechanism};
 use secure::{SecureTansu, Security, error_chain, round_trip};
 
 const USER: &str = "orders-svc";
 const PASSWORD: &str = "Corr3ct-Horse-Battery";
 
 fn sasl(brokers: &str, mechanism: SaslMechanism, user: &str, password: &str) -> KafkaConfig {
-    KafkaConfig {
-        admin_timeout: Duration::from_secs(5),
-        join_timeout: Duration::from_secs(30),
-        ..common::config(brokers)
-    }
-    .sasl(SaslConfig {
-        mechanism,
-        username: user.into(),
-        password: Secret::new(password),
-    })
+    common::config(brokers)
+        .admin_timeout(Duration::from_secs(5))
+        .join_timeout(Duration::from_secs(30))
+        .sasl(SaslConfig::new(mechanism, user, password))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

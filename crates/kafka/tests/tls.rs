@@ -20,15 +20,10 @@ use choreo_kafka::{KafkaBus, KafkaConfig, SaslConfig, SaslMechanism, Secret, Tls
 use secure::{Ca, Pki, SecureTansu, Security, error_chain, round_trip, write_pair};
 
 fn tls_config(brokers: &str, ca: &std::path::Path) -> KafkaConfig {
-    KafkaConfig {
-        admin_timeout: Duration::from_secs(5),
-        join_timeout: Duration::from_secs(30),
-        ..common::config(brokers)
-    }
-    .tls(TlsConfig {
-        ca_location: Some(ca.to_owned()),
-        ..TlsConfig::new()
-    })
+    common::config(brokers)
+        .admin_timeout(Duration::from_secs(5))
+        .join_timeout(Duration::from_secs(30))
+        .tls(TlsConfig::new().ca_location(ca))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,11 +48,11 @@ async fn sasl_scram_over_tls_publishes_and_subscribes() {
         tls: Some(&pki),
         ..Security::default()
     });
-    let config = tls_config(&broker.brokers, &pki.ca_file).sasl(SaslConfig {
-        mechanism: SaslMechanism::ScramSha512,
-        username: "billing".into(),
-        password: Secret::new("Tls-and-Scram-1"),
-    });
+    let config = tls_config(&broker.brokers, &pki.ca_file).sasl(SaslConfig::new(
+        SaslMechanism::ScramSha512,
+        "billing",
+        "Tls-and-Scram-1",
+    ));
     let bus = KafkaBus::new(config).unwrap();
     round_trip(&bus, "tls-readers", "tls-sasl-orders").await;
 }
@@ -162,10 +157,7 @@ async fn a_plaintext_client_gets_nothing_from_a_tls_listener() {
         tls: Some(&pki),
         ..Security::default()
     });
-    let config = KafkaConfig {
-        admin_timeout: Duration::from_secs(3),
-        ..common::config(&broker.brokers)
-    };
+    let config = common::config(&broker.brokers).admin_timeout(Duration::from_secs(3));
     let bus = KafkaBus::new(config).unwrap();
     let err = bus
         .publish(Envelope::new("OrderPlaced", "tls-plain", "{}"))

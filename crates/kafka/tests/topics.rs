@@ -50,10 +50,7 @@ async fn missing_topics_are_created_with_the_configured_partitions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_creation_off_a_missing_topic_is_a_clear_error() {
     let tansu = Tansu::start().await;
-    let c = choreo_kafka::KafkaConfig {
-        create_topics: false,
-        ..config(&tansu.brokers())
-    };
+    let c = config(&tansu.brokers()).create_topics(false);
     let bus = KafkaBus::new(c).unwrap();
     let err = bus
         .publish(Envelope::new("Lost", "nowhere", "{}"))

@@ -58,6 +58,7 @@ impl From<String> for Secret {
 /// makes the operation that needed the connection fail with
 /// [`Error::Tls`](crate::Error::Tls).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TlsConfig {
     /// CA certificate(s) to verify the brokers with (`ssl.ca.location`).
     /// Default: the system's.
@@ -80,6 +81,36 @@ impl TlsConfig {
             verify_hostname: true,
             ..TlsConfig::default()
         }
+    }
+
+    /// Sets the CA certificate(s) the brokers are verified with.
+    pub fn ca_location(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_location = Some(path.into());
+        self
+    }
+
+    /// Sets the client certificate for mutual TLS.
+    pub fn certificate_location(mut self, path: impl Into<PathBuf>) -> Self {
+        self.certificate_location = Some(path.into());
+        self
+    }
+
+    /// Sets the client private key for mutual TLS.
+    pub fn key_location(mut self, path: impl Into<PathBuf>) -> Self {
+        self.key_location = Some(path.into());
+        self
+    }
+
+    /// Sets the password of the private key.
+    pub fn key_password(mut self, password: impl Into<Secret>) -> Self {
+        self.key_password = Some(password.into());
+        self
+    }
+
+    /// Sets whether the broker's host name is checked against its certificate.
+    pub fn verify_hostname(mut self, verify: bool) -> Self {
+        self.verify_hostname = verify;
+        self
     }
 }
 
@@ -122,6 +153,7 @@ impl SaslMechanism {
 /// [`Error::Authentication`](crate::Error::Authentication), which names the
 /// mechanism and the user, never the password.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SaslConfig {
     /// The mechanism (`sasl.mechanisms`).
     pub mechanism: SaslMechanism,
@@ -131,7 +163,23 @@ pub struct SaslConfig {
     pub password: Secret,
 }
 
-/// Configuration of a [`KafkaBus`](crate::KafkaBus).
+impl SaslConfig {
+    /// Authentication as `username` with `password` by `mechanism`.
+    pub fn new(
+        mechanism: SaslMechanism,
+        username: impl Into<String>,
+        password: impl Into<Secret>,
+    ) -> Self {
+        SaslConfig {
+            mechanism,
+            username: username.into(),
+            password: password.into(),
+        }
+    }
+}
+
+/// Configuration of a [`KafkaBus`](crate::KafkaBus): [`KafkaConfig::new`]
+/// with the brokers, then a setter per field.
 ///
 /// Every field documents its default and what it changes. Fields that are
 /// `None` leave librdkafka's default in place. [`librdkafka`](Self::librdkafka)
@@ -149,6 +197,7 @@ pub struct SaslConfig {
 ///
 /// `Debug` never prints passwords, nor raw options whose name looks secret.
 #[derive(Clone, PartialEq)]
+#[non_exhaustive]
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port…]` (`bootstrap.servers`). Required.
     pub brokers: String,
@@ -288,15 +337,21 @@ impl KafkaConfig {
         }
     }
 
-    /// Sets a raw librdkafka option.
-    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.librdkafka.insert(key.into(), value.into());
+    /// Sets the bootstrap servers.
+    pub fn brokers(mut self, brokers: impl Into<String>) -> Self {
+        self.brokers = brokers.into();
         self
     }
 
     /// Sets the client id.
     pub fn client_id(mut self, id: impl Into<String>) -> Self {
         self.client_id = Some(id.into());
+        self
+    }
+
+    /// Sets the prefix of every consumer group name.
+    pub fn group_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.group_prefix = Some(prefix.into());
         self
     }
 
@@ -318,9 +373,87 @@ impl KafkaConfig {
         self
     }
 
+    /// Sets the heartbeat interval.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = Some(interval);
+        self
+    }
+
+    /// Sets the network request timeout.
+    pub fn socket_timeout(mut self, timeout: Duration) -> Self {
+        self.socket_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets how long the producer retries a publish before failing it.
+    pub fn delivery_timeout(mut self, timeout: Duration) -> Self {
+        self.delivery_timeout = Some(timeout);
+        self
+    }
+
+    /// Sets how long the producer waits to batch records.
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = Some(linger);
+        self
+    }
+
+    /// Sets how long a subscription waits for its first assignment.
+    pub fn join_timeout(mut self, timeout: Duration) -> Self {
+        self.join_timeout = timeout;
+        self
+    }
+
+    /// Sets how often a consumer commits the offsets of settled deliveries.
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.commit_interval = interval;
+        self
+    }
+
+    /// Sets how many records a consumer keeps per partition.
+    pub fn max_window_per_partition(mut self, records: usize) -> Self {
+        self.max_window_per_partition = records;
+        self
+    }
+
+    /// Sets how often consumer lag is refreshed; `None` switches it off.
+    pub fn lag_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
+        self.lag_interval = interval.into();
+        self
+    }
+
+    /// Sets whether missing topics are created.
+    pub fn create_topics(mut self, create: bool) -> Self {
+        self.create_topics = create;
+        self
+    }
+
     /// Sets the partitions of topics choreo creates.
     pub fn partitions(mut self, partitions: u32) -> Self {
         self.partitions = partitions;
+        self
+    }
+
+    /// Sets the partitions of `topic` when choreo creates it, over `partitions`.
+    pub fn topic_partitions(mut self, topic: impl Into<String>, partitions: u32) -> Self {
+        self.topic_partitions.insert(topic.into(), partitions);
+        self
+    }
+
+    /// Sets the replication factor of topics choreo creates.
+    pub fn replication_factor(mut self, factor: i16) -> Self {
+        self.replication_factor = Some(factor);
+        self
+    }
+
+    /// Sets the timeout of metadata lookups and topic creation.
+    pub fn admin_timeout(mut self, timeout: Duration) -> Self {
+        self.admin_timeout = timeout;
+        self
+    }
+
+    /// Sets a raw librdkafka option (the `librdkafka` field).
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.librdkafka.insert(key.into(), value.into());
         self
     }
 

@@ -16,15 +16,13 @@ use rdkafka::producer::DefaultProducerContext;
 /// The configuration the tests use: short group timeouts (the mock cluster
 /// waits session timeout − 1 s for members to rejoin), quick commits and lag.
 pub fn config(brokers: &str) -> KafkaConfig {
-    KafkaConfig {
-        session_timeout: Some(Duration::from_millis(3000)),
-        commit_interval: Duration::from_millis(50),
-        lag_interval: Some(Duration::from_millis(200)),
-        join_timeout: Duration::from_secs(60),
-        ..KafkaConfig::new(brokers)
-    }
-    .set("fetch.wait.max.ms", "50")
-    .set("topic.metadata.refresh.interval.ms", "1000")
+    KafkaConfig::new(brokers)
+        .session_timeout(Duration::from_millis(3000))
+        .commit_interval(Duration::from_millis(50))
+        .lag_interval(Duration::from_millis(200))
+        .join_timeout(Duration::from_secs(60))
+        .set("fetch.wait.max.ms", "50")
+        .set("topic.metadata.refresh.interval.ms", "1000")
 }
 
 /// librdkafka's in-process mock cluster (not `Send`: keep it in the test body).
