@@ -6,26 +6,54 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use choreo_core::{Bus, Envelope};
-use choreo_testkit::wait_until;
+use choreo_testkit::{wait_until, worker};
 use common::*;
 
 const JOBS: u64 = 200;
 const HELD: u64 = 17;
 const PATIENCE: Duration = Duration::from_secs(90);
+/// The name of [`consumer_process`] in this test binary: its module path
+/// without the binary's name.
+fn consumer_process_name() -> String {
+    match module_path!().split_once("::") {
+        Some((_, module)) => format!("{module}::consumer_process"),
+        None => "consumer_process".to_owned(),
+    }
+}
+
+/// Not a test of its own: the consumer process the crash test starts and
+/// kills, which is this test binary run again with only this test.
+#[test]
+#[ignore = "the child process of the crash test, configured by it"]
+fn consumer_process() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let run = async {
+        let bus = choreo_kafka::KafkaBus::from_env()?;
+        worker::logging_worker(bus).await
+    };
+    if let Err(e) = runtime.block_on(run) {
+        panic!("the test consumer failed: {e}");
+    }
+}
 
 fn consumer(brokers: &str, log: &Path, hold: Option<u64>) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kafka-test-consumer"));
+    let mut cmd = worker::this_test_binary_running(&consumer_process_name());
     cmd.env("CHOREO_KAFKA_BROKERS", brokers)
         .env("CHOREO_KAFKA_SESSION_TIMEOUT_MS", "3000")
         .env("CHOREO_KAFKA_COMMIT_INTERVAL_MS", "50")
         .env("CHOREO_KAFKA_OPTIONS", "fetch.wait.max.ms=50")
         .env("CHOREO_TEST_LOG", log)
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
     if let Some(n) = hold {
         cmd.env("CHOREO_TEST_HOLD", n.to_string());
     }

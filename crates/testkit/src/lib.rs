@@ -4,8 +4,10 @@
 //!   deadline, never a blind sleep.
 //! - [`conformance`]: the suite, and [`conformance_suite!`] to instantiate it
 //!   for a backend.
+//! - [`worker`]: a consumer to run in a child process and kill.
 
 pub mod conformance;
+pub mod worker;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
