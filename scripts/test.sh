@@ -79,7 +79,7 @@ cargo test --workspace
 
 step "OpenTelemetry spans across hops (the SDK's otel feature)"
 cargo clippy -p choreo-bus --features otel --all-targets -- -D warnings
-cargo test -p choreo-bus --features otel --test it otel::
+cargo test -p choreo-bus --features otel --test otel
 
 step "AsyncAPI and Mermaid output validated with the official tools"
 ./scripts/validate-renderings.sh

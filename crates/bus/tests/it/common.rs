@@ -1,38 +1,9 @@
-//! Events and helpers shared by the runtime tests.
+//! Helpers shared by the runtime tests, beside the order flow (`flow.rs`).
 
-use std::sync::Arc;
-use std::time::Duration;
+use choreo_bus::{InProcessBus, InProcessConfig, Publisher};
+use choreo_core::{Outcome, RECEIPTS_TOPIC, Receipt};
 
-use choreo_bus::{InProcessBus, InProcessConfig, Metrics, Publisher};
-use choreo_core::{Envelope, Outcome, RECEIPTS_TOPIC, Receipt};
-use serde::{Deserialize, Serialize};
-
-pub(crate) const PATIENCE: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct OrderPlaced {
-    pub(crate) order_id: u64,
-}
-choreo_core::event!(OrderPlaced, topic = "orders");
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct PaymentCaptured {
-    pub(crate) order_id: u64,
-}
-choreo_core::event!(PaymentCaptured, topic = "payments");
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct OrderShipped {
-    pub(crate) order_id: u64,
-}
-choreo_core::event!(OrderShipped, topic = "shipping");
-
-/// Metrics on a private registry, so tests don't share counters.
-pub(crate) fn metrics() -> (prometheus::Registry, Metrics) {
-    let registry = prometheus::Registry::new();
-    let metrics = Metrics::new(&registry).expect("metrics");
-    (registry, metrics)
-}
+pub(crate) use crate::flow::*;
 
 pub(crate) fn receipts(bus: &InProcessBus) -> Vec<Receipt> {
     bus.retained(RECEIPTS_TOPIC)
@@ -46,10 +17,6 @@ pub(crate) fn receipts_with(bus: &InProcessBus, outcome: Outcome) -> Vec<Receipt
         .into_iter()
         .filter(|r| r.outcome == outcome)
         .collect()
-}
-
-pub(crate) fn events(bus: &InProcessBus, topic: &str) -> Vec<Arc<Envelope>> {
-    bus.retained(topic)
 }
 
 /// A bus of one partition holding orders `1..=n`, placed before any service

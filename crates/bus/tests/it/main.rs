@@ -1,8 +1,11 @@
 //! The integration tests of choreo-bus, one binary with a module per topic
 //! (one link instead of one per file). `cargo test -p choreo-bus --test it
-//! retry::` runs one topic; the `otel` module needs `--features otel`.
+//! retry::` runs one topic. The OpenTelemetry test (`--features otel`) is
+//! `tests/otel.rs`, a binary of its own: it installs a process-wide tracer
+//! provider.
 
 mod common;
+mod flow;
 
 mod batches;
 mod conformance;
@@ -13,7 +16,6 @@ mod limits;
 mod malformed;
 mod metrics;
 mod middleware;
-mod otel;
 mod replay;
 mod retention;
 mod retry;
