@@ -16,7 +16,9 @@
 //! same bytes: bare rdkafka's records carry the same CloudEvents headers as
 //! choreo's (the broker's cost of storing headers is not choreo's overhead).
 
-#[path = "../tests/common/mod.rs"]
+// Only the tansu broker helpers: the rest serve the tests.
+#[allow(dead_code)]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};

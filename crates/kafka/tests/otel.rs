@@ -2,11 +2,21 @@
 //! `tracestate`), so one trace spans producer and consumer processes: here
 //! two buses, each its own Kafka client, stand for two processes.
 
-mod common;
-
 use choreo_bus::{Context, HandlerError, Publisher, Service};
 use choreo_core::{Bus, SubscribeOptions, Subscription};
+// Only some of the helpers: the others serve the tests of `tests/it`.
+#[allow(dead_code)]
+#[path = "it/common/mod.rs"]
+mod common;
+
 use common::*;
+
+impl Mock {
+    /// Another bus on the same cluster (another "process").
+    fn another_bus(&self) -> choreo_kafka::KafkaBus {
+        choreo_kafka::KafkaBus::new(config(&self.brokers())).expect("bus")
+    }
+}
 use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::trace::{InMemorySpanExporterBuilder, SdkTracerProvider, SpanData};
 use tokio_util::sync::CancellationToken;

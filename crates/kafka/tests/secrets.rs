@@ -7,9 +7,10 @@
 //! errors included, which the crate forwards to `tracing` from librdkafka's
 //! own threads (hence a global subscriber, installed before any client).
 
+// Only some of the helpers: the others serve the tests of `tests/it`.
+#[allow(dead_code)]
+#[path = "it/common/mod.rs"]
 mod common;
-#[path = "common/secure.rs"]
-mod secure;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use choreo_core::{Bus, Envelope, SubscribeOptions};
 use choreo_kafka::{KafkaBus, KafkaConfig, SaslConfig, SaslMechanism, Secret, TlsConfig};
-use secure::{Pki, SecureTansu, Security, write_pair};
+use common::secure::{Pki, SecureTansu, Security, write_pair};
 
 const SASL_PASSWORD: &str = "sasl-S3CRET-e1f0";
 const KEY_PASSWORD: &str = "tls-S3CRET-7a21";

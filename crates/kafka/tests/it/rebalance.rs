@@ -3,16 +3,14 @@
 //! (delivered again, to whichever member owns the partition now); settling a
 //! revoked delivery late changes nothing.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
 use choreo_core::{Bus, Delivery, Envelope, SubscribeOptions, Subscription};
 use choreo_kafka::{KafkaBus, KafkaSubscription};
 use choreo_testkit::{recv, try_recv};
-use common::*;
 
 const EVENTS: u64 = 40;
 

@@ -2,12 +2,10 @@
 //! storage (tansu with sqlite): producers and consumers ride it out, every
 //! flow completes and nothing is lost.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use choreo_testkit::wait_until;
-use common::*;
 
 const FLOWS: u64 = 40;
 const PATIENCE: Duration = Duration::from_secs(120);

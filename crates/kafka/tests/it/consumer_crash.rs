@@ -2,17 +2,15 @@
 //! process, the deliveries it had not settled are delivered again and
 //! handled, and what it had settled and committed is not all redone.
 
-mod common;
-
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
 use choreo_core::{Bus, Envelope};
 use choreo_testkit::{wait_until, worker};
-use common::*;
 
 const JOBS: u64 = 200;
 const HELD: u64 = 17;

@@ -8,8 +8,6 @@
 //! (OpenSSL) that forwards the decrypted stream to tansu, which advertises the
 //! proxy's port in its metadata so clients only ever connect through TLS.
 
-#![allow(dead_code, unreachable_pub)]
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -33,8 +31,8 @@ use openssl::x509::{X509, X509NameBuilder};
 use crate::common::{free_port, spawn_tansu_on_released_port, spawn_tansu_with, tansu_binary};
 
 /// A certificate authority: its certificate and key.
-pub struct Ca {
-    pub cert: X509,
+pub(crate) struct Ca {
+    pub(crate) cert: X509,
     key: PKey<Private>,
 }
 
@@ -58,7 +56,7 @@ fn name(cn: &str) -> openssl::x509::X509Name {
 
 impl Ca {
     /// A new self-signed CA valid for a day.
-    pub fn new(cn: &str) -> Ca {
+    pub(crate) fn new(cn: &str) -> Ca {
         let key = new_key();
         let mut b = X509::builder().expect("x509");
         b.set_version(2).expect("v3");
@@ -90,12 +88,12 @@ impl Ca {
 
     /// A certificate for `localhost` and 127.0.0.1 signed by this CA, for a
     /// server (`client` false) or a client.
-    pub fn issue(&self, cn: &str, client: bool) -> (X509, PKey<Private>) {
+    pub(crate) fn issue(&self, cn: &str, client: bool) -> (X509, PKey<Private>) {
         self.issue_for(cn, &["localhost"], &["127.0.0.1"], client)
     }
 
     /// A certificate naming `hosts` and `ips`, signed by this CA.
-    pub fn issue_for(
+    pub(crate) fn issue_for(
         &self,
         cn: &str,
         hosts: &[&str],
@@ -136,7 +134,7 @@ impl Ca {
     }
 
     /// Writes the CA certificate as PEM to `path`.
-    pub fn write(&self, path: &Path) -> PathBuf {
+    pub(crate) fn write(&self, path: &Path) -> PathBuf {
         std::fs::write(path, self.cert.to_pem().expect("pem")).expect("write CA");
         path.to_owned()
     }
@@ -144,7 +142,7 @@ impl Ca {
 
 /// Writes a certificate and its key as PEM files in `dir`; the key is
 /// encrypted (PKCS#8, AES-256) when `password` is given.
-pub fn write_pair(
+pub(crate) fn write_pair(
     dir: &Path,
     stem: &str,
     (cert, key): &(X509, PKey<Private>),
@@ -166,11 +164,10 @@ pub fn write_pair(
 /// A TLS server on a loopback port that forwards every connection, once the
 /// handshake succeeded, to `upstream`. Runs on its own thread and runtime;
 /// stops when dropped.
-pub struct TlsProxy {
-    pub port: u16,
+pub(crate) struct TlsProxy {
     /// Handshakes that succeeded and failed so far.
-    pub accepted: Arc<AtomicU64>,
-    pub refused: Arc<AtomicU64>,
+    pub(crate) accepted: Arc<AtomicU64>,
+    pub(crate) refused: Arc<AtomicU64>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -178,7 +175,7 @@ pub struct TlsProxy {
 impl TlsProxy {
     /// Serves `cert`/`key` on `port`; with `client_ca`, requires a client
     /// certificate signed by it (mutual TLS).
-    pub fn start(
+    pub(crate) fn start(
         port: u16,
         upstream: SocketAddr,
         cert: &X509,
@@ -236,7 +233,6 @@ impl TlsProxy {
             });
         });
         TlsProxy {
-            port,
             accepted,
             refused,
             stop: Some(stop),
@@ -257,15 +253,15 @@ impl Drop for TlsProxy {
 }
 
 /// The PKI of one test: a CA, the broker's certificate, and files.
-pub struct Pki {
-    pub dir: tempfile::TempDir,
-    pub ca: Ca,
-    pub ca_file: PathBuf,
-    pub server: (X509, PKey<Private>),
+pub(crate) struct Pki {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) ca: Ca,
+    pub(crate) ca_file: PathBuf,
+    pub(crate) server: (X509, PKey<Private>),
 }
 
 impl Pki {
-    pub fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let dir = tempfile::tempdir().expect("temp dir");
         let ca = Ca::new("choreo test CA");
         let ca_file = ca.write(&dir.path().join("ca.pem"));
@@ -281,29 +277,30 @@ impl Pki {
 
 /// How a [`SecureTansu`] is locked down.
 #[derive(Default)]
-pub struct Security<'a> {
+pub(crate) struct Security<'a> {
     /// SCRAM-SHA-512 users (name, password) to create; with any, the broker
     /// runs with `--authentication`.
-    pub users: &'a [(&'a str, &'a str)],
+    pub(crate) users: &'a [(&'a str, &'a str)],
     /// Serve TLS (through the proxy) with this PKI's server certificate.
-    pub tls: Option<&'a Pki>,
+    pub(crate) tls: Option<&'a Pki>,
     /// Require client certificates signed by the PKI's CA.
-    pub mutual_tls: bool,
+    pub(crate) mutual_tls: bool,
 }
 
 /// tansu locked down as asked; killed when dropped.
-pub struct SecureTansu {
+pub(crate) struct SecureTansu {
     child: Option<Child>,
-    pub dir: tempfile::TempDir,
+    /// tansu's storage and log, removed when dropped.
+    _dir: tempfile::TempDir,
     /// What clients connect to (the proxy with TLS).
-    pub brokers: String,
+    pub(crate) brokers: String,
     /// tansu's own (plaintext) address.
-    pub upstream: SocketAddr,
-    pub proxy: Option<TlsProxy>,
+    pub(crate) upstream: SocketAddr,
+    pub(crate) proxy: Option<TlsProxy>,
 }
 
 impl SecureTansu {
-    pub fn start(security: Security<'_>) -> SecureTansu {
+    pub(crate) fn start(security: Security<'_>) -> SecureTansu {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let front = if security.tls.is_some() {
@@ -349,16 +346,11 @@ impl SecureTansu {
         });
         SecureTansu {
             child: Some(child),
-            dir,
+            _dir: dir,
             brokers: format!("127.0.0.1:{front}"),
             upstream: SocketAddr::from(([127, 0, 0, 1], port)),
             proxy,
         }
-    }
-
-    /// The broker's log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
     }
 }
 
@@ -372,7 +364,7 @@ impl Drop for SecureTansu {
 }
 
 /// Every error of the chain, outermost first, joined by " / ".
-pub fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(e) = source {
@@ -384,7 +376,7 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 /// Publishes an event and reads it back, id and payload, through `group`.
-pub async fn round_trip(bus: &choreo_kafka::KafkaBus, group: &str, topic: &str) {
+pub(crate) async fn round_trip(bus: &choreo_kafka::KafkaBus, group: &str, topic: &str) {
     use choreo_core::{Bus, Envelope, SubscribeOptions, Subscription};
     let mut sub = bus
         .subscribe(SubscribeOptions::new(group, [topic]))

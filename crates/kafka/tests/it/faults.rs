@@ -3,11 +3,9 @@
 //! Every event of every flow is handled, and although deliveries may repeat
 //! (at least once), the idempotency middleware keeps each flow's effect to one.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use rdkafka::types::RDKafkaApiKey;
 use rdkafka::types::RDKafkaRespErr;
 

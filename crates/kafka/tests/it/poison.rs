@@ -3,15 +3,13 @@
 //! dead-lettered by the runtime with the reason, counted in metrics, and the
 //! consumer goes on with the records after them.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use choreo_avro::{AvroCodec, MemoryRegistry};
 use choreo_bus::{Context, HandlerError, Publisher, Service};
 use choreo_core::{Bus, Codecs, Event, SubscribeOptions, Subscription, dlq_headers};
-use common::*;
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};

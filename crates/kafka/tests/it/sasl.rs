@@ -4,21 +4,17 @@
 //! never the password; PLAIN, which tansu 0.6.0 does not offer, is refused
 //! with the broker's list of mechanisms.
 
-mod common;
-#[path = "common/secure.rs"]
-mod secure;
-
 use std::time::Duration;
 
+use crate::common::secure::{SecureTansu, Security, error_chain, round_trip};
 use choreo_core::{Bus, Envelope, SubscribeOptions};
 use choreo_kafka::{KafkaBus, KafkaConfig, SaslConfig, SaslMechanism};
-use secure::{SecureTansu, Security, error_chain, round_trip};
 
 const USER: &str = "orders-svc";
 const PASSWORD: &str = "Corr3ct-Horse-Battery";
 
 fn sasl(brokers: &str, mechanism: SaslMechanism, user: &str, password: &str) -> KafkaConfig {
-    common::config(brokers)
+    crate::common::config(brokers)
         .admin_timeout(Duration::from_secs(5))
         .join_timeout(Duration::from_secs(30))
         .sasl(SaslConfig::new(mechanism, user, password))

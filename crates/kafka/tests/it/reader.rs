@@ -1,14 +1,12 @@
 //! The record reader for tools: named topics or a pattern, from the
 //! beginning to the end or following, without a group or as one.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
 use choreo_core::{Bus, Envelope};
 use choreo_kafka::{ReadFrom, ReaderOptions, RecordReader, Topics};
-use common::*;
 
 async fn publish(bus: &choreo_kafka::KafkaBus, topic: &str, n: u64) {
     for i in 0..n {

@@ -1,7 +1,7 @@
 //! Test helpers: librdkafka's mock cluster and tansu brokers as conformance
 //! harnesses, and the test configuration.
 
-#![allow(dead_code, unreachable_pub)]
+pub(crate) mod secure;
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use rdkafka::producer::DefaultProducerContext;
 
 /// The configuration the tests use: short group timeouts (the mock cluster
 /// waits session timeout − 1 s for members to rejoin), quick commits and lag.
-pub fn config(brokers: &str) -> KafkaConfig {
+pub(crate) fn config(brokers: &str) -> KafkaConfig {
     KafkaConfig::new(brokers)
         .session_timeout(Duration::from_millis(3000))
         .commit_interval(Duration::from_millis(50))
@@ -26,30 +26,25 @@ pub fn config(brokers: &str) -> KafkaConfig {
 }
 
 /// librdkafka's in-process mock cluster (not `Send`: keep it in the test body).
-pub struct Mock {
-    pub cluster: MockCluster<'static, DefaultProducerContext>,
-    pub bus: KafkaBus,
+pub(crate) struct Mock {
+    pub(crate) cluster: MockCluster<'static, DefaultProducerContext>,
+    pub(crate) bus: KafkaBus,
 }
 
 impl Mock {
     /// A mock cluster of `brokers` brokers and a bus on it.
-    pub fn start(brokers: i32) -> Mock {
+    pub(crate) fn start(brokers: i32) -> Mock {
         let cluster = MockCluster::new(brokers).expect("mock cluster");
         let bus = KafkaBus::new(config(&cluster.bootstrap_servers())).expect("bus");
         Mock { cluster, bus }
     }
 
-    /// Another bus on the same cluster (another "process").
-    pub fn another_bus(&self) -> KafkaBus {
-        KafkaBus::new(config(&self.cluster.bootstrap_servers())).expect("bus")
-    }
-
-    pub fn brokers(&self) -> String {
+    pub(crate) fn brokers(&self) -> String {
         self.cluster.bootstrap_servers()
     }
 
     /// Creates a topic on the mock (it has no admin API) and lets the bus know.
-    pub async fn topic(&self, name: &str, partitions: u32) {
+    pub(crate) async fn topic(&self, name: &str, partitions: u32) {
         self.cluster
             .create_topic(name, partitions as i32, 1)
             .expect("mock topic");
@@ -80,13 +75,13 @@ impl Harness for Mock {
 }
 
 /// How to install tansu, for the failure message.
-pub const INSTALL_TANSU: &str =
+pub(crate) const INSTALL_TANSU: &str =
     "cargo install tansu --version 0.6.0 --locked --features dynostore,libsql";
 
 /// The tansu binary: `$CHOREO_TANSU`, else `tansu` on the PATH, else
 /// `~/.cargo/bin/tansu`. Panics with the install command when there is none:
 /// these tests must not pass silently without a broker.
-pub fn tansu_binary() -> PathBuf {
+pub(crate) fn tansu_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("CHOREO_TANSU") {
         return PathBuf::from(p);
     }
@@ -109,20 +104,20 @@ pub fn tansu_binary() -> PathBuf {
         })
 }
 
-pub use choreo_testkit::free_port;
+pub(crate) use choreo_testkit::free_port;
 
 /// A tansu broker in its own process, on a free loopback port, with sqlite
 /// storage in a temporary directory. Killed when dropped.
-pub struct Tansu {
+pub(crate) struct Tansu {
     child: Option<Child>,
-    pub dir: tempfile::TempDir,
-    pub port: u16,
-    pub bus: KafkaBus,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) port: u16,
+    pub(crate) bus: KafkaBus,
 }
 
 impl Tansu {
     /// Starts a broker and a bus on it.
-    pub async fn start() -> Tansu {
+    pub(crate) async fn start() -> Tansu {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut last = String::new();
         for _ in 0..5 {
@@ -143,17 +138,17 @@ impl Tansu {
         panic!("tansu did not start: {last}");
     }
 
-    pub fn brokers(&self) -> String {
+    pub(crate) fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 
     /// Another bus on the same broker (another "process").
-    pub fn another_bus(&self) -> KafkaBus {
+    pub(crate) fn another_bus(&self) -> KafkaBus {
         KafkaBus::new(config(&self.brokers())).expect("bus")
     }
 
     /// `kill -9` the broker.
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -161,7 +156,7 @@ impl Tansu {
     }
 
     /// Starts the broker again on the same port and storage.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         assert!(self.child.is_none(), "kill it first");
         self.child = Some(spawn_tansu_on_released_port(
             self.dir.path(),
@@ -172,7 +167,7 @@ impl Tansu {
     }
 
     /// Creates a topic with tansu's CLI and lets the bus know.
-    pub async fn topic(&self, name: &str, partitions: u32) {
+    pub(crate) async fn topic(&self, name: &str, partitions: u32) {
         let out = Command::new(tansu_binary())
             .args(["topic", "create", name, "--broker"])
             .arg(format!("tcp://127.0.0.1:{}", self.port))
@@ -189,11 +184,6 @@ impl Tansu {
             .await
             .expect("topic visible");
     }
-
-    /// The broker's log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
-    }
 }
 
 impl Drop for Tansu {
@@ -208,7 +198,7 @@ fn spawn_tansu(dir: &Path, port: u16) -> Result<Child, String> {
 
 /// Like [`spawn_tansu_with`], on a port a killed broker listened on a moment
 /// ago: retries for up to 30 s while the port lingers, then panics.
-pub fn spawn_tansu_on_released_port(
+pub(crate) fn spawn_tansu_on_released_port(
     dir: &Path,
     port: u16,
     advertised: u16,
@@ -230,7 +220,7 @@ pub fn spawn_tansu_on_released_port(
 /// Starts tansu on `port` with sqlite storage in `dir`, advertising
 /// `127.0.0.1:advertised` (another port when a proxy stands in front of it),
 /// with `extra` arguments (e.g. `--authentication`). Waits until it listens.
-pub fn spawn_tansu_with(
+pub(crate) fn spawn_tansu_with(
     dir: &Path,
     port: u16,
     advertised: u16,
@@ -296,25 +286,10 @@ impl Harness for Tansu {
     }
 }
 
-/// A name no other test uses.
-pub fn unique(base: &str) -> String {
-    format!("{base}-{}", uuid_suffix())
-}
-
-fn uuid_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 // ---- the order saga the flow tests run ----
 
 /// The next `n` deliveries of `sub`, acked.
-pub async fn collect(
+pub(crate) async fn collect(
     sub: &mut choreo_kafka::KafkaSubscription,
     n: usize,
     what: &str,
@@ -336,49 +311,49 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, apache_avro::AvroSchema)]
-pub struct OrderPlaced {
-    pub order_id: u64,
+pub(crate) struct OrderPlaced {
+    pub(crate) order_id: u64,
 }
 choreo_core::event!(OrderPlaced, topic = "orders");
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PaymentCaptured {
-    pub order_id: u64,
+pub(crate) struct PaymentCaptured {
+    pub(crate) order_id: u64,
 }
 choreo_core::event!(PaymentCaptured, topic = "payments");
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OrderShipped {
-    pub order_id: u64,
+pub(crate) struct OrderShipped {
+    pub(crate) order_id: u64,
 }
 choreo_core::event!(OrderShipped, topic = "shipping");
 
 /// Metrics on a private registry, so tests don't share counters.
-pub fn metrics() -> (prometheus::Registry, Metrics) {
+pub(crate) fn metrics() -> (prometheus::Registry, Metrics) {
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry).expect("metrics");
     (registry, metrics)
 }
 
 #[allow(unused_imports)] // not every test binary reads metrics
-pub use choreo_testkit::metric;
+pub(crate) use choreo_testkit::metric;
 
 /// Three services of an order saga: payment (OrderPlaced → PaymentCaptured),
 /// shipping (PaymentCaptured → OrderShipped) and ledger (records each
 /// shipped order: the flow's effect). Each with the default in-memory
 /// idempotency, so duplicate deliveries have no effect.
-pub struct Saga {
+pub(crate) struct Saga {
     /// Order ids the ledger recorded, in order (duplicates would show here).
-    pub ledger: Arc<Mutex<Vec<u64>>>,
+    pub(crate) ledger: Arc<Mutex<Vec<u64>>>,
     /// Handler runs per service (duplicates allowed: at least once).
-    pub runs: Arc<Mutex<HashMap<&'static str, u64>>>,
-    pub stop: CancellationToken,
+    pub(crate) runs: Arc<Mutex<HashMap<&'static str, u64>>>,
+    pub(crate) stop: CancellationToken,
     handles: Vec<ServiceHandle>,
 }
 
 impl Saga {
     /// Starts the three services, each on its own bus from `bus_for`.
-    pub async fn start(bus_for: impl Fn(&str) -> KafkaBus, metrics: &Metrics) -> Saga {
+    pub(crate) async fn start(bus_for: impl Fn(&str) -> KafkaBus, metrics: &Metrics) -> Saga {
         let ledger: Arc<Mutex<Vec<u64>>> = Arc::default();
         let runs: Arc<Mutex<HashMap<&'static str, u64>>> = Arc::default();
         let stop = CancellationToken::new();
@@ -446,7 +421,7 @@ impl Saga {
     }
 
     /// Starts flows `range` from `bus`.
-    pub async fn place(bus: &KafkaBus, range: std::ops::Range<u64>) {
+    pub(crate) async fn place(bus: &KafkaBus, range: std::ops::Range<u64>) {
         let p = Publisher::new(bus, "checkout");
         let all = range.map(|order_id| {
             let p = p.clone();
@@ -458,13 +433,13 @@ impl Saga {
     }
 
     /// How many distinct orders the ledger recorded.
-    pub fn shipped(&self) -> usize {
+    pub(crate) fn shipped(&self) -> usize {
         let l = self.ledger.lock().unwrap();
         l.iter().collect::<std::collections::HashSet<_>>().len()
     }
 
     /// Waits until every order of `0..n` is in the ledger.
-    pub async fn wait_all(&self, n: u64, deadline: Duration) {
+    pub(crate) async fn wait_all(&self, n: u64, deadline: Duration) {
         choreo_testkit::wait_until(&format!("{n} flows to complete"), deadline, || {
             self.shipped() >= n as usize
         })
@@ -472,7 +447,7 @@ impl Saga {
     }
 
     /// Stops the services and checks the effect: every order once.
-    pub async fn finish(self, n: u64) -> HashMap<&'static str, u64> {
+    pub(crate) async fn finish(self, n: u64) -> HashMap<&'static str, u64> {
         self.stop.cancel();
         for h in self.handles {
             h.await.expect("service stopped cleanly");

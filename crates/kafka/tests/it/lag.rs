@@ -1,13 +1,11 @@
 //! Consumer lag per group, topic and partition: records after the group's
 //! committed offset, as a Prometheus gauge.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use choreo_core::{Bus, Envelope, StartFrom, SubscribeOptions, Subscription};
 use choreo_testkit::wait_until;
-use common::*;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 

@@ -8,19 +8,15 @@
 //! proxy (OpenSSL) in front of it terminates TLS, and tansu advertises the
 //! proxy's port, so every connection of the client goes through TLS.
 
-mod common;
-#[path = "common/secure.rs"]
-mod secure;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::common::secure::{Ca, Pki, SecureTansu, Security, error_chain, round_trip, write_pair};
 use choreo_core::{Bus, Envelope, SubscribeOptions};
 use choreo_kafka::{KafkaBus, KafkaConfig, SaslConfig, SaslMechanism, Secret, TlsConfig};
-use secure::{Ca, Pki, SecureTansu, Security, error_chain, round_trip, write_pair};
 
 fn tls_config(brokers: &str, ca: &std::path::Path) -> KafkaConfig {
-    common::config(brokers)
+    crate::common::config(brokers)
         .admin_timeout(Duration::from_secs(5))
         .join_timeout(Duration::from_secs(30))
         .tls(TlsConfig::new().ca_location(ca))
@@ -128,8 +124,8 @@ async fn a_certificate_for_another_host_is_refused_unless_host_verification_is_o
     let (cert, key) = pki
         .ca
         .issue_for("elsewhere.example", &["elsewhere.example"], &[], false);
-    let port = common::free_port();
-    let other = secure::TlsProxy::start(port, broker.upstream, &cert, &key, None);
+    let port = crate::common::free_port();
+    let other = crate::common::secure::TlsProxy::start(port, broker.upstream, &cert, &key, None);
     let brokers = format!("127.0.0.1:{port}");
 
     let bus = KafkaBus::new(tls_config(&brokers, &pki.ca_file)).unwrap();
@@ -157,7 +153,7 @@ async fn a_plaintext_client_gets_nothing_from_a_tls_listener() {
         tls: Some(&pki),
         ..Security::default()
     });
-    let config = common::config(&broker.brokers).admin_timeout(Duration::from_secs(3));
+    let config = crate::common::config(&broker.brokers).admin_timeout(Duration::from_secs(3));
     let bus = KafkaBus::new(config).unwrap();
     let err = bus
         .publish(Envelope::new("OrderPlaced", "tls-plain", "{}"))

@@ -2,6 +2,4 @@
 //! a separate process (one per case, on a free loopback port, sqlite storage
 //! in a temporary directory).
 
-mod common;
-
-choreo_testkit::conformance_suite!(|| async { common::Tansu::start().await });
+choreo_testkit::conformance_suite!(|| async { crate::common::Tansu::start().await });

@@ -3,13 +3,11 @@
 //! missing (the mock cluster), and a clear error where neither works or
 //! creation is switched off.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use choreo_core::{Bus, Envelope, SubscribeOptions, Subscription};
 use choreo_kafka::KafkaBus;
-use common::*;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaRespErr;

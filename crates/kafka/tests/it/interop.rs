@@ -3,14 +3,12 @@
 //! choreo's records read correctly with plain rdkafka, and records without
 //! any CloudEvents header are still delivered.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use choreo_bus::{Context, HandlerError, Publisher, Service};
 use choreo_core::{Bus, ContentType, Event, StartFrom, SubscribeOptions, Subscription, Timestamp};
 use choreo_kafka::record::derived_id;
-use common::*;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
