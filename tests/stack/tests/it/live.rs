@@ -282,21 +282,51 @@ fn every_dashboard_query_and_alert_expression_returns_data_from_a_live_tracer() 
     );
     let mut prometheus = Prometheus::start(&config).unwrap_or_else(|e| panic!("{e}"));
     let mut sim = sim;
+    let checks = every_expression_with_data(&mut sim, &mut prometheus, started);
+    eprintln!(
+        "every expression had data {:.1}s after the scenario started",
+        started.elapsed().as_secs_f64()
+    );
 
-    // Poll until every expression not listed in EMPTY has data, all
-    // evaluated at one instant per round.
+    // The scenario is still running: its metrics, as Prometheus scraped them.
+    let metrics = prom::get(&prom::agent(), &format!("http://{}/metrics", sim.addr), &[])
+        .unwrap_or_else(|e| fail(&sim, &prometheus, format!("the scenario's /metrics: {e}")));
+    let mut problems = Vec::new();
+    empty_ones_are_the_listed_ones(&checks, &mut problems);
+    the_node_graph_is_whole(&checks, &mut problems);
+    if let Err(e) = every_rule_evaluates(&prometheus, &mut problems) {
+        fail(&sim, &prometheus, e);
+    }
+    // promtool's lint of the SDK's, the bus's and the tracer's exposition.
+    if let Err(e) = prom::promtool(&["check", "metrics"], Some(&metrics), &repo::root()) {
+        problems.push(e);
+    }
+    every_metric_read_is_exported(&checks, &metrics, &mut problems);
+    if !problems.is_empty() {
+        fail(&sim, &prometheus, problems.join("\n"));
+    }
+}
+
+/// Polls until every expression not listed in EMPTY has data, all
+/// evaluated at one instant per round; fails the test when the scenario ends
+/// or the deadline passes first.
+fn every_expression_with_data(
+    sim: &mut Simulation,
+    prometheus: &mut Prometheus,
+    started: Instant,
+) -> Vec<Check> {
     let deadline = Instant::now() + DEADLINE;
     // What the last round before the scenario ended missed: once it ends,
     // its gauges go stale and would hide the real culprits.
     let mut missing_while_running: Vec<String> = Vec::new();
-    let checks = loop {
+    loop {
         if let Err(e) = prometheus.check_running() {
-            fail(&sim, &prometheus, e);
+            fail(sim, prometheus, e);
         }
         let ended = sim.process.exited();
         let time = Prometheus::now();
         let range = format!("{}s", started.elapsed().as_secs() + 5);
-        let round = checks(&prometheus, &range).and_then(|mut checks| {
+        let round = checks(prometheus, &range).and_then(|mut checks| {
             for c in &mut checks {
                 c.result = prometheus.query(&c.expr, time)?;
             }
@@ -315,10 +345,10 @@ fn every_dashboard_query_and_alert_expression_returns_data_from_a_live_tracer() 
             missing_while_running.clone_from(&missing);
         }
         match round {
-            Ok(checks) if missing.is_empty() => break checks,
+            Ok(checks) if missing.is_empty() => return checks,
             _ if ended.is_some() || Instant::now() > deadline => fail(
-                &sim,
-                &prometheus,
+                sim,
+                prometheus,
                 format!(
                     "{}, these still return nothing (list one in EMPTY only if it is \
                      legitimately empty in this scenario, with the reason):\n  {}",
@@ -331,19 +361,11 @@ fn every_dashboard_query_and_alert_expression_returns_data_from_a_live_tracer() 
             ),
             _ => std::thread::sleep(Duration::from_millis(1000)),
         }
-    };
+    }
+}
 
-    eprintln!(
-        "every expression had data {:.1}s after the scenario started",
-        started.elapsed().as_secs_f64()
-    );
-
-    // The scenario is still running: its metrics, as Prometheus scraped them.
-    let metrics = prom::get(&prom::agent(), &format!("http://{}/metrics", sim.addr), &[])
-        .unwrap_or_else(|e| fail(&sim, &prometheus, format!("the scenario's /metrics: {e}")));
-    let mut problems = Vec::new();
-
-    // The listed exceptions are exact: each is a real check, and empty.
+/// The listed exceptions are exact: each is a real check, and empty.
+fn empty_ones_are_the_listed_ones(checks: &[Check], problems: &mut Vec<String>) {
     for (location, _) in EMPTY {
         match checks.iter().find(|c| c.location == *location) {
             None => problems.push(format!("EMPTY lists '{location}', which is no check")),
@@ -354,8 +376,10 @@ fn every_dashboard_query_and_alert_expression_returns_data_from_a_live_tracer() 
             Some(_) => {}
         }
     }
+}
 
-    // The node graph's frames: nodes with an id, edges between them.
+/// The node graph's frames: nodes with an id, edges between them.
+fn the_node_graph_is_whole(checks: &[Check], problems: &mut Vec<String>) {
     for c in checks.iter().filter(|c| c.panel_type == "nodeGraph") {
         let need: &[&str] = if c.location.ends_with("/ nodes") {
             &["id", "title"]
@@ -388,11 +412,11 @@ fn every_dashboard_query_and_alert_expression_returns_data_from_a_live_tracer() 
     if node_ids.len() < 5 {
         problems.push(format!("the service graph has only the nodes {node_ids:?}"));
     }
+}
 
-    // Prometheus loaded every rule and evaluated it without error.
-    let loaded = prometheus
-        .api("/api/v1/rules", &[])
-        .unwrap_or_else(|e| fail(&sim, &prometheus, e));
+/// Prometheus loaded every rule and evaluated it without error.
+fn every_rule_evaluates(prometheus: &Prometheus, problems: &mut Vec<String>) -> Result<(), String> {
+    let loaded = prometheus.api("/api/v1/rules", &[])?;
     let mut evaluated = BTreeSet::new();
     for g in loaded["groups"].as_array().into_iter().flatten() {
         for r in g["rules"].as_array().into_iter().flatten() {
@@ -412,21 +436,19 @@ fn every_dashboard_query_and_alert_expression_returns_data_from_a_live_tracer() 
             "Prometheus evaluates {evaluated:?}, the rule files define {defined:?}"
         ));
     }
+    Ok(())
+}
 
-    // promtool's lint of the SDK's, the bus's and the tracer's exposition.
-    if let Err(e) = prom::promtool(&["check", "metrics"], Some(&metrics), &repo::root()) {
-        problems.push(e);
-    }
-
-    // Every metric a dashboard or a rule reads is in the live output, but
-    // those listed in ABSENT (which must be absent).
+/// Every metric a dashboard or a rule reads is in the live output, but
+/// those listed in ABSENT (which must be absent).
+fn every_metric_read_is_exported(checks: &[Check], metrics: &str, problems: &mut Vec<String>) {
     let live: BTreeSet<&str> = metrics
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split(['{', ' ']).next())
         .collect();
     let mut used = BTreeSet::new();
-    for c in &checks {
+    for c in checks {
         used.extend(promql::metric_names(&c.expr));
     }
     for name in &used {
@@ -445,9 +467,5 @@ fn every_dashboard_query_and_alert_expression_returns_data_from_a_live_tracer() 
         if !used.contains(*name) {
             problems.push(format!("ABSENT lists '{name}', which nothing reads"));
         }
-    }
-
-    if !problems.is_empty() {
-        fail(&sim, &prometheus, problems.join("\n"));
     }
 }
