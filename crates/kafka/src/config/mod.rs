@@ -193,7 +193,7 @@ impl SaslConfig {
 /// the configured partition count instead); on consumers `group.id` (from
 /// the subscription), `enable.auto.commit=false` and
 /// `enable.auto.offset.store=false` (offsets are committed only once
-/// settled), `auto.offset.reset` (from the subscription's [`StartFrom`]).
+/// settled), `auto.offset.reset` (from the subscription's [`StartFrom`](choreo_core::StartFrom)).
 ///
 /// `Debug` never prints passwords, nor raw options whose name looks secret.
 #[derive(Clone, PartialEq)]
