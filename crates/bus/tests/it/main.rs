@@ -7,6 +7,7 @@
 mod common;
 mod flow;
 
+mod back_pressure;
 mod batches;
 mod conformance;
 mod dead_letter;

@@ -2,18 +2,16 @@
 //! publishers that start work, never a handler, so services in a cycle
 //! cannot wait for each other (or for themselves), whatever the bound.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::common::*;
 use choreo_bus::{
     Context, HandlerError, InProcessBus, InProcessConfig, Publisher, Retention, Service,
 };
 use choreo_core::{Bus, Envelope, SubscribeOptions};
 use choreo_testkit::{metric, recv, wait_until};
-use common::*;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -57,7 +55,7 @@ fn small_bus(max_events_per_partition: usize) -> (InProcessBus, prometheus::Regi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_in_a_cycle_never_wait_for_each_other() {
     let (bus, registry) = small_bus(8);
-    let (_, metrics) = common::metrics();
+    let (_, metrics) = crate::common::metrics();
     let stop = CancellationToken::new();
     let done = Arc::new(AtomicU64::new(0));
     let payment = Service::new("payment")
@@ -125,7 +123,7 @@ async fn services_in_a_cycle_never_wait_for_each_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_that_feeds_itself_never_waits_for_itself() {
     let (bus, registry) = small_bus(4);
-    let (_, metrics) = common::metrics();
+    let (_, metrics) = crate::common::metrics();
     let stop = CancellationToken::new();
     let handled = Arc::new(AtomicU64::new(0));
     let count = handled.clone();
@@ -174,7 +172,7 @@ async fn a_service_that_feeds_itself_never_waits_for_itself() {
 #[tokio::test(start_paused = true)]
 async fn events_past_the_bound_hold_new_work_back_until_they_drain() {
     let (bus, registry) = small_bus(1);
-    let (_, metrics) = common::metrics();
+    let (_, metrics) = crate::common::metrics();
     let mut reader = bus
         .subscribe(SubscribeOptions::new("reader", ["payments"]))
         .await
