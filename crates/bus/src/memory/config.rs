@@ -7,6 +7,7 @@ use std::time::Duration;
 /// What a full partition does with a new event: one whose oldest event a
 /// group with members has not settled yet. See the [module docs](crate::memory).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum WhenFull {
     /// Nothing is lost; the publishers that start work wait, handlers never
     /// do.
@@ -48,6 +49,7 @@ pub enum WhenFull {
 
 /// How many events a partition keeps, and what happens when it is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Retention {
     /// Events kept per partition. Default 1 024: with the default 4
     /// partitions a topic holds 4 096 events, which bounds what the bus keeps
@@ -79,7 +81,10 @@ impl Default for Retention {
     }
 }
 
-/// Configuration of an [`InProcessBus`](super::InProcessBus).
+/// Configuration of an [`InProcessBus`](super::InProcessBus):
+/// [`InProcessConfig::default`], then a setter per field.
+// Not #[non_exhaustive] yet: `choreo simulate` (crates/cli/src/cmd/simulate.rs,
+// restructured on another branch) still builds it with a struct literal.
 #[derive(Debug, Clone)]
 pub struct InProcessConfig {
     /// Partitions of a topic created on first use. Default 4.
@@ -104,5 +109,52 @@ impl Default for InProcessConfig {
             retention: Retention::default(),
             fetch_batch: 64,
         }
+    }
+}
+
+impl Retention {
+    /// Sets how many events a partition keeps.
+    pub fn max_events_per_partition(mut self, events: usize) -> Self {
+        self.max_events_per_partition = events;
+        self
+    }
+
+    /// Sets what a full partition does with a new event.
+    pub fn when_full(mut self, when_full: WhenFull) -> Self {
+        self.when_full = when_full;
+        self
+    }
+
+    /// Sets how long a waiting publisher waits, while the group holding the
+    /// room back settles nothing, before it warns (and again each period).
+    pub fn stalled_after(mut self, period: Duration) -> Self {
+        self.stalled_after = period;
+        self
+    }
+}
+
+impl InProcessConfig {
+    /// Sets the partitions of a topic created on first use.
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// Sets the partitions of `topic` when it is created, over `partitions`.
+    pub fn topic_partitions(mut self, topic: impl Into<String>, partitions: u32) -> Self {
+        self.topic_partitions.insert(topic.into(), partitions);
+        self
+    }
+
+    /// Sets the retention bound and policy.
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Sets how many deliveries a subscription takes from a partition per lock.
+    pub fn fetch_batch(mut self, deliveries: usize) -> Self {
+        self.fetch_batch = deliveries;
+        self
     }
 }

@@ -32,14 +32,12 @@ choreo_core::event!(Countdown, topic = "countdown");
 const DEADLINE: Duration = Duration::from_secs(30);
 
 fn small_bus(max_events_per_partition: usize) -> (InProcessBus, prometheus::Registry) {
-    let bus = InProcessBus::with_config(InProcessConfig {
-        partitions: 1,
-        retention: Retention {
-            max_events_per_partition,
-            ..Retention::default()
-        },
-        ..Default::default()
-    });
+    let retention = Retention::default().max_events_per_partition(max_events_per_partition);
+    let bus = InProcessBus::with_config(
+        InProcessConfig::default()
+            .partitions(1)
+            .retention(retention),
+    );
     let registry = prometheus::Registry::new();
     bus.register_metrics(&registry).unwrap();
     (bus, registry)

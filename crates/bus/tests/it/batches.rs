@@ -7,10 +7,7 @@ use choreo_bus::{InProcessBus, InProcessConfig};
 use choreo_core::{Bus, Envelope, SubscribeOptions, Subscription};
 
 fn bus(partitions: u32) -> InProcessBus {
-    InProcessBus::with_config(InProcessConfig {
-        partitions,
-        ..Default::default()
-    })
+    InProcessBus::with_config(InProcessConfig::default().partitions(partitions))
 }
 
 fn ev(n: u32) -> Envelope {

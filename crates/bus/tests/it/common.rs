@@ -22,10 +22,7 @@ pub(crate) fn receipts_with(bus: &InProcessBus, outcome: Outcome) -> Vec<Receipt
 /// A bus of one partition holding orders `1..=n`, placed before any service
 /// runs: a service started on it finds them all waiting, in one batch.
 pub(crate) async fn orders_waiting(n: u64) -> InProcessBus {
-    let bus = InProcessBus::with_config(InProcessConfig {
-        partitions: 1,
-        ..Default::default()
-    });
+    let bus = InProcessBus::with_config(InProcessConfig::default().partitions(1));
     let checkout = Publisher::new(&bus, "checkout");
     for order_id in 1..=n {
         checkout

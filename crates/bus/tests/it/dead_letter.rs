@@ -31,10 +31,7 @@ fn dlq(bus: &InProcessBus) -> Vec<std::sync::Arc<Envelope>> {
 
 #[tokio::test]
 async fn every_kind_of_failure_is_dead_lettered_with_its_reason_and_the_consumer_goes_on() {
-    let bus = InProcessBus::with_config(choreo_bus::InProcessConfig {
-        partitions: 1,
-        ..Default::default()
-    });
+    let bus = InProcessBus::with_config(choreo_bus::InProcessConfig::default().partitions(1));
     let (registry, m) = metrics();
     let stop = CancellationToken::new();
     let svc = Service::new("payment")

@@ -228,10 +228,7 @@ async fn partitions_run_in_parallel_and_towers_concurrency_limit_caps_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_partition_is_handled_in_order_unless_configured_otherwise() {
     for concurrency in [1usize, 4] {
-        let bus = InProcessBus::with_config(choreo_bus::InProcessConfig {
-            partitions: 1,
-            ..Default::default()
-        });
+        let bus = InProcessBus::with_config(choreo_bus::InProcessConfig::default().partitions(1));
         let (_r, m) = metrics();
         let order = Arc::new(Mutex::new(Vec::new()));
         let (now, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));

@@ -8,15 +8,14 @@ use choreo_core::{Bus, Envelope, SubscribeOptions, Subscription};
 use choreo_testkit::recv;
 
 fn bus(when_full: WhenFull) -> (InProcessBus, prometheus::Registry) {
-    let bus = InProcessBus::with_config(InProcessConfig {
-        partitions: 1,
-        retention: Retention {
-            max_events_per_partition: 3,
-            when_full,
-            ..Retention::default()
-        },
-        ..Default::default()
-    });
+    let retention = Retention::default()
+        .max_events_per_partition(3)
+        .when_full(when_full);
+    let bus = InProcessBus::with_config(
+        InProcessConfig::default()
+            .partitions(1)
+            .retention(retention),
+    );
     let registry = prometheus::Registry::new();
     bus.register_metrics(&registry).unwrap();
     (bus, registry)
