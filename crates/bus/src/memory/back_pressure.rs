@@ -10,8 +10,8 @@ use std::time::Instant;
 use choreo_core::{Envelope, Name, Result};
 use tokio::sync::Notify;
 
+use super::Inner;
 use super::partition::Partition;
-use super::{Inner, Topic};
 
 tokio::task_local! {
     /// Set on the task of a service's partition worker (see [`handling`]):
@@ -121,14 +121,7 @@ impl Inner {
         let mut out = Vec::new();
         partition.holders(&mut out);
         if !partition.gate.is_open() {
-            let topics: Vec<Arc<Topic>> = self
-                .topics
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .cloned()
-                .collect();
-            for t in topics {
+            for t in self.all_topics() {
                 for p in &t.partitions {
                     if !std::ptr::eq(&**p, partition) && p.lock().over {
                         p.holders(&mut out);

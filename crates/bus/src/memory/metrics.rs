@@ -2,13 +2,11 @@
 //! publishers wait, and the gauges and totals read from the partitions at
 //! scrape time.
 
-use std::sync::Arc;
-
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 
-use super::{Inner, Topic};
+use super::Inner;
 
 #[derive(Clone)]
 pub(super) struct Counters {
@@ -130,14 +128,7 @@ impl Collector for LagCollector {
             return Vec::new();
         };
         let f = BusFamilies::new();
-        let topics: Vec<Arc<Topic>> = inner
-            .topics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for t in topics {
+        for t in inner.all_topics() {
             let (mut appended, mut evicted) = (0, 0);
             for p in &t.partitions {
                 let st = p.lock();

@@ -307,6 +307,17 @@ impl Inner {
             .unwrap_or_else(|| self.topic_with_key(Name::from(name), partitions))
     }
 
+    /// Every topic, taken out of the lock (to walk their partitions, each
+    /// behind its own lock).
+    fn all_topics(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// The topic `name` names, if it exists.
     fn find_topic<Q>(&self, name: &Q) -> Option<Arc<Topic>>
     where
