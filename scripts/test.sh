@@ -54,6 +54,15 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
   apt_install --no-install-recommends prometheus
 fi
 
+step "test tools: PostgreSQL 15 (the outbox's tests start throwaway clusters of it)"
+# Debian's `postgresql` package: the server binaries in
+# /usr/lib/postgresql/<version>/bin (initdb, pg_ctl), psql on the PATH. The
+# tests fail, rather than skip, when they are missing; CHOREO_PG_BIN points
+# them at other binaries.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  apt_install --no-install-recommends postgresql
+fi
+
 step "test tools: pm4py in target/pm4py-venv (reads the tracer's event logs in a test)"
 if ! target/pm4py-venv/bin/python -c 'import pm4py' >/dev/null 2>&1; then
   python3 -m venv target/pm4py-venv
@@ -61,6 +70,14 @@ if ! target/pm4py-venv/bin/python -c 'import pm4py' >/dev/null 2>&1; then
 fi
 # The event-log test fails, rather than skips, when pm4py is missing.
 export CHOREO_REQUIRE_PM4PY=1
+
+step "test tools: the CloudEvents SDK and confluent-kafka in target/interop-venv (a Python peer of the Kafka interop test)"
+if ! target/interop-venv/bin/python -c 'import cloudevents.core.bindings.kafka, confluent_kafka' >/dev/null 2>&1; then
+  python3 -m venv target/interop-venv
+  target/interop-venv/bin/pip install -q --disable-pip-version-check 'cloudevents>=2.2,<3' 'confluent-kafka>=2.16,<3'
+fi
+# The CloudEvents interop test fails, rather than skips, when they are missing.
+export CHOREO_REQUIRE_CLOUDEVENTS=1
 
 step "test tools: tansu (the Kafka-compatible broker the Kafka backend's tests start)"
 if ! command -v tansu >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/tansu" ]; then

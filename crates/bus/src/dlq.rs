@@ -110,15 +110,7 @@ impl DeadLettered {
     pub fn replay_envelope(&self) -> Envelope {
         let mut env = self.envelope.clone();
         env.topic = Name::from(self.topic.as_str());
-        for h in [
-            dlq_headers::REASON,
-            dlq_headers::ATTEMPTS,
-            dlq_headers::TOPIC,
-            dlq_headers::PARTITION,
-            dlq_headers::OFFSET,
-            dlq_headers::SERVICE,
-            dlq_headers::TIME,
-        ] {
+        for h in dlq_headers::ALL {
             env.headers.remove(h);
         }
         env.headers
@@ -224,7 +216,23 @@ pub async fn replay<B: Bus>(
     items: &[DeadLettered],
     options: ReplayOptions,
 ) -> Result<Vec<Replayed>> {
-    let mut newest: Vec<&DeadLettered> = Vec::new();
+    replay_with(items, options, |d| bus.publish(d.replay_envelope())).await
+}
+
+/// [`replay`], with each replay published by `publish` (given the copy to
+/// replay: the newest of its event), for a backend whose replay is not
+/// [`DeadLettered::replay_envelope`] — on Kafka, the record as it was
+/// received is published again. Same choice of copies, same refusals.
+pub async fn replay_with<'a, F, Fut>(
+    items: &'a [DeadLettered],
+    options: ReplayOptions,
+    mut publish: F,
+) -> Result<Vec<Replayed>>
+where
+    F: FnMut(&'a DeadLettered) -> Fut,
+    Fut: std::future::Future<Output = choreo_core::Result<()>>,
+{
+    let mut newest: Vec<&'a DeadLettered> = Vec::new();
     let mut index: std::collections::HashMap<&EventId, usize> = Default::default();
     for d in items {
         match index.get(&d.id) {
@@ -248,9 +256,8 @@ pub async fn replay<B: Bus>(
             });
             continue;
         }
-        let env = d.replay_envelope();
         if !options.dry_run {
-            bus.publish(env)
+            publish(d)
                 .await
                 .map_err(|source| Error::Publish { source })?;
         }

@@ -45,8 +45,9 @@
 //! - A handler is an async function of the typed event and a [`Context`];
 //!   events emitted through the context are stamped with the flow's ids and
 //!   published only when the attempt succeeds.
-//! - Every delivery ends in one outcome — acked, dead-lettered, duplicate or
-//!   redelivered — decided in one place; [`Service`] documents the steps.
+//! - Every delivery ends in one outcome — acked, dead-lettered, duplicate,
+//!   redelivered, or ignored (no handler for its type) — decided in one
+//!   place; [`Service`] documents the steps.
 //! - A [`Publisher`] starts flows from outside any handler.
 //!
 //! # Backends

@@ -82,6 +82,9 @@
 //!   the record reader).
 //! - `avro`: Avro payloads with a schema registry, as `choreo::avro`
 //!   (`AvroCodec`, `MemoryRegistry`, `HttpRegistry`).
+//! - `postgres`: a transactional outbox and inbox on PostgreSQL, as
+//!   `choreo::postgres` (`PgStore`, `Transaction`, `Relay`; see
+//!   docs/postgres.md).
 
 pub use choreo_bus::{Context, Error, HandlerError, InProcessBus, Publisher, Result, Service};
 pub use choreo_core::{Bus, Envelope, Event, EventId, event};
@@ -98,8 +101,8 @@ pub mod middleware {
     #![doc = include_str!("docs/middleware.md")]
 
     pub use choreo_bus::{
-        BoxError, BoxFuture, Handled, Idempotency, IdempotencyStore, Invocation, MemoryStore,
-        Retry, RetryPredicate, RetryableError, StackService,
+        BoxError, BoxFuture, EmissionSink, Handled, Idempotency, IdempotencyStore, Invocation,
+        MemoryStore, Retry, RetryPredicate, RetryableError, StackService,
     };
 }
 
@@ -152,6 +155,10 @@ pub use choreo_kafka as kafka;
 /// Avro payloads with a schema registry (the `avro` feature).
 #[cfg(feature = "avro")]
 pub use choreo_avro as avro;
+
+/// Transactional outbox and inbox on PostgreSQL (the `postgres` feature).
+#[cfg(feature = "postgres")]
+pub use choreo_postgres as postgres;
 
 #[cfg(test)]
 mod tests {

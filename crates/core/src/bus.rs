@@ -51,6 +51,7 @@
 //! before it are final, unsettled ones are delivered again to the group's
 //! remaining (or next) members.
 
+use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -130,6 +131,7 @@ pub struct Delivery {
     attempt: u32,
     token: u64,
     settle: Option<Arc<dyn Settle>>,
+    original: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 impl Delivery {
@@ -149,7 +151,23 @@ impl Delivery {
             attempt,
             token,
             settle: Some(settle),
+            original: None,
         }
+    }
+
+    /// Attaches what the backend keeps of the delivered record beside its
+    /// envelope: the Kafka backend keeps the record as it was received (key,
+    /// value and headers byte for byte), which its dead-letter copy carries.
+    /// Opaque to everyone but the backend that attached it.
+    pub fn with_original(mut self, original: Arc<dyn Any + Send + Sync>) -> Self {
+        self.original = Some(original);
+        self
+    }
+
+    /// What the backend attached with [`with_original`](Delivery::with_original),
+    /// when it is a `T`.
+    pub fn original<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.original.clone()?.downcast::<T>().ok()
     }
 
     /// The event.
@@ -243,8 +261,21 @@ pub mod dlq_headers {
     pub const SERVICE: &str = "choreo-dlq-service";
     /// When it was dead-lettered (RFC 3339).
     pub const TIME: &str = "choreo-dlq-time";
+    /// Set when the record could not be read (its CloudEvents attributes are
+    /// broken: the backend marked it with
+    /// [`MALFORMED_HEADER`](crate::MALFORMED_HEADER)): what is wrong with it.
+    /// Its presence says that the service dead-lettered the record without
+    /// ever handling it (so did every other service that received it); the
+    /// reason then starts with `malformed record: `.
+    pub const MALFORMED: &str = "choreo-dlq-malformed";
     /// How many times it has been replayed from the dead-letter topic.
     pub const REPLAYS: &str = "choreo-replay-count";
+
+    /// Every header the dead-letter copy gets (not [`REPLAYS`], which the
+    /// event keeps when it is replayed).
+    pub const ALL: [&str; 8] = [
+        REASON, ATTEMPTS, TOPIC, PARTITION, OFFSET, SERVICE, TIME, MALFORMED,
+    ];
 }
 
 /// Header a backend sets on an event it could only partly read, such as a
@@ -256,10 +287,17 @@ pub mod dlq_headers {
 pub const MALFORMED_HEADER: &str = "choreo-malformed";
 
 /// The copy of `delivery`'s event that goes to the dead-letter topic: the same
-/// id, flow, causation, payload and headers, plus the `choreo-dlq-*` headers.
+/// id, flow, causation, payload and headers, plus the `choreo-dlq-*` headers
+/// (a [`MALFORMED_HEADER`] becomes [`dlq_headers::MALFORMED`]).
+///
+/// This is the copy of a backend whose records are envelopes (the in-process
+/// bus); the Kafka backend copies the record as it was received instead.
 pub fn dead_letter_envelope(delivery: &Delivery, info: &DeadLetter) -> Envelope {
     let mut env = (**delivery.envelope()).clone();
     env.topic = info.topic.clone();
+    if let Some(problem) = env.headers.remove(MALFORMED_HEADER) {
+        env.headers.insert(dlq_headers::MALFORMED, problem);
+    }
     env.headers.insert(dlq_headers::REASON, info.reason.clone());
     env.headers
         .insert(dlq_headers::ATTEMPTS, info.attempts.to_string());

@@ -22,6 +22,12 @@ pub enum Outcome {
     /// The delivery was given back to the bus (shutdown during a retry, or a
     /// failed publish of the handler's emissions); it will be delivered again.
     Redelivered,
+    /// The service does not route the event: it has no handler for its type
+    /// (or the record names no type at all). Acked without running a handler,
+    /// so the event is not delivered to this service again; the receipt makes
+    /// visible that it arrived and was passed over. `attempts` is 0 and
+    /// `reason` says why. Not a handling: the tracer counts no edge for it.
+    Ignored,
 }
 
 impl Outcome {
@@ -32,6 +38,7 @@ impl Outcome {
             Outcome::DeadLettered => "dead_lettered",
             Outcome::Duplicate => "duplicate",
             Outcome::Redelivered => "redelivered",
+            Outcome::Ignored => "ignored",
         }
     }
 }
@@ -39,9 +46,19 @@ impl Outcome {
 /// What one service did with one delivered event.
 ///
 /// The runtime publishes one per settled delivery to [`RECEIPTS_TOPIC`] (unless
-/// switched off). They let the tracer see what events alone can't: a service
+/// switched off), whatever the [`Outcome`] — `acked`, `dead_lettered`,
+/// `duplicate`, `redelivered`, or `ignored` for a delivery the service has no
+/// handler for. They let the tracer see what events alone can't: a service
 /// that received an event and emitted nothing, a handler that keeps failing,
-/// and where in a flow time is spent.
+/// an event that reached a service which passed it over, and where in a flow
+/// time is spent.
+///
+/// The receipt contract, for other tools reading `choreo.receipts`: the value
+/// is this struct as JSON (the field names below; `reason` and `emitted` left
+/// out when empty), `outcome` is one of the [`Outcome::as_str`] words, and the
+/// envelope is in the handled event's flow, caused by it (see
+/// [`Receipt::to_envelope`]). A reader must tolerate outcomes it does not know
+/// (new ones may be added) by skipping the receipt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
     /// The service that handled the event.
@@ -232,5 +249,32 @@ mod tests {
         assert_eq!(env.source, "payment");
         assert_eq!(Receipt::from_envelope(&env), Some(r));
         assert_eq!(Receipt::from_envelope(&handled), None);
+    }
+
+    #[test]
+    fn an_ignored_receipt_is_written_and_read_with_its_word() {
+        let handled = Envelope::new("OrderCancelled", "orders", "{}").with_source("checkout");
+        let r = Receipt {
+            service: Name::from_static("payment"),
+            event_id: handled.id.clone(),
+            event_type: handled.event_type.clone(),
+            correlation_id: handled.correlation_id.clone(),
+            topic: handled.topic.clone(),
+            partition: 0,
+            offset: 3,
+            outcome: Outcome::Ignored,
+            attempts: 0,
+            reason: Some("no handler for event type 'OrderCancelled'".into()),
+            started: Timestamp::now(),
+            duration_us: 0,
+            emitted: vec![],
+        };
+        let mut buf = Vec::new();
+        r.write_json(&mut buf);
+        assert_eq!(buf, serde_json::to_vec(&r).unwrap());
+        let text = String::from_utf8(buf).unwrap();
+        assert!(text.contains("\"outcome\":\"ignored\""), "{text}");
+        let env = r.to_envelope(Name::from_static(RECEIPTS_TOPIC), &handled);
+        assert_eq!(Receipt::from_envelope(&env), Some(r));
     }
 }

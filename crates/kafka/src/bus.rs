@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use choreo_core::{Bus, Envelope, SubscribeOptions};
+use choreo_core::{Bus, DeadLetter, Delivery, Envelope, SubscribeOptions};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureRecord, Producer};
@@ -200,6 +200,19 @@ impl Bus for KafkaBus {
 
     fn backend_name(&self) -> &'static str {
         "kafka"
+    }
+
+    /// Dead-letters a delivery with the record as it was received — key,
+    /// value, timestamp and headers byte for byte — plus the `choreo-dlq-*`
+    /// headers (see [`dlq`](crate::dlq)), then acks it. If the copy cannot
+    /// be published the delivery is given back and the error returned.
+    fn dead_letter(
+        &self,
+        delivery: Delivery,
+        info: DeadLetter,
+    ) -> impl std::future::Future<Output = choreo_core::Result<()>> + Send {
+        let bus = self.clone();
+        async move { crate::dlq::dead_letter(&bus, delivery, info).await }
     }
 }
 

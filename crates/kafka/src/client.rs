@@ -95,6 +95,10 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    pub(crate) fn producer(&self) -> &FutureProducer<LogContext> {
+        &self.producer
+    }
+
     /// Validates `config` and connects the producer (nothing is sent yet).
     pub(crate) fn connect(config: KafkaConfig, metrics: KafkaMetrics) -> Result<Inner> {
         config.validate()?;

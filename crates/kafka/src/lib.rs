@@ -41,6 +41,9 @@
 //! - [`record`]: the CloudEvents 1.0 binary-mode mapping between envelopes and
 //!   records, pure and fuzzable. Records from producers that know nothing of
 //!   choreo are delivered with what can be derived, never dropped.
+//! - [`dlq`]: dead letters keep the record as it was received, byte for
+//!   byte, with choreo's `choreo-dlq-*` headers after its own; a replay
+//!   publishes that original again ([`KafkaBus::publish_record`]).
 //! - [`KafkaConfig`]: typed configuration (brokers, TLS, SASL, timeouts,
 //!   topic creation) with a raw librdkafka escape hatch that refuses options
 //!   contradicting a typed field; also from `CHOREO_KAFKA_*` variables.
@@ -79,6 +82,7 @@ mod bus;
 mod client;
 mod config;
 mod consumer;
+pub mod dlq;
 mod error;
 mod metrics;
 #[cfg(feature = "mock")]
@@ -92,6 +96,7 @@ mod window;
 pub use bus::KafkaBus;
 pub use config::{KafkaConfig, SaslConfig, SaslMechanism, Secret, TlsConfig};
 pub use consumer::KafkaSubscription;
+pub use dlq::RawRecord;
 pub use error::{Error, Result};
 pub use metrics::{KafkaMetrics, METRICS};
 pub use reader::{ReadFrom, ReadRecord, ReaderOptions, RecordReader, Topics};

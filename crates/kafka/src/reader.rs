@@ -40,6 +40,7 @@ use crate::client::LogContext;
 use crate::config::{KafkaConfig, Role};
 use crate::consumer::KafkaSubscription;
 use crate::consumer::envelope_of;
+use crate::dlq::RawRecord;
 use crate::metrics::KafkaMetrics;
 use crate::watch::Watch;
 use crate::{Error, Result};
@@ -49,6 +50,14 @@ use crate::{Error, Result};
 pub enum Topics {
     /// These topics; each must exist.
     Names(Vec<String>),
+    /// These topics, those that exist: topics that come into being with use
+    /// (dead-letter topics appear with the first dead letter,
+    /// `choreo.receipts` with the first receipt). One missing at `open` is
+    /// left out ([`RecordReader::absent`] names it); a following reader
+    /// looks for it every `refresh` (in a group, through librdkafka's
+    /// `topic.metadata.refresh.interval.ms`, unless the configuration sets
+    /// that) and reads it from its beginning once it exists.
+    Optional(Vec<String>),
     /// Every topic whose whole name matches this regular expression (topics
     /// starting with `__`, Kafka's internal ones, excluded). When following,
     /// topics created later are picked up within `refresh`.
@@ -65,9 +74,23 @@ impl Topics {
         Topics::Names(names.into_iter().map(Into::into).collect())
     }
 
+    /// These topics, those that exist ([`Topics::Optional`]).
+    pub fn optional<I, T>(names: I) -> Topics
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        Topics::Optional(names.into_iter().map(Into::into).collect())
+    }
+
     /// Topics matching a regular expression.
     pub fn pattern(regex: impl Into<String>) -> Topics {
         Topics::Pattern(regex.into())
+    }
+
+    /// Whether topics created after `open` are looked for.
+    fn grows(&self) -> bool {
+        matches!(self, Topics::Optional(_) | Topics::Pattern(_))
     }
 }
 
@@ -94,8 +117,8 @@ pub struct ReaderOptions {
     /// Read as a member of this consumer group (with `group_prefix`),
     /// committing what was read. Default none: no group, nothing committed.
     pub group: Option<String>,
-    /// How often a following reader looks for new topics matching a
-    /// pattern. Default 5 s.
+    /// How often a following reader looks for new topics: matching a
+    /// pattern, or [`Topics::Optional`] ones that did not exist. Default 5 s.
     pub refresh: Duration,
     /// In a group: where the member's metrics go (its consumer lag among
     /// them). Default: metrics nobody registered.
@@ -151,6 +174,9 @@ pub struct ReadRecord {
     /// choreo event is read like the bus reads it: derived fields, and the
     /// `choreo-malformed` header when its CloudEvents headers are broken.
     pub envelope: Envelope,
+    /// The record as it was received: key, value, timestamp and headers
+    /// byte for byte (what `choreo dlq` shows and replays).
+    pub original: Arc<RawRecord>,
     /// Its partition.
     pub partition: i32,
     /// Its offset.
@@ -185,6 +211,8 @@ struct Assigned {
     remaining: HashMap<(String, i32), i64>,
     /// Partitions assigned.
     assigned: HashSet<(String, i32)>,
+    /// Topics asked for ([`Topics::Optional`]) that do not exist (yet).
+    absent: Vec<String>,
     last_refresh: Instant,
 }
 
@@ -213,6 +241,20 @@ impl RecordReader {
         }
     }
 
+    /// The topics asked for as [`Topics::Optional`] that did not exist when
+    /// last looked for (at `open`, then every `refresh` while following);
+    /// sorted. Always empty in a group (librdkafka picks them up itself).
+    pub fn absent(&self) -> Vec<String> {
+        match &self.source {
+            ReadSource::Assigned(a) => {
+                let mut v = a.absent.clone();
+                v.sort();
+                v
+            }
+            ReadSource::Member { .. } => Vec::new(),
+        }
+    }
+
     /// Connects and positions the reader.
     pub async fn open(config: &KafkaConfig, options: ReaderOptions) -> Result<RecordReader> {
         config.validate()?;
@@ -226,6 +268,15 @@ impl RecordReader {
             // In a group: the bus's own consumer, with its rebalance handling
             // and settled-offset commits.
             Some(group) => {
+                let mut config = config.clone();
+                // librdkafka matches a regex subscription against the topics
+                // at each metadata refresh (every 5 minutes by default):
+                // every `refresh` instead, unless the configuration says.
+                const REFRESH: &str = "topic.metadata.refresh.interval.ms";
+                if options.topics.grows() && !config.librdkafka.contains_key(REFRESH) {
+                    let ms = options.refresh.as_millis().max(1).to_string();
+                    config = config.set(REFRESH, ms);
+                }
                 let bus = match &options.metrics {
                     Some(m) => KafkaBus::with_metrics(config.clone(), m.clone())?,
                     None => KafkaBus::new(config.clone())?,
@@ -245,6 +296,17 @@ impl RecordReader {
                         }
                         n.clone()
                     }
+                    // Those that exist and those that will: as a regex,
+                    // which librdkafka matches again at each metadata refresh.
+                    Topics::Optional(n) => vec![format!(
+                        "^({})$",
+                        n.iter()
+                            // Topic names are letters, digits, `.`, `_` and
+                            // `-`: only the dot means something to a regex.
+                            .map(|t| t.replace('.', "\\."))
+                            .collect::<Vec<_>>()
+                            .join("|")
+                    )],
                     // librdkafka reads a subscription starting with ^ as a regex.
                     Topics::Pattern(p) if p.starts_with('^') => vec![p.clone()],
                     Topics::Pattern(p) => vec![format!("^{p}")],
@@ -281,8 +343,10 @@ impl RecordReader {
                 }
                 return match sub.next().await? {
                     Ok(d) => {
+                        let original = d.original::<RawRecord>().unwrap_or_default();
                         let record = ReadRecord {
                             envelope: (**d.envelope()).clone(),
+                            original,
                             partition: d.partition() as i32,
                             offset: d.offset() as i64,
                         };
@@ -301,7 +365,7 @@ impl RecordReader {
                 return None;
             }
             if options.follow
-                && matches!(options.topics, Topics::Pattern(_))
+                && options.topics.grows()
                 && a.last_refresh.elapsed() >= options.refresh
                 && let Err(e) = a.assign_new(options, false).await
             {
@@ -321,7 +385,7 @@ impl RecordReader {
                 Ok(Ok(m)) => m,
             };
             let (topic, partition, offset) = (m.topic().to_owned(), m.partition(), m.offset());
-            let envelope = envelope_of(&m);
+            let (envelope, original) = envelope_of(&m);
             drop(m);
             if let Some(end) = a.remaining.get(&(topic.clone(), partition)) {
                 if offset + 1 >= *end {
@@ -333,6 +397,7 @@ impl RecordReader {
             }
             return Some(Ok(ReadRecord {
                 envelope,
+                original: Arc::new(original),
                 partition,
                 offset,
             }));
@@ -387,6 +452,7 @@ impl Assigned {
             consumer,
             remaining: HashMap::new(),
             assigned: HashSet::new(),
+            absent: Vec::new(),
             last_refresh: Instant::now(),
         })
     }
@@ -399,7 +465,7 @@ impl Assigned {
         let need_ends = !options.follow || (first && options.from == ReadFrom::End);
         let timeout = self.config.admin_timeout;
         let lookup = self.config.clone();
-        let found = tokio::task::spawn_blocking(move || {
+        let (found, absent) = tokio::task::spawn_blocking(move || {
             discover(&lookup, &watch, &topics, need_ends, timeout)
         })
         .await
@@ -421,6 +487,7 @@ impl Assigned {
                 let _ = tpl.add_partition_offset(topic, *partition, offset);
             }
         }
+        self.absent = absent;
         let before = tpl.count();
         for p in found {
             let key = (p.topic.clone(), p.partition);
@@ -484,14 +551,15 @@ struct FoundPartition {
     high: i64,
 }
 
-/// The partitions of the matching topics, with their watermarks when `ends`.
+/// The partitions of the matching topics, with their watermarks when
+/// `ends`; and the optional topics that do not exist.
 fn discover(
     config: &KafkaConfig,
     watch: &Arc<Watch>,
     topics: &Topics,
     ends: bool,
     timeout: Duration,
-) -> Result<Vec<FoundPartition>> {
+) -> Result<(Vec<FoundPartition>, Vec<String>)> {
     let started = Instant::now();
     let client_config = config.client_config(Role::Consumer, None)?;
     let context = LogContext {
@@ -515,7 +583,7 @@ fn discover(
         )
     })?;
     let matcher = match topics {
-        Topics::Names(_) => None,
+        Topics::Names(_) | Topics::Optional(_) => None,
         Topics::Pattern(p) => {
             let anchored = format!("^(?:{})$", p.trim_start_matches('^').trim_end_matches('$'));
             Some(regex::Regex::new(&anchored).map_err(|e| Error::Invalid {
@@ -524,13 +592,18 @@ fn discover(
             })?)
         }
     };
+    let exists = |n: &str| {
+        md.topics()
+            .iter()
+            .any(|t| t.name() == n && t.error().is_none() && !t.partitions().is_empty())
+    };
+    let mut absent = Vec::new();
+    if let Topics::Optional(names) = topics {
+        absent = names.iter().filter(|n| !exists(n)).cloned().collect();
+    }
     if let Topics::Names(names) = topics {
         for n in names {
-            if !md
-                .topics()
-                .iter()
-                .any(|t| t.name() == n && t.error().is_none() && !t.partitions().is_empty())
-            {
+            if !exists(n) {
                 return Err(Error::Topic {
                     topic: n.clone(),
                     reason: format!(
@@ -544,7 +617,9 @@ fn discover(
     let mut out = Vec::new();
     for t in md.topics() {
         let wanted = match (topics, &matcher) {
-            (Topics::Names(names), _) => names.iter().any(|n| n == t.name()),
+            (Topics::Names(names) | Topics::Optional(names), _) => {
+                names.iter().any(|n| n == t.name())
+            }
             (Topics::Pattern(_), Some(re)) => !t.name().starts_with("__") && re.is_match(t.name()),
             (Topics::Pattern(_), None) => false,
         };
@@ -570,5 +645,5 @@ fn discover(
             });
         }
     }
-    Ok(out)
+    Ok((out, absent))
 }

@@ -10,7 +10,7 @@
 //! | `content_type` | header `content-type` |
 //! | `correlation_id` | extension header `ce_correlationid` |
 //! | `causation_id` | extension header `ce_causationid` (left out for a flow's first event) |
-//! | `traceparent` / `tracestate` | plain headers `traceparent` / `tracestate` |
+//! | `traceparent` / `tracestate` | plain headers `traceparent` / `tracestate` (read from `ce_traceparent` / `ce_tracestate` too) |
 //! | `key` | the record key |
 //! | `data` | the record value |
 //! | `headers` | every other record header, in order |
@@ -27,6 +27,14 @@
 //!   `<topic>/<partition>/<offset>`, the correlation id equal to that id (each
 //!   such record is a flow of its own), the type from a `type` header or
 //!   [`UNKNOWN_TYPE`], the time from the record timestamp, JSON content.
+//!   On a dead-letter record (one with the `choreo-dlq-topic`, `-partition`
+//!   and `-offset` headers, see [`dlq`](crate::dlq)) the id is derived from
+//!   that origin, so the dead letter reads as the event that was delivered.
+//! - **Trace context** comes from the plain `traceparent`/`tracestate`
+//!   headers (the OpenTelemetry convention for Kafka), or, when there is no
+//!   plain `traceparent`, from `ce_traceparent`/`ce_tracestate`: the
+//!   CloudEvents distributed-tracing extension as a CloudEvents SDK writes it
+//!   in binary mode.
 //! - **A record with broken CloudEvents headers** (not UTF-8, a `ce_time` that
 //!   is not RFC 3339, an unsupported `ce_specversion`, an unparsable
 //!   structured event) is delivered the same way, with the
@@ -67,6 +75,11 @@ pub mod names {
     pub const TRACESTATE: &str = "tracestate";
     /// `type`: where a producer that knows nothing of CloudEvents may put an event type.
     pub const PLAIN_TYPE: &str = "type";
+    /// `ce_traceparent`: the CloudEvents distributed-tracing extension in
+    /// binary mode; read when there is no plain `traceparent`.
+    pub const CE_TRACEPARENT: &str = "ce_traceparent";
+    /// `ce_tracestate`: its trace state.
+    pub const CE_TRACESTATE: &str = "ce_tracestate";
 }
 
 /// The CloudEvents version written and accepted.
@@ -79,7 +92,7 @@ pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
 pub const UNKNOWN_TYPE: &str = "unknown";
 
 /// Header names the mapping owns: an envelope may not carry them as extra headers.
-const RESERVED: [&str; 10] = [
+const RESERVED: [&str; 12] = [
     names::SPECVERSION,
     names::ID,
     names::SOURCE,
@@ -90,10 +103,12 @@ const RESERVED: [&str; 10] = [
     names::CAUSATION_ID,
     names::TRACEPARENT,
     names::TRACESTATE,
+    names::CE_TRACEPARENT,
+    names::CE_TRACESTATE,
 ];
 
 /// One record header as read from Kafka: a name and a value that may be null.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordHeader<'a> {
     /// Header name.
     pub name: &'a str,
@@ -192,6 +207,17 @@ fn is_reserved(name: &str) -> bool {
 /// cannot be read is derived, and problems are reported in the
 /// [`MALFORMED_HEADER`] header (see the [module docs](self)).
 pub fn envelope_from_record(parts: &RecordParts<'_>) -> Envelope {
+    envelope_sharing(parts, None, None)
+}
+
+/// [`envelope_from_record`] for a record whose key and value the caller
+/// holds as `Bytes` already: the envelope shares them rather than copying.
+pub(crate) fn envelope_sharing(
+    parts: &RecordParts<'_>,
+    key: Option<&Bytes>,
+    value: Option<&Bytes>,
+) -> Envelope {
+    let shared = Shared { key, value };
     let content_type = parts
         .headers
         .iter()
@@ -202,9 +228,43 @@ pub fn envelope_from_record(parts: &RecordParts<'_>) -> Envelope {
         && let Ok(ct) = std::str::from_utf8(ct)
         && essence(ct) == STRUCTURED_CONTENT_TYPE
     {
-        return structured(parts);
+        return structured(parts, shared);
     }
-    binary(parts)
+    binary(parts, shared)
+}
+
+/// The record's key and value as `Bytes`, when the caller has them.
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    key: Option<&'a Bytes>,
+    value: Option<&'a Bytes>,
+}
+
+impl Shared<'_> {
+    fn key(&self, parts: &RecordParts<'_>) -> Option<Bytes> {
+        match self.key {
+            Some(k) => Some(k.clone()),
+            None => parts.key.map(Bytes::copy_from_slice),
+        }
+    }
+
+    fn value(&self, parts: &RecordParts<'_>) -> Bytes {
+        match (self.value, parts.value) {
+            (Some(v), _) => v.clone(),
+            (None, Some(v)) => Bytes::copy_from_slice(v),
+            (None, None) => Bytes::new(),
+        }
+    }
+}
+
+/// The position a dead-letter record was read from, from its
+/// `choreo-dlq-topic`, `-partition` and `-offset` headers.
+fn dead_letter_origin(headers: &Headers) -> Option<EventId> {
+    use choreo_core::dlq_headers;
+    let topic = headers.get_str(dlq_headers::TOPIC)?;
+    let partition = headers.get_str(dlq_headers::PARTITION)?.parse().ok()?;
+    let offset = headers.get_str(dlq_headers::OFFSET)?.parse().ok()?;
+    Some(derived_id(topic, partition, offset))
 }
 
 fn essence(media_type: &str) -> String {
@@ -236,6 +296,7 @@ impl Attributes {
     fn into_envelope(
         mut self,
         parts: &RecordParts<'_>,
+        shared: Shared<'_>,
         data: Bytes,
         mut headers: Headers,
     ) -> Envelope {
@@ -247,9 +308,10 @@ impl Attributes {
                 shorten(spec)
             ));
         }
-        let id = self
-            .id
-            .unwrap_or_else(|| derived_id(parts.topic, parts.partition, parts.offset));
+        let id = self.id.unwrap_or_else(|| {
+            dead_letter_origin(&headers)
+                .unwrap_or_else(|| derived_id(parts.topic, parts.partition, parts.offset))
+        });
         let correlation_id = self.correlation_id.unwrap_or_else(|| id.clone());
         let time = self.time.unwrap_or_else(|| {
             parts
@@ -268,7 +330,7 @@ impl Attributes {
                 .unwrap_or_else(|| Name::from_static(UNKNOWN_TYPE)),
             source: self.source.unwrap_or_default(),
             topic: Name::from(parts.topic),
-            key: parts.key.map(Bytes::copy_from_slice),
+            key: shared.key(parts),
             correlation_id,
             causation_id: self.causation_id,
             time,
@@ -315,10 +377,12 @@ fn text<'a>(h: &RecordHeader<'a>, problems: &mut Vec<String>) -> Option<&'a str>
     }
 }
 
-fn binary(parts: &RecordParts<'_>) -> Envelope {
+fn binary(parts: &RecordParts<'_>, shared: Shared<'_>) -> Envelope {
     let mut a = Attributes::default();
     let mut headers = Headers::new();
     let mut plain_type: Option<Name> = None;
+    // The CloudEvents tracing extension, used when there is no plain traceparent.
+    let mut ce_trace: (Option<&str>, Option<&str>) = (None, None);
     let mut seen_content_type = false;
     for h in parts.headers {
         let name = h.name;
@@ -366,6 +430,8 @@ fn binary(parts: &RecordParts<'_>) -> Envelope {
             names::TRACESTATE if a.tracestate.is_none() => {
                 a.tracestate = utf8(h.value).map(str::to_owned);
             }
+            names::CE_TRACEPARENT if ce_trace.0.is_none() => ce_trace.0 = utf8(h.value),
+            names::CE_TRACESTATE if ce_trace.1.is_none() => ce_trace.1 = utf8(h.value),
             n if n.eq_ignore_ascii_case(names::CONTENT_TYPE) => {
                 if !seen_content_type {
                     seen_content_type = true;
@@ -384,8 +450,15 @@ fn binary(parts: &RecordParts<'_>) -> Envelope {
     if a.event_type.is_none() && !parts.headers.iter().any(|h| h.name == names::TYPE) {
         a.event_type = plain_type;
     }
-    let data = parts.value.map_or_else(Bytes::new, Bytes::copy_from_slice);
-    a.into_envelope(parts, data, headers)
+    if a.traceparent.is_none()
+        && let Some(tp) = ce_trace.0
+    {
+        // A trace state goes with its own traceparent only.
+        a.traceparent = Some(tp.to_owned());
+        a.tracestate = ce_trace.1.map(str::to_owned);
+    }
+    let data = shared.value(parts);
+    a.into_envelope(parts, shared, data, headers)
 }
 
 fn utf8(v: Option<&[u8]>) -> Option<&str> {
@@ -393,16 +466,20 @@ fn utf8(v: Option<&[u8]>) -> Option<&str> {
 }
 
 /// Structured mode: the whole event is a JSON object in the record value.
-fn structured(parts: &RecordParts<'_>) -> Envelope {
+fn structured(parts: &RecordParts<'_>, shared: Shared<'_>) -> Envelope {
     let mut a = Attributes::default();
     let mut headers = Headers::new();
-    // Record headers other than content-type are kept as extra headers.
+    // Trace context in plain headers (the transport's, as OpenTelemetry
+    // writes it) wins over the event's tracing extension attributes.
+    let mut plain_trace: (Option<&str>, Option<&str>) = (None, None);
+    // Other record headers but content-type are kept as extra headers.
     for h in parts.headers {
-        if !h.name.eq_ignore_ascii_case(names::CONTENT_TYPE) && h.name != MALFORMED_HEADER {
-            headers.insert(
-                h.name,
-                h.value.map_or_else(Bytes::new, Bytes::copy_from_slice),
-            );
+        match h.name {
+            names::TRACEPARENT if plain_trace.0.is_none() => plain_trace.0 = utf8(h.value),
+            names::TRACESTATE if plain_trace.1.is_none() => plain_trace.1 = utf8(h.value),
+            names::TRACEPARENT | names::TRACESTATE | MALFORMED_HEADER => {}
+            n if n.eq_ignore_ascii_case(names::CONTENT_TYPE) => {}
+            n => headers.insert(n, h.value.map_or_else(Bytes::new, Bytes::copy_from_slice)),
         }
     }
     let raw = parts.value.unwrap_or_default();
@@ -411,14 +488,18 @@ fn structured(parts: &RecordParts<'_>) -> Envelope {
         Ok(_) => {
             a.problems
                 .push("structured CloudEvent is not a JSON object".to_owned());
-            return a.into_envelope(parts, Bytes::copy_from_slice(raw), headers);
+            return a.into_envelope(parts, shared, shared.value(parts), headers);
         }
         Err(e) => {
             a.problems
                 .push(format!("structured CloudEvent is not valid JSON: {e}"));
-            return a.into_envelope(parts, Bytes::copy_from_slice(raw), headers);
+            return a.into_envelope(parts, shared, shared.value(parts), headers);
         }
     };
+    if let Some(tp) = plain_trace.0 {
+        a.traceparent = Some(tp.to_owned());
+        a.tracestate = plain_trace.1.map(str::to_owned);
+    }
     let mut data_json: Option<serde_json::Value> = None;
     let mut data_base64: Option<String> = None;
     for (k, v) in object {
@@ -465,8 +546,13 @@ fn structured(parts: &RecordParts<'_>) -> Envelope {
                 a.causation_id =
                     string("causationid", &mut a.problems).and_then(|s| EventId::parse(&s));
             }
-            "traceparent" => a.traceparent = v.as_str().map(str::to_owned),
-            "tracestate" => a.tracestate = v.as_str().map(str::to_owned),
+            "traceparent" if plain_trace.0.is_none() => {
+                a.traceparent = v.as_str().map(str::to_owned);
+            }
+            "tracestate" if plain_trace.0.is_none() => {
+                a.tracestate = v.as_str().map(str::to_owned);
+            }
+            "traceparent" | "tracestate" => {}
             "data" => data_json = Some(v),
             "data_base64" => data_base64 = string("data_base64", &mut a.problems),
             _ => {
@@ -507,7 +593,7 @@ fn structured(parts: &RecordParts<'_>) -> Envelope {
         (None, Some(v)) => Bytes::from(v.to_string().into_bytes()),
         (None, None) => Bytes::new(),
     };
-    a.into_envelope(parts, data, headers)
+    a.into_envelope(parts, shared, data, headers)
 }
 
 fn is_json(ct: Option<&ContentType>) -> bool {
@@ -806,5 +892,72 @@ mod tests {
         let env = envelope_from_record(&parts(&headers, b""));
         let problem = env.headers.get_str(MALFORMED_HEADER).unwrap();
         assert!(problem.len() < 200, "{problem}");
+    }
+
+    #[test]
+    fn the_cloudevents_tracing_extension_is_trace_context_and_plain_headers_win() {
+        const FOREIGN: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        const PLAIN: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let headers = [
+            h("ce_specversion", b"1.0"),
+            h("ce_id", b"e-1"),
+            h("ce_type", b"OrderPlaced"),
+            h("ce_traceparent", FOREIGN.as_bytes()),
+            h("ce_tracestate", b"vendor=foreign"),
+        ];
+        let env = envelope_from_record(&parts(&headers, b"{}"));
+        assert_eq!(env.traceparent.as_deref(), Some(FOREIGN));
+        assert_eq!(env.tracestate.as_deref(), Some("vendor=foreign"));
+        assert!(
+            env.headers.is_empty(),
+            "read as attributes: {:?}",
+            env.headers
+        );
+        // Written back as the plain headers, and read back the same.
+        assert_eq!(round_trip(&env).traceparent.as_deref(), Some(FOREIGN));
+
+        let headers = [
+            h("ce_id", b"e-1"),
+            h("ce_type", b"OrderPlaced"),
+            h("ce_traceparent", FOREIGN.as_bytes()),
+            h("ce_tracestate", b"vendor=foreign"),
+            h("traceparent", PLAIN.as_bytes()),
+        ];
+        let env = envelope_from_record(&parts(&headers, b"{}"));
+        assert_eq!(env.traceparent.as_deref(), Some(PLAIN));
+        assert_eq!(
+            env.tracestate, None,
+            "a trace state goes with its own traceparent"
+        );
+
+        let value = format!(
+            r#"{{"specversion":"1.0","id":"e-1","source":"s","type":"T","traceparent":"{FOREIGN}","tracestate":"a=b","data":{{}}}}"#
+        );
+        let ct = h("content-type", b"application/cloudevents+json");
+        let env = envelope_from_record(&parts(&[ct], value.as_bytes()));
+        assert_eq!(env.traceparent.as_deref(), Some(FOREIGN));
+        assert_eq!(env.tracestate.as_deref(), Some("a=b"));
+        let with_plain = [ct, h("traceparent", PLAIN.as_bytes())];
+        let env = envelope_from_record(&parts(&with_plain, value.as_bytes()));
+        assert_eq!(env.traceparent.as_deref(), Some(PLAIN));
+        assert_eq!(env.tracestate, None);
+        assert!(env.headers.get("traceparent").is_none());
+    }
+
+    #[test]
+    fn a_dead_letter_without_a_readable_id_takes_the_id_of_its_origin() {
+        let headers = [
+            h("ce_id", b"\xff"),
+            h("choreo-dlq-topic", b"orders"),
+            h("choreo-dlq-partition", b"4"),
+            h("choreo-dlq-offset", b"99"),
+        ];
+        let env = envelope_from_record(&parts(&headers, b"{}"));
+        assert_eq!(env.id.to_string(), "orders/4/99");
+        assert_eq!(env.correlation_id, env.id);
+        assert_eq!(env.topic, "orders", "read from the parts' topic");
+        // Without a whole origin, from the record's own position.
+        let env = envelope_from_record(&parts(&headers[..3], b"{}"));
+        assert_eq!(env.id.to_string(), "orders/2/17");
     }
 }

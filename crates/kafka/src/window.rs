@@ -12,6 +12,16 @@ use std::sync::Arc;
 
 use choreo_core::Envelope;
 
+use crate::dlq::RawRecord;
+
+/// A fetched record: the envelope made of it, and the record as received
+/// (which its dead-letter copy carries).
+#[derive(Debug, Clone)]
+pub(crate) struct Fetched {
+    pub(crate) envelope: Arc<Envelope>,
+    pub(crate) original: Arc<RawRecord>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Fetched, not yet handed out.
@@ -26,7 +36,7 @@ enum State {
 
 struct Slot {
     offset: i64,
-    envelope: Arc<Envelope>,
+    record: Fetched,
     attempts: u32,
     state: State,
 }
@@ -35,7 +45,7 @@ struct Slot {
 #[derive(Debug, Clone)]
 pub(crate) struct Taken {
     pub(crate) offset: i64,
-    pub(crate) envelope: Arc<Envelope>,
+    pub(crate) record: Fetched,
     /// 1 for the first delivery, then one more per redelivery.
     pub(crate) attempt: u32,
 }
@@ -66,7 +76,7 @@ impl Window {
 
     /// Appends a fetched record. Offsets must grow; a record at or below the
     /// newest one (fetched twice) is ignored and `false` returned.
-    pub(crate) fn push(&mut self, offset: i64, envelope: Arc<Envelope>) -> bool {
+    pub(crate) fn push(&mut self, offset: i64, record: Fetched) -> bool {
         let newest = self
             .slots
             .back()
@@ -80,7 +90,7 @@ impl Window {
         }
         self.slots.push_back(Slot {
             offset,
-            envelope,
+            record,
             attempts: 0,
             state: State::Fresh,
         });
@@ -107,7 +117,7 @@ impl Window {
         self.waiting -= 1;
         Some(Taken {
             offset: slot.offset,
-            envelope: slot.envelope.clone(),
+            record: slot.record.clone(),
             attempt: slot.attempts,
         })
     }
@@ -173,8 +183,11 @@ impl Window {
 mod tests {
     use super::*;
 
-    fn env() -> Arc<Envelope> {
-        Arc::new(Envelope::new("T", "t", "{}"))
+    fn env() -> Fetched {
+        Fetched {
+            envelope: Arc::new(Envelope::new("T", "t", "{}")),
+            original: Arc::new(RawRecord::default()),
+        }
     }
 
     fn filled(offsets: &[i64]) -> Window {

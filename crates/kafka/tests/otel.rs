@@ -1,6 +1,8 @@
 //! OpenTelemetry context travels in the record headers (`traceparent`,
 //! `tracestate`), so one trace spans producer and consumer processes: here
-//! two buses, each its own Kafka client, stand for two processes.
+//! two buses, each its own Kafka client, stand for two processes. A trace
+//! begun elsewhere and carried in the CloudEvents tracing extension
+//! (`ce_traceparent`) is continued too.
 
 use choreo_bus::{Context, HandlerError, Publisher, Service};
 use choreo_core::{Bus, SubscribeOptions, Subscription};
@@ -10,6 +12,12 @@ use choreo_core::{Bus, SubscribeOptions, Subscription};
 mod common;
 
 use common::*;
+use opentelemetry::trace::{SpanId, SpanKind, TraceId};
+use opentelemetry_sdk::trace::{InMemorySpanExporterBuilder, SdkTracerProvider, SpanData};
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
 
 impl Mock {
     /// Another bus on the same cluster (another "process").
@@ -17,9 +25,6 @@ impl Mock {
         choreo_kafka::KafkaBus::new(config(&self.brokers())).expect("bus")
     }
 }
-use opentelemetry::trace::SpanKind;
-use opentelemetry_sdk::trace::{InMemorySpanExporterBuilder, SdkTracerProvider, SpanData};
-use tokio_util::sync::CancellationToken;
 
 async fn pay(order: OrderPlaced, ctx: Context) -> Result<(), HandlerError> {
     ctx.emit(&PaymentCaptured {
@@ -76,6 +81,43 @@ async fn one_trace_spans_producer_and_consumer_processes() {
         .await
         .unwrap();
     let last = collect(&mut shipped, 1, "the shipment").await.remove(0);
+
+    // An order from a producer that knows choreo only as CloudEvents, in a
+    // trace of its own carried in the tracing extension.
+    let foreign: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", mock.brokers())
+        .create()
+        .unwrap();
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in [
+        ("ce_specversion", "1.0"),
+        ("ce_id", "foreign-2"),
+        ("ce_source", "https://shop.example.com/checkout"),
+        ("ce_type", "OrderPlaced"),
+        ("content-type", "application/json"),
+        (
+            "ce_traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+    ] {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    foreign
+        .send(
+            FutureRecord::to("orders")
+                .key("foreign-2")
+                .payload(r#"{"order_id":2}"#)
+                .headers(headers),
+            std::time::Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let foreign_last = collect(&mut shipped, 1, "the foreign order's shipment")
+        .await
+        .remove(0);
     shipped.close().await.unwrap();
     stop.cancel();
     payment.await.unwrap();
@@ -130,5 +172,32 @@ async fn one_trace_spans_producer_and_consumer_processes() {
     assert_eq!(
         last.traceparent.as_deref(),
         Some(format!("00-{}-{}-01", trace, send_shipping.span_context.span_id()).as_str())
+    );
+
+    // The foreign trace: payment's CONSUMER span is a child of the foreign
+    // span, and the whole chain stays in its trace.
+    let foreign_trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+    let in_foreign: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.span_context.trace_id() == foreign_trace)
+        .collect();
+    let process = in_foreign
+        .iter()
+        .find(|s| s.name == "process orders" && s.span_kind == SpanKind::Consumer)
+        .expect("the foreign order is processed in its trace");
+    assert_eq!(
+        process.parent_span_id,
+        SpanId::from_hex("00f067aa0ba902b7").unwrap()
+    );
+    assert!(
+        in_foreign
+            .iter()
+            .any(|s| s.name == "send shipping" && s.span_kind == SpanKind::Producer),
+        "two services on, still the foreign trace"
+    );
+    let tp = foreign_last.traceparent.as_deref().unwrap();
+    assert_eq!(
+        tp.split('-').nth(1),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
     );
 }

@@ -237,6 +237,7 @@ fn written_receipt(data: &[u8], names: &mut Interner) -> Option<ParsedReceipt> {
         b"dead_lettered" => Outcome::DeadLettered,
         b"duplicate" => Outcome::Duplicate,
         b"redelivered" => Outcome::Redelivered,
+        b"ignored" => Outcome::Ignored,
         _ => return None,
     };
     p.lit(b",\"attempts\":")?;
@@ -446,6 +447,7 @@ fn fast_receipt(data: &[u8], names: &mut Interner) -> Option<ParsedReceipt> {
                         b"dead_lettered" => Outcome::DeadLettered,
                         b"duplicate" => Outcome::Duplicate,
                         b"redelivered" => Outcome::Redelivered,
+                        b"ignored" => Outcome::Ignored,
                         _ => return None,
                     })
                 }
@@ -772,6 +774,11 @@ impl Tracer {
                 return;
             };
             self.receipts_seen = true;
+            if view.outcome == Outcome::Ignored {
+                // The service has no handler for the event: not a handling.
+                self.bump_time(time);
+                return;
+            }
             self.counters.receipts += 1;
             let outcome = view.outcome;
             let done = view.started.saturating_add(view.duration_us as i64);
@@ -1784,7 +1791,7 @@ fn analyse(ctx: &Ctx<'_>, s: &mut Scratch, corr: &EventId, f: &FlowState, now: i
                     Outcome::DeadLettered => {
                         dead = Some((r.reason.as_deref().unwrap_or(""), r.attempts));
                     }
-                    Outcome::Redelivered => {}
+                    Outcome::Redelivered | Outcome::Ignored => {}
                 }
             }
             if dead.is_none()

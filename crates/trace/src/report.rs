@@ -50,7 +50,8 @@ pub struct Counters {
     pub records: u64,
     /// Business events (distinct or not).
     pub events: u64,
-    /// Receipts.
+    /// Receipts of handlings (`ignored` ones, for events a service has no
+    /// handler for, are not counted).
     pub receipts: u64,
     /// Dead-letter copies.
     pub dead_letters: u64,
@@ -268,7 +269,7 @@ impl Aggregates {
                 Outcome::Duplicate => edge.duplicates += 1,
                 Outcome::Redelivered => edge.redelivered += 1,
                 Outcome::DeadLettered => edge.failed += 1,
-                Outcome::Acked => {}
+                Outcome::Acked | Outcome::Ignored => {}
             }
             if r.outcome == Outcome::Duplicate {
                 continue;

@@ -8,6 +8,7 @@
 
 pub mod events;
 pub mod services;
+pub mod stateful;
 
 use std::sync::Arc;
 

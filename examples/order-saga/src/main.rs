@@ -15,6 +15,12 @@
 //! places orders at `--rate` per second (`--orders` of them, or forever when
 //! 0). Payloads are JSON, or Avro with `--avro-registry URL` (a
 //! Confluent-compatible schema registry shared by every process).
+//!
+//! With `--postgres URL`, `payment` and `inventory` keep their state (the
+//! ledger, the stock) in PostgreSQL and write their events through a
+//! transactional outbox, with an inbox against redeliveries; each process
+//! running one of them also runs its outbox's relay (see
+//! `order_saga::stateful` and docs/postgres.md).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -58,6 +64,53 @@ struct Args {
     /// In-process: give up waiting for the flows after this many seconds.
     #[arg(long, default_value_t = 30)]
     timeout_secs: u64,
+    /// Keep payment's and inventory's state in PostgreSQL, with a
+    /// transactional outbox and inbox (postgres://USER:PASSWORD@HOST:PORT/DB).
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+}
+
+/// The saga's services, `payment` and `inventory` on PostgreSQL when a
+/// store is given for them; and the relays of those stores' outboxes, to
+/// start on the bus.
+struct Saga {
+    services: Vec<choreo::Service>,
+    stores: Vec<choreo::postgres::PgStore>,
+}
+
+/// Connects the stores of the stateful services among `wanted`.
+async fn saga(
+    args: &Args,
+    wanted: &[&str],
+    registry: &prometheus::Registry,
+) -> anyhow::Result<Saga> {
+    let mut stores = Vec::new();
+    let mut services = Vec::new();
+    let metrics = match &args.postgres {
+        Some(_) => Some(choreo::postgres::PgMetrics::new(registry)?),
+        None => None,
+    };
+    for service in order_saga::services() {
+        let name = service.name().to_owned();
+        if !wanted.contains(&name.as_str()) {
+            continue;
+        }
+        match (&args.postgres, name.as_str()) {
+            (Some(url), "payment" | "inventory") => {
+                let store = order_saga::stateful::connect(&name, url, metrics.clone())
+                    .await
+                    .with_context(|| format!("{name}'s database"))?;
+                services.push(if name == "payment" {
+                    order_saga::stateful::payment(store.clone())
+                } else {
+                    order_saga::stateful::inventory(store.clone())
+                });
+                stores.push(store);
+            }
+            _ => services.push(service),
+        }
+    }
+    Ok(Saga { services, stores })
 }
 
 #[tokio::main]
@@ -111,6 +164,7 @@ async fn in_process(
     let bus = InProcessBus::new();
     bus.register_metrics(&registry)?;
     let shutdown = CancellationToken::new();
+    let saga = saga(args, order_saga::SERVICES, &registry).await?;
     serve(&args.metrics_addr, registry, &shutdown).await?;
 
     // A reader of the flows' ends, to know when we are done (and what happened).
@@ -122,8 +176,13 @@ async fn in_process(
         .await
         .context("subscribing to the ends of the flows")?;
 
+    let relays: Vec<_> = saga
+        .stores
+        .iter()
+        .map(|s| s.relay(&bus).start(shutdown.clone()))
+        .collect();
     let mut running = Vec::new();
-    for service in order_saga::services() {
+    for service in saga.services {
         running.push(
             service
                 .codecs(codecs.clone())
@@ -133,9 +192,14 @@ async fn in_process(
         );
     }
     println!(
-        "order-saga: {} services on the in-process bus ({}): {}",
+        "order-saga: {} services on the in-process bus ({}{}): {}",
         running.len(),
         codecs.content_type(),
+        if relays.is_empty() {
+            ""
+        } else {
+            ", payment and inventory on PostgreSQL"
+        },
         order_saga::SERVICES.join(", ")
     );
 
@@ -185,6 +249,9 @@ async fn in_process(
     for r in running {
         r.await?;
     }
+    for r in relays {
+        r.await?;
+    }
     ends.close().await?;
     Ok(())
 }
@@ -199,19 +266,22 @@ async fn on_kafka(
     let config = KafkaConfig::from_env_with_brokers(Some(brokers))?;
     let bus = KafkaBus::new(config)?;
     bus.register_metrics(&registry)?;
-    let shutdown = CancellationToken::new();
-    serve(&args.metrics_addr, registry, &shutdown).await?;
-
     let wanted: Vec<&str> = if args.services.is_empty() {
         order_saga::SERVICES.to_vec()
     } else {
         args.services.iter().map(String::as_str).collect()
     };
+    let saga = saga(args, &wanted, &registry).await?;
+    let shutdown = CancellationToken::new();
+    serve(&args.metrics_addr, registry, &shutdown).await?;
+
+    let relays: Vec<_> = saga
+        .stores
+        .iter()
+        .map(|s| s.relay(&bus).start(shutdown.clone()))
+        .collect();
     let mut running = Vec::new();
-    for service in order_saga::services()
-        .into_iter()
-        .filter(|s| wanted.contains(&s.name()))
-    {
+    for service in saga.services {
         let name = service.name().to_owned();
         let handle = service
             .codecs(codecs.clone())
@@ -261,6 +331,9 @@ async fn on_kafka(
         let _ = p.await;
     }
     for r in running {
+        r.await?;
+    }
+    for r in relays {
         r.await?;
     }
     bus.flush(Duration::from_secs(10)).await?;

@@ -247,13 +247,14 @@ pub fn rules() -> Vec<Rule> {
 }
 
 /// Every metric family the crates export, by name, with its type: the
-/// `METRICS` constants of the SDK (and in-process bus), the Kafka backend
-/// and the tracer.
+/// `METRICS` constants of the SDK (and in-process bus), the Kafka backend,
+/// the tracer and the PostgreSQL outbox.
 pub fn metric_catalog() -> BTreeMap<String, String> {
     choreo_bus::METRICS
         .iter()
         .chain(choreo_kafka::METRICS)
         .chain(choreo_trace::METRICS)
+        .chain(choreo_postgres::METRICS)
         .map(|(name, kind, _, _)| ((*name).to_owned(), (*kind).to_owned()))
         .collect()
 }

@@ -41,12 +41,31 @@ struct ContextInner {
     state: Mutex<EmitState>,
 }
 
-/// What emitting changes: the events emitted so far, and the flow's key once
-/// it has been worked out.
+/// What emitting changes: the events emitted so far, the flow's key once
+/// it has been worked out, and where emissions go when not to the outbox.
 #[derive(Default)]
 struct EmitState {
     outbox: Outbox,
     flow_key: Option<Bytes>,
+    sink: Option<Arc<dyn EmissionSink>>,
+}
+
+/// Somewhere else for a handler's emissions to go: while a sink is set on a
+/// [`Context`] ([`Context::divert_emissions`]), each event the handler emits
+/// is stamped and checked as usual, then handed to the sink **instead of**
+/// being kept for the runtime to publish after the attempt succeeds.
+///
+/// This is the hook a transactional outbox uses (`choreo-postgres` writes the
+/// stamped events to an outbox table in the handler's database transaction,
+/// and a relay publishes them once committed): the events keep the id,
+/// correlation, causation and trace context the context gave them, and the
+/// sink decides when they become visible. The runtime neither publishes nor
+/// lists diverted events (the handling's receipt names only what it
+/// published itself).
+pub trait EmissionSink: Send + Sync + 'static {
+    /// Takes one stamped event. An error is returned to the handler by
+    /// [`Context::emit`] (the event was not taken).
+    fn accept(&self, event: Arc<Envelope>) -> Result<()>;
 }
 
 impl Context {
@@ -107,7 +126,10 @@ impl Context {
         let env = self.stamp(event_type, topic, data, key);
         self.inner.shared.limits.check(&env)?;
         let id = env.id.clone();
-        state.outbox.push(env);
+        match &state.sink {
+            Some(sink) => sink.accept(env)?,
+            None => state.outbox.push(env),
+        }
         Ok(id)
     }
 
@@ -164,7 +186,27 @@ impl Context {
         &self.inner.shared.name
     }
 
-    /// The events emitted so far in this attempt.
+    /// From now on, hands this attempt's emissions to `sink` instead of
+    /// publishing them after the attempt (see [`EmissionSink`]); events
+    /// emitted before stay where they are. Returns the sink this replaces, if
+    /// any. Clones of the context share the setting; the next attempt gets a
+    /// fresh context without a sink.
+    pub fn divert_emissions(&self, sink: Arc<dyn EmissionSink>) -> Option<Arc<dyn EmissionSink>> {
+        self.lock().sink.replace(sink)
+    }
+
+    /// Stops diverting: later emissions are published after the attempt
+    /// again. Returns the sink that was set, if any.
+    pub fn restore_emissions(&self) -> Option<Arc<dyn EmissionSink>> {
+        self.lock().sink.take()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, EmitState> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The events emitted so far in this attempt and kept for the runtime to
+    /// publish (not those handed to an [`EmissionSink`]).
     pub fn emitted(&self) -> usize {
         self.inner
             .state

@@ -106,10 +106,15 @@ impl<B: Bus> Workers<B> {
         let has_room = permit.map(SemaphorePermit::forget).is_some();
         if !has_room {
             self.stopped(run);
+            // Yield: a worker that stops at once, every time (the runtime is
+            // shutting down and drops new tasks unpolled), must not make the
+            // consumer loop spin without ever letting that runtime drop it.
+            tokio::task::yield_now().await;
             return true;
         }
         if let Err(mpsc::error::SendError(run)) = queue.runs.send(run) {
             self.stopped(run);
+            tokio::task::yield_now().await;
         }
         true
     }

@@ -64,7 +64,7 @@ pub const METRICS: &[(&str, &str, &str, &str)] = &[
         "choreo_deliveries_ignored_total",
         "counter",
         "service, topic, event_type",
-        "deliveries of types the service has no handler for (acked)",
+        "deliveries a service does not route (a type it has no handler for, or no type at all): acked, with a receipt of outcome `ignored`",
     ),
     (
         "choreo_publish_failures_total",
@@ -392,6 +392,9 @@ impl RouteMetrics {
             Outcome::DeadLettered => &self.dead_lettered_outcome,
             Outcome::Duplicate => &self.duplicate,
             Outcome::Redelivered => &self.redelivered,
+            // Counted apart, in `choreo_deliveries_ignored_total`: a
+            // delivery is ignored because no route takes it.
+            Outcome::Ignored => unreachable!("an ignored delivery has no route"),
         }
     }
 }

@@ -16,7 +16,7 @@ mod service;
 mod trace;
 mod worker;
 
-pub use context::Context;
+pub use context::{Context, EmissionSink};
 pub use handler::{BoxError, BoxFuture, Handled, Handler, HandlerError, Invocation};
 pub use idempotency::{Idempotency, IdempotencyStore, MemoryStore};
 pub use metrics::{DURATION_BUCKETS, METRICS, Metrics};

@@ -129,8 +129,9 @@ pub(super) struct RouteSpec {
 /// Every delivery goes through the same steps, in this order, and ends in
 /// exactly one [`Outcome`](choreo_core::Outcome), decided in one place:
 ///
-/// 1. **Routing**: an event type the service has no handler for is acked and
-///    counted in `choreo_deliveries_ignored_total` (no receipt). A
+/// 1. **Routing**: an event type the service has no handler for (or a record
+///    that names no type) is acked and counted in
+///    `choreo_deliveries_ignored_total` → `ignored`. A
 ///    **malformed** record (the backend could only partly read it and set
 ///    [`MALFORMED_HEADER`](choreo_core::MALFORMED_HEADER)) is dead-lettered at
 ///    once with reason `malformed record: …`, whatever its type → `dead_lettered`.

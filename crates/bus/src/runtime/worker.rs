@@ -6,13 +6,14 @@
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
-use choreo_core::{Bus, Delivery, MALFORMED_HEADER, Name, Timestamp};
+use choreo_core::{Bus, Delivery, MALFORMED_HEADER, Name, Outcome, Timestamp};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::dispatch::Run;
 use super::metrics::{RouteMetrics, RouteTally};
+use super::pipeline::Settled;
 use super::running::Runtime;
 use super::service::StackService;
 
@@ -167,7 +168,9 @@ impl<B: Bus> Runtime<B> {
                             Tracked::new(handling, &self.in_flight, &mut tallies).await;
                         route.metrics.record(&observed);
                     }
-                    None => self.ignore(d, &mut ignored),
+                    // Not boxed: its future is smaller than a handling's,
+                    // whose room in the worker's future it shares.
+                    None => self.ignore(d, &mut ignored).await,
                 }
             }
             // Before waiting for more.
@@ -212,7 +215,9 @@ impl<B: Bus> Runtime<B> {
                             route.metrics.record(&observed);
                         });
                     }
-                    None => self.ignore(d, &mut ignored),
+                    // Not boxed: its future is smaller than a handling's,
+                    // whose room in the worker's future it shares.
+                    None => self.ignore(d, &mut ignored).await,
                 }
             }
             tokio::select! {
@@ -228,8 +233,14 @@ impl<B: Bus> Runtime<B> {
         while running.next().await.is_some() {}
     }
 
-    fn ignore(&self, d: Delivery, counters: &mut HashMap<Name, prometheus::IntCounter>) {
-        let env = d.envelope();
+    /// A delivery the service does not route: acked, counted, and with
+    /// receipts on recorded with the outcome `ignored`, so that an event
+    /// which reached the service and was passed over can be told from one
+    /// that never arrived.
+    async fn ignore(&self, d: Delivery, counters: &mut HashMap<Name, prometheus::IntCounter>) {
+        let started = Timestamp::now();
+        let env = d.envelope().clone();
+        let place = (d.partition(), d.offset());
         counters
             .entry(env.event_type.clone())
             .or_insert_with(|| {
@@ -238,6 +249,13 @@ impl<B: Bus> Runtime<B> {
             })
             .inc();
         d.ack();
+        let Some(topic) = &self.receipts else { return };
+        let reason = format!("no handler for event type '{}'", env.event_type);
+        let settled = Settled::new(Outcome::Ignored, 0, Some(reason));
+        let envelope = self.receipt(topic, &env, place, settled, started, started);
+        if let Err(e) = self.bus.publish_shared(envelope).await {
+            self.receipt_lost(topic, &e);
+        }
     }
 
     /// A route for a malformed delivery of a type the service has no handler

@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use choreo_bus::{Context, HandlerError, InProcessBus, Publisher, Service};
-use choreo_core::Event;
+use choreo_core::{Event, Outcome};
 use choreo_testkit::wait_until;
 use tokio_util::sync::CancellationToken;
 
@@ -122,7 +122,7 @@ async fn a_chain_of_handlers_keeps_one_flow_with_causation_links() {
 }
 
 #[tokio::test]
-async fn an_unhandled_event_type_on_a_subscribed_topic_is_counted_not_handled() {
+async fn an_unhandled_event_type_on_a_subscribed_topic_is_counted_and_receipted_not_handled() {
     let bus = InProcessBus::new();
     let (registry, m) = metrics();
     let stop = CancellationToken::new();
@@ -152,9 +152,43 @@ async fn an_unhandled_event_type_on_a_subscribed_topic_is_counted_not_handled() 
         ) == 1.0
     })
     .await;
+    wait_until("the ignored receipt", PATIENCE, || {
+        !receipts_with(&bus, Outcome::Ignored).is_empty()
+    })
+    .await;
     stop.cancel();
     svc.await.unwrap();
-    assert!(receipts(&bus).iter().all(|r| r.event_type == "OrderPlaced"));
+    // The passed-over event is visible: one receipt says so, and it is the
+    // only receipt of its type; the handled one is acked.
+    let ignored = receipts_with(&bus, Outcome::Ignored);
+    assert_eq!(ignored.len(), 1, "{ignored:?}");
+    let r = &ignored[0];
+    assert_eq!(
+        (r.service.as_str(), r.event_type.as_str(), r.attempts),
+        ("payment", "OrderAmended", 0)
+    );
+    assert_eq!(
+        r.reason.as_deref(),
+        Some("no handler for event type 'OrderAmended'")
+    );
+    assert!(r.emitted.is_empty());
+    for r in receipts(&bus) {
+        let expected = if r.event_type == "OrderPlaced" {
+            Outcome::Acked
+        } else {
+            Outcome::Ignored
+        };
+        assert_eq!(r.outcome, expected, "{r:?}");
+    }
+    // Not counted as handled.
+    assert_eq!(
+        metric(
+            &registry,
+            "choreo_events_handled_total",
+            &[("service", "payment"), ("event_type", "OrderAmended")]
+        ),
+        0.0
+    );
 }
 
 async fn bus_publish(bus: &InProcessBus, env: choreo_core::Envelope) {

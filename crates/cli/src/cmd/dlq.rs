@@ -1,12 +1,15 @@
 //! `choreo dlq`: see why events were dead-lettered, and replay them.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use choreo_bus::dlq::{self, DeadLettered, Filter, ReplayOptions, Replayed};
-use choreo_core::{Codecs, ContentType, EventId, PayloadMeta, Timestamp};
-use choreo_kafka::{KafkaBus, ReaderOptions, RecordReader, Topics};
+use choreo_core::{Codecs, ContentType, EventId, PayloadMeta, Timestamp, dlq_headers};
+use choreo_kafka::dlq::replay_record;
+use choreo_kafka::{KafkaBus, RawRecord, ReaderOptions, RecordReader, Topics};
 use choreo_trace::Source as _;
 use choreo_trace::capture::Reader;
 
@@ -17,9 +20,12 @@ use crate::{EXIT_FINDINGS, EXIT_OK};
 ///
 /// Reads the dead-letter topics (`*.dlq`, or --topic) on Kafka (--brokers or
 /// $CHOREO_KAFKA_BROKERS), or from capture files (--capture, list and show
-/// only). A replayed event goes back to its original topic with its id, flow
-/// and causation unchanged and a `choreo-replay-count` header; if it fails
-/// again it is dead-lettered again — nothing replays automatically.
+/// only). On Kafka a dead letter is the record as it was received, byte for
+/// byte, with choreo's `choreo-dlq-*` headers after its own; `show` prints
+/// both, and a replay publishes the original again to its topic — same key,
+/// value and headers, so same id, flow and causation — with a
+/// `choreo-replay-count` header; if it fails again it is dead-lettered
+/// again — nothing replays automatically.
 ///
 /// Exit codes: 0 ok (list: no dead letters); 1 list found dead letters, or a
 /// replay refused some; 2 usage or input error.
@@ -27,7 +33,8 @@ use crate::{EXIT_FINDINGS, EXIT_OK};
 pub(crate) enum Dlq {
     /// List dead letters, with counts grouped by reason.
     List(ListArgs),
-    /// Show one dead letter: envelope, headers, reason, attempts, service, payload.
+    /// Show one dead letter: reason, attempts, service, the envelope, the
+    /// record's headers as received and choreo's, and the payload.
     Show(ShowArgs),
     /// Publish dead letters back to their original topics.
     Replay(ReplayArgs),
@@ -147,8 +154,14 @@ fn parse_ids(ids: &[String]) -> anyhow::Result<Vec<EventId>> {
         .collect()
 }
 
+/// A dead letter, and on Kafka the record as it is on the dead-letter topic.
+struct Found {
+    dead: DeadLettered,
+    record: Option<Arc<RawRecord>>,
+}
+
 /// Every dead letter the source holds.
-fn read(source: &Source) -> anyhow::Result<Vec<DeadLettered>> {
+fn read(source: &Source) -> anyhow::Result<Vec<Found>> {
     let wanted = |topic: &str| {
         if source.topics.is_empty() {
             topic.ends_with(".dlq")
@@ -163,9 +176,9 @@ fn read(source: &Source) -> anyhow::Result<Vec<DeadLettered>> {
             while let Some(r) = reader.next_record() {
                 let r = r.with_context(|| format!("reading '{}'", path.display()))?;
                 if wanted(&r.envelope.topic)
-                    && let Some(d) = DeadLettered::from_envelope(r.envelope)
+                    && let Some(dead) = DeadLettered::from_envelope(r.envelope)
                 {
-                    out.push(d);
+                    out.push(Found { dead, record: None });
                 }
             }
         }
@@ -187,8 +200,11 @@ fn read(source: &Source) -> anyhow::Result<Vec<DeadLettered>> {
         let mut reader = RecordReader::open(&config, ReaderOptions::new(topics)).await?;
         while let Some(r) = reader.next().await {
             let r = r?;
-            if let Some(d) = DeadLettered::from_envelope(r.envelope) {
-                out.push(d);
+            if let Some(dead) = DeadLettered::from_envelope(r.envelope) {
+                out.push(Found {
+                    dead,
+                    record: Some(r.original),
+                });
             }
         }
         Ok::<(), anyhow::Error>(())
@@ -205,6 +221,7 @@ fn list(args: ListArgs) -> anyhow::Result<u8> {
     let filter = args.filter.filter(Vec::new())?;
     let items: Vec<DeadLettered> = read(&args.source)?
         .into_iter()
+        .map(|f| f.dead)
         .filter(|d| filter.matches(d))
         .collect();
     let text = match args.format {
@@ -264,14 +281,17 @@ fn list(args: ListArgs) -> anyhow::Result<u8> {
 
 fn show(args: ShowArgs) -> anyhow::Result<u8> {
     let id = EventId::parse(args.id.trim()).context("an event id must not be empty")?;
-    let mut matches: Vec<DeadLettered> = read(&args.source)?
+    let mut matches: Vec<Found> = read(&args.source)?
         .into_iter()
-        .filter(|d| d.id == id)
+        .filter(|f| f.dead.id == id)
         .collect();
-    let Some(d) = matches.pop() else {
+    let Some(Found { dead: d, record }) = matches.pop() else {
         bail!("no dead letter has id {id} (list them with `choreo dlq list`)");
     };
     let env = &d.envelope;
+    // The record's own headers, and choreo's (on Kafka: as they are on the
+    // topic, in order; from a capture: the envelope's extra headers).
+    let (received, ours) = split_headers(record.as_deref(), env);
     let payload = Codecs::json().decode_value(
         &env.content_type,
         &env.data,
@@ -282,9 +302,20 @@ fn show(args: ShowArgs) -> anyhow::Result<u8> {
     );
     let text = match args.format {
         Format::Json => {
+            let headers = |hs: &[(String, Option<Vec<u8>>)]| {
+                hs.iter()
+                    .map(|(n, v)| serde_json::json!({"name": n, "value": v.as_deref().map(shown)}))
+                    .collect::<Vec<_>>()
+            };
             let doc = serde_json::json!({
                 "dead_letter": d,
                 "envelope": env,
+                "record": {
+                    "key": record.as_ref().and_then(|r| r.key()).map(|k| shown(k)),
+                    "timestamp_ms": record.as_ref().and_then(|r| r.timestamp_ms()),
+                    "headers": headers(&received),
+                    "choreo_headers": headers(&ours),
+                },
                 "payload": payload.as_ref().ok(),
                 "copies": matches.len() + 1,
             });
@@ -344,9 +375,21 @@ fn show(args: ShowArgs) -> anyhow::Result<u8> {
                 let _ = writeln!(s, "  traceparent   {tp}");
             }
             let _ = writeln!(s, "  content type  {}", env.content_type);
-            let _ = writeln!(s, "headers");
-            for (n, v) in env.headers.iter() {
-                let _ = writeln!(s, "  {n}: {}", String::from_utf8_lossy(v));
+            let _ = writeln!(
+                s,
+                "{}",
+                if record.is_some() {
+                    "headers as received"
+                } else {
+                    "headers"
+                }
+            );
+            for (n, v) in &received {
+                let _ = writeln!(s, "  {n}: {}", v.as_deref().map_or("(null)".into(), shown));
+            }
+            let _ = writeln!(s, "choreo's headers");
+            for (n, v) in &ours {
+                let _ = writeln!(s, "  {n}: {}", v.as_deref().map_or("(null)".into(), shown));
             }
             let _ = writeln!(s, "payload ({} bytes)", env.data.len());
             match (&payload, &env.content_type) {
@@ -373,6 +416,39 @@ fn show(args: ShowArgs) -> anyhow::Result<u8> {
     Ok(EXIT_OK)
 }
 
+/// A header's name and value (`None`: null).
+type HeaderPair = (String, Option<Vec<u8>>);
+
+/// The headers of a dead letter: the record's own, and the ones choreo added
+/// (`choreo-dlq-*`, `choreo-replay-count`).
+fn split_headers(
+    record: Option<&RawRecord>,
+    env: &choreo_core::Envelope,
+) -> (Vec<HeaderPair>, Vec<HeaderPair>) {
+    let is_ours = |n: &str| dlq_headers::ALL.contains(&n) || n == dlq_headers::REPLAYS;
+    let all: Vec<HeaderPair> = match record {
+        Some(r) => r
+            .headers()
+            .map(|h| (h.name.to_owned(), h.value.map(<[u8]>::to_vec)))
+            .collect(),
+        None => env
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_owned(), Some(v.to_vec())))
+            .collect(),
+    };
+    all.into_iter().partition(|(n, _)| !is_ours(n))
+}
+
+/// Bytes as text: as they are when they are UTF-8, else with the other
+/// bytes escaped (`\xff`), so a broken header shows as it arrived.
+fn shown(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => bytes.escape_ascii().to_string(),
+    }
+}
+
 fn hex_preview(data: &[u8]) -> String {
     let mut s: String = data.iter().take(48).map(|b| format!("{b:02x}")).collect();
     if data.len() > 48 {
@@ -394,13 +470,20 @@ fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
         capture: Vec::new(),
         topics: args.topics.clone(),
     };
-    let items: Vec<DeadLettered> = read(&source)?
+    let found: Vec<Found> = read(&source)?
         .into_iter()
-        .filter(|d| filter.matches(d))
+        .filter(|f| filter.matches(&f.dead))
         .collect();
-    if items.is_empty() {
+    if found.is_empty() {
         bail!("nothing to replay: no dead letter matches");
     }
+    // The record of each copy, by event and replay count: the copy a replay
+    // chooses (the newest; the later one of equal counts) is the one left.
+    let records: HashMap<(EventId, u32), Arc<RawRecord>> = found
+        .iter()
+        .filter_map(|f| Some(((f.dead.id.clone(), f.dead.replays), f.record.clone()?)))
+        .collect();
+    let items: Vec<DeadLettered> = found.into_iter().map(|f| f.dead).collect();
     let config = args.kafka.config()?;
     let rt = super::runtime()?;
     let options = ReplayOptions {
@@ -409,7 +492,23 @@ fn replay(args: ReplayArgs) -> anyhow::Result<u8> {
     };
     let done = rt.block_on(async {
         let bus = KafkaBus::new(config)?;
-        Ok::<_, anyhow::Error>(dlq::replay(&bus, &items, options).await?)
+        // The original as it was received, again; a dead letter read
+        // without its record (none here: all come from Kafka) as an envelope.
+        let replay = |d: &DeadLettered| {
+            let bus = bus.clone();
+            let (topic, partition) = (d.topic.clone(), d.partition.unwrap_or(0));
+            let again = records
+                .get(&(d.id.clone(), d.replays))
+                .map(|r| replay_record(r, d.replays));
+            let envelope = d.replay_envelope();
+            async move {
+                match again {
+                    Some(r) => Ok(bus.publish_record(&topic, &r, partition).await?),
+                    None => choreo_core::Bus::publish(&bus, envelope).await,
+                }
+            }
+        };
+        Ok::<_, anyhow::Error>(dlq::replay_with(&items, options, replay).await?)
     })?;
     let mut s = String::new();
     let mut refused = 0;

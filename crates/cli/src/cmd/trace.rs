@@ -22,8 +22,9 @@ const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 /// Inputs are capture files — Avro object container files (`choreo capture`,
 /// `choreo simulate --capture`) or JSON lines, told apart by content — or
 /// Kafka (--brokers, or $CHOREO_KAFKA_BROKERS): by default the topology's
-/// topics, their `.dlq` topics and `choreo.receipts`, from the beginning to
-/// the end as of the start. "Now", which decides whether an unfinished flow is
+/// topics, their `.dlq` topics and `choreo.receipts` — those that exist; the
+/// others are said to be absent, and waited for with --follow — from the
+/// beginning to the end as of the start. "Now", which decides whether an unfinished flow is
 /// stuck or still in progress, is the latest timestamp in the input unless
 /// --now gives it.
 ///
@@ -148,13 +149,20 @@ struct KafkaSource {
 impl KafkaSource {
     fn open(config: &KafkaConfig, topics: Topics) -> anyhow::Result<KafkaSource> {
         let name = match &topics {
-            Topics::Names(n) => format!("kafka:{}", n.join(",")),
+            Topics::Names(n) | Topics::Optional(n) => format!("kafka:{}", n.join(",")),
             Topics::Pattern(p) => format!("kafka:/{p}/"),
         };
         let rt = super::runtime()?;
         let reader = rt
             .block_on(RecordReader::open(config, ReaderOptions::new(topics)))
             .with_context(|| format!("cannot read {name}"))?;
+        let absent = reader.absent();
+        if !absent.is_empty() {
+            eprintln!(
+                "choreo: not on the cluster (yet), read as empty: {} (dead-letter topics appear with the first dead letter, choreo.receipts with the first receipt)",
+                absent.join(", ")
+            );
+        }
         Ok(KafkaSource {
             rt,
             reader,
@@ -274,8 +282,10 @@ impl Config {
             let topics = match (&args.pattern, args.topics.is_empty(), &args.topology) {
                 (Some(p), _, _) => Topics::pattern(p.clone()),
                 (None, false, _) => Topics::names(args.topics.clone()),
+                // Topics that appear with use (dead-letter topics, receipts)
+                // may not exist yet: read those that do, wait for the rest.
                 (None, true, Some(path)) => {
-                    Topics::names(choreo_trace::tap_topics(&super::load(path)?))
+                    Topics::optional(choreo_trace::tap_topics(&super::load(path)?))
                 }
                 (None, true, None) => Topics::pattern(".*"),
             };
@@ -469,6 +479,10 @@ fn follow(
             "choreo: tracing Kafka live; metrics at http://{}/metrics; ctrl-c prints the report and stops",
             server.local_addr()
         );
+        let absent = reader.absent();
+        if !absent.is_empty() {
+            eprintln!("choreo: waiting for topics not on the cluster yet: {}", absent.join(", "));
+        }
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("cannot watch for SIGTERM")?;
         let interrupted = tokio::signal::ctrl_c();

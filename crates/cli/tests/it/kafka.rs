@@ -200,6 +200,22 @@ async fn trace_capture_and_dead_letters_on_kafka_agree_with_the_capture_file() {
         "{shown}"
     );
     assert!(shown.contains("service       inventory"), "{shown}");
+    // The record's own headers as received, then choreo's, apart.
+    let (own, ours) = shown
+        .split_once("choreo's headers")
+        .expect("choreo's headers apart");
+    let own = own
+        .split_once("headers as received")
+        .expect("the record's headers")
+        .1;
+    assert!(
+        own.contains("ce_id: ") && !own.contains("choreo-dlq-"),
+        "{shown}"
+    );
+    assert!(
+        ours.contains("choreo-dlq-reason: handler failed"),
+        "{shown}"
+    );
     let out = choreo(&["dlq", "replay", "--brokers", &brokers, "--all", "--dry-run"]);
     assert!(out.status.success());
     assert_eq!(
@@ -370,5 +386,299 @@ async fn two_tracers_in_one_group_split_the_flows_and_together_report_what_one_r
         ra.input.orphans + rb.input.orphans,
         0,
         "each tracer saw whole flows"
+    );
+}
+
+/// The body of `GET /metrics` on `port`, once it answers.
+fn scrape(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// The sum of the samples of `name` in a scrape.
+fn sample_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `choreo trace --brokers` on a fresh cluster — a real broker (tansu) on
+/// which the saga ran but nothing has failed yet, so no `.dlq` topic and no
+/// `choreo.receipts` exist: the batch trace reads what exists and says what
+/// is absent; the live one waits for the rest and reads them once they
+/// appear; a topic named with --topics that does not exist is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_on_a_fresh_cluster_reads_the_topics_that_exist_and_waits_for_the_rest() {
+    use choreo_core::{Envelope, Outcome, Receipt, Timestamp};
+    let tansu = choreo_testkit::tansu::Tansu::start();
+    let brokers = tansu.brokers();
+    for t in ["orders", "payments", "inventory", "shipping"] {
+        tansu.create_topic(t, 1);
+    }
+    // One whole flow, as the saga's services publish it.
+    let bus = KafkaBus::new(config(&brokers)).unwrap();
+    let placed =
+        Envelope::new("OrderPlaced", "orders", r#"{"order_id":1}"#).with_source("checkout");
+    let captured = Envelope::new("PaymentCaptured", "payments", "{}")
+        .with_source("payment")
+        .caused_by(&placed);
+    let reserved = Envelope::new("StockReserved", "inventory", "{}")
+        .with_source("inventory")
+        .caused_by(&captured);
+    let shipped = Envelope::new("OrderShipped", "shipping", "{}")
+        .with_source("shipping")
+        .caused_by(&reserved);
+    for e in [&placed, &captured, &reserved, &shipped] {
+        bus.publish(e.clone()).await.unwrap();
+    }
+    let t = topology_path();
+    let topology = t.to_str().unwrap();
+
+    let out = choreo(&[
+        "trace",
+        "--brokers",
+        &brokers,
+        "-t",
+        topology,
+        "-f",
+        "json",
+        "-q",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a completed flow, nothing wrong: {stderr}"
+    );
+    let report = report_json(&out);
+    assert_eq!(report["input"]["events"], 4, "{report}");
+    assert_eq!(report["flows"]["completed"], 1, "{report}");
+    for absent in ["orders.dlq", "payments.dlq", "choreo.receipts"] {
+        assert!(stderr.contains(absent), "says {absent} is absent: {stderr}");
+    }
+
+    // Named explicitly, a missing topic is the user's mistake.
+    let out = choreo(&[
+        "trace",
+        "--brokers",
+        &brokers,
+        "--topics",
+        "orders,orders.dlq",
+        "-q",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("'orders.dlq'") && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+
+    // Live: starts on the fresh cluster, picks up the dead-letter topic and
+    // the receipts once the first dead letter and receipt make them.
+    let port = choreo_testkit::free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_choreo"))
+        .args([
+            "trace",
+            "--brokers",
+            &brokers,
+            "-t",
+            topology,
+            "--follow",
+            "--from-beginning",
+        ])
+        .args([
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+            "-f",
+            "json",
+            "-q",
+        ])
+        .env(
+            "CHOREO_KAFKA_OPTIONS",
+            "fetch.wait.max.ms=50;topic.metadata.refresh.interval.ms=1000",
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let records = |want: f64, what: &str| {
+        let what = what.to_owned();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let seen =
+                    scrape(port).map_or(0.0, |m| sample_sum(&m, "choreo_trace_records_total"));
+                if seen >= want {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: the live tracer read {seen} records of {want}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    records(4.0, "the flow").await;
+    // A second order fails: its dead letter and its receipt make the topics.
+    let second =
+        Envelope::new("OrderPlaced", "orders", r#"{"order_id":2}"#).with_source("checkout");
+    bus.publish(second.clone()).await.unwrap();
+    let mut dead = second.clone();
+    dead.topic = "orders.dlq".into();
+    for (n, v) in [
+        (
+            dlq_headers::REASON,
+            "handler failed after 3 attempts: card declined",
+        ),
+        (dlq_headers::SERVICE, "payment"),
+        (dlq_headers::ATTEMPTS, "3"),
+        (dlq_headers::TOPIC, "orders"),
+    ] {
+        dead.headers.insert(n, v);
+    }
+    bus.publish(dead).await.unwrap();
+    let receipt = Receipt {
+        service: "payment".into(),
+        event_id: second.id.clone(),
+        event_type: second.event_type.clone(),
+        correlation_id: second.correlation_id.clone(),
+        topic: second.topic.clone(),
+        partition: 0,
+        offset: 1,
+        outcome: Outcome::DeadLettered,
+        attempts: 3,
+        reason: Some("handler failed after 3 attempts: card declined".into()),
+        started: Timestamp::now(),
+        duration_us: 10,
+        emitted: vec![],
+    };
+    bus.publish(receipt.to_envelope("choreo.receipts".into(), &second))
+        .await
+        .unwrap();
+    records(7.0, "the dead letter and the receipt on their new topics").await;
+    let stopped = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("waiting for topics not on the cluster yet"),
+        "{stderr}"
+    );
+    let report = report_json(&out);
+    assert_eq!(report["input"]["dead_letters"], 1, "{report}");
+    assert_eq!(report["input"]["receipts"], 1, "{report}");
+    assert_eq!(report["input"]["events"], 5, "{report}");
+}
+
+/// `choreo dlq show` and `replay` on a dead letter that is a broken record as
+/// received: show prints its headers as they arrived (the bytes that are not
+/// UTF-8 escaped) and choreo's apart; replay publishes the original again,
+/// byte for byte, with a replay count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_show_and_replay_keep_a_broken_record_as_it_was_received() {
+    use bytes::Bytes;
+    use choreo_kafka::RawRecord;
+    let kafka = MockKafka::start(1).unwrap();
+    for t in ["orders", "orders.dlq"] {
+        kafka.create_topic(t, 1).unwrap();
+    }
+    let brokers = kafka.bootstrap_servers();
+    let bus = KafkaBus::new(config(&brokers)).unwrap();
+    let original = RawRecord::new(
+        Some(Bytes::from_static(b"order-6")),
+        Some(Bytes::from_static(br#"{"order_id": 6}"#)),
+        Some(1_764_104_835_123),
+    )
+    .with_header("ce_specversion", Some(b"1.0"))
+    .with_header("ce_id", Some(b"\xff\xfe"))
+    .with_header("ce_type", Some(b"OrderPlaced"))
+    .with_header("ce_time", Some(b"yesterday"))
+    .with_header("x-null", None);
+    let mut dead = original.clone();
+    for (n, v) in [
+        (
+            dlq_headers::REASON,
+            "malformed record: header 'ce_id' is not UTF-8",
+        ),
+        (dlq_headers::SERVICE, "payment"),
+        (dlq_headers::ATTEMPTS, "0"),
+        (dlq_headers::TOPIC, "orders"),
+        (dlq_headers::PARTITION, "0"),
+        (dlq_headers::OFFSET, "41"),
+        (dlq_headers::TIME, "2026-01-31T12:00:00Z"),
+        (dlq_headers::MALFORMED, "header 'ce_id' is not UTF-8"),
+    ] {
+        dead.push_header(n, Some(v.as_bytes()));
+    }
+    bus.publish_record("orders.dlq", &dead, 0).await.unwrap();
+
+    // Its id is derived from where it was read, as it was when delivered.
+    let out = choreo(&["dlq", "show", "orders/0/41", "--brokers", &brokers]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (own, ours) = shown.split_once("choreo's headers").expect("apart");
+    let own = own
+        .split_once("headers as received")
+        .expect("as received")
+        .1;
+    assert!(own.contains("ce_id: \\xff\\xfe"), "{shown}");
+    assert!(
+        own.contains("ce_time: yesterday") && own.contains("x-null: (null)"),
+        "{shown}"
+    );
+    assert!(
+        ours.contains("choreo-dlq-malformed: header 'ce_id' is not UTF-8"),
+        "{shown}"
+    );
+    let out = choreo(&[
+        "dlq",
+        "show",
+        "orders/0/41",
+        "--brokers",
+        &brokers,
+        "-f",
+        "json",
+    ]);
+    let doc = report_json(&out);
+    assert_eq!(doc["record"]["key"], "order-6");
+    assert_eq!(
+        doc["record"]["headers"].as_array().unwrap().len(),
+        5,
+        "{doc}"
+    );
+
+    let out = choreo(&["dlq", "replay", "orders/0/41", "--brokers", &brokers]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut reader = RecordReader::open(
+        &config(&brokers),
+        ReaderOptions::new(Topics::names(["orders"])),
+    )
+    .await
+    .unwrap();
+    let replayed = reader.next().await.expect("the replay").unwrap();
+    let expected = original.with_header(dlq_headers::REPLAYS, Some(b"1"));
+    assert_eq!(
+        *replayed.original, expected,
+        "the original, byte for byte, with its count"
     );
 }

@@ -155,14 +155,15 @@ impl State {
             let epoch = part.epoch;
             let settle = self.settlers.get(&key.0).cloned()?;
             self.enqueue(&key);
-            return Some(Delivery::new(
-                t.envelope,
+            let delivery = Delivery::new(
+                t.record.envelope,
                 key.1 as u32,
                 t.offset as u64,
                 t.attempt,
                 epoch,
                 settle,
-            ));
+            );
+            return Some(delivery.with_original(t.record.original));
         }
         None
     }

@@ -3,7 +3,6 @@
 //! full, and commits what was settled when the subscription closes.
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -12,10 +11,11 @@ use choreo_core::{Envelope, MALFORMED_HEADER, Name};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::topic_partition_list::TopicPartitionList;
 
-use crate::record::{RecordHeader, RecordParts, envelope_from_record};
+use crate::dlq::RawRecord;
+use crate::window::Fetched;
 
 use super::commit::{commit_now, retriable_commit, store};
 use super::rebalance::GroupContext;
@@ -30,7 +30,7 @@ pub(super) struct Poller {
 
 impl Poller {
     pub(super) fn run(mut self, consumer: BaseConsumer<GroupContext>) {
-        let mut batch: Vec<(Key, i64, Envelope)> = Vec::with_capacity(BATCH);
+        let mut batch: Vec<(Key, i64, Fetched)> = Vec::with_capacity(BATCH);
         let mut last_store = Instant::now();
         while !self.shared.stop.load(Ordering::Acquire) {
             let mut timeout = POLL;
@@ -77,7 +77,7 @@ impl Poller {
     /// generation (partitions that come back carry their settled offsets).
     /// Other retriable failures (the coordinator moving) are retried too,
     /// for at most `CLOSE_PATIENCE`.
-    fn final_commit(&self, consumer: &BaseConsumer<GroupContext>) {
+    pub(super) fn final_commit(&self, consumer: &BaseConsumer<GroupContext>) {
         let deadline = Instant::now() + CLOSE_PATIENCE;
         let failure = loop {
             match commit_now(consumer, &self.shared, None) {
@@ -104,7 +104,7 @@ impl Poller {
         }
     }
 
-    fn name(&mut self, topic: &str) -> Name {
+    pub(super) fn name(&mut self, topic: &str) -> Name {
         if let Some(n) = self.names.get(topic) {
             return n.clone();
         }
@@ -113,9 +113,9 @@ impl Poller {
         n
     }
 
-    fn convert(&mut self, m: &BorrowedMessage<'_>) -> (Key, i64, Envelope) {
+    pub(super) fn convert(&mut self, m: &BorrowedMessage<'_>) -> (Key, i64, Fetched) {
         let topic = self.name(m.topic());
-        let mut env = envelope_of(m);
+        let (mut env, original) = envelope_of(m);
         env.topic = topic.clone();
         if env.headers.get(MALFORMED_HEADER).is_some() {
             self.shared
@@ -124,18 +124,22 @@ impl Poller {
                 .with_label_values(&[&topic])
                 .inc();
         }
-        ((topic, m.partition()), m.offset(), env)
+        let record = Fetched {
+            envelope: Arc::new(env),
+            original: Arc::new(original),
+        };
+        ((topic, m.partition()), m.offset(), record)
     }
 
-    fn deliver(&self, batch: &mut Vec<(Key, i64, Envelope)>) {
+    pub(super) fn deliver(&self, batch: &mut Vec<(Key, i64, Fetched)>) {
         let mut st = self.shared.state.lock();
         let mut added = false;
-        for (key, offset, env) in batch.drain(..) {
+        for (key, offset, record) in batch.drain(..) {
             let Some(part) = st.parts.get_mut(&key) else {
                 // Not (or no longer) assigned: its owner fetches it again.
                 continue;
             };
-            if part.window.push(offset, Arc::new(env)) {
+            if part.window.push(offset, record) {
                 added = true;
                 st.enqueue(&key);
             }
@@ -146,7 +150,7 @@ impl Poller {
         }
     }
 
-    fn report(&self, e: KafkaError) {
+    pub(super) fn report(&self, e: KafkaError) {
         tracing::warn!(group = %self.shared.group, error = %e, "kafka consumer error");
         let mut st = self.shared.state.lock();
         if st.errors.is_empty() {
@@ -160,7 +164,7 @@ impl Poller {
     }
 
     /// Pauses partitions whose window is full; resumes them once it halved.
-    fn flow_control(&self, consumer: &BaseConsumer<GroupContext>) {
+    pub(super) fn flow_control(&self, consumer: &BaseConsumer<GroupContext>) {
         let mut pause = TopicPartitionList::new();
         let mut resume = TopicPartitionList::new();
         {
@@ -189,40 +193,23 @@ impl Poller {
     }
 }
 
-/// The envelope of a consumed record (see [`envelope_from_record`]).
-pub(crate) fn envelope_of(m: &BorrowedMessage<'_>) -> Envelope {
+/// The envelope of a consumed record (see
+/// [`envelope_from_record`](crate::record::envelope_from_record)), and the
+/// record as received.
+pub(crate) fn envelope_of(m: &BorrowedMessage<'_>) -> (Envelope, RawRecord) {
     // rdkafka panics on a header name that is not UTF-8: such a record is
-    // still delivered, marked malformed.
-    let headers = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        m.headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| RecordHeader {
-                        name: h.key,
-                        value: h.value,
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default()
-    }));
-    let (headers, unreadable) = match headers {
-        Ok(h) => (h, false),
-        Err(_) => (Vec::new(), true),
-    };
-    let mut env = envelope_from_record(&RecordParts {
-        topic: m.topic(),
-        partition: m.partition(),
-        offset: m.offset(),
-        timestamp_ms: m.timestamp().to_millis(),
-        key: m.key(),
-        value: m.payload(),
-        headers: &headers,
-    });
-    if unreadable {
-        env.headers.insert(
-            MALFORMED_HEADER,
-            "the record's headers are unreadable (a header name is not UTF-8)",
+    // still delivered, marked malformed (and the header left out).
+    let (raw, unreadable) = RawRecord::of_message(m);
+    let mut env = raw.envelope(m.topic(), m.partition(), m.offset());
+    if unreadable > 0 {
+        let problem = format!(
+            "{unreadable} of the record's headers are unreadable (a header name is not UTF-8)"
         );
+        let problem = match env.headers.get_str(MALFORMED_HEADER) {
+            Some(other) => format!("{other}; {problem}"),
+            None => problem,
+        };
+        env.headers.insert(MALFORMED_HEADER, problem);
     }
-    env
+    (env, raw)
 }

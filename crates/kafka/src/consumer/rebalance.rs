@@ -80,7 +80,7 @@ impl ClientContext for GroupContext {
 /// as librdkafka's lag: the last stable offset (its default isolation level
 /// is `read_committed`), else the high watermark. `None` while either end is
 /// unknown.
-fn lag_before_first_commit(
+pub(super) fn lag_before_first_commit(
     part: &Part,
     stats: &rdkafka::statistics::Partition,
     start: StartFrom,
@@ -184,7 +184,7 @@ impl GroupContext {
     /// For a group starting at the end of the log: partitions it never
     /// committed start at the high watermark read now, so everything
     /// published after `subscribe` returns is delivered.
-    fn pin_latest(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+    pub(super) fn pin_latest(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         let committed = match consumer.committed_offsets(tpl.clone(), self.timeout) {
             Ok(c) => c,
             Err(e) => {
@@ -208,7 +208,7 @@ impl GroupContext {
         }
     }
 
-    fn assign(&self, tpl: &mut TopicPartitionList) {
+    pub(super) fn assign(&self, tpl: &mut TopicPartitionList) {
         let weak = Arc::downgrade(&self.shared);
         let mut st = self.shared.state.lock();
         let back: Vec<(Key, i64)> = tpl
@@ -269,7 +269,7 @@ impl GroupContext {
     }
 
     /// Commits the settled prefix of the revoked partitions, synchronously.
-    fn commit_revoked(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+    pub(super) fn commit_revoked(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         match commit_now(consumer, &self.shared, Some(tpl)) {
             Ok(()) => {}
             Err(e) => {
@@ -293,7 +293,7 @@ impl GroupContext {
         }
     }
 
-    fn revoke(&self, tpl: &TopicPartitionList) {
+    pub(super) fn revoke(&self, tpl: &TopicPartitionList) {
         let mut st = self.shared.state.lock();
         for e in tpl.elements() {
             let key = (Name::from(e.topic()), e.partition());

@@ -78,6 +78,11 @@ async fn a_cloudevent_written_by_plain_rdkafka_is_handled_by_a_choreo_service() 
         .insert(Header {
             key: "ce_correlationid",
             value: Some("flow-7"),
+        })
+        // The CloudEvents tracing extension, as an SDK writes it.
+        .insert(Header {
+            key: "ce_traceparent",
+            value: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         });
     plain_producer(&mock.brokers())
         .send(
@@ -101,6 +106,12 @@ async fn a_cloudevent_written_by_plain_rdkafka_is_handled_by_a_choreo_service() 
     );
     assert_eq!(captured.key.as_deref(), Some(&b"flow-7"[..]));
     assert_eq!(&captured.data[..], br#"{"order_id":7}"#);
+    // The foreign trace goes on in what the handler emitted.
+    let tp = captured.traceparent.as_deref().expect("trace context");
+    assert_eq!(
+        tp.split('-').nth(1),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
     observer.close().await.unwrap();
     stop.cancel();
     payment.await.unwrap();

@@ -7,6 +7,7 @@
 mod common;
 
 mod broker_restart;
+mod cloudevents;
 mod conformance_mock;
 mod conformance_tansu;
 mod consumer_crash;

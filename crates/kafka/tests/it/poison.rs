@@ -167,6 +167,29 @@ async fn poison_records_are_dead_lettered_with_the_reason_and_the_consumer_goes_
         assert_eq!(e.headers.get_str(dlq_headers::SERVICE), Some("payment"));
         assert_eq!(e.headers.get_str(dlq_headers::TOPIC), Some("orders"));
     }
+    // Only the record that could not be read is marked so; its dead letter
+    // is the record as received (its broken id and time still broken), read
+    // back as the event the service was delivered.
+    let marked: Vec<bool> = dlq
+        .iter()
+        .map(|e| e.headers.get(dlq_headers::MALFORMED).is_some())
+        .collect();
+    assert_eq!(marked, vec![false, true, false]);
+    let offset: i64 = dlq[1]
+        .headers
+        .get_str(dlq_headers::OFFSET)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        dlq[1].id,
+        choreo_kafka::record::derived_id("orders", 0, offset)
+    );
+    assert!(
+        dlq[1].headers.get(choreo_core::MALFORMED_HEADER).is_some(),
+        "still unreadable: {:?}",
+        dlq[1].headers
+    );
 
     assert_eq!(
         metric(

@@ -122,3 +122,56 @@ async fn a_group_reader_resumes_where_the_group_left_off() {
         .unwrap();
     assert_eq!(r.offset, 4, "the group resumes after what it read");
 }
+
+/// The next record of `reader` that is on `topic`, within 120 s.
+async fn next_on(reader: &mut RecordReader, topic: &str) -> choreo_kafka::ReadRecord {
+    let found = async {
+        loop {
+            let r = reader.next().await.expect("following").expect("a record");
+            if r.envelope.topic == topic {
+                return r;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), found)
+        .await
+        .unwrap_or_else(|_| panic!("no record on '{topic}' within 120 s"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn optional_topics_are_read_where_they_exist_and_picked_up_once_created() {
+    let tansu = Tansu::start().await;
+    tansu.topic("present", 1).await;
+    publish(&tansu.bus, "present", 2).await;
+    let config = config(&tansu.brokers());
+    let topics = || Topics::optional(["present", "later.dlq"]);
+
+    // To the end: what exists, and a word on what does not.
+    let mut batch = RecordReader::open(&config, ReaderOptions::new(topics()))
+        .await
+        .unwrap();
+    assert_eq!(batch.absent(), vec!["later.dlq".to_owned()]);
+    assert_eq!(read_all(&mut batch).await.len(), 2);
+
+    // Following, alone and as a group member: the missing topic is read
+    // from its beginning once it exists.
+    let alone = ReaderOptions {
+        refresh: Duration::from_millis(500),
+        ..ReaderOptions::new(topics()).follow()
+    };
+    let mut alone = RecordReader::open(&config, alone).await.unwrap();
+    let mut member = RecordReader::open(&config, ReaderOptions::new(topics()).group("fresh"))
+        .await
+        .unwrap();
+    for reader in [&mut alone, &mut member] {
+        next_on(reader, "present").await;
+        next_on(reader, "present").await;
+    }
+    publish(&tansu.bus, "later.dlq", 1).await;
+    for reader in [&mut alone, &mut member] {
+        let r = next_on(reader, "later.dlq").await;
+        assert_eq!(r.offset, 0);
+    }
+    assert!(alone.absent().is_empty());
+    member.close().await.unwrap();
+}

@@ -3,3 +3,4 @@
 
 mod conforms_to_topology;
 mod on_kafka;
+mod postgres_crash;
