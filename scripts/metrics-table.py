@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Prints the README's metric table from the METRICS constants of the crates.
+"""Prints the metric table of docs/metrics.md from the METRICS constants of the crates.
 
     python3 scripts/metrics-table.py
 
 Reads `pub const METRICS` in crates/bus, crates/trace and crates/kafka (when
-present) and prints one Markdown table. The README test checks every name.
+present) and prints one Markdown table. crates/cli/tests/readme.rs checks every name.
 """
 import re
 import pathlib

@@ -105,7 +105,8 @@ step "docker/compose.yaml against the Compose Specification, docker/k8s against 
 ./scripts/validate-docker.sh
 
 step "soak: a million flows through the in-process bus, traced live; simulate and demo at 200 000 flows never hang (release build)"
-cargo test --release -p choreo-cli --test soak --test simulate_scale -- --ignored --nocapture
+# One test at a time: each is a whole process's worth of load on its own.
+cargo test --release -p choreo-cli --test it -- --ignored --nocapture --test-threads=1 soak:: simulate_scale::
 
 step "fuzzing: every cargo-fuzz target for ${CHOREO_FUZZ_SECONDS:-20} s (stable toolchain, no sanitizer)"
 ./scripts/fuzz.sh "${CHOREO_FUZZ_SECONDS:-20}"

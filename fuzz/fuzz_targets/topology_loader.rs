@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
                 let _ = d.to_string();
             }
             for topics in [false, true] {
-                let options = GraphOptions::with_topics(topics);
+                let options = GraphOptions::default().topics(topics);
                 let _ = render::dot(&t, options);
                 let _ = render::mermaid(&t, options);
                 let _ = render::json(&t, options);

@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use parking_lot::RwLock;
 
 use crate::{Error, Result};
@@ -159,7 +161,7 @@ impl HttpRegistry {
     pub fn basic_auth(mut self, user: &str, password: &str) -> Self {
         self.auth = Some(format!(
             "Basic {}",
-            choreo_core::base64::encode(format!("{user}:{password}").as_bytes())
+            STANDARD.encode(format!("{user}:{password}"))
         ));
         self
     }
@@ -308,13 +310,15 @@ mod tests {
     }
 
     #[test]
-    fn helpers_encode_paths_and_base64() {
+    fn helpers_encode_paths() {
         assert_eq!(encode_path("orders-value"), "orders-value");
         assert_eq!(encode_path("a b/c"), "a%20b%2Fc");
-        assert_eq!(choreo_core::base64::encode(b"user:pass"), "dXNlcjpwYXNz");
-        assert_eq!(choreo_core::base64::encode(b"ab"), "YWI=");
-        assert_eq!(choreo_core::base64::encode(b"a"), "YQ==");
-        assert_eq!(choreo_core::base64::encode(b""), "");
+    }
+
+    #[test]
+    fn basic_auth_sends_the_credentials_in_base64() {
+        let r = HttpRegistry::new("http://localhost:8081").basic_auth("user", "pass");
+        assert_eq!(r.auth.as_deref(), Some("Basic dXNlcjpwYXNz"));
     }
 
     #[test]

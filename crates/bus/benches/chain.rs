@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use choreo_bus::{
-    Context, HandlerError, InProcessBus, InProcessConfig, Metrics, Publisher, Service,
+    Context, HandlerError, InProcessBus, InProcessConfig, Metrics, Publisher, Retention, Service,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -60,15 +60,12 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Handled events per second through the chain with the full runtime.
 fn choreo_chain(flows: u64, receipts: bool) -> f64 {
     runtime().block_on(async move {
-        let mut config = InProcessConfig {
-            partitions: 1,
-            ..Default::default()
-        };
+        let mut config = InProcessConfig::default().partitions(1);
         if let Some(n) = std::env::var("CHOREO_BENCH_RETENTION")
             .ok()
             .and_then(|v| v.parse().ok())
         {
-            config.retention.max_events_per_partition = n;
+            config = config.retention(Retention::default().max_events_per_partition(n));
         }
         let bus = InProcessBus::with_config(config);
         let registry = prometheus::Registry::new();

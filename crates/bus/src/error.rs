@@ -43,6 +43,14 @@ pub enum Error {
         /// The service.
         service: String,
     },
+    /// A bus or codec error met outside a handler, such as
+    /// [`Context::emit`](crate::Context::emit)'s, converted with `?`.
+    #[error(transparent)]
+    Bus {
+        /// The bus or codec error.
+        #[from]
+        source: choreo_core::Error,
+    },
     /// Serving metrics failed.
     #[error("metrics endpoint on {addr}: {source}")]
     Metrics {

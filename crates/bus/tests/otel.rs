@@ -1,13 +1,18 @@
 //! With the `otel` feature: a PRODUCER span per publish and a CONSUMER span per
 //! handling, joined into one trace across hops through the envelope.
+//!
+//! A binary of its own: it installs the process-wide OpenTelemetry tracer
+//! provider, which would record the spans of every other test running
+//! beside it in the same process (and this test would find theirs).
 #![cfg(feature = "otel")]
 
-mod common;
+#[path = "it/flow.rs"]
+mod flow;
 
 use choreo_bus::{Context, HandlerError, InProcessBus, Publisher, Service};
 use choreo_core::Event;
 use choreo_testkit::wait_until;
-use common::*;
+use flow::*;
 use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::trace::{InMemorySpanExporterBuilder, SdkTracerProvider};
 use tokio_util::sync::CancellationToken;

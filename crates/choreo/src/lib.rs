@@ -24,13 +24,16 @@
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn main() -> choreo::Result<()> {
 //! let bus = InProcessBus::new();
 //! let shutdown = choreo::CancellationToken::new();
 //! let payment = Service::new("payment").on(capture).start(&bus, shutdown.clone()).await?;
-//! Publisher::new(&bus, "checkout").start_flow(&OrderPlaced { order_id: 1 }).await?;
-//! # shutdown.cancel();
-//! # payment.await?;
+//! let flow = Publisher::new(&bus, "checkout").start_flow(&OrderPlaced { order_id: 1 }).await?;
+//! # let mut waited = 0;
+//! # while bus.retained("payments").is_empty() && waited < 5000 { tokio::time::sleep(std::time::Duration::from_millis(1)).await; waited += 1; }
+//! assert_eq!(bus.retained("payments")[0].correlation_id, flow);
+//! shutdown.cancel();
+//! payment.await?;
 //! # Ok(())
 //! # }
 //! ```
@@ -41,21 +44,30 @@
 //! - [`Service`]: a name and one handler per event type, run against a [`Bus`]
 //!   as a consumer group. Handlers are async functions of the event and a
 //!   [`Context`]; what they emit through the context is stamped with the flow's
-//!   ids and published only when the attempt succeeds.
+//!   ids and published only when the attempt succeeds. Every delivery ends in
+//!   one outcome, decided in one place: the [`service`] module lists the steps.
 //! - [`Publisher`]: starts flows from outside handlers.
-//! - Every delivery ends acked, dead-lettered (with the reason), duplicate or
-//!   redelivered; [`Service`] documents the steps and their order.
+//! - [`Envelope`] and [`EventId`]: the metadata every event travels with.
+//! - [`Error`] and [`Result`]: what starting, running and publishing return;
+//!   the bus's own errors ([`bus::Error`]) convert into it with `?`.
+//!
+//! # The modules
+//!
+//! | module | what is in it |
+//! |---|---|
+//! | [`service`] | what happens to a delivery, configuring a service, its handle |
+//! | [`middleware`] | retry, idempotency, tower layers, and what flows through them |
+//! | [`in_process`] | the in-process bus's configuration, retention and statistics |
+//! | [`metrics`] | the SDK's Prometheus metrics and the HTTP endpoint that serves them |
+//! | [`codec`] | payload codecs: JSON built in, Avro with the `avro` feature |
+//! | [`bus`] | the bus contract: subscriptions, deliveries, receipts, its error |
+//! | [`dlq`] | reading and replaying dead letters |
 //!
 //! # Backends
 //!
 //! - [`InProcessBus`], the default: partitions, consumer groups, redelivery and
-//!   bounded retention inside one process, no broker needed.
-//! - Kafka: the `choreo-kafka` crate (the `kafka` feature re-exports it).
-//!
-//! # Middleware
-//!
-//! [`Retry`] with exponential backoff and jitter, dead-lettering, [`Idempotency`],
-//! a per-attempt timeout, and any tower layer ([`Service::layer`]).
+//!   bounded retention inside one process, no broker needed ([`in_process`]).
+//! - Kafka: the `kafka` feature, as `choreo::kafka`.
 //!
 //! # Testing
 //!
@@ -74,17 +86,67 @@
 //!   `choreo::postgres` (`PgStore`, `Transaction`, `Relay`; see
 //!   docs/postgres.md).
 
-pub use choreo_bus::{
-    BoxError, Context, Handled, Handler, HandlerError, Idempotency, IdempotencyStore, InProcessBus,
-    InProcessConfig, Invocation, MemoryStore, Metrics, MetricsServer, Publisher, Render, Retention,
-    Retry, RetryableError, Service, ServiceConfig, WhenFull, render,
-};
-pub use choreo_core::event;
-pub use choreo_core::{
-    Bus, Codec, Codecs, ContentType, Delivery, Envelope, Error, Event, EventId, Headers, JsonCodec,
-    Name, Outcome, Receipt, StartFrom, SubscribeOptions, Subscription, Timestamp,
-};
+pub use choreo_bus::{Context, Error, HandlerError, InProcessBus, Publisher, Result, Service};
+pub use choreo_core::{Bus, Envelope, Event, EventId, event};
 pub use tokio_util::sync::CancellationToken;
+
+pub mod service {
+    #![doc = include_str!("docs/service.md")]
+
+    pub use choreo_bus::{Handler, ServiceHandle};
+    pub use choreo_core::Limits;
+}
+
+pub mod middleware {
+    #![doc = include_str!("docs/middleware.md")]
+
+    pub use choreo_bus::{
+        BoxError, BoxFuture, EmissionSink, Handled, Idempotency, IdempotencyStore, Invocation,
+        MemoryStore, Retry, RetryPredicate, RetryableError, StackService,
+    };
+}
+
+pub mod in_process {
+    #![doc = include_str!("docs/in_process.md")]
+
+    pub use choreo_bus::memory::{
+        GroupPosition, InProcessConfig, InProcessSubscription, PartitionStats, Retention,
+        TopicStats, WhenFull,
+    };
+}
+
+pub mod metrics {
+    #![doc = include_str!("docs/metrics.md")]
+
+    pub use choreo_bus::{
+        DURATION_BUCKETS, METRICS, Metrics, MetricsServer, Render, ServerBuilder, render,
+    };
+}
+
+pub mod codec {
+    //! Payload codecs: how an event's data is encoded. JSON is built in
+    //! ([`Codecs::json`]); the `avro` feature adds Avro with a schema registry
+    //! (`choreo::avro::AvroCodec`, used through [`Codecs::encode_with`]).
+
+    pub use choreo_core::{Codec, Codecs, ContentType, JsonCodec, PayloadMeta};
+}
+
+pub mod bus {
+    //! The bus contract every backend implements ([`Bus`](crate::Bus),
+    //! [`Subscription`], [`Delivery`]) and the types that travel through it:
+    //! headers, names, times, receipts, dead letters. [`Error`] is the
+    //! contract's error (codecs and backends); it converts into
+    //! [`choreo::Error`](crate::Error) with `?`. The contract is written out
+    //! in `choreo_core::bus`.
+
+    pub use choreo_core::{
+        DeadLetter, Delivery, Error, Headers, MALFORMED_HEADER, Name, Outcome, PartitionKey,
+        RECEIPTS_TOPIC, Receipt, Result, Settle, Settlement, StartFrom, SubscribeOptions,
+        Subscription, Timestamp, dead_letter_topic, dlq_headers,
+    };
+}
+
+pub use choreo_bus::dlq;
 
 /// The Kafka backend (the `kafka` feature).
 #[cfg(feature = "kafka")]
@@ -98,8 +160,21 @@ pub use choreo_avro as avro;
 #[cfg(feature = "postgres")]
 pub use choreo_postgres as postgres;
 
-/// The SDK's error types.
-pub mod errors {
-    pub use choreo_bus::Error as RuntimeError;
-    pub use choreo_core::Error as BusError;
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_bus_contracts_errors_convert_into_the_facades_with_a_question_mark() {
+        fn publish() -> crate::Result<()> {
+            Err(crate::bus::Error::Closed)?;
+            Ok(())
+        }
+        let e = publish().unwrap_err();
+        assert!(matches!(
+            e,
+            crate::Error::Bus {
+                source: crate::bus::Error::Closed
+            }
+        ));
+        assert_eq!(e.to_string(), "the bus is closed");
+    }
 }

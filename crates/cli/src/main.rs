@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 
 /// The tracer allocates and frees millions of small per-event and per-flow
 /// values; mimalloc's thread-local free lists serve them faster than the
-/// system allocator (see README, Performance).
+/// system allocator (see docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

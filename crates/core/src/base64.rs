@@ -1,68 +1,38 @@
-//! Base64 (RFC 4648) for the few places choreo carries bytes in text: a
-//! CloudEvents structured-mode `data_base64`, a JSON-lines capture's binary
-//! payloads and keys, a schema registry's basic-auth header.
+//! Base64 as choreo's text formats accept it, over the `base64` crate: a
+//! CloudEvents structured-mode `data_base64` and a JSON-lines capture's binary
+//! payloads and keys.
+//!
+//! Not part of the contract a backend implements: it is here so that the
+//! Kafka record reader and the capture reader accept the same text. Other
+//! code uses the `base64` crate directly.
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+use base64::Engine;
+use base64::alphabet;
+use base64::engine::GeneralPurpose;
+use base64::engine::general_purpose::{PAD_INDIFFERENT, STANDARD};
 
-/// Standard base64 (§4), with padding.
+/// Padding optional, and bits after the last whole byte ignored: text a
+/// person or another tool wrote is taken as it is meant.
+const LENIENT: base64::engine::GeneralPurposeConfig =
+    PAD_INDIFFERENT.with_decode_allow_trailing_bits(true);
+const STANDARD_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, LENIENT);
+const URL_SAFE_LENIENT: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT);
+
+/// Standard base64 (RFC 4648 §4), with padding.
 pub fn encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    STANDARD.encode(data)
 }
 
 /// Decodes standard base64 (§4; padding optional, no line breaks); `None`
 /// when `text` is not that.
 pub fn decode(text: &str) -> Option<Vec<u8>> {
-    decode_with(text, false)
+    STANDARD_LENIENT.decode(text).ok()
 }
 
 /// Like [`decode`], also accepting the URL-safe alphabet (§5: `-` and `_`),
 /// for text a person or another tool may have written.
 pub fn decode_either(text: &str) -> Option<Vec<u8>> {
-    decode_with(text, true)
-}
-
-fn decode_with(text: &str, url_safe: bool) -> Option<Vec<u8>> {
-    let sextet = |c: u8| -> Option<u32> {
-        Some(u32::from(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'-' if url_safe => 62,
-            b'_' if url_safe => 63,
-            _ => return None,
-        }))
-    };
-    let s = text.trim_end_matches('=').as_bytes();
-    if s.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(s.len() * 3 / 4);
-    for chunk in s.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= sextet(c)? << (18 - 6 * i);
-        }
-        out.extend_from_slice(&acc.to_be_bytes()[1..chunk.len()]);
-    }
-    Some(out)
+    decode(text).or_else(|| URL_SAFE_LENIENT.decode(text).ok())
 }
 
 #[cfg(test)]

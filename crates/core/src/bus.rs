@@ -67,8 +67,10 @@ pub enum StartFrom {
     Latest,
 }
 
-/// What to subscribe to, and as which group.
+/// What to subscribe to, and as which group: [`SubscribeOptions::new`], then
+/// a setter per optional field.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SubscribeOptions {
     /// The consumer group.
     pub group: String,

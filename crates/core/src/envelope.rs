@@ -162,8 +162,8 @@ impl fmt::Debug for Headers {
 /// | `data` | the payload bytes |
 /// | `headers` | anything else (dead-letter reason, replay marker, unknown CloudEvents extensions) |
 ///
-/// Services rarely build envelopes by hand: the runtime's context and
-/// [`Envelope::for_event`] do it and stamp the ids.
+/// Services rarely build envelopes by hand: the service runtime's `Context`
+/// and `Publisher` (in `choreo-bus`) do it and stamp the ids.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     /// Unique event id.

@@ -25,8 +25,9 @@ enum Repr {
 /// A UUID's 128 bits as two words, high first (so they order as the UUID
 /// does). A `Uuid` is a byte array: in the enum it sat at an odd offset and
 /// was copied in odd-sized pieces, which the processor could not forward
-/// from the stores that had just written it (a stall on every id copied,
-/// 1 % of the chain benchmark). Two words sit aligned next to the tag.
+/// from the stores that had just written it: a stall on every id copied
+/// (docs/performance.md has what it cost). Two words sit aligned next to
+/// the tag.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Bits(u64, u64);
 
@@ -66,21 +67,47 @@ impl EventId {
         EventId(Repr::Uuid(Bits::of(uuid)))
     }
 
-    /// Parses an id: a UUID in any of its textual forms becomes a UUID id, any
-    /// other non-empty string is kept as text. Returns `None` for an empty string.
+    /// Parses an id: the canonical lower-case hyphenated UUID text becomes a
+    /// UUID id, any other non-empty string is kept as text (so an id always
+    /// prints back exactly as it was received). Returns `None` for an empty
+    /// string.
     pub fn parse(s: &str) -> Option<Self> {
         if s.is_empty() {
             return None;
         }
-        // Only the canonical lower-case hyphenated form becomes a UUID, so an id
-        // always prints back exactly as it was received.
-        let canonical = s.len() == 36
-            && s.bytes()
-                .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if let (true, Ok(u)) = (canonical, Uuid::parse_str(s)) {
-            return Some(EventId::from_uuid(u));
+        Some(
+            EventId::from_uuid_text(s.as_bytes())
+                .unwrap_or_else(|| EventId(Repr::Text(Arc::from(s)))),
+        )
+    }
+
+    /// The canonical lower-case hyphenated UUID text (36 bytes, as choreo
+    /// writes ids) as a UUID id, decoded straight from the bytes; `None` for
+    /// anything else. What [`parse`](Self::parse) gives for that text, for
+    /// readers that hold bytes (a capture record, a Kafka header) and read
+    /// many ids: it checks and decodes eight digits at a time, where checking
+    /// the text and then parsing it as a `Uuid` went a character at a time,
+    /// twice.
+    #[inline]
+    pub fn from_uuid_text(text: &[u8]) -> Option<Self> {
+        let raw: &[u8; 36] = text.try_into().ok()?;
+        if raw[8] != b'-' || raw[13] != b'-' || raw[18] != b'-' || raw[23] != b'-' {
+            return None;
         }
-        Some(EventId(Repr::Text(Arc::from(s))))
+        let eight = |a: usize| -> [u8; 8] {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&raw[a..a + 8]);
+            w
+        };
+        let four_four = |a: usize, b: usize| -> [u8; 8] {
+            let mut w = [0u8; 8];
+            w[..4].copy_from_slice(&raw[a..a + 4]);
+            w[4..].copy_from_slice(&raw[b..b + 4]);
+            w
+        };
+        let high = (u64::from(hex8(eight(0))?) << 32) | u64::from(hex8(four_four(9, 14))?);
+        let low = (u64::from(hex8(four_four(19, 24))?) << 32) | u64::from(hex8(eight(28))?);
+        Some(EventId(Repr::Uuid(Bits(high, low))))
     }
 
     /// The UUID, when the id is one.
@@ -90,6 +117,42 @@ impl EventId {
             Repr::Text(_) => None,
         }
     }
+}
+
+/// One in every byte of a word.
+const ONES: u64 = 0x0101_0101_0101_0101;
+/// The high bit of every byte of a word.
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `x` (all below 0x80) set where the byte is ≥ `n`.
+#[inline(always)]
+const fn at_least(x: u64, n: u8) -> u64 {
+    x.wrapping_add((0x80 - n as u64) * ONES) & HIGHS
+}
+
+/// Eight lower-case hex digits (in text order) as the 32-bit number they
+/// spell; `None` when any is not one. The eight are read as one word and
+/// checked and converted together (SWAR), not a digit at a time.
+#[inline(always)]
+fn hex8(text: [u8; 8]) -> Option<u32> {
+    let x = u64::from_le_bytes(text);
+    if x & HIGHS != 0 {
+        return None;
+    }
+    let digit = at_least(x, b'0') & !at_least(x, b'9' + 1);
+    let letter = at_least(x, b'a') & !at_least(x, b'f' + 1);
+    if digit | letter != HIGHS {
+        return None;
+    }
+    // Each byte's value: its low nibble, plus 9 for a letter ('a' = 0x61).
+    let v = (x & (0x0f * ONES)) + (letter >> 7) * 9;
+    // Pairs of digits into bytes (the first digit is the high nibble), then
+    // the four bytes together, in text order.
+    let pairs = ((v << 4) | (v >> 8)) & 0x00ff_00ff_00ff_00ff;
+    let quads = (pairs | (pairs >> 8)) & 0x0000_ffff_0000_ffff;
+    Some(u32::from_be_bytes(
+        ((quads | (quads >> 16)) as u32).to_le_bytes(),
+    ))
 }
 
 thread_local! {
@@ -276,6 +339,67 @@ mod tests {
         let upper = "0190B3C4-1D2E-7A8B-9C0D-1E2F3A4B5C6D";
         assert_eq!(EventId::parse(upper).unwrap().to_string(), upper);
         assert_eq!(EventId::parse(""), None);
+    }
+
+    /// What `parse` did before it decoded UUID text itself: the text checked
+    /// for the canonical characters, then parsed by the uuid crate.
+    fn reference(text: &[u8]) -> Option<EventId> {
+        let s = std::str::from_utf8(text).ok()?;
+        let canonical = s.len() == 36
+            && s.bytes()
+                .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        canonical
+            .then(|| Uuid::parse_str(s).ok())
+            .flatten()
+            .map(EventId::from_uuid)
+    }
+
+    #[test]
+    fn uuid_text_decodes_as_the_uuid_crate_parses_it() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..10_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let u = Uuid::from_u64_pair(rng, rng.rotate_left(23) ^ 0x5555);
+            let text = u.hyphenated().to_string();
+            let id = EventId::from_uuid_text(text.as_bytes());
+            assert_eq!(id.as_ref().and_then(EventId::as_uuid), Some(u), "{text}");
+            assert_eq!(EventId::parse(&text), id);
+        }
+        for (text, ok) in [
+            ("00000000-0000-0000-0000-000000000000", true),
+            ("ffffffff-ffff-ffff-ffff-ffffffffffff", true),
+            ("0123abcd-4567-89ef-0a1b-2c3d4e5f6789", true),
+            // Anything else stays text.
+            ("0123ABCD-4567-89ef-0a1b-2c3d4e5f6789", false),
+            ("0123abcg-4567-89ef-0a1b-2c3d4e5f6789", false),
+            ("0123abc/-4567-89ef-0a1b-2c3d4e5f6789", false),
+            ("0123abc:-4567-89ef-0a1b-2c3d4e5f6789", false),
+            ("0123abc`-4567-89ef-0a1b-2c3d4e5f6789", false),
+            ("0123abcd_4567-89ef-0a1b-2c3d4e5f6789", false),
+            ("0123abcd-4567-89ef-0a1b-2c3d4e5f678", false),
+            ("0123abcd-4567-89ef-0a1b-2c3d4e5f67890", false),
+            ("0123abcd-4567-89ef-0a1b-2c3d4e5f678\u{e9}", false),
+        ] {
+            let id = EventId::from_uuid_text(text.as_bytes());
+            assert_eq!(id.is_some(), ok, "{text}");
+            assert_eq!(id, reference(text.as_bytes()), "{text}");
+            assert_eq!(EventId::parse(text).unwrap().to_string(), text);
+        }
+        // Every byte value in every position.
+        let good = b"0123abcd-4567-89ef-0a1b-2c3d4e5f6789";
+        for pos in 0..36 {
+            for byte in 0..=255u8 {
+                let mut t = *good;
+                t[pos] = byte;
+                assert_eq!(
+                    EventId::from_uuid_text(&t),
+                    reference(&t),
+                    "byte {byte:#x} at {pos}"
+                );
+            }
+        }
     }
 
     #[test]

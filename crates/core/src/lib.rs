@@ -28,6 +28,7 @@
 //! Backends: `choreo-bus` (in-process, the default) and `choreo-kafka`.
 //! Services use the `choreo` facade crate rather than this one.
 
+#[doc(hidden)]
 pub mod base64;
 pub mod bus;
 mod codec;

@@ -6,7 +6,11 @@ use crate::Envelope;
 /// limit when it is published (with [`Error::Refused`](crate::Error::Refused))
 /// and dead-letters one that arrives anyway (from another producer) with the
 /// reason, instead of handing it to a handler.
+///
+/// Built from [`Limits::default`] with a setter per field:
+/// `Limits::default().max_payload_bytes(64 << 10)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Largest payload (`data`), in bytes. Default 1 MiB, Kafka's default
     /// `message.max.bytes` neighbourhood.
@@ -35,6 +39,24 @@ impl Limits {
             max_headers: usize::MAX,
             max_header_bytes: usize::MAX,
         }
+    }
+
+    /// Sets the largest payload, in bytes.
+    pub const fn max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.max_payload_bytes = bytes;
+        self
+    }
+
+    /// Sets the most extra headers.
+    pub const fn max_headers(mut self, n: usize) -> Self {
+        self.max_headers = n;
+        self
+    }
+
+    /// Sets the largest total size of the extra headers, in bytes.
+    pub const fn max_header_bytes(mut self, bytes: usize) -> Self {
+        self.max_header_bytes = bytes;
+        self
     }
 
     /// Which limit `envelope` breaks, in words naming the limit to raise; `None` when it fits.

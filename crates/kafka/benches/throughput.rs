@@ -16,7 +16,9 @@
 //! same bytes: bare rdkafka's records carry the same CloudEvents headers as
 //! choreo's (the broker's cost of storing headers is not choreo's overhead).
 
-#[path = "../tests/common/mod.rs"]
+// Only the tansu broker helpers: the rest serve the tests.
+#[allow(dead_code)]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -37,11 +39,9 @@ const IN_FLIGHT: usize = 1000;
 const PARTITIONS: u32 = 4;
 
 fn bench_config(brokers: &str) -> KafkaConfig {
-    KafkaConfig {
-        session_timeout: Some(Duration::from_secs(6)),
-        lag_interval: None,
-        ..KafkaConfig::new(brokers)
-    }
+    KafkaConfig::new(brokers)
+        .session_timeout(Duration::from_secs(6))
+        .lag_interval(None)
 }
 
 /// The librdkafka options the choreo backend sets, for the bare clients.

@@ -134,3 +134,35 @@ impl From<Error> for choreo_core::Error {
         }
     }
 }
+
+/// For `?` where a service's setup returns the SDK's error
+/// (`choreo::Result`): through the bus contract's error, as above.
+impl From<Error> for choreo_bus::Error {
+    fn from(e: Error) -> Self {
+        choreo_bus::Error::from(choreo_core::Error::from(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_errors_convert_into_the_sdks_with_a_question_mark() {
+        fn setup() -> choreo_bus::Result<()> {
+            Err(Error::Invalid {
+                field: "brokers",
+                reason: "is empty".into(),
+            })?;
+            Ok(())
+        }
+        let e = setup().unwrap_err();
+        assert!(matches!(
+            e,
+            choreo_bus::Error::Bus {
+                source: choreo_core::Error::Config(_)
+            }
+        ));
+        assert!(e.to_string().contains("`brokers`: is empty"), "{e}");
+    }
+}

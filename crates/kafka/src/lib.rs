@@ -79,6 +79,7 @@
 //! started as a separate process; see `tests/`.
 
 mod bus;
+mod client;
 mod config;
 mod consumer;
 pub mod dlq;
@@ -88,6 +89,7 @@ mod metrics;
 pub mod mock;
 pub mod reader;
 pub mod record;
+mod topics;
 mod watch;
 mod window;
 

@@ -35,7 +35,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::bus::{KafkaBus, LogContext};
+use crate::KafkaBus;
+use crate::client::LogContext;
 use crate::config::{KafkaConfig, Role};
 use crate::consumer::KafkaSubscription;
 use crate::consumer::envelope_of;

@@ -4,10 +4,13 @@
 //! begun elsewhere and carried in the CloudEvents tracing extension
 //! (`ce_traceparent`) is continued too.
 
-mod common;
-
 use choreo_bus::{Context, HandlerError, Publisher, Service};
 use choreo_core::{Bus, SubscribeOptions, Subscription};
+// Only some of the helpers: the others serve the tests of `tests/it`.
+#[allow(dead_code)]
+#[path = "it/common/mod.rs"]
+mod common;
+
 use common::*;
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporterBuilder, SdkTracerProvider, SpanData};
@@ -15,6 +18,13 @@ use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
+
+impl Mock {
+    /// Another bus on the same cluster (another "process").
+    fn another_bus(&self) -> choreo_kafka::KafkaBus {
+        choreo_kafka::KafkaBus::new(config(&self.brokers())).expect("bus")
+    }
+}
 
 async fn pay(order: OrderPlaced, ctx: Context) -> Result<(), HandlerError> {
     ctx.emit(&PaymentCaptured {

@@ -7,9 +7,10 @@
 //! errors included, which the crate forwards to `tracing` from librdkafka's
 //! own threads (hence a global subscriber, installed before any client).
 
+// Only some of the helpers: the others serve the tests of `tests/it`.
+#[allow(dead_code)]
+#[path = "it/common/mod.rs"]
 mod common;
-#[path = "common/secure.rs"]
-mod secure;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use choreo_core::{Bus, Envelope, SubscribeOptions};
 use choreo_kafka::{KafkaBus, KafkaConfig, SaslConfig, SaslMechanism, Secret, TlsConfig};
-use secure::{Pki, SecureTansu, Security, write_pair};
+use common::secure::{Pki, SecureTansu, Security, write_pair};
 
 const SASL_PASSWORD: &str = "sasl-S3CRET-e1f0";
 const KEY_PASSWORD: &str = "tls-S3CRET-7a21";
@@ -66,18 +67,16 @@ fn captured() -> &'static Captured {
 /// A config with every kind of secret, librdkafka's debug logging on, and
 /// short timeouts.
 fn secret_config(brokers: &str) -> KafkaConfig {
-    KafkaConfig {
-        admin_timeout: Duration::from_secs(4),
-        join_timeout: Duration::from_secs(8),
-        ..common::config(brokers)
-    }
-    .sasl(SaslConfig {
-        mechanism: SaslMechanism::ScramSha512,
-        username: "orders-svc".into(),
-        password: Secret::new(SASL_PASSWORD),
-    })
-    .set("ssl.keystore.password", CLIENT_SECRET)
-    .set("debug", "generic,broker,security,conf,protocol")
+    common::config(brokers)
+        .admin_timeout(Duration::from_secs(4))
+        .join_timeout(Duration::from_secs(8))
+        .sasl(SaslConfig::new(
+            SaslMechanism::ScramSha512,
+            "orders-svc",
+            SASL_PASSWORD,
+        ))
+        .set("ssl.keystore.password", CLIENT_SECRET)
+        .set("debug", "generic,broker,security,conf,protocol")
 }
 
 /// Asserts no secret is in `what`.
@@ -140,13 +139,13 @@ async fn an_unreachable_broker_over_tls_with_a_key_password_leaks_no_secret() {
     let client = pki.ca.issue("orders-svc", true);
     let (cert, key) = write_pair(pki.dir.path(), "client", &client, Some(KEY_PASSWORD));
     let nowhere = format!("127.0.0.1:{}", common::free_port());
-    let config = secret_config(&nowhere).tls(TlsConfig {
-        ca_location: Some(pki.ca_file.clone()),
-        certificate_location: Some(cert.clone()),
-        key_location: Some(key.clone()),
-        key_password: Some(Secret::new(KEY_PASSWORD)),
-        ..TlsConfig::new()
-    });
+    let config = secret_config(&nowhere).tls(
+        TlsConfig::new()
+            .ca_location(&pki.ca_file)
+            .certificate_location(&cert)
+            .key_location(&key)
+            .key_password(KEY_PASSWORD),
+    );
     assert_clean("Debug of the config", &format!("{config:?}"));
     let bus = KafkaBus::new(config.clone()).unwrap();
     let err = bus

@@ -6,10 +6,12 @@
 //!   for a backend.
 //! - [`postgres`]: a throwaway PostgreSQL cluster.
 //! - [`tansu`]: a real Kafka-protocol broker in its own process.
+//! - [`worker`]: a consumer to run in a child process and kill.
 
 pub mod conformance;
 pub mod postgres;
 pub mod tansu;
+pub mod worker;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -17,7 +17,7 @@ use crate::model::{Emit, Flow, Topology};
 /// lower bound. Keeps the recursion's stack use bounded on any topology.
 const MAX_DEPTH: usize = 200;
 
-/// Bounds on the enumeration.
+/// Bounds on the enumeration: [`PathLimits::default`], then a setter per field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PathLimits {
@@ -42,22 +42,19 @@ impl Default for PathLimits {
 }
 
 impl PathLimits {
-    /// These limits with a work budget of `budget` expansion steps per flow.
-    pub fn with_budget(self, budget: usize) -> Self {
-        Self { budget, ..self }
-    }
-
-    /// These limits with loops unrolled at most `loop_bound` times.
-    pub fn with_loop_bound(self, loop_bound: u32) -> Self {
+    /// Sets how many times one event may appear on a single causal chain.
+    pub fn loop_bound(self, loop_bound: u32) -> Self {
         Self { loop_bound, ..self }
     }
 
-    /// Limits with `max_listed` executions listed per flow.
-    pub fn listing(max_listed: usize) -> Self {
-        Self {
-            max_listed,
-            ..Self::default()
-        }
+    /// Sets how many executions are listed per flow.
+    pub fn max_listed(self, max_listed: usize) -> Self {
+        Self { max_listed, ..self }
+    }
+
+    /// Sets the work budget (expansion steps) per flow.
+    pub fn budget(self, budget: usize) -> Self {
+        Self { budget, ..self }
     }
 }
 

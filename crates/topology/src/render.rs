@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use crate::model::{Emit, Topology};
 
-/// What to draw.
+/// What to draw: [`GraphOptions::default`], then a setter per field.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GraphOptions {
@@ -34,8 +34,8 @@ pub struct GraphOptions {
 }
 
 impl GraphOptions {
-    /// Options with topic nodes on or off.
-    pub fn with_topics(topics: bool) -> Self {
+    /// Sets whether topics are drawn as nodes.
+    pub fn topics(self, topics: bool) -> Self {
         Self { topics }
     }
 }

@@ -2,7 +2,7 @@
 //! with choreo: five services that choreograph an order from checkout to
 //! shipment or cancellation (with a refund when the stock is out).
 //!
-//! Each service is a module with a `service()` function; [`services`] returns
+//! Each service is a module with a `service()` function; [`services()`] returns
 //! them all. Run them in one process on the in-process bus, or each in its own
 //! process on Kafka (see the `order-saga` binary).
 
@@ -13,7 +13,8 @@ pub mod stateful;
 use std::sync::Arc;
 
 use choreo::avro::{AvroCodec, SchemaRegistry};
-use choreo::{Bus, Codecs, EventId, Publisher, Service};
+use choreo::codec::Codecs;
+use choreo::{Bus, EventId, Publisher, Service};
 
 use events::*;
 
@@ -83,6 +84,6 @@ pub fn demo_order(n: u64) -> OrderPlaced {
 pub async fn place_order<B: Bus>(
     checkout: &Publisher<B>,
     order: &OrderPlaced,
-) -> Result<EventId, choreo::errors::RuntimeError> {
+) -> choreo::Result<EventId> {
     checkout.start_flow(order).await
 }

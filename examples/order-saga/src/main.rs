@@ -28,11 +28,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use choreo::avro::{HttpRegistry, MemoryRegistry};
+use choreo::bus::{SubscribeOptions, Subscription};
+use choreo::codec::Codecs;
 use choreo::kafka::{KafkaBus, KafkaConfig};
-use choreo::{
-    Bus, CancellationToken, Codecs, Event, InProcessBus, Metrics, Publisher, SubscribeOptions,
-    Subscription,
-};
+use choreo::metrics::{Metrics, MetricsServer, Render, render};
+use choreo::{Bus, CancellationToken, Event, InProcessBus, Publisher};
 use clap::Parser;
 use order_saga::events::{OrderCancelled, OrderShipped};
 
@@ -144,8 +144,8 @@ async fn serve(
 ) -> anyhow::Result<()> {
     if let Some(addr) = addr {
         let registries = Arc::new(vec![registry]);
-        let render: choreo::Render = Arc::new(move || choreo::render(&registries));
-        let server = choreo::MetricsServer::start(addr, render, shutdown.clone()).await?;
+        let text: Render = Arc::new(move || render(&registries));
+        let server = MetricsServer::start(addr, text, shutdown.clone()).await?;
         eprintln!(
             "order-saga: metrics at http://{}/metrics",
             server.local_addr()

@@ -16,7 +16,7 @@ pub const DURATION_BUCKETS: &[f64] = &[
 ];
 
 /// Every metric the SDK and the in-process bus export: (name, type, labels, meaning).
-/// The README's metric table lists them all (a test checks it).
+/// The metric table of `docs/metrics.md` lists them all (a test checks it).
 pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (
         "choreo_events_published_total",

@@ -34,7 +34,11 @@ pub struct RetryableError<'a> {
 /// and [`HandlerError::permanent`](crate::HandlerError::permanent) errors.
 /// On shutdown a pending retry is abandoned and the delivery given back to
 /// the bus, to be handled again after restart.
+///
+/// Built from [`Retry::default`] (or [`Retry::none`]) with a setter per
+/// field: `Retry::default().max_attempts(3).initial_interval(ms(50))`.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct Retry {
     /// Attempts in all, including the first. Default 5. 1 disables retries.
     pub max_attempts: u32,
@@ -85,16 +89,34 @@ impl Retry {
         }
     }
 
-    /// Sets the number of attempts.
+    /// Sets the number of attempts in all, including the first (at least 1).
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = n.max(1);
         self
     }
 
-    /// Sets the first wait and the longest wait.
-    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.initial_interval = initial;
-        self.max_interval = max.max(initial);
+    /// Sets the wait after the first failure.
+    pub fn initial_interval(mut self, wait: Duration) -> Self {
+        self.initial_interval = wait;
+        self
+    }
+
+    /// Sets the longest wait.
+    pub fn max_interval(mut self, wait: Duration) -> Self {
+        self.max_interval = wait;
+        self
+    }
+
+    /// Sets the growth of the wait per attempt (below 1 counts as 1).
+    pub fn multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = multiplier;
+        self
+    }
+
+    /// Sets the random spread of each wait, as a fraction (0 for none, at
+    /// most 1).
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
         self
     }
 
@@ -105,6 +127,13 @@ impl Retry {
     ) -> Self {
         self.retry_if = Some(Arc::new(predicate));
         self
+    }
+
+    /// Sets the first wait and the longest wait together (the longest no
+    /// shorter than the first).
+    pub fn backoff(self, initial: Duration, max: Duration) -> Self {
+        self.initial_interval(initial)
+            .max_interval(max.max(initial))
     }
 
     /// The wait after failed attempt `attempt` (from 1), before jitter.
@@ -154,11 +183,9 @@ mod tests {
 
     #[test]
     fn backoff_grows_exponentially_up_to_the_cap() {
-        let r = Retry {
-            initial_interval: Duration::from_millis(100),
-            max_interval: Duration::from_secs(1),
-            ..Retry::default()
-        };
+        let r = Retry::default()
+            .initial_interval(Duration::from_millis(100))
+            .max_interval(Duration::from_secs(1));
         assert_eq!(r.base_delay(1), Duration::from_millis(100));
         assert_eq!(r.base_delay(2), Duration::from_millis(200));
         assert_eq!(r.base_delay(3), Duration::from_millis(400));
@@ -168,18 +195,12 @@ mod tests {
 
     #[test]
     fn jitter_stays_within_its_band() {
-        let r = Retry {
-            jitter: 0.5,
-            ..Retry::default()
-        };
+        let r = Retry::default().jitter(0.5);
         for _ in 0..1000 {
             let d = r.delay(2).as_secs_f64();
             assert!((0.1..=0.3).contains(&d), "{d}");
         }
-        let none = Retry {
-            jitter: 0.0,
-            ..Retry::default()
-        };
+        let none = Retry::default().jitter(0.0);
         assert_eq!(none.delay(2), Duration::from_millis(200));
     }
 }

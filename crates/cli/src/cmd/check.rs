@@ -63,7 +63,9 @@ impl TryFrom<Args> for Config {
         }
         Ok(Config {
             files: args.files,
-            paths: args.paths.then(|| PathLimits::listing(args.max_paths)),
+            paths: args
+                .paths
+                .then(|| PathLimits::default().max_listed(args.max_paths)),
             format: args.format,
             fail_at: if args.allow_warnings {
                 Severity::Error
@@ -332,7 +334,7 @@ mod tests {
         assert_eq!(c.files.len(), 2);
         let c =
             Config::try_from(parse(&["a.yaml", "--paths", "--max-paths", "3"]).unwrap()).unwrap();
-        assert_eq!(c.paths, Some(PathLimits::listing(3)));
+        assert_eq!(c.paths, Some(PathLimits::default().max_listed(3)));
     }
 
     #[test]

@@ -6,9 +6,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use choreo_sim::{Fault, Latency, SimConfig};
 use choreo_topology::{PathLimits, Severity, Topology};
-use choreo_trace::{FlowStatus, Keep};
+use choreo_trace::{FlowStatus, Keep, Report, Tracer};
 
-use super::simulate::{Config, injected_summary, simulate};
+use super::simulate::{Config, Outcome, injected_summary, simulate};
 use crate::EXIT_OK;
 
 /// The example topology, built into the binary so the demo runs from anywhere.
@@ -82,12 +82,23 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
         Topology::parse(TOPOLOGY, TOPOLOGY_FILE).context("the embedded example topology")?;
     let mut out = String::new();
     let rule = "─".repeat(78);
-
-    // 1. Verify the topology.
     let _ = writeln!(
         out,
         "choreo demo: the order-fulfillment saga on the in-process bus\n{rule}"
     );
+    checked(&topology, &mut out);
+    let outcome = faulty_run(&args, &topology, &mut out)?;
+    let report = outcome.report.context("the demo always traces")?;
+    traced(&report, &mut out);
+    let tracer = outcome.tracer.context("the demo always traces")?;
+    one_timeline(&tracer, &mut out);
+    let _ = write!(out, "\n{rule}\n{TRY_NEXT}");
+    super::emit(super::output(None)?, &out)?;
+    Ok(EXIT_OK)
+}
+
+/// 1. The topology, verified before anything runs.
+fn checked(topology: &Topology, out: &mut String) {
     let diagnostics = topology.verify();
     let errors = diagnostics
         .iter()
@@ -116,8 +127,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
             format!("{errors} errors, {warnings} warnings (run `choreo check {TOPOLOGY_FILE}`)")
         }
     );
+}
 
-    // 2. Run it with faults.
+/// 2. A run of the saga with every kind of fault injected.
+fn faulty_run(args: &Args, topology: &Topology, out: &mut String) -> anyhow::Result<Outcome> {
     let mut faults = Vec::new();
     let _ = writeln!(
         out,
@@ -164,8 +177,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
         injected_summary(truth)
     );
 
-    // 3. What the tracer made of it.
-    let report = outcome.report.context("the demo always traces")?;
+    Ok(outcome)
+}
+
+/// 3. What the tracer rebuilt: the service graph and the summary.
+fn traced(report: &Report, out: &mut String) {
     let _ = writeln!(
         out,
         "\n3. What `choreo trace` rebuilt from the events and receipts alone, judged once every\n   \
@@ -203,9 +219,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
     }
     out.push('\n');
     out.push_str(&indent(&report.summary(), "   "));
+}
 
-    // 4. One stuck flow, as a timeline.
-    let tracer = outcome.tracer.context("the demo always traces")?;
+/// 4. One stuck flow (or failed, when none is stuck), as a timeline.
+fn one_timeline(tracer: &Tracer, out: &mut String) {
     let stuck = tracer.kept().iter().find(|f| f.status == FlowStatus::Stuck);
     let failed = tracer
         .kept()
@@ -228,22 +245,17 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
             );
         }
     }
-
-    // 5. What to try next.
-    let _ = write!(
-        out,
-        "\n{rule}\nTry next:\n\
-         \x20 choreo check topologies/*.yaml --paths          verify topologies, list each flow's executions\n\
-         \x20 choreo simulate topologies/order-fulfillment.yaml --fail payment=0.2 --capture run.avro\n\
-         \x20 choreo trace run.avro --topology topologies/order-fulfillment.yaml   trace your own capture\n\
-         \x20 choreo trace run.avro --flow <correlation-id>   one flow as a timeline\n\
-         \x20 cargo run -p order-saga                         the saga as real services written with the SDK\n\
-         \x20 docker compose -f docker/compose.yaml up        Kafka, the saga, the tracer, Prometheus and Grafana\n\
-         The README walks from here to writing your own service and running it on Kafka.\n"
-    );
-    super::emit(super::output(None)?, &out)?;
-    Ok(EXIT_OK)
 }
+
+/// 5. What to try next.
+const TRY_NEXT: &str = "Try next:\n\
+     \x20 choreo check topologies/*.yaml --paths          verify topologies, list each flow's executions\n\
+     \x20 choreo simulate topologies/order-fulfillment.yaml --fail payment=0.2 --capture run.avro\n\
+     \x20 choreo trace run.avro --topology topologies/order-fulfillment.yaml   trace your own capture\n\
+     \x20 choreo trace run.avro --flow <correlation-id>   one flow as a timeline\n\
+     \x20 cargo run -p order-saga                         the saga as real services written with the SDK\n\
+     \x20 docker compose -f docker/compose.yaml up        Kafka, the saga, the tracer, Prometheus and Grafana\n\
+     The README walks from here to writing your own service and running it on Kafka.\n";
 
 fn indent(text: &str, prefix: &str) -> String {
     let mut s = String::with_capacity(text.len() + 64);

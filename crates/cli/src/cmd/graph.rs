@@ -51,7 +51,7 @@ impl From<Args> for Config {
         Config {
             file: args.file,
             format: args.format,
-            options: GraphOptions::with_topics(args.topics),
+            options: GraphOptions::default().topics(args.topics),
             output: args.output,
         }
     }
@@ -85,7 +85,7 @@ mod tests {
     fn defaults_to_dot_without_topics() {
         let c = config(&["t.yaml"]);
         assert_eq!(c.format, Format::Dot);
-        assert_eq!(c.options, GraphOptions::with_topics(false));
+        assert_eq!(c.options, GraphOptions::default().topics(false));
         assert_eq!(c.output, None);
     }
 
@@ -93,7 +93,7 @@ mod tests {
     fn topics_and_format_flags_convert() {
         let c = config(&["t.yaml", "--format", "mermaid", "--topics", "-o", "g.mmd"]);
         assert_eq!(c.format, Format::Mermaid);
-        assert_eq!(c.options, GraphOptions::with_topics(true));
+        assert_eq!(c.options, GraphOptions::default().topics(true));
         assert_eq!(c.output, Some(PathBuf::from("g.mmd")));
     }
 

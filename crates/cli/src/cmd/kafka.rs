@@ -4,7 +4,7 @@ use choreo_kafka::{KafkaConfig, ReadRecord};
 use choreo_trace::Record;
 
 /// How to reach Kafka: `--brokers`, and everything else from the
-/// `CHOREO_KAFKA_*` environment variables (TLS, SASL, timeouts; see the README).
+/// `CHOREO_KAFKA_*` environment variables (TLS, SASL, timeouts; see docs/kafka.md).
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct KafkaArgs {
     /// Kafka bootstrap servers, host:port[,host:port…] (default: $CHOREO_KAFKA_BROKERS).

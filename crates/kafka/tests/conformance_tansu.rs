@@ -1,7 +1,0 @@
-//! The bus conformance suite on tansu, a Kafka-compatible broker running as
-//! a separate process (one per case, on a free loopback port, sqlite storage
-//! in a temporary directory).
-
-mod common;
-
-choreo_testkit::conformance_suite!(|| async { common::Tansu::start().await });
