@@ -198,9 +198,43 @@ impl fmt::Debug for MemoryStore {
 }
 
 /// How a service deduplicates deliveries. Default: a [`MemoryStore`] remembering at least the last 100 000 ids.
+///
+/// Two deliveries of one id that overlap (a duplicate handled by another
+/// worker, or on the same partition with
+/// [`partition_concurrency`](crate::Service::partition_concurrency) above one,
+/// while the first is still being handled) are not both handled: the second
+/// waits for the first to settle, then is a duplicate if the first was acked
+/// and is handled if it was not. Within one process; between replicas it is
+/// the store's own guarantee.
 #[derive(Clone)]
 pub struct Idempotency {
     pub(crate) store: StoreKind,
+    /// The ids being handled now, each with what its waiters wait on.
+    in_flight: Arc<InFlight>,
+}
+
+/// std Mutex: never held across an await.
+type InFlight = Mutex<rustc_hash::FxHashMap<EventId, Arc<tokio::sync::Notify>>>;
+
+/// The right to handle an id, held while it is handled; dropping it (after
+/// the id was recorded, or not) lets a delivery of the same id that waits go on.
+#[must_use = "the claim is released when dropped"]
+pub(crate) struct Claim {
+    held: Option<(Arc<InFlight>, EventId)>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some((in_flight, id)) = self.held.take() {
+            let waiters = in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            if let Some(w) = waiters {
+                w.notify_waiters();
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -232,6 +266,7 @@ impl Idempotency {
     pub fn memory(capacity: usize) -> Self {
         Idempotency {
             store: StoreKind::Memory(Arc::new(MemoryStore::new(capacity))),
+            in_flight: Arc::default(),
         }
     }
 
@@ -239,6 +274,7 @@ impl Idempotency {
     pub fn store(store: Arc<dyn IdempotencyStore>) -> Self {
         Idempotency {
             store: StoreKind::Custom(store),
+            in_flight: Arc::default(),
         }
     }
 
@@ -246,7 +282,42 @@ impl Idempotency {
     pub fn off() -> Self {
         Idempotency {
             store: StoreKind::Off,
+            in_flight: Arc::default(),
         }
+    }
+
+    /// Claims `id` for handling: `None` when it was already handled (a
+    /// duplicate). A delivery of the same id being handled now is waited for
+    /// first (see the type's docs).
+    pub(crate) async fn claim(&self, service: &str, id: &EventId) -> Option<Claim> {
+        if matches!(self.store, StoreKind::Off) {
+            return Some(Claim { held: None });
+        }
+        loop {
+            let waiting = {
+                let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                match in_flight.get(id) {
+                    // Created under the lock: the release that follows cannot
+                    // be missed (notify_waiters reaches every future created
+                    // before it, polled or not).
+                    Some(w) => w.clone().notified_owned(),
+                    None => {
+                        in_flight.insert(id.clone(), Arc::default());
+                        break;
+                    }
+                }
+            };
+            waiting.await;
+        }
+        let claim = Claim {
+            held: Some((self.in_flight.clone(), id.clone())),
+        };
+        // Looked up once claimed: an overlapping delivery that was acked
+        // recorded the id before releasing it.
+        if self.contains(service, id).await {
+            return None;
+        }
+        Some(claim)
     }
 
     pub(crate) async fn contains(&self, service: &str, id: &EventId) -> bool {

@@ -98,9 +98,14 @@ impl<B: Bus> Runtime<B> {
                 .violation(&env)
                 .map(|problem| format!("refused: {problem}"))
         };
+        // Held until the delivery is settled (see `Idempotency`).
+        let claim = match refused {
+            Some(_) => None,
+            None => self.idempotency.claim(name, &env.id).await,
+        };
         let settled = match refused {
             Some(reason) => Box::pin(self.dead_letter(d, &env, route, reason, 0)).await,
-            None if self.idempotency.contains(name, &env.id).await => {
+            None if claim.is_none() => {
                 d.ack();
                 Settled::new(Outcome::Duplicate, 0, None)
             }
@@ -154,6 +159,7 @@ impl<B: Bus> Runtime<B> {
                 }
             },
         };
+        drop(claim);
         let ended = Timestamp::now();
         let elapsed_us = ended.micros_since(started).max(0) as u64;
         let observation = Observation {
