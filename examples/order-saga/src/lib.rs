@@ -6,6 +6,7 @@
 //! them all. Run them in one process on the in-process bus, or each in its own
 //! process on Kafka (see the `order-saga` binary).
 
+pub mod crash_point;
 pub mod events;
 pub mod services;
 pub mod stateful;

@@ -34,6 +34,7 @@ use choreo::kafka::{KafkaBus, KafkaConfig};
 use choreo::metrics::{Metrics, MetricsServer, Render, render};
 use choreo::{Bus, CancellationToken, Event, InProcessBus, Publisher};
 use clap::Parser;
+use order_saga::crash_point::CrashPoint;
 use order_saga::events::{OrderCancelled, OrderShipped};
 
 /// The order-fulfillment saga, written with choreo.
@@ -68,6 +69,11 @@ struct Args {
     /// transactional outbox and inbox (postgres://USER:PASSWORD@HOST:PORT/DB).
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
+    /// For the crash tests: the relays publish through
+    /// `order_saga::crash_point::CrashPoint`, armed by writing `before` or
+    /// `after` to this file.
+    #[arg(long, value_name = "FILE", hide = true)]
+    crash_point: Option<std::path::PathBuf>,
 }
 
 /// The saga's services, `payment` and `inventory` on PostgreSQL when a
@@ -179,7 +185,12 @@ async fn in_process(
     let relays: Vec<_> = saga
         .stores
         .iter()
-        .map(|s| s.relay(&bus).start(shutdown.clone()))
+        .map(|s| match &args.crash_point {
+            Some(file) => s
+                .relay(&CrashPoint::new(bus.clone(), file))
+                .start(shutdown.clone()),
+            None => s.relay(&bus).start(shutdown.clone()),
+        })
         .collect();
     let mut running = Vec::new();
     for service in saga.services {
@@ -278,7 +289,12 @@ async fn on_kafka(
     let relays: Vec<_> = saga
         .stores
         .iter()
-        .map(|s| s.relay(&bus).start(shutdown.clone()))
+        .map(|s| match &args.crash_point {
+            Some(file) => s
+                .relay(&CrashPoint::new(bus.clone(), file))
+                .start(shutdown.clone()),
+            None => s.relay(&bus).start(shutdown.clone()),
+        })
         .collect();
     let mut running = Vec::new();
     for service in saga.services {

@@ -18,7 +18,10 @@
 //! relay** (events the dead relay had published but not marked sent,
 //! published again — same bytes — by its successor).
 //!
-//! On tansu, `payment` is an `order-saga` process killed with `kill -9`. On
+//! On tansu, `payment` is an `order-saga` process killed with `kill -9`; its
+//! relay publishes through the saga's crash point (`--crash-point`, see
+//! `order_saga::crash_point`), which the test arms to stop the relay right
+//! before or right after a publication, so that the kill lands there. On
 //! the in-process bus the bus lives in the test's process, so `payment`
 //! "process" is a tokio runtime of its own (its service, its pool, its
 //! relay), torn down at once: every task dropped where it stands, its
@@ -97,18 +100,6 @@ async fn handler_tx_open(db: &tokio_postgres::Client) -> bool {
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'payment' AND xact_start IS NOT NULL \
            AND state IN ('active', 'idle in transaction') \
            AND (query LIKE 'INSERT INTO \"payment_inbox\"%' OR query LIKE '%payment_ledger%' OR query LIKE 'INSERT INTO \"payment_outbox\"%')",
-        &[],
-    )
-    .await
-    .map(|r| r.get::<_, i64>(0) > 0)
-    .unwrap_or(false)
-}
-
-/// Whether payment's relay has a batch open (it read rows and is publishing them).
-async fn relay_batch_open(db: &tokio_postgres::Client) -> bool {
-    db.query_one(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'payment' AND xact_start IS NOT NULL \
-           AND query LIKE '%FROM \"payment_outbox\" WHERE sent_at IS NULL AND lane = ANY%'",
         &[],
     )
     .await
@@ -744,7 +735,18 @@ fn payment_killed_with_kill_9_over_1000_orders_on_tansu_loses_and_repeats_nothin
         .await
         .expect("payment's outbox");
         let pg_args = ["--postgres", url.as_str()];
-        let start_payment = || spawn_saga(&brokers, &["--service", "payment", pg_args[0], pg_args[1]]);
+        // The relay's crash point: armed by writing `before` or `after` to
+        // this file, payment's relay stops right before or after its next
+        // publication and creates `crash.held`; the test kills it there.
+        let crash_file = dir.path().join("crash");
+        let held_file = order_saga::crash_point::held_path(&crash_file);
+        let crash_arg = crash_file.to_str().unwrap().to_owned();
+        let start_payment = || {
+            spawn_saga(
+                &brokers,
+                &["--service", "payment", pg_args[0], pg_args[1], "--crash-point", &crash_arg],
+            )
+        };
         procs.0.push(spawn_saga(&brokers, &["--service", "inventory", pg_args[0], pg_args[1]]));
         for s in ["shipping", "notifications"] {
             procs.0.push(spawn_saga(&brokers, &["--service", s]));
@@ -774,24 +776,22 @@ fn payment_killed_with_kill_9_over_1000_orders_on_tansu_loses_and_repeats_nothin
                     tokio::time::sleep(Duration::from_millis(1500 + (i as u64 * 389) % 1000)).await;
                     watch_for(Duration::from_secs(5), || handler_tx_open(&db)).await
                 }
-                Aim::BetweenCommitAndRelay => {
-                    tokio::time::sleep(Duration::from_millis(1500 + (i as u64 * 389) % 1000)).await;
-                    watch_for(Duration::from_secs(5), || async { !unsent(&db).await.is_empty() }).await;
-                    false
-                }
-                Aim::DuringRelay => {
-                    // Right after a restart: payment catches up with the orders
-                    // that waited while it was down, and its relay publishes
-                    // them in batches of many rows, one after the other within
-                    // a lane (each waiting for the broker's acknowledgement).
-                    // A few milliseconds into such a batch, some of its rows
-                    // are on the broker and none is marked sent yet.
-                    if watch_for(Duration::from_secs(10), || async {
-                        relay_batch_open(&db).await && unsent(&db).await.len() >= 4
-                    })
-                    .await
-                    {
-                        tokio::time::sleep(Duration::from_millis(3)).await;
+                Aim::BetweenCommitAndRelay | Aim::DuringRelay => {
+                    // Held right before (committed, not published) or right
+                    // after (published, not marked sent) the relay's next
+                    // publication, and killed there. Once the orders are all
+                    // placed there may be nothing left to relay: then the
+                    // kill lands wherever payment is.
+                    let hold = if aim == Aim::DuringRelay {
+                        order_saga::crash_point::Hold::After
+                    } else {
+                        order_saga::crash_point::Hold::Before
+                    };
+                    tokio::time::sleep(Duration::from_millis(1000 + (i as u64 * 389) % 1000)).await;
+                    std::fs::write(&crash_file, hold.as_str()).unwrap();
+                    let until = Instant::now() + Duration::from_secs(20);
+                    while !held_file.exists() && Instant::now() < until {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     false
                 }
@@ -804,6 +804,9 @@ fn payment_killed_with_kill_9_over_1000_orders_on_tansu_loses_and_repeats_nothin
                 handler_tx_open: handler_tx,
                 unsent: unsent(&db).await,
             });
+            // Disarmed for the successor, whatever the kill hit.
+            let _ = std::fs::remove_file(&crash_file);
+            let _ = std::fs::remove_file(&held_file);
             // Restarted once the dead member's session is over: tansu may give
             // a member that joins while its predecessor's session is still open
             // no partitions at all.
