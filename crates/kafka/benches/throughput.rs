@@ -1,26 +1,50 @@
 //! Publish + consume throughput of the choreo Kafka backend against bare
-//! rdkafka with the same configuration and payload size, on tansu and on
-//! librdkafka's mock cluster, in one run. Not a test: it prints the rates and
-//! their ratio.
+//! rdkafka, in one run, ratio printed. Not a test.
 //!
 //! ```text
 //! cargo bench -p choreo-kafka --bench throughput
-//! CHOREO_BENCH_EVENTS=50000 CHOREO_BENCH_BROKERS=mock cargo bench -p choreo-kafka --bench throughput
+//! CHOREO_BENCH_BROKERS=tansu-memory CHOREO_BENCH_EVENTS=100000 cargo bench -p choreo-kafka --bench throughput
 //! ```
 //!
-//! Both sides: an idempotent producer (`acks=all`, `murmur2_random`) with up
-//! to `IN_FLIGHT` publishes outstanding, a consumer-group member that joined
-//! before the clock starts, committing only what it has processed (offsets
-//! stored after processing, committed by librdkafka every 200 ms). The clock
-//! runs from the first publish to the last record consumed. Both send the
-//! same bytes: bare rdkafka's records carry the same CloudEvents headers as
-//! choreo's (the broker's cost of storing headers is not choreo's overhead).
+//! Two parts.
+//!
+//! **The brokers' own limits.** Which broker can a benchmark of the clients
+//! trust? One whose own limit is well above what the clients do. For each
+//! broker — librdkafka's mock cluster (in this process), tansu with its
+//! in-memory storage and tansu with sqlite (separate processes) — bare
+//! rdkafka produces N records as fast as it can (batched: `linger.ms`,
+//! `batch.num.messages`), then a consumer reads them back; both rates are
+//! printed. A broker whose rates stay near the end-to-end rates below is the
+//! bottleneck, and a ratio measured on it says nothing about choreo.
+//!
+//! **choreo against bare rdkafka**, on each broker fast enough for it (not
+//! tansu on sqlite, whose limits are the clients' rates): publish N events and
+//! consume them in a consumer group that joined before the clock starts, from
+//! the first publish to the last event consumed. Both sides: an idempotent
+//! producer (`acks=all`, `murmur2_random`, the same linger) with up to
+//! `IN_FLIGHT` publishes outstanding; a consumer that commits only what it
+//! processed (offsets stored after processing, committed every 200 ms), with
+//! the same fetch settings (`fetch.wait.max.ms` short: tansu holds each
+//! fetch for the whole wait). Both send the same bytes: bare rdkafka's
+//! records carry the same CloudEvents headers as choreo's. Rounds alternate
+//! which side goes first, each on fresh topics; the best and the median of
+//! each side are printed, with the time at which the last publish was
+//! acknowledged (where the time goes: producing or consuming).
+//!
+//! tansu's memory storage can report a partition's high watermark below
+//! what it stored, so a reader may not see the newest records until more
+//! arrive: once a side has published everything, a filler record goes to
+//! every partition every 20 ms until its consumer has seen all N (the same
+//! for both sides; the consumers skip fillers). A consumer that sees nothing
+//! new for 30 s fails the run with what it got and on which broker.
 
-// Only the tansu broker helpers: the rest serve the tests.
+// Only the broker helpers: the rest serve the tests.
 #[allow(dead_code)]
 #[path = "../tests/it/common/mod.rs"]
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,16 +56,29 @@ use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 const PAYLOAD: usize = 256;
 const IN_FLIGHT: usize = 1000;
 const PARTITIONS: u32 = 4;
+/// How long a consumer may see nothing new before the run fails.
+const STALL: Duration = Duration::from_secs(30);
+/// The key of the records that push tansu's high watermarks up.
+const FILLER: &str = "filler";
+
+/// The batching and fetch settings both sides use.
+const LINGER_MS: &str = "5";
+const BATCH_MESSAGES: &str = "10000";
+const FETCH_WAIT_MS: &str = "10";
 
 fn bench_config(brokers: &str) -> KafkaConfig {
     KafkaConfig::new(brokers)
         .session_timeout(Duration::from_secs(6))
+        .commit_interval(Duration::from_millis(200))
+        .linger(Duration::from_millis(LINGER_MS.parse().unwrap()))
         .lag_interval(None)
+        .set("batch.num.messages", BATCH_MESSAGES)
+        .set("fetch.wait.max.ms", FETCH_WAIT_MS)
 }
 
 /// The librdkafka options the choreo backend sets, for the bare clients.
@@ -51,32 +88,139 @@ fn bare(brokers: &str) -> ClientConfig {
         .set("client.id", "choreo")
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("partitioner", "murmur2_random");
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", LINGER_MS)
+        .set("batch.num.messages", BATCH_MESSAGES);
     c
+}
+
+fn bare_consumer(brokers: &str, topic: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = bare(brokers)
+        .set("group.id", format!("{topic}-g"))
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.commit.interval.ms", "200")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "2000")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MS)
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    // Join before the clock starts, as choreo's subscribe does.
+    let joined = Instant::now();
+    while consumer.assignment().map_or(0, |a| a.count()) == 0 {
+        consumer.poll(Duration::from_millis(50));
+        assert!(
+            joined.elapsed() < Duration::from_secs(60),
+            "bare consumer did not join {topic} within 60 s"
+        );
+    }
+    consumer
+}
+
+/// Reads `n` records other than fillers, then commits.
+fn bare_consume(consumer: BaseConsumer, n: usize, broker: &str, topic: &str) -> usize {
+    let mut got = 0;
+    let mut last = Instant::now();
+    while got < n {
+        assert!(
+            last.elapsed() < STALL,
+            "{broker}: the bare consumer of {topic} saw nothing new for {STALL:?}, at {got} of {n} records"
+        );
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last = Instant::now();
+                if m.key() == Some(FILLER.as_bytes()) {
+                    continue;
+                }
+                std::hint::black_box(m.payload().map(<[u8]>::len));
+                let _ = consumer.store_offset(m.topic(), m.partition(), m.offset() + 1);
+                got += 1;
+            }
+            Some(Err(e)) => eprintln!("bare receive error: {e}"),
+            None => {}
+        }
+    }
+    let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+    got
 }
 
 fn payload() -> Bytes {
     Bytes::from(vec![b'x'; PAYLOAD])
 }
 
-async fn choreo_run(brokers: &str, topic: &str, n: usize) -> Duration {
+/// The CloudEvents headers choreo writes, for bare rdkafka's records.
+fn headers(id: &str, time: &str) -> OwnedHeaders {
+    [
+        ("ce_specversion", "1.0"),
+        ("ce_id", id),
+        ("ce_source", "bench"),
+        ("ce_type", "Tick"),
+        ("ce_time", time),
+        ("content-type", "application/json"),
+        ("ce_correlationid", id),
+    ]
+    .into_iter()
+    .fold(OwnedHeaders::new_with_capacity(8), |h, (key, value)| {
+        h.insert(Header {
+            key,
+            value: Some(value),
+        })
+    })
+}
+
+/// Sends a filler record to every partition of `topic` every 20 ms until
+/// `done` (see the module docs), from a producer of its own.
+fn fillers(brokers: &str, topic: &str, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let producer: rdkafka::producer::BaseProducer = bare(brokers).create().expect("producer");
+    let topic = topic.to_owned();
+    std::thread::spawn(move || {
+        while !done.load(Ordering::Acquire) {
+            for p in 0..PARTITIONS as i32 {
+                let record = rdkafka::producer::BaseRecord::to(&topic)
+                    .partition(p)
+                    .key(FILLER)
+                    .payload("");
+                let _ = producer.send(record);
+            }
+            producer.poll(Duration::from_millis(20));
+        }
+        let _ = producer.flush(Duration::from_secs(5));
+    })
+}
+
+/// When a side's publishing ended and when its consumer saw the last event.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    published: Duration,
+    consumed: Duration,
+}
+
+async fn choreo_run(broker: &str, brokers: &str, topic: &str, n: usize) -> Run {
     let bus = KafkaBus::new(bench_config(brokers)).expect("bus");
     let mut sub = bus
         .subscribe(SubscribeOptions::new(format!("{topic}-g"), [topic]))
         .await
         .expect("subscribe");
+    let (broker_name, topic_name) = (broker.to_owned(), topic.to_owned());
     let consumer = tokio::spawn(async move {
         let mut got = 0;
         while got < n {
-            let next = tokio::time::timeout(Duration::from_secs(30), sub.next()).await;
-            let Ok(next) = next else {
-                panic!("choreo consumer stalled at {got} of {n}");
+            let Ok(next) = tokio::time::timeout(STALL, sub.next()).await else {
+                panic!(
+                    "{broker_name}: choreo's consumer of {topic_name} saw nothing new for {STALL:?}, at {got} of {n} events"
+                );
             };
             match next {
                 Some(Ok(d)) => {
-                    std::hint::black_box(d.envelope().data.len());
+                    let filler = d.envelope().key.as_deref() == Some(FILLER.as_bytes());
+                    if !filler {
+                        std::hint::black_box(d.envelope().data.len());
+                        got += 1;
+                    }
                     d.ack();
-                    got += 1;
                 }
                 Some(Err(e)) => eprintln!("receive error: {e}"),
                 None => break,
@@ -107,102 +251,35 @@ async fn choreo_run(brokers: &str, topic: &str, n: usize) -> Duration {
         r.expect("published");
     }
     let published = start.elapsed();
+    let done = Arc::new(AtomicBool::new(false));
+    let filling = fillers(brokers, topic, done.clone());
     let got = consumer.await.expect("consumer");
-    if std::env::var_os("CHOREO_BENCH_VERBOSE").is_some() {
-        eprintln!(
-            "  choreo {topic}: published in {published:?}, consumed in {:?}",
-            start.elapsed()
-        );
-    }
+    let consumed = start.elapsed();
+    done.store(true, Ordering::Release);
+    filling.join().expect("fillers");
     assert_eq!(got, n, "choreo consumed everything");
-    start.elapsed()
+    Run {
+        published,
+        consumed,
+    }
 }
 
-async fn bare_run(brokers: &str, topic: &str, n: usize) -> Duration {
+async fn bare_run(broker: &str, brokers: &str, topic: &str, n: usize) -> Run {
     let producer: FutureProducer = bare(brokers).create().expect("producer");
-    let consumer: BaseConsumer = bare(brokers)
-        .set("group.id", format!("{topic}-g"))
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.commit.interval.ms", "200")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "2000")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
-    // Join before the clock starts, as choreo's subscribe does.
-    let joined = Instant::now();
-    while consumer.assignment().map_or(0, |a| a.count()) == 0 {
-        consumer.poll(Duration::from_millis(50));
-        assert!(
-            joined.elapsed() < Duration::from_secs(60),
-            "bare consumer did not join"
-        );
-    }
-    let reader = std::thread::spawn(move || {
-        let mut got = 0;
-        let mut last = Instant::now();
-        while got < n {
-            assert!(
-                last.elapsed() < Duration::from_secs(30),
-                "bare consumer stalled at {got} of {n}"
-            );
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => {
-                    std::hint::black_box(m.payload().map(<[u8]>::len));
-                    let _ = consumer.store_offset(m.topic(), m.partition(), m.offset() + 1);
-                    got += 1;
-                    last = Instant::now();
-                }
-                Some(Err(e)) => eprintln!("bare receive error: {e}"),
-                None => {}
-            }
-        }
-        let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
-        got
-    });
+    let consumer = bare_consumer(brokers, topic);
+    let (broker_name, topic_name) = (broker.to_owned(), topic.to_owned());
+    let reader = std::thread::spawn(move || bare_consume(consumer, n, &broker_name, &topic_name));
     let data = payload();
     let start = Instant::now();
     let mut pending = FuturesUnordered::new();
     let time = choreo_core::Timestamp::now().to_rfc3339();
     for i in 0..n {
         let key = format!("k{}", i % 1024);
-        // The same headers as choreo's records, so both sides send the same bytes.
         let id = format!("{i:08x}-0000-7000-8000-{i:012x}");
-        let headers = OwnedHeaders::new_with_capacity(8)
-            .insert(Header {
-                key: "ce_specversion",
-                value: Some("1.0"),
-            })
-            .insert(Header {
-                key: "ce_id",
-                value: Some(&id),
-            })
-            .insert(Header {
-                key: "ce_source",
-                value: Some("bench"),
-            })
-            .insert(Header {
-                key: "ce_type",
-                value: Some("Tick"),
-            })
-            .insert(Header {
-                key: "ce_time",
-                value: Some(&time),
-            })
-            .insert(Header {
-                key: "content-type",
-                value: Some("application/json"),
-            })
-            .insert(Header {
-                key: "ce_correlationid",
-                value: Some(&id),
-            });
         let record = FutureRecord::to(topic)
             .key(&key)
             .payload(&data[..])
-            .headers(headers);
+            .headers(headers(&id, &time));
         pending.push(
             producer
                 .send_result(record)
@@ -222,51 +299,146 @@ async fn bare_run(brokers: &str, topic: &str, n: usize) -> Duration {
         r.expect("delivered").expect("sent");
     }
     let published = start.elapsed();
+    let done = Arc::new(AtomicBool::new(false));
+    let filling = fillers(brokers, topic, done.clone());
     let got = tokio::task::spawn_blocking(move || reader.join().expect("reader"))
         .await
         .expect("join");
+    let consumed = start.elapsed();
+    done.store(true, Ordering::Release);
+    filling.join().expect("fillers");
     assert_eq!(got, n, "bare consumed everything");
-    if std::env::var_os("CHOREO_BENCH_VERBOSE").is_some() {
-        eprintln!(
-            "  bare {topic}: published in {published:?}, consumed in {:?}",
-            start.elapsed()
-        );
+    Run {
+        published,
+        consumed,
     }
-    start.elapsed()
 }
 
-fn report(broker: &str, n: usize, choreo: Duration, bare: Duration) {
-    let rate = |d: Duration| n as f64 / d.as_secs_f64();
-    println!(
-        "{broker:<13} {n:>7} events  choreo {:>9.0}/s  bare rdkafka {:>9.0}/s  ratio {:.2}",
-        rate(choreo),
-        rate(bare),
-        rate(choreo) / rate(bare)
-    );
-}
-
-/// Runs the two sides `rounds` times, alternating which goes first, and
-/// keeps each side's best.
-async fn compare<F, Fut>(broker: &str, brokers: &str, n: usize, rounds: usize, create: F)
-where
-    F: Fn(String) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let (mut best_choreo, mut best_bare) = (Duration::MAX, Duration::MAX);
-    for round in 0..rounds {
-        let (c, b) = (format!("choreo-{round}"), format!("bare-{round}"));
-        create(c.clone()).await;
-        create(b.clone()).await;
-        // Alternate who goes first: a broker may slow down as it fills up.
-        if round % 2 == 0 {
-            best_bare = best_bare.min(bare_run(brokers, &b, n).await);
-            best_choreo = best_choreo.min(choreo_run(brokers, &c, n).await);
-        } else {
-            best_choreo = best_choreo.min(choreo_run(brokers, &c, n).await);
-            best_bare = best_bare.min(bare_run(brokers, &b, n).await);
+/// Part one: bare rdkafka producing `n` records as fast as it can, then a
+/// consumer reading them back. Returns (produced/s, consumed/s).
+async fn broker_limit(broker: &str, brokers: &str, topic: &str, n: usize) -> (f64, f64) {
+    let producer: FutureProducer = bare(brokers).create().expect("producer");
+    // Warm: the idempotent producer's id and the topic's metadata are
+    // fetched before the clock starts (the consumers skip the filler).
+    producer
+        .send(
+            FutureRecord::<str, str>::to(topic).key(FILLER).payload(""),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("warm-up record");
+    let data = payload();
+    let time = choreo_core::Timestamp::now().to_rfc3339();
+    let start = Instant::now();
+    let mut pending = FuturesUnordered::new();
+    for i in 0..n {
+        let key = format!("k{}", i % 1024);
+        let id = format!("{i:08x}-0000-7000-8000-{i:012x}");
+        let record = FutureRecord::to(topic)
+            .key(&key)
+            .payload(&data[..])
+            .headers(headers(&id, &time));
+        pending.push(
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| e)
+                .expect("enqueued"),
+        );
+        // Deeper than the end-to-end runs: this is the producer's ceiling.
+        if pending.len() >= 10 * IN_FLIGHT {
+            pending
+                .next()
+                .await
+                .expect("a send")
+                .expect("delivered")
+                .expect("sent");
         }
     }
-    report(broker, n, best_choreo, best_bare);
+    while let Some(r) = pending.next().await {
+        r.expect("delivered").expect("sent");
+    }
+    let produced = n as f64 / start.elapsed().as_secs_f64();
+    let consumer = bare_consumer(brokers, topic);
+    let done = Arc::new(AtomicBool::new(false));
+    let filling = fillers(brokers, topic, done.clone());
+    let (broker_name, topic_name) = (broker.to_owned(), topic.to_owned());
+    let start = Instant::now();
+    let got =
+        tokio::task::spawn_blocking(move || bare_consume(consumer, n, &broker_name, &topic_name))
+            .await
+            .expect("reader");
+    let consumed = n as f64 / start.elapsed().as_secs_f64();
+    done.store(true, Ordering::Release);
+    filling.join().expect("fillers");
+    assert_eq!(got, n);
+    (produced, consumed)
+}
+
+/// A broker under test: its name, its address, and how to create a topic.
+struct Broker<'a> {
+    name: &'static str,
+    brokers: String,
+    create: Box<dyn Fn(String) -> futures_util::future::BoxFuture<'a, ()> + 'a>,
+    /// Events per run (sqlite storage is two orders of magnitude slower).
+    events: usize,
+    /// Whether to run choreo against bare rdkafka on it, or only measure its
+    /// limits (a broker slower than the clients measures itself).
+    end_to_end: bool,
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Runs both parts on one broker.
+async fn bench(broker: &Broker<'_>, rounds: usize) {
+    let n = broker.events;
+    let limit_topic = "limit".to_owned();
+    (broker.create)(limit_topic.clone()).await;
+    let (produced, consumed) = broker_limit(broker.name, &broker.brokers, &limit_topic, n).await;
+    println!(
+        "{:<13} limits, bare rdkafka alone: produce {produced:>9.0}/s, then consume {consumed:>9.0}/s ({n} records)",
+        broker.name
+    );
+    if !broker.end_to_end {
+        println!(
+            "{:<13} end to end:  not run — the broker's own limits are the clients' rates, so a ratio would measure the broker",
+            broker.name
+        );
+        return;
+    }
+    let (mut choreo, mut plain) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let (c, b) = (format!("choreo-{round}"), format!("bare-{round}"));
+        (broker.create)(c.clone()).await;
+        (broker.create)(b.clone()).await;
+        // Alternate who goes first: a broker may slow down as it fills up.
+        if round % 2 == 0 {
+            plain.push(bare_run(broker.name, &broker.brokers, &b, n).await);
+            choreo.push(choreo_run(broker.name, &broker.brokers, &c, n).await);
+        } else {
+            choreo.push(choreo_run(broker.name, &broker.brokers, &c, n).await);
+            plain.push(bare_run(broker.name, &broker.brokers, &b, n).await);
+        }
+    }
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    let best = |runs: &[Run]| runs.iter().map(|r| r.consumed).min().unwrap();
+    let med = |runs: &[Run]| median(runs.iter().map(|r| r.consumed).collect());
+    let med_published = |runs: &[Run]| median(runs.iter().map(|r| r.published).collect());
+    println!(
+        "{:<13} end to end:  choreo best {:>9.0}/s median {:>9.0}/s (published by {:>7.1?})  bare best {:>9.0}/s median {:>9.0}/s (published by {:>7.1?})  ratio best {:.2} median {:.2}",
+        broker.name,
+        rate(best(&choreo)),
+        rate(med(&choreo)),
+        med_published(&choreo),
+        rate(best(&plain)),
+        rate(med(&plain)),
+        med_published(&plain),
+        rate(best(&choreo)) / rate(best(&plain)),
+        rate(med(&choreo)) / rate(med(&plain)),
+    );
 }
 
 fn main() {
@@ -275,45 +447,62 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    // tansu (sqlite storage) is two orders of magnitude slower than the mock.
     let events = |default: usize| -> usize {
         std::env::var("CHOREO_BENCH_EVENTS")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    let rounds = 4;
+    let rounds = std::env::var("CHOREO_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
     println!(
-        "publish + consume, {PAYLOAD}-byte payloads, {PARTITIONS} partitions, best of {rounds}"
+        "publish + consume, {PAYLOAD}-byte payloads, {PARTITIONS} partitions, linger {LINGER_MS} ms, fetch.wait.max.ms {FETCH_WAIT_MS}, {rounds} alternating rounds"
     );
     let only = std::env::var("CHOREO_BENCH_BROKERS").unwrap_or_default();
     let run = |name: &str| only.is_empty() || only.split(',').any(|b| b == name);
-    runtime.block_on(async {
-        if !run("mock") {
-            return;
+    if run("mock") {
+        runtime.block_on(async {
+            let mock = common::Mock::start(1);
+            let cluster = &mock.cluster;
+            let broker = Broker {
+                name: "mock",
+                brokers: mock.brokers(),
+                create: Box::new(move |t: String| {
+                    cluster
+                        .create_topic(&t, PARTITIONS as i32, 1)
+                        .expect("mock topic");
+                    Box::pin(async {})
+                }),
+                events: events(20_000),
+                end_to_end: true,
+            };
+            bench(&broker, rounds).await;
+        });
+    }
+    // sqlite: its limits only (it can also stall fetching a backlog of
+    // records with many headers, which is tansu's, not the clients').
+    for (name, storage, default, end_to_end) in [
+        ("tansu-memory", common::Storage::Memory, 50_000, true),
+        ("tansu-sqlite", common::Storage::Sqlite, 1_000, false),
+    ] {
+        if !run(name) {
+            continue;
         }
-        let mock = common::Mock::start(1);
-        let brokers = mock.brokers();
-        let cluster = &mock.cluster;
-        compare("mock cluster", &brokers, events(20_000), rounds, |t| {
-            cluster
-                .create_topic(&t, PARTITIONS as i32, 1)
-                .expect("mock topic");
-            async {}
-        })
-        .await;
-        drop(mock);
-    });
-    runtime.block_on(async {
-        if !run("tansu") {
-            return;
-        }
-        let tansu = common::Tansu::start().await;
-        let brokers = tansu.brokers();
-        let tansu_ref = &tansu;
-        compare("tansu", &brokers, events(1_000), rounds, |t| async move {
-            tansu_ref.topic(&t, PARTITIONS).await
-        })
-        .await;
-    });
+        runtime.block_on(async {
+            let tansu = common::Tansu::start_with(storage).await;
+            let tansu_ref = &tansu;
+            let broker = Broker {
+                name,
+                brokers: tansu.brokers(),
+                create: Box::new(move |t: String| {
+                    Box::pin(async move { tansu_ref.topic(&t, PARTITIONS).await })
+                }),
+                events: events(default),
+                end_to_end,
+            };
+            bench(&broker, rounds).await;
+        });
+    }
 }

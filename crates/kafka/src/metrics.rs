@@ -3,7 +3,7 @@
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 /// Every metric of the Kafka backend: (name, type, labels, meaning). The
-/// README's metric table lists them all (a test checks it).
+/// metric table of docs/metrics.md lists them all (a test checks it).
 pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (
         "choreo_kafka_consumer_lag",

@@ -115,14 +115,43 @@ pub(crate) struct Tansu {
     pub(crate) bus: KafkaBus,
 }
 
+/// Where tansu keeps its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Storage {
+    /// sqlite in the broker's directory: durable across `kill -9`, slower as
+    /// it grows.
+    Sqlite,
+    /// In memory (`memory://`, the `dynostore` feature): fast, lost when the
+    /// broker stops, and it can report a partition's high watermark below
+    /// what it stored (a reader then sees the newest records only once more
+    /// arrive).
+    #[allow(dead_code)] // the throughput benchmark's; the tests want durability
+    Memory,
+}
+
+impl Storage {
+    fn engine(self) -> &'static str {
+        match self {
+            // sqlite paths are relative to the working directory.
+            Storage::Sqlite => "sqlite://tansu.db",
+            Storage::Memory => "memory://tansu/",
+        }
+    }
+}
+
 impl Tansu {
-    /// Starts a broker and a bus on it.
+    /// Starts a broker (sqlite storage) and a bus on it.
     pub(crate) async fn start() -> Tansu {
+        Tansu::start_with(Storage::Sqlite).await
+    }
+
+    /// Starts a broker with this storage and a bus on it.
+    pub(crate) async fn start_with(storage: Storage) -> Tansu {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
-            match spawn_tansu(dir.path(), port) {
+            match spawn_tansu_storage(dir.path(), port, port, &[], storage) {
                 Ok(child) => {
                     let bus = KafkaBus::new(config(&format!("127.0.0.1:{port}"))).expect("bus");
                     return Tansu {
@@ -192,10 +221,6 @@ impl Drop for Tansu {
     }
 }
 
-fn spawn_tansu(dir: &Path, port: u16) -> Result<Child, String> {
-    spawn_tansu_with(dir, port, port, &[])
-}
-
 /// Like [`spawn_tansu_with`], on a port a killed broker listened on a moment
 /// ago: retries for up to 30 s while the port lingers, then panics.
 pub(crate) fn spawn_tansu_on_released_port(
@@ -226,6 +251,17 @@ pub(crate) fn spawn_tansu_with(
     advertised: u16,
     extra: &[&str],
 ) -> Result<Child, String> {
+    spawn_tansu_storage(dir, port, advertised, extra, Storage::Sqlite)
+}
+
+/// [`spawn_tansu_with`] on this storage.
+fn spawn_tansu_storage(
+    dir: &Path,
+    port: u16,
+    advertised: u16,
+    extra: &[&str],
+    storage: Storage,
+) -> Result<Child, String> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -233,7 +269,6 @@ pub(crate) fn spawn_tansu_with(
         .map_err(|e| e.to_string())?;
     let url = format!("tcp://127.0.0.1:{port}");
     let advertised = format!("tcp://127.0.0.1:{advertised}");
-    // sqlite paths are relative to the working directory.
     let mut child = Command::new(tansu_binary())
         .current_dir(dir)
         .args([
@@ -243,7 +278,7 @@ pub(crate) fn spawn_tansu_with(
             "--advertised-listener-url",
             &advertised,
         ])
-        .args(["--storage-engine", "sqlite://tansu.db"])
+        .args(["--storage-engine", storage.engine()])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
