@@ -22,8 +22,8 @@ const FLOW_BUCKETS: &[f64] = &[
 ];
 
 /// Every metric family the tracer exports, with its type, labels and meaning:
-/// the table in the README is generated from the same list (see the test
-/// `metrics_table_matches_registry`).
+/// the table in docs/metrics.md lists the same (the test
+/// `every_metric_is_in_the_metrics_guides_table` in crates/cli checks it).
 pub const METRICS: &[(&str, &str, &str, &str)] = &[
     (
         "traces_service_graph_request_total",

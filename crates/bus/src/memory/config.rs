@@ -83,9 +83,8 @@ impl Default for Retention {
 
 /// Configuration of an [`InProcessBus`](super::InProcessBus):
 /// [`InProcessConfig::default`], then a setter per field.
-// Not #[non_exhaustive] yet: `choreo simulate` (crates/cli/src/cmd/simulate.rs,
-// restructured on another branch) still builds it with a struct literal.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct InProcessConfig {
     /// Partitions of a topic created on first use. Default 4.
     pub partitions: u32,

@@ -233,10 +233,8 @@ pub(crate) async fn simulate(
     keep: Keep,
 ) -> anyhow::Result<Outcome> {
     let sim = Simulation::new(topology.clone(), config.sim.clone())?;
-    let bus = InProcessBus::with_config(InProcessConfig {
-        partitions: config.sim.partitions,
-        ..InProcessConfig::default()
-    });
+    let bus =
+        InProcessBus::with_config(InProcessConfig::default().partitions(config.sim.partitions));
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry)?;
     bus.register_metrics(&registry)?;
