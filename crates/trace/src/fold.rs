@@ -11,6 +11,7 @@ use crate::config::Keep;
 use crate::export::{FlowChunk, FlowWriter, LogChunk, LogFormat, LogWriter, Row};
 use crate::flow::FlowTrace;
 use crate::metrics::TraceMetrics;
+use crate::recent::RecentFlows;
 use crate::report::{EvictReason, FlowBrief};
 use crate::store::FlowState;
 use crate::util::FastMap;
@@ -67,7 +68,17 @@ pub(crate) struct Folder<'a> {
     keep: &'a FastMap<EventId, ()>,
     pub(crate) orphans: u64,
     pub(crate) kept: Vec<FlowTrace>,
+    /// Flows for [`RecentFlows`] (when it holds any), in the order folded.
+    pub(crate) recent: Vec<FlowTrace>,
     pub(crate) out: Chunk,
+}
+
+/// What folding a run of flows gave, besides the aggregates.
+pub(crate) struct Folded {
+    orphans: u64,
+    kept: Vec<FlowTrace>,
+    recent: Vec<FlowTrace>,
+    out: Chunk,
 }
 
 impl<'a> Folder<'a> {
@@ -85,6 +96,7 @@ impl<'a> Folder<'a> {
             keep,
             orphans: 0,
             kept: Vec::new(),
+            recent: Vec::new(),
             out: Chunk {
                 log: shape.log.map(LogChunk::new),
                 flows: shape.flows.then(FlowChunk::default),
@@ -124,13 +136,20 @@ impl<'a> Folder<'a> {
             self.metrics,
         );
         let brief = self.agg.wants_brief(a.status, config);
-        if keep || brief {
+        let recent = config.recent_flows > 0;
+        if keep || brief || recent {
             let trace = build_trace(self.ctx, id, state, a, order);
             if brief {
                 self.agg.push_brief(FlowBrief::of(&trace), config);
             }
-            if keep {
-                self.kept.push(trace);
+            match (keep, recent) {
+                (true, true) => {
+                    self.kept.push(trace.clone());
+                    self.recent.push(trace);
+                }
+                (true, false) => self.kept.push(trace),
+                (false, true) => self.recent.push(trace),
+                (false, false) => {}
             }
         }
         if a.findings
@@ -202,7 +221,7 @@ fn fold_all(
     agg: &mut Aggregates,
     shape: Shape,
     flows: &mut [(EventId, Box<FlowState>)],
-) -> (u64, Vec<FlowTrace>, Chunk) {
+) -> Folded {
     let mut scratch = Scratch::default();
     let mut folder = Folder::new(b.ctx, b.metrics, agg, b.keep, shape);
     for (id, f) in flows {
@@ -210,12 +229,24 @@ fn fold_all(
         folder.flow(id, f, &a, None, &scratch.order);
         f.release();
     }
-    (folder.orphans, folder.kept, folder.out)
+    // Only the newest can stay in the recent flows: drop the others now.
+    let cap = b.ctx.config.recent_flows;
+    let mut recent = folder.recent;
+    if recent.len() > cap {
+        recent.drain(..recent.len() - cap);
+    }
+    Folded {
+        orphans: folder.orphans,
+        kept: folder.kept,
+        recent,
+        out: folder.out,
+    }
 }
 
 /// Judges and folds every flow left at the end of a batch, as of `now`, in
-/// the order given: into `agg`, the flows to keep into `kept`, the event log
-/// and the flows' lines into `out`. Returns the orphans counted.
+/// the order given: into `agg`, the flows to keep into `kept`, the newest
+/// into `recent`, the event log and the flows' lines into `out`. Returns the
+/// orphans counted.
 ///
 /// Flows are independent: past [`PARALLEL_FROM`] flows (and when
 /// [`TracerConfig::parallel`](crate::TracerConfig::parallel) allows) this thread and a helper take chunks of
@@ -224,6 +255,7 @@ pub(crate) fn finish_batch(
     b: Batch<'_>,
     agg: &mut Aggregates,
     kept: &mut Vec<FlowTrace>,
+    recent: &mut RecentFlows,
     mut out: Out<'_>,
     mut flows_in: Vec<(EventId, Box<FlowState>)>,
 ) -> u64 {
@@ -233,10 +265,11 @@ pub(crate) fn finish_batch(
     if !(config.parallel && flows_in.len() >= PARALLEL_FROM) {
         // A chunk at a time, so the outputs' text is held a chunk at a time.
         for flows in flows_in.chunks_mut(CHUNK) {
-            let (o, k, chunk) = fold_all(b, agg, shape, flows);
-            orphans += o;
-            kept.extend(k);
-            out.write(&chunk);
+            let f = fold_all(b, agg, shape, flows);
+            orphans += f.orphans;
+            kept.extend(f.kept);
+            f.recent.into_iter().for_each(|t| recent.push(t));
+            out.write(&f.out);
         }
     } else {
         // Flows are independent: this thread and a helper take chunks of
@@ -256,10 +289,10 @@ pub(crate) fn finish_batch(
         };
         let fold = |mut flows: Vec<(EventId, Box<FlowState>)>| {
             let mut part = Aggregates::default();
-            let (o, k, chunk) = fold_all(b, &mut part, shape, &mut flows);
+            let folded = fold_all(b, &mut part, shape, &mut flows);
             // Freed here, on the thread that folded them.
             drop(flows);
-            (part, o, k, chunk)
+            (part, folded)
         };
         std::thread::scope(|scope| {
             let (out_tx, out_rx) = mpsc::sync_channel::<Chunk>(4);
@@ -303,12 +336,13 @@ pub(crate) fn finish_batch(
                     },
                 }
                 pending.extend(done_rx.try_iter());
-                while let Some((part, o, k, chunk)) = pending.remove(&next) {
+                while let Some((part, f)) = pending.remove(&next) {
                     agg.merge(part, config);
-                    orphans += o;
-                    kept.extend(k);
+                    orphans += f.orphans;
+                    kept.extend(f.kept);
+                    f.recent.into_iter().for_each(|t| recent.push(t));
                     if writing {
-                        let _ = out_tx.send(chunk);
+                        let _ = out_tx.send(f.out);
                     }
                     next += 1;
                 }
