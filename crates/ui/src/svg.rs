@@ -300,10 +300,16 @@ pub(crate) fn service_graph(services: &[String], edges: &[EdgeReport]) -> String
             n
         })
         .collect();
+    // Wider gaps than a flow's: the edges carry their numbers.
+    const W: i64 = 150;
+    const GAP: i64 = 260;
+    const ROW: i64 = NODE_H + 70;
+    let x = |n: &Node| MARGIN + n.col * (W + GAP);
+    let y = |n: &Node| MARGIN + TITLE_H + n.row * ROW;
     let cols = nodes.iter().map(|n| n.col + 1).max().unwrap_or(1);
     let rows_n = nodes.iter().map(|n| n.row + 1).max().unwrap_or(1);
-    let width = (2 * MARGIN + cols * (NODE_W + GAP_X) - GAP_X).max(420);
-    let height = 2 * MARGIN + TITLE_H + rows_n * (NODE_H + GAP_Y) - GAP_Y + 16 * edges.len() as i64;
+    let width = (2 * MARGIN + cols * (W + GAP) - GAP).max(420);
+    let height = 2 * MARGIN + TITLE_H + rows_n * ROW;
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -313,21 +319,25 @@ pub(crate) fn service_graph(services: &[String], edges: &[EdgeReport]) -> String
 <text x="{MARGIN}" y="{}" font-size="14" font-weight="bold">service graph</text>"##,
         MARGIN + 16
     );
-    for (k, e) in edges.iter().enumerate() {
+    // Edges leaving one service are spread over its right side.
+    let mut out_of: HashMap<usize, i64> = HashMap::new();
+    for e in edges {
         let (Some(p), Some(c)) = (index(&e.producer), index(&e.consumer)) else {
             continue;
         };
+        let k = out_of.entry(p).or_insert(0);
         let (a, b) = (&nodes[p], &nodes[c]);
-        let (x1, y1) = (a.x() + NODE_W, a.y() + NODE_H / 2 + (k as i64 % 5) * 4 - 8);
+        let (x1, y1) = (x(a) + W, y(a) + 10 + (*k % 5) * 11);
+        *k += 1;
         let (x2, y2) = if p == c {
-            (a.x() + NODE_W - 30, a.y() + NODE_H)
+            (x(a) + W - 30, y(a) + NODE_H)
         } else {
-            (b.x(), b.y() + NODE_H / 2)
+            (x(b), y(b) + NODE_H / 2)
         };
-        let mid = (x1 + x2) / 2 + if x2 <= x1 { 80 } else { 0 };
+        let bend = if x2 <= x1 { x1 + 120 } else { (x1 + x2) / 2 };
         let _ = writeln!(
             o,
-            r##"<path d="M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}" fill="none" stroke="{}" marker-end="url(#arrow)"/>"##,
+            r##"<path d="M{x1},{y1} C{bend},{y1} {bend},{y2} {x2},{y2}" fill="none" stroke="{}" marker-end="url(#arrow)"/>"##,
             if e.failed > 0 { "#c00" } else { "#555" }
         );
         let label = format!(
@@ -344,8 +354,8 @@ pub(crate) fn service_graph(services: &[String], edges: &[EdgeReport]) -> String
         let _ = writeln!(
             o,
             r#"<text x="{}" y="{}"{}>{}</text>"#,
-            (x1 + x2) / 2 - 60,
-            (y1 + y2) / 2 - 3,
+            x1 + 6,
+            y1 - 2,
             if e.failed > 0 {
                 r#" class="failed""#
             } else {
@@ -357,12 +367,12 @@ pub(crate) fn service_graph(services: &[String], edges: &[EdgeReport]) -> String
     for n in &nodes {
         let _ = writeln!(
             o,
-            r#"<g class="{}"><rect x="{}" y="{}" width="{NODE_W}" height="{NODE_H}" rx="6"/><text class="first" x="{}" y="{}">{}</text></g>"#,
+            r#"<g class="{}"><rect x="{}" y="{}" width="{W}" height="{NODE_H}" rx="6"/><text class="first" x="{}" y="{}">{}</text></g>"#,
             n.class,
-            n.x(),
-            n.y(),
-            n.x() + 10,
-            n.y() + NODE_H / 2 + 4,
+            x(n),
+            y(n),
+            x(n) + 10,
+            y(n) + NODE_H / 2 + 4,
             escape(&n.lines[0])
         );
     }
