@@ -265,23 +265,46 @@ text.first {{ font-weight: bold; }}
 /// its count, failures and p99 end-to-end latency.
 pub(crate) fn service_graph(services: &[String], edges: &[EdgeReport]) -> String {
     let index = |name: &str| services.iter().position(|s| s == name);
-    // Columns: the longest path from a service nobody feeds, with at most
-    // as many rounds as services (a cycle stops growing there).
-    let mut col = vec![0i64; services.len()];
-    for _ in 0..services.len() {
-        let mut changed = false;
-        for e in edges {
-            if let (Some(p), Some(c)) = (index(&e.producer), index(&e.consumer))
-                && p != c
-                && col[c] < col[p] + 1
-                && col[p] + 1 < services.len() as i64
-            {
-                col[c] = col[p] + 1;
-                changed = true;
+    // Columns: the distance from the most upstream service (the one that
+    // publishes most beyond what it handles), breadth first, so that a
+    // cycle (a reply, a compensation) draws as an edge going back.
+    let n = services.len();
+    let mut score = vec![0i64; n];
+    for e in edges {
+        if let (Some(p), Some(c)) = (index(&e.producer), index(&e.consumer)) {
+            score[p] += e.count as i64;
+            score[c] -= e.count as i64;
+        }
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (-score[i], i));
+    let mut col: Vec<Option<i64>> = vec![None; n];
+    for &root in &order {
+        if col[root].is_some() {
+            continue;
+        }
+        col[root] = Some(0);
+        let mut queue = std::collections::VecDeque::from([root]);
+        while let Some(p) = queue.pop_front() {
+            let next = col[p].unwrap_or(0) + 1;
+            for e in edges.iter().filter(|e| index(&e.producer) == Some(p)) {
+                if let Some(c) = index(&e.consumer)
+                    && col[c].is_none()
+                {
+                    col[c] = Some(next);
+                    queue.push_back(c);
+                }
             }
         }
-        if !changed {
-            break;
+    }
+    let mut col: Vec<i64> = col.into_iter().map(Option::unwrap_or_default).collect();
+    // Services that only consume (notifications, say) go last.
+    let last = col.iter().copied().max().unwrap_or(0);
+    for (i, c) in col.iter_mut().enumerate() {
+        let publishes = edges.iter().any(|e| index(&e.producer) == Some(i));
+        let consumes = edges.iter().any(|e| index(&e.consumer) == Some(i));
+        if consumes && !publishes {
+            *c = last + 1;
         }
     }
     let mut rows: HashMap<i64, i64> = HashMap::new();
@@ -300,12 +323,15 @@ pub(crate) fn service_graph(services: &[String], edges: &[EdgeReport]) -> String
             n
         })
         .collect();
-    // Wider gaps than a flow's: the edges carry their numbers.
-    const W: i64 = 150;
-    const GAP: i64 = 260;
-    const ROW: i64 = NODE_H + 70;
+    // Wider gaps than a flow's: the edges carry their numbers. Room above
+    // the boxes for edges that skip columns, below for those going back.
+    const W: i64 = 130;
+    const GAP: i64 = 210;
+    const ABOVE: i64 = 70;
+    const BELOW: i64 = 110;
+    const ROW: i64 = NODE_H + ABOVE + BELOW;
     let x = |n: &Node| MARGIN + n.col * (W + GAP);
-    let y = |n: &Node| MARGIN + TITLE_H + n.row * ROW;
+    let y = |n: &Node| MARGIN + TITLE_H + ABOVE + n.row * ROW;
     let cols = nodes.iter().map(|n| n.col + 1).max().unwrap_or(1);
     let rows_n = nodes.iter().map(|n| n.row + 1).max().unwrap_or(1);
     let width = (2 * MARGIN + cols * (W + GAP) - GAP).max(420);
@@ -315,29 +341,65 @@ pub(crate) fn service_graph(services: &[String], edges: &[EdgeReport]) -> String
         o,
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">
 <defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#555"/></marker></defs>
-<style>.event rect {{ fill: #eef4ff; stroke: #4a6fa5; }} text.first {{ font-weight: bold; font-size: 13px; }} .failed {{ fill: #c00; }}</style>
+<style>.event rect {{ fill: #eef4ff; stroke: #4a6fa5; }} text.first {{ font-weight: bold; font-size: 13px; }} .failed {{ fill: #c00; }} .label {{ text-anchor: middle; paint-order: stroke; stroke: #fff; stroke-width: 3px; }}</style>
 <text x="{MARGIN}" y="{}" font-size="14" font-weight="bold">service graph</text>"##,
         MARGIN + 16
     );
-    // Edges leaving one service are spread over its right side.
-    let mut out_of: HashMap<usize, i64> = HashMap::new();
+    // Labels go on top of everything, boxes included.
+    let mut labels = String::new();
+    // Edges of one kind leaving one service are spread apart.
+    let mut spread: HashMap<(usize, u8), i64> = HashMap::new();
     for e in edges {
         let (Some(p), Some(c)) = (index(&e.producer), index(&e.consumer)) else {
             continue;
         };
-        let k = out_of.entry(p).or_insert(0);
         let (a, b) = (&nodes[p], &nodes[c]);
-        let (x1, y1) = (x(a) + W, y(a) + 10 + (*k % 5) * 11);
-        *k += 1;
-        let (x2, y2) = if p == c {
-            (x(a) + W - 30, y(a) + NODE_H)
-        } else {
-            (x(b), y(b) + NODE_H / 2)
+        let step = b.col - a.col;
+        // 0: to the next column, straight across; 1: further on, an arc
+        // above; 2: back (or within a column), an arc below.
+        let kind: u8 = match step {
+            1 => 0,
+            s if s > 1 => 1,
+            _ => 2,
         };
-        let bend = if x2 <= x1 { x1 + 120 } else { (x1 + x2) / 2 };
+        let k = spread.entry((p, kind)).or_insert(0);
+        let i = *k % 4;
+        *k += 1;
+        let (d, lx, ly) = match kind {
+            0 => {
+                let (x1, y1) = (x(a) + W, y(a) + 12 + i * 13);
+                let (x2, y2) = (x(b), y(b) + NODE_H / 2);
+                let bend = (x1 + x2) / 2;
+                (
+                    format!("M{x1},{y1} C{bend},{y1} {bend},{y2} {x2},{y2}"),
+                    bend,
+                    (y1 + y2) / 2 - 3,
+                )
+            }
+            1 => {
+                let (x1, y1) = (x(a) + W / 2 + i * 12, y(a));
+                let (x2, y2) = (x(b) + W / 2 - 12, y(b));
+                let top = y1.min(y2) - 30 - i * 12;
+                (
+                    format!("M{x1},{y1} C{x1},{top} {x2},{top} {x2},{y2}"),
+                    (x1 + x2) / 2,
+                    (y1 + 3 * top) / 4 - 2,
+                )
+            }
+            _ => {
+                let (x1, y1) = (x(a) + W / 2 - i * 12, y(a) + NODE_H);
+                let (x2, y2) = (x(b) + W / 2 + 12, y(b) + NODE_H);
+                let bottom = y1.max(y2) + 40 + i * 16;
+                (
+                    format!("M{x1},{y1} C{x1},{bottom} {x2},{bottom} {x2},{y2}"),
+                    (x1 + x2) / 2,
+                    (y1 + 3 * bottom) / 4 + 4,
+                )
+            }
+        };
         let _ = writeln!(
             o,
-            r##"<path d="M{x1},{y1} C{bend},{y1} {bend},{y2} {x2},{y2}" fill="none" stroke="{}" marker-end="url(#arrow)"/>"##,
+            r##"<path d="{d}" fill="none" stroke="{}" marker-end="url(#arrow)"/>"##,
             if e.failed > 0 { "#c00" } else { "#555" }
         );
         let label = format!(
@@ -352,15 +414,9 @@ pub(crate) fn service_graph(services: &[String], edges: &[EdgeReport]) -> String
             format_micros(e.latency.p99_us)
         );
         let _ = writeln!(
-            o,
-            r#"<text x="{}" y="{}"{}>{}</text>"#,
-            x1 + 6,
-            y1 - 2,
-            if e.failed > 0 {
-                r#" class="failed""#
-            } else {
-                ""
-            },
+            labels,
+            r#"<text class="label{}" x="{lx}" y="{ly}">{}</text>"#,
+            if e.failed > 0 { " failed" } else { "" },
             escape(&label)
         );
     }
@@ -376,6 +432,7 @@ pub(crate) fn service_graph(services: &[String], edges: &[EdgeReport]) -> String
             escape(&n.lines[0])
         );
     }
+    o.push_str(&labels);
     o.push_str("</svg>\n");
     o
 }

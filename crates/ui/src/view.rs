@@ -158,12 +158,13 @@ fn involves(f: &FlowTrace, service: &str) -> bool {
         || f.findings.iter().any(|x| x.service == service)
 }
 
-/// The services a flow waits on: those that owe events; for a flow that
-/// owes nothing, those that dead-lettered an event of it, or else those its
-/// violations name.
+/// The services a flow waits on: those that owe events; for a failed or
+/// stuck flow that owes nothing, those that dead-lettered an event of it, or
+/// else those its violations name.
 fn owing(f: &FlowTrace) -> Vec<String> {
     let mut out: Vec<String> = f.owed.iter().map(|o| o.service.clone()).collect();
-    if out.is_empty() {
+    let gone_wrong = matches!(f.status, FlowStatus::Failed | FlowStatus::Stuck);
+    if out.is_empty() && gone_wrong {
         out = f
             .events()
             .flat_map(|e| &e.handled)
@@ -171,7 +172,7 @@ fn owing(f: &FlowTrace) -> Vec<String> {
             .map(|h| h.service.to_string())
             .collect();
     }
-    if out.is_empty() {
+    if out.is_empty() && gone_wrong {
         out = f
             .findings
             .iter()
