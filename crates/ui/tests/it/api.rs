@@ -288,3 +288,48 @@ async fn a_flow_ingested_after_the_start_is_listed() {
     let after = get(addr, "/api/flows?q=order_id%3D77").await.json();
     assert_eq!(ids(&after), vec![new.to_string()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_do_not_hold_the_tracer() {
+    use tokio::io::AsyncWriteExt;
+    let s = Scenario::new();
+    for i in 0..300 {
+        s.start_order(1000 + i);
+    }
+    let (addr, _stop) = s.serve().await;
+    // Clients that ask for a large list and never read it, and clients that
+    // never finish asking.
+    let mut clients = Vec::new();
+    for i in 0..80 {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let ask: &[u8] = if i % 2 == 0 {
+            b"GET /api/flows?limit=1000 HTTP/1.1\r\nHost: t\r\n\r\n"
+        } else {
+            b"GET /api/fl"
+        };
+        c.write_all(ask).await.unwrap();
+        clients.push(c);
+    }
+    // Meanwhile the tracer takes records, each within the deadline.
+    for i in 0..100 {
+        let deadline = std::time::Instant::now() + crate::fixture::PATIENCE;
+        loop {
+            match s.tracer.try_lock() {
+                Ok(guard) => {
+                    drop(guard);
+                    s.start_order(5000 + i);
+                    break;
+                }
+                Err(_) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the tracer stayed locked while clients were slow"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+    assert_eq!(s.lock().flows_in_flight(), 401);
+    drop(clients);
+}

@@ -889,6 +889,45 @@ mod tests {
     }
 
     #[test]
+    fn the_viewer_shares_the_metrics_port_on_loopback() {
+        let c = config(&["run.avro", "--ui"]).unwrap();
+        assert!(c.ui);
+        assert_eq!(c.metrics_addr.as_deref(), Some("127.0.0.1:9464"));
+        assert_eq!(c.tracer.recent_flows, choreo_ui::Viewer::RECENT_FLOWS);
+        assert_eq!(c.tracer.search_bytes, choreo_ui::Viewer::SEARCH_BYTES);
+        let c = config(&["run.avro", "--ui", "0.0.0.0:8080"]).unwrap();
+        assert_eq!(c.metrics_addr.as_deref(), Some("0.0.0.0:8080"));
+        let c = config(&["--brokers", "k:9092", "--follow", "--ui", "127.0.0.1:9500"]).unwrap();
+        assert_eq!(
+            c.metrics_addr.as_deref(),
+            Some("127.0.0.1:9500"),
+            "--ui moves the metrics too: one server"
+        );
+        let c = config(&[
+            "run.avro",
+            "--ui",
+            "127.0.0.1:1",
+            "--metrics-addr",
+            "127.0.0.1:1",
+        ]);
+        assert!(c.is_ok(), "the same address twice is one server");
+        let e = config(&[
+            "run.avro",
+            "--ui",
+            "127.0.0.1:1",
+            "--metrics-addr",
+            "127.0.0.1:2",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("one port"), "{e}");
+        let c = config(&["run.avro"]).unwrap();
+        assert!(!c.ui);
+        assert_eq!(c.tracer.recent_flows, 0, "nothing held without a viewer");
+        assert!(config(&["run.avro", "--ui", "--find", "order_id=42"]).is_err());
+        assert!(config(&["run.avro", "--ui", "--flow", "x"]).is_err());
+    }
+
+    #[test]
     fn bad_values_are_errors() {
         assert!(config(&["a.avro", "--now", "yesterday"]).is_err());
         assert!(
