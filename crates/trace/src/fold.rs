@@ -70,6 +70,10 @@ pub(crate) struct Folder<'a> {
     pub(crate) kept: Vec<FlowTrace>,
     /// Flows for [`RecentFlows`] (when it holds any), in the order folded.
     pub(crate) recent: Vec<FlowTrace>,
+    /// At the end of a batch, the first flow (in the batch's order: by
+    /// correlation id) that can stay among the recent flows; the traces of
+    /// those before it are not built.
+    pub(crate) recent_from: Option<&'a EventId>,
     pub(crate) out: Chunk,
 }
 
@@ -97,6 +101,7 @@ impl<'a> Folder<'a> {
             orphans: 0,
             kept: Vec::new(),
             recent: Vec::new(),
+            recent_from: None,
             out: Chunk {
                 log: shape.log.map(LogChunk::new),
                 flows: shape.flows.then(FlowChunk::default),
@@ -136,7 +141,7 @@ impl<'a> Folder<'a> {
             self.metrics,
         );
         let brief = self.agg.wants_brief(a.status, config);
-        let recent = config.recent_flows > 0;
+        let recent = config.recent_flows > 0 && self.recent_from.is_none_or(|from| id >= from);
         if keep || brief || recent {
             let trace = build_trace(self.ctx, id, state, a, order);
             if brief {
@@ -209,6 +214,8 @@ pub(crate) struct Batch<'a> {
     pub(crate) metrics: Option<&'a TraceMetrics>,
     pub(crate) keep: &'a FastMap<EventId, ()>,
     pub(crate) now: i64,
+    /// The first flow that can stay among the recent flows (see [`Folder`]).
+    pub(crate) recent_from: Option<&'a EventId>,
 }
 
 /// Analyses and folds `flows` into `agg`: the orphans counted, the flows
@@ -224,6 +231,7 @@ fn fold_all(
 ) -> Folded {
     let mut scratch = Scratch::default();
     let mut folder = Folder::new(b.ctx, b.metrics, agg, b.keep, shape);
+    folder.recent_from = b.recent_from;
     for (id, f) in flows {
         let a = analyse(b.ctx, &mut scratch, id, f, b.now);
         folder.flow(id, f, &a, None, &scratch.order);
@@ -259,6 +267,14 @@ pub(crate) fn finish_batch(
     mut out: Out<'_>,
     mut flows_in: Vec<(EventId, Box<FlowState>)>,
 ) -> u64 {
+    // Only the last flows in the batch's order can stay among the recent ones.
+    let cap = b.ctx.config.recent_flows;
+    let recent_from =
+        (cap > 0 && flows_in.len() > cap).then(|| flows_in[flows_in.len() - cap].0.clone());
+    let b = Batch {
+        recent_from: recent_from.as_ref(),
+        ..b
+    };
     let shape = out.shape();
     let config = b.ctx.config;
     let mut orphans = 0;

@@ -646,6 +646,7 @@ impl Tracer {
             metrics: self.metrics.as_ref(),
             keep: &self.also_keep,
             now: now_us,
+            recent_from: None,
         };
         let out = Out {
             log: self.log.as_mut(),

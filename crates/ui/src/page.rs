@@ -74,6 +74,7 @@ pub(crate) fn flows() -> String {
 </form>
 <p id="counts" class="muted"></p>
 <p id="error" class="error" hidden></p>
+<p id="not-held" class="muted" hidden></p>
 <table id="flows">
 <thead><tr><th>Status</th><th>Flow</th><th>Correlation id</th><th>Started</th><th>Duration</th><th>Owing</th><th>Findings</th></tr></thead>
 <tbody></tbody>

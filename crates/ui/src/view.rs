@@ -253,6 +253,9 @@ pub(crate) struct FlowsPage {
     flows: Vec<FlowRow>,
     /// More flows matched than `limit`.
     truncated: bool,
+    /// Flows the search found in the search window that are not held any
+    /// more (they finished before the newest recent flows): their ids only.
+    found_not_held: Vec<EventId>,
     held: Holding,
     /// The flow names seen among the held flows, for the filter.
     flow_names: Vec<String>,
@@ -265,6 +268,7 @@ pub(crate) fn flows(tracer: &mut Tracer, filter: &Filter, live: bool) -> FlowsPa
     let now = tracer.now();
     let mut rows = Vec::new();
     let mut truncated = false;
+    let mut found_not_held = Vec::new();
     let mut names: Vec<String> = Vec::new();
     let mut push = |f: &FlowTrace, held: Held, rows: &mut Vec<FlowRow>| {
         let name = f.flow.as_deref().unwrap_or("unknown");
@@ -287,8 +291,9 @@ pub(crate) fn flows(tracer: &mut Tracer, filter: &Filter, live: bool) -> FlowsPa
             } else {
                 Held::InFlight
             };
-            if let Some(f) = tracer.flow(&id) {
-                push(&f, held, &mut rows);
+            match tracer.flow(&id) {
+                Some(f) => push(&f, held, &mut rows),
+                None => found_not_held.push(id),
             }
         }
     } else {
@@ -305,6 +310,7 @@ pub(crate) fn flows(tracer: &mut Tracer, filter: &Filter, live: bool) -> FlowsPa
         live,
         flows: rows,
         truncated,
+        found_not_held,
         held: Holding {
             in_flight,
             recent: tracer.recent().count(),

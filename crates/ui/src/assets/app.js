@@ -155,6 +155,12 @@ function renderFlows(data) {
   if (data.flows.length === 0) {
     body.append(el("tr", {}, el("td", { colspan: "7", class: "muted" }, "no flow matches")));
   }
+  const gone = document.getElementById("not-held");
+  gone.hidden = !data.found_not_held.length;
+  gone.textContent = data.found_not_held.length
+    ? data.found_not_held.length + " more flow(s) match but finished before the newest flows the tracer holds: " +
+      data.found_not_held.join(", ") + " (choreo trace CAPTURE --flow ID shows one from a capture)"
+    : "";
   const t = data.totals;
   document.getElementById("counts").textContent =
     data.flows.length + (data.truncated ? "+" : "") + " shown · held: " +

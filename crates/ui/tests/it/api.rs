@@ -333,3 +333,31 @@ async fn slow_clients_do_not_hold_the_tracer() {
     assert_eq!(s.lock().flows_in_flight(), 401);
     drop(clients);
 }
+
+#[tokio::test]
+async fn a_search_names_the_flows_it_found_that_are_no_longer_held() {
+    use choreo_core::{Envelope, Timestamp};
+    use choreo_trace::{Record, Tracer, TracerConfig};
+    let mut config = TracerConfig::live();
+    config.recent_flows = 2;
+    config.search_bytes = 1 << 20;
+    let mut tracer = Tracer::new(config, None);
+    let mut orders = Vec::new();
+    for i in 0..5 {
+        let e = Envelope::new("OrderPlaced", "orders", format!(r#"{{"order_id":{i}}}"#));
+        orders.push(e.correlation_id.to_string());
+        tracer.ingest(&Record::new(e));
+    }
+    // Quiet for a minute: every flow is folded; the newest two are held.
+    tracer.tick(Timestamp::from_micros(
+        Timestamp::now().as_micros() + 60_000_000,
+    ));
+    let tracer = std::sync::Arc::new(std::sync::Mutex::new(tracer));
+    let (addr, _stop) = crate::fixture::serve(&tracer).await;
+    let old = get(addr, "/api/flows?q=order_id%3D0").await.json();
+    assert!(ids(&old).is_empty());
+    assert_eq!(old["found_not_held"], serde_json::json!([orders[0]]));
+    let new = get(addr, "/api/flows?q=order_id%3D4").await.json();
+    assert_eq!(ids(&new), vec![orders[4].clone()]);
+    assert_eq!(new["found_not_held"], serde_json::json!([]));
+}

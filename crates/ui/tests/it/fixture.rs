@@ -187,21 +187,28 @@ impl Scenario {
 
     /// Serves the viewer (live) with the tracer's metrics on a free loopback port.
     pub(crate) async fn serve(&self) -> (SocketAddr, CancellationToken) {
-        let registry = prometheus::Registry::new();
-        self.lock()
-            .register_metrics(&registry)
-            .expect("the tracer's metrics");
-        let registries = Arc::new(vec![registry]);
-        let render: choreo_bus::Render = Arc::new(move || choreo_bus::render(&registries));
-        let stop = CancellationToken::new();
-        let server = Viewer::new(self.tracer.clone())
-            .live(true)
-            .routes(choreo_bus::MetricsServer::builder(render))
-            .start("127.0.0.1:0", stop.clone())
-            .await
-            .expect("the viewer serves on loopback");
-        (server.local_addr(), stop)
+        serve(&self.tracer).await
     }
+}
+
+/// Serves a viewer of `tracer` (live) with its metrics on a free loopback port.
+pub(crate) async fn serve(tracer: &Arc<Mutex<Tracer>>) -> (SocketAddr, CancellationToken) {
+    let registry = prometheus::Registry::new();
+    tracer
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .register_metrics(&registry)
+        .expect("the tracer's metrics");
+    let registries = Arc::new(vec![registry]);
+    let render: choreo_bus::Render = Arc::new(move || choreo_bus::render(&registries));
+    let stop = CancellationToken::new();
+    let server = Viewer::new(tracer.clone())
+        .live(true)
+        .routes(choreo_bus::MetricsServer::builder(render))
+        .start("127.0.0.1:0", stop.clone())
+        .await
+        .expect("the viewer serves on loopback");
+    (server.local_addr(), stop)
 }
 
 /// An answer: status, headers (lowercase names), body.
