@@ -18,6 +18,7 @@ use crate::view::{self, Filter, FlowsParams, Held};
 pub(crate) struct Inner {
     pub(crate) tracer: Arc<Mutex<Tracer>>,
     pub(crate) live: bool,
+    pub(crate) captures: Vec<String>,
 }
 
 impl Inner {
@@ -179,7 +180,10 @@ async fn api_flows(State(inner): Shared, Query(params): Query<FlowsParams>) -> R
 
 async fn api_flow(State(inner): Shared, Path(id): Path<String>) -> Response {
     match inner.flow(&id) {
-        Ok((f, held, now)) => json(StatusCode::OK, &view::flow(&f, held, now, inner.live)),
+        Ok((f, held, now)) => json(
+            StatusCode::OK,
+            &view::flow(&f, held, now, inner.live, &inner.captures),
+        ),
         Err(why) => error(StatusCode::NOT_FOUND, why),
     }
 }

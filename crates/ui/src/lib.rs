@@ -65,6 +65,7 @@ use choreo_trace::{Tracer, TracerConfig};
 pub struct Viewer {
     tracer: Arc<Mutex<Tracer>>,
     live: bool,
+    captures: Vec<String>,
 }
 
 impl std::fmt::Debug for Viewer {
@@ -99,6 +100,7 @@ impl Viewer {
         Viewer {
             tracer,
             live: false,
+            captures: Vec::new(),
         }
     }
 
@@ -106,6 +108,14 @@ impl Viewer {
     /// that flows in flight may still change). Default false: a capture.
     pub fn live(mut self, live: bool) -> Viewer {
         self.live = live;
+        self
+    }
+
+    /// Names the capture files the tracer read, so that the command shown
+    /// for a dead letter reads it from them (`choreo dlq show ID --capture
+    /// FILE`) rather than from Kafka. Default: none (Kafka).
+    pub fn captures(mut self, files: impl IntoIterator<Item = impl Into<String>>) -> Viewer {
+        self.captures = files.into_iter().map(Into::into).collect();
         self
     }
 
@@ -117,6 +127,7 @@ impl Viewer {
             Arc::new(http::Inner {
                 tracer: self.tracer.clone(),
                 live: self.live,
+                captures: self.captures.clone(),
             }),
         )
     }

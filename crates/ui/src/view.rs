@@ -361,7 +361,7 @@ struct DeadLetterView<'a> {
     attempts: u32,
     /// Where the runtime put it: the event's topic with `.dlq`.
     dlq_topic: String,
-    /// `choreo dlq show …` for it.
+    /// `choreo dlq show …` for it (from the captures, when the viewer shows captures).
     show: String,
     /// `choreo dlq replay …` for it.
     replay: String,
@@ -394,7 +394,17 @@ pub(crate) fn flow<'a>(
     held: Held,
     now: Option<Timestamp>,
     live: bool,
+    captures: &[String],
 ) -> FlowPage<'a> {
+    // Where `choreo dlq show` reads the dead letter: the captures the
+    // viewer shows, or else Kafka's dead-letter topic.
+    let show_from = |dlq_topic: &str| {
+        if captures.is_empty() {
+            format!("--topic {dlq_topic}")
+        } else {
+            format!("--capture {}", captures.join(" "))
+        }
+    };
     let mut events = Vec::new();
     let mut receipts = Vec::new();
     let mut dead_letters = Vec::new();
@@ -438,7 +448,7 @@ pub(crate) fn flow<'a>(
                     service: h.service.as_str(),
                     reason: h.reason.as_deref(),
                     attempts: h.attempts,
-                    show: format!("choreo dlq show {} --topic {dlq_topic}", e.id),
+                    show: format!("choreo dlq show {} {}", e.id, show_from(&dlq_topic)),
                     replay: format!("choreo dlq replay {} --topic {dlq_topic}", e.id),
                     dlq_topic,
                 });

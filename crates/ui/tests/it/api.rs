@@ -361,3 +361,32 @@ async fn a_search_names_the_flows_it_found_that_are_no_longer_held() {
     assert_eq!(ids(&new), vec![orders[4].clone()]);
     assert_eq!(new["found_not_held"], serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn a_capture_viewer_shows_dead_letters_from_the_capture() {
+    let s = Scenario::new();
+    let registries = std::sync::Arc::new(Vec::<prometheus::Registry>::new());
+    let render: choreo_bus::Render = std::sync::Arc::new(move || choreo_bus::render(&registries));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = choreo_ui::Viewer::new(s.tracer.clone())
+        .captures(["run.avro"])
+        .routes(choreo_bus::MetricsServer::builder(render))
+        .start("127.0.0.1:0", stop.clone())
+        .await
+        .unwrap();
+    let flow = get(server.local_addr(), &format!("/api/flows/{}", s.failed))
+        .await
+        .json();
+    assert_eq!(flow["live"], false);
+    let dead = &flow["dead_letters"][0];
+    assert_eq!(
+        dead["show"],
+        format!("choreo dlq show {} --capture run.avro", s.dead_event)
+    );
+    assert_eq!(
+        dead["replay"],
+        format!("choreo dlq replay {} --topic payments.dlq", s.dead_event),
+        "a replay publishes on Kafka"
+    );
+    stop.cancel();
+}

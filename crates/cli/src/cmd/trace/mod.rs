@@ -663,9 +663,17 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
         }
     }
     if let (Some(addr), None) = (&config.metrics_addr, &config.follow) {
+        let captures: Vec<String> = config
+            .inputs
+            .iter()
+            .filter_map(|i| match i {
+                Input::File(path) => Some(path.display().to_string()),
+                Input::Kafka(..) => None,
+            })
+            .collect();
         let viewer = config
             .ui
-            .then(|| choreo_ui::Viewer::new(Arc::new(Mutex::new(tracer))));
+            .then(|| choreo_ui::Viewer::new(Arc::new(Mutex::new(tracer))).captures(captures));
         serve_metrics(addr, registry, viewer)?;
     }
     if damaged {
