@@ -113,6 +113,18 @@ impl SearchWindow {
         }
     }
 
+    /// The JSON payloads held of the events of flow `correlation_id`, by event id.
+    pub(crate) fn payloads(&self, correlation_id: &EventId) -> Vec<(EventId, String)> {
+        self.items
+            .iter()
+            .filter(|s| &s.correlation_id == correlation_id)
+            .filter_map(|s| {
+                let json = s.json.as_deref()?;
+                Some((s.id.clone(), String::from_utf8_lossy(json).into_owned()))
+            })
+            .collect()
+    }
+
     /// Correlation ids of the events that match `query`, newest first, each
     /// once, at most `max`.
     pub(crate) fn find(&self, query: &Query, max: usize, out: &mut Vec<EventId>) {

@@ -793,6 +793,14 @@ impl Tracer {
         out
     }
 
+    /// The JSON payloads of flow `correlation_id`'s events that the search
+    /// window still holds ([`TracerConfig::search_bytes`]), by event id:
+    /// nothing unless a search window is kept, and only JSON payloads of at
+    /// most 16 KiB.
+    pub fn held_payloads(&self, correlation_id: &EventId) -> Vec<(EventId, String)> {
+        self.search.payloads(correlation_id)
+    }
+
     /// Everything known so far: counts, flows by status, findings, the service graph.
     pub fn report(&self) -> Report {
         let model = self.model.as_ref();

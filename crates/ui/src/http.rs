@@ -19,6 +19,16 @@ pub(crate) struct Inner {
     pub(crate) tracer: Arc<Mutex<Tracer>>,
     pub(crate) live: bool,
     pub(crate) captures: Vec<String>,
+    pub(crate) show_payloads: bool,
+}
+
+/// A flow as the tracer holds it, with what its page needs besides.
+pub(crate) struct Found {
+    pub(crate) flow: FlowTrace,
+    pub(crate) held: Held,
+    pub(crate) now: Option<choreo_core::Timestamp>,
+    /// Its events' payloads still held, when they are to be shown.
+    pub(crate) payloads: Vec<(EventId, String)>,
 }
 
 impl Inner {
@@ -30,7 +40,7 @@ impl Inner {
     }
 
     /// The flow `id` names, and where it is held; `Err` is the page's answer.
-    fn flow(&self, id: &str) -> Result<(FlowTrace, Held, Option<choreo_core::Timestamp>), String> {
+    fn flow(&self, id: &str) -> Result<Found, String> {
         let Some(id) = EventId::parse(id.trim()) else {
             return Err(format!(
                 "'{id}' is not a correlation id (the id of a flow's first event); search for the flow instead"
@@ -43,8 +53,18 @@ impl Inner {
             Held::InFlight
         };
         let now = tracer.now();
+        let payloads = if self.show_payloads {
+            tracer.held_payloads(&id)
+        } else {
+            Vec::new()
+        };
         match tracer.flow(&id) {
-            Some(f) => Ok((f, held, now)),
+            Some(flow) => Ok(Found {
+                flow,
+                held,
+                now,
+                payloads,
+            }),
             None => Err(format!(
                 "flow {id} is not held by the tracer: it never was seen, or it finished longer ago than the newest flows held (search by what you know of it)"
             )),
@@ -180,17 +200,14 @@ async fn api_flows(State(inner): Shared, Query(params): Query<FlowsParams>) -> R
 
 async fn api_flow(State(inner): Shared, Path(id): Path<String>) -> Response {
     match inner.flow(&id) {
-        Ok((f, held, now)) => json(
-            StatusCode::OK,
-            &view::flow(&f, held, now, inner.live, &inner.captures),
-        ),
+        Ok(found) => json(StatusCode::OK, &view::flow(&found, &inner)),
         Err(why) => error(StatusCode::NOT_FOUND, why),
     }
 }
 
 async fn api_flow_graph(State(inner): Shared, Path(id): Path<String>) -> Response {
     match inner.flow(&id) {
-        Ok((f, ..)) => svg(svg::flow_graph(&f)),
+        Ok(found) => svg(svg::flow_graph(&found.flow)),
         Err(why) => error(StatusCode::NOT_FOUND, why),
     }
 }

@@ -46,7 +46,8 @@
 //!
 //! Read-only (GET and HEAD only). Every text from events reaches a page as a
 //! text node or escaped, pages run only the embedded script
-//! (Content-Security-Policy), graphs are images. No payload is ever shown.
+//! (Content-Security-Policy), graphs are images. No payload is shown unless
+//! [`Viewer::show_payloads`] says so.
 //! The server's bounds (connections, header time, connection lifetime) are
 //! those of [`choreo_bus::ServerBuilder`].
 
@@ -66,6 +67,7 @@ pub struct Viewer {
     tracer: Arc<Mutex<Tracer>>,
     live: bool,
     captures: Vec<String>,
+    show_payloads: bool,
 }
 
 impl std::fmt::Debug for Viewer {
@@ -101,6 +103,7 @@ impl Viewer {
             tracer,
             live: false,
             captures: Vec::new(),
+            show_payloads: false,
         }
     }
 
@@ -119,6 +122,14 @@ impl Viewer {
         self
     }
 
+    /// Shows events' JSON payloads on a flow's page, those the tracer's
+    /// search window still holds. Default false: payloads may hold personal
+    /// data, and are then never shown (only searched).
+    pub fn show_payloads(mut self, show: bool) -> Viewer {
+        self.show_payloads = show;
+        self
+    }
+
     /// Adds the pages, the JSON API and the images to `server` (the metrics
     /// server: one port for both).
     pub fn routes(&self, server: ServerBuilder) -> ServerBuilder {
@@ -128,6 +139,7 @@ impl Viewer {
                 tracer: self.tracer.clone(),
                 live: self.live,
                 captures: self.captures.clone(),
+                show_payloads: self.show_payloads,
             }),
         )
     }

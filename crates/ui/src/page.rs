@@ -104,7 +104,8 @@ pub(crate) fn flow(id: &str) -> String {
 <section><h2>Dead letters</h2><div id="dead-letters"></div></section>
 <section><h2>Receipts</h2>
 <table id="receipts"><thead><tr><th>Event</th><th>Service</th><th>Outcome</th><th>Attempts</th><th>Handler time</th><th>Reason</th></tr></thead><tbody></tbody></table></section>
-<section><h2>Timeline</h2><pre id="timeline"></pre></section>"#,
+<section><h2>Timeline</h2><pre id="timeline"></pre></section>
+<section id="payloads-section" hidden><h2>Payloads</h2><div id="payloads"></div></section>"#,
     )
 }
 

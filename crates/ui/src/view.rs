@@ -6,6 +6,8 @@ use choreo_trace::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::http::{Found, Inner};
+
 /// In-flight flows judged for one list, at most: the most recently active.
 /// Judging is the costly part of a list; a page shows a hundred rows.
 pub(crate) const IN_FLIGHT_SCAN: usize = 500;
@@ -337,6 +339,10 @@ struct EventView<'a> {
     handled: &'a [Handling],
     /// The rules its findings broke.
     rules: Vec<&'static str>,
+    /// Its JSON payload, only with `--ui-show-payloads` and while the
+    /// search window holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a str>,
 }
 
 /// A handling of an event by a service: one receipt.
@@ -372,6 +378,8 @@ struct DeadLetterView<'a> {
 pub(crate) struct FlowPage<'a> {
     live: bool,
     now: Option<Timestamp>,
+    /// Whether payloads are shown (`--ui-show-payloads`).
+    payloads_shown: bool,
     summary: FlowRow,
     events: Vec<EventView<'a>>,
     receipts: Vec<ReceiptView<'a>>,
@@ -389,13 +397,9 @@ pub(crate) struct FlowPage<'a> {
 }
 
 /// One flow's page.
-pub(crate) fn flow<'a>(
-    f: &'a FlowTrace,
-    held: Held,
-    now: Option<Timestamp>,
-    live: bool,
-    captures: &[String],
-) -> FlowPage<'a> {
+pub(crate) fn flow<'a>(found: &'a Found, inner: &Inner) -> FlowPage<'a> {
+    let (f, held, now, live) = (&found.flow, found.held, found.now, inner.live);
+    let captures = &inner.captures;
     // Where `choreo dlq show` reads the dead letter: the captures the
     // viewer shows, or else Kafka's dead-letter topic.
     let show_from = |dlq_topic: &str| {
@@ -429,6 +433,11 @@ pub(crate) fn flow<'a>(
             orphan: e.orphan,
             handled: &e.handled,
             rules,
+            payload: found
+                .payloads
+                .iter()
+                .find(|(id, _)| id == &e.id)
+                .map(|(_, p)| p.as_str()),
         });
         for h in &e.handled {
             receipts.push(ReceiptView {
@@ -458,6 +467,7 @@ pub(crate) fn flow<'a>(
     FlowPage {
         live,
         now,
+        payloads_shown: inner.show_payloads,
         summary: FlowRow::of(f, held, now),
         events,
         receipts,

@@ -255,6 +255,19 @@ function renderFlow(data) {
     receipts.append(el("tr", {}, el("td", { colspan: "6", class: "muted" }, "no receipts")));
   }
 
+  const payloads = document.getElementById("payloads");
+  document.getElementById("payloads-section").hidden = !data.payloads_shown;
+  clear(payloads);
+  if (data.payloads_shown) {
+    for (const e of data.events) {
+      payloads.append(el("div", { class: "payload" },
+        el("p", {}, el("strong", {}, e.event_type), " ", el("code", {}, e.id)),
+        e.payload === undefined
+          ? el("p", { class: "muted" }, "not held (not JSON, over 16 KiB, or past the search window)")
+          : el("pre", {}, e.payload)));
+    }
+  }
+
   const timeline = document.getElementById("timeline");
   clear(timeline);
   // One line per event, anchored, so the dead letters can point at it.

@@ -353,7 +353,7 @@ async fn a_search_names_the_flows_it_found_that_are_no_longer_held() {
         Timestamp::now().as_micros() + 60_000_000,
     ));
     let tracer = std::sync::Arc::new(std::sync::Mutex::new(tracer));
-    let (addr, _stop) = crate::fixture::serve(&tracer).await;
+    let (addr, _stop) = crate::fixture::serve(&tracer, false).await;
     let old = get(addr, "/api/flows?q=order_id%3D0").await.json();
     assert!(ids(&old).is_empty());
     assert_eq!(old["found_not_held"], serde_json::json!([orders[0]]));
@@ -389,4 +389,33 @@ async fn a_capture_viewer_shows_dead_letters_from_the_capture() {
         "a replay publishes on Kafka"
     );
     stop.cancel();
+}
+
+#[tokio::test]
+async fn payloads_are_shown_only_when_asked() {
+    let s = Scenario::new();
+    let (addr, _stop) = s.serve().await;
+    let flow = get(addr, &format!("/api/flows/{}", s.stuck)).await.json();
+    assert_eq!(flow["payloads_shown"], false);
+    assert!(
+        flow["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e.get("payload").is_none()),
+        "{flow}"
+    );
+    let (addr, _stop) = s.serve_showing_payloads().await;
+    let flow = get(addr, &format!("/api/flows/{}", s.stuck)).await.json();
+    assert_eq!(flow["payloads_shown"], true);
+    assert_eq!(
+        flow["events"][0]["payload"],
+        r#"{"order_id":42,"customer":{"id":"c-42"}}"#
+    );
+    let hostile = get(addr, &format!("/api/flows/{}", s.hostile)).await.json();
+    assert_eq!(
+        hostile["events"][0]["payload"],
+        crate::fixture::HOSTILE_PAYLOAD,
+        "data, for the page to show as text"
+    );
 }

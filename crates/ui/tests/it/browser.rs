@@ -17,7 +17,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
-use crate::fixture::{HOSTILE_TYPE, PATIENCE, Scenario};
+use crate::fixture::{HOSTILE_PAYLOAD, HOSTILE_TYPE, PATIENCE, Scenario};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -160,7 +160,8 @@ async fn a_person_finds_the_stuck_order_sees_who_owes_and_watches_a_new_flow_arr
         return;
     };
     let s = Scenario::new();
-    let (addr, _stop) = s.serve().await;
+    // Payloads shown: the hostile one must show as text too.
+    let (addr, _stop) = s.serve_showing_payloads().await;
     let (_driver, port) = chromedriver(&driver).await;
     let client = headless(port, &chromium).await;
     // On its own task, so that the browser is closed whatever happens.
@@ -290,6 +291,8 @@ async fn walk(client: &Client, s: &Scenario, addr: SocketAddr) {
             .then_some(())
     })
     .await;
+    let payloads = text_of(client, "#payloads").await;
+    assert!(payloads.contains(HOSTILE_PAYLOAD), "{payloads}");
     assert_eq!(
         run(client, "return typeof window.__pwned;").await,
         json!("undefined"),

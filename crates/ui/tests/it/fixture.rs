@@ -19,6 +19,8 @@ pub(crate) const PATIENCE: Duration = Duration::from_secs(20);
 
 /// The text a hostile event type carries: it must show as text, never run.
 pub(crate) const HOSTILE_TYPE: &str = "<script>window.__pwned=1</script>";
+/// The payload a hostile event carries.
+pub(crate) const HOSTILE_PAYLOAD: &str = r#"{"note":"<script>window.__pwned=3</script>"}"#;
 /// The source a hostile event carries.
 pub(crate) const HOSTILE_SOURCE: &str = "<img src=x onerror=\"window.__pwned=2\">";
 
@@ -146,8 +148,8 @@ impl Scenario {
             feed(e);
         }
 
-        let mut hostile =
-            Envelope::new(Name::from(HOSTILE_TYPE), "orders", "{}").with_source(HOSTILE_SOURCE);
+        let mut hostile = Envelope::new(Name::from(HOSTILE_TYPE), "orders", HOSTILE_PAYLOAD)
+            .with_source(HOSTILE_SOURCE);
         hostile.time = clock.at(3000);
         let hostile_id = hostile.correlation_id.clone();
         feed(hostile);
@@ -187,12 +189,20 @@ impl Scenario {
 
     /// Serves the viewer (live) with the tracer's metrics on a free loopback port.
     pub(crate) async fn serve(&self) -> (SocketAddr, CancellationToken) {
-        serve(&self.tracer).await
+        serve(&self.tracer, false).await
+    }
+
+    /// [`Scenario::serve`], showing payloads (`--ui-show-payloads`).
+    pub(crate) async fn serve_showing_payloads(&self) -> (SocketAddr, CancellationToken) {
+        serve(&self.tracer, true).await
     }
 }
 
 /// Serves a viewer of `tracer` (live) with its metrics on a free loopback port.
-pub(crate) async fn serve(tracer: &Arc<Mutex<Tracer>>) -> (SocketAddr, CancellationToken) {
+pub(crate) async fn serve(
+    tracer: &Arc<Mutex<Tracer>>,
+    show_payloads: bool,
+) -> (SocketAddr, CancellationToken) {
     let registry = prometheus::Registry::new();
     tracer
         .lock()
@@ -204,6 +214,7 @@ pub(crate) async fn serve(tracer: &Arc<Mutex<Tracer>>) -> (SocketAddr, Cancellat
     let stop = CancellationToken::new();
     let server = Viewer::new(tracer.clone())
         .live(true)
+        .show_payloads(show_payloads)
         .routes(choreo_bus::MetricsServer::builder(render))
         .start("127.0.0.1:0", stop.clone())
         .await

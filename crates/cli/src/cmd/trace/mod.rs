@@ -128,6 +128,11 @@ pub(crate) struct Args {
         conflicts_with_all = ["flow", "find", "explain"]
     )]
     ui: Option<String>,
+    /// With --ui: show events' JSON payloads on a flow's page (those still in
+    /// the tracer's search window). Off by default: payloads may hold
+    /// personal data.
+    #[arg(long, requires = "ui")]
+    ui_show_payloads: bool,
     /// How often an event type may repeat along one causal path before `cycle-bound` is reported.
     #[arg(long, default_value_t = 3, value_name = "N")]
     cycle_bound: u32,
@@ -320,6 +325,8 @@ pub(crate) struct Config {
     metrics_addr: Option<String>,
     /// Serve the flow viewer with the metrics, at `metrics_addr`.
     ui: bool,
+    /// The viewer shows payloads.
+    ui_show_payloads: bool,
     tracer: TracerConfig,
     progress: bool,
     /// Live on Kafka: the reader's options.
@@ -347,6 +354,7 @@ impl Config {
                 now: None,
                 metrics_addr: None,
                 ui: false,
+                ui_show_payloads: false,
                 tracer: TracerConfig::batch(),
                 progress: false,
                 follow: None,
@@ -450,6 +458,7 @@ impl Config {
             now,
             metrics_addr,
             ui: args.ui.is_some(),
+            ui_show_payloads: args.ui_show_payloads,
             tracer,
             progress: !args.quiet,
             follow,
@@ -525,7 +534,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
         kafka_metrics.register(&registry)?;
         let options = options.clone().metrics(kafka_metrics);
         let shared = Arc::new(Mutex::new(tracer));
-        follow(&shared, kconfig, options, addr, &registry, config.ui)?;
+        let viewer = config.ui.then(|| {
+            choreo_ui::Viewer::new(shared.clone())
+                .live(true)
+                .show_payloads(config.ui_show_payloads)
+        });
+        follow(&shared, kconfig, options, addr, &registry, viewer)?;
         // The runtime that served the viewer is gone, and its handlers with it.
         tracer = Arc::try_unwrap(shared)
             .map_err(|_| anyhow::anyhow!("the flow viewer still holds the tracer"))?
@@ -671,9 +685,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
                 Input::Kafka(..) => None,
             })
             .collect();
-        let viewer = config
-            .ui
-            .then(|| choreo_ui::Viewer::new(Arc::new(Mutex::new(tracer))).captures(captures));
+        let viewer = config.ui.then(|| {
+            choreo_ui::Viewer::new(Arc::new(Mutex::new(tracer)))
+                .captures(captures)
+                .show_payloads(config.ui_show_payloads)
+        });
         serve_metrics(addr, registry, viewer)?;
     }
     if damaged {
@@ -704,7 +720,7 @@ fn follow(
     options: ReaderOptions,
     addr: &str,
     registry: &prometheus::Registry,
-    ui: bool,
+    viewer: Option<choreo_ui::Viewer>,
 ) -> anyhow::Result<()> {
     let rt = super::runtime()?;
     // The tracer, locked for each record or tick: the viewer locks it
@@ -713,14 +729,13 @@ fn follow(
     let lock = || tracer.lock().unwrap_or_else(PoisonError::into_inner);
     rt.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let viewer = ui.then(|| choreo_ui::Viewer::new(tracer.clone()).live(true));
         let server =
             super::serve_registry(addr, registry.clone(), viewer.as_ref(), shutdown.clone()).await?;
         let mut reader = RecordReader::open(kconfig, options).await.context("cannot read Kafka")?;
         eprintln!(
             "choreo: tracing Kafka live; metrics at http://{}/metrics{}; ctrl-c prints the report and stops",
             server.local_addr(),
-            if ui {
+            if viewer.is_some() {
                 format!(", flow viewer at http://{}/", server.local_addr())
             } else {
                 String::new()
@@ -933,6 +948,16 @@ mod tests {
         assert_eq!(c.tracer.recent_flows, 0, "nothing held without a viewer");
         assert!(config(&["run.avro", "--ui", "--find", "order_id=42"]).is_err());
         assert!(config(&["run.avro", "--ui", "--flow", "x"]).is_err());
+        assert!(!config(&["run.avro", "--ui"]).unwrap().ui_show_payloads);
+        assert!(
+            config(&["run.avro", "--ui", "--ui-show-payloads"])
+                .unwrap()
+                .ui_show_payloads
+        );
+        assert!(
+            config(&["run.avro", "--ui-show-payloads"]).is_err(),
+            "--ui-show-payloads needs --ui"
+        );
     }
 
     #[test]
