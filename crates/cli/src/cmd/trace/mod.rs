@@ -360,6 +360,14 @@ impl Config {
                 follow: None,
             });
         }
+        // `--ui run.avro` takes the capture for the address.
+        if let Some(ui) = &args.ui
+            && !ui.contains(':')
+        {
+            bail!(
+                "--ui '{ui}' is not an address (HOST:PORT, such as 127.0.0.1:9464); to serve at the default, put --ui after the capture files"
+            );
+        }
         let now = match &args.now {
             Some(text) => Some(Timestamp::parse_rfc3339(text).with_context(|| {
                 format!("--now '{text}' is not RFC 3339 time; write it like 2026-01-31T12:00:00Z")
@@ -948,6 +956,8 @@ mod tests {
         assert_eq!(c.tracer.recent_flows, 0, "nothing held without a viewer");
         assert!(config(&["run.avro", "--ui", "--find", "order_id=42"]).is_err());
         assert!(config(&["run.avro", "--ui", "--flow", "x"]).is_err());
+        let e = config(&["--ui", "run.avro"]).unwrap_err();
+        assert!(e.to_string().contains("after the capture files"), "{e}");
         assert!(!config(&["run.avro", "--ui"]).unwrap().ui_show_payloads);
         assert!(
             config(&["run.avro", "--ui", "--ui-show-payloads"])
