@@ -118,13 +118,15 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<String>,
     /// Serve the flow viewer (web pages and their JSON API, docs/ui.md) with
-    /// the metrics, at ADDR (default 127.0.0.1:9464, loopback): live with
-    /// --follow, or, for capture files, after the report until interrupted.
+    /// the metrics, at ADDR (default: --metrics-addr's, else 127.0.0.1:9464,
+    /// loopback): live with --follow, or, for capture files, after the report
+    /// until interrupted.
     #[arg(
         long,
         value_name = "ADDR",
         num_args = 0..=1,
-        default_missing_value = DEFAULT_METRICS_ADDR,
+        // No address: the metrics' (see `Config::from_args`).
+        default_missing_value = "",
         conflicts_with_all = ["flow", "find", "explain"]
     )]
     ui: Option<String>,
@@ -362,6 +364,7 @@ impl Config {
         }
         // `--ui run.avro` takes the capture for the address.
         if let Some(ui) = &args.ui
+            && !ui.is_empty()
             && !ui.contains(':')
         {
             bail!(
@@ -426,6 +429,10 @@ impl Config {
         // One server, one port: the viewer's address is the metrics'.
         if let Some(ui) = &args.ui {
             match &metrics_addr {
+                // `--ui` alone: where the metrics are, or the default.
+                _ if ui.is_empty() => {
+                    metrics_addr.get_or_insert_with(|| DEFAULT_METRICS_ADDR.to_owned());
+                }
                 Some(m) if m != ui && metrics_given => bail!(
                     "--ui {ui} and --metrics-addr {m}: the viewer is served with the metrics on one port; give one address (--ui ADDR serves both)"
                 ),
@@ -933,6 +940,12 @@ mod tests {
             c.metrics_addr.as_deref(),
             Some("127.0.0.1:9500"),
             "--ui moves the metrics too: one server"
+        );
+        let c = config(&["run.avro", "--metrics-addr", "0.0.0.0:9464", "--ui"]).unwrap();
+        assert_eq!(
+            c.metrics_addr.as_deref(),
+            Some("0.0.0.0:9464"),
+            "--ui alone serves where the metrics are"
         );
         let c = config(&[
             "run.avro",
