@@ -63,6 +63,15 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
   apt_install --no-install-recommends postgresql
 fi
 
+step "test tools: chromium and chromedriver (the flow viewer's browser test drives headless Chromium)"
+# Debian's `chromium` and `chromium-driver`: /usr/bin/chromium and
+# /usr/bin/chromedriver. The browser test fails, rather than skips, when
+# either is missing.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  apt_install --no-install-recommends chromium chromium-driver
+fi
+export CHOREO_REQUIRE_BROWSER=1
+
 step "test tools: pm4py in target/pm4py-venv (reads the tracer's event logs in a test)"
 if ! target/pm4py-venv/bin/python -c 'import pm4py' >/dev/null 2>&1; then
   python3 -m venv target/pm4py-venv

@@ -68,6 +68,16 @@ pub struct TracerConfig {
     /// Correlation ids of evicted flows remembered, so that their late
     /// records are counted as `late` instead of starting a new flow. Default 100,000.
     pub remember_evicted: usize,
+    /// Finished flows held whole, the newest, for a viewer
+    /// ([`Tracer::recent`](crate::Tracer::recent), `choreo trace --ui`); the
+    /// oldest is dropped past it. Default 0: none (their traces are not even
+    /// built).
+    pub recent_flows: usize,
+    /// Bytes of the newest events' ids, keys and JSON payloads held so that
+    /// [`Tracer::find`](crate::Tracer::find) can search them after their
+    /// flows were folded (payloads over 16 KiB are left out). Default 0:
+    /// none, and the tracer holds no payload at all.
+    pub search_bytes: usize,
 }
 
 impl TracerConfig {
@@ -98,6 +108,8 @@ impl TracerConfig {
             listed_flows: 50,
             remember_evicted: 100_000,
             parallel: true,
+            recent_flows: 0,
+            search_bytes: 0,
         }
     }
 }

@@ -76,25 +76,42 @@ impl Query {
     /// Whether `record` has what is looked for.
     pub fn matches(&self, record: &Record) -> bool {
         let env = &record.envelope;
+        let json = (env.content_type == ContentType::Json && env.event_type != RECEIPT_TYPE)
+            .then_some(&env.data[..]);
+        self.matches_parts(
+            &env.id,
+            record.attributed.then_some(&env.correlation_id),
+            env.key.as_deref(),
+            json,
+        )
+    }
+
+    /// Whether a record with these parts has what is looked for: its event
+    /// id, its correlation id (when attributed), its key, and its payload
+    /// when that is JSON.
+    pub(crate) fn matches_parts(
+        &self,
+        event_id: &EventId,
+        correlation_id: Option<&EventId>,
+        key: Option<&[u8]>,
+        json: Option<&[u8]>,
+    ) -> bool {
         if let Some(id) = &self.id
-            && (env.id == *id || (record.attributed && env.correlation_id == *id))
+            && (event_id == id || correlation_id == Some(id))
         {
             return true;
         }
-        if env.key.as_deref() == Some(self.text.as_bytes()) {
+        if key == Some(self.text.as_bytes()) {
             return true;
         }
-        let Some((path, value)) = &self.field else {
+        let (Some((path, value)), Some(data)) = (&self.field, json) else {
             return false;
         };
-        if env.content_type != ContentType::Json
-            || env.event_type == RECEIPT_TYPE
-            // Cheap first: the value's text must be in the payload somewhere.
-            || memchr::memmem::find(&env.data, value.as_bytes()).is_none()
-        {
+        // Cheap first: the value's text must be in the payload somewhere.
+        if memchr::memmem::find(data, value.as_bytes()).is_none() {
             return false;
         }
-        let Ok(doc) = serde_json::from_slice::<Value>(&env.data) else {
+        let Ok(doc) = serde_json::from_slice::<Value>(data) else {
             return false;
         };
         let mut at = &doc;
@@ -109,5 +126,10 @@ impl Query {
             Value::Number(_) | Value::Bool(_) => at.to_string().as_str() == value.as_str(),
             _ => false,
         }
+    }
+
+    /// The id the query names, when it is one (an event or correlation id).
+    pub(crate) fn id(&self) -> Option<&EventId> {
+        self.id.as_ref()
     }
 }

@@ -11,6 +11,7 @@ use crate::config::Keep;
 use crate::export::{FlowChunk, FlowWriter, LogChunk, LogFormat, LogWriter, Row};
 use crate::flow::FlowTrace;
 use crate::metrics::TraceMetrics;
+use crate::recent::RecentFlows;
 use crate::report::{EvictReason, FlowBrief};
 use crate::store::FlowState;
 use crate::util::FastMap;
@@ -67,7 +68,21 @@ pub(crate) struct Folder<'a> {
     keep: &'a FastMap<EventId, ()>,
     pub(crate) orphans: u64,
     pub(crate) kept: Vec<FlowTrace>,
+    /// Flows for [`RecentFlows`] (when it holds any), in the order folded.
+    pub(crate) recent: Vec<FlowTrace>,
+    /// At the end of a batch, the first flow (in the batch's order: by
+    /// correlation id) that can stay among the recent flows; the traces of
+    /// those before it are not built.
+    pub(crate) recent_from: Option<&'a EventId>,
     pub(crate) out: Chunk,
+}
+
+/// What folding a run of flows gave, besides the aggregates.
+pub(crate) struct Folded {
+    orphans: u64,
+    kept: Vec<FlowTrace>,
+    recent: Vec<FlowTrace>,
+    out: Chunk,
 }
 
 impl<'a> Folder<'a> {
@@ -85,6 +100,8 @@ impl<'a> Folder<'a> {
             keep,
             orphans: 0,
             kept: Vec::new(),
+            recent: Vec::new(),
+            recent_from: None,
             out: Chunk {
                 log: shape.log.map(LogChunk::new),
                 flows: shape.flows.then(FlowChunk::default),
@@ -124,13 +141,20 @@ impl<'a> Folder<'a> {
             self.metrics,
         );
         let brief = self.agg.wants_brief(a.status, config);
-        if keep || brief {
+        let recent = config.recent_flows > 0 && self.recent_from.is_none_or(|from| id >= from);
+        if keep || brief || recent {
             let trace = build_trace(self.ctx, id, state, a, order);
             if brief {
                 self.agg.push_brief(FlowBrief::of(&trace), config);
             }
-            if keep {
-                self.kept.push(trace);
+            match (keep, recent) {
+                (true, true) => {
+                    self.kept.push(trace.clone());
+                    self.recent.push(trace);
+                }
+                (true, false) => self.kept.push(trace),
+                (false, true) => self.recent.push(trace),
+                (false, false) => {}
             }
         }
         if a.findings
@@ -190,6 +214,8 @@ pub(crate) struct Batch<'a> {
     pub(crate) metrics: Option<&'a TraceMetrics>,
     pub(crate) keep: &'a FastMap<EventId, ()>,
     pub(crate) now: i64,
+    /// The first flow that can stay among the recent flows (see [`Folder`]).
+    pub(crate) recent_from: Option<&'a EventId>,
 }
 
 /// Analyses and folds `flows` into `agg`: the orphans counted, the flows
@@ -202,20 +228,33 @@ fn fold_all(
     agg: &mut Aggregates,
     shape: Shape,
     flows: &mut [(EventId, Box<FlowState>)],
-) -> (u64, Vec<FlowTrace>, Chunk) {
+) -> Folded {
     let mut scratch = Scratch::default();
     let mut folder = Folder::new(b.ctx, b.metrics, agg, b.keep, shape);
+    folder.recent_from = b.recent_from;
     for (id, f) in flows {
         let a = analyse(b.ctx, &mut scratch, id, f, b.now);
         folder.flow(id, f, &a, None, &scratch.order);
         f.release();
     }
-    (folder.orphans, folder.kept, folder.out)
+    // Only the newest can stay in the recent flows: drop the others now.
+    let cap = b.ctx.config.recent_flows;
+    let mut recent = folder.recent;
+    if recent.len() > cap {
+        recent.drain(..recent.len() - cap);
+    }
+    Folded {
+        orphans: folder.orphans,
+        kept: folder.kept,
+        recent,
+        out: folder.out,
+    }
 }
 
 /// Judges and folds every flow left at the end of a batch, as of `now`, in
-/// the order given: into `agg`, the flows to keep into `kept`, the event log
-/// and the flows' lines into `out`. Returns the orphans counted.
+/// the order given: into `agg`, the flows to keep into `kept`, the newest
+/// into `recent`, the event log and the flows' lines into `out`. Returns the
+/// orphans counted.
 ///
 /// Flows are independent: past [`PARALLEL_FROM`] flows (and when
 /// [`TracerConfig::parallel`](crate::TracerConfig::parallel) allows) this thread and a helper take chunks of
@@ -224,19 +263,29 @@ pub(crate) fn finish_batch(
     b: Batch<'_>,
     agg: &mut Aggregates,
     kept: &mut Vec<FlowTrace>,
+    recent: &mut RecentFlows,
     mut out: Out<'_>,
     mut flows_in: Vec<(EventId, Box<FlowState>)>,
 ) -> u64 {
+    // Only the last flows in the batch's order can stay among the recent ones.
+    let cap = b.ctx.config.recent_flows;
+    let recent_from =
+        (cap > 0 && flows_in.len() > cap).then(|| flows_in[flows_in.len() - cap].0.clone());
+    let b = Batch {
+        recent_from: recent_from.as_ref(),
+        ..b
+    };
     let shape = out.shape();
     let config = b.ctx.config;
     let mut orphans = 0;
     if !(config.parallel && flows_in.len() >= PARALLEL_FROM) {
         // A chunk at a time, so the outputs' text is held a chunk at a time.
         for flows in flows_in.chunks_mut(CHUNK) {
-            let (o, k, chunk) = fold_all(b, agg, shape, flows);
-            orphans += o;
-            kept.extend(k);
-            out.write(&chunk);
+            let f = fold_all(b, agg, shape, flows);
+            orphans += f.orphans;
+            kept.extend(f.kept);
+            f.recent.into_iter().for_each(|t| recent.push(t));
+            out.write(&f.out);
         }
     } else {
         // Flows are independent: this thread and a helper take chunks of
@@ -256,10 +305,10 @@ pub(crate) fn finish_batch(
         };
         let fold = |mut flows: Vec<(EventId, Box<FlowState>)>| {
             let mut part = Aggregates::default();
-            let (o, k, chunk) = fold_all(b, &mut part, shape, &mut flows);
+            let folded = fold_all(b, &mut part, shape, &mut flows);
             // Freed here, on the thread that folded them.
             drop(flows);
-            (part, o, k, chunk)
+            (part, folded)
         };
         std::thread::scope(|scope| {
             let (out_tx, out_rx) = mpsc::sync_channel::<Chunk>(4);
@@ -303,12 +352,13 @@ pub(crate) fn finish_batch(
                     },
                 }
                 pending.extend(done_rx.try_iter());
-                while let Some((part, o, k, chunk)) = pending.remove(&next) {
+                while let Some((part, f)) = pending.remove(&next) {
                     agg.merge(part, config);
-                    orphans += o;
-                    kept.extend(k);
+                    orphans += f.orphans;
+                    kept.extend(f.kept);
+                    f.recent.into_iter().for_each(|t| recent.push(t));
                     if writing {
-                        let _ = out_tx.send(chunk);
+                        let _ = out_tx.send(f.out);
                     }
                     next += 1;
                 }

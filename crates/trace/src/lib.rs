@@ -137,6 +137,7 @@ mod fold;
 mod metrics;
 mod model;
 mod receipt;
+mod recent;
 mod record;
 mod report;
 mod stats;

@@ -11,11 +11,13 @@ use crate::analysis::{Analysis, Ctx, Scratch, analyse};
 use crate::assemble::build_trace;
 use crate::config::{Receipts, TracerConfig};
 use crate::export::{FlowWriter, LogWriter};
+use crate::find::Query;
 use crate::flow::{FlowStatus, FlowTrace};
 use crate::fold::{self, Folder, Out};
 use crate::metrics::{Gauges, TraceMetrics};
 use crate::model::{EMPTY, Model, Sym, Symbols};
 use crate::receipt::{ParsedReceipt, parse_receipt};
+use crate::recent::{RecentFlows, SearchWindow};
 use crate::report::{Counters, EvictReason, NowFrom, Report, ReportParts};
 use crate::store::{Dl, Ev, FlowState, FlowTable, NO_OFFSET, NO_PARTITION, Rc};
 use crate::util::{FastMap, Interner};
@@ -70,6 +72,10 @@ pub struct Tracer {
     /// Flows kept whole besides those `config.keep` names (see [`Tracer::keep_flows`]).
     also_keep: FastMap<EventId, ()>,
     receipt_names: Interner,
+    /// The flows finished last, for a viewer.
+    recent: RecentFlows,
+    /// The events read last, for a viewer's search.
+    search: SearchWindow,
 }
 
 impl std::fmt::Debug for Tracer {
@@ -90,7 +96,6 @@ impl Tracer {
         let mut syms = Symbols::default();
         let model = topology.map(|t| Model::new(t, &mut syms));
         Tracer {
-            config,
             syms,
             model,
             flows: FlowTable::default(),
@@ -112,6 +117,9 @@ impl Tracer {
             flows_out: None,
             also_keep: FastMap::default(),
             receipt_names: Interner::default(),
+            recent: RecentFlows::new(config.recent_flows),
+            search: SearchWindow::new(config.search_bytes),
+            config,
         }
     }
 
@@ -405,6 +413,8 @@ impl Tracer {
             self.records_in_flight += 1;
         }
         self.records_in_flight += 1;
+        // Held for search only when new (a duplicate is the same event).
+        self.search.push(env);
         self.after_growth(&env.correlation_id);
     }
 
@@ -636,12 +646,20 @@ impl Tracer {
             metrics: self.metrics.as_ref(),
             keep: &self.also_keep,
             now: now_us,
+            recent_from: None,
         };
         let out = Out {
             log: self.log.as_mut(),
             flows: self.flows_out.as_mut(),
         };
-        let orphans = fold::finish_batch(batch, &mut self.agg, &mut self.kept, out, flows);
+        let orphans = fold::finish_batch(
+            batch,
+            &mut self.agg,
+            &mut self.kept,
+            &mut self.recent,
+            out,
+            flows,
+        );
         self.counters.orphans += orphans;
         self.update_gauges(now_us);
     }
@@ -676,11 +694,13 @@ impl Tracer {
         let Folder {
             orphans,
             kept,
+            recent,
             out: chunk,
             ..
         } = folder;
         self.counters.orphans += orphans;
         self.kept.extend(kept);
+        recent.into_iter().for_each(|t| self.recent.push(t));
         out.write(&chunk);
     }
 
@@ -689,14 +709,16 @@ impl Tracer {
         &self.kept
     }
 
-    /// The flow with this correlation id as it stands now: kept, or still in flight.
+    /// The flow with this correlation id as it stands now: still in flight,
+    /// kept, or among the recent flows.
     pub fn flow(&mut self, correlation_id: &EventId) -> Option<FlowTrace> {
-        if let Some(t) = self
-            .kept
-            .iter()
-            .find(|t| &t.correlation_id == correlation_id)
-        {
-            return Some(t.clone());
+        if !self.flows.contains_key(correlation_id) {
+            return self
+                .kept
+                .iter()
+                .find(|t| &t.correlation_id == correlation_id)
+                .or_else(|| self.recent.get(correlation_id))
+                .cloned();
         }
         let now = self.effective_now(None);
         let state = self.flows.remove(correlation_id)?;
@@ -704,6 +726,79 @@ impl Tracer {
         let trace = build_trace(&self.ctx(), correlation_id, &state, &a, &self.scratch.order);
         self.flows.insert(correlation_id.clone(), state);
         Some(trace)
+    }
+
+    /// "Now" as the tracer judges flows: the latest of the clock it was
+    /// ticked with and the newest record's time; `None` before any.
+    pub fn now(&self) -> Option<Timestamp> {
+        let now = self.effective_now(None);
+        (now != i64::MIN).then(|| Timestamp::from_micros(now))
+    }
+
+    /// The flows finished last, whole, oldest first: the newest
+    /// [`TracerConfig::recent_flows`] of them.
+    pub fn recent(&self) -> impl DoubleEndedIterator<Item = &FlowTrace> {
+        self.recent.iter()
+    }
+
+    /// The flows in flight judged as of the latest time seen, the most
+    /// recently active first, at most `max` (only those are judged: a viewer
+    /// asks for a page, not for all of them).
+    pub fn in_flight(&self, max: usize) -> Vec<FlowTrace> {
+        let mut active: Vec<(i64, &EventId, &FlowState)> = self
+            .flows
+            .iter()
+            .map(|(id, f)| (f.last_activity, id, f))
+            .collect();
+        if active.len() > max {
+            active.select_nth_unstable_by(max, |a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+            active.truncate(max);
+        }
+        active.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        let now = self.effective_now(None);
+        let ctx = self.ctx();
+        let mut scratch = Scratch::default();
+        active
+            .into_iter()
+            .map(|(_, id, f)| {
+                let a = analyse(&ctx, &mut scratch, id, f, now);
+                build_trace(&ctx, id, f, &a, &scratch.order)
+            })
+            .collect()
+    }
+
+    /// Correlation ids of the flows that have what `query` looks for, newest
+    /// first, at most `max`: by event or correlation id among the flows in
+    /// flight and the recent flows, and by record key or payload field among
+    /// the events of the search window ([`TracerConfig::search_bytes`]).
+    pub fn find(&self, query: &Query, max: usize) -> Vec<EventId> {
+        let mut out = Vec::new();
+        if let Some(id) = query.id() {
+            let held = |corr: &EventId| corr == id;
+            for (corr, f) in self.flows.iter() {
+                if held(corr) || f.find(id).is_some() {
+                    out.push(corr.clone());
+                }
+            }
+            for t in self.recent.iter().rev() {
+                if !out.contains(&t.correlation_id)
+                    && (held(&t.correlation_id) || t.events().any(|e| &e.id == id))
+                {
+                    out.push(t.correlation_id.clone());
+                }
+            }
+        }
+        self.search.find(query, max, &mut out);
+        out.truncate(max);
+        out
+    }
+
+    /// The JSON payloads of flow `correlation_id`'s events that the search
+    /// window still holds ([`TracerConfig::search_bytes`]), by event id:
+    /// nothing unless a search window is kept, and only JSON payloads of at
+    /// most 16 KiB.
+    pub fn held_payloads(&self, correlation_id: &EventId) -> Vec<(EventId, String)> {
+        self.search.payloads(correlation_id)
     }
 
     /// Everything known so far: counts, flows by status, findings, the service graph.

@@ -1,6 +1,7 @@
 //! `choreo demo`: the whole idea in seconds, on the embedded in-process bus.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -22,7 +23,9 @@ const TOPOLOGY_FILE: &str = "topologies/order-fulfillment.yaml";
 /// real runtime (retries, dead letters, idempotency, receipts) while a few
 /// faults are injected, traces the run, and prints the service graph, flows by
 /// status, every kind of violation with who and where, and one stuck flow's
-/// timeline. No broker needed; it takes a few seconds.
+/// timeline. No broker needed; it takes a few seconds. The run is captured
+/// (--capture), and the demo ends with the command that opens it in the flow
+/// viewer (`choreo trace … --ui`).
 ///
 /// Exit code 0 when the demo ran (the findings are the point of it).
 #[derive(Debug, clap::Args)]
@@ -36,6 +39,11 @@ pub(crate) struct Args {
     /// Flows started per second.
     #[arg(long, default_value_t = 200.0)]
     rate: f64,
+    /// Where to write the run's capture, and the topology beside it, to
+    /// browse it afterwards (default: choreo-demo/run.avro in the temporary
+    /// directory).
+    #[arg(long, value_name = "FILE.avro")]
+    capture: Option<PathBuf>,
 }
 
 /// The faults the demo injects, as `choreo simulate` flags.
@@ -87,11 +95,20 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
         "choreo demo: the order-fulfillment saga on the in-process bus\n{rule}"
     );
     checked(&topology, &mut out);
-    let outcome = faulty_run(&args, &topology, &mut out)?;
+    let capture = match &args.capture {
+        Some(path) => path.clone(),
+        None => std::env::temp_dir().join("choreo-demo").join("run.avro"),
+    };
+    if let Some(dir) = capture.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create '{}' for the capture", dir.display()))?;
+    }
+    let outcome = faulty_run(&args, &topology, &capture, &mut out)?;
     let report = outcome.report.context("the demo always traces")?;
     traced(&report, &mut out);
     let tracer = outcome.tracer.context("the demo always traces")?;
     one_timeline(&tracer, &mut out);
+    browse(&capture, &topology, outcome.truth.finished, &mut out)?;
     let _ = write!(out, "\n{rule}\n{TRY_NEXT}");
     super::emit(super::output(None)?, &out)?;
     Ok(EXIT_OK)
@@ -130,7 +147,12 @@ fn checked(topology: &Topology, out: &mut String) {
 }
 
 /// 2. A run of the saga with every kind of fault injected.
-fn faulty_run(args: &Args, topology: &Topology, out: &mut String) -> anyhow::Result<Outcome> {
+fn faulty_run(
+    args: &Args,
+    topology: &Topology,
+    capture: &Path,
+    out: &mut String,
+) -> anyhow::Result<Outcome> {
     let mut faults = Vec::new();
     let _ = writeln!(
         out,
@@ -157,7 +179,7 @@ fn faulty_run(args: &Args, topology: &Topology, out: &mut String) -> anyhow::Res
             partitions: 4,
             deferred: Default::default(),
         },
-        capture: None,
+        capture: Some(capture.to_owned()),
         trace: true,
         metrics_addr: None,
         progress: false,
@@ -247,7 +269,31 @@ fn one_timeline(tracer: &Tracer, out: &mut String) {
     }
 }
 
-/// 5. What to try next.
+/// 5. How to browse the run in the flow viewer: the capture, the topology
+///    written beside it, and "now" past every deadline, as the demo judged it.
+fn browse(
+    capture: &Path,
+    topology: &Topology,
+    finished: choreo_core::Timestamp,
+    out: &mut String,
+) -> anyhow::Result<()> {
+    let topology_path = capture.with_file_name("order-fulfillment.yaml");
+    std::fs::write(&topology_path, TOPOLOGY)
+        .with_context(|| format!("cannot write '{}'", topology_path.display()))?;
+    let now = super::simulate::judge_at(topology, finished);
+    let _ = writeln!(
+        out,
+        "\n5. Browse this run — every flow, its causal graph, who owes what, the service graph:\n\n   \
+         choreo trace {} --topology {} --now {} --ui\n\n   \
+         then open http://127.0.0.1:9464/ (ctrl-c stops it; `--ui ADDR` serves elsewhere).",
+        capture.display(),
+        topology_path.display(),
+        now.to_rfc3339()
+    );
+    Ok(())
+}
+
+/// 6. What to try next.
 const TRY_NEXT: &str = "Try next:\n\
      \x20 choreo check topologies/*.yaml --paths          verify topologies, list each flow's executions\n\
      \x20 choreo simulate topologies/order-fulfillment.yaml --fail payment=0.2 --capture run.avro\n\

@@ -53,15 +53,22 @@ pub(crate) fn emit(mut out: Box<dyn Write>, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves `registry` at `http://ADDR/metrics` until `shutdown` is cancelled.
+/// Serves `registry` at `http://ADDR/metrics`, and the flow viewer beside
+/// it when given, until `shutdown` is cancelled.
 pub(crate) async fn serve_registry(
     addr: &str,
     registry: prometheus::Registry,
+    viewer: Option<&choreo_ui::Viewer>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<choreo_bus::MetricsServer> {
     let registries = std::sync::Arc::new(vec![registry]);
     let render: choreo_bus::Render = std::sync::Arc::new(move || choreo_bus::render(&registries));
-    choreo_bus::MetricsServer::start(addr, render, shutdown)
+    let mut server = choreo_bus::MetricsServer::builder(render);
+    if let Some(v) = viewer {
+        server = v.routes(server);
+    }
+    server
+        .start(addr, shutdown)
         .await
         .with_context(|| format!("cannot serve metrics at {addr}"))
 }

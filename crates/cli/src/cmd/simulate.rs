@@ -271,7 +271,8 @@ pub(crate) async fn simulate(
     let shutdown = CancellationToken::new();
     let server = match &config.metrics_addr {
         Some(addr) => {
-            let server = super::serve_registry(addr, registry.clone(), shutdown.clone()).await?;
+            let server =
+                super::serve_registry(addr, registry.clone(), None, shutdown.clone()).await?;
             eprintln!("choreo: metrics at http://{}/metrics", server.local_addr());
             Some(server)
         }

@@ -340,6 +340,11 @@ fn stdout(out: &std::process::Output) -> String {
 /// Orders with payloads and keys: 41 shipped; 42 paid and waiting for
 /// inventory (stuck once its 3 s pass); 43 cancelled.
 fn orders(dir: &Path) -> (PathBuf, [Envelope; 3]) {
+    orders_as(dir, Format::JsonLines)
+}
+
+/// [`orders`] written in `format`.
+fn orders_as(dir: &Path, format: Format) -> (PathBuf, [Envelope; 3]) {
     let order = |n: u64, ms: i64| {
         let mut e = Envelope::new(
             Name::from("OrderPlaced"),
@@ -360,8 +365,11 @@ fn orders(dir: &Path) -> (PathBuf, [Envelope; 3]) {
     let o43 = order(43, 200);
     let f43 = ev("PaymentFailed", "payments", "payment", 210, Some(&o43));
     let x43 = ev("OrderCancelled", "orders", "checkout", 220, Some(&f43));
-    let path = dir.join("orders.jsonl");
-    let mut w = Writer::create(&path, Format::JsonLines).unwrap();
+    let path = dir.join(match format {
+        Format::Avro => "orders.avro",
+        _ => "orders.jsonl",
+    });
+    let mut w = Writer::create(&path, format).unwrap();
     for e in [&o41, &c41, &r41, &s41, &o42, &c42, &o43, &f43, &x43] {
         w.write(&Record::new(e.clone())).unwrap();
     }
@@ -444,8 +452,16 @@ fn every_flow_as_a_json_line() {
 
 #[test]
 fn flows_are_found_by_id_key_or_payload_field() {
+    // In either capture format: a search reads keys and payloads, which a
+    // plain trace of an Avro capture skips.
+    for format in [Format::JsonLines, Format::Avro] {
+        found_by_id_key_or_payload_field(format);
+    }
+}
+
+fn found_by_id_key_or_payload_field(format: Format) {
     let dir = tempfile::tempdir().unwrap();
-    let (path, [o41, o42, _]) = orders(dir.path());
+    let (path, [o41, o42, _]) = orders_as(dir.path(), format);
     let find = |term: &str| {
         choreo()
             .args([

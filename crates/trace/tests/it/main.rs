@@ -10,5 +10,6 @@ mod judgement;
 mod live;
 mod metrics;
 mod poison;
+mod recent;
 mod reconstruction;
 mod stuck;

@@ -3,6 +3,7 @@
 mod output;
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context as _, bail};
 use choreo_core::{EventId, Timestamp};
@@ -39,6 +40,12 @@ const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 /// timeline, JSON, or its causal graph as DOT or Mermaid). --format
 /// flows-jsonl writes every flow's verdict as a JSON line; --explain RULE
 /// says what a rule means.
+///
+/// With --ui the flows can be browsed: a web page per flow (its causal graph,
+/// timeline, receipts, what is owed and by whom), the flows list with search
+/// and filters, the service graph, and the JSON behind each page; served
+/// with the metrics on one port (loopback unless an address is given) —
+/// live with --follow, or after the report for capture files.
 ///
 /// With --follow the tracer runs live on Kafka: memory stays bounded
 /// (completed flows are folded into the aggregates and dropped, stuck flows
@@ -110,6 +117,24 @@ pub(crate) struct Args {
     /// (e.g. 127.0.0.1:9464) until interrupted.
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<String>,
+    /// Serve the flow viewer (web pages and their JSON API, docs/ui.md) with
+    /// the metrics, at ADDR (default: --metrics-addr's, else 127.0.0.1:9464,
+    /// loopback): live with --follow, or, for capture files, after the report
+    /// until interrupted.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        num_args = 0..=1,
+        // No address: the metrics' (see `Config::from_args`).
+        default_missing_value = "",
+        conflicts_with_all = ["flow", "find", "explain"]
+    )]
+    ui: Option<String>,
+    /// With --ui: show events' JSON payloads on a flow's page (those still in
+    /// the tracer's search window). Off by default: payloads may hold
+    /// personal data.
+    #[arg(long, requires = "ui")]
+    ui_show_payloads: bool,
     /// How often an event type may repeat along one causal path before `cycle-bound` is reported.
     #[arg(long, default_value_t = 3, value_name = "N")]
     cycle_bound: u32,
@@ -173,9 +198,14 @@ pub(crate) enum Input {
 }
 
 impl Input {
-    fn open(&self) -> anyhow::Result<Box<dyn Source + Send>> {
+    /// Opens the input; `lean`, a capture leaves out what only a search
+    /// reads (keys and payloads).
+    fn open(&self, lean: bool) -> anyhow::Result<Box<dyn Source + Send>> {
         match self {
-            Input::File(path) => Ok(Box::new(Reader::open(path)?.lean())),
+            Input::File(path) => {
+                let reader = Reader::open(path)?;
+                Ok(Box::new(if lean { reader.lean() } else { reader }))
+            }
             Input::Kafka(config, topics) => {
                 Ok(Box::new(KafkaSource::open(config, topics.clone())?))
             }
@@ -295,6 +325,10 @@ pub(crate) struct Config {
     export: Option<ExportTo>,
     now: Option<Timestamp>,
     metrics_addr: Option<String>,
+    /// Serve the flow viewer with the metrics, at `metrics_addr`.
+    ui: bool,
+    /// The viewer shows payloads.
+    ui_show_payloads: bool,
     tracer: TracerConfig,
     progress: bool,
     /// Live on Kafka: the reader's options.
@@ -321,10 +355,21 @@ impl Config {
                 export: None,
                 now: None,
                 metrics_addr: None,
+                ui: false,
+                ui_show_payloads: false,
                 tracer: TracerConfig::batch(),
                 progress: false,
                 follow: None,
             });
+        }
+        // `--ui run.avro` takes the capture for the address.
+        if let Some(ui) = &args.ui
+            && !ui.is_empty()
+            && !ui.contains(':')
+        {
+            bail!(
+                "--ui '{ui}' is not an address (HOST:PORT, such as 127.0.0.1:9464); to serve at the default, put --ui after the capture files"
+            );
         }
         let now = match &args.now {
             Some(text) => Some(Timestamp::parse_rfc3339(text).with_context(|| {
@@ -352,6 +397,7 @@ impl Config {
         }
         let mut inputs: Vec<Input> = args.captures.into_iter().map(Input::File).collect();
         let mut follow = None;
+        let metrics_given = args.metrics_addr.is_some();
         let mut metrics_addr = args.metrics_addr;
         if kafka {
             let kconfig = args.kafka.config()?;
@@ -380,11 +426,27 @@ impl Config {
                 inputs.push(Input::Kafka(Box::new(kconfig), topics));
             }
         }
+        // One server, one port: the viewer's address is the metrics'.
+        if let Some(ui) = &args.ui {
+            match &metrics_addr {
+                // `--ui` alone: where the metrics are, or the default.
+                _ if ui.is_empty() => {
+                    metrics_addr.get_or_insert_with(|| DEFAULT_METRICS_ADDR.to_owned());
+                }
+                Some(m) if m != ui && metrics_given => bail!(
+                    "--ui {ui} and --metrics-addr {m}: the viewer is served with the metrics on one port; give one address (--ui ADDR serves both)"
+                ),
+                _ => metrics_addr = Some(ui.clone()),
+            }
+        }
         let mut tracer = if follow.is_some() {
             TracerConfig::live()
         } else {
             TracerConfig::batch()
         };
+        if args.ui.is_some() {
+            choreo_ui::Viewer::prepare(&mut tracer);
+        }
         tracer.cycle_bound = args.cycle_bound;
         tracer.receipts = match args.receipts {
             ReceiptsArg::Auto => Receipts::Auto,
@@ -410,6 +472,8 @@ impl Config {
             export,
             now,
             metrics_addr,
+            ui: args.ui.is_some(),
+            ui_show_payloads: args.ui_show_payloads,
             tracer,
             progress: !args.quiet,
             follow,
@@ -484,12 +548,24 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
         let kafka_metrics = choreo_kafka::KafkaMetrics::new();
         kafka_metrics.register(&registry)?;
         let options = options.clone().metrics(kafka_metrics);
-        follow(&mut tracer, kconfig, options, addr, &registry)?;
+        let shared = Arc::new(Mutex::new(tracer));
+        let viewer = config.ui.then(|| {
+            choreo_ui::Viewer::new(shared.clone())
+                .live(true)
+                .show_payloads(config.ui_show_payloads)
+        });
+        follow(&shared, kconfig, options, addr, &registry, viewer)?;
+        // The runtime that served the viewer is gone, and its handlers with it.
+        tracer = Arc::try_unwrap(shared)
+            .map_err(|_| anyhow::anyhow!("the flow viewer still holds the tracer"))?
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
     }
     // --find: the flows of the records that match, kept whole as they finish.
     let mut found: Vec<EventId> = Vec::new();
     for input in &config.inputs {
-        let source = input.open()?;
+        // --find and the viewer's search read keys and payloads.
+        let source = input.open(config.find.is_none() && !config.ui)?;
         let name = source.name();
         // A bar for files over 8 MiB (their size is known).
         let bar = source.progress().total_bytes.and_then(|total| {
@@ -616,7 +692,20 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
         }
     }
     if let (Some(addr), None) = (&config.metrics_addr, &config.follow) {
-        serve_metrics(addr, registry)?;
+        let captures: Vec<String> = config
+            .inputs
+            .iter()
+            .filter_map(|i| match i {
+                Input::File(path) => Some(path.display().to_string()),
+                Input::Kafka(..) => None,
+            })
+            .collect();
+        let viewer = config.ui.then(|| {
+            choreo_ui::Viewer::new(Arc::new(Mutex::new(tracer)))
+                .captures(captures)
+                .show_payloads(config.ui_show_payloads)
+        });
+        serve_metrics(addr, registry, viewer)?;
     }
     if damaged {
         code = EXIT_INPUT;
@@ -641,20 +730,31 @@ fn capture_end(inputs: &[Input]) -> Option<Timestamp> {
 /// end: ingests every record, ticks the tracer every second (folding settled
 /// flows, reporting stuck ones), and serves its metrics.
 fn follow(
-    tracer: &mut Tracer,
+    tracer: &Arc<Mutex<Tracer>>,
     kconfig: &KafkaConfig,
     options: ReaderOptions,
     addr: &str,
     registry: &prometheus::Registry,
+    viewer: Option<choreo_ui::Viewer>,
 ) -> anyhow::Result<()> {
     let rt = super::runtime()?;
+    // The tracer, locked for each record or tick: the viewer locks it
+    // between them, for a request at a time (std Mutex: no await is held
+    // across it).
+    let lock = || tracer.lock().unwrap_or_else(PoisonError::into_inner);
     rt.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let server = super::serve_registry(addr, registry.clone(), shutdown.clone()).await?;
+        let server =
+            super::serve_registry(addr, registry.clone(), viewer.as_ref(), shutdown.clone()).await?;
         let mut reader = RecordReader::open(kconfig, options).await.context("cannot read Kafka")?;
         eprintln!(
-            "choreo: tracing Kafka live; metrics at http://{}/metrics; ctrl-c prints the report and stops",
-            server.local_addr()
+            "choreo: tracing Kafka live; metrics at http://{}/metrics{}; ctrl-c prints the report and stops",
+            server.local_addr(),
+            if viewer.is_some() {
+                format!(", flow viewer at http://{}/", server.local_addr())
+            } else {
+                String::new()
+            }
         );
         let absent = reader.absent();
         if !absent.is_empty() {
@@ -669,10 +769,10 @@ fn follow(
             tokio::select! {
                 _ = &mut interrupted => break Ok(()),
                 _ = terminate.recv() => break Ok(()),
-                _ = every.tick() => tracer.tick(Timestamp::now()),
+                _ = every.tick() => lock().tick(Timestamp::now()),
                 r = reader.next() => match r {
                     None => break Ok(()),
-                    Some(Ok(r)) => tracer.ingest(&trace_record(r)),
+                    Some(Ok(r)) => lock().ingest(&trace_record(r)),
                     Some(Err(e)) => break Err(anyhow::Error::new(e).context("reading Kafka")),
                 },
             }
@@ -683,15 +783,26 @@ fn follow(
     })
 }
 
-fn serve_metrics(addr: &str, registry: prometheus::Registry) -> anyhow::Result<()> {
+fn serve_metrics(
+    addr: &str,
+    registry: prometheus::Registry,
+    viewer: Option<choreo_ui::Viewer>,
+) -> anyhow::Result<()> {
     let rt = super::runtime()?;
     rt.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let server = super::serve_registry(addr, registry, shutdown.clone()).await?;
-        eprintln!(
-            "choreo: serving the tracer's metrics at http://{}/metrics (ctrl-c to stop)",
-            server.local_addr()
-        );
+        let server =
+            super::serve_registry(addr, registry, viewer.as_ref(), shutdown.clone()).await?;
+        match viewer {
+            Some(_) => eprintln!(
+                "choreo: flow viewer at http://{0}/ (metrics at http://{0}/metrics; ctrl-c to stop)",
+                server.local_addr()
+            ),
+            None => eprintln!(
+                "choreo: serving the tracer's metrics at http://{}/metrics (ctrl-c to stop)",
+                server.local_addr()
+            ),
+        }
         let _ = tokio::signal::ctrl_c().await;
         shutdown.cancel();
         server.stop();
@@ -812,6 +923,63 @@ mod tests {
         assert!(
             config(&["--brokers", "k:9092", "--group", "g"]).is_err(),
             "--group needs --follow"
+        );
+    }
+
+    #[test]
+    fn the_viewer_shares_the_metrics_port_on_loopback() {
+        let c = config(&["run.avro", "--ui"]).unwrap();
+        assert!(c.ui);
+        assert_eq!(c.metrics_addr.as_deref(), Some("127.0.0.1:9464"));
+        assert_eq!(c.tracer.recent_flows, choreo_ui::Viewer::RECENT_FLOWS);
+        assert_eq!(c.tracer.search_bytes, choreo_ui::Viewer::SEARCH_BYTES);
+        let c = config(&["run.avro", "--ui", "0.0.0.0:8080"]).unwrap();
+        assert_eq!(c.metrics_addr.as_deref(), Some("0.0.0.0:8080"));
+        let c = config(&["--brokers", "k:9092", "--follow", "--ui", "127.0.0.1:9500"]).unwrap();
+        assert_eq!(
+            c.metrics_addr.as_deref(),
+            Some("127.0.0.1:9500"),
+            "--ui moves the metrics too: one server"
+        );
+        let c = config(&["run.avro", "--metrics-addr", "0.0.0.0:9464", "--ui"]).unwrap();
+        assert_eq!(
+            c.metrics_addr.as_deref(),
+            Some("0.0.0.0:9464"),
+            "--ui alone serves where the metrics are"
+        );
+        let c = config(&[
+            "run.avro",
+            "--ui",
+            "127.0.0.1:1",
+            "--metrics-addr",
+            "127.0.0.1:1",
+        ]);
+        assert!(c.is_ok(), "the same address twice is one server");
+        let e = config(&[
+            "run.avro",
+            "--ui",
+            "127.0.0.1:1",
+            "--metrics-addr",
+            "127.0.0.1:2",
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("one port"), "{e}");
+        let c = config(&["run.avro"]).unwrap();
+        assert!(!c.ui);
+        assert_eq!(c.tracer.recent_flows, 0, "nothing held without a viewer");
+        assert!(config(&["run.avro", "--ui", "--find", "order_id=42"]).is_err());
+        assert!(config(&["run.avro", "--ui", "--flow", "x"]).is_err());
+        let e = config(&["--ui", "run.avro"]).unwrap_err();
+        assert!(e.to_string().contains("after the capture files"), "{e}");
+        assert!(!config(&["run.avro", "--ui"]).unwrap().ui_show_payloads);
+        assert!(
+            config(&["run.avro", "--ui", "--ui-show-payloads"])
+                .unwrap()
+                .ui_show_payloads
+        );
+        assert!(
+            config(&["run.avro", "--ui-show-payloads"]).is_err(),
+            "--ui-show-payloads needs --ui"
         );
     }
 

@@ -1,0 +1,5 @@
+//! choreo-ui's integration tests: one binary, a module per topic.
+
+mod api;
+mod browser;
+mod fixture;
