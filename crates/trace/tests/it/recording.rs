@@ -43,6 +43,12 @@ async fn a_recording_to_a_file_that_cannot_be_created_says_which() {
     let bus = InProcessBus::new();
     let path = std::path::Path::new("/nonexistent-dir/run.avro");
     let err = record(&bus, &order_fulfillment(), path).await.unwrap_err();
-    assert!(matches!(&err, Error::Io { path: p, .. } if p == path), "{err}");
-    assert!(err.to_string().contains("/nonexistent-dir/run.avro"), "{err}");
+    assert!(
+        matches!(&err, Error::Io { path: p, .. } if p == path),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("/nonexistent-dir/run.avro"),
+        "{err}"
+    );
 }
