@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use choreo::bus::SubscribeOptions;
 use choreo::testing::conforms;
-use choreo::{CancellationToken, Context, Event, HandlerError, InProcessBus, Publisher, Service};
 use choreo::topology::Topology;
 use choreo::trace::{Tracer, TracerConfig, tap, tap_topics};
+use choreo::{CancellationToken, Context, Event, HandlerError, InProcessBus, Publisher, Service};
 use order_saga::events::*;
 
 fn topology() -> Topology {
