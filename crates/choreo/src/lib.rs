@@ -80,9 +80,8 @@
 //!   publishes, waits for `settled`, then asserts; no sleeps.
 //!   [`InProcessBus::settled_within`] bounds the wait and names the service
 //!   and partition holding it up; topics no running service reads (receipts,
-//!   dead letters) hold nothing back. Receipts are published just after each
-//!   delivery settles: to read them all, stop the services (await their
-//!   handles) first.
+//!   dead letters) hold nothing back, and the services' receipts are
+//!   published (and read by whoever reads them) before it returns.
 //! - [`InProcessBus::retained`] shows what was published to a topic.
 //! - `choreo::testing::conforms` (the `testing` feature) fails a test when
 //!   the services' handlers and topics differ from the topology file.

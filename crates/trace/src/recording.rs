@@ -40,14 +40,13 @@ struct Sink {
 ///
 /// It subscribes (as the group [`RECORDER_GROUP`]) before it returns: start
 /// it before the services and the first flow. On the in-process bus, the
-/// recording has everything once the services have stopped and
-/// `bus.settled()` has returned (receipts are published as each delivery
-/// settles).
+/// recording has everything, receipts included, once `bus.settled()` has
+/// returned.
 ///
 /// ```no_run
 /// # async fn run(bus: choreo_bus::InProcessBus, topology: choreo_topology::Topology) -> choreo_trace::Result<()> {
 /// let recording = choreo_trace::record(&bus, &topology, "run.avro").await?;
-/// // ... start the services, publish, stop the services ...
+/// // ... start the services, publish ...
 /// bus.settled().await;
 /// let records = recording.finish().await?;
 /// # Ok(()) }

@@ -74,7 +74,7 @@ mod subscription;
 pub(crate) use back_pressure::handling;
 pub use config::{InProcessConfig, Retention, WhenFull};
 pub use settled::Unsettled;
-pub(crate) use settled::describe as describe_unsettled;
+pub(crate) use settled::{Activity, describe as describe_unsettled};
 pub use subscription::InProcessSubscription;
 
 use back_pressure::{Gate, in_handler};

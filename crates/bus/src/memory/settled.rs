@@ -1,7 +1,9 @@
 //! Waiting until the bus is quiet: every event published so far settled by
 //! every consumer group that has members ([`InProcessBus::settled`]).
 
+use std::any::Any;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -18,6 +20,10 @@ pub(super) struct Quiet {
     /// any, so an ack costs one load when nobody waits.
     waiting: AtomicUsize,
     progress: Notify,
+    /// Partition workers of services on this bus that are handling what
+    /// they were given ([`Activity`]): a service publishes a delivery's
+    /// receipt after it settles it, and `settled` waits for that too.
+    busy: AtomicUsize,
 }
 
 impl Quiet {
@@ -25,6 +31,7 @@ impl Quiet {
         Quiet {
             waiting: AtomicUsize::new(0),
             progress: Notify::new(),
+            busy: AtomicUsize::new(0),
         }
     }
 
@@ -34,6 +41,40 @@ impl Quiet {
     pub(super) fn progressed(&self) {
         if self.waiting.load(Ordering::SeqCst) > 0 {
             self.progress.notify_waiters();
+        }
+    }
+}
+
+/// How a running service tells the in-process bus it serves that its
+/// partition workers are busy: from taking a run of deliveries until every
+/// one of them is settled and its receipt published. (A service on another
+/// backend has none.)
+#[derive(Clone)]
+pub(crate) struct Activity(Arc<Quiet>);
+
+impl Activity {
+    /// The activity of `bus`, if it is an in-process bus.
+    pub(crate) fn of<B: Any>(bus: &B) -> Option<Activity> {
+        (bus as &dyn Any)
+            .downcast_ref::<InProcessBus>()
+            .map(|b| Activity(b.inner.quiet.clone()))
+    }
+
+    /// Counts a worker busy until the returned guard is dropped. Once per run
+    /// of deliveries, not per delivery.
+    pub(crate) fn begin(&self) -> Busy<'_> {
+        self.0.busy.fetch_add(1, Ordering::SeqCst);
+        Busy(&self.0)
+    }
+}
+
+/// A busy partition worker; see [`Activity::begin`].
+pub(crate) struct Busy<'a>(&'a Quiet);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        if self.0.busy.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.progressed();
         }
     }
 }
@@ -73,15 +114,24 @@ impl fmt::Display for Unsettled {
 /// What one look at every partition found.
 struct Look {
     unsettled: Vec<Unsettled>,
+    /// Partition workers still busy (receipts to publish), read last.
+    busy: usize,
     /// Events ever appended, summed over the partitions: equal in two looks
     /// means nothing was published between them.
     appended: u64,
+}
+
+impl Look {
+    fn is_quiet(&self) -> bool {
+        self.unsettled.is_empty() && self.busy == 0
+    }
 }
 
 impl Inner {
     fn look(&self) -> Look {
         let mut look = Look {
             unsettled: Vec::new(),
+            busy: 0,
             appended: 0,
         };
         for topic in self.all_topics() {
@@ -104,6 +154,7 @@ impl Inner {
                 }
             }
         }
+        look.busy = self.quiet.busy.load(Ordering::SeqCst);
         look.unsettled.sort_by(|a, b| {
             (&a.topic, a.partition, &a.group).cmp(&(&b.topic, b.partition, &b.group))
         });
@@ -124,10 +175,10 @@ impl InProcessBus {
     /// - A topic no group with members reads (the receipts topic, a
     ///   dead-letter topic, an event nobody handles) holds nothing back, nor
     ///   does a service that was stopped.
-    /// - A service publishes its receipt just after it settles the delivery:
-    ///   to read every receipt (`retained("choreo.receipts")`, a tap), stop
-    ///   the services and await their handles first, then wait for `settled`
-    ///   again if a tap reads them.
+    /// - A service's receipts are published too: a service on this bus
+    ///   holds `settled` from taking deliveries until their receipts are out
+    ///   (so `retained("choreo.receipts")` has them, and a tap reading the
+    ///   receipts topic has read them).
     ///
     /// It may never return while events keep coming, or while a handler is
     /// stuck: [`settled_within`](Self::settled_within) bounds the wait and
@@ -166,7 +217,7 @@ impl InProcessBus {
             tokio::pin!(progress);
             progress.as_mut().enable();
             let first = self.inner.look();
-            if !first.unsettled.is_empty() {
+            if !first.is_quiet() {
                 progress.await;
                 continue;
             }
@@ -176,7 +227,7 @@ impl InProcessBus {
             // settled and nothing appended since the first proves there was
             // a moment (between the two) when the whole bus was quiet.
             let second = self.inner.look();
-            if second.unsettled.is_empty() && second.appended == first.appended {
+            if second.is_quiet() && second.appended == first.appended {
                 return;
             }
         }
