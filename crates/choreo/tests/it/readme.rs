@@ -168,9 +168,21 @@ fn the_readme_service_built_as_a_new_crate_runs_its_handler_passes_its_test_and_
         .unwrap();
     let said = stdout(&failed);
     assert!(!failed.status.success(), "{said}");
+    // What the README says such a test prints, it prints.
+    let shown = &readme[readme
+        .find("`checkout.yaml:")
+        .expect("the README shows a mismatch")
+        + 1..];
+    let shown = &shown[..shown
+        .find(": …`")
+        .expect("the shown mismatch ends with ': …'")];
     assert!(
-        said.contains("checkout.yaml:3:3: error[wrong-topic]: service 'payment' reads 'OrderPlaced' from topic 'order'"),
-        "{said}"
+        shown.starts_with("checkout.yaml:3:3: error[wrong-topic]: service 'payment' reads 'OrderPlaced' from topic 'order'"),
+        "{shown}"
+    );
+    assert!(
+        said.contains(shown),
+        "the README shows {shown:?}; the test printed:\n{said}"
     );
 
     // 3. The recording, with the `trace` feature: the run traces clean.
