@@ -103,6 +103,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test --workspace"
 cargo test --workspace
 
+step "the README's first command builds: choreo without Kafka (--no-default-features)"
+cargo clippy -p choreo-cli --no-default-features --all-targets -- -D warnings
+
 step "OpenTelemetry spans across hops (the SDK's otel feature)"
 cargo clippy -p choreo-bus --features otel --all-targets -- -D warnings
 cargo test -p choreo-bus --features otel --test otel

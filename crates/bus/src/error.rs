@@ -51,6 +51,19 @@ pub enum Error {
         #[from]
         source: choreo_core::Error,
     },
+    /// The in-process bus still had unsettled events when
+    /// [`InProcessBus::settled_within`](crate::InProcessBus::settled_within)
+    /// gave up.
+    #[error(
+        "the in-process bus did not settle within {within:?}: {}; is a handler stuck or retrying, or are events still being published?",
+        crate::memory::describe_unsettled(unsettled)
+    )]
+    NotSettled {
+        /// How long it waited.
+        within: std::time::Duration,
+        /// Each group and partition that still held events back.
+        unsettled: Vec<crate::memory::Unsettled>,
+    },
     /// Serving metrics failed.
     #[error("metrics endpoint on {addr}: {source}")]
     Metrics {

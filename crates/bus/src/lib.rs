@@ -26,8 +26,7 @@
 //! let payment = Service::new("payment").on(capture).start(&bus, shutdown.clone()).await?;
 //!
 //! let flow = Publisher::new(&bus, "checkout").start_flow(&OrderPlaced { order_id: 42 }).await?;
-//! # let mut waited = 0;
-//! # while bus.retained("payments").is_empty() && waited < 5000 { tokio::time::sleep(std::time::Duration::from_millis(1)).await; waited += 1; }
+//! bus.settled().await; // every event published so far is handled
 //! let captured = &bus.retained("payments")[0];
 //! assert_eq!(captured.correlation_id, flow);
 //! assert_eq!(captured.source, "payment");
@@ -82,6 +81,8 @@ mod runtime;
 mod serve;
 
 pub use error::{Error, Result};
-pub use memory::{InProcessBus, InProcessConfig, InProcessSubscription, Retention, WhenFull};
+pub use memory::{
+    InProcessBus, InProcessConfig, InProcessSubscription, Retention, Unsettled, WhenFull,
+};
 pub use runtime::*;
 pub use serve::{MetricsServer, Render, ServerBuilder, render};

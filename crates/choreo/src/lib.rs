@@ -29,8 +29,7 @@
 //! let shutdown = choreo::CancellationToken::new();
 //! let payment = Service::new("payment").on(capture).start(&bus, shutdown.clone()).await?;
 //! let flow = Publisher::new(&bus, "checkout").start_flow(&OrderPlaced { order_id: 1 }).await?;
-//! # let mut waited = 0;
-//! # while bus.retained("payments").is_empty() && waited < 5000 { tokio::time::sleep(std::time::Duration::from_millis(1)).await; waited += 1; }
+//! bus.settled().await; // every event published so far is handled
 //! assert_eq!(bus.retained("payments")[0].correlation_id, flow);
 //! shutdown.cancel();
 //! payment.await?;
@@ -62,6 +61,7 @@
 //! | [`codec`] | payload codecs: JSON built in, Avro with the `avro` feature |
 //! | [`bus`] | the bus contract: subscriptions, deliveries, receipts, its error |
 //! | [`dlq`] | reading and replaying dead letters |
+//! | `topology`, `trace`, `testing` | topology files, recording and tracing a run, services checked against their topology (features of the same names) |
 //!
 //! # Backends
 //!
@@ -72,7 +72,54 @@
 //! # Testing
 //!
 //! Run services against an [`InProcessBus`] in tests: same semantics as Kafka,
-//! no broker. [`InProcessBus::retained`] shows what was published.
+//! no broker.
+//!
+//! - [`InProcessBus::settled`] waits until every event published so far has
+//!   been handled (or dead-lettered) by every service still running — through
+//!   chains of emitted events, retries and their backoff — so a test
+//!   publishes, waits for `settled`, then asserts; no sleeps.
+//!   [`InProcessBus::settled_within`] bounds the wait and names the service
+//!   and partition holding it up; topics no running service reads (receipts,
+//!   dead letters) hold nothing back, and the services' receipts are
+//!   published (and read by whoever reads them) before it returns.
+//! - [`InProcessBus::retained`] shows what was published to a topic.
+//! - `choreo::testing::conforms` (the `testing` feature) fails a test when
+//!   the services' handlers and topics differ from the topology file.
+//! - `choreo::trace::record` (the `trace` feature) records a run for
+//!   `choreo trace`.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> choreo::Result<()> {
+//! # use choreo::{Context, HandlerError, InProcessBus, Publisher, Service};
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Serialize, Deserialize)] struct OrderPlaced { order_id: u64 }
+//! # choreo::event!(OrderPlaced, topic = "orders");
+//! use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
+//! use std::time::Duration;
+//!
+//! let bus = InProcessBus::new();
+//! let shutdown = choreo::CancellationToken::new();
+//! let charged = Arc::new(AtomicU64::new(0));
+//! let counter = charged.clone();
+//! let payment = Service::new("payment")
+//!     .on(move |o: OrderPlaced, _: Context| {
+//!         counter.fetch_add(o.order_id, Ordering::SeqCst);
+//!         async { Ok::<_, HandlerError>(()) }
+//!     })
+//!     .start(&bus, shutdown.clone())
+//!     .await?;
+//! let checkout = Publisher::new(&bus, "checkout");
+//! for order_id in 1..=10 {
+//!     checkout.start_flow(&OrderPlaced { order_id }).await?;
+//! }
+//! bus.settled_within(Duration::from_secs(10)).await?;
+//! assert_eq!(charged.load(Ordering::SeqCst), 55);
+//! shutdown.cancel();
+//! payment.await?;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Feature flags
 //!
@@ -85,6 +132,13 @@
 //! - `postgres`: a transactional outbox and inbox on PostgreSQL, as
 //!   `choreo::postgres` (`PgStore`, `Transaction`, `Relay`; see
 //!   docs/postgres.md).
+//! - `topology`: topology files, as `choreo::topology` (`Topology::from_path`,
+//!   `verify`: what `choreo check` does).
+//! - `trace`: recording a run and the tracer, as `choreo::trace`
+//!   (`record` writes a capture file for `choreo trace`; `tap`, `capture::Writer`,
+//!   `Tracer`). Turns on `topology`.
+//! - `testing`: `choreo::testing::conforms`, the services checked against
+//!   their topology in a test. Turns on `topology`.
 
 pub use choreo_bus::{Context, Error, HandlerError, InProcessBus, Publisher, Result, Service};
 pub use choreo_core::{Bus, Envelope, Event, EventId, event};
@@ -111,7 +165,7 @@ pub mod in_process {
 
     pub use choreo_bus::memory::{
         GroupPosition, InProcessConfig, InProcessSubscription, PartitionStats, Retention,
-        TopicStats, WhenFull,
+        TopicStats, Unsettled, WhenFull,
     };
 }
 
@@ -137,12 +191,13 @@ pub mod bus {
     //! headers, names, times, receipts, dead letters. [`Error`] is the
     //! contract's error (codecs and backends); it converts into
     //! [`choreo::Error`](crate::Error) with `?`. The contract is written out
-    //! in `choreo_core::bus`.
+    //! on [`Bus`](crate::Bus).
 
     pub use choreo_core::{
-        DeadLetter, Delivery, Error, Headers, MALFORMED_HEADER, Name, Outcome, PartitionKey,
-        RECEIPTS_TOPIC, Receipt, Result, Settle, Settlement, StartFrom, SubscribeOptions,
-        Subscription, Timestamp, dead_letter_topic, dlq_headers,
+        DeadLetter, Delivery, EmptyId, Error, Headers, MALFORMED_HEADER, Name, Outcome,
+        PartitionKey, RECEIPTS_TOPIC, Receipt, Result, Settle, Settlement, StartFrom,
+        SubscribeOptions, Subscription, Timestamp, dead_letter_envelope, dead_letter_topic,
+        dlq_headers,
     };
 }
 
@@ -159,6 +214,19 @@ pub use choreo_avro as avro;
 /// Transactional outbox and inbox on PostgreSQL (the `postgres` feature).
 #[cfg(feature = "postgres")]
 pub use choreo_postgres as postgres;
+
+/// Topology files: loading, verifying, rendering (the `topology` feature).
+#[cfg(feature = "topology")]
+pub use choreo_topology as topology;
+
+/// Recording a run for `choreo trace` ([`trace::record`]), tapping a bus
+/// ([`trace::tap`]), capture files ([`trace::capture::Writer`]) and the
+/// tracer itself (the `trace` feature).
+#[cfg(feature = "trace")]
+pub use choreo_trace as trace;
+
+#[cfg(feature = "testing")]
+pub mod testing;
 
 #[cfg(test)]
 mod tests {

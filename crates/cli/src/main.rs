@@ -46,7 +46,9 @@ enum Command {
     Trace(cmd::trace::Args),
     Simulate(cmd::simulate::Args),
     Demo(cmd::demo::Args),
+    #[cfg(feature = "kafka")]
     Capture(cmd::capture::Args),
+    #[cfg(feature = "kafka")]
     #[command(subcommand)]
     Dlq(cmd::dlq::Dlq),
 }
@@ -60,7 +62,9 @@ impl Command {
             Command::Trace(args) => cmd::trace::run(args),
             Command::Simulate(args) => cmd::simulate::run(args),
             Command::Demo(args) => cmd::demo::run(args),
+            #[cfg(feature = "kafka")]
             Command::Capture(args) => cmd::capture::run(args),
+            #[cfg(feature = "kafka")]
             Command::Dlq(args) => cmd::dlq::run(args),
         }
     }

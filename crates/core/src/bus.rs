@@ -1,55 +1,5 @@
-//! The bus contract: what every backend (in-process, Kafka) promises.
-//!
-//! # The contract
-//!
-//! **Thread safety.** A [`Bus`] is a cheap-to-clone handle; clones share one
-//! connection and may be used from any task or thread at once. A
-//! [`Subscription`] is owned by one task at a time.
-//!
-//! **Topics and partitions.** A topic has a fixed number of partitions. An
-//! event goes to the partition chosen by its key ([`Envelope::partition_key`],
-//! Kafka's murmur2 partitioner), so events with the same key — by default, the
-//! same flow — go to the same partition.
-//!
-//! **Publishing.** [`Bus::publish`] returns once the backend has accepted the
-//! event durably enough that it will be delivered to every consumer group that
-//! subscribes to the topic (in-process: appended to the partition log; Kafka:
-//! acknowledged by all in-sync replicas). An error means it was not published.
-//!
-//! **Consumer groups.** Subscribing names a group. Each group receives every
-//! event of its topics; the members of one group split the partitions between
-//! them, so each event goes to one member. A new group starts at the earliest
-//! retained event or at the end of the log ([`StartFrom`]); a group that has
-//! consumed before resumes after its last settled event.
-//!
-//! **Ordering.** Within one partition and one group, events are delivered in
-//! the order they were published. Nothing is promised across partitions.
-//!
-//! **Settling.** Every [`Delivery`] ends in exactly one settlement:
-//! - [`Delivery::ack`]: done; it will not be delivered to this group again;
-//! - [`Delivery::redeliver`] (or dropping the delivery without settling it):
-//!   deliver it again later, with [`Delivery::attempt`] one higher;
-//! - dead-lettering ([`Bus::dead_letter`]): a copy goes to the dead-letter
-//!   topic with the reason in its headers, then the original is acked.
-//!
-//! A group's position (Kafka: committed offset) only moves past a partition's
-//! events once all of them, and all before them, are settled, so an event that
-//! was delivered but not settled when its consumer went away (crash, shutdown,
-//! rebalance) is delivered again — to this member or another one of the group.
-//! Delivery is therefore **at least once**: handlers must tolerate duplicates
-//! (the runtime's idempotency middleware removes the effect of most).
-//!
-//! **Records a backend can only partly read** (a Kafka record whose
-//! CloudEvents headers are broken) are still delivered, never dropped: the
-//! backend fills in what it can derive and sets the [`MALFORMED_HEADER`]
-//! header to what is wrong. The runtime dead-letters such a delivery at once.
-//!
-//! **Cancellation.** Dropping the future returned by [`Subscription::next`]
-//! loses nothing: an event is only counted as delivered once `next` returns it.
-//! Dropping a future of [`Bus::publish`] may or may not publish the event.
-//! [`Subscription::close`] leaves the group gracefully: deliveries settled
-//! before it are final, unsettled ones are delivered again to the group's
-//! remaining (or next) members.
+//! The bus contract: what every backend (in-process, Kafka) promises,
+//! written out on [`Bus`].
 
 use std::any::Any;
 use std::future::Future;
@@ -314,8 +264,58 @@ pub fn dead_letter_envelope(delivery: &Delivery, info: &DeadLetter) -> Envelope 
     env
 }
 
-/// A message bus backend. See the [module docs](self) for the contract every
-/// implementation keeps.
+/// A message bus backend: the contract every implementation keeps.
+///
+/// # The contract
+///
+/// **Thread safety.** A [`Bus`] is a cheap-to-clone handle; clones share one
+/// connection and may be used from any task or thread at once. A
+/// [`Subscription`] is owned by one task at a time.
+///
+/// **Topics and partitions.** A topic has a fixed number of partitions. An
+/// event goes to the partition chosen by its key ([`Envelope::partition_key`],
+/// Kafka's murmur2 partitioner), so events with the same key — by default, the
+/// same flow — go to the same partition.
+///
+/// **Publishing.** [`Bus::publish`] returns once the backend has accepted the
+/// event durably enough that it will be delivered to every consumer group that
+/// subscribes to the topic (in-process: appended to the partition log; Kafka:
+/// acknowledged by all in-sync replicas). An error means it was not published.
+///
+/// **Consumer groups.** Subscribing names a group. Each group receives every
+/// event of its topics; the members of one group split the partitions between
+/// them, so each event goes to one member. A new group starts at the earliest
+/// retained event or at the end of the log ([`StartFrom`]); a group that has
+/// consumed before resumes after its last settled event.
+///
+/// **Ordering.** Within one partition and one group, events are delivered in
+/// the order they were published. Nothing is promised across partitions.
+///
+/// **Settling.** Every [`Delivery`] ends in exactly one settlement:
+/// - [`Delivery::ack`]: done; it will not be delivered to this group again;
+/// - [`Delivery::redeliver`] (or dropping the delivery without settling it):
+///   deliver it again later, with [`Delivery::attempt`] one higher;
+/// - dead-lettering ([`Bus::dead_letter`]): a copy goes to the dead-letter
+///   topic with the reason in its headers, then the original is acked.
+///
+/// A group's position (Kafka: committed offset) only moves past a partition's
+/// events once all of them, and all before them, are settled, so an event that
+/// was delivered but not settled when its consumer went away (crash, shutdown,
+/// rebalance) is delivered again — to this member or another one of the group.
+/// Delivery is therefore **at least once**: handlers must tolerate duplicates
+/// (the runtime's idempotency middleware removes the effect of most).
+///
+/// **Records a backend can only partly read** (a Kafka record whose
+/// CloudEvents headers are broken) are still delivered, never dropped: the
+/// backend fills in what it can derive and sets the [`MALFORMED_HEADER`]
+/// header to what is wrong. The runtime dead-letters such a delivery at once.
+///
+/// **Cancellation.** Dropping the future returned by [`Subscription::next`]
+/// loses nothing: an event is only counted as delivered once `next` returns it.
+/// Dropping a future of [`Bus::publish`] may or may not publish the event.
+/// [`Subscription::close`] leaves the group gracefully: deliveries settled
+/// before it are final, unsettled ones are delivered again to the group's
+/// remaining (or next) members.
 pub trait Bus: Clone + Send + Sync + 'static {
     /// A group member's stream of deliveries.
     type Subscription: Subscription;

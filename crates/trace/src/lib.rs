@@ -76,7 +76,8 @@
 //!
 //! - Capture files ([`capture`]): Avro object container (canonical) or JSON
 //!   lines, detected by content; damaged files yield what precedes the damage.
-//! - A bus, through [`tap`] (any [`choreo_core::Bus`]).
+//! - A bus, through [`tap`] (any [`choreo_core::Bus`]); [`record`] taps one
+//!   into a capture file.
 //! - Anything else: implement [`Source`] (or wrap an iterator in
 //!   [`IterSource`]) and pass it to [`drive`], or call [`Tracer::ingest`].
 //!
@@ -139,6 +140,7 @@ mod model;
 mod receipt;
 mod recent;
 mod record;
+mod recording;
 mod report;
 mod stats;
 mod store;
@@ -155,6 +157,7 @@ pub use finding::{Finding, Rule};
 pub use flow::{FlowStatus, FlowSummary, FlowTrace, Handling, Owed, TracedEvent};
 pub use metrics::METRICS;
 pub use record::{IterSource, Progress, Record, Source};
+pub use recording::{RECORDER_GROUP, Recording, record};
 pub use report::{
     Counters, EdgeReport, EvictReason, FlowBrief, FlowNameReport, FlowTotals, NowFrom, Report,
     RuleReport, RuleSite,

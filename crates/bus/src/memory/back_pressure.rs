@@ -135,7 +135,7 @@ impl Inner {
 
 /// Uncounts a waiting publisher however its wait ends (room found, or the
 /// publish dropped).
-pub(super) struct Counted<'a>(&'a AtomicUsize);
+pub(super) struct Counted<'a>(pub(super) &'a AtomicUsize);
 
 impl Drop for Counted<'_> {
     fn drop(&mut self) {

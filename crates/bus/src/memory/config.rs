@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// What a full partition does with a new event: one whose oldest event a
-/// group with members has not settled yet. See the [module docs](crate::memory).
+/// group with members has not settled yet. The in-process bus's module docs
+/// (`choreo::in_process` in the facade) say what happens, step by step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum WhenFull {
@@ -92,7 +93,7 @@ pub struct InProcessConfig {
     pub topic_partitions: HashMap<String, u32>,
     /// Retention bound and policy: how much a partition keeps, and who waits
     /// when it is full (publishers that start work; never a handler). See
-    /// [`WhenFull`] and the [module docs](crate::memory).
+    /// [`WhenFull`] and the in-process bus's module docs.
     pub retention: Retention,
     /// Deliveries a subscription takes from a partition per lock. Default 64.
     /// Larger batches cost fewer locks; smaller ones spread a burst over more

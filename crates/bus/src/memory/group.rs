@@ -178,6 +178,8 @@ impl Inner {
             .clear();
         member.epoch.fetch_add(1, Ordering::AcqRel);
         member.notify.notify_one();
+        // A group without members no longer holds `settled` back.
+        self.quiet.progressed();
     }
 }
 

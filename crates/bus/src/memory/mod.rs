@@ -50,7 +50,7 @@
 //! `partition.rs` a partition's log, cursors and retention, `back_pressure.rs`
 //! who waits for room and who never does, `group.rs` consumer groups and their
 //! assignments, `subscription.rs` a member's subscription, `metrics.rs` the
-//! bus's metrics.
+//! bus's metrics, `settled.rs` waiting until the bus is quiet.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
@@ -68,16 +68,20 @@ mod config;
 mod group;
 mod metrics;
 mod partition;
+mod settled;
 mod subscription;
 
 pub(crate) use back_pressure::handling;
 pub use config::{InProcessConfig, Retention, WhenFull};
+pub use settled::Unsettled;
+pub(crate) use settled::{Activity, describe as describe_unsettled};
 pub use subscription::InProcessSubscription;
 
 use back_pressure::{Gate, in_handler};
 use group::GroupState;
 use metrics::{Counters, LagCollector};
 use partition::{PartState, Partition};
+use settled::Quiet;
 
 /// The in-process bus. Cheap to clone; clones share the topics.
 ///
@@ -120,6 +124,8 @@ struct Inner {
     next_member: AtomicU64,
     counters: Counters,
     gate: Arc<Gate>,
+    /// Wakes [`InProcessBus::settled`].
+    quiet: Arc<Quiet>,
 }
 
 struct Topic {
@@ -147,6 +153,7 @@ impl InProcessBus {
                     over: AtomicUsize::new(0),
                     opened: Notify::new(),
                 }),
+                quiet: Arc::new(Quiet::new()),
             }),
         }
     }
@@ -369,6 +376,7 @@ impl Inner {
                                 when_full: self.config.retention.when_full,
                                 max_events: self.config.retention.max_events_per_partition.max(1),
                                 gate: self.gate.clone(),
+                                quiet: self.quiet.clone(),
                             })
                         })
                         .collect(),

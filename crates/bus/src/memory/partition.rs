@@ -12,6 +12,7 @@ use super::back_pressure::{Gate, Holder};
 use super::config::WhenFull;
 use super::group::Member;
 use super::metrics::Counters;
+use super::settled::Quiet;
 
 pub(super) struct Partition {
     pub(super) topic: Name,
@@ -32,6 +33,8 @@ pub(super) struct Partition {
     /// The bus's door for new work: this partition keeps it closed while it
     /// is past its bound (`PartState::over`).
     pub(super) gate: Arc<Gate>,
+    /// Told when a group's position moves on ([`InProcessBus::settled`](super::InProcessBus::settled)).
+    pub(super) quiet: Arc<Quiet>,
 }
 
 pub(super) struct PartState {
@@ -222,6 +225,8 @@ impl Partition {
         }
         if unread {
             st.evicted_unread += 1;
+            // A group's position moved past the evicted event.
+            self.quiet.progressed();
         }
         true
     }
@@ -319,6 +324,9 @@ impl Partition {
                 drop(st);
                 if wake {
                     self.room.notify_waiters();
+                }
+                if advanced {
+                    self.quiet.progressed();
                 }
             }
             Settlement::Redeliver => {

@@ -44,6 +44,9 @@ pub(super) struct Runtime<B> {
     /// the token first).
     pub(super) stopping: AtomicBool,
     pub(super) concurrency: usize,
+    /// On the in-process bus: how the workers hold `InProcessBus::settled`
+    /// until what they were given is settled and its receipts published.
+    pub(super) activity: Option<crate::memory::Activity>,
 }
 
 impl<B: Bus> Runtime<B> {
@@ -321,6 +324,7 @@ impl Service {
             shutdown: shutdown.clone(),
             stopping: AtomicBool::new(false),
             concurrency: self.config.partition_concurrency.max(1),
+            activity: crate::memory::Activity::of(bus),
         });
         Ok(Joined {
             sub,

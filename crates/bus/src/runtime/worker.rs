@@ -135,6 +135,8 @@ impl<B: Bus> Runtime<B> {
         // One run in hand at a time. Receiving takes tokio's task budget,
         // so a worker whose queue never empties still yields.
         while let Some(run) = rx.recv().await {
+            // Until the run is handled and its receipts published.
+            let _busy = self.activity.as_ref().map(|a| a.begin());
             room.add_permits(run.len());
             // The token once per run, the flag per delivery.
             self.stop_requested();
@@ -190,6 +192,8 @@ impl<B: Bus> Runtime<B> {
         let mut running = FuturesUnordered::new();
         // Received, not started yet: the rest of the last run.
         let mut received = Run::new().into_iter();
+        // Held while anything received is not yet handled, receipts included.
+        let mut busy = None;
         loop {
             // Start what was received, up to the limit.
             while running.len() < self.concurrency {
@@ -220,17 +224,24 @@ impl<B: Bus> Runtime<B> {
                     None => self.ignore(d, &mut ignored).await,
                 }
             }
+            if running.is_empty() && received.len() == 0 {
+                busy = None;
+            }
             tokio::select! {
                 // Below the limit, everything received has started.
                 run = rx.recv(), if running.len() < self.concurrency => {
                     let Some(run) = run else { break };
                     room.add_permits(run.len());
                     received = run.into_iter();
+                    if busy.is_none() {
+                        busy = self.activity.as_ref().map(|a| a.begin());
+                    }
                 }
                 Some(()) = running.next(), if !running.is_empty() => {}
             }
         }
         while running.next().await.is_some() {}
+        drop(busy);
     }
 
     /// A delivery the service does not route: acked, counted, and with

@@ -21,6 +21,7 @@ mod replay;
 mod retention;
 mod retry;
 mod serve;
+mod settled;
 mod shutdown;
 mod stamping;
 mod workers;

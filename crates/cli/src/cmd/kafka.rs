@@ -1,6 +1,8 @@
 //! What the Kafka-facing commands share: the connection flags and reading records.
 
+#[cfg(feature = "kafka")]
 use choreo_kafka::{KafkaConfig, ReadRecord};
+#[cfg(feature = "kafka")]
 use choreo_trace::Record;
 
 /// How to reach Kafka: `--brokers`, and everything else from the
@@ -19,6 +21,7 @@ impl KafkaArgs {
     }
 
     /// The configuration: the `CHOREO_KAFKA_*` variables, with `--brokers` over them.
+    #[cfg(feature = "kafka")]
     pub(crate) fn config(&self) -> anyhow::Result<KafkaConfig> {
         if !self.wanted() {
             anyhow::bail!("no Kafka brokers: pass --brokers host:port or set CHOREO_KAFKA_BROKERS");
@@ -29,6 +32,7 @@ impl KafkaArgs {
 
 /// A record read from Kafka as the tracer's record: with its position, and
 /// unattributed when the producer knew nothing of choreo (no `ce_source`).
+#[cfg(feature = "kafka")]
 pub(crate) fn trace_record(r: ReadRecord) -> Record {
     let (partition, offset) = (r.partition.max(0) as u32, r.offset.max(0) as u64);
     let record = if r.envelope.source.is_empty() {

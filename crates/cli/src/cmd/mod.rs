@@ -1,8 +1,10 @@
 //! The subcommands, one module each, and what they share.
 
+#[cfg(feature = "kafka")]
 pub(crate) mod capture;
 pub(crate) mod check;
 pub(crate) mod demo;
+#[cfg(feature = "kafka")]
 pub(crate) mod dlq;
 pub(crate) mod export;
 pub(crate) mod graph;

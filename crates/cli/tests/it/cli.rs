@@ -16,6 +16,21 @@ fn choreo() -> Command {
 }
 
 #[test]
+fn version_says_which_choreo_this_is() {
+    choreo()
+        .arg("--version")
+        .assert()
+        .code(0)
+        .stdout(format!("choreo {}\n", env!("CARGO_PKG_VERSION")));
+    // Every command says it too.
+    choreo()
+        .args(["check", "--version"])
+        .assert()
+        .code(0)
+        .stdout(format!("choreo-check {}\n", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
 fn check_clean_topologies_exits_0() {
     choreo()
         .args([

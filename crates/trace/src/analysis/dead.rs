@@ -135,6 +135,9 @@ pub(crate) fn check<'f>(
     for d in &out.list {
         let e = d.event.map(|i| &f.events[i]);
         let time = e.map_or(d.at.unwrap_or(0), |e| e.time);
+        // The runtime's reason carries the count too ("handler failed after
+        // 3 attempts: …"): said once, in the message's own words.
+        let reason = without_count(d.reason, d.attempts);
         let message = if d.recovered {
             format!(
                 "'{}' dead-lettered '{}' after {} attempt{} ({}), and handled it after it was replayed",
@@ -142,7 +145,7 @@ pub(crate) fn check<'f>(
                 syms.name(d.ty),
                 d.attempts,
                 plural(d.attempts),
-                d.reason
+                reason
             )
         } else {
             format!(
@@ -151,7 +154,7 @@ pub(crate) fn check<'f>(
                 syms.name(d.ty),
                 d.attempts,
                 plural(d.attempts),
-                d.reason
+                reason
             )
         };
         findings.push(Raw {
@@ -205,13 +208,48 @@ fn handled_after(s: &Scratch, f: &FlowState, i: usize, service: Sym, at: Option<
     })
 }
 
+/// `reason` without the ` after N attempt(s)` it may carry before its first
+/// `: ` when N is `attempts` (the runtime's reasons do: "handler failed after
+/// 3 attempts: boom" is "handler failed: boom" here).
+fn without_count(reason: &str, attempts: u32) -> std::borrow::Cow<'_, str> {
+    let count = format!(" after {attempts} attempt{}", plural(attempts));
+    match (reason.find(&count), reason.find(": ")) {
+        (Some(at), Some(colon)) if at + count.len() == colon => {
+            format!("{}{}", &reason[..at], &reason[colon..]).into()
+        }
+        _ => reason.into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use choreo_core::Outcome;
 
+    use super::without_count;
     use crate::analysis::testing::{Fixture, ORDERS};
     use crate::finding::Rule;
     use crate::flow::FlowStatus;
+
+    #[test]
+    fn the_count_in_a_reason_is_dropped_when_it_is_the_one_the_message_says() {
+        assert_eq!(
+            without_count("handler failed after 3 attempts: boom: it broke", 3),
+            "handler failed: boom: it broke"
+        );
+        assert_eq!(
+            without_count("handler panicked after 1 attempt: oops", 1),
+            "handler panicked: oops"
+        );
+        // Another count, or none: kept as it is.
+        assert_eq!(
+            without_count("handler failed after 5 attempts: boom", 3),
+            "handler failed after 5 attempts: boom"
+        );
+        assert_eq!(
+            without_count("decode error: not JSON", 1),
+            "decode error: not JSON"
+        );
+    }
 
     fn reserved() -> Fixture {
         let mut f = Fixture::new(ORDERS);

@@ -12,4 +12,5 @@ mod metrics;
 mod poison;
 mod recent;
 mod reconstruction;
+mod recording;
 mod stuck;

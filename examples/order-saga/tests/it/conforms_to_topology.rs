@@ -1,13 +1,16 @@
 //! The saga's services do what `topologies/order-fulfillment.yaml` declares:
-//! their event types and topics match it, and tracing a run reports nothing.
+//! `choreo::testing::conforms` finds their handlers and topics as declared
+//! (and catches a wrong topic and a missing handler), and tracing a run
+//! reports nothing.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use choreo::bus::SubscribeOptions;
-use choreo::{CancellationToken, Event, InProcessBus, Publisher};
-use choreo_topology::Topology;
-use choreo_trace::{Tracer, TracerConfig, tap, tap_topics};
+use choreo::testing::conforms;
+use choreo::topology::Topology;
+use choreo::trace::{Tracer, TracerConfig, tap, tap_topics};
+use choreo::{CancellationToken, Context, Event, HandlerError, InProcessBus, Publisher, Service};
 use order_saga::events::*;
 
 fn topology() -> Topology {
@@ -19,9 +22,13 @@ fn topology() -> Topology {
 }
 
 #[test]
-fn every_event_type_is_declared_on_its_topic() {
+fn the_services_handle_what_the_topology_gives_them_on_its_topics() {
     let t = topology();
-    let declared = [
+    conforms(&t, &order_saga::services()).unwrap();
+    let services: Vec<&str> = t.services().map(|s| s.name.as_str()).collect();
+    assert_eq!(services, order_saga::SERVICES, "every service is checked");
+    // The event types the services only emit are on the topology's topics too.
+    for (ty, topic) in [
         (OrderPlaced::TYPE, OrderPlaced::TOPIC),
         (PaymentCaptured::TYPE, PaymentCaptured::TOPIC),
         (PaymentFailed::TYPE, PaymentFailed::TOPIC),
@@ -30,21 +37,58 @@ fn every_event_type_is_declared_on_its_topic() {
         (PaymentRefunded::TYPE, PaymentRefunded::TOPIC),
         (OrderShipped::TYPE, OrderShipped::TOPIC),
         (OrderCancelled::TYPE, OrderCancelled::TOPIC),
-    ];
-    for (ty, topic) in declared {
+    ] {
         assert_eq!(t.topic_of(ty), Some(topic), "{ty}");
     }
-    assert_eq!(t.events().len(), declared.len());
-    let services: Vec<&str> = t.services().map(|s| s.name.as_str()).collect();
-    assert_eq!(services, order_saga::SERVICES);
-    for s in order_saga::services() {
-        let decl = t.service(s.name()).unwrap();
-        let mut handled: Vec<&str> = s.handles().into_iter().map(|(e, _)| e).collect();
-        let mut declared: Vec<&str> = decl.reactions.keys().map(String::as_str).collect();
-        handled.sort();
-        declared.sort();
-        assert_eq!(handled, declared, "service {}", s.name());
+}
+
+/// `OrderPlaced` as a service that got its topic wrong would declare it.
+mod misdeclared {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub(crate) struct OrderPlaced {}
+    choreo::event!(OrderPlaced, topic = "order");
+}
+
+#[test]
+fn a_service_reading_an_event_from_the_wrong_topic_does_not_conform() {
+    async fn charge(_: misdeclared::OrderPlaced, _: Context) -> Result<(), HandlerError> {
+        Ok(())
     }
+    async fn refund(_: OutOfStock, _: Context) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    let payment = Service::new("payment").on(charge).on(refund);
+    let err = conforms(&topology(), &[payment]).unwrap_err();
+    let lines: Vec<String> = err.mismatches.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].ends_with(
+            "error[wrong-topic]: service 'payment' reads 'OrderPlaced' from topic 'order', but the topology puts 'OrderPlaced' on 'orders': make event!(OrderPlaced, topic = …) and the topology say the same topic"
+        ),
+        "{err}"
+    );
+    assert!(lines[0].starts_with("/"), "the line names the file: {err}");
+    assert!(
+        lines[0].contains("topologies/order-fulfillment.yaml:8:3: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_service_missing_a_handler_the_topology_gives_it_does_not_conform() {
+    async fn refund(_: OutOfStock, _: Context) -> Result<(), HandlerError> {
+        Ok(())
+    }
+    // payment without its OrderPlaced handler.
+    let err = conforms(&topology(), &[Service::new("payment").on(refund)]).unwrap_err();
+    assert_eq!(err.mismatches.len(), 1, "{err}");
+    assert_eq!(err.mismatches[0].code, "missing-handler");
+    assert!(
+        err.to_string().contains(
+            "error[missing-handler]: service 'payment' has no handler for 'OrderPlaced', which the topology says it reacts to"
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,11 +100,12 @@ async fn tracing_a_run_against_the_topology_reports_no_violation() {
         Some(&topology),
     )));
     let shutdown = CancellationToken::new();
+    let stop_tap = CancellationToken::new();
     let feed = tracer.clone();
     let tap_task = tap(
         &bus,
         SubscribeOptions::new("test-tracer", tap_topics(&topology)),
-        shutdown.clone(),
+        stop_tap.clone(),
         move |r| feed.lock().unwrap().ingest(&r),
     )
     .await
@@ -83,11 +128,15 @@ async fn tracing_a_run_against_the_topology_reports_no_violation() {
             .await
             .unwrap();
     }
-    choreo_testkit_wait(&bus, ORDERS).await;
+    // Every order handled by every service, and read by the tap.
+    bus.settled_within(Duration::from_secs(30)).await.unwrap();
     shutdown.cancel();
     for r in running {
         r.await.unwrap();
     }
+    // The receipts of the last handlings, published as they settled, read too.
+    bus.settled_within(Duration::from_secs(30)).await.unwrap();
+    stop_tap.cancel();
     tap_task.await.unwrap().unwrap();
     let mut tracer = tracer.lock().unwrap();
     tracer.finish(None);
@@ -111,41 +160,4 @@ async fn tracing_a_run_against_the_topology_reports_no_violation() {
         shipped > 0 && cancelled > 0 && refunded > 0,
         "{shipped} {cancelled} {refunded}"
     );
-}
-
-/// Waits until every order is shipped or cancelled (and a little settling).
-async fn choreo_testkit_wait(bus: &InProcessBus, orders: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let ended = bus.retained(OrderShipped::TOPIC).len()
-            + bus
-                .retained(OrderCancelled::TOPIC)
-                .iter()
-                .filter(|e| e.event_type == OrderCancelled::TYPE)
-                .count();
-        if ended as u64 >= orders {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {ended} of {orders} orders ended"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    choreo_sim_quiet(bus).await;
-}
-
-async fn choreo_sim_quiet(bus: &InProcessBus) {
-    // The notifications and the tap must have settled what was published.
-    let groups: Vec<String> = order_saga::SERVICES
-        .iter()
-        .map(|s| s.to_string())
-        .chain(["test-tracer".to_owned()])
-        .collect();
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        choreo_sim::wait_quiet(bus, &groups),
-    )
-    .await
-    .expect("quiet");
 }

@@ -3,7 +3,9 @@
 mod output;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+#[cfg(feature = "kafka")]
+use std::sync::PoisonError;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, bail};
 use choreo_core::{EventId, Timestamp};
@@ -13,13 +15,17 @@ use choreo_trace::{
     TracerConfig,
 };
 
+#[cfg(feature = "kafka")]
 use choreo_kafka::{KafkaConfig, ReadFrom, ReaderOptions, RecordReader, Topics};
+#[cfg(feature = "kafka")]
 use choreo_trace::Record;
 
-use super::kafka::{KafkaArgs, trace_record};
+use super::kafka::KafkaArgs;
+#[cfg(feature = "kafka")]
+use super::kafka::trace_record;
 use crate::{EXIT_FINDINGS, EXIT_INPUT, EXIT_OK};
 
-/// Where `--follow` serves its metrics unless `--metrics-addr` says otherwise.
+/// Where `--follow` and `--ui` serve unless `--metrics-addr` says otherwise.
 const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 
 /// Rebuild every flow from captured events and receipts, check them against a
@@ -194,10 +200,27 @@ pub(crate) enum Input {
     /// A capture file.
     File(PathBuf),
     /// Kafka topics, from the beginning to the end as of the start.
+    #[cfg(feature = "kafka")]
     Kafka(Box<KafkaConfig>, Topics),
 }
 
+/// What `--follow` reads: Kafka, with the reader's options (nothing
+/// without the `kafka` feature).
+#[cfg(feature = "kafka")]
+type Follow = (KafkaConfig, ReaderOptions);
+#[cfg(not(feature = "kafka"))]
+type Follow = std::convert::Infallible;
+
 impl Input {
+    /// The capture file's path, for a capture.
+    fn capture_path(&self) -> Option<String> {
+        match self {
+            Input::File(path) => Some(path.display().to_string()),
+            #[cfg(feature = "kafka")]
+            Input::Kafka(..) => None,
+        }
+    }
+
     /// Opens the input; `lean`, a capture leaves out what only a search
     /// reads (keys and payloads).
     fn open(&self, lean: bool) -> anyhow::Result<Box<dyn Source + Send>> {
@@ -206,14 +229,25 @@ impl Input {
                 let reader = Reader::open(path)?;
                 Ok(Box::new(if lean { reader.lean() } else { reader }))
             }
+            #[cfg(feature = "kafka")]
             Input::Kafka(config, topics) => {
                 Ok(Box::new(KafkaSource::open(config, topics.clone())?))
             }
         }
     }
+
+    /// Whether the input is read live (its "now" is the wall clock's).
+    fn is_live(&self) -> bool {
+        match self {
+            Input::File(_) => false,
+            #[cfg(feature = "kafka")]
+            Input::Kafka(..) => true,
+        }
+    }
 }
 
 /// Kafka topics as a tracer [`Source`], read on the tracer's reading thread.
+#[cfg(feature = "kafka")]
 struct KafkaSource {
     rt: tokio::runtime::Runtime,
     reader: RecordReader,
@@ -221,6 +255,7 @@ struct KafkaSource {
     records: u64,
 }
 
+#[cfg(feature = "kafka")]
 impl KafkaSource {
     fn open(config: &KafkaConfig, topics: Topics) -> anyhow::Result<KafkaSource> {
         let name = match &topics {
@@ -255,6 +290,7 @@ impl KafkaSource {
     }
 }
 
+#[cfg(feature = "kafka")]
 impl Source for KafkaSource {
     fn name(&self) -> String {
         self.name.clone()
@@ -332,7 +368,7 @@ pub(crate) struct Config {
     tracer: TracerConfig,
     progress: bool,
     /// Live on Kafka: the reader's options.
-    follow: Option<(KafkaConfig, ReaderOptions)>,
+    follow: Option<Follow>,
 }
 
 impl Config {
@@ -386,6 +422,12 @@ impl Config {
         };
         let find = args.find.as_deref().map(Query::parse).transpose()?;
         let kafka = args.kafka.wanted();
+        #[cfg(not(feature = "kafka"))]
+        if kafka || args.follow || !args.topics.is_empty() || args.pattern.is_some() {
+            bail!(
+                "this choreo was built without Kafka (--no-default-features): it traces capture files; build it with its default features to read Kafka"
+            );
+        }
         if kafka && !args.captures.is_empty() {
             bail!("read either capture files or Kafka (--brokers), not both");
         }
@@ -395,10 +437,14 @@ impl Config {
         if !kafka && (args.follow || !args.topics.is_empty() || args.pattern.is_some()) {
             bail!("--follow, --topics and --pattern read Kafka: add --brokers host:port");
         }
+        #[cfg_attr(not(feature = "kafka"), allow(unused_mut))]
         let mut inputs: Vec<Input> = args.captures.into_iter().map(Input::File).collect();
-        let mut follow = None;
+        #[cfg_attr(not(feature = "kafka"), allow(unused_mut))]
+        let mut follow: Option<Follow> = None;
         let metrics_given = args.metrics_addr.is_some();
+        #[cfg_attr(not(feature = "kafka"), allow(unused_mut))]
         let mut metrics_addr = args.metrics_addr;
+        #[cfg(feature = "kafka")]
         if kafka {
             let kconfig = args.kafka.config()?;
             let topics = match (&args.pattern, args.topics.is_empty(), &args.topology) {
@@ -539,6 +585,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
     let timing = std::env::var_os("CHOREO_TRACE_TIMING").is_some();
     let t0 = std::time::Instant::now();
     let mut damaged = false;
+    #[cfg(feature = "kafka")]
     if let Some((kconfig, options)) = &config.follow {
         let addr = config
             .metrics_addr
@@ -608,8 +655,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
     tracer.keep_flows(found.iter().cloned());
     let t1 = std::time::Instant::now();
     // "Now": given, the wall clock for a live source, else the newest record's time.
-    let live =
-        config.follow.is_some() || config.inputs.iter().any(|i| matches!(i, Input::Kafka(..)));
+    let live = config.follow.is_some() || config.inputs.iter().any(Input::is_live);
     let wall = Timestamp::now();
     let (now, now_from) = match config.now {
         Some(t) => (Some(t), NowFrom::Given),
@@ -695,10 +741,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
         let captures: Vec<String> = config
             .inputs
             .iter()
-            .filter_map(|i| match i {
-                Input::File(path) => Some(path.display().to_string()),
-                Input::Kafka(..) => None,
-            })
+            .filter_map(Input::capture_path)
             .collect();
         let viewer = config.ui.then(|| {
             choreo_ui::Viewer::new(Arc::new(Mutex::new(tracer)))
@@ -719,6 +762,7 @@ fn capture_end(inputs: &[Input]) -> Option<Timestamp> {
         .iter()
         .filter_map(|i| match i {
             Input::File(path) => std::fs::metadata(path).ok()?.modified().ok(),
+            #[cfg(feature = "kafka")]
             Input::Kafka(..) => None,
         })
         .max()
@@ -729,6 +773,7 @@ fn capture_end(inputs: &[Input]) -> Option<Timestamp> {
 /// Traces Kafka live until interrupted (ctrl-c or SIGTERM) or the topics
 /// end: ingests every record, ticks the tracer every second (folding settled
 /// flows, reporting stuck ones), and serves its metrics.
+#[cfg(feature = "kafka")]
 fn follow(
     tracer: &Arc<Mutex<Tracer>>,
     kconfig: &KafkaConfig,
@@ -896,6 +941,7 @@ mod tests {
         assert_eq!(c.format, Format::Mermaid, "one flow's causal graph");
     }
 
+    #[cfg(feature = "kafka")]
     #[test]
     fn kafka_flags_convert() {
         let c = config(&["--brokers", "k:9092", "--follow", "--group", "tracers"]).unwrap();
