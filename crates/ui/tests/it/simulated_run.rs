@@ -40,7 +40,7 @@ const SEED: u64 = 19;
 /// Flows started per second: the run's flows start over 0.75 s.
 const RATE: f64 = 400.0;
 /// When shipping goes down, for good: the flows that reach it later are stuck.
-const SHIPPING_DOWN: &str = "shipping=500ms..";
+const SHIPPING_DOWN: &str = "shipping=300ms..";
 
 /// The orders' numbers, by flow, as the tap read them from each
 /// `OrderPlaced`'s payload.
@@ -60,7 +60,7 @@ struct Live {
     stop: CancellationToken,
     tap: tokio::task::JoinHandle<choreo_trace::Result<u64>>,
     ticker: tokio::task::JoinHandle<()>,
-    _viewer: CancellationToken,
+    viewer: CancellationToken,
 }
 
 impl Live {
@@ -114,11 +114,12 @@ impl Live {
             stop,
             tap,
             ticker,
-            _viewer: viewer,
+            viewer,
         }
     }
 
     async fn stop(self) {
+        self.viewer.cancel();
         self.stop.cancel();
         self.ticker.await.expect("the ticker stops");
         self.tap
