@@ -158,8 +158,7 @@ fn first_stuck(tracer: &Mutex<Tracer>) -> Option<EventId> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_a_simulated_run_a_person_finds_a_stuck_order_sees_who_owes_and_watches_a_new_flow_arrive()
- {
+async fn in_a_simulated_run_a_person_finds_a_stuck_order_sees_who_owes_and_a_new_flow_arrive() {
     let Some(browser) = Browser::find() else {
         return;
     };
