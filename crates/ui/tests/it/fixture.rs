@@ -39,7 +39,8 @@ pub(crate) struct Scenario {
     pub(crate) hostile: EventId,
 }
 
-fn topology() -> Topology {
+/// topologies/order-fulfillment.yaml.
+pub(crate) fn topology() -> Topology {
     Topology::from_path(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../topologies/order-fulfillment.yaml"

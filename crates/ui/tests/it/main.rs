@@ -3,3 +3,5 @@
 mod api;
 mod browser;
 mod fixture;
+mod simulated_run;
+mod webdriver;
