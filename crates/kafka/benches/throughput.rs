@@ -22,7 +22,7 @@
 //! consume them in a consumer group that joined before the clock starts, from
 //! the first publish to the last event consumed. Both sides: an idempotent
 //! producer (`acks=all`, `murmur2_random`, the same linger) with up to
-//! `IN_FLIGHT` publishes outstanding; a consumer that commits only what it
+//! `CHOREO_BENCH_IN_FLIGHT` publishes outstanding; a consumer that commits only what it
 //! processed (offsets stored after processing, committed every 200 ms), with
 //! the same fetch settings (`fetch.wait.max.ms` short: tansu holds each
 //! fetch for the whole wait). Both send the same bytes: bare rdkafka's
@@ -59,10 +59,25 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 const PAYLOAD: usize = 256;
-/// Publishes outstanding at once: enough that the broker's acknowledgement
-/// latency does not set the rate (with 1 000, tansu's ~30 ms held both
-/// sides at ~35 000/s however fast they were).
-const IN_FLIGHT: usize = 10_000;
+/// Publishes outstanding at once (`CHOREO_BENCH_IN_FLIGHT`, default 1 000).
+/// With 1 000, tansu's acknowledgement latency (~30 ms) holds both sides at
+/// ~35 000/s however fast they are; with 10 000, tansu in memory slowed to a
+/// crawl as it filled.
+fn in_flight() -> usize {
+    std::env::var("CHOREO_BENCH_IN_FLIGHT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
+
+/// Waits for the next of `pending`, failing the run with `what` if the
+/// broker acknowledges nothing for [`STALL`].
+async fn next_ack<S: futures_util::Stream + Unpin>(pending: &mut S, what: &str) -> Option<S::Item> {
+    match tokio::time::timeout(STALL, pending.next()).await {
+        Ok(item) => item,
+        Err(_) => panic!("{what}: the broker acknowledged nothing for {STALL:?}"),
+    }
+}
 const PARTITIONS: u32 = 4;
 /// How long a consumer may see nothing new before the run fails.
 const STALL: Duration = Duration::from_secs(30);
@@ -235,6 +250,8 @@ async fn choreo_run(broker: &str, brokers: &str, topic: &str, n: usize) -> Run {
     let data = payload();
     let start = Instant::now();
     let mut pending = FuturesUnordered::new();
+    let window = in_flight();
+    let stalled = format!("{broker}: choreo's publisher of {topic}");
     for i in 0..n {
         let mut env = Envelope::new("Tick", topic.to_owned(), data.clone()).with_source("bench");
         env.key = Some(Bytes::from(format!("k{}", i % 1024)));
@@ -246,11 +263,14 @@ async fn choreo_run(broker: &str, brokers: &str, topic: &str, n: usize) -> Run {
             Some(r) => r.expect("published"),
             None => pending.push(publish),
         }
-        if pending.len() >= IN_FLIGHT {
-            pending.next().await.expect("a publish").expect("published");
+        if pending.len() >= window {
+            next_ack(&mut pending, &stalled)
+                .await
+                .expect("a publish")
+                .expect("published");
         }
     }
-    while let Some(r) = pending.next().await {
+    while let Some(r) = next_ack(&mut pending, &stalled).await {
         r.expect("published");
     }
     let published = start.elapsed();
@@ -275,6 +295,8 @@ async fn bare_run(broker: &str, brokers: &str, topic: &str, n: usize) -> Run {
     let data = payload();
     let start = Instant::now();
     let mut pending = FuturesUnordered::new();
+    let window = in_flight();
+    let stalled = format!("{broker}: the bare producer of {topic}");
     let time = choreo_core::Timestamp::now().to_rfc3339();
     for i in 0..n {
         let key = format!("k{}", i % 1024);
@@ -289,16 +311,15 @@ async fn bare_run(broker: &str, brokers: &str, topic: &str, n: usize) -> Run {
                 .map_err(|(e, _)| e)
                 .expect("enqueued"),
         );
-        if pending.len() >= IN_FLIGHT {
-            pending
-                .next()
+        if pending.len() >= window {
+            next_ack(&mut pending, &stalled)
                 .await
                 .expect("a send")
                 .expect("delivered")
                 .expect("sent");
         }
     }
-    while let Some(r) = pending.next().await {
+    while let Some(r) = next_ack(&mut pending, &stalled).await {
         r.expect("delivered").expect("sent");
     }
     let published = start.elapsed();
@@ -335,6 +356,8 @@ async fn broker_limit(broker: &str, brokers: &str, topic: &str, n: usize) -> (f6
     let time = choreo_core::Timestamp::now().to_rfc3339();
     let start = Instant::now();
     let mut pending = FuturesUnordered::new();
+    let window = in_flight();
+    let stalled = format!("{broker}: the bare producer (limits) of {topic}");
     for i in 0..n {
         let key = format!("k{}", i % 1024);
         let id = format!("{i:08x}-0000-7000-8000-{i:012x}");
@@ -348,16 +371,15 @@ async fn broker_limit(broker: &str, brokers: &str, topic: &str, n: usize) -> (f6
                 .map_err(|(e, _)| e)
                 .expect("enqueued"),
         );
-        if pending.len() >= IN_FLIGHT {
-            pending
-                .next()
+        if pending.len() >= window {
+            next_ack(&mut pending, &stalled)
                 .await
                 .expect("a send")
                 .expect("delivered")
                 .expect("sent");
         }
     }
-    while let Some(r) = pending.next().await {
+    while let Some(r) = next_ack(&mut pending, &stalled).await {
         r.expect("delivered").expect("sent");
     }
     let produced = n as f64 / start.elapsed().as_secs_f64();
