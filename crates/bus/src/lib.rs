@@ -84,4 +84,4 @@ mod serve;
 pub use error::{Error, Result};
 pub use memory::{InProcessBus, InProcessConfig, InProcessSubscription, Retention, WhenFull};
 pub use runtime::*;
-pub use serve::{MetricsServer, Render, ServerBuilder, render};
+pub use serve::{Health, MetricsServer, Render, ServerBuilder, render};

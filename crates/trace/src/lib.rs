@@ -160,4 +160,4 @@ pub use report::{
 };
 pub use stats::{Histogram, Quantiles, format_micros};
 pub use tap::{tap, tap_topics};
-pub use tracer::Tracer;
+pub use tracer::{Horizon, Restored, Tracer};

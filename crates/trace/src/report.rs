@@ -71,6 +71,13 @@ pub struct Counters {
     pub evicted_stuck: u64,
     /// Flows evicted after the idle timeout.
     pub evicted_idle: u64,
+    /// Flows taken over from a restore (a consumer-group member rebuilding a
+    /// partition it was given) whose beginning is older than the look-back:
+    /// judged without it, their missing causes not counted as orphans.
+    pub before_horizon: u64,
+    /// Flows given up unjudged to another member of the group (their
+    /// partition was reassigned): the new owner judges them.
+    pub handed_over: u64,
 }
 
 impl Counters {

@@ -11,3 +11,4 @@ mod roundtrip;
 mod simulate_scale;
 mod soak;
 mod trace;
+mod trace_restart;

@@ -11,4 +11,5 @@ mod live;
 mod metrics;
 mod poison;
 mod reconstruction;
+mod restore;
 mod stuck;

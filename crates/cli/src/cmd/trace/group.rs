@@ -1,0 +1,297 @@
+//! `choreo trace --follow --group G`: a tracer that restores each partition
+//! it is given from a look-back, so that restarts, crashes and rebalances do
+//! not show in what it reports (docs/tracing.md, "Restarts and rebalances").
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use choreo_core::Timestamp;
+use choreo_kafka::{KafkaConfig, LookbackEvent, LookbackOptions, LookbackReader, Restore};
+use choreo_trace::{Horizon, Restored, Tracer};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use super::super::kafka::trace_record;
+
+/// The restore's own metric families, served beside the tracer's; every one
+/// is listed in docs/metrics.md.
+pub(super) const RESTORE_METRICS: &[(&str, &str, &str, &str)] = &[
+    (
+        "choreo_trace_restoring",
+        "gauge",
+        "",
+        "1 while partitions given to this tracer are being replayed (/health answers 503 then), else 0",
+    ),
+    (
+        "choreo_trace_restore_records_total",
+        "counter",
+        "",
+        "records replayed to rebuild the state of partitions given to this tracer",
+    ),
+    (
+        "choreo_trace_restore_flows_total",
+        "counter",
+        "outcome",
+        "flows rebuilt by a restore: adopted (in flight, judged from now on), judged_before (the previous owner had judged them; dropped unsaid), before_horizon (adopted, begun before the look-back)",
+    ),
+    (
+        "choreo_trace_restore_seconds",
+        "histogram",
+        "",
+        "from a partition assignment that needs a restore to ready (every replay at its committed offset)",
+    ),
+    (
+        "choreo_trace_handed_over_total",
+        "counter",
+        "",
+        "flows given up unjudged to another member (their partition was reassigned, or this tracer left the group)",
+    ),
+    (
+        "choreo_trace_checkpoint_failures_total",
+        "counter",
+        "",
+        "checkpoints (position and clock) the group refused, typically during a rebalance; the next one, a second later, carries the same",
+    ),
+];
+
+fn help(name: &str) -> &'static str {
+    RESTORE_METRICS
+        .iter()
+        .find(|m| m.0 == name)
+        .map_or("choreo tracer restore metric", |m| m.3)
+}
+
+/// The restore's metrics on one registry.
+struct RestoreMetrics {
+    restoring: IntGauge,
+    records: IntCounter,
+    flows: IntCounterVec,
+    seconds: Histogram,
+    handed_over: IntCounter,
+    checkpoint_failures: IntCounter,
+}
+
+impl RestoreMetrics {
+    fn new(registry: &Registry) -> anyhow::Result<RestoreMetrics> {
+        let m = RestoreMetrics {
+            restoring: IntGauge::new("choreo_trace_restoring", help("choreo_trace_restoring"))?,
+            records: IntCounter::new(
+                "choreo_trace_restore_records_total",
+                help("choreo_trace_restore_records_total"),
+            )?,
+            flows: IntCounterVec::new(
+                Opts::new(
+                    "choreo_trace_restore_flows_total",
+                    help("choreo_trace_restore_flows_total"),
+                ),
+                &["outcome"],
+            )?,
+            seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "choreo_trace_restore_seconds",
+                    help("choreo_trace_restore_seconds"),
+                )
+                .buckets(vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
+            )?,
+            handed_over: IntCounter::new(
+                "choreo_trace_handed_over_total",
+                help("choreo_trace_handed_over_total"),
+            )?,
+            checkpoint_failures: IntCounter::new(
+                "choreo_trace_checkpoint_failures_total",
+                help("choreo_trace_checkpoint_failures_total"),
+            )?,
+        };
+        registry.register(Box::new(m.restoring.clone()))?;
+        registry.register(Box::new(m.records.clone()))?;
+        registry.register(Box::new(m.flows.clone()))?;
+        registry.register(Box::new(m.seconds.clone()))?;
+        registry.register(Box::new(m.handed_over.clone()))?;
+        registry.register(Box::new(m.checkpoint_failures.clone()))?;
+        for outcome in ["adopted", "judged_before", "before_horizon"] {
+            m.flows.with_label_values(&[outcome]);
+        }
+        // Restoring until the first assignment is restored.
+        m.restoring.set(1);
+        Ok(m)
+    }
+
+    fn restored(&self, r: &Restored, replayed: u64, took: std::time::Duration) {
+        self.records.inc_by(replayed);
+        self.flows.with_label_values(&["adopted"]).inc_by(r.adopted);
+        self.flows
+            .with_label_values(&["judged_before"])
+            .inc_by(r.judged_before);
+        self.flows
+            .with_label_values(&["before_horizon"])
+            .inc_by(r.before_horizon);
+        self.seconds.observe(took.as_secs_f64());
+    }
+}
+
+/// The clocks and horizons of the partitions being restored, by partition
+/// number (topics keyed by correlation id put a flow on one number).
+#[derive(Default)]
+struct Horizons(HashMap<u32, Horizon>);
+
+impl Horizons {
+    fn add(&mut self, r: &Restore) {
+        let h = self.0.entry(r.partition.1.max(0) as u32).or_default();
+        let clock = r.clock.map(Timestamp::from_micros);
+        // The earliest of the topics' clocks: judging earlier than the
+        // previous owner did may repeat a verdict, judging later would lose one.
+        h.clock = match (h.clock, clock) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        h.cut |= r.cut;
+    }
+}
+
+/// Traces Kafka live as a member of `options.group` until interrupted
+/// (ctrl-c or SIGTERM): restores every partition it is given before judging
+/// its flows, ticks and checkpoints every second while settled, and serves
+/// its metrics, with `/health` answering 503 "restoring" until ready. On the
+/// way out it checkpoints once more and hands its flows in flight over to the
+/// group (they are not judged here: the next owner restores them).
+pub(super) fn follow(
+    tracer: &mut Tracer,
+    kconfig: &KafkaConfig,
+    options: LookbackOptions,
+    addr: &str,
+    registry: &Registry,
+) -> anyhow::Result<()> {
+    let rt = super::super::runtime()?;
+    let metrics = RestoreMetrics::new(registry)?;
+    let ready = Arc::new(AtomicBool::new(false));
+    rt.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let registries = Arc::new(vec![registry.clone()]);
+        let render: choreo_bus::Render = Arc::new(move || choreo_bus::render(&registries));
+        let flag = ready.clone();
+        let health: choreo_bus::Health = Arc::new(move || {
+            if flag.load(Ordering::Relaxed) {
+                Ok("ok: tracing live; metrics at /metrics\n".to_owned())
+            } else {
+                Err("restoring: replaying the look-back of the partitions given to this tracer; metrics at /metrics\n".to_owned())
+            }
+        });
+        let server = choreo_bus::MetricsServer::builder(render)
+            .health(health)
+            .start(addr, shutdown.clone())
+            .await
+            .with_context(|| format!("cannot serve metrics at {addr}"))?;
+        let group = options.group.clone();
+        let lookback = options.lookback;
+        let mut reader = LookbackReader::open(kconfig, options)
+            .await
+            .context("cannot read Kafka")?;
+        eprintln!(
+            "choreo: tracing Kafka live in group '{group}' (look-back {}); metrics at http://{}/metrics, readiness at /health; ctrl-c prints the report and stops",
+            choreo_topology::format_duration(lookback),
+            server.local_addr()
+        );
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("cannot watch for SIGTERM")?;
+        let interrupted = tokio::signal::ctrl_c();
+        tokio::pin!(interrupted);
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut horizons = Horizons::default();
+        let result = loop {
+            tokio::select! {
+                _ = &mut interrupted => break Ok(()),
+                _ = terminate.recv() => break Ok(()),
+                _ = every.tick() => {
+                    // Judging only while every partition is live: a flow
+                    // still restoring is not this tracer's yet, and between a
+                    // revocation and the next assignment the partitions'
+                    // next owner starts from the last checkpoint.
+                    if reader.settled() {
+                        let now = Timestamp::now();
+                        tracer.tick(now);
+                        // After the verdicts are written: what was read has
+                        // been judged as of `now`.
+                        if let Err(e) = reader.checkpoint(now.as_micros()) {
+                            metrics.checkpoint_failures.inc();
+                            eprintln!("choreo: checkpoint refused (the next one will do): {e}");
+                        }
+                    }
+                }
+                ev = reader.next() => match ev {
+                    None => break Ok(()),
+                    Some(Err(e)) => break Err(anyhow::Error::new(e).context("reading Kafka")),
+                    Some(Ok(LookbackEvent::Record { record, replayed })) => {
+                        let record = trace_record(record);
+                        if replayed {
+                            tracer.ingest_replayed(&record);
+                        } else {
+                            tracer.ingest(&record);
+                        }
+                    }
+                    Some(Ok(LookbackEvent::Assigned { restoring, .. })) => {
+                        for r in &restoring {
+                            horizons.add(r);
+                        }
+                        // Nothing to restore (partitions kept, or none): ready now.
+                        let now_ready = reader.settled();
+                        ready.store(now_ready, Ordering::Relaxed);
+                        metrics.restoring.set(i64::from(!now_ready));
+                    }
+                    Some(Ok(LookbackEvent::Revoked { partitions })) => {
+                        let still: BTreeSet<u32> = reader
+                            .assignment()
+                            .iter()
+                            .map(|(_, p)| (*p).max(0) as u32)
+                            .collect();
+                        let lost: BTreeSet<u32> = partitions
+                            .iter()
+                            .map(|(_, p)| (*p).max(0) as u32)
+                            .filter(|p| !still.contains(p))
+                            .collect();
+                        let n = tracer.hand_over(|p| lost.contains(&p));
+                        metrics.handed_over.inc_by(n);
+                    }
+                    Some(Ok(LookbackEvent::Ready { partitions, replayed, took })) => {
+                        let map = std::mem::take(&mut horizons);
+                        let r = tracer.restored(Timestamp::now(), |p| {
+                            map.0.get(&p).copied().unwrap_or_default()
+                        });
+                        metrics.restored(&r, replayed, took);
+                        if reader.settled() {
+                            ready.store(true, Ordering::Relaxed);
+                            metrics.restoring.set(0);
+                        }
+                        eprintln!(
+                            "choreo: ready: {partitions} partitions restored in {:.3}s from {replayed} records: {} flows in flight taken over ({} begun before the look-back), {} judged already",
+                            took.as_secs_f64(),
+                            r.adopted,
+                            r.before_horizon,
+                            r.judged_before
+                        );
+                    }
+                    Some(Ok(_)) => {}
+                },
+            }
+        };
+        if reader.settled() {
+            let now = Timestamp::now();
+            tracer.tick(now);
+            if let Err(e) = reader.checkpoint(now.as_micros()) {
+                eprintln!("choreo: the last checkpoint was refused: {e}");
+            }
+        }
+        // The rest is the group's: whoever gets these partitions next
+        // restores and judges these flows.
+        let n = tracer.hand_over(|_| true);
+        metrics.handed_over.inc_by(n);
+        if n > 0 {
+            eprintln!("choreo: {n} flows in flight handed over to group '{group}'");
+        }
+        drop(reader);
+        shutdown.cancel();
+        server.stop();
+        result
+    })
+}

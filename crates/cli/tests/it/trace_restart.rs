@@ -1,0 +1,330 @@
+//! `choreo trace --follow --group` on a real broker (tansu), killed with
+//! `kill -9` and started again mid-run, or joined and left by other members:
+//! the union of what its incarnations wrote is what one tracer that never
+//! stopped would say — every flow judged once, the same status and findings.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use choreo_core::{Bus, Envelope};
+use choreo_kafka::{KafkaBus, KafkaConfig};
+use choreo_testkit::tansu::Tansu;
+
+fn topology() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../topologies/order-fulfillment.yaml")
+}
+
+/// Options for every client: short fetch waits, quick metadata, and a
+/// short session (a member restarted while its dead predecessor's session
+/// is open waits for that session to end before it gets partitions).
+const OPTIONS: &str = "fetch.wait.max.ms=50;topic.metadata.refresh.interval.ms=1000";
+const SESSION_MS: &str = "6000";
+
+/// One incarnation of the live tracer: its verdicts (flows-jsonl) and its
+/// log in files, killed with SIGKILL when dropped.
+struct TracerProcess {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl TracerProcess {
+    fn start(dir: &Path, n: usize, brokers: &str, group: &str) -> TracerProcess {
+        let port = choreo_testkit::free_port();
+        let out = std::fs::File::create(dir.join(format!("tracer-{n}.jsonl"))).unwrap();
+        let log = dir.join(format!("tracer-{n}.log"));
+        let err = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_choreo"))
+            .args(["trace", "--brokers", brokers, "-t"])
+            .arg(topology())
+            .args(["--follow", "--group", group, "--lookback", "10m"])
+            .args(["--format", "flows-jsonl", "-q"])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .env("CHOREO_KAFKA_OPTIONS", OPTIONS)
+            .env("CHOREO_KAFKA_SESSION_TIMEOUT_MS", SESSION_MS)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("choreo runs");
+        TracerProcess { child, port, log }
+    }
+
+    /// `GET /health`: the status code, once it answers.
+    fn health(&self) -> Option<u16> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// Waits until `/health` says 200 (ready): the tracer joined and restored.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.health() != Some(200) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the tracer exited ({status}): {}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the tracer was not ready within 60 s: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, and waits for it to checkpoint, hand over and exit.
+    fn stop(mut self) -> String {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let log = self.log_text();
+                assert!(status.success(), "the tracer failed: {status}: {log}");
+                return log;
+            }
+            assert!(Instant::now() < deadline, "the tracer did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for TracerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One flow's verdict: its status and its findings' rule codes, sorted.
+type Verdict = (String, Vec<String>);
+
+fn verdict(line: &serde_json::Value) -> Verdict {
+    let mut rules: Vec<String> = line["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap().to_owned())
+        .collect();
+    rules.sort();
+    (line["status"].as_str().unwrap().to_owned(), rules)
+}
+
+/// Every verdict the incarnations wrote, by correlation id (a flow judged
+/// twice has two).
+fn union(dir: &Path, incarnations: usize) -> BTreeMap<String, Vec<Verdict>> {
+    let mut all: BTreeMap<String, Vec<Verdict>> = BTreeMap::new();
+    for n in 0..incarnations {
+        let text = std::fs::read_to_string(dir.join(format!("tracer-{n}.jsonl"))).unwrap();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
+                panic!("tracer {n} wrote a line that is not JSON ({e}): {line}")
+            });
+            assert!(
+                v.get("before_horizon").is_none(),
+                "a 10 min look-back covers every flow of the run: {line}"
+            );
+            all.entry(v["correlation_id"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(verdict(&v));
+        }
+    }
+    all
+}
+
+/// The steps of flow `i`: shipped, cancelled after a failed payment, or (one
+/// in eight) left waiting by shipping, which never emits: stuck once its
+/// 10 s `within` passes.
+fn steps(i: usize) -> Vec<(&'static str, &'static str, &'static str)> {
+    let placed = ("OrderPlaced", "orders", "checkout");
+    match i % 8 {
+        0 => vec![
+            placed,
+            ("PaymentCaptured", "payments", "payment"),
+            ("StockReserved", "inventory", "inventory"),
+        ],
+        3 | 6 => vec![
+            placed,
+            ("PaymentFailed", "payments", "payment"),
+            ("OrderCancelled", "orders", "checkout"),
+        ],
+        _ => vec![
+            placed,
+            ("PaymentCaptured", "payments", "payment"),
+            ("StockReserved", "inventory", "inventory"),
+            ("OrderShipped", "shipping", "shipping"),
+        ],
+    }
+}
+
+/// Publishes `flows` flows at a steady rate, a new one every `every`; each
+/// flow advances one step every 4 ticks, so that many are mid-way at any
+/// moment. Returns when the last step of the last flow is published.
+async fn publish(bus: KafkaBus, flows: usize, every: Duration) {
+    let mut active: Vec<(usize, usize, Option<Envelope>)> = Vec::new();
+    let mut next = 0;
+    let mut tick = tokio::time::interval(every);
+    let mut n = 0u64;
+    while next < flows || !active.is_empty() {
+        tick.tick().await;
+        n += 1;
+        if next < flows {
+            active.push((next, 0, None));
+            next += 1;
+        }
+        for (i, step, last) in active.iter_mut() {
+            if *step > 0 && n % 4 != (*i as u64) % 4 {
+                continue;
+            }
+            let (ty, topic, source) = steps(*i)[*step];
+            let payload = format!(r#"{{"order_id":{i}}}"#);
+            let mut env = Envelope::new(ty, topic, payload).with_source(source);
+            if let Some(cause) = last {
+                env = env.caused_by(cause);
+            }
+            bus.publish(env.clone()).await.unwrap();
+            *last = Some(env);
+            *step += 1;
+        }
+        active.retain(|(i, step, _)| *step < steps(*i).len());
+    }
+}
+
+/// What one tracer that read the whole run at once says, as of now.
+fn truth(brokers: &str) -> BTreeMap<String, Verdict> {
+    let out = Command::new(env!("CARGO_BIN_EXE_choreo"))
+        .args(["trace", "--brokers", brokers, "-t"])
+        .arg(topology())
+        .args(["--format", "flows-jsonl", "-q"])
+        .env("CHOREO_KAFKA_OPTIONS", OPTIONS)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.code() == Some(0) || out.status.code() == Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["correlation_id"].as_str().unwrap().to_owned(),
+                verdict(&v),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the incarnations together judged `flows` flows.
+fn wait_judged(dir: &Path, incarnations: usize, flows: usize, live: &TracerProcess) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let judged = union(dir, incarnations).len();
+        if judged >= flows {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{judged} of {flows} flows judged: {}",
+            live.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn compare(dir: &Path, incarnations: usize, brokers: &str, flows: usize) {
+    let union = union(dir, incarnations);
+    let twice: Vec<_> = union.iter().filter(|(_, v)| v.len() > 1).collect();
+    assert!(twice.is_empty(), "flows judged more than once: {twice:?}");
+    let union: BTreeMap<String, Verdict> = union
+        .into_iter()
+        .map(|(k, mut v)| (k, v.remove(0)))
+        .collect();
+    let truth = truth(brokers);
+    assert_eq!(truth.len(), flows, "the run's flows");
+    let stuck = truth.values().filter(|v| v.0 == "stuck").count();
+    assert_eq!(stuck, flows.div_ceil(8), "one flow in eight is stuck");
+    assert!(
+        truth.values().all(|v| v.1.iter().all(|r| r != "orphan")),
+        "the run has no orphan"
+    );
+    let differ: Vec<_> = truth
+        .iter()
+        .filter(|(k, v)| union.get(*k) != Some(v))
+        .map(|(k, v)| (k, v, union.get(k)))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{} flows differ from the truth (id, truth, restarted tracers): {:?}",
+        differ.len(),
+        &differ[..differ.len().min(10)]
+    );
+}
+
+fn create_topics(tansu: &Tansu) {
+    for t in ["orders", "payments", "inventory", "shipping"] {
+        tansu.create_topic(t, 2);
+    }
+}
+
+fn bus(brokers: &str) -> KafkaBus {
+    KafkaBus::new(KafkaConfig::new(brokers).set("linger.ms", "0")).unwrap()
+}
+
+/// A single tracer killed with `kill -9` twice mid-run and started again
+/// with the same group: its incarnations together judge every flow once,
+/// as the whole run's trace does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracer_killed_and_restarted_mid_run_reports_what_one_that_never_stopped_does() {
+    let tansu = Tansu::start();
+    create_topics(&tansu);
+    let brokers = tansu.brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let group = "tracers";
+    let flows = 240;
+
+    let mut tracer = TracerProcess::start(dir.path(), 0, &brokers, group);
+    tracer.wait_ready();
+    let publisher = tokio::spawn(publish(bus(&brokers), flows, Duration::from_millis(50)));
+    let mut incarnations = 1;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        tracer.kill();
+        tracer = TracerProcess::start(dir.path(), incarnations, &brokers, group);
+        incarnations += 1;
+        let started = Instant::now();
+        tokio::task::block_in_place(|| tracer.wait_ready());
+        eprintln!(
+            "incarnation {incarnations} ready in {:?}",
+            started.elapsed()
+        );
+    }
+    publisher.await.unwrap();
+    tokio::task::block_in_place(|| wait_judged(dir.path(), incarnations, flows, &tracer));
+    let log = tokio::task::block_in_place(|| tracer.stop());
+    assert!(log.contains("ready:"), "{log}");
+    compare(dir.path(), incarnations, &brokers, flows);
+}
