@@ -156,6 +156,9 @@ pub struct Restore {
     /// The clock the previous owner checkpointed with `until` (µs since the
     /// Unix epoch), when it did.
     pub clock: Option<i64>,
+    /// Whether `until` is the group's committed offset (else the partition
+    /// had none: there was no previous owner).
+    pub committed: bool,
     /// Whether older records exist than `from`: state older than the look-back
     /// is not rebuilt (flows that started before it are cut by the horizon).
     pub cut: bool,
@@ -657,7 +660,8 @@ impl LookbackContext {
                 .inspect_err(|e| tracing::warn!(group = %shared.group, topic = %t, partition = p, error = %e, "reading the watermarks failed"))
                 .unwrap_or((0, 0));
             let clock = offset_of(&clocks, key).filter(|c| *c > 0);
-            let until = match (offset_of(&committed, key), shared.from) {
+            let commit = offset_of(&committed, key);
+            let until = match (commit, shared.from) {
                 (Some(c), _) => c,
                 (None, ReadFrom::End) => high,
                 (None, ReadFrom::Beginning) => low,
@@ -666,7 +670,7 @@ impl LookbackContext {
                 .map_or(now_ms, |c| c / 1000)
                 .saturating_sub(lookback_ms);
             let _ = times.add_partition_offset(t, *p, Offset::Offset(horizon.max(0)));
-            plans.push((key.clone(), low, until, clock));
+            plans.push((key.clone(), low, until, clock, commit.is_some()));
         }
         let found = consumer
             .offsets_for_times(times, shared.timeout)
@@ -674,7 +678,7 @@ impl LookbackContext {
             .ok();
         plans
             .into_iter()
-            .map(|(key, low, until, clock)| {
+            .map(|(key, low, until, clock, committed)| {
                 // No record at or after the horizon (-1, the end): nothing to replay.
                 let from = found
                     .as_ref()
@@ -686,6 +690,7 @@ impl LookbackContext {
                     from,
                     until,
                     clock,
+                    committed,
                     cut: from > low,
                 }
             })

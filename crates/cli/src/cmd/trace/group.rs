@@ -16,7 +16,7 @@ use super::super::kafka::trace_record;
 
 /// The restore's own metric families, served beside the tracer's; every one
 /// is listed in docs/metrics.md.
-pub(super) const RESTORE_METRICS: &[(&str, &str, &str, &str)] = &[
+pub(super) const METRICS: &[(&str, &str, &str, &str)] = &[
     (
         "choreo_trace_restoring",
         "gauge",
@@ -56,7 +56,7 @@ pub(super) const RESTORE_METRICS: &[(&str, &str, &str, &str)] = &[
 ];
 
 fn help(name: &str) -> &'static str {
-    RESTORE_METRICS
+    METRICS
         .iter()
         .find(|m| m.0 == name)
         .map_or("choreo tracer restore metric", |m| m.3)
@@ -133,11 +133,24 @@ impl RestoreMetrics {
 /// The clocks and horizons of the partitions being restored, by partition
 /// number (topics keyed by correlation id put a flow on one number).
 #[derive(Default)]
-struct Horizons(HashMap<u32, Horizon>);
+struct Horizons {
+    by_partition: HashMap<u32, Horizon>,
+    /// Partitions committed without a clock (a checkpoint that lost its
+    /// second half, or a group another reader committed).
+    clockless: BTreeSet<u32>,
+    /// The latest event time replayed per partition: the clock of a
+    /// clockless partition — earlier than its previous owner's, so verdicts
+    /// may repeat but none is lost.
+    latest: HashMap<u32, Timestamp>,
+}
 
 impl Horizons {
     fn add(&mut self, r: &Restore) {
-        let h = self.0.entry(r.partition.1.max(0) as u32).or_default();
+        let p = r.partition.1.max(0) as u32;
+        if r.committed && r.clock.is_none() {
+            self.clockless.insert(p);
+        }
+        let h = self.by_partition.entry(p).or_default();
         let clock = r.clock.map(Timestamp::from_micros);
         // The earliest of the topics' clocks: judging earlier than the
         // previous owner did may repeat a verdict, judging later would lose one.
@@ -146,6 +159,29 @@ impl Horizons {
             (a, b) => a.or(b),
         };
         h.cut |= r.cut;
+    }
+
+    fn replayed(&mut self, partition: Option<u32>, time: Timestamp) {
+        if let Some(p) = partition {
+            let t = self.latest.entry(p).or_insert(time);
+            *t = (*t).max(time);
+        }
+    }
+
+    fn of(&self, partition: u32) -> Horizon {
+        let mut h = self
+            .by_partition
+            .get(&partition)
+            .copied()
+            .unwrap_or_default();
+        if self.clockless.contains(&partition) {
+            let latest = self.latest.get(&partition).copied();
+            h.clock = match (h.clock, latest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        h
     }
 }
 
@@ -225,6 +261,7 @@ pub(super) fn follow(
                     Some(Ok(LookbackEvent::Record { record, replayed })) => {
                         let record = trace_record(record);
                         if replayed {
+                            horizons.replayed(record.partition, record.envelope.time);
                             tracer.ingest_replayed(&record);
                         } else {
                             tracer.ingest(&record);
@@ -255,9 +292,7 @@ pub(super) fn follow(
                     }
                     Some(Ok(LookbackEvent::Ready { partitions, replayed, took })) => {
                         let map = std::mem::take(&mut horizons);
-                        let r = tracer.restored(Timestamp::now(), |p| {
-                            map.0.get(&p).copied().unwrap_or_default()
-                        });
+                        let r = tracer.restored(Timestamp::now(), |p| map.of(p));
                         metrics.restored(&r, replayed, took);
                         if reader.settled() {
                             ready.store(true, Ordering::Relaxed);
