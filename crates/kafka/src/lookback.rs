@@ -620,9 +620,10 @@ impl LookbackContext {
     }
 
     /// Where each new partition starts and ends its replay: the committed
-    /// offset and clock, the look-back by time, the watermarks. A lookup
-    /// that fails degrades to no replay (logged): the partition is read live
-    /// from the committed offset, as a member without look-back would.
+    /// offset and clock, the look-back by time, the watermarks. When the
+    /// lookup by time fails, replay starts at the partition's first record
+    /// (logged); when the committed offsets cannot be read, the partition
+    /// starts as one the group never committed.
     fn plan(&self, consumer: &BaseConsumer<Self>, new: &[Partition]) -> Vec<Restore> {
         if new.is_empty() {
             return Vec::new();
@@ -674,17 +675,19 @@ impl LookbackContext {
         }
         let found = consumer
             .offsets_for_times(times, shared.timeout)
-            .inspect_err(|e| tracing::warn!(group = %shared.group, error = %e, "looking up offsets by time failed; partitions are read from their committed offsets without replay"))
+            .inspect_err(|e| tracing::warn!(group = %shared.group, error = %e, "looking up offsets by time failed; partitions are replayed from their first record"))
             .ok();
         plans
             .into_iter()
             .map(|(key, low, until, clock, committed)| {
-                // No record at or after the horizon (-1, the end): nothing to replay.
-                let from = found
-                    .as_ref()
-                    .and_then(|f| offset_of(f, &key))
-                    .unwrap_or(until)
-                    .clamp(low.min(until), until);
+                let from = match &found {
+                    // No record at or after the horizon (-1, the end): nothing to replay.
+                    Some(f) => offset_of(f, &key).unwrap_or(until),
+                    // A broker that cannot look offsets up by time (librdkafka's
+                    // mock cluster): all of it, rather than a state with holes.
+                    None => low,
+                }
+                .clamp(low.min(until), until);
                 Restore {
                     partition: key,
                     from,

@@ -267,10 +267,18 @@ pub(super) fn follow(
                             tracer.ingest(&record);
                         }
                     }
-                    Some(Ok(LookbackEvent::Assigned { restoring, .. })) => {
+                    Some(Ok(LookbackEvent::Assigned { kept, restoring })) => {
                         for r in &restoring {
                             horizons.add(r);
                         }
+                        let to_replay: i64 = restoring.iter().map(|r| r.until - r.from).sum();
+                        let clocks = restoring.iter().filter(|r| r.clock.is_some()).count();
+                        eprintln!(
+                            "choreo: assigned {} partitions: {} kept, {} to restore ({to_replay} records to replay; {clocks} with a checkpointed clock)",
+                            kept.len() + restoring.len(),
+                            kept.len(),
+                            restoring.len()
+                        );
                         // Nothing to restore (partitions kept, or none): ready now.
                         let now_ready = reader.settled();
                         ready.store(now_ready, Ordering::Relaxed);
