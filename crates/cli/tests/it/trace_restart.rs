@@ -288,9 +288,9 @@ fn compare(dir: &Path, incarnations: usize, brokers: &str, flows: usize) {
     );
 }
 
-fn create_topics(tansu: &Tansu) {
+fn create_topics(tansu: &Tansu, partitions: u32) {
     for t in ["orders", "payments", "inventory", "shipping"] {
-        tansu.create_topic(t, 2);
+        tansu.create_topic(t, partitions);
     }
 }
 
@@ -304,7 +304,7 @@ fn bus(brokers: &str) -> KafkaBus {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tracer_killed_and_restarted_mid_run_reports_what_one_that_never_stopped_does() {
     let tansu = Tansu::start();
-    create_topics(&tansu);
+    create_topics(&tansu, 2);
     killed_and_restarted(&tansu.brokers()).await;
 }
 
@@ -335,4 +335,52 @@ async fn killed_and_restarted(brokers: &str) {
     let log = tokio::task::block_in_place(|| tracer.stop());
     assert!(log.contains("ready:"), "{log}");
     compare(dir.path(), incarnations, &brokers, flows);
+}
+
+/// Two tracers in one group; mid-run one is killed with `kill -9` and
+/// started again, a third joins, and one of the first two stops gracefully:
+/// partitions move at each step, and every flow is still judged once, as the
+/// whole run's trace judges it — no orphan, stuck or missing-emit from a
+/// rebalance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracers_joining_leaving_and_crashing_in_one_group_judge_every_flow_once() {
+    let tansu = Tansu::start();
+    create_topics(&tansu, 4);
+    let brokers = tansu.brokers();
+    let dir = tempfile::tempdir().unwrap();
+    let group = "tracers";
+    let flows = 400;
+
+    let mut a = TracerProcess::start(dir.path(), 0, &brokers, group);
+    let mut b = TracerProcess::start(dir.path(), 1, &brokers, group);
+    tokio::task::block_in_place(|| {
+        a.wait_ready();
+        b.wait_ready();
+    });
+    let publisher = tokio::spawn(publish(bus(&brokers), flows, Duration::from_millis(40)));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    a.kill();
+    let mut a = TracerProcess::start(dir.path(), 2, &brokers, group);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut c = TracerProcess::start(dir.path(), 3, &brokers, group);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log_b = tokio::task::block_in_place(|| b.stop());
+    assert!(log_b.contains("assigned"), "{log_b}");
+    publisher.await.unwrap();
+    tokio::task::block_in_place(|| {
+        a.wait_ready();
+        c.wait_ready();
+        wait_judged(dir.path(), 4, flows, &c);
+    });
+    let log_a = tokio::task::block_in_place(|| a.stop());
+    let log_c = tokio::task::block_in_place(|| c.stop());
+    for log in [&log_a, &log_c] {
+        assert!(log.contains("ready:"), "{log}");
+    }
+    compare(dir.path(), 4, &brokers, flows);
+    // Partitions moved: the crashed member's went to others, which restored
+    // them, and the one that left handed its flows over.
+    let restored = |log: &str| log.matches("ready:").count();
+    assert!(restored(&log_a) + restored(&log_c) >= 2, "{log_a}\n{log_c}");
+    assert!(log_b.contains("handed over"), "{log_b}");
 }

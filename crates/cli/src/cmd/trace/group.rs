@@ -297,6 +297,10 @@ pub(super) fn follow(
                             .collect();
                         let n = tracer.hand_over(|p| lost.contains(&p));
                         metrics.handed_over.inc_by(n);
+                        eprintln!(
+                            "choreo: {} partitions went to other members: {n} flows in flight handed over",
+                            partitions.len()
+                        );
                     }
                     Some(Ok(LookbackEvent::Ready { partitions, replayed, took })) => {
                         let map = std::mem::take(&mut horizons);
