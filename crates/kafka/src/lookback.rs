@@ -403,6 +403,7 @@ impl LookbackReader {
             return;
         };
         let mut st = self.shared.state.lock();
+
         for e in positions.elements() {
             if let Offset::Offset(pos) = e.offset() {
                 let key = (e.topic().to_owned(), e.partition());

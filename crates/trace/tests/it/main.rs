@@ -8,6 +8,7 @@ mod export;
 mod helpers;
 mod judgement;
 mod live;
+mod memory;
 mod metrics;
 mod poison;
 mod reconstruction;
