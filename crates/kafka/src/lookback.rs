@@ -17,7 +17,9 @@
 //!         LookbackEvent::Record { record, replayed } => {}
 //!         // Replay is over: judge what was rebuilt as of each partition's clock.
 //!         LookbackEvent::Ready { .. } => {}
-//!         LookbackEvent::Assigned { .. } | LookbackEvent::Revoked { .. } => {}
+//!         // Drop the state of partitions gone to other members.
+//!         LookbackEvent::Revoked { partitions } => {}
+//!         _ => {}
 //!     }
 //!     // Now and then: everything read so far has been acted on as of this clock.
 //!     reader.checkpoint(1_767_000_000_000_000)?;
