@@ -80,12 +80,14 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
+use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
 use crate::client::{LogContext, client_error, log_librdkafka};
 use crate::config::{KafkaConfig, Role};
 use crate::consumer::envelope_of;
+use crate::metrics::KafkaMetrics;
 use crate::reader::{ReadFrom, ReadRecord, Topics, discover, reader_error};
 use crate::watch::Watch;
 use crate::{Error, Result};
@@ -110,6 +112,10 @@ pub struct LookbackOptions {
     /// How often topics created later are looked for (a pattern, or
     /// [`Topics::Optional`] ones). Default 5 s.
     pub refresh: Duration,
+    /// Where the member's consumer lag goes (`choreo_kafka_consumer_lag`,
+    /// from librdkafka's statistics every `lag_interval`: the log end minus
+    /// the last checkpoint). Default: metrics nobody registered.
+    pub metrics: Option<KafkaMetrics>,
 }
 
 impl LookbackOptions {
@@ -121,7 +127,15 @@ impl LookbackOptions {
             lookback: Duration::from_secs(3600),
             from: ReadFrom::End,
             refresh: Duration::from_secs(5),
+            metrics: None,
         }
+    }
+
+    /// Reports the member's consumer lag to `metrics`, to be registered where
+    /// they are served.
+    pub fn metrics(mut self, metrics: KafkaMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Sets how far back replay starts.
@@ -224,6 +238,7 @@ impl std::fmt::Debug for LookbackReader {
 /// What the member and its rebalance callbacks share.
 struct Shared {
     group: String,
+    metrics: KafkaMetrics,
     lookback: Duration,
     from: ReadFrom,
     timeout: Duration,
@@ -306,6 +321,7 @@ impl LookbackReader {
         })?;
         let shared = Arc::new(Shared {
             group: config.group_id(&options.group),
+            metrics: options.metrics.clone().unwrap_or_default(),
             lookback: options.lookback,
             from: options.from,
             timeout: config.admin_timeout,
@@ -493,6 +509,24 @@ impl ClientContext for LookbackContext {
     fn error(&self, error: KafkaError, reason: &str) {
         client_error(&self.watch, Some(&self.shared.group), error, reason);
     }
+
+    /// The lag of the partitions held, as librdkafka counts it: the log end
+    /// minus the committed offset (the last checkpoint).
+    fn stats(&self, statistics: Statistics) {
+        let st = self.shared.state.lock();
+        for (topic, t) in &statistics.topics {
+            for (p, stats) in &t.partitions {
+                if stats.consumer_lag < 0 || !st.held.contains_key(&(topic.clone(), *p)) {
+                    continue;
+                }
+                self.shared
+                    .metrics
+                    .lag
+                    .with_label_values(&[&self.shared.group, topic, &p.to_string()])
+                    .set(stats.consumer_lag);
+            }
+        }
+    }
 }
 
 impl ConsumerContext for LookbackContext {
@@ -552,6 +586,11 @@ impl LookbackContext {
         let mut lost = Vec::new();
         for e in tpl.elements() {
             let key = (e.topic().to_owned(), e.partition());
+            let _ = self.shared.metrics.lag.remove_label_values(&[
+                &self.shared.group,
+                e.topic(),
+                &e.partition().to_string(),
+            ]);
             if let Some(pos) = st.held.remove(&key) {
                 if cooperative {
                     st.restoring.remove(&key);

@@ -53,16 +53,29 @@ impl TracerProcess {
         TracerProcess { child, port, log }
     }
 
-    /// `GET /health`: the status code, once it answers.
-    fn health(&self) -> Option<u16> {
+    /// `GET path`: the whole answer, once it answers.
+    fn get(&self, path: &str) -> Option<String> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
             .ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
-        out.split_whitespace().nth(1)?.parse().ok()
+        Some(out)
+    }
+
+    /// `GET /health`: the status code, once it answers.
+    fn health(&self) -> Option<u16> {
+        self.get("/health")?.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// The value of the sample `series` (name and labels as written) in
+    /// `/metrics`.
+    fn sample(&self, series: &str) -> Option<f64> {
+        let text = self.get("/metrics")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }
 
     /// Waits until `/health` says 200 (ready): the tracer joined and restored.
@@ -334,6 +347,27 @@ async fn killed_and_restarted(brokers: &str, kills: usize, flows: usize, every: 
     }
     let truth = publisher.await.unwrap();
     tokio::task::block_in_place(|| wait_judged(dir.path(), incarnations, flows, &tracer));
+    // The last incarnation's restore and lag, as its metrics say them.
+    assert_eq!(tracer.sample("choreo_trace_restoring"), Some(0.0));
+    assert!(
+        tracer.sample("choreo_trace_restore_seconds_count") >= Some(1.0),
+        "{:?}",
+        tracer.get("/metrics")
+    );
+    let replayed = tracer.sample("choreo_trace_restore_records_total");
+    assert!(replayed > Some(0.0), "{replayed:?}");
+    let lag_deadline = Instant::now() + Duration::from_secs(30);
+    while tracer
+        .get("/metrics")
+        .is_none_or(|m| !m.contains("choreo_kafka_consumer_lag{group=\"tracers\""))
+    {
+        assert!(
+            Instant::now() < lag_deadline,
+            "no consumer lag: {:?}",
+            tracer.get("/metrics")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let log = tokio::task::block_in_place(|| tracer.stop());
     assert!(log.contains("ready:"), "{log}");
     compare(dir.path(), incarnations, &truth);

@@ -523,7 +523,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
             follow(&mut tracer, kconfig, options.clone(), addr, &registry)?;
         }
         Some(Follow::Group(kconfig, options)) => {
-            group::follow(&mut tracer, kconfig, options.clone(), addr, &registry)?;
+            // The tracer's own consumer lag, next to its metrics.
+            let kafka_metrics = choreo_kafka::KafkaMetrics::new();
+            kafka_metrics.register(&registry)?;
+            let options = options.clone().metrics(kafka_metrics);
+            group::follow(&mut tracer, kconfig, options, addr, &registry)?;
         }
         None => {}
     }
