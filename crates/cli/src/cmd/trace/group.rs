@@ -146,19 +146,26 @@ struct Horizons {
 
 impl Horizons {
     fn add(&mut self, r: &Restore) {
-        let p = r.partition.1.max(0) as u32;
-        if r.committed && r.clock.is_none() {
+        self.partition(r.partition.1, r.clock, r.committed, r.cut);
+    }
+
+    /// Partition number `partition` of one topic is restored: with its
+    /// previous owner's `clock` (µs) when checkpointed, `committed` when the
+    /// group had an offset for it, `cut` when older records were left out.
+    fn partition(&mut self, partition: i32, clock: Option<i64>, committed: bool, cut: bool) {
+        let p = partition.max(0) as u32;
+        if committed && clock.is_none() {
             self.clockless.insert(p);
         }
         let h = self.by_partition.entry(p).or_default();
-        let clock = r.clock.map(Timestamp::from_micros);
+        let clock = clock.map(Timestamp::from_micros);
         // The earliest of the topics' clocks: judging earlier than the
         // previous owner did may repeat a verdict, judging later would lose one.
         h.clock = match (h.clock, clock) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        h.cut |= r.cut;
+        h.cut |= cut;
     }
 
     fn replayed(&mut self, partition: Option<u32>, time: Timestamp) {
@@ -228,6 +235,13 @@ pub(super) fn follow(
             choreo_topology::format_duration(lookback),
             server.local_addr()
         );
+        if lookback < tracer.config().idle {
+            eprintln!(
+                "choreo: note: --lookback {} is shorter than the idle timeout ({}): a flow in flight longer than the look-back when its partition moves is judged without its beginning (marked before_horizon)",
+                choreo_topology::format_duration(lookback),
+                choreo_topology::format_duration(tracer.config().idle)
+            );
+        }
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .context("cannot watch for SIGTERM")?;
@@ -341,4 +355,36 @@ pub(super) fn follow(
         server.stop();
         result
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_number_is_judged_as_of_its_earliest_clock() {
+        let mut h = Horizons::default();
+        h.partition(0, Some(2_000), true, false);
+        h.partition(0, Some(1_000), true, true);
+        h.partition(1, None, false, false);
+        let zero = h.of(0);
+        assert_eq!(zero.clock, Some(Timestamp::from_micros(1_000)));
+        assert!(zero.cut, "cut when any topic's replay was cut");
+        assert_eq!(h.of(1).clock, None, "never committed: judged as of now");
+        assert_eq!(h.of(7), Horizon::default(), "not restored");
+    }
+
+    #[test]
+    fn a_partition_committed_without_a_clock_is_judged_as_of_its_latest_replayed_event() {
+        let mut h = Horizons::default();
+        h.partition(3, None, true, false);
+        h.replayed(Some(3), Timestamp::from_micros(500));
+        h.replayed(Some(3), Timestamp::from_micros(900));
+        h.replayed(Some(3), Timestamp::from_micros(700));
+        h.replayed(Some(4), Timestamp::from_micros(5_000));
+        assert_eq!(h.of(3).clock, Some(Timestamp::from_micros(900)));
+        // Another topic of the same number with a clock: the earlier of the two.
+        h.partition(3, Some(800), true, false);
+        assert_eq!(h.of(3).clock, Some(Timestamp::from_micros(800)));
+    }
 }
