@@ -196,13 +196,25 @@ fn steps(i: usize) -> Vec<(&'static str, &'static str, &'static str)> {
     }
 }
 
+/// The topology's `within` of the reaction that emits `ty`, µs.
+fn within_us(ty: &str) -> i64 {
+    let seconds = match ty {
+        "PaymentCaptured" | "PaymentFailed" => 5,
+        "StockReserved" => 3,
+        "OrderShipped" => 10,
+        "OrderCancelled" => 2,
+        other => panic!("no reaction emits {other}"),
+    };
+    seconds * 1_000_000
+}
+
 /// Publishes `flows` flows at a steady rate, a new one every `every`; each
 /// flow advances one step every 4 ticks, so that many are mid-way at any
 /// moment. Returns, when the last step of the last flow is published, the
 /// truth of the run: each flow's correlation id and the verdict it must get
 /// — completed without findings, or (shipping never emits) stuck for `stuck`.
 async fn publish(bus: KafkaBus, flows: usize, every: Duration) -> BTreeMap<String, Verdict> {
-    let mut truth = BTreeMap::new();
+    let mut truth: BTreeMap<String, Verdict> = BTreeMap::new();
     let mut active: Vec<(usize, usize, Option<Envelope>)> = Vec::new();
     let mut next = 0;
     let mut tick = tokio::time::interval(every);
@@ -224,6 +236,17 @@ async fn publish(bus: KafkaBus, flows: usize, every: Duration) -> BTreeMap<Strin
             let mut env = Envelope::new(ty, topic, payload).with_source(source);
             if let Some(cause) = last {
                 env = env.caused_by(cause);
+                // A machine too busy to keep the pace makes a reaction late
+                // for real: the truth says so too.
+                let gap = env.time.as_micros() - cause.time.as_micros();
+                if gap > within_us(ty) {
+                    let rules = &mut truth
+                        .get_mut(&env.correlation_id.to_string())
+                        .expect("the flow's first event was published")
+                        .1;
+                    rules.push("reaction-late".to_owned());
+                    rules.sort();
+                }
             } else {
                 let verdict = if *i % 8 == 0 {
                     ("stuck".to_owned(), vec!["stuck".to_owned()])
