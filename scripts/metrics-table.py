@@ -3,8 +3,8 @@
 
     python3 scripts/metrics-table.py
 
-Reads `pub const METRICS` in crates/bus, crates/trace and crates/kafka (when
-present) and prints one Markdown table. crates/cli/tests/readme.rs checks every name.
+Reads `pub const METRICS` in crates/bus, crates/trace and crates/kafka, and
+the group tracer's in crates/cli (when present) and prints one Markdown table. crates/cli/tests/readme.rs checks every name.
 """
 import re
 import pathlib
@@ -14,6 +14,7 @@ sources = [
     ("SDK and in-process bus", root / "crates/bus/src/runtime/metrics.rs"),
     ("tracer", root / "crates/trace/src/metrics.rs"),
     ("Kafka backend", root / "crates/kafka/src/metrics.rs"),
+    ("tracer in a group", root / "crates/cli/src/cmd/trace/group.rs"),
 ]
 tuple_re = re.compile(r'\(\s*"([^"]+)",\s*"([^"]+)",\s*"([^"]*)",\s*"((?:[^"\\]|\\.)*)",?\s*\)', re.S)
 print("| metric | type | labels | from | meaning |")
@@ -22,7 +23,7 @@ for origin, path in sources:
     if not path.exists():
         continue
     text = path.read_text()
-    m = re.search(r"pub const METRICS[^=]*=\s*&\[(.*?)\];", text, re.S)
+    m = re.search(r"pub(?:\([a-z]+\))? const METRICS[^=]*=\s*&\[(.*?)\];", text, re.S)
     if not m:
         continue
     for name, kind, labels, meaning in tuple_re.findall(m.group(1)):

@@ -85,4 +85,4 @@ pub use memory::{
     InProcessBus, InProcessConfig, InProcessSubscription, Retention, Unsettled, WhenFull,
 };
 pub use runtime::*;
-pub use serve::{MetricsServer, Render, ServerBuilder, render};
+pub use serve::{Health, MetricsServer, Render, ServerBuilder, render};

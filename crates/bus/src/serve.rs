@@ -32,6 +32,10 @@ use crate::{Error, Result};
 /// Renders the exposition text served at `/metrics`.
 pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// Answers `/health`: `Ok(body)` is `200 OK`, `Err(body)` is `503 Service
+/// Unavailable` (a readiness probe then keeps the process out of service).
+pub type Health = Arc<dyn Fn() -> std::result::Result<String, String> + Send + Sync>;
+
 /// Renders the metrics of several registries in Prometheus' text format.
 pub fn render(registries: &[Registry]) -> String {
     let mut families = Vec::new();
@@ -76,6 +80,7 @@ impl MetricsServer {
     pub fn builder(render: Render) -> ServerBuilder {
         ServerBuilder {
             render,
+            health: None,
             routes: Vec::new(),
             max_connections: 64,
             header_timeout: Duration::from_secs(10),
@@ -99,6 +104,7 @@ impl MetricsServer {
 #[must_use]
 pub struct ServerBuilder {
     render: Render,
+    health: Option<Health>,
     routes: Vec<(String, MethodRouter)>,
     max_connections: usize,
     header_timeout: Duration,
@@ -129,6 +135,14 @@ impl ServerBuilder {
     /// server's own (axum's rule for overlapping routes).
     pub fn route(mut self, path: impl Into<String>, route: MethodRouter) -> Self {
         self.routes.push((path.into(), route));
+        self
+    }
+
+    /// Answers `/health` (and `/`, unless a route takes it) with `health`
+    /// instead of a plain `200 ok`: for a process that is up but not ready
+    /// (a tracer restoring its state, say).
+    pub fn health(mut self, health: Health) -> Self {
+        self.health = Some(health);
         self
     }
 
@@ -169,7 +183,22 @@ impl ServerBuilder {
                 )
             }
         });
-        let health = || get(|| async { "ok: metrics at /metrics\n" });
+        let check = self.health;
+        let health = move || {
+            let check = check.clone();
+            get(move || {
+                let answer = match &check {
+                    None => Ok("ok: metrics at /metrics\n".to_owned()),
+                    Some(check) => check(),
+                };
+                async move {
+                    match answer {
+                        Ok(body) => (StatusCode::OK, body),
+                        Err(body) => (StatusCode::SERVICE_UNAVAILABLE, body),
+                    }
+                }
+            })
+        };
         let mut router = Router::new();
         let mut root = false;
         for (path, route) in self.routes {

@@ -49,6 +49,10 @@
 //!   contradicting a typed field; also from `CHOREO_KAFKA_*` variables.
 //! - [`RecordReader`]: reads topics record by record for tools (the tracer,
 //!   `choreo capture`), without joining a group unless asked.
+//! - [`LookbackReader`]: a group member for a stateful reader (the tracer's
+//!   `--follow --group`): each partition it is given is replayed from a
+//!   look-back up to the group's committed offset, so that its state can be
+//!   rebuilt, and checkpoints commit a position with the reader's clock.
 //! - [`KafkaMetrics`]: consumer lag per group/topic/partition and the
 //!   backend's counters, in Prometheus.
 //!
@@ -84,6 +88,7 @@ mod config;
 mod consumer;
 pub mod dlq;
 mod error;
+pub mod lookback;
 mod metrics;
 #[cfg(feature = "mock")]
 pub mod mock;
@@ -98,5 +103,6 @@ pub use config::{KafkaConfig, SaslConfig, SaslMechanism, Secret, TlsConfig};
 pub use consumer::KafkaSubscription;
 pub use dlq::RawRecord;
 pub use error::{Error, Result};
+pub use lookback::{LookbackEvent, LookbackOptions, LookbackReader, Restore};
 pub use metrics::{KafkaMetrics, METRICS};
 pub use reader::{ReadFrom, ReadRecord, ReaderOptions, RecordReader, Topics};

@@ -88,8 +88,29 @@ impl Topics {
         Topics::Pattern(regex.into())
     }
 
+    /// What a group member subscribes to: the names, or for topics that may
+    /// appear later a regex, which librdkafka matches again at each metadata
+    /// refresh.
+    pub(crate) fn subscription(&self) -> Vec<String> {
+        match self {
+            Topics::Names(n) => n.clone(),
+            Topics::Optional(n) => vec![format!(
+                "^({})$",
+                n.iter()
+                    // Topic names are letters, digits, `.`, `_` and
+                    // `-`: only the dot means something to a regex.
+                    .map(|t| t.replace('.', "\\."))
+                    .collect::<Vec<_>>()
+                    .join("|")
+            )],
+            // librdkafka reads a subscription starting with ^ as a regex.
+            Topics::Pattern(p) if p.starts_with('^') => vec![p.clone()],
+            Topics::Pattern(p) => vec![format!("^{p}")],
+        }
+    }
+
     /// Whether topics created after `open` are looked for.
-    fn grows(&self) -> bool {
+    pub(crate) fn grows(&self) -> bool {
         matches!(self, Topics::Optional(_) | Topics::Pattern(_))
     }
 }
@@ -296,20 +317,7 @@ impl RecordReader {
                         }
                         n.clone()
                     }
-                    // Those that exist and those that will: as a regex,
-                    // which librdkafka matches again at each metadata refresh.
-                    Topics::Optional(n) => vec![format!(
-                        "^({})$",
-                        n.iter()
-                            // Topic names are letters, digits, `.`, `_` and
-                            // `-`: only the dot means something to a regex.
-                            .map(|t| t.replace('.', "\\."))
-                            .collect::<Vec<_>>()
-                            .join("|")
-                    )],
-                    // librdkafka reads a subscription starting with ^ as a regex.
-                    Topics::Pattern(p) if p.starts_with('^') => vec![p.clone()],
-                    Topics::Pattern(p) => vec![format!("^{p}")],
+                    other => other.subscription(),
                 };
                 let start = match options.from {
                     ReadFrom::Beginning => StartFrom::Earliest,
@@ -537,14 +545,14 @@ impl Assigned {
     }
 }
 
-fn reader_error(e: KafkaError) -> Error {
+pub(crate) fn reader_error(e: KafkaError) -> Error {
     Error::Kafka {
         context: "reading records".into(),
         source: e,
     }
 }
 
-struct FoundPartition {
+pub(crate) struct FoundPartition {
     topic: String,
     partition: i32,
     low: i64,
@@ -553,7 +561,7 @@ struct FoundPartition {
 
 /// The partitions of the matching topics, with their watermarks when
 /// `ends`; and the optional topics that do not exist.
-fn discover(
+pub(crate) fn discover(
     config: &KafkaConfig,
     watch: &Arc<Watch>,
     topics: &Topics,

@@ -108,6 +108,7 @@ pub(crate) fn build_trace(
         findings: resolve_findings(ctx, corr, f, a),
         owed,
         duplicates: f.duplicates,
+        before_horizon: f.before_horizon,
     }
 }
 
@@ -155,5 +156,6 @@ pub(crate) fn summary_of(
         duplicates: f.duplicates,
         owed,
         findings: resolve_findings(ctx, corr, f, a),
+        before_horizon: f.before_horizon,
     }
 }

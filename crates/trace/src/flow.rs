@@ -86,6 +86,12 @@ pub struct FlowSummary {
     pub owed: Vec<Owed>,
     /// Every finding.
     pub findings: Vec<Finding>,
+    /// Its beginning is older than the tracer's horizon (a live tracer took
+    /// it over from a restore that looked back less far than the flow's
+    /// start): what it lacks from before is not reported as orphans.
+    /// Written only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub before_horizon: bool,
 }
 
 /// What one service did with an event, from its receipt.
@@ -154,6 +160,9 @@ pub struct FlowTrace {
     pub owed: Vec<Owed>,
     /// Copies of events seen more than once (at-least-once delivery), collapsed.
     pub duplicates: u32,
+    /// Its beginning is older than the tracer's horizon (see
+    /// [`FlowSummary::before_horizon`]).
+    pub before_horizon: bool,
 }
 
 impl FlowTrace {
@@ -170,6 +179,7 @@ impl FlowTrace {
             duplicates: self.duplicates,
             owed: self.owed.clone(),
             findings: self.findings.clone(),
+            before_horizon: self.before_horizon,
         }
     }
 

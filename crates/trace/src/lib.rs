@@ -110,6 +110,14 @@
 //! a sink's receipt say, may come), stuck ones are reported and evicted, and
 //! the caps of [`TracerConfig::live`] bound memory (evictions are counted).
 //!
+//! A live tracer that shares the work with others (a consumer-group member)
+//! rebuilds the flows of a partition it is given from records read again
+//! ([`Tracer::ingest_replayed`]: nothing counted, nothing judged), then
+//! [`Tracer::restored`] drops, unsaid, the flows the previous owner had
+//! judged as of its clock and adopts the rest; [`Tracer::hand_over`] gives up
+//! the flows of partitions it loses. `choreo trace --follow --group` does
+//! this on Kafka (docs/tracing.md).
+//!
 //! # Metrics
 //!
 //! [`Tracer::register_metrics`] exports Grafana's service-graph series and
@@ -164,4 +172,4 @@ pub use report::{
 };
 pub use stats::{Histogram, Quantiles, format_micros};
 pub use tap::{tap, tap_topics};
-pub use tracer::Tracer;
+pub use tracer::{Horizon, Restored, Tracer};

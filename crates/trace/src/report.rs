@@ -71,6 +71,13 @@ pub struct Counters {
     pub evicted_stuck: u64,
     /// Flows evicted after the idle timeout.
     pub evicted_idle: u64,
+    /// Flows taken over from a restore (a consumer-group member rebuilding a
+    /// partition it was given) whose beginning is older than the look-back:
+    /// judged without it, their missing causes not counted as orphans.
+    pub before_horizon: u64,
+    /// Flows given up unjudged to another member of the group (their
+    /// partition was reassigned): the new owner judges them.
+    pub handed_over: u64,
 }
 
 impl Counters {
@@ -298,7 +305,9 @@ impl Report {
         let ok = violations == 0 && totals.failed == 0 && totals.stuck == 0;
         let finished =
             totals.completed + totals.recovered + totals.failed + totals.stuck + totals.in_progress;
-        let verdict = if input.records == 0 {
+        // A tracer that took its flows over from a restore judges flows
+        // without having counted a record of them.
+        let verdict = if input.records == 0 && finished == 0 {
             "no records: nothing to trace".to_owned()
         } else if ok {
             format!(

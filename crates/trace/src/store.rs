@@ -65,6 +65,17 @@ pub(crate) struct FlowState {
     /// Live mode: don't analyse again before this time.
     pub(crate) next_check: i64,
     pub(crate) name: Option<usize>,
+    /// The partition its first record was read from (`NO_PARTITION` when
+    /// unknown): a consumer-group member holds a flow while it holds that
+    /// partition (topics keyed by correlation id give a flow one partition
+    /// number on every topic).
+    pub(crate) home: u32,
+    /// Rebuilt from replayed records and not adopted yet: never judged until
+    /// [`Tracer::restored`](crate::Tracer::restored) decides.
+    pub(crate) restoring: bool,
+    /// Its beginning is older than the tracer's horizon (the look-back of a
+    /// restore): causes missing from it are not orphans.
+    pub(crate) before_horizon: bool,
 }
 
 /// Events a flow holds before it indexes them by id: below it, a scan of a
@@ -76,6 +87,9 @@ impl FlowState {
     /// its first record suggests.
     pub(crate) fn new(time: i64, name: Option<usize>) -> FlowState {
         FlowState {
+            home: NO_PARTITION,
+            restoring: false,
+            before_horizon: false,
             events: Vec::new(),
             receipts: Vec::new(),
             dead: Vec::new(),

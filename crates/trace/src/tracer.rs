@@ -76,6 +76,34 @@ pub struct Tracer {
     recent: RecentFlows,
     /// The events read last, for a viewer's search.
     search: SearchWindow,
+    /// Ingesting a replayed record (see [`Tracer::ingest_replayed`]).
+    replaying: bool,
+    /// What replayed records counted, kept apart from `counters`.
+    replay_counters: Counters,
+    /// The partition of the record being ingested.
+    at_partition: u32,
+}
+
+/// How one partition was restored, for [`Tracer::restored`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Horizon {
+    /// The clock its previous owner had judged as of (see
+    /// [`Tracer::restored`]); `None`: judge as of "now".
+    pub clock: Option<Timestamp>,
+    /// Whether older records exist than the replay read: flows that started
+    /// before it are cut by the horizon.
+    pub cut: bool,
+}
+
+/// What [`Tracer::restored`] did with the flows rebuilt from a replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Restored {
+    /// Flows in flight at the previous owner's clock: this tracer's from now on.
+    pub adopted: u64,
+    /// Of those, flows whose beginning is older than the horizon.
+    pub before_horizon: u64,
+    /// Flows the previous owner had judged already: dropped unsaid.
+    pub judged_before: u64,
 }
 
 impl std::fmt::Debug for Tracer {
@@ -120,6 +148,9 @@ impl Tracer {
             recent: RecentFlows::new(config.recent_flows),
             search: SearchWindow::new(config.search_bytes),
             config,
+            replaying: false,
+            replay_counters: Counters::default(),
+            at_partition: NO_PARTITION,
         }
     }
 
@@ -215,6 +246,26 @@ impl Tracer {
         );
     }
 
+    /// Ingests a record read again to rebuild state: a consumer-group member
+    /// restoring a partition whose previous owner acted on this record
+    /// already. Its flow is rebuilt, but nothing is counted (the previous
+    /// owner counted it), and the flow is not judged until
+    /// [`Tracer::restored`] decides whether the previous owner did judge
+    /// it. The caps hold: a flow still restoring that must go is dropped
+    /// unsaid.
+    pub fn ingest_replayed(&mut self, record: &Record) {
+        std::mem::swap(&mut self.counters, &mut self.replay_counters);
+        self.replaying = true;
+        self.ingest(record);
+        self.replaying = false;
+        std::mem::swap(&mut self.counters, &mut self.replay_counters);
+    }
+
+    /// Records replayed so far (see [`Tracer::ingest_replayed`]).
+    pub fn records_replayed(&self) -> u64 {
+        self.replay_counters.records
+    }
+
     /// Ingests an envelope read at `position` (partition, offset) when known.
     pub fn ingest_envelope(&mut self, envelope: &Envelope, position: Option<(u32, u64)>) {
         self.ingest_parts(
@@ -247,6 +298,7 @@ impl Tracer {
         pre: Option<ParsedReceipt>,
     ) {
         self.counters.records += 1;
+        self.at_partition = partition.unwrap_or(NO_PARTITION);
         if !attributed {
             self.counters.unattributed += 1;
             return;
@@ -455,17 +507,27 @@ impl Tracer {
             let ty = self.syms.get(event_type)?;
             m.flow_of(ty)
         });
+        // A flow rebuilt from a replay is counted once adopted.
+        if !self.replaying {
+            self.count_started(name);
+        }
+        if self.config.max_flows != usize::MAX {
+            self.created.push_back(corr.clone());
+        }
+        let mut state = FlowState::new(time, name);
+        state.home = self.at_partition;
+        state.restoring = self.replaying;
+        let i = self.flows.insert(corr.clone(), state);
+        Some(self.flows.at_mut(i))
+    }
+
+    fn count_started(&mut self, name: Option<usize>) {
         self.agg.started(name);
         if let (Some(m), Some(metrics)) = (&self.model, &self.metrics) {
             metrics.flow_started(name.map(|n| m.flows[n].name.as_str()));
         } else if let Some(metrics) = &self.metrics {
             metrics.flow_started(None);
         }
-        if self.config.max_flows != usize::MAX {
-            self.created.push_back(corr.clone());
-        }
-        let i = self.flows.insert(corr.clone(), FlowState::new(time, name));
-        Some(self.flows.at_mut(i))
     }
 
     fn after_growth(&mut self, corr: &EventId) {
@@ -503,6 +565,18 @@ impl Tracer {
         let now = self.effective_now(None);
         if let Some(state) = self.flows.remove(corr) {
             self.records_in_flight -= state.records();
+            if state.restoring {
+                // Not this tracer's to judge (yet): dropped unsaid, within
+                // the caps, counted with the replay's counters (which are
+                // `self.counters` while a replayed record is ingested).
+                if self.replaying {
+                    self.counters.evicted(reason);
+                } else {
+                    self.replay_counters.evicted(reason);
+                }
+                self.remember_evicted(corr.clone());
+                return;
+            }
             self.counters.evicted(reason);
             if let Some(m) = &self.metrics {
                 m.evicted(reason);
@@ -545,6 +619,9 @@ impl Tracer {
         let has_model = self.model.is_some();
         let mut due: Vec<(EventId, Due)> = Vec::new();
         for (id, f) in self.flows.iter() {
+            if f.restoring {
+                continue;
+            }
             let quiet = now_us.saturating_sub(f.last_activity);
             if quiet >= idle {
                 due.push((id.clone(), Due::Idle));
@@ -606,6 +683,91 @@ impl Tracer {
             }
         }
         self.update_gauges(now_us);
+    }
+
+    /// Ends a restore: decides, for every flow rebuilt from replayed records
+    /// (see [`Tracer::ingest_replayed`]), whether the partition's previous
+    /// owner had judged it already, as a tick at that owner's clock would
+    /// have (`horizon(partition).clock`, else `now`): stuck, settled at
+    /// rest, or idle. Those are dropped unsaid (their later records count as
+    /// late, as they did for the previous owner). The others are adopted:
+    /// counted as started here and judged from the next tick on; those
+    /// missing their first event while the replay was cut by the horizon are
+    /// marked [`FlowSummary::before_horizon`](crate::FlowSummary::before_horizon).
+    pub fn restored(&mut self, now: Timestamp, horizon: impl Fn(u32) -> Horizon) -> Restored {
+        let settle = i64::try_from(self.config.settle.as_micros()).unwrap_or(i64::MAX);
+        let idle = i64::try_from(self.config.idle.as_micros()).unwrap_or(i64::MAX);
+        let ids: Vec<EventId> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| f.restoring)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut out = Restored::default();
+        for id in ids {
+            let Some(mut state) = self.flows.remove(&id) else {
+                continue;
+            };
+            let h = horizon(state.home);
+            let at = h.clock.unwrap_or(now).as_micros();
+            let quiet = at.saturating_sub(state.last_activity);
+            let judged = if quiet >= idle {
+                true
+            } else if self.model.is_none() {
+                quiet >= settle
+            } else {
+                let a = self.analyse(&id, &state, at);
+                let at_rest = matches!(
+                    a.status,
+                    FlowStatus::Completed | FlowStatus::Failed | FlowStatus::Recovered
+                );
+                a.status == FlowStatus::Stuck
+                    || (at_rest
+                        && a.next_deadline.is_none()
+                        && at >= state.last_activity.saturating_add(settle))
+            };
+            if judged {
+                self.records_in_flight -= state.records();
+                self.remember_evicted(id);
+                out.judged_before += 1;
+                continue;
+            }
+            state.restoring = false;
+            state.next_check = i64::MIN;
+            if h.cut && state.find(&id).is_none() {
+                state.before_horizon = true;
+                out.before_horizon += 1;
+                self.counters.before_horizon += 1;
+            }
+            self.count_started(state.name);
+            self.flows.insert(id, state);
+            out.adopted += 1;
+        }
+        out
+    }
+
+    /// Gives up, unjudged, every flow whose first record came from a
+    /// partition (by number) `lost` says: a consumer-group member whose
+    /// partitions were reassigned, or that leaves the group (their next owner
+    /// restores and judges those flows). Returns how many.
+    pub fn hand_over(&mut self, lost: impl Fn(u32) -> bool) -> u64 {
+        let ids: Vec<EventId> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| lost(f.home))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut n = 0;
+        for id in ids {
+            if let Some(state) = self.flows.remove(&id) {
+                self.records_in_flight -= state.records();
+                if !state.restoring {
+                    self.counters.handed_over += 1;
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     fn update_gauges(&self, now_us: i64) {

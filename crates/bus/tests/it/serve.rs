@@ -182,3 +182,37 @@ async fn a_kept_alive_connection_is_closed_after_its_lifetime() {
     );
     stop.cancel();
 }
+
+#[tokio::test]
+async fn the_health_check_can_say_not_ready() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ready = Arc::new(AtomicBool::new(false));
+    let flag = ready.clone();
+    let health: choreo_bus::Health = Arc::new(move || {
+        if flag.load(Ordering::Relaxed) {
+            Ok("ok: ready\n".to_owned())
+        } else {
+            Err("restoring\n".to_owned())
+        }
+    });
+    let (addr, stop) = serving(MetricsServer::builder(render()).health(health)).await;
+    assert_answer(
+        &ask(addr, &get("/health")).await,
+        "503 Service Unavailable",
+        "restoring\n",
+    );
+    assert_answer(
+        &ask(addr, &get("/")).await,
+        "503 Service Unavailable",
+        "restoring\n",
+    );
+    // The metrics answer meanwhile: a liveness probe reads them.
+    assert_answer(
+        &ask(addr, &get("/metrics")).await,
+        "200 OK",
+        "choreo_test_total 7\n",
+    );
+    ready.store(true, Ordering::Relaxed);
+    assert_answer(&ask(addr, &get("/health")).await, "200 OK", "ok: ready\n");
+    stop.cancel();
+}

@@ -11,4 +11,5 @@ mod roundtrip;
 mod simulate_scale;
 mod soak;
 mod trace;
+mod trace_restart;
 mod ui;

@@ -25,6 +25,28 @@ fn every_metric_is_in_the_metrics_guides_table() {
         missing.is_empty(),
         "metrics missing from docs/metrics.md's table (run scripts/metrics-table.py): {missing:?}"
     );
+    // The group tracer's own, from the binary's source (a binary exports nothing).
+    let source = read("crates/cli/src/cmd/trace/group.rs");
+    let block = source
+        .split("const METRICS")
+        .nth(1)
+        .and_then(|rest| rest.split("];").next())
+        .expect("the group tracer's METRICS");
+    let names: Vec<&str> = block
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("\"choreo_"))
+        .map(|l| l.trim_matches(|c| c == '"' || c == ','))
+        .collect();
+    assert_eq!(names.len(), 6, "{names:?}");
+    let missing: Vec<&&str> = names
+        .iter()
+        .filter(|name| !table.contains(&format!("| `{name}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "group tracer metrics missing from docs/metrics.md's table (run scripts/metrics-table.py): {missing:?}"
+    );
 }
 
 #[test]

@@ -90,6 +90,8 @@ pub(crate) fn rebuild(
                     message: format!("'{}' names itself as its cause", syms.name(e.ty)),
                 });
             }
+            // Its cause is older than the tracer's horizon: not an orphan.
+            None if f.before_horizon => {}
             None => {
                 orphans += 1;
                 findings.push(Raw {

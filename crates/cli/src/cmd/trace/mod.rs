@@ -1,5 +1,7 @@
 //! `choreo trace`: rebuild every flow of a capture, check it against a topology, report.
 
+#[cfg(feature = "kafka")]
+mod group;
 mod output;
 
 use std::path::PathBuf;
@@ -16,7 +18,7 @@ use choreo_trace::{
 };
 
 #[cfg(feature = "kafka")]
-use choreo_kafka::{KafkaConfig, ReadFrom, ReaderOptions, RecordReader, Topics};
+use choreo_kafka::{KafkaConfig, LookbackOptions, ReadFrom, ReaderOptions, RecordReader, Topics};
 #[cfg(feature = "kafka")]
 use choreo_trace::Record;
 
@@ -58,7 +60,11 @@ const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 /// reported and evicted, hard caps counted), metrics are served at
 /// --metrics-addr (default 127.0.0.1:9464), and the report is printed when it
 /// is interrupted (ctrl-c). With --group several tracers split the partitions;
-/// topics keyed by correlation id give each whole flows.
+/// topics keyed by correlation id give each whole flows. In a group, a tracer
+/// given a partition (at its start, after a crash or a rebalance) first
+/// replays it from --lookback before the group's last checkpoint, silently,
+/// to rebuild the flows in flight: restarts and rebalances do not show in
+/// what it reports; /health answers 503 "restoring" until it is ready.
 ///
 /// Exit codes: 0 nothing found (no violations, no failed or stuck flow; with
 /// --flow or --find, about those flows); 1 violations, or failed or stuck
@@ -88,6 +94,17 @@ pub(crate) struct Args {
     /// With --follow: read as a member of this consumer group (several tracers split the partitions).
     #[arg(long, requires = "follow")]
     group: Option<String>,
+    /// With --group: how far back a partition given to this tracer is
+    /// replayed to rebuild the flows in flight (before the group's last
+    /// checkpoint; flows begun earlier are marked before_horizon). Keep it
+    /// at least as long as the longest flow.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        requires = "group",
+        default_value = "1h"
+    )]
+    lookback: String,
     /// The topology to check the flows against (without one only structure is
     /// checked: orphans, clock skew, loops, dead letters).
     #[arg(long, short)]
@@ -204,10 +221,7 @@ pub(crate) enum Input {
     Kafka(Box<KafkaConfig>, Topics),
 }
 
-/// What `--follow` reads: Kafka, with the reader's options (nothing
-/// without the `kafka` feature).
-#[cfg(feature = "kafka")]
-type Follow = (KafkaConfig, ReaderOptions);
+/// Without the `kafka` feature nothing is followed.
 #[cfg(not(feature = "kafka"))]
 type Follow = std::convert::Infallible;
 
@@ -367,8 +381,18 @@ pub(crate) struct Config {
     ui_show_payloads: bool,
     tracer: TracerConfig,
     progress: bool,
-    /// Live on Kafka: the reader's options.
+    /// Live on Kafka.
     follow: Option<Follow>,
+}
+
+/// How `--follow` reads Kafka.
+#[cfg(feature = "kafka")]
+#[derive(Debug)]
+pub(crate) enum Follow {
+    /// Alone, with a record reader.
+    Alone(KafkaConfig, ReaderOptions),
+    /// As a member of a consumer group, restoring each partition it is given.
+    Group(KafkaConfig, LookbackOptions),
 }
 
 impl Config {
@@ -458,15 +482,29 @@ impl Config {
                 (None, true, None) => Topics::pattern(".*"),
             };
             if args.follow {
-                let mut options = ReaderOptions::new(topics);
-                if !args.from_beginning {
-                    options = options.from(ReadFrom::End);
-                }
-                options = options.follow();
-                if let Some(g) = &args.group {
-                    options = options.group(g.clone());
-                }
-                follow = Some((kconfig, options));
+                let from = if args.from_beginning {
+                    ReadFrom::Beginning
+                } else {
+                    ReadFrom::End
+                };
+                follow = Some(match &args.group {
+                    Some(g) => {
+                        let lookback =
+                            choreo_topology::parse_duration(&args.lookback).map_err(|e| {
+                                anyhow::anyhow!(
+                                    "--lookback '{}': {e}; write it like 30m or 2h",
+                                    args.lookback
+                                )
+                            })?;
+                        Follow::Group(
+                            kconfig,
+                            LookbackOptions::new(topics, g.clone())
+                                .lookback(lookback)
+                                .from(from),
+                        )
+                    }
+                    None => Follow::Alone(kconfig, ReaderOptions::new(topics).from(from).follow()),
+                });
                 metrics_addr.get_or_insert_with(|| DEFAULT_METRICS_ADDR.to_owned());
             } else {
                 inputs.push(Input::Kafka(Box::new(kconfig), topics));
@@ -586,7 +624,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
     let t0 = std::time::Instant::now();
     let mut damaged = false;
     #[cfg(feature = "kafka")]
-    if let Some((kconfig, options)) = &config.follow {
+    if let Some(how) = &config.follow {
         let addr = config
             .metrics_addr
             .as_deref()
@@ -594,14 +632,22 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
         // The tracer's own consumer lag, next to its metrics.
         let kafka_metrics = choreo_kafka::KafkaMetrics::new();
         kafka_metrics.register(&registry)?;
-        let options = options.clone().metrics(kafka_metrics);
         let shared = Arc::new(Mutex::new(tracer));
         let viewer = config.ui.then(|| {
             choreo_ui::Viewer::new(shared.clone())
                 .live(true)
                 .show_payloads(config.ui_show_payloads)
         });
-        follow(&shared, kconfig, options, addr, &registry, viewer)?;
+        match how {
+            Follow::Alone(kconfig, options) => {
+                let options = options.clone().metrics(kafka_metrics);
+                follow(&shared, kconfig, options, addr, &registry, viewer)?;
+            }
+            Follow::Group(kconfig, options) => {
+                let options = options.clone().metrics(kafka_metrics);
+                group::follow(&shared, kconfig, options, addr, &registry, viewer)?;
+            }
+        }
         // The runtime that served the viewer is gone, and its handlers with it.
         tracer = Arc::try_unwrap(shared)
             .map_err(|_| anyhow::anyhow!("the flow viewer still holds the tracer"))?
@@ -945,8 +991,45 @@ mod tests {
     #[test]
     fn kafka_flags_convert() {
         let c = config(&["--brokers", "k:9092", "--follow", "--group", "tracers"]).unwrap();
-        let (kafka, _) = c.follow.as_ref().expect("follow mode");
+        let Some(Follow::Group(kafka, options)) = c.follow.as_ref() else {
+            panic!("follow mode in a group");
+        };
         assert_eq!(kafka.brokers, "k:9092");
+        assert_eq!(options.lookback, std::time::Duration::from_secs(3600));
+        assert_eq!(options.from, ReadFrom::End);
+        let c = config(&[
+            "--brokers",
+            "k:9092",
+            "--follow",
+            "--group",
+            "g",
+            "--lookback",
+            "10m",
+            "--from-beginning",
+        ])
+        .unwrap();
+        let Some(Follow::Group(_, options)) = c.follow.as_ref() else {
+            panic!("follow mode in a group");
+        };
+        assert_eq!(options.lookback, std::time::Duration::from_secs(600));
+        assert_eq!(options.from, ReadFrom::Beginning);
+        assert!(
+            config(&[
+                "--brokers",
+                "k:9092",
+                "--follow",
+                "--group",
+                "g",
+                "--lookback",
+                "soon"
+            ])
+            .is_err(),
+            "a duration"
+        );
+        assert!(
+            config(&["--brokers", "k:9092", "--follow", "--lookback", "1h"]).is_err(),
+            "--lookback needs --group"
+        );
         assert_eq!(
             c.metrics_addr.as_deref(),
             Some("127.0.0.1:9464"),
