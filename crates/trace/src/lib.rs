@@ -126,6 +126,7 @@ mod aggregate;
 mod analysis;
 mod assemble;
 pub mod capture;
+mod compact;
 mod config;
 mod drive;
 mod error;
@@ -146,7 +147,7 @@ mod tracer;
 mod util;
 
 pub use config::{Keep, Receipts, TracerConfig};
-pub use drive::{Drained, drive};
+pub use drive::{Drained, drive, drive_capture};
 pub use error::{Error, Result};
 pub use export::{FlowWriter, LogFormat, LogWriter};
 pub use find::Query;

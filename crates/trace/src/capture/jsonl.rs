@@ -22,10 +22,12 @@
 use bytes::Bytes;
 use choreo_core::{ContentType, EventId, Headers, Timestamp};
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Map, Value};
 
 use super::avro::{Parts, assemble, content_type};
 use crate::Record;
+use crate::compact::{CompactEvent, Item, LocalNames};
 use crate::util::Interner;
 use choreo_core::base64;
 
@@ -233,4 +235,166 @@ pub(crate) fn decode(
         offset: l.offset,
         fallback_id,
     }))
+}
+
+/// The borrowed shape of a line, for [`decode_item`]: strings without
+/// escapes, payloads checked but not kept. A line it cannot take (an escape,
+/// an id that is a number) is read by [`decode`] instead.
+#[derive(Deserialize)]
+struct FastLine<'a> {
+    #[serde(default, borrow)]
+    id: Option<&'a str>,
+    #[serde(default, borrow, rename = "type")]
+    event_type: Option<&'a str>,
+    #[serde(default, borrow)]
+    source: Option<&'a str>,
+    #[serde(default, borrow)]
+    topic: Option<&'a str>,
+    #[serde(default, borrow)]
+    key: Option<&'a str>,
+    #[serde(default, borrow)]
+    key_base64: Option<&'a str>,
+    #[serde(default, borrow, alias = "correlationid")]
+    correlation_id: Option<&'a str>,
+    #[serde(default, borrow, alias = "causationid")]
+    causation_id: Option<&'a str>,
+    #[serde(default, borrow)]
+    time: Option<FastTime<'a>>,
+    #[serde(default, borrow)]
+    traceparent: Option<&'a str>,
+    #[serde(default, borrow)]
+    tracestate: Option<&'a str>,
+    #[serde(default, borrow, alias = "datacontenttype")]
+    content_type: Option<&'a str>,
+    #[serde(default)]
+    data: Option<IgnoredAny>,
+    #[serde(default, borrow)]
+    data_base64: Option<&'a str>,
+    #[serde(default)]
+    headers: Option<IgnoredAny>,
+    #[serde(default)]
+    partition: Option<u32>,
+    #[serde(default)]
+    offset: Option<u64>,
+}
+
+/// A line's `time` as [`FastLine`] takes it.
+enum FastTime<'a> {
+    Micros(i64),
+    Text(&'a str),
+    /// Anything [`decode`] must judge (a fraction, an escaped string).
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for FastTime<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FastTime<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("RFC 3339 text or microseconds")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(FastTime::Micros(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(i64::try_from(v).map_or(FastTime::Other, FastTime::Micros))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(FastTime::Other)
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(FastTime::Text(v))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(FastTime::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// serde_json's limit on nesting when it builds a `Value` ([`decode`]
+/// does); skipping a payload has none, so a line that could reach it is
+/// left to [`decode`].
+const NESTING: usize = 120;
+
+/// Decodes one line straight into the tracer's compact form (see
+/// [`crate::compact`]): what [`decode`] and the tracer's ingestion would make
+/// of it. `None` when the line is not of the common shape (escapes, headers,
+/// an embedded receipt payload, anything [`decode`] would refuse): the caller
+/// then reads it with [`decode`]. `scratch` holds decoded base64.
+pub(crate) fn decode_item(
+    line: &[u8],
+    local: &mut LocalNames,
+    names: &mut Interner,
+    scratch: &mut Vec<u8>,
+) -> Option<Item> {
+    let l: FastLine<'_> = serde_json::from_slice(line).ok()?;
+    if l.headers.is_some() {
+        return None;
+    }
+    if line.len() > NESTING && line.iter().filter(|&&b| b == b'{' || b == b'[').count() >= NESTING {
+        return None;
+    }
+    let time = match l.time {
+        Some(FastTime::Micros(t)) => t,
+        Some(FastTime::Text(s)) => Timestamp::parse_rfc3339(s)?.as_micros(),
+        Some(FastTime::Other) => return None,
+        None => Timestamp::EPOCH.as_micros(),
+    };
+    if l.key.is_none()
+        && let Some(k) = l.key_base64
+        && !base64::decode_either_into(k, scratch)
+    {
+        return None;
+    }
+    let _ = (l.traceparent, l.tracestate, l.content_type);
+    // The payload: only receipts' is read; everyone's base64 must be base64.
+    let decoded = match l.data_base64 {
+        Some(b) => {
+            if !base64::decode_either_into(b, scratch) {
+                return None;
+            }
+            true
+        }
+        None => false,
+    };
+    let id = parse_id(l.id?)?;
+    let ty = l.event_type.unwrap_or("");
+    let correlation = l.correlation_id.and_then(parse_id);
+    let (Some(correlation), false) = (correlation, ty.is_empty()) else {
+        return Some(Item::Unattributed);
+    };
+    let ty_local = local.of(ty.as_bytes())?;
+    let source = local.of(l.source.unwrap_or("").as_bytes())?;
+    let topic = local.of(l.topic.unwrap_or("").as_bytes())?;
+    if crate::record::is_receipt_type(ty) {
+        let data: &[u8] = match (decoded, l.data) {
+            (true, _) => scratch,
+            // An embedded payload: decode normalises it first.
+            (false, Some(_)) => return None,
+            (false, None) => &[],
+        };
+        return Some(match crate::receipt::parse_receipt(data, names) {
+            Some(view) => Item::receipt(correlation, time, view, local),
+            None => Item::BadReceipt,
+        });
+    }
+    Some(Item::Event(CompactEvent {
+        correlation,
+        id,
+        cause: l.causation_id.and_then(parse_id),
+        ty: ty_local,
+        source,
+        topic,
+        time,
+        partition: l.partition,
+        offset: l.offset,
+    }))
+}
+
+#[inline]
+fn parse_id(text: &str) -> Option<EventId> {
+    super::avro::fast_uuid(text.as_bytes()).or_else(|| EventId::parse(text))
 }

@@ -30,6 +30,7 @@
 
 mod avro;
 pub mod jsonl;
+pub(crate) mod parallel;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};

@@ -173,12 +173,29 @@ pub(crate) enum Input {
 }
 
 impl Input {
-    fn open(&self) -> anyhow::Result<Box<dyn Source + Send>> {
+    fn open(&self) -> anyhow::Result<Opened> {
         match self {
-            Input::File(path) => Ok(Box::new(Reader::open(path)?.lean())),
-            Input::Kafka(config, topics) => {
-                Ok(Box::new(KafkaSource::open(config, topics.clone())?))
-            }
+            Input::File(path) => Ok(Opened::File(Reader::open(path)?.lean())),
+            Input::Kafka(config, topics) => Ok(Opened::Other(Box::new(KafkaSource::open(
+                config,
+                topics.clone(),
+            )?))),
+        }
+    }
+}
+
+/// An opened input: a capture file (which the tracer can read on every
+/// core), or any other source.
+enum Opened {
+    File(Reader),
+    Other(Box<dyn Source + Send>),
+}
+
+impl Opened {
+    fn source(&self) -> &dyn Source {
+        match self {
+            Opened::File(r) => r,
+            Opened::Other(s) => s.as_ref(),
         }
     }
 }
@@ -489,10 +506,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
     // --find: the flows of the records that match, kept whole as they finish.
     let mut found: Vec<EventId> = Vec::new();
     for input in &config.inputs {
-        let source = input.open()?;
-        let name = source.name();
+        let opened = input.open()?;
+        let name = opened.source().name();
         // A bar for files over 8 MiB (their size is known).
-        let bar = source.progress().total_bytes.and_then(|total| {
+        let bar = opened.source().progress().total_bytes.and_then(|total| {
             super::progress_bar(
                 config.progress,
                 total,
@@ -500,25 +517,39 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
                 "{spinner} tracing [{bar:30}] {bytes}/{total_bytes} {msg} ({eta})",
             )
         });
-        let drained = choreo_trace::drive(
-            source,
-            &mut tracer,
-            |r| {
-                if let Some(q) = &config.find
-                    && r.attributed
-                    && q.matches(r)
-                    && found.last() != Some(&r.envelope.correlation_id)
-                {
-                    found.push(r.envelope.correlation_id.clone());
-                }
-            },
-            |p| {
-                if let Some(bar) = &bar {
-                    bar.set_position(p.bytes);
-                    bar.set_message(format!("{} records", p.records));
-                }
-            },
-        );
+        let show = |p: choreo_trace::Progress| {
+            if let Some(bar) = &bar {
+                bar.set_position(p.bytes);
+                bar.set_message(format!("{} records", p.records));
+            }
+        };
+        let drained = match opened {
+            // A file, nothing to look at per record: decoded on every core
+            // straight into what the tracer keeps.
+            Opened::File(reader) if config.find.is_none() => {
+                choreo_trace::drive_capture(reader, &mut tracer, show)
+            }
+            opened => {
+                let source = match opened {
+                    Opened::File(reader) => Box::new(reader) as Box<dyn Source + Send>,
+                    Opened::Other(source) => source,
+                };
+                choreo_trace::drive(
+                    source,
+                    &mut tracer,
+                    |r| {
+                        if let Some(q) = &config.find
+                            && r.attributed
+                            && q.matches(r)
+                            && found.last() != Some(&r.envelope.correlation_id)
+                        {
+                            found.push(r.envelope.correlation_id.clone());
+                        }
+                    },
+                    show,
+                )
+            }
+        };
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
