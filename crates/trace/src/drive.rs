@@ -143,10 +143,10 @@ where
 
 /// Pieces waiting for a decoding thread, and decoded pieces waiting for the
 /// tracer: bounded, so memory stays at a few pieces whatever the file's size.
-const PIECES_QUEUED: usize = 4;
+const PIECES_QUEUED: usize = 2;
 
 /// Reads a capture file into `tracer`, calling `progress` after each piece
-/// of the file (an Avro block, or about a megabyte of JSON lines).
+/// of the file (about half a megabyte of Avro blocks or JSON lines).
 ///
 /// Faster than [`drive`], to the same results: one thread reads the file
 /// and cuts it into pieces, several (one per core, at most four) decode them

@@ -14,12 +14,12 @@ use crate::compact::{Item, LocalNames};
 use crate::util::Interner;
 
 /// Bytes of JSON lines per piece (whole lines: a longer line makes a longer piece).
-const LINES_BYTES: usize = 1 << 20;
+const LINES_BYTES: usize = 512 << 10;
 
 /// Bytes of Avro blocks per piece (whole blocks): a block alone (64 KiB as
 /// choreo writes them) made the threads hand pieces over so often that
 /// waking each other up cost a tenth of the time.
-const BLOCKS_BYTES: usize = 1 << 20;
+const BLOCKS_BYTES: usize = 512 << 10;
 
 /// A piece of a capture, decoded on its own.
 pub(crate) enum Piece {
