@@ -321,11 +321,11 @@ impl Decoder {
 
 impl Reader {
     /// Cuts this reader's input into pieces for several decoding threads;
-    /// `Err(self)` when it cannot (a file read through apache-avro, or one
+    /// `Err(self)` (boxed) when it cannot (a file read through apache-avro, or one
     /// already partly read). Also gives the label and whether it is lean.
-    pub(crate) fn split(self) -> Result<(Splitter, bool), Reader> {
+    pub(crate) fn split(self) -> Result<(Splitter, bool), Box<Reader>> {
         if self.records > 0 {
-            return Err(self);
+            return Err(Box::new(self));
         }
         let lean = self.lean;
         match self.inner {
@@ -363,7 +363,7 @@ impl Reader {
                 },
                 lean,
             )),
-            inner => Err(Reader { inner, ..self }),
+            inner => Err(Box::new(Reader { inner, ..self })),
         }
     }
 }

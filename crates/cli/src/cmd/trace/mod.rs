@@ -175,7 +175,7 @@ pub(crate) enum Input {
 impl Input {
     fn open(&self) -> anyhow::Result<Opened> {
         match self {
-            Input::File(path) => Ok(Opened::File(Reader::open(path)?.lean())),
+            Input::File(path) => Ok(Opened::File(Box::new(Reader::open(path)?.lean()))),
             Input::Kafka(config, topics) => Ok(Opened::Other(Box::new(KafkaSource::open(
                 config,
                 topics.clone(),
@@ -187,14 +187,14 @@ impl Input {
 /// An opened input: a capture file (which the tracer can read on every
 /// core), or any other source.
 enum Opened {
-    File(Reader),
+    File(Box<Reader>),
     Other(Box<dyn Source + Send>),
 }
 
 impl Opened {
     fn source(&self) -> &dyn Source {
         match self {
-            Opened::File(r) => r,
+            Opened::File(r) => r.as_ref(),
             Opened::Other(s) => s.as_ref(),
         }
     }
@@ -527,11 +527,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
             // A file, nothing to look at per record: decoded on every core
             // straight into what the tracer keeps.
             Opened::File(reader) if config.find.is_none() => {
-                choreo_trace::drive_capture(reader, &mut tracer, show)
+                choreo_trace::drive_capture(*reader, &mut tracer, show)
             }
             opened => {
                 let source = match opened {
-                    Opened::File(reader) => Box::new(reader) as Box<dyn Source + Send>,
+                    Opened::File(reader) => reader as Box<dyn Source + Send>,
                     Opened::Other(source) => source,
                 };
                 choreo_trace::drive(
