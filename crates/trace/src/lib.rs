@@ -76,6 +76,8 @@
 //!
 //! - Capture files ([`capture`]): Avro object container (canonical) or JSON
 //!   lines, detected by content; damaged files yield what precedes the damage.
+//!   [`drive_capture`] reads one into a tracer on every core, decoding
+//!   straight into what the tracer keeps (the same report as [`drive`]).
 //! - A bus, through [`tap`] (any [`choreo_core::Bus`]).
 //! - Anything else: implement [`Source`] (or wrap an iterator in
 //!   [`IterSource`]) and pass it to [`drive`], or call [`Tracer::ingest`].
