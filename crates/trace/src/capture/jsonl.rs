@@ -496,6 +496,21 @@ fn scan(line: &[u8]) -> Option<FastLine<'_>> {
     (s.i == s.b.len()).then_some(l)
 }
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any byte of `x` is a quote, a backslash or a control character
+/// (exact: a borrow can only mark bytes after one that is).
+#[inline(always)]
+const fn special(x: u64) -> bool {
+    const fn below(x: u64, n: u64) -> u64 {
+        x.wrapping_sub(n * ONES) & !x & HIGHS
+    }
+    let quote = x ^ (b'"' as u64 * ONES);
+    let backslash = x ^ (b'\\' as u64 * ONES);
+    (below(quote, 1) | below(backslash, 1) | below(x, 0x20)) != 0
+}
+
 /// The cursor of [`scan`] over a line known to be UTF-8.
 struct Scanner<'a> {
     t: &'a str,
@@ -516,23 +531,31 @@ impl<'a> Scanner<'a> {
         (self.b.get(self.i) == Some(&c)).then(|| self.i += 1)
     }
 
-    /// A string without escapes or control characters (which JSON forbids raw).
+    /// A string without escapes or control characters (which JSON forbids
+    /// raw), read in one pass, eight bytes at a time while none is special.
     #[inline(always)]
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.i;
-        let end = start + memchr::memchr(b'"', &self.b[start..])?;
-        let raw = &self.b[start..end];
-        // No early exit: the loop is then a few wide compares.
-        let odd = raw
-            .iter()
-            .fold(false, |odd, &c| odd | (c < 0x20) | (c == b'\\'));
-        if odd {
-            return None;
+        let mut i = start;
+        while let Some(chunk) = self.b.get(i..i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            if special(u64::from_le_bytes(word)) {
+                break;
+            }
+            i += 8;
         }
-        self.i = end + 1;
+        loop {
+            match *self.b.get(i)? {
+                b'"' => break,
+                c if c < 0x20 || c == b'\\' => return None,
+                _ => i += 1,
+            }
+        }
+        self.i = i + 1;
         // Both ends are ASCII quotes: a slice of the checked text.
-        self.t.get(start..end)
+        self.t.get(start..i)
     }
 
     #[inline(always)]
@@ -609,6 +632,24 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
+
+    #[test]
+    fn a_word_is_special_exactly_when_one_of_its_bytes_is() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let interesting = [
+            0u8, 0x1f, 0x20, b'"', b'!', b'#', b'\\', b'[', b']', 0x7f, 0x80, 0xff,
+        ];
+        for _ in 0..1_000_000 {
+            let mut bytes: [u8; 8] = rng.random();
+            for b in &mut bytes {
+                if rng.random_bool(0.3) {
+                    *b = interesting[rng.random_range(0..interesting.len())];
+                }
+            }
+            let expect = bytes.iter().any(|&c| c == b'"' || c == b'\\' || c < 0x20);
+            assert_eq!(special(u64::from_le_bytes(bytes)), expect, "{bytes:?}");
+        }
+    }
 
     /// Lines built from pieces that are easy to get wrong: whatever the
     /// scanner takes, serde reads the same way.
