@@ -30,6 +30,7 @@
 
 mod avro;
 pub mod jsonl;
+mod lines;
 pub(crate) mod parallel;
 
 use std::fs::File;

@@ -9,7 +9,7 @@
 use std::io::{self, Read};
 
 use super::avro::{self, Block, BlockPool, Cursor, Fault, ReadFault};
-use super::{Inner, Reader, Stream, jsonl, trim};
+use super::{Inner, Reader, Stream, jsonl, lines, trim};
 use crate::compact::{Item, LocalNames};
 use crate::util::Interner;
 
@@ -295,7 +295,7 @@ impl Decoder {
                 continue;
             }
             if let Some(item) =
-                jsonl::decode_item(text, &mut self.local, &mut self.names, &mut self.scratch)
+                lines::decode_item(text, &mut self.local, &mut self.names, &mut self.scratch)
             {
                 out.push(item);
                 continue;
