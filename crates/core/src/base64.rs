@@ -35,6 +35,17 @@ pub fn decode_either(text: &str) -> Option<Vec<u8>> {
     decode(text).or_else(|| URL_SAFE_LENIENT.decode(text).ok())
 }
 
+/// Like [`decode_either`], into `out` (cleared first, its room reused):
+/// `false` when `text` is not base64.
+pub fn decode_either_into(text: &str, out: &mut Vec<u8>) -> bool {
+    out.clear();
+    if STANDARD_LENIENT.decode_vec(text, out).is_ok() {
+        return true;
+    }
+    out.clear();
+    URL_SAFE_LENIENT.decode_vec(text, out).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +65,9 @@ mod tests {
             let e = encode(data);
             assert_eq!(decode(&e).as_deref(), Some(data), "{e}");
             assert_eq!(decode_either(&e).as_deref(), Some(data), "{e}");
+            let mut into = vec![9; 3];
+            assert!(decode_either_into(&e, &mut into));
+            assert_eq!(into, data, "{e}");
         }
         assert_eq!(encode(b"foobar"), "Zm9vYmFy");
         assert_eq!(encode(b"fo"), "Zm8=");

@@ -76,6 +76,8 @@
 //!
 //! - Capture files ([`capture`]): Avro object container (canonical) or JSON
 //!   lines, detected by content; damaged files yield what precedes the damage.
+//!   [`drive_capture`] reads one into a tracer on every core, decoding
+//!   straight into what the tracer keeps (the same report as [`drive`]).
 //! - A bus, through [`tap`] (any [`choreo_core::Bus`]); [`record`] taps one
 //!   into a capture file.
 //! - Anything else: implement [`Source`] (or wrap an iterator in
@@ -135,6 +137,7 @@ mod aggregate;
 mod analysis;
 mod assemble;
 pub mod capture;
+mod compact;
 mod config;
 mod drive;
 mod error;
@@ -157,7 +160,7 @@ mod tracer;
 mod util;
 
 pub use config::{Keep, Receipts, TracerConfig};
-pub use drive::{Drained, drive};
+pub use drive::{Drained, drive, drive_capture};
 pub use error::{Error, Result};
 pub use export::{FlowWriter, LogFormat, LogWriter};
 pub use find::Query;

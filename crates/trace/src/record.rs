@@ -183,3 +183,9 @@ impl<S: Source + ?Sized> Source for Box<S> {
 pub(crate) fn is_receipt_type(event_type: &str) -> bool {
     event_type == RECEIPT_TYPE
 }
+
+/// Whether `event_type`'s bytes are the receipts' event type.
+#[inline]
+pub(crate) fn is_receipt_type_bytes(event_type: &[u8]) -> bool {
+    event_type == RECEIPT_TYPE.as_bytes()
+}

@@ -9,6 +9,7 @@ use crate::Record;
 use crate::aggregate::Aggregates;
 use crate::analysis::{Analysis, Ctx, Scratch, analyse};
 use crate::assemble::build_trace;
+use crate::compact::{CompactEvent, CompactReceipt, Item, Translation};
 use crate::config::{Receipts, TracerConfig};
 use crate::export::{FlowWriter, LogWriter};
 use crate::find::Query;
@@ -289,6 +290,30 @@ impl Tracer {
         );
     }
 
+    /// Ingests a record decoded straight into its compact form, naming with
+    /// `names` (the translation of the reader that decoded it).
+    pub(crate) fn ingest_item(&mut self, item: Item, names: &mut Translation) {
+        match item {
+            Item::Event(e) => {
+                self.counters.records += 1;
+                self.ingest_compact_event(e, names);
+            }
+            Item::Receipt(r) => {
+                self.counters.records += 1;
+                self.ingest_compact_receipt(r, names);
+            }
+            Item::BadReceipt => {
+                self.counters.records += 1;
+                self.bad_receipt();
+            }
+            Item::Unattributed => {
+                self.counters.records += 1;
+                self.counters.unattributed += 1;
+            }
+            Item::Whole(record) => self.ingest(&record),
+        }
+    }
+
     fn ingest_parts(
         &mut self,
         env: &Envelope,
@@ -314,53 +339,88 @@ impl Tracer {
 
     /// A receipt: attached to its flow.
     fn ingest_receipt(&mut self, env: &Envelope, pre: Option<ParsedReceipt>) {
-        let time = env.time.as_micros();
         let parsed = match pre {
             Some(p) => Some(p),
             None => parse_receipt(&env.data, &mut self.receipt_names),
         };
         let Some(view) = parsed else {
-            self.counters.unattributed += 1;
-            self.counters.bad_receipts += 1;
+            self.bad_receipt();
             return;
         };
         self.receipts_seen = true;
         if view.ignored {
-            // The service does not route this record: it was acknowledged,
-            // not handled — no consumption, nothing owed or done.
             self.counters.ignored += 1;
             return;
         }
-        self.counters.receipts += 1;
-        let outcome = view.outcome;
-        let done = view.started.saturating_add(view.duration_us as i64);
         let service = self.syms.intern(&view.service);
-        let service = self
-            .model
-            .as_ref()
-            .map_or(service, |m| m.canonical(service));
         let ty = self.syms.intern(&view.event_type);
-        self.saw_handler(ty, service);
-        let rc = Rc {
-            event: view.event,
-            service,
-            ty,
-            outcome,
-            attempts: view.attempts,
-            started: view.started,
-            duration_us: view.duration_us,
-            emitted: view.emitted,
-            reason: view.reason,
-        };
+        self.place_receipt(
+            &env.correlation_id,
+            env.time.as_micros(),
+            Rc {
+                event: view.event,
+                service,
+                ty,
+                outcome: view.outcome,
+                attempts: view.attempts,
+                started: view.started,
+                duration_us: view.duration_us,
+                emitted: view.emitted,
+                reason: view.reason,
+            },
+        );
+    }
+
+    /// A receipt decoded straight into its compact form (see [`crate::compact`]).
+    fn ingest_compact_receipt(&mut self, r: CompactReceipt, names: &mut Translation) {
+        self.receipts_seen = true;
+        if r.ignored {
+            self.counters.ignored += 1;
+            return;
+        }
+        let service = names.sym(r.service, &mut self.syms);
+        let ty = names.sym(r.event_type, &mut self.syms);
+        self.place_receipt(
+            &r.correlation,
+            r.time,
+            Rc {
+                event: r.event,
+                service,
+                ty,
+                outcome: r.outcome,
+                attempts: r.attempts,
+                started: r.started,
+                duration_us: r.duration_us,
+                emitted: r.emitted,
+                reason: r.reason,
+            },
+        );
+    }
+
+    /// A record of the receipt type whose payload is not a receipt.
+    fn bad_receipt(&mut self) {
+        self.counters.unattributed += 1;
+        self.counters.bad_receipts += 1;
+    }
+
+    /// Attaches a handled (or given up) receipt, its service not yet made
+    /// canonical, to its flow. (A receipt of an ignored record is not one.)
+    fn place_receipt(&mut self, corr: &EventId, time: i64, mut rc: Rc) {
+        self.counters.receipts += 1;
+        let done = rc.started.saturating_add(rc.duration_us as i64);
+        if let Some(m) = &self.model {
+            rc.service = m.canonical(rc.service);
+        }
+        self.saw_handler(rc.ty, rc.service);
         self.bump_time(time.max(done));
-        let handled = view.event_type;
-        if let Some(flow) = self.flow_for(&env.correlation_id, time, handled.as_str()) {
+        let ty = rc.ty;
+        if let Some(flow) = self.flow_for(corr, time, Some(ty)) {
             flow.receipts.push(rc);
             flow.last_activity = flow.last_activity.max(time);
             // Something changed: judge it again at the next tick.
             flow.next_check = i64::MIN;
             self.records_in_flight += 1;
-            self.after_growth(&env.correlation_id);
+            self.after_growth(corr);
         }
     }
 
@@ -399,7 +459,8 @@ impl Tracer {
             malformed,
             marker: false,
         };
-        if let Some(flow) = self.flow_for(&correlation, time, env.event_type.as_str()) {
+        let ty = self.syms.get(env.event_type.as_str());
+        if let Some(flow) = self.flow_for(&correlation, time, ty) {
             flow.dead.push(dl);
             flow.last_activity = flow.last_activity.max(time);
             // Something changed: judge it again at the next tick.
@@ -411,12 +472,8 @@ impl Tracer {
 
     /// A business event: added to its flow, or collapsed into the copy it duplicates.
     fn ingest_event(&mut self, env: &Envelope, partition: Option<u32>, offset: Option<u64>) {
-        let time = env.time.as_micros();
-        self.bump_time(time);
-        self.counters.events += 1;
         let ty = self.syms.intern(&env.event_type);
         let source = self.syms.intern(&env.source);
-        let source = self.model.as_ref().map_or(source, |m| m.canonical(source));
         let topic = self.syms.intern(&env.topic);
         // What is wrong with the record, when its source could only partly read it.
         let malformed = if env.headers.is_empty() {
@@ -424,37 +481,81 @@ impl Tracer {
         } else {
             env.headers.get_str(MALFORMED_HEADER)
         };
-        let Some(flow) = self.flow_for(&env.correlation_id, time, env.event_type.as_str()) else {
-            return;
+        let new = self.place_event(
+            &env.correlation_id,
+            Ev {
+                id: env.id.clone(),
+                cause: env.causation_id.clone(),
+                ty,
+                source,
+                topic,
+                time: env.time.as_micros(),
+                partition: partition.unwrap_or(NO_PARTITION),
+                offset: offset.unwrap_or(NO_OFFSET),
+            },
+            malformed,
+        );
+        if new {
+            // Held for search only when new (a duplicate is the same event).
+            self.search.push(env);
+        }
+    }
+
+    /// An event decoded straight into its compact form (see [`crate::compact`]).
+    fn ingest_compact_event(&mut self, e: CompactEvent, names: &mut Translation) {
+        let ty = names.sym(e.ty, &mut self.syms);
+        let source = names.sym(e.source, &mut self.syms);
+        let topic = names.sym(e.topic, &mut self.syms);
+        self.place_event(
+            &e.correlation,
+            Ev {
+                id: e.id,
+                cause: e.cause,
+                ty,
+                source,
+                topic,
+                time: e.time,
+                partition: e.partition.unwrap_or(NO_PARTITION),
+                offset: e.offset.unwrap_or(NO_OFFSET),
+            },
+            None,
+        );
+    }
+
+    /// Adds an event (its source not yet made canonical) to its flow, or
+    /// collapses it into the copy it duplicates; `malformed` says what is
+    /// wrong with a record its source could only partly read. True when the
+    /// event was new to its flow.
+    fn place_event(&mut self, corr: &EventId, mut ev: Ev, malformed: Option<&str>) -> bool {
+        let time = ev.time;
+        self.bump_time(time);
+        self.counters.events += 1;
+        if let Some(m) = &self.model {
+            ev.source = m.canonical(ev.source);
+        }
+        let Some(flow) = self.flow_for(corr, time, Some(ev.ty)) else {
+            return false;
         };
         flow.last_activity = flow.last_activity.max(time);
         // Something changed: judge it again at the next tick.
         flow.next_check = i64::MIN;
-        if let Some(i) = flow.find(&env.id) {
+        if let Some(i) = flow.find(&ev.id) {
             // At-least-once: the same event again. Keep the first, fill in its position.
             flow.duplicates += 1;
             let e = &mut flow.events[i];
             if e.partition == NO_PARTITION {
-                e.partition = partition.unwrap_or(NO_PARTITION);
-                e.offset = offset.unwrap_or(NO_OFFSET);
+                e.partition = ev.partition;
+                e.offset = ev.offset;
             }
             self.counters.duplicates += 1;
-            return;
+            return false;
         }
-        flow.push_event(Ev {
-            id: env.id.clone(),
-            cause: env.causation_id.clone(),
-            ty,
-            source,
-            topic,
-            time,
-            partition: partition.unwrap_or(NO_PARTITION),
-            offset: offset.unwrap_or(NO_OFFSET),
-        });
-        if let Some(problem) = malformed {
+        let id = malformed.is_some().then(|| ev.id.clone());
+        flow.push_event(ev);
+        if let (Some(problem), Some(id)) = (malformed, id) {
             // No service can read it: every one that receives it dead-letters it.
             flow.dead.push(Dl {
-                event: env.id.clone(),
+                event: id,
                 service: EMPTY,
                 reason: problem.into(),
                 attempts: 0,
@@ -465,9 +566,8 @@ impl Tracer {
             self.records_in_flight += 1;
         }
         self.records_in_flight += 1;
-        // Held for search only when new (a duplicate is the same event).
-        self.search.push(env);
-        self.after_growth(&env.correlation_id);
+        self.after_growth(corr);
+        true
     }
 
     /// Notes that `service` handled (or gave up on) an event of type `ty`.
@@ -492,7 +592,7 @@ impl Tracer {
 
     /// The flow a record belongs to, created if new; `None` for a late record
     /// of an evicted flow.
-    fn flow_for(&mut self, corr: &EventId, time: i64, event_type: &str) -> Option<&mut FlowState> {
+    fn flow_for(&mut self, corr: &EventId, time: i64, ty: Option<Sym>) -> Option<&mut FlowState> {
         if let Some(i) = self.flows.find(corr) {
             return Some(self.flows.at_mut(i));
         }
@@ -503,10 +603,7 @@ impl Tracer {
         if self.flows.len() >= self.config.max_flows {
             self.evict_oldest(EvictReason::FlowCap);
         }
-        let name = self.model.as_ref().and_then(|m| {
-            let ty = self.syms.get(event_type)?;
-            m.flow_of(ty)
-        });
+        let name = self.model.as_ref().and_then(|m| m.flow_of(ty?));
         // A flow rebuilt from a replay is counted once adopted.
         if !self.replaying {
             self.count_started(name);

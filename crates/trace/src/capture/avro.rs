@@ -15,6 +15,7 @@ use bytes::Bytes;
 use choreo_core::{ContentType, Envelope, EventId, Headers, Name, Timestamp};
 
 use crate::Record;
+use crate::compact::{CompactEvent, Item, LocalNames};
 use crate::util::Interner;
 
 /// The magic bytes that open an Avro object container file.
@@ -397,6 +398,98 @@ pub(crate) fn decode_into(
     fallback_id: impl FnOnce() -> String,
 ) -> Result<(), Fault> {
     decode_parts(c, names, lean, fallback_id).map(|p| out.push(assemble(p)))
+}
+
+/// Decodes one record at the cursor straight into the tracer's compact form
+/// (see [`crate::compact`]): what [`decode_into`] and the tracer's ingestion
+/// would make of it, without building the record. A record with headers (a
+/// dead-letter copy, a malformed event's mark) is decoded whole, as
+/// [`decode_into`] does, with `fallback_id` naming it when its id is empty.
+#[inline(always)]
+pub(crate) fn decode_item(
+    c: &mut Cursor<'_>,
+    local: &mut LocalNames,
+    names: &mut Interner,
+    lean: bool,
+    fallback_id: impl FnOnce() -> String,
+) -> Result<Item, Fault> {
+    let start = c.pos;
+    let not_utf8 = || Fault::Corrupt("a string is not UTF-8".into());
+    let id = id_field(c.raw()?)?;
+    // Numbered (and so checked) at once, in the order the record path checks them.
+    let ty_raw = c.raw()?;
+    let ty = local.of(ty_raw).ok_or_else(not_utf8)?;
+    let source = local.of(c.raw()?).ok_or_else(not_utf8)?;
+    let topic = local.of(c.raw()?).ok_or_else(not_utf8)?;
+    if c.branch("key")? {
+        c.raw()?;
+    }
+    let correlation = if c.branch("correlation_id")? {
+        id_field(c.raw()?)?
+    } else {
+        None
+    };
+    let cause = if c.branch("causation_id")? {
+        id_field(c.raw()?)?
+    } else {
+        None
+    };
+    let time = c.long()?;
+    for field in ["traceparent", "tracestate"] {
+        if c.branch(field)? {
+            let raw = c.raw()?;
+            if !lean {
+                utf8(raw)?;
+            }
+        }
+    }
+    match c.raw()? {
+        b"application/json" | b"" | b"application/avro" => {}
+        other => {
+            utf8(other)?;
+        }
+    }
+    let data = c.raw()?;
+    if c.long()? != 0 {
+        // Headers: rare (dead-letter copies), read the whole record.
+        c.pos = start;
+        let mut one = Vec::with_capacity(1);
+        decode_into(&mut one, c, names, lean, fallback_id)?;
+        let record = one.pop().ok_or(Fault::Truncated)?;
+        return Ok(Item::Whole(Box::new(record)));
+    }
+    let partition = if c.branch("partition")? {
+        let p = c.long()?;
+        Some(u32::try_from(p).map_err(|_| Fault::Corrupt(format!("partition {p} out of range")))?)
+    } else {
+        None
+    };
+    let offset = if c.branch("offset")? {
+        let o = c.long()?;
+        Some(u64::try_from(o).map_err(|_| Fault::Corrupt(format!("offset {o} out of range")))?)
+    } else {
+        None
+    };
+    let (Some(id), Some(correlation), false) = (id, correlation, ty_raw.is_empty()) else {
+        return Ok(Item::Unattributed);
+    };
+    if crate::record::is_receipt_type_bytes(ty_raw) {
+        return Ok(match crate::receipt::parse_receipt(data, names) {
+            Some(view) => Item::receipt(correlation, time, view, local),
+            None => Item::BadReceipt,
+        });
+    }
+    Ok(Item::Event(CompactEvent {
+        correlation,
+        id,
+        cause,
+        ty,
+        source,
+        topic,
+        time,
+        partition,
+        offset,
+    }))
 }
 
 /// Decodes one record's fields at the cursor; `fallback_id` names a record whose id is empty.

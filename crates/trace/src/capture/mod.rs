@@ -30,6 +30,8 @@
 
 mod avro;
 pub mod jsonl;
+mod lines;
+pub(crate) mod parallel;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};

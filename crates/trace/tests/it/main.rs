@@ -4,6 +4,7 @@
 mod capture_damage;
 mod conformance;
 mod corpus;
+mod decoding;
 mod export;
 mod helpers;
 mod judgement;

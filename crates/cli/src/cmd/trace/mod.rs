@@ -237,16 +237,21 @@ impl Input {
 
     /// Opens the input; `lean`, a capture leaves out what only a search
     /// reads (keys and payloads).
-    fn open(&self, lean: bool) -> anyhow::Result<Box<dyn Source + Send>> {
+    fn open(&self, lean: bool) -> anyhow::Result<Opened> {
         match self {
             Input::File(path) => {
                 let reader = Reader::open(path)?;
-                Ok(Box::new(if lean { reader.lean() } else { reader }))
+                Ok(Opened::File(Box::new(if lean {
+                    reader.lean()
+                } else {
+                    reader
+                })))
             }
             #[cfg(feature = "kafka")]
-            Input::Kafka(config, topics) => {
-                Ok(Box::new(KafkaSource::open(config, topics.clone())?))
-            }
+            Input::Kafka(config, topics) => Ok(Opened::Other(Box::new(KafkaSource::open(
+                config,
+                topics.clone(),
+            )?))),
         }
     }
 
@@ -256,6 +261,23 @@ impl Input {
             Input::File(_) => false,
             #[cfg(feature = "kafka")]
             Input::Kafka(..) => true,
+        }
+    }
+}
+
+/// An opened input: a capture file (which the tracer can read on every
+/// core), or any other source.
+enum Opened {
+    File(Box<Reader>),
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    Other(Box<dyn Source + Send>),
+}
+
+impl Opened {
+    fn source(&self) -> &dyn Source {
+        match self {
+            Opened::File(r) => r.as_ref(),
+            Opened::Other(s) => s.as_ref(),
         }
     }
 }
@@ -658,10 +680,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
     let mut found: Vec<EventId> = Vec::new();
     for input in &config.inputs {
         // --find and the viewer's search read keys and payloads.
-        let source = input.open(config.find.is_none() && !config.ui)?;
-        let name = source.name();
+        let opened = input.open(config.find.is_none() && !config.ui)?;
+        let name = opened.source().name();
         // A bar for files over 8 MiB (their size is known).
-        let bar = source.progress().total_bytes.and_then(|total| {
+        let bar = opened.source().progress().total_bytes.and_then(|total| {
             super::progress_bar(
                 config.progress,
                 total,
@@ -669,25 +691,40 @@ pub(crate) fn run(args: Args) -> anyhow::Result<u8> {
                 "{spinner} tracing [{bar:30}] {bytes}/{total_bytes} {msg} ({eta})",
             )
         });
-        let drained = choreo_trace::drive(
-            source,
-            &mut tracer,
-            |r| {
-                if let Some(q) = &config.find
-                    && r.attributed
-                    && q.matches(r)
-                    && found.last() != Some(&r.envelope.correlation_id)
-                {
-                    found.push(r.envelope.correlation_id.clone());
-                }
-            },
-            |p| {
-                if let Some(bar) = &bar {
-                    bar.set_position(p.bytes);
-                    bar.set_message(format!("{} records", p.records));
-                }
-            },
-        );
+        let show = |p: choreo_trace::Progress| {
+            if let Some(bar) = &bar {
+                bar.set_position(p.bytes);
+                bar.set_message(format!("{} records", p.records));
+            }
+        };
+        let drained = match opened {
+            // A file, nothing to look at per record (no --find, no viewer
+            // searching payloads): decoded on every core straight into
+            // what the tracer keeps.
+            Opened::File(reader) if config.find.is_none() && !config.ui => {
+                choreo_trace::drive_capture(*reader, &mut tracer, show)
+            }
+            opened => {
+                let source = match opened {
+                    Opened::File(reader) => reader as Box<dyn Source + Send>,
+                    Opened::Other(source) => source,
+                };
+                choreo_trace::drive(
+                    source,
+                    &mut tracer,
+                    |r| {
+                        if let Some(q) = &config.find
+                            && r.attributed
+                            && q.matches(r)
+                            && found.last() != Some(&r.envelope.correlation_id)
+                        {
+                            found.push(r.envelope.correlation_id.clone());
+                        }
+                    },
+                    show,
+                )
+            }
+        };
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }

@@ -1,0 +1,517 @@
+//! JSON lines read straight into the tracer's compact records: a one-pass scanner for the plainest lines, serde with borrowed strings for the rest of the common shapes.
+//!
+//! Whatever neither takes is read by [`super::jsonl::decode`], so every line
+//! reads as it always did, errors included.
+
+use choreo_core::{EventId, Timestamp, base64};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use crate::compact::{CompactEvent, Item, LocalNames};
+use crate::util::Interner;
+
+/// The borrowed shape of a line, for [`decode_item`]: strings without
+/// escapes, payloads checked but not kept. A line it cannot take (an escape,
+/// an id that is a number) is read by [`super::jsonl::decode`] instead.
+#[derive(Deserialize, Default, Debug, PartialEq)]
+struct FastLine<'a> {
+    #[serde(default, borrow)]
+    id: Option<&'a str>,
+    #[serde(default, borrow, rename = "type")]
+    event_type: Option<&'a str>,
+    #[serde(default, borrow)]
+    source: Option<&'a str>,
+    #[serde(default, borrow)]
+    topic: Option<&'a str>,
+    #[serde(default, borrow)]
+    key: Option<&'a str>,
+    #[serde(default, borrow)]
+    key_base64: Option<&'a str>,
+    #[serde(default, borrow, alias = "correlationid")]
+    correlation_id: Option<&'a str>,
+    #[serde(default, borrow, alias = "causationid")]
+    causation_id: Option<&'a str>,
+    #[serde(default, borrow)]
+    time: Option<FastTime<'a>>,
+    #[serde(default, borrow)]
+    traceparent: Option<&'a str>,
+    #[serde(default, borrow)]
+    tracestate: Option<&'a str>,
+    #[serde(default, borrow, alias = "datacontenttype")]
+    content_type: Option<&'a str>,
+    #[serde(default)]
+    data: Option<IgnoredAny>,
+    #[serde(default, borrow)]
+    data_base64: Option<&'a str>,
+    #[serde(default)]
+    headers: Option<IgnoredAny>,
+    #[serde(default)]
+    partition: Option<u32>,
+    #[serde(default)]
+    offset: Option<u64>,
+}
+
+/// A line's `time` as [`FastLine`] takes it.
+#[derive(Debug, PartialEq)]
+enum FastTime<'a> {
+    Micros(i64),
+    Text(&'a str),
+    /// Anything [`super::jsonl::decode`] must judge (a fraction, an escaped string).
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for FastTime<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FastTime<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("RFC 3339 text or microseconds")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(FastTime::Micros(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(i64::try_from(v).map_or(FastTime::Other, FastTime::Micros))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(FastTime::Other)
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(FastTime::Text(v))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(FastTime::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// serde_json's limit on nesting when it builds a `Value` ([`super::jsonl::decode`]
+/// does); skipping a payload has none, so a line that could reach it is
+/// left to [`super::jsonl::decode`].
+const NESTING: usize = 120;
+
+/// Decodes one line straight into the tracer's compact form (see
+/// [`crate::compact`]): what [`super::jsonl::decode`] and the tracer's ingestion would make
+/// of it. `None` when the line is not of the common shape (escapes, headers,
+/// an embedded receipt payload, anything [`super::jsonl::decode`] would refuse): the caller
+/// then reads it with [`super::jsonl::decode`]. `scratch` holds decoded base64.
+pub(crate) fn decode_item(
+    line: &[u8],
+    local: &mut LocalNames,
+    names: &mut Interner,
+    scratch: &mut Vec<u8>,
+) -> Option<Item> {
+    let l = match scan(line) {
+        Some(l) => l,
+        None => serde_json::from_slice::<FastLine<'_>>(line).ok()?,
+    };
+    if l.headers.is_some() {
+        return None;
+    }
+    if l.data.is_some()
+        && line.len() > NESTING
+        && memchr::memchr2_iter(b'{', b'[', line).count() >= NESTING
+    {
+        return None;
+    }
+    let time = match l.time {
+        Some(FastTime::Micros(t)) => t,
+        Some(FastTime::Text(s)) => Timestamp::parse_rfc3339(s)?.as_micros(),
+        Some(FastTime::Other) => return None,
+        None => Timestamp::EPOCH.as_micros(),
+    };
+    if l.key.is_none()
+        && let Some(k) = l.key_base64
+        && !base64::decode_either_into(k, scratch)
+    {
+        return None;
+    }
+    let _ = (l.traceparent, l.tracestate, l.content_type);
+    // The payload: only receipts' is read; everyone's base64 must be base64.
+    let decoded = match l.data_base64 {
+        Some(b) => {
+            if !base64::decode_either_into(b, scratch) {
+                return None;
+            }
+            true
+        }
+        None => false,
+    };
+    let id = parse_id(l.id?)?;
+    let ty = l.event_type.unwrap_or("");
+    let correlation = l.correlation_id.and_then(parse_id);
+    let (Some(correlation), false) = (correlation, ty.is_empty()) else {
+        return Some(Item::Unattributed);
+    };
+    let ty_local = local.of(ty.as_bytes())?;
+    let source = local.of(l.source.unwrap_or("").as_bytes())?;
+    let topic = local.of(l.topic.unwrap_or("").as_bytes())?;
+    if crate::record::is_receipt_type(ty) {
+        let data: &[u8] = match (decoded, l.data) {
+            (true, _) => scratch,
+            // An embedded payload: decode normalises it first.
+            (false, Some(_)) => return None,
+            (false, None) => &[],
+        };
+        return Some(match crate::receipt::parse_receipt(data, names) {
+            Some(view) => Item::receipt(correlation, time, view, local),
+            None => Item::BadReceipt,
+        });
+    }
+    Some(Item::Event(CompactEvent {
+        correlation,
+        id,
+        cause: l.causation_id.and_then(parse_id),
+        ty: ty_local,
+        source,
+        topic,
+        time,
+        partition: l.partition,
+        offset: l.offset,
+    }))
+}
+
+#[inline]
+fn parse_id(text: &str) -> Option<EventId> {
+    super::avro::fast_uuid(text.as_bytes()).or_else(|| EventId::parse(text))
+}
+
+/// Reads a line of the plainest shape into a [`FastLine`] in one pass:
+/// strings without escapes, whole numbers, no nesting. `None` when unsure
+/// (then serde reads it), never a different reading than serde's: every
+/// field it takes is checked as strictly, a key twice is left to serde
+/// (which refuses it), and so is anything after the object.
+fn scan(line: &[u8]) -> Option<FastLine<'_>> {
+    let text = std::str::from_utf8(line).ok()?;
+    let mut s = Scanner {
+        t: text,
+        b: line,
+        i: 0,
+    };
+    let mut l = FastLine::default();
+    let mut seen = 0u32;
+    s.ws();
+    s.eat(b'{')?;
+    s.ws();
+    if s.eat(b'}').is_none() {
+        loop {
+            let key = s.string()?;
+            s.ws();
+            s.eat(b':')?;
+            s.ws();
+            let bit = match key {
+                "id" => 0,
+                "type" => 1,
+                "source" => 2,
+                "topic" => 3,
+                "key" => 4,
+                "key_base64" => 5,
+                "correlation_id" | "correlationid" => 6,
+                "causation_id" | "causationid" => 7,
+                "time" => 8,
+                "traceparent" => 9,
+                "tracestate" => 10,
+                "content_type" | "datacontenttype" => 11,
+                "data" => 12,
+                "data_base64" => 13,
+                "headers" => 14,
+                "partition" => 15,
+                "offset" => 16,
+                _ => 31,
+            };
+            if bit != 31 {
+                if seen & (1 << bit) != 0 {
+                    return None;
+                }
+                seen |= 1 << bit;
+            }
+            match bit {
+                0 => l.id = s.text_or_null()?,
+                1 => l.event_type = s.text_or_null()?,
+                2 => l.source = s.text_or_null()?,
+                3 => l.topic = s.text_or_null()?,
+                4 => l.key = s.text_or_null()?,
+                5 => l.key_base64 = s.text_or_null()?,
+                6 => l.correlation_id = s.text_or_null()?,
+                7 => l.causation_id = s.text_or_null()?,
+                8 => {
+                    l.time = match s.b.get(s.i)? {
+                        b'"' => Some(FastTime::Text(s.string()?)),
+                        b'n' => s.null()?,
+                        _ => Some(FastTime::Micros(s.int()?)),
+                    }
+                }
+                9 => l.traceparent = s.text_or_null()?,
+                10 => l.tracestate = s.text_or_null()?,
+                11 => l.content_type = s.text_or_null()?,
+                12 => l.data = s.scalar()?.then_some(IgnoredAny),
+                13 => l.data_base64 = s.text_or_null()?,
+                14 => l.headers = s.scalar()?.then_some(IgnoredAny),
+                15 => l.partition = s.count_or_null()?.map(u32::try_from).transpose().ok()?,
+                16 => l.offset = s.count_or_null()?.map(u64::try_from).transpose().ok()?,
+                _ => {
+                    s.scalar()?;
+                }
+            }
+            s.ws();
+            if s.eat(b',').is_some() {
+                s.ws();
+                continue;
+            }
+            s.eat(b'}')?;
+            break;
+        }
+    }
+    s.ws();
+    (s.i == s.b.len()).then_some(l)
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any byte of `x` is a quote, a backslash or a control character
+/// (exact: a borrow can only mark bytes after one that is).
+#[inline(always)]
+const fn special(x: u64) -> bool {
+    const fn below(x: u64, n: u64) -> u64 {
+        x.wrapping_sub(n * ONES) & !x & HIGHS
+    }
+    let quote = x ^ (b'"' as u64 * ONES);
+    let backslash = x ^ (b'\\' as u64 * ONES);
+    (below(quote, 1) | below(backslash, 1) | below(x, 0x20)) != 0
+}
+
+/// The cursor of [`scan`] over a line known to be UTF-8.
+struct Scanner<'a> {
+    t: &'a str,
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scanner<'a> {
+    #[inline(always)]
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.b.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    #[inline(always)]
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.b.get(self.i) == Some(&c)).then(|| self.i += 1)
+    }
+
+    /// A string without escapes or control characters (which JSON forbids
+    /// raw), read in one pass, eight bytes at a time while none is special.
+    #[inline(always)]
+    fn string(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.i;
+        let mut i = start;
+        while let Some(chunk) = self.b.get(i..i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            if special(u64::from_le_bytes(word)) {
+                break;
+            }
+            i += 8;
+        }
+        loop {
+            match *self.b.get(i)? {
+                b'"' => break,
+                c if c < 0x20 || c == b'\\' => return None,
+                _ => i += 1,
+            }
+        }
+        self.i = i + 1;
+        // Both ends are ASCII quotes: a slice of the checked text.
+        self.t.get(start..i)
+    }
+
+    #[inline(always)]
+    fn null(&mut self) -> Option<Option<FastTime<'a>>> {
+        self.lit(b"null")?;
+        Some(None)
+    }
+
+    #[inline(always)]
+    fn lit(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.i + word.len();
+        (self.b.get(self.i..end)? == word).then(|| self.i = end)
+    }
+
+    #[inline(always)]
+    fn text_or_null(&mut self) -> Option<Option<&'a str>> {
+        match self.b.get(self.i)? {
+            b'"' => self.string().map(Some),
+            _ => self.lit(b"null").map(|()| None),
+        }
+    }
+
+    /// A whole number as serde_json reads one into an integer: no leading
+    /// zeros, no fraction or exponent, not `-0` (serde_json takes that for
+    /// a fraction), within an `i64`.
+    #[inline(always)]
+    fn int(&mut self) -> Option<i64> {
+        let neg = self.eat(b'-').is_some();
+        let start = self.i;
+        let mut v: i64 = 0;
+        while let Some(&c) = self.b.get(self.i) {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            v = v.checked_mul(10)?.checked_add(i64::from(d))?;
+            self.i += 1;
+        }
+        let digits = self.i - start;
+        if digits == 0
+            || (digits > 1 && self.b[start] == b'0')
+            || (neg && v == 0)
+            || matches!(self.b.get(self.i), Some(b'.' | b'e' | b'E'))
+        {
+            return None;
+        }
+        Some(if neg { -v } else { v })
+    }
+
+    #[inline(always)]
+    fn count_or_null(&mut self) -> Option<Option<i64>> {
+        if self.b.get(self.i)? == &b'n' {
+            return self.lit(b"null").map(|()| None);
+        }
+        let v = self.int()?;
+        (v >= 0).then_some(Some(v))
+    }
+
+    /// A value that is not an object or array: `false` for null.
+    #[inline(always)]
+    fn scalar(&mut self) -> Option<bool> {
+        match self.b.get(self.i)? {
+            b'"' => self.string().map(|_| true),
+            b'n' => self.lit(b"null").map(|()| false),
+            b't' => self.lit(b"true").map(|()| true),
+            b'f' => self.lit(b"false").map(|()| true),
+            _ => self.int().map(|_| true),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    #[test]
+    fn a_word_is_special_exactly_when_one_of_its_bytes_is() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let interesting = [
+            0u8, 0x1f, 0x20, b'"', b'!', b'#', b'\\', b'[', b']', 0x7f, 0x80, 0xff,
+        ];
+        for _ in 0..1_000_000 {
+            let mut bytes: [u8; 8] = rng.random();
+            for b in &mut bytes {
+                if rng.random_bool(0.3) {
+                    *b = interesting[rng.random_range(0..interesting.len())];
+                }
+            }
+            let expect = bytes.iter().any(|&c| c == b'"' || c == b'\\' || c < 0x20);
+            assert_eq!(special(u64::from_le_bytes(bytes)), expect, "{bytes:?}");
+        }
+    }
+
+    /// Lines built from pieces that are easy to get wrong: whatever the
+    /// scanner takes, serde reads the same way.
+    #[test]
+    fn the_scanner_reads_lines_as_serde_does() {
+        const KEYS: &[&str] = &[
+            "id",
+            "type",
+            "source",
+            "topic",
+            "key",
+            "key_base64",
+            "correlation_id",
+            "correlationid",
+            "causation_id",
+            "time",
+            "traceparent",
+            "content_type",
+            "data",
+            "data_base64",
+            "headers",
+            "partition",
+            "offset",
+            "other",
+            "t\\u0079pe",
+        ];
+        const VALUES: &[&str] = &[
+            "\"a\"",
+            "\"\"",
+            "\"019ab697-e800-74fb-a038-00ff07da3298\"",
+            "\"x\\\"y\"",
+            "\"tab\tin\"",
+            "\"é\"",
+            "null",
+            "true",
+            "false",
+            "0",
+            "-0",
+            "7",
+            "-7",
+            "07",
+            "1.5",
+            "1e3",
+            "4294967295",
+            "4294967296",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "18446744073709551616",
+            "[]",
+            "{}",
+            "[1,{\"a\":[2]}]",
+            "\"2025-11-24T16:00:00Z\"",
+            "nul",
+            "\"unterminated",
+        ];
+        const GAPS: &[&str] = &["", " ", "\t", "\r"];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        let (mut taken, mut total) = (0, 0);
+        for _ in 0..200_000 {
+            let mut line = String::from("{");
+            let fields = rng.random_range(0..6);
+            for f in 0..fields {
+                if f > 0 {
+                    line.push(',');
+                }
+                line.push_str(GAPS[rng.random_range(0..GAPS.len())]);
+                line.push('"');
+                line.push_str(KEYS[rng.random_range(0..KEYS.len())]);
+                line.push('"');
+                line.push_str(GAPS[rng.random_range(0..GAPS.len())]);
+                line.push(':');
+                line.push_str(VALUES[rng.random_range(0..VALUES.len())]);
+            }
+            line.push_str(GAPS[rng.random_range(0..GAPS.len())]);
+            line.push('}');
+            if rng.random_bool(0.05) {
+                line.push_str(" x");
+            }
+            total += 1;
+            if let Some(scanned) = scan(line.as_bytes()) {
+                taken += 1;
+                let read: FastLine<'_> =
+                    serde_json::from_slice(line.as_bytes()).unwrap_or_else(|e| {
+                        panic!("{line}: serde refuses it ({e}), the scanner took it")
+                    });
+                assert_eq!(scanned, read, "{line}");
+            }
+        }
+        assert!(taken > total / 10, "the scanner took {taken} of {total}");
+    }
+}

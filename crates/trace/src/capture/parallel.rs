@@ -1,0 +1,369 @@
+//! A capture cut into pieces (Avro blocks, runs of JSON lines) that several threads decode at once into the tracer's compact records.
+//!
+//! One thread reads the file and cuts it ([`Splitter`]); each decoding
+//! thread turns a piece into [`Item`]s ([`Decoder`]); the tracer takes the
+//! pieces back in file order. What comes out is what the [`Reader`]
+//! yields record by record, damage included: every record before it, then
+//! the same error.
+
+use std::io::{self, Read};
+
+use super::avro::{self, Block, BlockPool, Cursor, Fault, ReadFault};
+use super::{Inner, Reader, Stream, jsonl, lines, trim};
+use crate::compact::{Item, LocalNames};
+use crate::util::Interner;
+
+/// Bytes of JSON lines per piece (whole lines: a longer line makes a longer piece).
+const LINES_BYTES: usize = 512 << 10;
+
+/// Bytes of Avro blocks per piece (whole blocks): a block alone (64 KiB as
+/// choreo writes them) made the threads hand pieces over so often that
+/// waking each other up cost a tenth of the time.
+const BLOCKS_BYTES: usize = 512 << 10;
+
+/// A piece of a capture, decoded on its own.
+pub(crate) enum Piece {
+    /// Avro blocks, in order.
+    Blocks(Vec<Block>),
+    /// Whole JSON lines (the last piece's last line may lack its newline).
+    Lines {
+        data: Vec<u8>,
+        /// The number of the first line (from 1).
+        first_line: u64,
+        /// The file offset of the first byte.
+        offset: u64,
+    },
+}
+
+/// Why reading stopped early.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// Damage at a byte offset.
+    Damaged { offset: u64, reason: String },
+    /// The input's own error.
+    Io(io::Error),
+}
+
+enum Cut {
+    Avro {
+        input: Stream,
+        sync: [u8; 16],
+        offset: u64,
+        pool: BlockPool,
+    },
+    Lines {
+        input: Stream,
+        carry: Vec<u8>,
+        offset: u64,
+        lines: u64,
+    },
+    /// Pieces were handed out; the error that followed them is next.
+    Failed(Stop),
+    Done,
+}
+
+/// Cuts a capture into pieces, in file order.
+pub(crate) struct Splitter {
+    cut: Cut,
+    /// Bytes of the file cut so far.
+    consumed: u64,
+}
+
+impl Splitter {
+    /// The bytes consumed so far.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.consumed
+    }
+
+    /// The next piece; `Ok(None)` at the end. After an error or damage it ends.
+    pub(crate) fn next_piece(&mut self) -> Result<Option<Piece>, Stop> {
+        let r = self.cut_next();
+        match &self.cut {
+            Cut::Avro { offset, .. } | Cut::Lines { offset, .. } => self.consumed = *offset,
+            Cut::Failed(_) | Cut::Done => {}
+        }
+        r
+    }
+
+    fn cut_next(&mut self) -> Result<Option<Piece>, Stop> {
+        let r = match &mut self.cut {
+            Cut::Avro {
+                input,
+                sync,
+                offset,
+                pool,
+            } => {
+                let mut blocks = Vec::new();
+                let mut bytes = 0;
+                let end = loop {
+                    match avro::read_block(input, *offset, sync, pool) {
+                        Ok(None) => break None,
+                        Ok(Some((block, len))) => {
+                            *offset += len;
+                            bytes += block.data.len();
+                            // A block that ends the readable part: nothing after it is read.
+                            let last = !block.complete || !block.sync_ok;
+                            blocks.push(block);
+                            if last {
+                                break Some(Ok(()));
+                            }
+                            if bytes >= BLOCKS_BYTES {
+                                return Ok(Some(Piece::Blocks(blocks)));
+                            }
+                        }
+                        Err(ReadFault::Io(e)) => break Some(Err(Stop::Io(e))),
+                        Err(ReadFault::Fault(f)) => {
+                            break Some(Err(Stop::Damaged {
+                                offset: *offset,
+                                reason: f.describe("the block header"),
+                            }));
+                        }
+                    }
+                };
+                self.cut = Cut::Done;
+                return match end {
+                    // The blocks before an error first; the error with the next call.
+                    Some(Err(stop)) if !blocks.is_empty() => {
+                        self.cut = Cut::Failed(stop);
+                        Ok(Some(Piece::Blocks(blocks)))
+                    }
+                    Some(Err(stop)) => Err(stop),
+                    _ if blocks.is_empty() => Ok(None),
+                    _ => Ok(Some(Piece::Blocks(blocks))),
+                };
+            }
+            Cut::Lines {
+                input,
+                carry,
+                offset,
+                lines,
+            } => {
+                // Room for the piece at once: growing it as it is read copied it.
+                let mut data = Vec::with_capacity(carry.len() + LINES_BYTES + 1);
+                data.append(carry);
+                loop {
+                    let before = data.len();
+                    let n = match input.take(LINES_BYTES as u64).read_to_end(&mut data) {
+                        Ok(n) => n,
+                        Err(e) => break Err(Stop::Io(e)),
+                    };
+                    let cut = if n == 0 {
+                        // The end: what is left is the last line.
+                        Some(data.len())
+                    } else {
+                        memchr::memrchr(b'\n', &data[before..]).map(|i| before + i + 1)
+                    };
+                    let Some(cut) = cut else {
+                        // A line longer than a piece: read on.
+                        continue;
+                    };
+                    *carry = data.split_off(cut);
+                    if data.is_empty() {
+                        break Ok(None);
+                    }
+                    let piece = Piece::Lines {
+                        first_line: *lines + 1,
+                        offset: *offset,
+                        data,
+                    };
+                    if let Piece::Lines { data, .. } = &piece {
+                        *offset += data.len() as u64;
+                        *lines += memchr::memchr_iter(b'\n', data).count() as u64;
+                    }
+                    return Ok(Some(piece));
+                }
+            }
+            Cut::Failed(_) => match std::mem::replace(&mut self.cut, Cut::Done) {
+                Cut::Failed(stop) => Err(stop),
+                _ => Ok(None),
+            },
+            Cut::Done => Ok(None),
+        };
+        self.cut = Cut::Done;
+        r
+    }
+}
+
+/// A decoding thread's state: its own names, numbered as it meets them.
+pub(crate) struct Decoder {
+    pub(crate) local: LocalNames,
+    names: Interner,
+    scratch: Vec<u8>,
+    lean: bool,
+}
+
+impl Decoder {
+    /// A decoder for pieces of a reader that was [`Reader::lean`] or not.
+    pub(crate) fn new(lean: bool) -> Decoder {
+        Decoder {
+            local: LocalNames::default(),
+            names: Interner::default(),
+            scratch: Vec::new(),
+            lean,
+        }
+    }
+
+    /// Decodes a piece into `out`; the damage that ends it, if any.
+    pub(crate) fn decode(&mut self, piece: Piece, out: &mut Vec<Item>) -> Option<Stop> {
+        match piece {
+            Piece::Blocks(blocks) => {
+                for block in &blocks {
+                    if let Some(stop) = self.block(block, out) {
+                        return Some(stop);
+                    }
+                }
+                None
+            }
+            Piece::Lines {
+                data,
+                first_line,
+                offset,
+            } => self.lines(&data, first_line, offset, out),
+        }
+    }
+
+    fn block(&mut self, block: &Block, out: &mut Vec<Item>) -> Option<Stop> {
+        let mut c = Cursor::new(&block.data);
+        out.reserve(block.count.min(1 << 16) as usize);
+        for k in 0..block.count {
+            let record_offset = block.data_offset + c.pos() as u64;
+            match avro::decode_item(&mut c, &mut self.local, &mut self.names, self.lean, || {
+                format!("capture-offset-{record_offset}")
+            }) {
+                Ok(item) => out.push(item),
+                Err(fault) => {
+                    let fault = if block.complete && fault == Fault::Truncated {
+                        Fault::Corrupt("it runs past the end of its block".into())
+                    } else {
+                        fault
+                    };
+                    return Some(Stop::Damaged {
+                        offset: record_offset,
+                        reason: fault.describe(&format!(
+                            "record {} of the block at byte {}",
+                            k + 1,
+                            block.data_offset
+                        )),
+                    });
+                }
+            }
+        }
+        let leftover = block.data.len() - c.pos();
+        let data_end = block.data_offset + c.pos() as u64;
+        if leftover > 0 && block.complete {
+            Some(Stop::Damaged {
+                offset: data_end,
+                reason: format!(
+                    "the block holds {leftover} bytes after its {} records (corrupt block size or count)",
+                    block.count
+                ),
+            })
+        } else if !block.complete {
+            Some(Stop::Damaged {
+                offset: data_end,
+                reason: "the file ends inside a block (truncated)".to_owned(),
+            })
+        } else if !block.sync_ok {
+            Some(Stop::Damaged {
+                offset: block.sync_offset,
+                reason: "the block's sync marker is missing or wrong (corrupt or truncated)"
+                    .to_owned(),
+            })
+        } else {
+            None
+        }
+    }
+
+    fn lines(
+        &mut self,
+        data: &[u8],
+        first_line: u64,
+        offset: u64,
+        out: &mut Vec<Item>,
+    ) -> Option<Stop> {
+        let mut pos = 0;
+        let mut number = first_line;
+        while pos < data.len() {
+            let end = memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |i| pos + i + 1);
+            let line = &data[pos..end];
+            let start = offset + pos as u64;
+            pos = end;
+            let this = number;
+            number += 1;
+            let text = trim(line);
+            if text.is_empty() {
+                continue;
+            }
+            if let Some(item) =
+                lines::decode_item(text, &mut self.local, &mut self.names, &mut self.scratch)
+            {
+                out.push(item);
+                continue;
+            }
+            match jsonl::decode(text, &mut self.names, || format!("capture-line-{this}")) {
+                Ok(record) => out.push(Item::Whole(Box::new(record))),
+                Err(reason) => {
+                    let complete = line.last() == Some(&b'\n');
+                    return Some(Stop::Damaged {
+                        offset: start,
+                        reason: if complete {
+                            format!("line {this}: {reason}")
+                        } else {
+                            format!("line {this} is cut short (truncated): {reason}")
+                        },
+                    });
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Reader {
+    /// Cuts this reader's input into pieces for several decoding threads;
+    /// `Err(self)` (boxed) when it cannot (a file read through apache-avro, or one
+    /// already partly read). Also gives the label and whether it is lean.
+    pub(crate) fn split(self) -> Result<(Splitter, bool), Box<Reader>> {
+        if self.records > 0 {
+            return Err(Box::new(self));
+        }
+        let lean = self.lean;
+        match self.inner {
+            Inner::Fast(f) if f.block.is_none() => {
+                let f = *f;
+                Ok((
+                    Splitter {
+                        cut: Cut::Avro {
+                            input: f.input,
+                            sync: f.sync,
+                            offset: f.offset,
+                            pool: f.pool,
+                        },
+                        consumed: f.offset,
+                    },
+                    lean,
+                ))
+            }
+            Inner::Jsonl(j) if j.number == 0 => Ok((
+                Splitter {
+                    cut: Cut::Lines {
+                        input: j.input,
+                        carry: Vec::new(),
+                        offset: j.offset,
+                        lines: 0,
+                    },
+                    consumed: j.offset,
+                },
+                lean,
+            )),
+            Inner::Done => Ok((
+                Splitter {
+                    cut: Cut::Done,
+                    consumed: 0,
+                },
+                lean,
+            )),
+            inner => Err(Box::new(Reader { inner, ..self })),
+        }
+    }
+}
