@@ -287,17 +287,14 @@ async fn choreo_run(broker: &str, brokers: &str, topic: &str, n: usize) -> Run {
     }
 }
 
-async fn bare_run(broker: &str, brokers: &str, topic: &str, n: usize) -> Run {
-    let producer: FutureProducer = bare(brokers).create().expect("producer");
-    let consumer = bare_consumer(brokers, topic);
-    let (broker_name, topic_name) = (broker.to_owned(), topic.to_owned());
-    let reader = std::thread::spawn(move || bare_consume(consumer, n, &broker_name, &topic_name));
+/// Bare rdkafka producing `n` records of [`PAYLOAD`] bytes with choreo's
+/// headers to `topic`, up to [`in_flight`] outstanding; returns once every
+/// one is acknowledged (`stalled` names the side if the broker stops).
+async fn bare_produce(producer: &FutureProducer, topic: &str, n: usize, stalled: &str) {
     let data = payload();
-    let start = Instant::now();
-    let mut pending = FuturesUnordered::new();
-    let window = in_flight();
-    let stalled = format!("{broker}: the bare producer of {topic}");
     let time = choreo_core::Timestamp::now().to_rfc3339();
+    let window = in_flight();
+    let mut pending = FuturesUnordered::new();
     for i in 0..n {
         let key = format!("k{}", i % 1024);
         let id = format!("{i:08x}-0000-7000-8000-{i:012x}");
@@ -312,16 +309,31 @@ async fn bare_run(broker: &str, brokers: &str, topic: &str, n: usize) -> Run {
                 .expect("enqueued"),
         );
         if pending.len() >= window {
-            next_ack(&mut pending, &stalled)
+            next_ack(&mut pending, stalled)
                 .await
                 .expect("a send")
                 .expect("delivered")
                 .expect("sent");
         }
     }
-    while let Some(r) = next_ack(&mut pending, &stalled).await {
+    while let Some(r) = next_ack(&mut pending, stalled).await {
         r.expect("delivered").expect("sent");
     }
+}
+
+async fn bare_run(broker: &str, brokers: &str, topic: &str, n: usize) -> Run {
+    let producer: FutureProducer = bare(brokers).create().expect("producer");
+    let consumer = bare_consumer(brokers, topic);
+    let (broker_name, topic_name) = (broker.to_owned(), topic.to_owned());
+    let reader = std::thread::spawn(move || bare_consume(consumer, n, &broker_name, &topic_name));
+    let start = Instant::now();
+    bare_produce(
+        &producer,
+        topic,
+        n,
+        &format!("{broker}: the bare producer of {topic}"),
+    )
+    .await;
     let published = start.elapsed();
     let done = Arc::new(AtomicBool::new(false));
     let filling = fillers(brokers, topic, done.clone());
@@ -352,36 +364,9 @@ async fn broker_limit(broker: &str, brokers: &str, topic: &str, n: usize) -> (f6
         .await
         .map_err(|(e, _)| e)
         .expect("warm-up record");
-    let data = payload();
-    let time = choreo_core::Timestamp::now().to_rfc3339();
     let start = Instant::now();
-    let mut pending = FuturesUnordered::new();
-    let window = in_flight();
     let stalled = format!("{broker}: the bare producer (limits) of {topic}");
-    for i in 0..n {
-        let key = format!("k{}", i % 1024);
-        let id = format!("{i:08x}-0000-7000-8000-{i:012x}");
-        let record = FutureRecord::to(topic)
-            .key(&key)
-            .payload(&data[..])
-            .headers(headers(&id, &time));
-        pending.push(
-            producer
-                .send_result(record)
-                .map_err(|(e, _)| e)
-                .expect("enqueued"),
-        );
-        if pending.len() >= window {
-            next_ack(&mut pending, &stalled)
-                .await
-                .expect("a send")
-                .expect("delivered")
-                .expect("sent");
-        }
-    }
-    while let Some(r) = next_ack(&mut pending, &stalled).await {
-        r.expect("delivered").expect("sent");
-    }
+    bare_produce(&producer, topic, n, &stalled).await;
     let produced = n as f64 / start.elapsed().as_secs_f64();
     let consumer = bare_consumer(brokers, topic);
     let done = Arc::new(AtomicBool::new(false));

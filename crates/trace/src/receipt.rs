@@ -180,7 +180,7 @@ impl<'a> Written<'a> {
         if quoted[0] != b'"' || quoted[37] != b'"' {
             return None;
         }
-        let id = crate::capture::fast_uuid(&quoted[1..37])?;
+        let id = EventId::from_uuid_text(&quoted[1..37])?;
         self.i += 38;
         Some(id)
     }
@@ -297,7 +297,7 @@ fn fast_receipt(data: &[u8], names: &mut Interner) -> Option<ParsedReceipt> {
                 b"service" => service = Some(std::str::from_utf8(p.string()?).ok()?),
                 b"event_id" => {
                     let raw = p.string()?;
-                    event = crate::capture::fast_uuid(raw)
+                    event = EventId::from_uuid_text(raw)
                         .or_else(|| EventId::parse(std::str::from_utf8(raw).ok()?));
                 }
                 b"event_type" => ty = Some(std::str::from_utf8(p.string()?).ok()?),
@@ -341,7 +341,7 @@ fn fast_receipt(data: &[u8], names: &mut Interner) -> Option<ParsedReceipt> {
 
 fn serde_receipt(data: &[u8], names: &mut Interner) -> Option<ParsedReceipt> {
     let view = serde_json::from_slice::<ReceiptView<'_>>(data).ok()?;
-    let event = crate::capture::fast_uuid(view.event_id.as_bytes())
+    let event = EventId::from_uuid_text(view.event_id.as_bytes())
         .or_else(|| EventId::parse(&view.event_id))?;
     Some(ParsedReceipt {
         event,

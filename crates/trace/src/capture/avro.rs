@@ -310,68 +310,6 @@ impl<'a> Cursor<'a> {
     }
 }
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-
-/// High bit of each byte of `x` (all below 0x80) set where the byte is ≥ `n`.
-#[inline(always)]
-const fn at_least(x: u64, n: u8) -> u64 {
-    x.wrapping_add((0x80 - n as u64) * ONES) & HIGHS
-}
-
-/// Eight lower-case hex digits (in text order) as the four bytes they spell;
-/// `None` when any is not one. Eight digits at a time in one word (SWAR): a
-/// capture record holds three ids, and a digit at a time was a tenth of the
-/// decoding time.
-#[inline(always)]
-fn hex8(text: [u8; 8]) -> Option<[u8; 4]> {
-    let x = u64::from_le_bytes(text);
-    if x & HIGHS != 0 {
-        return None;
-    }
-    let digit = at_least(x, b'0') & !at_least(x, b'9' + 1);
-    let letter = at_least(x, b'a') & !at_least(x, b'f' + 1);
-    if digit | letter != HIGHS {
-        return None;
-    }
-    // Each byte's value: its low nibble, plus 9 for a letter ('a' = 0x61).
-    let v = (x & (0x0f * ONES)) + (letter >> 7) * 9;
-    // Pairs of digits into bytes (the first digit is the high nibble), then
-    // the four bytes together, in text order.
-    let pairs = ((v << 4) | (v >> 8)) & 0x00ff_00ff_00ff_00ff;
-    let quads = (pairs | (pairs >> 8)) & 0x0000_ffff_0000_ffff;
-    let word = (quads | (quads >> 16)) as u32;
-    Some(word.to_le_bytes())
-}
-
-/// The canonical lower-case hyphenated UUID text as an id, decoded straight
-/// from the bytes: what [`EventId::parse`] gives for it, at a fraction of the
-/// cost (three ids per record). `None` for anything else.
-#[inline(always)]
-pub(crate) fn fast_uuid(raw: &[u8]) -> Option<EventId> {
-    let raw: &[u8; 36] = raw.try_into().ok()?;
-    if raw[8] != b'-' || raw[13] != b'-' || raw[18] != b'-' || raw[23] != b'-' {
-        return None;
-    }
-    let eight = |a: usize| -> [u8; 8] {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&raw[a..a + 8]);
-        w
-    };
-    let four_four = |a: usize, b: usize| -> [u8; 8] {
-        let mut w = [0u8; 8];
-        w[..4].copy_from_slice(&raw[a..a + 4]);
-        w[4..].copy_from_slice(&raw[b..b + 4]);
-        w
-    };
-    let mut out = [0u8; 16];
-    out[0..4].copy_from_slice(&hex8(eight(0))?);
-    out[4..8].copy_from_slice(&hex8(four_four(9, 14))?);
-    out[8..12].copy_from_slice(&hex8(four_four(19, 24))?);
-    out[12..16].copy_from_slice(&hex8(eight(28))?);
-    Some(EventId::from_uuid(uuid::Uuid::from_bytes(out)))
-}
-
 fn utf8(raw: &[u8]) -> Result<&str, Fault> {
     std::str::from_utf8(raw).map_err(|_| Fault::Corrupt("a string is not UTF-8".into()))
 }
@@ -379,7 +317,7 @@ fn utf8(raw: &[u8]) -> Result<&str, Fault> {
 /// An id field: `None` when empty.
 #[inline(always)]
 fn id_field(raw: &[u8]) -> Result<Option<EventId>, Fault> {
-    if let Some(id) = fast_uuid(raw) {
+    if let Some(id) = EventId::from_uuid_text(raw) {
         return Ok(Some(id));
     }
     let s = std::str::from_utf8(raw).map_err(|_| Fault::Corrupt("an id is not UTF-8".into()))?;
@@ -1159,56 +1097,5 @@ mod tests {
         let p = pool.0.lock().unwrap();
         assert_eq!(p.free.len(), 2, "the third would pass the bound");
         assert!(p.bytes <= POOL_BYTES);
-    }
-
-    #[test]
-    fn fast_uuid_agrees_with_the_parser() {
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..10_000 {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let u = uuid::Uuid::from_u64_pair(rng, rng.rotate_left(23) ^ 0x5555);
-            let text = u.hyphenated().to_string();
-            assert_eq!(fast_uuid(text.as_bytes()), EventId::parse(&text), "{text}");
-            assert_eq!(
-                fast_uuid(text.as_bytes()).and_then(|i| i.as_uuid()),
-                Some(u)
-            );
-        }
-        for (text, ok) in [
-            ("00000000-0000-0000-0000-000000000000", true),
-            ("ffffffff-ffff-ffff-ffff-ffffffffffff", true),
-            ("0123abcd-4567-89ef-0a1b-2c3d4e5f6789", true),
-            // Anything else goes to the full parser.
-            ("0123ABCD-4567-89ef-0a1b-2c3d4e5f6789", false),
-            ("0123abcg-4567-89ef-0a1b-2c3d4e5f6789", false),
-            ("0123abc/-4567-89ef-0a1b-2c3d4e5f6789", false),
-            ("0123abc:-4567-89ef-0a1b-2c3d4e5f6789", false),
-            ("0123abc`-4567-89ef-0a1b-2c3d4e5f6789", false),
-            ("0123abcd_4567-89ef-0a1b-2c3d4e5f6789", false),
-            ("0123abcd-4567-89ef-0a1b-2c3d4e5f678", false),
-            ("0123abcd-4567-89ef-0a1b-2c3d4e5f67890", false),
-            ("0123abcd-4567-89ef-0a1b-2c3d4e5f678\u{e9}", false),
-        ] {
-            assert_eq!(fast_uuid(text.as_bytes()).is_some(), ok, "{text}");
-            if ok {
-                assert_eq!(fast_uuid(text.as_bytes()), EventId::parse(text));
-            }
-        }
-        // Every single byte in every digit position.
-        let good = b"0123abcd-4567-89ef-0a1b-2c3d4e5f6789";
-        for pos in 0..36 {
-            for byte in 0..=255u8 {
-                let mut t = *good;
-                t[pos] = byte;
-                // The parser keeps anything but canonical UUID text as text.
-                let expect = std::str::from_utf8(&t)
-                    .ok()
-                    .and_then(EventId::parse)
-                    .filter(|id| id.as_uuid().is_some());
-                assert_eq!(fast_uuid(&t), expect, "byte {byte:#x} at {pos}");
-            }
-        }
     }
 }

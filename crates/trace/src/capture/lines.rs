@@ -176,7 +176,7 @@ pub(crate) fn decode_item(
 
 #[inline]
 fn parse_id(text: &str) -> Option<EventId> {
-    super::avro::fast_uuid(text.as_bytes()).or_else(|| EventId::parse(text))
+    EventId::from_uuid_text(text.as_bytes()).or_else(|| EventId::parse(text))
 }
 
 /// Reads a line of the plainest shape into a [`FastLine`] in one pass:

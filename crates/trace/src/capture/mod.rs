@@ -39,7 +39,6 @@ use std::path::{Path, PathBuf};
 
 use choreo_core::{Envelope, EventId};
 
-pub(crate) use avro::fast_uuid;
 pub use avro::{SCHEMA_JSON, schema};
 
 use crate::record::{Progress, Source};

@@ -16,8 +16,8 @@ use serde_json::json;
 
 use crate::fixture::{HOSTILE_PAYLOAD, HOSTILE_TYPE, Scenario};
 use crate::webdriver::{
-    Browser, image_drawn, listed, mark_document, run, same_document, screenshot, search, text_of,
-    until,
+    Browser, image_drawn, listed, mark_document, open_flow, run, same_document, screenshot, search,
+    text_of, until,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,21 +62,8 @@ async fn walk(client: &Client, s: &Scenario, addr: SocketAddr) {
     .await;
 
     // Its page says who owes, and draws the graph.
-    client
-        .find(Locator::Css(&format!("{row} a.flow-link")))
-        .await
-        .expect("the flow's link")
-        .click()
-        .await
-        .expect("opening the flow");
-    let owing = until("the flow page to name who owes", || async {
-        let t = text_of(client, "#owing").await;
-        (!t.is_empty()).then_some(t)
-    })
-    .await;
+    let owing = open_flow(client, &row, &stuck).await;
     assert_eq!(owing, "shipping");
-    let url = client.current_url().await.expect("the url");
-    assert!(url.path().ends_with(&format!("/flows/{stuck}")), "{url}");
     let owed = text_of(client, "#owed").await;
     assert!(owed.contains("shipping owes OrderShipped"), "{owed}");
     until("the causal graph to be drawn", || async {

@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::fixture::{PATIENCE, serve, topology};
 use crate::webdriver::{
-    Browser, image_drawn, listed, mark_document, run, same_document, search, text_of, until,
-    until_within,
+    Browser, image_drawn, listed, mark_document, open_flow, run, same_document, search, text_of,
+    until, until_within,
 };
 
 /// Flows the run starts: a few hundred.
@@ -278,21 +278,8 @@ impl Walk {
         .await;
 
         // Its page says who owes, and draws the graph.
-        client
-            .find(Locator::Css(&format!("{row} a.flow-link")))
-            .await
-            .expect("the flow's link")
-            .click()
-            .await
-            .expect("opening the flow");
-        let owing = until("the flow page to name who owes", || async {
-            let t = text_of(client, "#owing").await;
-            (!t.is_empty()).then_some(t)
-        })
-        .await;
+        let owing = open_flow(client, &row, &stuck).await;
         assert_eq!(owing, "shipping");
-        let url = client.current_url().await.expect("the url");
-        assert!(url.path().ends_with(&format!("/flows/{stuck}")), "{url}");
         let status = text_of(client, "#status").await;
         assert_eq!(status, "stuck");
         let owed = text_of(client, "#owed").await;

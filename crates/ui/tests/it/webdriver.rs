@@ -183,6 +183,26 @@ pub(crate) async fn image_drawn(client: &Client, id: &str) -> bool {
         == json!(true)
 }
 
+/// Opens the listed flow `id` through the link in its `row`, waits for its
+/// page to name who owes, checks the address, and returns who owes.
+pub(crate) async fn open_flow(client: &Client, row: &str, id: &str) -> String {
+    client
+        .find(Locator::Css(&format!("{row} a.flow-link")))
+        .await
+        .expect("the flow's link")
+        .click()
+        .await
+        .expect("opening the flow");
+    let owing = until("the flow page to name who owes", || async {
+        let t = text_of(client, "#owing").await;
+        (!t.is_empty()).then_some(t)
+    })
+    .await;
+    let url = client.current_url().await.expect("the url");
+    assert!(url.path().ends_with(&format!("/flows/{id}")), "{url}");
+    owing
+}
+
 /// On the flows page: types `text` into the search box and applies it.
 pub(crate) async fn search(client: &Client, text: &str) {
     let q = client.find(Locator::Id("q")).await.expect("the search box");
