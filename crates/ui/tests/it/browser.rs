@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 
-use fantoccini::{Client, Locator};
+use fantoccini::Client;
 use serde_json::json;
 
 use crate::fixture::{HOSTILE_PAYLOAD, HOSTILE_TYPE, Scenario};
