@@ -236,6 +236,13 @@ pub mod dlq_headers {
 /// `malformed record: <value>`.
 pub const MALFORMED_HEADER: &str = "choreo-malformed";
 
+/// The header an outbox relay adds to each event it publishes: when it
+/// published it (RFC 3339). The event's own `time` is when its handler wrote
+/// it to the outbox, so the difference is how long it waited there; the
+/// tracer reports it per service. A relay that publishes a row again after a
+/// crash stamps its own time: the copies differ in this header only.
+pub const RELAYED_AT_HEADER: &str = "choreo-relayed-at";
+
 /// The copy of `delivery`'s event that goes to the dead-letter topic: the same
 /// id, flow, causation, payload and headers, plus the `choreo-dlq-*` headers
 /// (a [`MALFORMED_HEADER`] becomes [`dlq_headers::MALFORMED`]).

@@ -42,8 +42,8 @@ mod receipt;
 mod time;
 
 pub use bus::{
-    Bus, DeadLetter, Delivery, MALFORMED_HEADER, Settle, Settlement, StartFrom, SubscribeOptions,
-    Subscription, dead_letter_envelope, dead_letter_topic, dlq_headers,
+    Bus, DeadLetter, Delivery, MALFORMED_HEADER, RELAYED_AT_HEADER, Settle, Settlement, StartFrom,
+    SubscribeOptions, Subscription, dead_letter_envelope, dead_letter_topic, dlq_headers,
 };
 pub use codec::{Codec, Codecs, JsonCodec, PayloadMeta};
 pub use envelope::{ContentType, Envelope, Headers, PartitionKey, murmur2};

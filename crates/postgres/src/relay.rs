@@ -418,6 +418,12 @@ impl<B: Bus> Relay<B> {
             };
             let topic = env.topic.clone();
             let (id, event_type) = (env.id.clone(), env.event_type.clone());
+            // When it left the outbox: the tracer reports how long it waited.
+            let mut env = env;
+            env.headers.insert(
+                choreo_core::RELAYED_AT_HEADER,
+                choreo_core::Timestamp::now().to_rfc3339(),
+            );
             match self.bus.publish_shared(Arc::new(env)).await {
                 Ok(()) => {
                     metrics.relayed(&topic);

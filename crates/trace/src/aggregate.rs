@@ -11,7 +11,8 @@ use crate::flow::FlowStatus;
 use crate::metrics::{EdgeMetrics, TraceMetrics};
 use crate::model::{EMPTY, Model, Sym, Symbols};
 use crate::report::{
-    EdgeReport, EvictReason, FlowBrief, FlowNameReport, FlowTotals, RuleReport, RuleSite,
+    EdgeReport, EvictReason, FlowBrief, FlowNameReport, FlowTotals, OutboxReport, RuleReport,
+    RuleSite,
 };
 use crate::stats::Histogram;
 use crate::store::FlowState;
@@ -52,9 +53,31 @@ pub(crate) struct Aggregates {
     findings: FastMap<(Rule, Sym, Sym), u64>,
     examples: BTreeMap<Rule, Vec<Finding>>,
     briefs: Vec<FlowBrief>,
+    /// Per publishing service: how long its events waited in its outbox.
+    outbox: FastMap<Sym, Histogram>,
 }
 
 impl Aggregates {
+    /// An event relayed from `service`'s outbox `micros` after its handler
+    /// wrote it.
+    pub(crate) fn outbox_lag(&mut self, service: Sym, micros: i64) {
+        self.outbox.entry(service).or_default().record(micros);
+    }
+
+    /// The outbox lag of each service that published through one, by name.
+    pub(crate) fn outbox_reports(&self, syms: &Symbols) -> Vec<OutboxReport> {
+        let mut out: Vec<OutboxReport> = self
+            .outbox
+            .iter()
+            .map(|(s, h)| OutboxReport {
+                service: label(syms.name(*s)).to_owned(),
+                lag: h.summary(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.service.cmp(&b.service));
+        out
+    }
+
     pub(crate) fn started(&mut self, name: Option<usize>) {
         self.by_flow.entry(name).or_default().started += 1;
     }
@@ -101,6 +124,9 @@ impl Aggregates {
         }
         for b in other.briefs {
             self.push_brief(b, config);
+        }
+        for (k, h) in other.outbox {
+            self.outbox.entry(k).or_default().merge(&h);
         }
     }
 

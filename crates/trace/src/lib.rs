@@ -170,8 +170,8 @@ pub use metrics::METRICS;
 pub use record::{IterSource, Progress, Record, Source};
 pub use recording::{RECORDER_GROUP, Recording, record};
 pub use report::{
-    Counters, EdgeReport, EvictReason, FlowBrief, FlowNameReport, FlowTotals, NowFrom, Report,
-    RuleReport, RuleSite,
+    Counters, EdgeReport, EvictReason, FlowBrief, FlowNameReport, FlowTotals, NowFrom,
+    OutboxReport, Report, RuleReport, RuleSite,
 };
 pub use stats::{Histogram, Quantiles, format_micros};
 pub use tap::{tap, tap_topics};

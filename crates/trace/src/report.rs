@@ -212,6 +212,17 @@ pub struct EdgeReport {
     pub latency: Quantiles,
 }
 
+/// How long one service's events waited in its transactional outbox: from
+/// the handler's write (the event's time) to the relay's publication (the
+/// `choreo-relayed-at` header the relay adds).
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxReport {
+    /// The publishing service.
+    pub service: String,
+    /// Write → publication, µs, over the events relayed (duplicates not counted).
+    pub lag: Quantiles,
+}
+
 /// Where the "now" flows are judged at came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -250,6 +261,7 @@ pub(crate) struct ReportParts {
     pub(crate) by_flow: Vec<FlowNameReport>,
     pub(crate) findings: Vec<RuleReport>,
     pub(crate) edges: Vec<EdgeReport>,
+    pub(crate) outbox: Vec<OutboxReport>,
     pub(crate) listed: Vec<FlowBrief>,
 }
 
@@ -277,6 +289,9 @@ pub struct Report {
     pub services: Vec<String>,
     /// The service graph's edges, busiest first.
     pub edges: Vec<EdgeReport>,
+    /// The services that publish through a transactional outbox, with how
+    /// long their events waited there, by name (empty without one).
+    pub outbox: Vec<OutboxReport>,
     /// Stuck and failed flows (at most `listed_flows`).
     pub listed: Vec<FlowBrief>,
     /// True when nothing was found: no findings, no failed or stuck flows.
@@ -298,6 +313,7 @@ impl Report {
             by_flow,
             findings,
             edges,
+            outbox,
             listed,
         } = parts;
         let broken: Vec<&RuleReport> = findings.iter().filter(|f| f.rule.is_violation()).collect();
@@ -352,6 +368,7 @@ impl Report {
             findings,
             services: services_of(&edges),
             edges,
+            outbox,
             listed,
             ok,
             verdict,
@@ -541,6 +558,24 @@ impl Report {
                     } else {
                         String::new()
                     }
+                );
+            }
+        }
+        if !self.outbox.is_empty() {
+            let _ = writeln!(o);
+            let _ = writeln!(
+                o,
+                "outbox lag (the handler's write → the relay's publication, p50 / p95 / p99):"
+            );
+            for b in &self.outbox {
+                let _ = writeln!(
+                    o,
+                    "  {}: {} / {} / {} over {}",
+                    b.service,
+                    format_micros(b.lag.p50_us),
+                    format_micros(b.lag.p95_us),
+                    format_micros(b.lag.p99_us),
+                    b.lag.count
                 );
             }
         }

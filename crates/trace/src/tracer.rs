@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use choreo_core::{Envelope, EventId, MALFORMED_HEADER, Timestamp, dlq_headers};
+use choreo_core::{Envelope, EventId, MALFORMED_HEADER, RELAYED_AT_HEADER, Timestamp, dlq_headers};
 use choreo_topology::Topology;
 
 use crate::Record;
@@ -498,6 +498,22 @@ impl Tracer {
         if new {
             // Held for search only when new (a duplicate is the same event).
             self.search.push(env);
+            // Relayed from an outbox: how long it waited there (a copy the
+            // relay published again is a duplicate, not counted).
+            if !self.replaying
+                && let Some(at) = malformed
+                    .is_none()
+                    .then(|| env.headers.get_str(RELAYED_AT_HEADER))
+                    .flatten()
+                    .and_then(Timestamp::parse_rfc3339)
+            {
+                let service = match &self.model {
+                    Some(m) => m.canonical(source),
+                    None => source,
+                };
+                self.agg
+                    .outbox_lag(service, at.micros_since(env.time).max(0));
+            }
         }
     }
 
@@ -1079,6 +1095,7 @@ impl Tracer {
             by_flow,
             findings: self.agg.rule_reports(&self.syms),
             edges: self.agg.edge_reports(&self.syms),
+            outbox: self.agg.outbox_reports(&self.syms),
             listed: self.agg.briefs().to_vec(),
         })
     }

@@ -52,7 +52,10 @@ impl Harness for Outbox {
     }
 
     fn features(&self) -> Features {
-        Features::default()
+        Features {
+            added_headers: &[choreo_core::RELAYED_AT_HEADER],
+            ..Features::default()
+        }
     }
 }
 

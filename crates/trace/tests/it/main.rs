@@ -11,6 +11,7 @@ mod judgement;
 mod live;
 mod memory;
 mod metrics;
+mod outbox;
 mod poison;
 mod recent;
 mod reconstruction;

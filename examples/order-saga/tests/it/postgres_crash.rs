@@ -281,6 +281,18 @@ async fn check(
 
     let report = outcome.trace(topology);
     assert!(report.ok, "the trace finds nothing:\n{}", report.summary());
+    // The relays stamp when they published; the tracer reports the wait.
+    let outboxes: Vec<(&str, bool)> = report
+        .outbox
+        .iter()
+        .map(|o| (o.service.as_str(), o.lag.count > 0))
+        .collect();
+    assert_eq!(
+        outboxes,
+        [("inventory", true), ("payment", true)],
+        "{}",
+        report.summary()
+    );
     assert!(report.findings.is_empty());
     assert_eq!(report.flows.completed, ORDERS);
     assert!(report.input.duplicates as usize >= twice.len());

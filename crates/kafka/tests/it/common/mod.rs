@@ -69,7 +69,7 @@ impl Harness for Mock {
     fn features(&self) -> Features {
         Features {
             patience: Duration::from_secs(30),
-            counts_attempts: true,
+            ..Features::default()
         }
     }
 }
@@ -316,7 +316,7 @@ impl Harness for Tansu {
     fn features(&self) -> Features {
         Features {
             patience: Duration::from_secs(30),
-            counts_attempts: true,
+            ..Features::default()
         }
     }
 }
