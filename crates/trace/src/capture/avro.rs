@@ -298,6 +298,27 @@ impl<'a> Cursor<'a> {
         Ok(names.name(utf8(raw)?))
     }
 
+    /// The record's optional partition and offset, in range.
+    #[inline(always)]
+    fn position(&mut self) -> Result<(Option<u32>, Option<u64>), Fault> {
+        let partition = if self.branch("partition")? {
+            let p = self.long()?;
+            Some(
+                u32::try_from(p)
+                    .map_err(|_| Fault::Corrupt(format!("partition {p} out of range")))?,
+            )
+        } else {
+            None
+        };
+        let offset = if self.branch("offset")? {
+            let o = self.long()?;
+            Some(u64::try_from(o).map_err(|_| Fault::Corrupt(format!("offset {o} out of range")))?)
+        } else {
+            None
+        };
+        Ok((partition, offset))
+    }
+
     #[inline(always)]
     fn branch(&mut self, field: &str) -> Result<bool, Fault> {
         match self.long()? {
@@ -396,18 +417,7 @@ pub(crate) fn decode_item(
         let record = one.pop().ok_or(Fault::Truncated)?;
         return Ok(Item::Whole(Box::new(record)));
     }
-    let partition = if c.branch("partition")? {
-        let p = c.long()?;
-        Some(u32::try_from(p).map_err(|_| Fault::Corrupt(format!("partition {p} out of range")))?)
-    } else {
-        None
-    };
-    let offset = if c.branch("offset")? {
-        let o = c.long()?;
-        Some(u64::try_from(o).map_err(|_| Fault::Corrupt(format!("offset {o} out of range")))?)
-    } else {
-        None
-    };
+    let (partition, offset) = c.position()?;
     let (Some(id), Some(correlation), false) = (id, correlation, ty_raw.is_empty()) else {
         return Ok(Item::Unattributed);
     };
@@ -513,18 +523,7 @@ fn decode_parts<F: FnOnce() -> String>(
             headers.insert(names.name(name), value);
         }
     }
-    let partition = if c.branch("partition")? {
-        let p = c.long()?;
-        Some(u32::try_from(p).map_err(|_| Fault::Corrupt(format!("partition {p} out of range")))?)
-    } else {
-        None
-    };
-    let offset = if c.branch("offset")? {
-        let o = c.long()?;
-        Some(u64::try_from(o).map_err(|_| Fault::Corrupt(format!("offset {o} out of range")))?)
-    } else {
-        None
-    };
+    let (partition, offset) = c.position()?;
     Ok(Parts {
         id,
         event_type,
