@@ -53,6 +53,42 @@ impl Drop for Running {
     }
 }
 
+/// Runs Graphviz's `dot -Tsvg` on `dot` and returns the SVG, failing the
+/// test when `dot` rejects the graph or warns about it; `None` when Graphviz
+/// is not installed, unless `CHOREO_REQUIRE_GRAPHVIZ` is set
+/// (scripts/test.sh sets it): then a missing `dot` fails the test.
+pub fn graphviz(dot: &str) -> Option<String> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let child = Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) if std::env::var_os("CHOREO_REQUIRE_GRAPHVIZ").is_some() => {
+            panic!("Graphviz 'dot' is required (CHOREO_REQUIRE_GRAPHVIZ) but can't run: {e}")
+        }
+        Err(_) => {
+            eprintln!("skipping the Graphviz check: 'dot' is not installed");
+            return None;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .expect("dot's stdin")
+        .write_all(dot.as_bytes())
+        .expect("writing to dot");
+    let out = child.wait_with_output().expect("dot's output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dot failed: {stderr}\n{dot}");
+    assert!(stderr.trim().is_empty(), "dot warned: {stderr}\n{dot}");
+    Some(String::from_utf8(out.stdout).expect("dot writes UTF-8 SVG"))
+}
+
 /// A loopback port free at the time of the call, for a server a test starts.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

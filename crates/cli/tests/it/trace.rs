@@ -299,40 +299,6 @@ fn unreadable_input_exits_2() {
         .stderr(predicate::str::contains("unknown format"));
 }
 
-/// Runs `dot -Tsvg`; `None` when Graphviz is not installed and not required
-/// (scripts/test.sh requires it).
-fn graphviz(dot: &str) -> Option<String> {
-    use std::io::Write as _;
-    use std::process::Stdio;
-    let child = std::process::Command::new("dot")
-        .arg("-Tsvg")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(e) if std::env::var_os("CHOREO_REQUIRE_GRAPHVIZ").is_some() => {
-            panic!("Graphviz 'dot' is required (CHOREO_REQUIRE_GRAPHVIZ) but can't run: {e}")
-        }
-        Err(_) => {
-            eprintln!("skipping the Graphviz check: 'dot' is not installed");
-            return None;
-        }
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(dot.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "dot failed: {stderr}\n{dot}");
-    assert!(stderr.trim().is_empty(), "dot warned: {stderr}\n{dot}");
-    Some(String::from_utf8(out.stdout).unwrap())
-}
-
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
 }
@@ -546,7 +512,7 @@ fn one_flow_as_a_graph_that_graphviz_and_mermaid_draw() {
     // both-branches marked at OrderPlaced; two owed events hanging off the branches.
     assert!(dot.contains("✗ both-branches\", color=red"), "{dot}");
     assert_eq!(dot.matches("style=\"rounded,dashed\"").count(), 2, "{dot}");
-    if let Some(svg) = graphviz(&dot) {
+    if let Some(svg) = choreo_testkit::graphviz(&dot) {
         // (SVG writes '-' as an entity.)
         for text in [
             "OrderPlaced",

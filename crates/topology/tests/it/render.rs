@@ -3,9 +3,7 @@
 //! Mermaid with Mermaid's own parser).
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use choreo_topology::Topology;
 use choreo_topology::render::{self, GraphOptions};
@@ -29,43 +27,14 @@ fn options() -> [GraphOptions; 2] {
     ]
 }
 
-/// Runs `dot -Tsvg`; `None` when Graphviz is not installed and not required.
-fn graphviz(dot: &str) -> Option<String> {
-    let child = Command::new("dot")
-        .arg("-Tsvg")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(e) if std::env::var_os("CHOREO_REQUIRE_GRAPHVIZ").is_some() => {
-            panic!("Graphviz 'dot' is required (CHOREO_REQUIRE_GRAPHVIZ) but can't run: {e}")
-        }
-        Err(_) => {
-            eprintln!("skipping the Graphviz check: 'dot' is not installed");
-            return None;
-        }
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(dot.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "dot failed: {stderr}\n{dot}");
-    assert!(stderr.trim().is_empty(), "dot warned: {stderr}\n{dot}");
-    Some(String::from_utf8(out.stdout).unwrap())
-}
-
 #[test]
 fn dot_renders_with_graphviz_and_shows_every_service_and_event() {
     for t in topologies() {
         for options in options() {
             let dot = render::dot(&t, options);
-            let Some(svg) = graphviz(&dot) else { return };
+            let Some(svg) = choreo_testkit::graphviz(&dot) else {
+                return;
+            };
             assert!(svg.contains("<svg"), "{svg}");
             for s in t.services() {
                 assert!(

@@ -170,7 +170,7 @@ fn every_flow_of_the_corpus_draws_with_graphviz() {
             .collect();
         for flow in trace(&e, &records).kept() {
             let dot = flow.to_dot();
-            let Some(svg) = crate::helpers::graphviz(&dot) else {
+            let Some(svg) = choreo_testkit::graphviz(&dot) else {
                 return;
             };
             // Every event is drawn, and every debt.

@@ -375,37 +375,3 @@ pub(crate) async fn run_saga(scenarios: &[u8], receipts: usize) -> Run {
     let records = captured.lock().unwrap().clone();
     Run { records, flows }
 }
-
-/// Runs `dot -Tsvg` on `dot`; `None` when Graphviz is not installed and not
-/// required (scripts/test.sh sets CHOREO_REQUIRE_GRAPHVIZ).
-pub(crate) fn graphviz(dot: &str) -> Option<String> {
-    use std::io::Write as _;
-    use std::process::{Command, Stdio};
-    let child = Command::new("dot")
-        .arg("-Tsvg")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(child) => child,
-        Err(e) if std::env::var_os("CHOREO_REQUIRE_GRAPHVIZ").is_some() => {
-            panic!("Graphviz 'dot' is required (CHOREO_REQUIRE_GRAPHVIZ) but can't run: {e}")
-        }
-        Err(_) => {
-            eprintln!("skipping the Graphviz check: 'dot' is not installed");
-            return None;
-        }
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(dot.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "dot failed: {stderr}\n{dot}");
-    assert!(stderr.trim().is_empty(), "dot warned: {stderr}\n{dot}");
-    Some(String::from_utf8(out.stdout).unwrap())
-}
