@@ -266,6 +266,18 @@ impl Model {
         self.event(on)?.consumers.get(idx)
     }
 
+    /// The tightest `within` of `service`'s reactions that emit `ty`: how
+    /// long after its cause such an event comes, at most.
+    pub(crate) fn emitted_within(&self, service: Sym, ty: Sym) -> Option<i64> {
+        self.types
+            .iter()
+            .flatten()
+            .flat_map(|t| &t.consumers)
+            .filter(|r| r.service == service && r.emits.contains(&ty))
+            .filter_map(|r| r.within_us)
+            .min()
+    }
+
     /// The flow a run whose first event has type `root` belongs to.
     pub(crate) fn flow_started_by(&self, root: Sym) -> Option<usize> {
         self.event(root)?.starts

@@ -3,9 +3,9 @@
 use choreo_core::EventId;
 use petgraph::graph::NodeIndex;
 
-use super::{Ctx, Raw, Scratch};
+use super::{Clock, Ctx, Raw, Scratch};
 use crate::finding::Rule;
-use crate::model::EMPTY;
+use crate::model::{EMPTY, Model};
 use crate::stats::format_micros;
 use crate::store::FlowState;
 
@@ -20,6 +20,39 @@ pub(crate) struct Shape {
     pub(crate) last: i64,
     /// Events whose cause is not in the flow.
     pub(crate) orphans: u32,
+}
+
+/// Takes back the `orphan` findings whose cause may still arrive: a record
+/// of another partition can come later than its effect (a capture cut from a
+/// running system, partitions read at different paces), so a missing cause
+/// is owed, like a reaction, until the bound within which the orphan's
+/// publisher emits it has passed (its reaction's `within`, or the flow's,
+/// whichever is earlier). An orphan with no bound at all is reported at once.
+/// Returns when the first deferred one falls due.
+pub(crate) fn defer_orphans(
+    m: &Model,
+    f: &FlowState,
+    clock: &Clock,
+    shape: &mut Shape,
+    findings: &mut Vec<Raw>,
+) -> Option<i64> {
+    let mut due: Option<i64> = None;
+    findings.retain(|r| {
+        let (Rule::Orphan, Some(i)) = (r.rule, r.event) else {
+            return true;
+        };
+        let e = &f.events[i as usize];
+        let within = m.emitted_within(m.canonical(e.source), e.ty);
+        match clock.bound(within.map(|w| e.time.saturating_add(w))) {
+            Some(d) if clock.now <= d => {
+                due = Some(due.map_or(d, |x| x.min(d)));
+                shape.orphans -= 1;
+                false
+            }
+            _ => true,
+        }
+    });
+    due
 }
 
 /// Orders the flow's events in time (ids break ties), links each to its

@@ -200,7 +200,7 @@ pub(crate) fn analyse(
     now: i64,
 ) -> Analysis {
     let mut findings = Vec::new();
-    let shape = causality::rebuild(ctx, s, corr, f, &mut findings);
+    let mut shape = causality::rebuild(ctx, s, corr, f, &mut findings);
     let poisoned = poison::check(ctx, s, f, &mut findings);
     let dead = dead::check(ctx, s, f, &mut findings);
     let mut a = match ctx.model {
@@ -214,6 +214,7 @@ pub(crate) fn analyse(
                     .and_then(|n| m.flows[n].within_us)
                     .map(|w| shape.start.saturating_add(w)),
             };
+            let cause_due = causality::defer_orphans(m, f, &clock, &mut shape, &mut findings);
             let owed = reactions::check(ctx, m, s, f, &dead, &clock, &mut findings);
             cycles::check(ctx, s, f, &mut findings);
             let judged = status::Judged {
@@ -222,7 +223,12 @@ pub(crate) fn analyse(
                 poisoned,
                 dead: &dead,
             };
-            status::judge(ctx, m, s, f, &shape, judged, &clock, findings)
+            let mut a = status::judge(ctx, m, s, f, &shape, judged, &clock, findings);
+            // Judged again once a missing cause is no longer expected.
+            if let Some(d) = cause_due {
+                a.next_deadline = Some(a.next_deadline.map_or(d, |n| n.min(d)));
+            }
+            a
         }
     };
     canonical_order(ctx, f, &mut a);

@@ -189,17 +189,47 @@ fn duplicates_collapse() {
 }
 
 #[test]
+fn a_missing_cause_is_owed_until_its_reaction_s_bound_passes() {
+    // A capture cut from a running system: StockReserved's partition was
+    // read up to a later point than PaymentCaptured's, so the effect is in
+    // the capture and its cause is not (yet).
+    let h = Hand::default();
+    let placed = h.start("OrderPlaced", "checkout", 0);
+    let captured = h.after(&placed, "PaymentCaptured", "payment", 10);
+    let reserved = h.after(&captured, "StockReserved", "inventory", 20);
+    let input = records(&[&placed, &reserved]);
+    let order = order_fulfillment();
+    let within = |ms| {
+        let t = trace(Some(&order), &input, Some(h.at(ms)));
+        let r = t.report();
+        (r.input.orphans, r.findings.len(), r.flows.in_progress)
+    };
+    assert_eq!(within(100), (0, 0, 1), "right after: still on its way");
+    let (orphans, findings, _) = within(60_000);
+    assert_eq!(
+        (orphans, findings > 0),
+        (1, true),
+        "a minute later: an orphan"
+    );
+    // The cause arriving later in the input settles it.
+    let all = records(&[&placed, &reserved, &captured]);
+    let t = trace(Some(&order), &all, Some(h.at(60_000)));
+    assert_eq!(t.report().input.orphans, 0);
+}
+
+#[test]
 fn orphans_are_reported_not_fatal() {
     let h = Hand::default();
     let placed = h.start("OrderPlaced", "checkout", 0);
     let captured = h.after(&placed, "PaymentCaptured", "payment", 10);
     let reserved = h.after(&captured, "StockReserved", "inventory", 20);
     let shipped = h.after(&reserved, "OrderShipped", "shipping", 30);
-    // PaymentCaptured was never captured: StockReserved's cause is unknown.
+    // PaymentCaptured was never captured: StockReserved's cause is unknown,
+    // and a minute later it can no longer be on its way.
     let t = trace(
         Some(&order_fulfillment()),
         &records(&[&placed, &reserved, &shipped]),
-        None,
+        Some(h.at(60_000)),
     );
     let report = t.report();
     assert_eq!(report.input.orphans, 1);
