@@ -88,7 +88,7 @@ use crate::client::{LogContext, client_error, log_librdkafka};
 use crate::config::{KafkaConfig, Role};
 use crate::consumer::envelope_of;
 use crate::metrics::KafkaMetrics;
-use crate::reader::{ReadFrom, ReadRecord, Topics, discover, reader_error};
+use crate::reader::{Outage, ReadFrom, ReadRecord, Topics, discover, reader_error, transient};
 use crate::watch::Watch;
 use crate::{Error, Result};
 
@@ -225,6 +225,7 @@ pub struct LookbackReader {
     consumer: StreamConsumer<LookbackContext>,
     shared: Arc<Shared>,
     options: LookbackOptions,
+    outage: Outage,
 }
 
 impl std::fmt::Debug for LookbackReader {
@@ -351,6 +352,7 @@ impl LookbackReader {
             consumer,
             shared,
             options,
+            outage: Outage::default(),
         })
     }
 
@@ -374,9 +376,15 @@ impl LookbackReader {
                     self.passed_ends();
                     continue;
                 }
+                // A broker restarting: librdkafka reconnects, the reader waits.
+                Ok(Err(e)) if transient(&e) => {
+                    self.outage.note(&self.shared.group, &e);
+                    continue;
+                }
                 Ok(Err(e)) => return Some(Err(reader_error(e))),
                 Ok(Ok(m)) => m,
             };
+            self.outage.over(&self.shared.group);
             let key = (m.topic().to_owned(), m.partition());
             let offset = m.offset();
             let (envelope, original) = envelope_of(&m);

@@ -235,6 +235,8 @@ struct Assigned {
     /// Topics asked for ([`Topics::Optional`]) that do not exist (yet).
     absent: Vec<String>,
     last_refresh: Instant,
+    /// Transient errors met while following.
+    outage: Outage,
 }
 
 impl std::fmt::Debug for RecordReader {
@@ -389,9 +391,14 @@ impl RecordReader {
                     a.drop_finished();
                     continue;
                 }
+                Ok(Err(e)) if options.follow && transient(&e) => {
+                    a.outage.note("follow", &e);
+                    continue;
+                }
                 Ok(Err(e)) => return Some(Err(reader_error(e))),
                 Ok(Ok(m)) => m,
             };
+            a.outage.over("follow");
             let (topic, partition, offset) = (m.topic().to_owned(), m.partition(), m.offset());
             let (envelope, original) = envelope_of(&m);
             drop(m);
@@ -462,6 +469,7 @@ impl Assigned {
             assigned: HashSet::new(),
             absent: Vec::new(),
             last_refresh: Instant::now(),
+            outage: Outage::default(),
         })
     }
 
@@ -541,6 +549,66 @@ impl Assigned {
                     self.remaining.remove(&key);
                 }
             }
+        }
+    }
+}
+
+/// Whether a consumption error is one librdkafka recovers from by itself:
+/// the broker's connection lost or refused (a broker restarting), a leader
+/// or coordinator moving. A reader that follows waits through them (see
+/// [`Outage`]); any other error ends the read.
+pub(crate) fn transient(e: &KafkaError) -> bool {
+    use rdkafka::error::RDKafkaErrorCode as C;
+    matches!(e, KafkaError::MessageConsumption(_))
+        && matches!(
+            e.rdkafka_error_code(),
+            Some(
+                C::BrokerTransportFailure
+                    | C::AllBrokersDown
+                    | C::NetworkException
+                    | C::RequestTimedOut
+                    | C::OperationTimedOut
+                    | C::LeaderNotAvailable
+                    | C::NotLeaderForPartition
+                    | C::NotCoordinator
+                    | C::CoordinatorNotAvailable
+                    | C::CoordinatorLoadInProgress
+            )
+        )
+}
+
+/// A following reader's view of transient errors: the first of an outage
+/// is logged as a warning, then at most one every 30 s while they go on, so
+/// that a broker restarting shows in the log without flooding it.
+#[derive(Debug, Default)]
+pub(crate) struct Outage {
+    warned: Option<Instant>,
+    count: u64,
+}
+
+impl Outage {
+    /// Notes a transient error `e` met by `who`.
+    pub(crate) fn note(&mut self, who: &str, e: &KafkaError) {
+        self.count += 1;
+        if self
+            .warned
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(30))
+        {
+            tracing::warn!(
+                reader = who,
+                error = %e,
+                errors = self.count,
+                "kafka unreachable for now; librdkafka reconnects, the reader waits"
+            );
+            self.warned = Some(Instant::now());
+        }
+    }
+
+    /// A record arrived: the outage, if any, is over.
+    pub(crate) fn over(&mut self, who: &str) {
+        if self.warned.take().is_some() {
+            tracing::warn!(reader = who, errors = self.count, "kafka reachable again");
+            self.count = 0;
         }
     }
 }
