@@ -105,6 +105,18 @@ pub(crate) struct Args {
         default_value = "1h"
     )]
     lookback: String,
+    /// With --follow: how long a flow that reached its end stays open after
+    /// its last record before it is judged and dropped, so that late receipts
+    /// and redeliveries (a service restarted, handling again what it had not
+    /// committed) are judged with it. Longer than the longest restart of a
+    /// service; records after it are counted as late.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        requires = "follow",
+        default_value = "5s"
+    )]
+    settle: String,
     /// The topology to check the flows against (without one only structure is
     /// checked: orphans, clock skew, loops, dead letters).
     #[arg(long, short)]
@@ -552,6 +564,11 @@ impl Config {
         };
         if args.ui.is_some() {
             choreo_ui::Viewer::prepare(&mut tracer);
+        }
+        if follow.is_some() {
+            tracer.settle = choreo_topology::parse_duration(&args.settle).map_err(|e| {
+                anyhow::anyhow!("--settle '{}': {e}; write it like 5s or 1m", args.settle)
+            })?;
         }
         tracer.cycle_bound = args.cycle_bound;
         tracer.receipts = match args.receipts {
@@ -1073,6 +1090,16 @@ mod tests {
             "live tracing serves metrics on loopback"
         );
         assert_eq!(c.tracer, TracerConfig::live());
+        let c = config(&["--brokers", "k:9092", "--follow", "--settle", "30s"]).unwrap();
+        assert_eq!(c.tracer.settle, std::time::Duration::from_secs(30));
+        assert!(
+            config(&["--brokers", "k:9092", "--follow", "--settle", "later"]).is_err(),
+            "a duration"
+        );
+        assert!(
+            config(&["--brokers", "k:9092", "--settle", "30s"]).is_err(),
+            "--settle needs --follow"
+        );
         let c = config(&["--brokers", "k:9092", "--topics", "orders,payments"]).unwrap();
         assert!(c.follow.is_none());
         assert!(
