@@ -40,9 +40,10 @@ pub fn binary() -> PathBuf {
 /// dropped.
 #[derive(Debug)]
 pub struct Tansu {
-    _process: Running,
+    process: Option<Running>,
     dir: tempfile::TempDir,
     port: u16,
+    storage: String,
 }
 
 impl Tansu {
@@ -64,45 +65,49 @@ impl Tansu {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
-            let log = std::fs::File::create(dir.path().join("tansu.log")).expect("log file");
-            let url = format!("tcp://127.0.0.1:{port}");
-            let child = Command::new(binary())
-                .current_dir(dir.path())
-                .args([
-                    "broker",
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &url,
-                ])
-                .args(["--storage-engine", storage])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log file"))
-                .stderr(log)
-                .spawn()
-                .expect("tansu runs");
-            let mut process = Running::new("tansu", child);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Some(how) = process.exited() {
-                    last = how;
-                    break;
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            match spawn(dir.path(), port, storage) {
+                Ok(process) => {
                     return Tansu {
-                        _process: process,
+                        process: Some(process),
                         dir,
                         port,
+                        storage: storage.to_owned(),
                     };
                 }
-                if Instant::now() > deadline {
-                    last = "tansu did not listen within 20 s".into();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+                Err(how) => last = how,
             }
         }
         panic!("tansu did not start: {last}");
+    }
+
+    /// `kill -9`: the broker dies where it stands; what its storage kept
+    /// survives (sqlite does, memory does not).
+    pub fn kill(&mut self) {
+        // Dropping `Running` kills and reaps it.
+        self.process = None;
+    }
+
+    /// Starts the broker again on the same port and storage, after
+    /// [`kill`](Tansu::kill), and waits until it listens (up to 60 s: the
+    /// port may still be held by the dead broker's connections).
+    pub fn restart(&mut self) {
+        assert!(self.process.is_none(), "tansu is running: kill it first");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match spawn(self.dir.path(), self.port, &self.storage) {
+                Ok(process) => {
+                    self.process = Some(process);
+                    return;
+                }
+                Err(how) => assert!(
+                    Instant::now() < deadline,
+                    "tansu did not start again on port {}: {how}: {}",
+                    self.port,
+                    self.log()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// `127.0.0.1:PORT`.
@@ -128,5 +133,45 @@ impl Tansu {
     /// The broker's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+    }
+}
+
+/// Starts tansu in `dir` on `port` with `storage`, and waits until it
+/// listens (up to 20 s); how it failed otherwise.
+fn spawn(dir: &std::path::Path, port: u16, storage: &str) -> Result<Running, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("tansu.log"))
+        .expect("log file");
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(binary())
+        .current_dir(dir)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", storage])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("tansu runs");
+    let mut process = Running::new("tansu", child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(how) = process.exited() {
+            return Err(how);
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(process);
+        }
+        if Instant::now() > deadline {
+            return Err("tansu did not listen within 20 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
