@@ -92,6 +92,25 @@ pub struct Receipt {
 }
 
 impl Receipt {
+    /// The receipt borrowed, for writing.
+    pub fn borrowed(&self) -> ReceiptRef<'_> {
+        ReceiptRef {
+            service: &self.service,
+            event_id: &self.event_id,
+            event_type: &self.event_type,
+            correlation_id: &self.correlation_id,
+            topic: &self.topic,
+            partition: self.partition,
+            offset: self.offset,
+            outcome: self.outcome,
+            attempts: self.attempts,
+            reason: self.reason.as_deref(),
+            started: self.started,
+            duration_us: self.duration_us,
+            emitted: &self.emitted,
+        }
+    }
+
     /// The envelope that carries this receipt on `topic`: same flow as the
     /// handled event, caused by it, keyed like it, timed at the settlement
     /// (`started` + `duration_us`).
@@ -104,6 +123,60 @@ impl Receipt {
     /// [`to_envelope`](Receipt::to_envelope) with the envelope's id given: a
     /// runtime that has just read the clock for the settlement makes the id
     /// from that reading ([`EventId::generate`]) rather than reading it again.
+    pub fn to_envelope_with_id(&self, id: EventId, topic: Name, handled: &Envelope) -> Envelope {
+        self.borrowed().to_envelope_with_id(id, topic, handled)
+    }
+
+    /// Writes the receipt as JSON — the same document serde produces for it,
+    /// written by hand because every handled event publishes one.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        self.borrowed().write_json(out)
+    }
+
+    /// Reads a receipt from its envelope; `None` when the envelope is not one.
+    pub fn from_envelope(env: &Envelope) -> Option<Receipt> {
+        if env.event_type.as_str() != RECEIPT_TYPE {
+            return None;
+        }
+        serde_json::from_slice(&env.data).ok()
+    }
+}
+
+/// A [`Receipt`] borrowed from what its writer holds: the same fields, and
+/// the same document and envelope, without copying the names and ids into a
+/// `Receipt` first (a runtime writes one per handled event).
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiptRef<'a> {
+    /// The service that handled the event.
+    pub service: &'a Name,
+    /// The handled event's id.
+    pub event_id: &'a EventId,
+    /// The handled event's type.
+    pub event_type: &'a str,
+    /// The handled event's flow.
+    pub correlation_id: &'a EventId,
+    /// Where it was read from.
+    pub topic: &'a str,
+    /// The partition it was read from.
+    pub partition: u32,
+    /// Its offset.
+    pub offset: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// How many times the handler ran for this delivery (0 for a duplicate).
+    pub attempts: u32,
+    /// Why it failed, when it did (the last error).
+    pub reason: Option<&'a str>,
+    /// When the first attempt started.
+    pub started: Timestamp,
+    /// Microseconds from the first attempt's start to the settlement.
+    pub duration_us: u64,
+    /// Ids of the events the handler published.
+    pub emitted: &'a [EventId],
+}
+
+impl ReceiptRef<'_> {
+    /// [`Receipt::to_envelope_with_id`] for the borrowed receipt.
     pub fn to_envelope_with_id(&self, id: EventId, topic: Name, handled: &Envelope) -> Envelope {
         let data = crate::codec::bytes_from_scratch(|buf| {
             self.write_json(buf);
@@ -132,19 +205,18 @@ impl Receipt {
         }
     }
 
-    /// Writes the receipt as JSON — the same document serde produces for it,
-    /// written by hand because every handled event publishes one.
+    /// [`Receipt::write_json`] for the borrowed receipt: the same bytes.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"service\":");
-        json_str(out, &self.service);
+        json_str(out, self.service);
         out.extend_from_slice(b",\"event_id\":");
-        json_id(out, &self.event_id);
+        json_id(out, self.event_id);
         out.extend_from_slice(b",\"event_type\":");
-        json_str(out, &self.event_type);
+        json_str(out, self.event_type);
         out.extend_from_slice(b",\"correlation_id\":");
-        json_id(out, &self.correlation_id);
+        json_id(out, self.correlation_id);
         out.extend_from_slice(b",\"topic\":");
-        json_str(out, &self.topic);
+        json_str(out, self.topic);
         out.extend_from_slice(b",\"partition\":");
         json_int(out, i64::from(self.partition));
         out.extend_from_slice(b",\"offset\":");
@@ -153,7 +225,7 @@ impl Receipt {
         out.extend_from_slice(self.outcome.as_str().as_bytes());
         out.extend_from_slice(b"\",\"attempts\":");
         json_int(out, i64::from(self.attempts));
-        if let Some(reason) = &self.reason {
+        if let Some(reason) = self.reason {
             out.extend_from_slice(b",\"reason\":");
             json_str(out, reason);
         }
@@ -173,14 +245,6 @@ impl Receipt {
         }
         out.push(b'}');
     }
-
-    /// Reads a receipt from its envelope; `None` when the envelope is not one.
-    pub fn from_envelope(env: &Envelope) -> Option<Receipt> {
-        if env.event_type.as_str() != RECEIPT_TYPE {
-            return None;
-        }
-        serde_json::from_slice(&env.data).ok()
-    }
 }
 
 fn json_int(out: &mut Vec<u8>, n: i64) {
@@ -188,12 +252,11 @@ fn json_int(out: &mut Vec<u8>, n: i64) {
 }
 
 fn json_id(out: &mut Vec<u8>, id: &EventId) {
-    match id.as_uuid() {
-        Some(u) => {
-            let mut buf = [0u8; 36];
-            out.push(b'"');
-            out.extend_from_slice(u.hyphenated().encode_lower(&mut buf).as_bytes());
-            out.push(b'"');
+    match id.uuid_text() {
+        Some(text) => {
+            let mut quoted = [b'"'; 38];
+            quoted[1..37].copy_from_slice(&text);
+            out.extend_from_slice(&quoted);
         }
         None => json_str(out, &id.to_string()),
     }
