@@ -1,5 +1,7 @@
 //! Receipts: what a service did with an event it received.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{ContentType, Envelope, EventId, Name, Timestamp};
@@ -178,6 +180,18 @@ pub struct ReceiptRef<'a> {
 impl ReceiptRef<'_> {
     /// [`Receipt::to_envelope_with_id`] for the borrowed receipt.
     pub fn to_envelope_with_id(&self, id: EventId, topic: Name, handled: &Envelope) -> Envelope {
+        Arc::unwrap_or_clone(self.to_shared_envelope(id, topic, handled))
+    }
+
+    /// [`to_envelope_with_id`](Self::to_envelope_with_id), built where it
+    /// is shared: an envelope built apart and then moved into its `Arc` is
+    /// copied whole.
+    pub fn to_shared_envelope(
+        &self,
+        id: EventId,
+        topic: Name,
+        handled: &Envelope,
+    ) -> Arc<Envelope> {
         let data = crate::codec::bytes_from_scratch(|buf| {
             self.write_json(buf);
             Ok::<(), std::convert::Infallible>(())
@@ -187,8 +201,7 @@ impl ReceiptRef<'_> {
             .started
             .as_micros()
             .saturating_add(i64::try_from(self.duration_us).unwrap_or(i64::MAX));
-        let time = Timestamp::from_micros(settled);
-        Envelope {
+        Arc::new(Envelope {
             id,
             event_type: Name::from_static(RECEIPT_TYPE),
             source: self.service.clone(),
@@ -196,13 +209,13 @@ impl ReceiptRef<'_> {
             key: handled.key.clone(),
             correlation_id: handled.correlation_id.clone(),
             causation_id: Some(handled.id.clone()),
-            time,
+            time: Timestamp::from_micros(settled),
             traceparent: handled.traceparent.clone(),
             tracestate: handled.tracestate.clone(),
             content_type: ContentType::Json,
             data,
             headers: crate::Headers::new(),
-        }
+        })
     }
 
     /// [`Receipt::write_json`] for the borrowed receipt: the same bytes.

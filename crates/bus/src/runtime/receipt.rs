@@ -42,7 +42,7 @@ impl<B: Bus> Runtime<B> {
             emitted: &settled.emitted,
         };
         let id = EventId::generate(ended);
-        Arc::new(receipt.to_envelope_with_id(id, topic.clone(), env))
+        receipt.to_shared_envelope(id, topic.clone(), env)
     }
 
     /// A receipt could not be published. Receipts are observability: losing
