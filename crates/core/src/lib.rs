@@ -36,6 +36,7 @@ mod envelope;
 mod error;
 mod event;
 mod id;
+mod json;
 mod limits;
 mod name;
 mod receipt;
