@@ -183,9 +183,8 @@ impl ReceiptRef<'_> {
         Arc::unwrap_or_clone(self.to_shared_envelope(id, topic, handled))
     }
 
-    /// [`to_envelope_with_id`](Self::to_envelope_with_id), built where it
-    /// is shared: an envelope built apart and then moved into its `Arc` is
-    /// copied whole.
+    /// [`to_envelope_with_id`](Self::to_envelope_with_id), shared, as the
+    /// runtime publishes it.
     pub fn to_shared_envelope(
         &self,
         id: EventId,
