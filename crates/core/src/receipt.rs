@@ -324,6 +324,11 @@ mod tests {
         assert_eq!(env.correlation_id, handled.correlation_id);
         assert_eq!(env.causation_id.as_ref(), Some(&handled.id));
         assert_eq!(env.source, "payment");
+        // Written from borrowed fields, shared: the same envelope.
+        let shared = r
+            .borrowed()
+            .to_shared_envelope(env.id.clone(), env.topic.clone(), &handled);
+        assert_eq!(*shared, env);
         assert_eq!(Receipt::from_envelope(&env), Some(r));
         assert_eq!(Receipt::from_envelope(&handled), None);
     }
