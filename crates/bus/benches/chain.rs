@@ -6,6 +6,10 @@
 //!
 //!     cargo bench -p choreo-bus --bench chain [-- FLOWS]
 //!
+//! The multi-thread picture: the same chain with receipts on a 2-worker
+//! runtime (the services' tasks may run on either thread), and its scaling
+//! factor against the current-thread figure.
+//!
 //! `CHOREO_BENCH_PROFILE=1` runs the chain once without receipts (`=receipts`:
 //! with them), for a profiler.
 //!
@@ -50,16 +54,23 @@ choreo_core::event!(Step3, topic = "bench.s3");
 
 const PAYLOAD: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
+/// A current-thread runtime for `workers` 1, else a multi-thread one with
+/// that many worker threads.
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder.enable_all().build().expect("runtime")
 }
 
-/// Handled events per second through the chain with the full runtime.
-fn choreo_chain(flows: u64, receipts: bool) -> f64 {
-    runtime().block_on(async move {
+/// Handled events per second through the chain with the full runtime, on a
+/// runtime of `workers` threads.
+fn choreo_chain(flows: u64, receipts: bool, workers: usize) -> f64 {
+    runtime(workers).block_on(async move {
         let mut config = InProcessConfig::default().partitions(1);
         if let Some(n) = std::env::var("CHOREO_BENCH_RETENTION")
             .ok()
@@ -133,7 +144,7 @@ fn choreo_chain(flows: u64, receipts: bool) -> f64 {
 
 /// Handled events per second through the same hops over bare tokio channels.
 fn bare_chain(flows: u64) -> f64 {
-    runtime().block_on(async move {
+    runtime(1).block_on(async move {
         let (tx1, mut rx1) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
         let (tx2, mut rx2) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
         let (tx3, mut rx3) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
@@ -185,15 +196,20 @@ fn main() {
     // For profilers (callgrind, perf): one run of the chain, without receipts
     // (`CHOREO_BENCH_PROFILE=receipts`: with them).
     if let Some(profile) = std::env::var_os("CHOREO_BENCH_PROFILE") {
-        println!("{:.0} events/s", choreo_chain(flows, profile == "receipts"));
+        println!(
+            "{:.0} events/s",
+            choreo_chain(flows, profile == "receipts", 1)
+        );
         return;
     }
     // Warm-up: allocator, page faults, lazy statics.
-    let _ = choreo_chain(flows / 10, true);
+    let _ = choreo_chain(flows / 10, true, 1);
     let _ = bare_chain(flows / 10);
     let bare = best_of(3, || bare_chain(flows));
-    let full = best_of(3, || choreo_chain(flows, true));
-    let no_receipts = best_of(3, || choreo_chain(flows, false));
+    let full = best_of(3, || choreo_chain(flows, true, 1));
+    let no_receipts = best_of(3, || choreo_chain(flows, false, 1));
+    let _ = choreo_chain(flows / 10, true, 2);
+    let two_workers = best_of(3, || choreo_chain(flows, true, 2));
     println!(
         "4-service chain, {flows} flows, {} handled events per run, one core (current-thread runtime)",
         flows * 3
@@ -211,5 +227,10 @@ fn main() {
         "  choreo, full runtime, receipts off         {:>12.0} events/s   ratio to bare {:.3}",
         no_receipts,
         no_receipts / bare
+    );
+    println!(
+        "  choreo, with receipts, 2-worker runtime    {:>12.0} events/s   scaling vs one core {:.2}",
+        two_workers,
+        two_workers / full
     );
 }

@@ -195,8 +195,8 @@ pub mod bus {
 
     pub use choreo_core::{
         DeadLetter, Delivery, EmptyId, Error, Headers, MALFORMED_HEADER, Name, Outcome,
-        PartitionKey, RECEIPTS_TOPIC, RELAYED_AT_HEADER, Receipt, Result, Settle, Settlement,
-        StartFrom, SubscribeOptions, Subscription, Timestamp, dead_letter_envelope,
+        PartitionKey, RECEIPTS_TOPIC, RELAYED_AT_HEADER, Receipt, ReceiptRef, Result, Settle,
+        Settlement, StartFrom, SubscribeOptions, Subscription, Timestamp, dead_letter_envelope,
         dead_letter_topic, dlq_headers,
     };
 }

@@ -126,12 +126,18 @@ impl Codecs {
             topic: E::TOPIC,
         };
         match &self.encoder {
-            None => bytes_from_scratch(|buf| serde_json::to_writer(buf, event)).map_err(|e| {
-                Error::Encode {
-                    event_type: E::TYPE.to_owned(),
-                    content_type: "application/json".to_owned(),
-                    reason: e.to_string(),
+            None => bytes_from_scratch(|buf| {
+                if crate::json::write(buf, event).is_ok() {
+                    return Ok(());
                 }
+                // Left to serde_json: the same text, or its error.
+                buf.clear();
+                serde_json::to_writer(buf, event)
+            })
+            .map_err(|e| Error::Encode {
+                event_type: E::TYPE.to_owned(),
+                content_type: "application/json".to_owned(),
+                reason: e.to_string(),
             }),
             Some(codec) => {
                 let value = serde_json::to_value(event).map_err(|e| Error::Encode {
@@ -262,6 +268,47 @@ mod tests {
             v.reverse();
             JsonCodec.decode(meta, &v)
         }
+    }
+
+    /// Integer map keys: the JSON writer leaves them to serde_json.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Tally {
+        note: String,
+        counts: std::collections::BTreeMap<u32, String>,
+    }
+    crate::event!(Tally, topic = "tallies");
+
+    /// Fails to serialize, as serde_json reports it.
+    #[derive(Debug, Deserialize)]
+    struct Unwritable;
+    impl Serialize for Unwritable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> std::result::Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("cannot be written"))
+        }
+    }
+    crate::event!(Unwritable, topic = "nowhere");
+
+    #[test]
+    fn json_payloads_are_serde_json_text_on_both_paths() {
+        let codecs = Codecs::json();
+        // The writer's own path.
+        let e = OrderPlaced { order_id: 7 };
+        assert_eq!(codecs.encode(&e).unwrap(), serde_json::to_vec(&e).unwrap());
+        // Left to serde_json halfway through: the same text, nothing of the
+        // first attempt left in it.
+        let t = Tally {
+            note: "tab\there \"quoted\"".into(),
+            counts: [(1, "one".to_owned()), (2, "two".to_owned())].into(),
+        };
+        let data = codecs.encode(&t).unwrap();
+        assert_eq!(data, serde_json::to_vec(&t).unwrap());
+        assert_eq!(
+            codecs.decode::<Tally>(&ContentType::Json, &data).unwrap(),
+            t
+        );
+        // An error is serde_json's.
+        let err = codecs.encode(&Unwritable).unwrap_err().to_string();
+        assert!(err.contains("cannot be written"), "{err}");
     }
 
     #[test]

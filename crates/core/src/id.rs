@@ -155,6 +155,44 @@ fn hex8(text: [u8; 8]) -> Option<u32> {
     ))
 }
 
+/// The sixteen lower-case hex digits of `x`, most significant first. The
+/// nibbles are spread one to a byte and turned into digits together (SWAR),
+/// not a digit at a time through a table.
+#[inline(always)]
+fn hex16(x: u64) -> [u8; 16] {
+    // Eight nibbles of a 32-bit half, one to a byte, the first in the
+    // highest byte.
+    fn spread(v: u32) -> u64 {
+        let x = u64::from(v);
+        let x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
+        let x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
+        (x | (x << 4)) & 0x0f0f_0f0f_0f0f_0f0f
+    }
+    let digits = |n: u64| {
+        // 1 in each byte whose nibble is 10 or more: those become letters
+        // ('a' is 39 past '9' + 1).
+        let letters = ((n + 6 * ONES) >> 4) & ONES;
+        (n + u64::from(b'0') * ONES + letters * 39).to_be_bytes()
+    };
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&digits(spread((x >> 32) as u32)));
+    out[8..].copy_from_slice(&digits(spread(x as u32)));
+    out
+}
+
+/// The canonical lower-case hyphenated text of the UUID `(high, low)`.
+#[inline]
+fn hyphenated(high: u64, low: u64) -> [u8; 36] {
+    let (h, l) = (hex16(high), hex16(low));
+    let mut out = [b'-'; 36];
+    out[..8].copy_from_slice(&h[..8]);
+    out[9..13].copy_from_slice(&h[8..12]);
+    out[14..18].copy_from_slice(&h[12..]);
+    out[19..23].copy_from_slice(&l[..4]);
+    out[24..].copy_from_slice(&l[4..]);
+    out
+}
+
 thread_local! {
     static IDGEN: std::cell::RefCell<IdGen> = std::cell::RefCell::new(IdGen::new());
 }
@@ -209,12 +247,21 @@ impl Default for EventId {
 }
 
 impl EventId {
+    /// A UUID id's canonical text (lower-case, hyphenated); `None` for a
+    /// text id. Written without formatting machinery: receipts and keys
+    /// write several per handled event.
+    pub fn uuid_text(&self) -> Option<[u8; 36]> {
+        match &self.0 {
+            Repr::Uuid(Bits(high, low)) => Some(hyphenated(*high, *low)),
+            Repr::Text(_) => None,
+        }
+    }
+
     /// The id's text as a partition key, in a buffer of exactly its size.
     pub fn to_key(&self) -> bytes::Bytes {
         match &self.0 {
-            Repr::Uuid(u) => {
-                let mut buf = [0u8; 36];
-                u.uuid().hyphenated().encode_lower(&mut buf);
+            Repr::Uuid(Bits(high, low)) => {
+                let buf = hyphenated(*high, *low);
                 // One allocation holding the text and its reference count: a
                 // key is shared (by the events one attempt emits, by an
                 // event's receipt), and a key copied from a slice would
@@ -262,9 +309,10 @@ impl FromStr for EventId {
 impl Serialize for EventId {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match &self.0 {
-            Repr::Uuid(u) => {
-                let mut buf = [0u8; 36];
-                serializer.serialize_str(u.uuid().hyphenated().encode_lower(&mut buf))
+            Repr::Uuid(Bits(high, low)) => {
+                let buf = hyphenated(*high, *low);
+                // Hex digits and hyphens: always UTF-8.
+                serializer.serialize_str(std::str::from_utf8(&buf).unwrap_or_default())
             }
             Repr::Text(t) => serializer.serialize_str(t),
         }
@@ -281,6 +329,30 @@ impl<'de> Deserialize<'de> for EventId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuid_text_is_the_canonical_hyphenated_form() {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        let mut cases = vec![
+            Uuid::nil(),
+            Uuid::max(),
+            Uuid::from_u128(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210),
+        ];
+        cases.extend((0..10_000).map(|_| Uuid::from_u128(rng.random())));
+        for u in cases {
+            let id = EventId::from_uuid(u);
+            let text = id.uuid_text().unwrap();
+            assert_eq!(
+                std::str::from_utf8(&text).unwrap(),
+                u.hyphenated().to_string()
+            );
+            assert_eq!(id.to_key(), u.hyphenated().to_string().as_bytes());
+            assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{u}\""));
+            assert_eq!(EventId::from_uuid_text(&text), Some(id));
+        }
+        assert_eq!(EventId::parse("order-7").unwrap().uuid_text(), None);
+    }
 
     #[test]
     fn new_ids_are_uuid_v7_and_sort_by_creation() {

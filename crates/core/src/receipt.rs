@@ -1,5 +1,7 @@
 //! Receipts: what a service did with an event it received.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{ContentType, Envelope, EventId, Name, Timestamp};
@@ -92,6 +94,25 @@ pub struct Receipt {
 }
 
 impl Receipt {
+    /// The receipt borrowed, for writing.
+    pub fn borrowed(&self) -> ReceiptRef<'_> {
+        ReceiptRef {
+            service: &self.service,
+            event_id: &self.event_id,
+            event_type: &self.event_type,
+            correlation_id: &self.correlation_id,
+            topic: &self.topic,
+            partition: self.partition,
+            offset: self.offset,
+            outcome: self.outcome,
+            attempts: self.attempts,
+            reason: self.reason.as_deref(),
+            started: self.started,
+            duration_us: self.duration_us,
+            emitted: &self.emitted,
+        }
+    }
+
     /// The envelope that carries this receipt on `topic`: same flow as the
     /// handled event, caused by it, keyed like it, timed at the settlement
     /// (`started` + `duration_us`).
@@ -105,6 +126,71 @@ impl Receipt {
     /// runtime that has just read the clock for the settlement makes the id
     /// from that reading ([`EventId::generate`]) rather than reading it again.
     pub fn to_envelope_with_id(&self, id: EventId, topic: Name, handled: &Envelope) -> Envelope {
+        self.borrowed().to_envelope_with_id(id, topic, handled)
+    }
+
+    /// Writes the receipt as JSON — the same document serde produces for it,
+    /// written by hand because every handled event publishes one.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        self.borrowed().write_json(out)
+    }
+
+    /// Reads a receipt from its envelope; `None` when the envelope is not one.
+    pub fn from_envelope(env: &Envelope) -> Option<Receipt> {
+        if env.event_type.as_str() != RECEIPT_TYPE {
+            return None;
+        }
+        serde_json::from_slice(&env.data).ok()
+    }
+}
+
+/// A [`Receipt`] borrowed from what its writer holds: the same fields, and
+/// the same document and envelope, without copying the names and ids into a
+/// `Receipt` first (a runtime writes one per handled event).
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiptRef<'a> {
+    /// The service that handled the event.
+    pub service: &'a Name,
+    /// The handled event's id.
+    pub event_id: &'a EventId,
+    /// The handled event's type.
+    pub event_type: &'a str,
+    /// The handled event's flow.
+    pub correlation_id: &'a EventId,
+    /// Where it was read from.
+    pub topic: &'a str,
+    /// The partition it was read from.
+    pub partition: u32,
+    /// Its offset.
+    pub offset: u64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// How many times the handler ran for this delivery (0 for a duplicate).
+    pub attempts: u32,
+    /// Why it failed, when it did (the last error).
+    pub reason: Option<&'a str>,
+    /// When the first attempt started.
+    pub started: Timestamp,
+    /// Microseconds from the first attempt's start to the settlement.
+    pub duration_us: u64,
+    /// Ids of the events the handler published.
+    pub emitted: &'a [EventId],
+}
+
+impl ReceiptRef<'_> {
+    /// [`Receipt::to_envelope_with_id`] for the borrowed receipt.
+    pub fn to_envelope_with_id(&self, id: EventId, topic: Name, handled: &Envelope) -> Envelope {
+        Arc::unwrap_or_clone(self.to_shared_envelope(id, topic, handled))
+    }
+
+    /// [`to_envelope_with_id`](Self::to_envelope_with_id), shared, as the
+    /// runtime publishes it.
+    pub fn to_shared_envelope(
+        &self,
+        id: EventId,
+        topic: Name,
+        handled: &Envelope,
+    ) -> Arc<Envelope> {
         let data = crate::codec::bytes_from_scratch(|buf| {
             self.write_json(buf);
             Ok::<(), std::convert::Infallible>(())
@@ -114,8 +200,7 @@ impl Receipt {
             .started
             .as_micros()
             .saturating_add(i64::try_from(self.duration_us).unwrap_or(i64::MAX));
-        let time = Timestamp::from_micros(settled);
-        Envelope {
+        Arc::new(Envelope {
             id,
             event_type: Name::from_static(RECEIPT_TYPE),
             source: self.service.clone(),
@@ -123,28 +208,36 @@ impl Receipt {
             key: handled.key.clone(),
             correlation_id: handled.correlation_id.clone(),
             causation_id: Some(handled.id.clone()),
-            time,
+            time: Timestamp::from_micros(settled),
             traceparent: handled.traceparent.clone(),
             tracestate: handled.tracestate.clone(),
             content_type: ContentType::Json,
             data,
             headers: crate::Headers::new(),
-        }
+        })
     }
 
-    /// Writes the receipt as JSON — the same document serde produces for it,
-    /// written by hand because every handled event publishes one.
+    /// [`Receipt::write_json`] for the borrowed receipt: the same bytes.
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        // Room for all of it at once (escapes aside): the fixed text, ids
+        // and numbers take under 300 bytes.
+        out.reserve(
+            300 + self.service.len()
+                + self.event_type.len()
+                + self.topic.len()
+                + self.reason.map_or(0, |r| r.len() + 12)
+                + 39 * self.emitted.len(),
+        );
         out.extend_from_slice(b"{\"service\":");
-        json_str(out, &self.service);
+        json_str(out, self.service);
         out.extend_from_slice(b",\"event_id\":");
-        json_id(out, &self.event_id);
+        json_id(out, self.event_id);
         out.extend_from_slice(b",\"event_type\":");
-        json_str(out, &self.event_type);
+        json_str(out, self.event_type);
         out.extend_from_slice(b",\"correlation_id\":");
-        json_id(out, &self.correlation_id);
+        json_id(out, self.correlation_id);
         out.extend_from_slice(b",\"topic\":");
-        json_str(out, &self.topic);
+        json_str(out, self.topic);
         out.extend_from_slice(b",\"partition\":");
         json_int(out, i64::from(self.partition));
         out.extend_from_slice(b",\"offset\":");
@@ -153,7 +246,7 @@ impl Receipt {
         out.extend_from_slice(self.outcome.as_str().as_bytes());
         out.extend_from_slice(b"\",\"attempts\":");
         json_int(out, i64::from(self.attempts));
-        if let Some(reason) = &self.reason {
+        if let Some(reason) = self.reason {
             out.extend_from_slice(b",\"reason\":");
             json_str(out, reason);
         }
@@ -173,14 +266,6 @@ impl Receipt {
         }
         out.push(b'}');
     }
-
-    /// Reads a receipt from its envelope; `None` when the envelope is not one.
-    pub fn from_envelope(env: &Envelope) -> Option<Receipt> {
-        if env.event_type.as_str() != RECEIPT_TYPE {
-            return None;
-        }
-        serde_json::from_slice(&env.data).ok()
-    }
 }
 
 fn json_int(out: &mut Vec<u8>, n: i64) {
@@ -188,27 +273,19 @@ fn json_int(out: &mut Vec<u8>, n: i64) {
 }
 
 fn json_id(out: &mut Vec<u8>, id: &EventId) {
-    match id.as_uuid() {
-        Some(u) => {
-            let mut buf = [0u8; 36];
-            out.push(b'"');
-            out.extend_from_slice(u.hyphenated().encode_lower(&mut buf).as_bytes());
-            out.push(b'"');
+    match id.uuid_text() {
+        Some(text) => {
+            let mut quoted = [b'"'; 38];
+            quoted[1..37].copy_from_slice(&text);
+            out.extend_from_slice(&quoted);
         }
         None => json_str(out, &id.to_string()),
     }
 }
 
-/// A JSON string; plain text (the usual case for names) is copied as is.
+/// A JSON string, escaped as serde_json escapes it.
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else {
-        // serde_json's escaping for anything unusual; writing to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut *out, s);
-    }
+    crate::json::string(out, s);
 }
 
 #[cfg(test)]
@@ -247,6 +324,11 @@ mod tests {
         assert_eq!(env.correlation_id, handled.correlation_id);
         assert_eq!(env.causation_id.as_ref(), Some(&handled.id));
         assert_eq!(env.source, "payment");
+        // Written from borrowed fields, shared: the same envelope.
+        let shared = r
+            .borrowed()
+            .to_shared_envelope(env.id.clone(), env.topic.clone(), &handled);
+        assert_eq!(*shared, env);
         assert_eq!(Receipt::from_envelope(&env), Some(r));
         assert_eq!(Receipt::from_envelope(&handled), None);
     }

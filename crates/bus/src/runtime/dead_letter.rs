@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use choreo_core::{Bus, DeadLetter, Delivery, Envelope, Name, Outcome};
 
-use super::pipeline::Settled;
+use super::pipeline::{Emitted, Settled};
 use super::running::Runtime;
 use super::worker::WorkerRoute;
 
@@ -45,7 +45,7 @@ impl<B: Bus> Runtime<B> {
                     outcome: Outcome::DeadLettered,
                     attempts,
                     reason: Some(reason),
-                    emitted: Vec::new(),
+                    emitted: Emitted::new(),
                 }
             }
             Err(e) => Settled {
@@ -54,7 +54,7 @@ impl<B: Bus> Runtime<B> {
                 reason: Some(format!(
                     "{reason}; publishing to the dead-letter topic failed: {e}"
                 )),
-                emitted: Vec::new(),
+                emitted: Emitted::new(),
             },
         }
     }

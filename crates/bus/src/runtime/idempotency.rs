@@ -209,12 +209,15 @@ impl fmt::Debug for MemoryStore {
 #[derive(Clone)]
 pub struct Idempotency {
     pub(crate) store: StoreKind,
-    /// The ids being handled now, each with what its waiters wait on.
+    /// The ids being handled now, each with what its waiters wait on once
+    /// one waits.
     in_flight: Arc<InFlight>,
 }
 
-/// std Mutex: never held across an await.
-type InFlight = Mutex<rustc_hash::FxHashMap<EventId, Arc<tokio::sync::Notify>>>;
+/// std Mutex: never held across an await. The `Notify` is made by the first
+/// delivery that waits: most ids are never waited for, and their claims
+/// allocate nothing.
+type InFlight = Mutex<rustc_hash::FxHashMap<EventId, Option<Arc<tokio::sync::Notify>>>>;
 
 /// The right to handle an id, held while it is handled; dropping it (after
 /// the id was recorded, or not) lets a delivery of the same id that waits go on.
@@ -230,7 +233,7 @@ impl Drop for Claim {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
-            if let Some(w) = waiters {
+            if let Some(Some(w)) = waiters {
                 w.notify_waiters();
             }
         }
@@ -296,13 +299,13 @@ impl Idempotency {
         loop {
             let waiting = {
                 let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-                match in_flight.get(id) {
+                match in_flight.get_mut(id) {
                     // Created under the lock: the release that follows cannot
                     // be missed (notify_waiters reaches every future created
                     // before it, polled or not).
-                    Some(w) => w.clone().notified_owned(),
+                    Some(w) => w.get_or_insert_with(Arc::default).clone().notified_owned(),
                     None => {
-                        in_flight.insert(id.clone(), Arc::default());
+                        in_flight.insert(id.clone(), None);
                         break;
                     }
                 }

@@ -13,6 +13,7 @@ mod receipt;
 mod retry;
 mod running;
 mod service;
+mod timeout;
 mod trace;
 mod worker;
 

@@ -16,12 +16,16 @@ use super::running::Runtime;
 use super::trace::HandleSpan;
 use super::worker::WorkerRoute;
 
+/// The ids of the events a handling published, for its receipt. Room for
+/// one inside: most handlers emit one event, or none.
+pub(super) type Emitted = smallvec::SmallVec<[EventId; 1]>;
+
 /// How one delivery was settled.
 pub(super) struct Settled {
     pub(super) outcome: Outcome,
     pub(super) attempts: u32,
     pub(super) reason: Option<String>,
-    pub(super) emitted: Vec<EventId>,
+    pub(super) emitted: Emitted,
 }
 
 impl Settled {
@@ -30,7 +34,7 @@ impl Settled {
             outcome,
             attempts,
             reason,
-            emitted: Vec::new(),
+            emitted: Emitted::new(),
         }
     }
 }
@@ -116,16 +120,18 @@ impl<B: Bus> Runtime<B> {
                         match handled.emitted.into_iter().next() {
                             // The ids are for the receipt.
                             Some(e) => self.publish_one(e, &span).await.map(|id| {
+                                let mut ids = Emitted::new();
                                 if self.receipts.is_some() {
-                                    vec![id]
-                                } else {
-                                    Vec::new()
+                                    ids.push(id);
                                 }
+                                ids
                             }),
-                            None => Ok(Vec::new()),
+                            None => Ok(Emitted::new()),
                         }
                     } else {
-                        Box::pin(self.publish_all(handled.emitted, &span)).await
+                        Box::pin(self.publish_all(handled.emitted, &span))
+                            .await
+                            .map(Emitted::from_vec)
                     };
                     match published {
                         Ok(ids) => {

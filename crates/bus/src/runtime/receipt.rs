@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use choreo_core::{Bus, Envelope, EventId, Name, Receipt, Timestamp};
+use choreo_core::{Bus, Envelope, EventId, Name, ReceiptRef, Timestamp};
 
 use super::pipeline::Settled;
 use super::running::Runtime;
@@ -25,23 +25,24 @@ impl<B: Bus> Runtime<B> {
         ended: Timestamp,
     ) -> Arc<Envelope> {
         let (partition, offset) = place;
-        let receipt = Receipt {
-            service: self.shared.name.clone(),
-            event_id: env.id.clone(),
-            event_type: env.event_type.clone(),
-            correlation_id: env.correlation_id.clone(),
-            topic: env.topic.clone(),
+        // Borrowed: nothing is copied into a `Receipt` to be written.
+        let receipt = ReceiptRef {
+            service: &self.shared.name,
+            event_id: &env.id,
+            event_type: &env.event_type,
+            correlation_id: &env.correlation_id,
+            topic: &env.topic,
             partition,
             offset,
             outcome: settled.outcome,
             attempts: settled.attempts,
-            reason: settled.reason,
+            reason: settled.reason.as_deref(),
             started,
             duration_us: ended.micros_since(started).max(0) as u64,
-            emitted: settled.emitted,
+            emitted: &settled.emitted,
         };
         let id = EventId::generate(ended);
-        Arc::new(receipt.to_envelope_with_id(id, topic.clone(), env))
+        receipt.to_shared_envelope(id, topic.clone(), env)
     }
 
     /// A receipt could not be published. Receipts are observability: losing

@@ -20,6 +20,7 @@ use super::idempotency::Idempotency;
 use super::metrics::Metrics;
 use super::retry::Retry;
 use super::running::ServiceHandle;
+use super::timeout::AttemptTimeout;
 use crate::Result;
 
 /// The type-erased middleware stack of one handler.
@@ -28,7 +29,7 @@ pub type StackService = BoxCloneService<Invocation, Handled, BoxError>;
 pub(super) type LayerFn = Arc<dyn Fn(StackService) -> StackService + Send + Sync>;
 
 /// Builds a handler's stack with the service's timeout, once the service is
-/// configured: the handler and tower's `Timeout` are erased together, so an
+/// configured: the handler and the timeout ([`AttemptTimeout`]) are erased together, so an
 /// attempt allocates one boxed future, not one per layer.
 pub(super) type StackBuilder = Box<dyn FnOnce(Option<Duration>) -> StackService + Send + Sync>;
 
@@ -42,7 +43,7 @@ where
     S::Future: Send + 'static,
 {
     Box::new(move |timeout| match timeout {
-        Some(t) => BoxCloneService::new(tower::timeout::TimeoutLayer::new(t).layer(handler)),
+        Some(t) => BoxCloneService::new(AttemptTimeout::new(handler, t)),
         None => BoxCloneService::new(handler),
     })
 }
@@ -276,8 +277,9 @@ impl Service {
         self
     }
 
-    /// Sets the timeout of each attempt (tower's `Timeout`); `None` for none.
-    /// Default 30 s.
+    /// Sets the timeout of each attempt, measured from the attempt's call as
+    /// tower's `Timeout` does (and failing with its `Elapsed` error); `None`
+    /// for none. Default 30 s.
     pub fn timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.timeout = timeout.into();
         self
