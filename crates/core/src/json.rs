@@ -45,7 +45,6 @@ const HIGHS: u64 = 0x8080_8080_8080_8080;
 
 /// Whether JSON leaves `text` as it is: no control character, quote or
 /// backslash (what serde_json escapes). Eight bytes at a time (SWAR).
-#[inline]
 pub(crate) fn plain(text: &[u8]) -> bool {
     // Each test is exact for the word as a whole: the borrow that can
     // corrupt the bytes above a match only does so once one has matched.
@@ -75,10 +74,7 @@ pub(crate) fn plain(text: &[u8]) -> bool {
     plain8(word(text.len() - 8))
 }
 
-/// A JSON string, escaped as serde_json escapes it. Inlined into the
-/// serializer's copies in other crates: a build without LTO would otherwise
-/// call it for every string.
-#[inline]
+/// A JSON string, escaped as serde_json escapes it.
 pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     out.push(b'"');
