@@ -126,18 +126,12 @@ impl Codecs {
             topic: E::TOPIC,
         };
         match &self.encoder {
-            None => bytes_from_scratch(|buf| {
-                if crate::json::write(buf, event).is_ok() {
-                    return Ok(());
+            None => bytes_from_scratch(|buf| serde_json::to_writer(buf, event)).map_err(|e| {
+                Error::Encode {
+                    event_type: E::TYPE.to_owned(),
+                    content_type: "application/json".to_owned(),
+                    reason: e.to_string(),
                 }
-                // Left to serde_json: the same text, or its error.
-                buf.clear();
-                serde_json::to_writer(buf, event)
-            })
-            .map_err(|e| Error::Encode {
-                event_type: E::TYPE.to_owned(),
-                content_type: "application/json".to_owned(),
-                reason: e.to_string(),
             }),
             Some(codec) => {
                 let value = serde_json::to_value(event).map_err(|e| Error::Encode {

@@ -36,7 +36,6 @@ mod envelope;
 mod error;
 mod event;
 mod id;
-mod json;
 mod limits;
 mod name;
 mod receipt;

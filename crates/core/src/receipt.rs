@@ -283,14 +283,85 @@ fn json_id(out: &mut Vec<u8>, id: &EventId) {
     }
 }
 
-/// A JSON string, escaped as serde_json escapes it.
+/// A JSON string; plain text (the usual case for names) is copied as is.
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    crate::json::string(out, s);
+    if plain(s.as_bytes()) {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // serde_json's escaping for anything unusual; writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+/// One in every byte of a word.
+const ONES: u64 = 0x0101_0101_0101_0101;
+/// The high bit of every byte of a word.
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Whether JSON leaves `text` as it is: no control character, quote or
+/// backslash (what serde_json escapes). Eight bytes at a time (SWAR): a
+/// receipt checks three names.
+fn plain(text: &[u8]) -> bool {
+    // Each test is exact for the word as a whole: the borrow that can
+    // corrupt the bytes above a match only does so once one has matched.
+    fn plain8(x: u64) -> bool {
+        let zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+        let control = x.wrapping_sub(0x20 * ONES) & !x & HIGHS;
+        let quote = zero(x ^ (u64::from(b'"') * ONES));
+        let backslash = zero(x ^ (u64::from(b'\\') * ONES));
+        control | quote | backslash == 0
+    }
+    if text.len() < 8 {
+        return text.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\');
+    }
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&text[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    let mut at = 0;
+    while at + 8 < text.len() {
+        if !plain8(word(at)) {
+            return false;
+        }
+        at += 8;
+    }
+    // The last eight bytes, overlapping the word before if need be.
+    plain8(word(text.len() - 8))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_text_is_told_from_text_json_escapes() {
+        let escaped = |t: &[u8]| t.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+        let mut cases: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"payment".to_vec(),
+            b"bench.s1".to_vec(),
+            "caf\u{e9} \u{1f600}".as_bytes().to_vec(),
+            b"\x7f\x20~".to_vec(),
+        ];
+        // Every byte that matters, at every position of words and tails.
+        for len in 1..=17 {
+            for pos in 0..len {
+                for b in [
+                    0x00, 0x01, 0x1f, 0x20, 0x21, b'"', 0x23, b'\\', 0x5b, 0x5d, 0x7f, 0x80, 0xff,
+                ] {
+                    let mut t = vec![b'x'; len];
+                    t[pos] = b;
+                    cases.push(t);
+                }
+            }
+        }
+        for t in cases {
+            assert_eq!(plain(&t), !escaped(&t), "{t:?}");
+        }
+    }
 
     #[test]
     fn receipt_round_trips_through_its_envelope() {
