@@ -47,3 +47,83 @@ async fn a_broker_killed_and_restarted_mid_flow_loses_nothing() {
     saga.wait_all(FLOWS, PATIENCE).await;
     saga.finish(FLOWS).await;
 }
+
+/// Readers that follow — a live tracer's, in a group with a look-back, and a
+/// plain follower — wait through the broker's `kill -9` and restart and read
+/// what is published after it (they used to end with `AllBrokersDown`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_that_follow_wait_through_a_broker_restart() {
+    use choreo_core::{Bus, Envelope};
+    use choreo_kafka::{
+        LookbackEvent, LookbackOptions, LookbackReader, ReadFrom, ReaderOptions, RecordReader,
+        Topics,
+    };
+
+    let mut tansu = Tansu::start().await;
+    tansu.topic("live", 2).await;
+    let config = config(&tansu.brokers());
+    let mut follower = RecordReader::open(
+        &config,
+        ReaderOptions::new(Topics::names(["live"]))
+            .from(ReadFrom::End)
+            .follow(),
+    )
+    .await
+    .unwrap();
+    let mut group = LookbackReader::open(
+        &config,
+        LookbackOptions::new(Topics::names(["live"]), "tracers"),
+    )
+    .await
+    .unwrap();
+    let ready = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match group.next().await {
+                Some(Ok(LookbackEvent::Ready { .. })) => break,
+                Some(Ok(_)) => {}
+                other => panic!("before the restart: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(ready.is_ok(), "the group reader was not ready");
+
+    tansu.kill9();
+    // While the broker is gone the readers see its connections fail: they
+    // wait, and return nothing.
+    let down = Duration::from_secs(5);
+    if let Ok(r) = tokio::time::timeout(down, follower.next()).await {
+        panic!("the follower returned while the broker was down: {r:?}");
+    }
+    if let Ok(r) = tokio::time::timeout(down, group.next()).await {
+        panic!("the group reader returned while the broker was down: {r:?}");
+    }
+    tansu.restart();
+
+    let after = Envelope::new("After", "live", "{}");
+    let id = after.id.clone();
+    let bus = tansu.bus.clone();
+    tokio::spawn(async move { bus.publish(after).await.unwrap() });
+    let r = tokio::time::timeout(PATIENCE, follower.next())
+        .await
+        .expect("the follower reads on after the restart")
+        .expect("a follower does not end")
+        .expect("no error");
+    assert_eq!(r.envelope.id, id);
+    let seen = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match group.next().await {
+                Some(Ok(LookbackEvent::Record { record, .. })) if record.envelope.id == id => {
+                    break;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("after the restart: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        seen.is_ok(),
+        "the group reader read nothing after the restart"
+    );
+}
