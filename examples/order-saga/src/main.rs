@@ -318,6 +318,12 @@ async fn on_kafka(
             .metrics(metrics);
         let (limit, rate, stop) = (args.orders.unwrap_or(0), args.rate, shutdown.clone());
         Some(tokio::spawn(async move {
+            // Orders are placed at the rate whatever the broker's latency: up
+            // to PLACING orders await their acknowledgement at once (each is
+            // its own flow: their order does not matter).
+            const PLACING: usize = 256;
+            let room = Arc::new(tokio::sync::Semaphore::new(PLACING));
+            let mut placing = tokio::task::JoinSet::new();
             let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
             let mut n = 0u64;
             while limit == 0 || n < limit {
@@ -325,12 +331,19 @@ async fn on_kafka(
                     _ = stop.cancelled() => break,
                     _ = every.tick() => {
                         n += 1;
-                        if let Err(e) = order_saga::place_order(&checkout, &order_saga::demo_order(n)).await {
-                            tracing::warn!(error = %e, order = n, "placing an order failed");
-                        }
+                        let Ok(permit) = room.clone().acquire_owned().await else { break };
+                        let checkout = checkout.clone();
+                        placing.spawn(async move {
+                            if let Err(e) = order_saga::place_order(&checkout, &order_saga::demo_order(n)).await {
+                                tracing::warn!(error = %e, order = n, "placing an order failed");
+                            }
+                            drop(permit);
+                        });
                     }
                 }
+                while placing.try_join_next().is_some() {}
             }
+            while placing.join_next().await.is_some() {}
         }))
     } else {
         None
