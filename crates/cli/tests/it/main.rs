@@ -8,6 +8,7 @@ mod kafka;
 mod metrics_loopback;
 mod readme;
 mod roundtrip;
+mod saga_soak;
 mod simulate_scale;
 mod soak;
 mod trace;

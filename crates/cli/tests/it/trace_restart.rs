@@ -25,7 +25,7 @@ const SESSION_MS: &str = "6000";
 
 /// One incarnation of the live tracer: its verdicts (flows-jsonl) and its
 /// log in files, killed with SIGKILL when dropped.
-struct TracerProcess {
+pub(crate) struct TracerProcess {
     child: Child,
     port: u16,
     log: PathBuf,
@@ -33,14 +33,28 @@ struct TracerProcess {
 
 impl TracerProcess {
     fn start(dir: &Path, n: usize, brokers: &str, group: &str) -> TracerProcess {
+        TracerProcess::start_with(dir, n, brokers, group, &topology(), &[])
+    }
+
+    /// Incarnation `n` in `group`, checking against the topology file
+    /// `topology`, with `extra` arguments.
+    pub(crate) fn start_with(
+        dir: &Path,
+        n: usize,
+        brokers: &str,
+        group: &str,
+        topology: &Path,
+        extra: &[&str],
+    ) -> TracerProcess {
         let port = choreo_testkit::free_port();
         let out = std::fs::File::create(dir.join(format!("tracer-{n}.jsonl"))).unwrap();
         let log = dir.join(format!("tracer-{n}.log"));
         let err = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_choreo"))
             .args(["trace", "--brokers", brokers, "-t"])
-            .arg(topology())
+            .arg(topology)
             .args(["--follow", "--group", group, "--lookback", "10m"])
+            .args(extra)
             .args(["--format", "flows-jsonl", "-q"])
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .env("CHOREO_KAFKA_OPTIONS", OPTIONS)
@@ -54,7 +68,7 @@ impl TracerProcess {
     }
 
     /// `GET path`: the whole answer, once it answers.
-    fn get(&self, path: &str) -> Option<String> {
+    pub(crate) fn get(&self, path: &str) -> Option<String> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -66,20 +80,20 @@ impl TracerProcess {
     }
 
     /// `GET /health`: the status code, once it answers.
-    fn health(&self) -> Option<u16> {
+    pub(crate) fn health(&self) -> Option<u16> {
         self.get("/health")?.split_whitespace().nth(1)?.parse().ok()
     }
 
     /// The value of the sample `series` (name and labels as written) in
     /// `/metrics`.
-    fn sample(&self, series: &str) -> Option<f64> {
+    pub(crate) fn sample(&self, series: &str) -> Option<f64> {
         let text = self.get("/metrics")?;
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }
 
     /// Waits until `/health` says 200 (ready): the tracer joined and restored.
-    fn wait_ready(&mut self) {
+    pub(crate) fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.health() != Some(200) {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -94,18 +108,18 @@ impl TracerProcess {
         }
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// `kill -9`.
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
 
     /// SIGTERM, and waits for it to checkpoint, hand over and exit.
-    fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
