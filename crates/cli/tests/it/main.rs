@@ -8,7 +8,7 @@ mod kafka;
 mod metrics_loopback;
 mod readme;
 mod roundtrip;
-mod saga_soak;
+mod saga_on_tansu;
 mod simulate_scale;
 mod soak;
 mod trace;
