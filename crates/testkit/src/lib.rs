@@ -89,6 +89,19 @@ pub fn graphviz(dot: &str) -> Option<String> {
     Some(String::from_utf8(out.stdout).expect("dot writes UTF-8 SVG"))
 }
 
+/// `GET path` on loopback `port` (HTTP/1.0): the whole answer, status line
+/// and headers included, once something answered within `timeout` a read.
+pub fn http_get(port: u16, path: &str, timeout: std::time::Duration) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
 /// A loopback port free at the time of the call, for a server a test starts.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -401,14 +401,7 @@ async fn two_tracers_in_one_group_split_the_flows_and_together_report_what_one_r
 
 /// The body of `GET /metrics` on `port`, once it answers.
 fn scrape(port: u16) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
+    choreo_testkit::http_get(port, "/metrics", Duration::from_secs(10))
 }
 
 /// The sum of the samples of `name` in a scrape.

@@ -161,17 +161,7 @@ impl Service {
     /// Its consumer's lag and rebalances, from its metrics: what a stall
     /// report shows.
     fn consuming(&self) -> String {
-        use std::io::{Read, Write};
-        let get = || -> Option<String> {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-                .ok()?;
-            let mut out = String::new();
-            s.read_to_string(&mut out).ok()?;
-            Some(out)
-        };
-        match get() {
+        match choreo_testkit::http_get(self.port, "/metrics", Duration::from_secs(5)) {
             Some(text) => text
                 .lines()
                 .filter(|l| {

@@ -69,14 +69,7 @@ impl TracerProcess {
 
     /// `GET path`: the whole answer, once it answers.
     pub(crate) fn get(&self, path: &str) -> Option<String> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-            .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        Some(out)
+        choreo_testkit::http_get(self.port, path, Duration::from_secs(5))
     }
 
     /// `GET /health`: the status code, once it answers.
