@@ -32,18 +32,20 @@ impl ContentType {
     /// Parses a media type; parameters such as `; charset=utf-8` are ignored when
     /// recognising JSON and Avro, and kept for anything else.
     pub fn parse(s: &str) -> ContentType {
-        let essence = s
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match essence.as_str() {
-            "application/json" | "text/json" => ContentType::Json,
-            "application/avro" | "avro/binary" | "application/vnd.apache.avro+binary" => {
-                ContentType::Avro
-            }
-            _ => ContentType::Other(Name::from(s.trim())),
+        // Compared without case and without allocating: this runs for every
+        // record a Kafka consumer reads.
+        let essence = s.split(';').next().unwrap_or("").trim();
+        let is = |names: &[&str]| names.iter().any(|n| essence.eq_ignore_ascii_case(n));
+        if is(&["application/json", "text/json"]) {
+            ContentType::Json
+        } else if is(&[
+            "application/avro",
+            "avro/binary",
+            "application/vnd.apache.avro+binary",
+        ]) {
+            ContentType::Avro
+        } else {
+            ContentType::Other(Name::from(s.trim()))
         }
     }
 }
@@ -383,5 +385,21 @@ mod tests {
         );
         assert_eq!(ContentType::parse("application/avro"), ContentType::Avro);
         assert_eq!(ContentType::parse("text/plain").as_str(), "text/plain");
+        // Media types compare without case; parameters and spaces aside.
+        assert_eq!(
+            ContentType::parse(" Application/JSON ;v=1"),
+            ContentType::Json
+        );
+        assert_eq!(ContentType::parse("TEXT/json"), ContentType::Json);
+        assert_eq!(ContentType::parse("Avro/Binary"), ContentType::Avro);
+        assert_eq!(
+            ContentType::parse("application/vnd.apache.avro+BINARY"),
+            ContentType::Avro
+        );
+        // Anything else keeps its text as written.
+        assert_eq!(
+            ContentType::parse(" Application/JSONX ").as_str(),
+            "Application/JSONX"
+        );
     }
 }

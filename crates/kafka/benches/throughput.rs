@@ -4,9 +4,13 @@
 //! ```text
 //! cargo bench -p choreo-kafka --bench throughput
 //! CHOREO_BENCH_BROKERS=tansu-memory CHOREO_BENCH_EVENTS=100000 cargo bench -p choreo-kafka --bench throughput
+//! CHOREO_BENCH_PARTS=consumers CHOREO_BENCH_BROKERS=mock cargo bench -p choreo-kafka --bench throughput
 //! ```
 //!
-//! Two parts.
+//! Three parts (`CHOREO_BENCH_PARTS`: `limits`, `end-to-end`, `consumers`,
+//! comma-separated; all by default), on the brokers `CHOREO_BENCH_BROKERS`
+//! names (`mock`, `tansu-memory`, `tansu-sqlite`; all by default),
+//! `CHOREO_BENCH_ROUNDS` rounds each (default 4).
 //!
 //! **The brokers' own limits.** Which broker can a benchmark of the clients
 //! trust? One whose own limit is well above what the clients do. For each
@@ -17,38 +21,52 @@
 //! printed. A broker whose rates stay near the end-to-end rates below is the
 //! bottleneck, and a ratio measured on it says nothing about choreo.
 //!
-//! **choreo against bare rdkafka**, on each broker fast enough for it (not
-//! tansu on sqlite, whose limits are the clients' rates): publish N events and
-//! consume them in a consumer group that joined before the clock starts, from
-//! the first publish to the last event consumed. Both sides: an idempotent
-//! producer (`acks=all`, `murmur2_random`, the same linger) with up to
-//! `CHOREO_BENCH_IN_FLIGHT` publishes outstanding; a consumer that commits only what it
-//! processed (offsets stored after processing, committed every 200 ms), with
-//! the same fetch settings (`fetch.wait.max.ms` short: tansu holds each
-//! fetch for the whole wait). Both send the same bytes: bare rdkafka's
-//! records carry the same CloudEvents headers as choreo's. Rounds alternate
-//! which side goes first, each on fresh topics; the best and the median of
-//! each side are printed, with the time at which the last publish was
-//! acknowledged (where the time goes: producing or consuming).
+//! **choreo against bare rdkafka, end to end**, on each broker fast enough
+//! for it (not tansu on sqlite, whose limits are the clients' rates): publish
+//! N events and consume them in a consumer group that joined before the
+//! clock starts, from the first publish to the last event consumed. Both
+//! sides: an idempotent producer (`acks=all`, `murmur2_random`, the same
+//! linger) with up to `CHOREO_BENCH_IN_FLIGHT` publishes outstanding; a
+//! consumer that commits only what it processed (offsets stored after
+//! processing, committed every 200 ms), with the same fetch settings
+//! (`fetch.wait.max.ms` short: tansu holds each fetch for the whole wait).
+//! Both send the same bytes: bare rdkafka's records carry the same
+//! CloudEvents headers as choreo's. Rounds alternate which side goes first,
+//! each on fresh topics; the best and the median of each side are printed,
+//! with the time at which the last publish was acknowledged (where the time
+//! goes: producing or consuming).
+//!
+//! **The consumers alone**: N records with choreo's headers produced once,
+//! then read from the start by a new group of each consumer in turn — choreo's
+//! subscription (an envelope per record, settled), bare rdkafka reading key
+//! and payload, and bare rdkafka also checking every header is text — with
+//! the CPU time the whole process used meanwhile per record, and by thread
+//! (from `/proc/self/task`): where choreo's time goes.
+//!
+//! The mock cluster keeps 5 MB a partition and drops older records: with 4
+//! partitions and these records, N above about 35 000 loses records, and the
+//! consumers stall (the run fails, saying so).
 //!
 //! tansu's memory storage can report a partition's high watermark below
 //! what it stored, so a reader may not see the newest records until more
 //! arrive: once a side has published everything, a filler record goes to
 //! every partition every 20 ms until its consumer has seen all N (the same
-//! for both sides; the consumers skip fillers). A consumer that sees nothing
-//! new for 30 s fails the run with what it got and on which broker.
+//! for both sides; the consumers skip fillers). A consumer that reads no
+//! record other than fillers for 30 s fails the run with what it got and on
+//! which broker.
 
 // Only the broker helpers: the rest serve the tests.
 #[allow(dead_code)]
 #[path = "../tests/it/common/mod.rs"]
 mod common;
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use choreo_core::{Bus, Envelope, SubscribeOptions, Subscription};
+use choreo_core::{Bus, Envelope, StartFrom, SubscribeOptions, Subscription};
 use choreo_kafka::{KafkaBus, KafkaConfig};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
@@ -112,9 +130,9 @@ fn bare(brokers: &str) -> ClientConfig {
     c
 }
 
-fn bare_consumer(brokers: &str, topic: &str) -> BaseConsumer {
+fn bare_consumer(brokers: &str, topic: &str, group: &str) -> BaseConsumer {
     let consumer: BaseConsumer = bare(brokers)
-        .set("group.id", format!("{topic}-g"))
+        .set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
@@ -138,22 +156,40 @@ fn bare_consumer(brokers: &str, topic: &str) -> BaseConsumer {
     consumer
 }
 
-/// Reads `n` records other than fillers, then commits.
-fn bare_consume(consumer: BaseConsumer, n: usize, broker: &str, topic: &str) -> usize {
+/// Reads `n` records other than fillers, then commits. Returns when the
+/// last of them was read (before the final commit, as for choreo's side).
+///
+/// Only records other than fillers count as progress: fillers keep
+/// arriving whatever happens to the records under test (a broker that
+/// dropped some, as the mock cluster does past 5 MB a partition), so a
+/// consumer seeing only fillers for [`STALL`] fails the run.
+fn bare_consume(consumer: &BaseConsumer, n: usize, broker: &str, topic: &str) -> Instant {
+    bare_consume_with(consumer, n, broker, topic, |_| {})
+}
+
+/// [`bare_consume`], calling `read` with each record other than fillers.
+fn bare_consume_with(
+    consumer: &BaseConsumer,
+    n: usize,
+    broker: &str,
+    topic: &str,
+    read: impl Fn(&rdkafka::message::BorrowedMessage<'_>),
+) -> Instant {
     let mut got = 0;
     let mut last = Instant::now();
     while got < n {
         assert!(
             last.elapsed() < STALL,
-            "{broker}: the bare consumer of {topic} saw nothing new for {STALL:?}, at {got} of {n} records"
+            "{broker}: the bare consumer of {topic} read nothing new for {STALL:?}, at {got} of {n} records"
         );
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                last = Instant::now();
                 if m.key() == Some(FILLER.as_bytes()) {
                     continue;
                 }
+                last = Instant::now();
                 std::hint::black_box(m.payload().map(<[u8]>::len));
+                read(&m);
                 let _ = consumer.store_offset(m.topic(), m.partition(), m.offset() + 1);
                 got += 1;
             }
@@ -162,7 +198,7 @@ fn bare_consume(consumer: BaseConsumer, n: usize, broker: &str, topic: &str) -> 
         }
     }
     let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
-    got
+    last
 }
 
 fn payload() -> Bytes {
@@ -203,7 +239,11 @@ fn fillers(brokers: &str, topic: &str, done: Arc<AtomicBool>) -> std::thread::Jo
                     .payload("");
                 let _ = producer.send(record);
             }
-            producer.poll(Duration::from_millis(20));
+            // Paced by a sleep, not by `poll(20 ms)`: rdkafka's poll spins
+            // through the last millisecond of its wait, which would add a
+            // twentieth of a core to the CPU time the consumers are measured by.
+            std::thread::sleep(Duration::from_millis(20));
+            producer.poll(Duration::ZERO);
         }
         let _ = producer.flush(Duration::from_secs(5));
     })
@@ -216,6 +256,43 @@ struct Run {
     consumed: Duration,
 }
 
+/// Takes `n` events other than fillers from `sub`, acknowledging each (and
+/// the fillers); returns when the last was taken. Fails the run if none
+/// comes for [`STALL`] (fillers do not count, as in [`bare_consume`]).
+async fn choreo_consume<S: Subscription>(
+    sub: &mut S,
+    n: usize,
+    broker: &str,
+    topic: &str,
+) -> Instant {
+    let mut got = 0;
+    let mut last = Instant::now();
+    while got < n {
+        let wait = STALL.saturating_sub(last.elapsed());
+        let Ok(next) = tokio::time::timeout(wait, sub.next()).await else {
+            panic!(
+                "{broker}: choreo's consumer of {topic} took nothing new for {STALL:?}, at {got} of {n} events"
+            );
+        };
+        match next {
+            Some(Ok(d)) => {
+                let filler = d.envelope().key.as_deref() == Some(FILLER.as_bytes());
+                if !filler {
+                    last = Instant::now();
+                    std::hint::black_box(d.envelope().data.len());
+                    got += 1;
+                }
+                d.ack();
+            }
+            Some(Err(e)) => eprintln!("receive error: {e}"),
+            None => {
+                panic!("{broker}: choreo's subscription to {topic} ended at {got} of {n} events")
+            }
+        }
+    }
+    last
+}
+
 async fn choreo_run(broker: &str, brokers: &str, topic: &str, n: usize) -> Run {
     let bus = KafkaBus::new(bench_config(brokers)).expect("bus");
     let mut sub = bus
@@ -224,28 +301,9 @@ async fn choreo_run(broker: &str, brokers: &str, topic: &str, n: usize) -> Run {
         .expect("subscribe");
     let (broker_name, topic_name) = (broker.to_owned(), topic.to_owned());
     let consumer = tokio::spawn(async move {
-        let mut got = 0;
-        while got < n {
-            let Ok(next) = tokio::time::timeout(STALL, sub.next()).await else {
-                panic!(
-                    "{broker_name}: choreo's consumer of {topic_name} saw nothing new for {STALL:?}, at {got} of {n} events"
-                );
-            };
-            match next {
-                Some(Ok(d)) => {
-                    let filler = d.envelope().key.as_deref() == Some(FILLER.as_bytes());
-                    if !filler {
-                        std::hint::black_box(d.envelope().data.len());
-                        got += 1;
-                    }
-                    d.ack();
-                }
-                Some(Err(e)) => eprintln!("receive error: {e}"),
-                None => break,
-            }
-        }
+        let last = choreo_consume(&mut sub, n, &broker_name, &topic_name).await;
         let _ = sub.close().await;
-        got
+        last
     });
     let data = payload();
     let start = Instant::now();
@@ -276,11 +334,10 @@ async fn choreo_run(broker: &str, brokers: &str, topic: &str, n: usize) -> Run {
     let published = start.elapsed();
     let done = Arc::new(AtomicBool::new(false));
     let filling = fillers(brokers, topic, done.clone());
-    let got = consumer.await.expect("consumer");
-    let consumed = start.elapsed();
+    let last = consumer.await.expect("consumer");
+    let consumed = last - start;
     done.store(true, Ordering::Release);
     filling.join().expect("fillers");
-    assert_eq!(got, n, "choreo consumed everything");
     Run {
         published,
         consumed,
@@ -323,9 +380,9 @@ async fn bare_produce(producer: &FutureProducer, topic: &str, n: usize, stalled:
 
 async fn bare_run(broker: &str, brokers: &str, topic: &str, n: usize) -> Run {
     let producer: FutureProducer = bare(brokers).create().expect("producer");
-    let consumer = bare_consumer(brokers, topic);
+    let consumer = bare_consumer(brokers, topic, &format!("{topic}-g"));
     let (broker_name, topic_name) = (broker.to_owned(), topic.to_owned());
-    let reader = std::thread::spawn(move || bare_consume(consumer, n, &broker_name, &topic_name));
+    let reader = std::thread::spawn(move || bare_consume(&consumer, n, &broker_name, &topic_name));
     let start = Instant::now();
     bare_produce(
         &producer,
@@ -337,13 +394,12 @@ async fn bare_run(broker: &str, brokers: &str, topic: &str, n: usize) -> Run {
     let published = start.elapsed();
     let done = Arc::new(AtomicBool::new(false));
     let filling = fillers(brokers, topic, done.clone());
-    let got = tokio::task::spawn_blocking(move || reader.join().expect("reader"))
+    let last = tokio::task::spawn_blocking(move || reader.join().expect("reader"))
         .await
         .expect("join");
-    let consumed = start.elapsed();
+    let consumed = last - start;
     done.store(true, Ordering::Release);
     filling.join().expect("fillers");
-    assert_eq!(got, n, "bare consumed everything");
     Run {
         published,
         consumed,
@@ -368,20 +424,238 @@ async fn broker_limit(broker: &str, brokers: &str, topic: &str, n: usize) -> (f6
     let stalled = format!("{broker}: the bare producer (limits) of {topic}");
     bare_produce(&producer, topic, n, &stalled).await;
     let produced = n as f64 / start.elapsed().as_secs_f64();
-    let consumer = bare_consumer(brokers, topic);
+    let consumer = bare_consumer(brokers, topic, &format!("{topic}-g"));
     let done = Arc::new(AtomicBool::new(false));
     let filling = fillers(brokers, topic, done.clone());
     let (broker_name, topic_name) = (broker.to_owned(), topic.to_owned());
     let start = Instant::now();
-    let got =
-        tokio::task::spawn_blocking(move || bare_consume(consumer, n, &broker_name, &topic_name))
+    let last =
+        tokio::task::spawn_blocking(move || bare_consume(&consumer, n, &broker_name, &topic_name))
             .await
             .expect("reader");
-    let consumed = n as f64 / start.elapsed().as_secs_f64();
+    let consumed = n as f64 / (last - start).as_secs_f64();
     done.store(true, Ordering::Release);
     filling.join().expect("fillers");
-    assert_eq!(got, n);
     (produced, consumed)
+}
+
+/// The CPU time each thread of this process has used so far, by thread id,
+/// with the thread's name (from `/proc/self/task/*/schedstat` and `comm`,
+/// in nanoseconds).
+fn thread_cpu() -> HashMap<u64, (String, u64)> {
+    let mut times = HashMap::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let Ok(task) = task else { continue };
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        // A thread that ended meanwhile has no files any more.
+        if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat"))
+            && let Some(ns) = stat.split_whitespace().next().and_then(|n| n.parse().ok())
+        {
+            let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            times.insert(tid, (name.trim().to_owned(), ns));
+        }
+    }
+    times
+}
+
+/// What a thread is, from its id and name, for the CPU breakdown.
+fn thread_group(tid: u64, name: &str) -> &'static str {
+    if tid == u64::from(std::process::id()) {
+        return "the main thread (choreo's next and ack)";
+    }
+    match name {
+        n if n.starts_with("choreo-kafka") => "choreo's polling thread",
+        "bare-reader" => "the bare consumer's thread",
+        "rdk:mock" => "the mock broker",
+        n if n.starts_with("rdk:") => "librdkafka's threads",
+        "producer pollin" => "idle producers' polling threads",
+        "tokio-rt-worker" | "tokio-runtime-w" => "tokio workers",
+        _ => "other",
+    }
+}
+
+/// The CPU time the process used between two [`thread_cpu`] readings, in
+/// all and by [`thread_group`]: a thread that started meanwhile counts
+/// whole. (One that ended meanwhile is lost; the consumers measured keep
+/// theirs until after the reading.)
+fn cpu_between(
+    before: &HashMap<u64, (String, u64)>,
+    after: &HashMap<u64, (String, u64)>,
+) -> (Duration, BTreeMap<&'static str, Duration>) {
+    let mut groups = BTreeMap::new();
+    let mut total = Duration::ZERO;
+    for (tid, (name, ns)) in after {
+        let used = ns.saturating_sub(before.get(tid).map_or(0, |(_, ns)| *ns));
+        let used = Duration::from_nanos(used);
+        total += used;
+        *groups.entry(thread_group(*tid, name)).or_default() += used;
+    }
+    (total, groups)
+}
+
+/// One consumer reading a topic that is already full: its wall time and
+/// the CPU time the process used meanwhile, in all and by thread.
+#[derive(Debug, Clone)]
+struct Read {
+    wall: Duration,
+    cpu: Duration,
+    threads: BTreeMap<&'static str, Duration>,
+}
+
+/// Part three: the consumers alone, on `topic` holding `n` records with
+/// choreo's headers. Each reads all of it from the start in a new group,
+/// from when it joined to the last record. Bare rdkafka reads each record's
+/// key and payload, and with `headers` also checks every header value is
+/// text (what any reader of CloudEvents headers does first); choreo
+/// delivers each as an envelope and settles it.
+async fn bare_read(
+    broker: &str,
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    n: usize,
+    headers: bool,
+) -> Read {
+    let consumer = bare_consumer(brokers, topic, group);
+    let (broker_name, topic_name) = (broker.to_owned(), topic.to_owned());
+    let (start, cpu) = (Instant::now(), thread_cpu());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // The reader sends its CPU reading before it drops the consumer (whose
+    // threads end with it).
+    let reader = std::thread::Builder::new()
+        .name("bare-reader".into())
+        .spawn(move || {
+            let last = if headers {
+                bare_consume_with(&consumer, n, &broker_name, &topic_name, read_headers)
+            } else {
+                bare_consume(&consumer, n, &broker_name, &topic_name)
+            };
+            let _ = tx.send((last, thread_cpu()));
+            drop(consumer);
+        })
+        .expect("reader thread");
+    let (last, after) = rx.await.expect("the bare reader finished");
+    reader.join().expect("reader");
+    let (cpu, threads) = cpu_between(&cpu, &after);
+    Read {
+        wall: last - start,
+        cpu,
+        threads,
+    }
+}
+
+/// Checks every header value of `m` is text, as a reader of CloudEvents
+/// headers would before using them.
+fn read_headers(m: &rdkafka::message::BorrowedMessage<'_>) {
+    use rdkafka::message::Headers;
+    if let Some(hs) = m.headers() {
+        for h in hs.iter() {
+            std::hint::black_box(h.value.map(std::str::from_utf8));
+        }
+    }
+}
+
+/// [`bare_read`] for choreo's subscription.
+async fn choreo_read(broker: &str, brokers: &str, topic: &str, group: &str, n: usize) -> Read {
+    let bus = KafkaBus::new(bench_config(brokers)).expect("bus");
+    let mut sub = bus
+        .subscribe(SubscribeOptions::new(group, [topic]).start_from(StartFrom::Earliest))
+        .await
+        .expect("subscribe");
+    let (start, cpu) = (Instant::now(), thread_cpu());
+    let last = choreo_consume(&mut sub, n, broker, topic).await;
+    let after = thread_cpu();
+    let _ = sub.close().await;
+    let (cpu, threads) = cpu_between(&cpu, &after);
+    Read {
+        wall: last - start,
+        cpu,
+        threads,
+    }
+}
+
+/// Part three for one broker: `n` records produced once, then read by
+/// each consumer in turn (the order rotating), `rounds` times each; prints
+/// the medians, and where each one's CPU time went.
+async fn consumers_alone(broker: &Broker<'_>, rounds: usize) {
+    let n = broker.events;
+    let topic = "consumers-alone";
+    (broker.create)(topic.to_owned()).await;
+    let producer: FutureProducer = bare(&broker.brokers).create().expect("producer");
+    bare_produce(
+        &producer,
+        topic,
+        n,
+        &format!("{}: the bare producer of {topic}", broker.name),
+    )
+    .await;
+    drop(producer);
+    let done = Arc::new(AtomicBool::new(false));
+    let filling = fillers(&broker.brokers, topic, done.clone());
+    const SIDES: [&str; 3] = ["choreo", "bare", "bare, reading the headers"];
+    let mut reads: [Vec<Read>; 3] = Default::default();
+    for round in 0..rounds {
+        for i in 0..SIDES.len() {
+            let side = (round + i) % SIDES.len();
+            let group = format!("alone-{side}-{round}");
+            let (name, brokers) = (broker.name, broker.brokers.as_str());
+            let read = match side {
+                0 => choreo_read(name, brokers, topic, &group, n).await,
+                1 => bare_read(name, brokers, topic, &group, n, false).await,
+                _ => bare_read(name, brokers, topic, &group, n, true).await,
+            };
+            reads[side].push(read);
+        }
+    }
+    done.store(true, Ordering::Release);
+    filling.join().expect("fillers");
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    let per = |d: Duration| d.as_nanos() as f64 / n as f64 / 1000.0;
+    let summary: Vec<(Duration, Duration)> = reads
+        .iter()
+        .map(|runs| {
+            (
+                median(runs.iter().map(|r| r.wall).collect()),
+                median(runs.iter().map(|r| r.cpu).collect()),
+            )
+        })
+        .collect();
+    println!(
+        "{:<13} consumers alone, {n} records already there, medians of {rounds}:",
+        broker.name
+    );
+    for (i, side) in SIDES.iter().enumerate() {
+        let (wall, cpu) = summary[i];
+        println!(
+            "{:<13}   {side:<26} {:>9.0}/s  {:>5.2} µs CPU a record  choreo's rate / this {:.2}, CPU {:.2}×",
+            "",
+            rate(wall),
+            per(cpu),
+            rate(summary[0].0) / rate(wall),
+            per(summary[0].1) / per(cpu),
+        );
+        let groups: std::collections::BTreeSet<&str> = reads[i]
+            .iter()
+            .flat_map(|r| r.threads.keys().copied())
+            .collect();
+        let parts: Vec<String> = groups
+            .into_iter()
+            .map(|g| {
+                let used = median(
+                    reads[i]
+                        .iter()
+                        .map(|r| r.threads.get(g).copied().unwrap_or_default())
+                        .collect(),
+                );
+                (g, per(used))
+            })
+            .filter(|(_, us)| *us >= 0.01)
+            .map(|(g, us)| format!("{g} {us:.2}"))
+            .collect();
+        println!("{:<13}     µs a record by thread: {}", "", parts.join(", "));
+    }
 }
 
 /// A broker under test: its name, its address, and how to create a topic.
@@ -402,7 +676,52 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// Runs both parts on one broker.
-async fn bench(broker: &Broker<'_>, rounds: usize) {
+/// Which parts to run (`CHOREO_BENCH_PARTS`, default all three).
+#[derive(Debug, Clone, Copy)]
+struct Parts {
+    limits: bool,
+    end_to_end: bool,
+    consumers: bool,
+}
+
+impl Parts {
+    fn from_env() -> Parts {
+        let only = std::env::var("CHOREO_BENCH_PARTS").unwrap_or_default();
+        let run = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
+        let parts = Parts {
+            limits: run("limits"),
+            end_to_end: run("end-to-end"),
+            consumers: run("consumers"),
+        };
+        assert!(
+            parts.limits || parts.end_to_end || parts.consumers,
+            "CHOREO_BENCH_PARTS={only:?} names no part: use limits, end-to-end and/or consumers, comma-separated"
+        );
+        parts
+    }
+}
+
+async fn bench(broker: &Broker<'_>, rounds: usize, parts: Parts) {
+    if parts.limits {
+        limits(broker).await;
+    }
+    if !broker.end_to_end {
+        println!(
+            "{:<13} choreo against bare: not run — the broker's own limits are the clients' rates, so a ratio would measure the broker",
+            broker.name
+        );
+        return;
+    }
+    if parts.end_to_end {
+        end_to_end(broker, rounds).await;
+    }
+    if parts.consumers {
+        consumers_alone(broker, rounds).await;
+    }
+}
+
+/// Part one for one broker.
+async fn limits(broker: &Broker<'_>) {
     let n = broker.events;
     let limit_topic = "limit".to_owned();
     (broker.create)(limit_topic.clone()).await;
@@ -411,13 +730,11 @@ async fn bench(broker: &Broker<'_>, rounds: usize) {
         "{:<13} limits, bare rdkafka alone: produce {produced:>9.0}/s, then consume {consumed:>9.0}/s ({n} records)",
         broker.name
     );
-    if !broker.end_to_end {
-        println!(
-            "{:<13} end to end:  not run — the broker's own limits are the clients' rates, so a ratio would measure the broker",
-            broker.name
-        );
-        return;
-    }
+}
+
+/// Part two for one broker.
+async fn end_to_end(broker: &Broker<'_>, rounds: usize) {
+    let n = broker.events;
     let (mut choreo, mut plain) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let (c, b) = (format!("choreo-{round}"), format!("bare-{round}"));
@@ -469,6 +786,7 @@ fn main() {
     println!(
         "publish + consume, {PAYLOAD}-byte payloads, {PARTITIONS} partitions, linger {LINGER_MS} ms, fetch.wait.max.ms {FETCH_WAIT_MS}, {rounds} alternating rounds"
     );
+    let parts = Parts::from_env();
     let only = std::env::var("CHOREO_BENCH_BROKERS").unwrap_or_default();
     let run = |name: &str| only.is_empty() || only.split(',').any(|b| b == name);
     if run("mock") {
@@ -487,7 +805,7 @@ fn main() {
                 events: events(20_000),
                 end_to_end: true,
             };
-            bench(&broker, rounds).await;
+            bench(&broker, rounds, parts).await;
         });
     }
     // sqlite: its limits only (it can also stall fetching a backlog of
@@ -511,7 +829,7 @@ fn main() {
                 events: events(default),
                 end_to_end,
             };
-            bench(&broker, rounds).await;
+            bench(&broker, rounds, parts).await;
         });
     }
 }

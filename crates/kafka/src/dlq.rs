@@ -44,6 +44,7 @@ use rdkafka::Message;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
+use smallvec::SmallVec;
 
 use crate::bus::KafkaBus;
 use crate::record::{RecordHeader, RecordParts};
@@ -56,9 +57,11 @@ pub struct RawRecord {
     key: Option<Bytes>,
     value: Option<Bytes>,
     timestamp_ms: Option<i64>,
-    /// Every header name and value, back to back: one allocation for all.
-    bytes: Vec<u8>,
-    headers: Vec<Span>,
+    /// Every header name and value, back to back. A consumed record's key,
+    /// value and headers share one allocation.
+    bytes: Bytes,
+    /// Inline for the headers a CloudEvent usually has.
+    headers: SmallVec<[Span; 12]>,
 }
 
 /// Where one header's name and value end in [`RawRecord::bytes`]; each
@@ -78,21 +81,34 @@ impl RawRecord {
             key,
             value,
             timestamp_ms,
-            bytes: Vec::new(),
-            headers: Vec::new(),
+            bytes: Bytes::new(),
+            headers: SmallVec::new(),
         }
     }
 
     /// Appends a header; `None` is a null value.
     pub fn push_header(&mut self, name: &str, value: Option<&[u8]>) {
-        self.bytes.extend_from_slice(name.as_bytes());
-        let name_end = self.bytes.len();
+        let mut bytes =
+            Vec::with_capacity(self.bytes.len() + name.len() + value.map_or(0, <[u8]>::len));
+        bytes.extend_from_slice(&self.bytes);
+        Self::append_header(&mut bytes, &mut self.headers, name, value);
+        self.bytes = Bytes::from(bytes);
+    }
+
+    fn append_header(
+        bytes: &mut Vec<u8>,
+        spans: &mut SmallVec<[Span; 12]>,
+        name: &str,
+        value: Option<&[u8]>,
+    ) {
+        bytes.extend_from_slice(name.as_bytes());
+        let name_end = bytes.len();
         if let Some(v) = value {
-            self.bytes.extend_from_slice(v);
+            bytes.extend_from_slice(v);
         }
-        self.headers.push(Span {
+        spans.push(Span {
             name_end,
-            value_end: self.bytes.len(),
+            value_end: bytes.len(),
             null: value.is_none(),
         });
     }
@@ -142,7 +158,7 @@ impl RawRecord {
     /// The envelope of this record, read from `topic`/`partition`/`offset`,
     /// as a consumer makes it ([`envelope_from_record`](crate::record::envelope_from_record)).
     pub fn envelope(&self, topic: &str, partition: i32, offset: i64) -> Envelope {
-        let headers: Vec<RecordHeader<'_>> = self.headers().collect();
+        let headers: SmallVec<[RecordHeader<'_>; 16]> = self.headers().collect();
         crate::record::envelope_sharing(
             &RecordParts {
                 topic,
@@ -162,23 +178,54 @@ impl RawRecord {
     /// that could not be read (a name that is not UTF-8, on which rdkafka
     /// panics).
     pub(crate) fn of_message(m: &BorrowedMessage<'_>) -> (RawRecord, usize) {
-        let mut raw = RawRecord::new(
-            m.key().map(Bytes::copy_from_slice),
-            m.payload().map(Bytes::copy_from_slice),
-            m.timestamp().to_millis(),
-        );
         let mut unreadable = 0;
+        let mut headers: SmallVec<[RecordHeader<'_>; 16]> = SmallVec::new();
         if let Some(hs) = m.headers() {
-            let n = hs.count();
-            raw.headers.reserve_exact(n);
-            for i in 0..n {
+            for i in 0..hs.count() {
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hs.try_get(i))) {
-                    Ok(Some(h)) => raw.push_header(h.key, h.value),
+                    Ok(Some(h)) => headers.push(RecordHeader {
+                        name: h.key,
+                        value: h.value,
+                    }),
                     Ok(None) => {}
                     Err(_) => unreadable += 1,
                 }
             }
         }
+        // Key, value and headers copied into one buffer, then shared.
+        let (key, value) = (m.key(), m.payload());
+        let len = |b: Option<&[u8]>| b.map_or(0, <[u8]>::len);
+        let size = len(key)
+            + len(value)
+            + headers
+                .iter()
+                .map(|h| h.name.len() + len(h.value))
+                .sum::<usize>();
+        let mut bytes = Vec::with_capacity(size);
+        bytes.extend_from_slice(key.unwrap_or_default());
+        bytes.extend_from_slice(value.unwrap_or_default());
+        let values_end = bytes.len();
+        let mut spans = SmallVec::new();
+        for RecordHeader { name, value } in &headers {
+            // Spans count from where the headers start.
+            bytes.extend_from_slice(name.as_bytes());
+            let name_end = bytes.len() - values_end;
+            bytes.extend_from_slice(value.unwrap_or_default());
+            spans.push(Span {
+                name_end,
+                value_end: bytes.len() - values_end,
+                null: value.is_none(),
+            });
+        }
+        let bytes = Bytes::from(bytes);
+        let key_end = len(key);
+        let raw = RawRecord {
+            key: key.map(|_| bytes.slice(..key_end)),
+            value: value.map(|_| bytes.slice(key_end..values_end)),
+            timestamp_ms: m.timestamp().to_millis(),
+            bytes: bytes.slice(values_end..),
+            headers: spans,
+        };
         (raw, unreadable)
     }
 

@@ -45,11 +45,13 @@
 //! fuzzed.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 use bytes::Bytes;
 use choreo_core::{
     ContentType, Envelope, Error, EventId, Headers, MALFORMED_HEADER, Name, Result, Timestamp,
 };
+use rustc_hash::FxHashMap;
 
 /// Header names of the binary content mode.
 pub mod names {
@@ -226,7 +228,7 @@ pub(crate) fn envelope_sharing(
         value: Some(ct), ..
     }) = content_type
         && let Ok(ct) = std::str::from_utf8(ct)
-        && essence(ct) == STRUCTURED_CONTENT_TYPE
+        && essence(ct).eq_ignore_ascii_case(STRUCTURED_CONTENT_TYPE)
     {
         return structured(parts, shared);
     }
@@ -267,19 +269,47 @@ fn dead_letter_origin(headers: &Headers) -> Option<EventId> {
     Some(derived_id(topic, partition, offset))
 }
 
-fn essence(media_type: &str) -> String {
-    media_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
+/// The [`Name`] of `s`, shared with every record of this thread that had
+/// the same one: a consumer reads the same few topics, sources and types in
+/// every record, and sharing them saves an allocation (freed on another
+/// thread, later) per name per record. At most [`NAMES_KEPT`] names of up
+/// to [`NAME_KEPT_LEN`] bytes are kept; past that the table starts again.
+fn shared_name(s: &str) -> Name {
+    thread_local! {
+        static NAMES: RefCell<FxHashMap<Box<str>, Name>> = RefCell::new(FxHashMap::default());
+    }
+    if s.len() > NAME_KEPT_LEN {
+        return Name::from(s);
+    }
+    NAMES.with_borrow_mut(|names| {
+        if let Some(n) = names.get(s) {
+            return n.clone();
+        }
+        if names.len() >= NAMES_KEPT {
+            names.clear();
+        }
+        let n = Name::from(s);
+        names.insert(s.into(), n.clone());
+        n
+    })
+}
+
+/// How many names [`shared_name`] keeps per thread.
+const NAMES_KEPT: usize = 1024;
+/// The longest name [`shared_name`] keeps, in bytes.
+const NAME_KEPT_LEN: usize = 128;
+
+/// A media type without its parameters (compare it without case).
+fn essence(media_type: &str) -> &str {
+    media_type.split(';').next().unwrap_or("").trim()
 }
 
 /// What the attributes of a record say, before the derived fallbacks apply.
 #[derive(Default)]
 struct Attributes {
-    spec: Option<String>,
+    /// Borrowed when it is the version choreo reads (the usual case: no
+    /// allocation per record).
+    spec: Option<Cow<'static, str>>,
     id: Option<EventId>,
     source: Option<Name>,
     event_type: Option<Name>,
@@ -329,7 +359,7 @@ impl Attributes {
                 .event_type
                 .unwrap_or_else(|| Name::from_static(UNKNOWN_TYPE)),
             source: self.source.unwrap_or_default(),
-            topic: Name::from(parts.topic),
+            topic: shared_name(parts.topic),
             key: shared.key(parts),
             correlation_id,
             causation_id: self.causation_id,
@@ -389,7 +419,10 @@ fn binary(parts: &RecordParts<'_>, shared: Shared<'_>) -> Envelope {
         // The first occurrence of an attribute wins; later ones are ignored.
         match name {
             names::SPECVERSION if a.spec.is_none() => {
-                a.spec = text(h, &mut a.problems).map(str::to_owned);
+                a.spec = text(h, &mut a.problems).map(|s| match s {
+                    SPEC_VERSION => Cow::Borrowed(SPEC_VERSION),
+                    other => Cow::Owned(other.to_owned()),
+                });
             }
             names::ID if a.id.is_none() => {
                 a.id = text(h, &mut a.problems).and_then(EventId::parse);
@@ -397,12 +430,12 @@ fn binary(parts: &RecordParts<'_>, shared: Shared<'_>) -> Envelope {
             names::SOURCE if a.source.is_none() => {
                 // An empty source is how choreo writes "unknown"; not a problem.
                 a.source = match h.value.map(std::str::from_utf8) {
-                    Some(Ok(s)) => Some(Name::from(s)),
-                    Some(Err(_)) | None => text(h, &mut a.problems).map(Name::from),
+                    Some(Ok(s)) => Some(shared_name(s)),
+                    Some(Err(_)) | None => text(h, &mut a.problems).map(shared_name),
                 };
             }
             names::TYPE if a.event_type.is_none() => {
-                a.event_type = text(h, &mut a.problems).map(Name::from);
+                a.event_type = text(h, &mut a.problems).map(shared_name);
             }
             names::TIME if a.time.is_none() => {
                 if let Some(s) = text(h, &mut a.problems) {
@@ -441,7 +474,7 @@ fn binary(parts: &RecordParts<'_>, shared: Shared<'_>) -> Envelope {
             n if is_reserved(n) || n == MALFORMED_HEADER => {}
             n => {
                 if n == names::PLAIN_TYPE && plain_type.is_none() {
-                    plain_type = utf8(h.value).filter(|s| !s.is_empty()).map(Name::from);
+                    plain_type = utf8(h.value).filter(|s| !s.is_empty()).map(shared_name);
                 }
                 headers.insert(n, h.value.map_or_else(Bytes::new, Bytes::copy_from_slice));
             }
@@ -519,7 +552,7 @@ fn structured(parts: &RecordParts<'_>, shared: Shared<'_>) -> Envelope {
             }
         };
         match k.as_str() {
-            "specversion" => a.spec = string("specversion", &mut a.problems),
+            "specversion" => a.spec = string("specversion", &mut a.problems).map(Cow::Owned),
             "id" => a.id = string("id", &mut a.problems).and_then(|s| EventId::parse(&s)),
             "source" => a.source = string("source", &mut a.problems).map(Name::from),
             "type" => a.event_type = string("type", &mut a.problems).map(Name::from),
@@ -600,7 +633,10 @@ fn is_json(ct: Option<&ContentType>) -> bool {
     match ct {
         None | Some(ContentType::Json) => true,
         Some(ContentType::Avro) => false,
-        Some(ContentType::Other(n)) => essence(n).ends_with("+json"),
+        Some(ContentType::Other(n)) => {
+            let e = essence(n).as_bytes();
+            e.len() >= 5 && e[e.len() - 5..].eq_ignore_ascii_case(b"+json")
+        }
     }
 }
 
@@ -866,6 +902,18 @@ mod tests {
             "datacontenttype":"text/plain","data":"hello"}"#;
         let env = envelope_from_record(&parts(&headers, value));
         assert_eq!(&env.data[..], b"hello");
+
+        // Media types compare without case: the structured mode's, and a
+        // `+json` data content type (whose string data stays JSON text).
+        let value = br#"{"specversion":"1.0","id":"e-4","type":"Note","source":"s",
+            "datacontenttype":"Application/Problem+JSON","data":"hello"}"#;
+        let headers = [h(
+            "Content-Type",
+            b"Application/CloudEvents+JSON ; charset=utf-8",
+        )];
+        let env = envelope_from_record(&parts(&headers, value));
+        assert_eq!(env.id.to_string(), "e-4");
+        assert_eq!(&env.data[..], br#""hello""#);
     }
 
     #[test]

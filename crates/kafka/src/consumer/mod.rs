@@ -21,6 +21,8 @@
 //! settled offsets.
 
 use std::collections::{HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
@@ -101,12 +103,14 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    parts: HashMap<Key, Part>,
+    /// Looked up several times per record: hashed with Fx, not SipHash
+    /// (the keys are the broker's topic names and partition numbers).
+    parts: FxHashMap<Key, Part>,
     /// Partitions that may have records waiting, served in turn.
     ready: VecDeque<Key>,
     /// Errors for `next` to report (at most one waits: the runtime logs them).
     errors: VecDeque<choreo_core::Error>,
-    settlers: HashMap<Name, Arc<dyn Settle>>,
+    settlers: FxHashMap<Name, Arc<dyn Settle>>,
     /// Settled offsets of revoked partitions whose commit failed (the group
     /// was rebalancing): committed if the partition comes back to this member.
     uncommitted: HashMap<Key, i64>,
@@ -247,6 +251,7 @@ impl KafkaSubscription {
             shared: shared.clone(),
             max_window: config.max_window_per_partition,
             names: HashMap::new(),
+            last_name: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("choreo-kafka-{group}"))
@@ -324,6 +329,17 @@ impl Subscription for KafkaSubscription {
     ) -> impl std::future::Future<Output = Option<choreo_core::Result<Delivery>>> + Send {
         let shared = self.shared.clone();
         async move {
+            // Most calls find a record waiting: take it without registering
+            // for a wake-up.
+            {
+                let mut st = shared.state.lock();
+                if let Some(e) = st.errors.pop_front() {
+                    return Some(Err(e));
+                }
+                if let Some(d) = st.take() {
+                    return Some(Ok(d));
+                }
+            }
             loop {
                 let notified = shared.ready.notified();
                 tokio::pin!(notified);

@@ -26,6 +26,8 @@ pub(super) struct Poller {
     pub(super) shared: Arc<Shared>,
     pub(super) max_window: usize,
     pub(super) names: HashMap<String, Name>,
+    /// The name [`Poller::name`] gave last.
+    pub(super) last_name: Option<Name>,
 }
 
 impl Poller {
@@ -105,6 +107,18 @@ impl Poller {
     }
 
     pub(super) fn name(&mut self, topic: &str) -> Name {
+        // Records come in runs of one topic.
+        if let Some(last) = &self.last_name
+            && last.as_str() == topic
+        {
+            return last.clone();
+        }
+        let name = self.lookup(topic);
+        self.last_name = Some(name.clone());
+        name
+    }
+
+    fn lookup(&mut self, topic: &str) -> Name {
         if let Some(n) = self.names.get(topic) {
             return n.clone();
         }
