@@ -35,7 +35,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use choreo_core::{
     Bus, DeadLetter, Delivery, Envelope, MALFORMED_HEADER, Timestamp, dead_letter_envelope,
     dlq_headers,
@@ -88,29 +88,21 @@ impl RawRecord {
 
     /// Appends a header; `None` is a null value.
     pub fn push_header(&mut self, name: &str, value: Option<&[u8]>) {
-        let mut bytes =
-            Vec::with_capacity(self.bytes.len() + name.len() + value.map_or(0, <[u8]>::len));
-        bytes.extend_from_slice(&self.bytes);
-        Self::append_header(&mut bytes, &mut self.headers, name, value);
-        self.bytes = Bytes::from(bytes);
-    }
-
-    fn append_header(
-        bytes: &mut Vec<u8>,
-        spans: &mut SmallVec<[Span; 12]>,
-        name: &str,
-        value: Option<&[u8]>,
-    ) {
+        // Grows in place while the buffer is this record's alone (as it is
+        // while a record is built header by header); copied once otherwise.
+        let mut bytes = match std::mem::take(&mut self.bytes).try_into_mut() {
+            Ok(bytes) => bytes,
+            Err(shared) => BytesMut::from(&shared[..]),
+        };
         bytes.extend_from_slice(name.as_bytes());
         let name_end = bytes.len();
-        if let Some(v) = value {
-            bytes.extend_from_slice(v);
-        }
-        spans.push(Span {
+        bytes.extend_from_slice(value.unwrap_or_default());
+        self.headers.push(Span {
             name_end,
             value_end: bytes.len(),
             null: value.is_none(),
         });
+        self.bytes = bytes.freeze();
     }
 
     /// [`push_header`](RawRecord::push_header), returning the record.
@@ -416,6 +408,33 @@ pub(crate) async fn dead_letter(
 mod tests {
     use super::*;
     use choreo_core::Name;
+
+    #[test]
+    fn headers_pushed_one_by_one_keep_their_order_and_nulls() {
+        let mut record = RawRecord::new(None, Some(Bytes::from_static(b"v")), Some(7));
+        for i in 0..40 {
+            let value = format!("value-{i}");
+            let value = (i % 5 != 0).then_some(value.as_bytes());
+            record.push_header(&format!("h{i}"), value);
+        }
+        let copy = record.clone();
+        // A record that shares its buffer with another grows apart from it.
+        let mut grown = record.clone().with_header("last", Some(b""));
+        assert_eq!(record, copy);
+        assert_eq!(grown.headers().len(), 41);
+        assert_eq!(grown.header("last"), Some(Some(&b""[..])));
+        grown.push_header("h3", None);
+        assert_eq!(grown.header("h3"), Some(None), "the last of a name wins");
+        let headers: Vec<_> = record.headers().collect();
+        assert_eq!(headers.len(), 40);
+        for (i, h) in headers.iter().enumerate() {
+            assert_eq!(h.name, format!("h{i}"));
+            let expected = format!("value-{i}");
+            assert_eq!(h.value, (i % 5 != 0).then_some(expected.as_bytes()));
+        }
+        assert_eq!(record.key(), None);
+        assert_eq!(record.value().map(|v| &v[..]), Some(&b"v"[..]));
+    }
 
     fn received() -> RawRecord {
         RawRecord::new(
