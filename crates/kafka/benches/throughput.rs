@@ -49,9 +49,11 @@
 //!
 //! tansu's memory storage can report a partition's high watermark below
 //! what it stored, so a reader may not see the newest records until more
-//! arrive: once a side has published everything, a filler record goes to
-//! every partition every 20 ms until its consumer has seen all N (the same
-//! for both sides; the consumers skip fillers). A consumer that reads no
+//! arrive: on tansu, once a side has published everything, a filler record
+//! goes to every partition every 20 ms until its consumer has seen all N
+//! (the same for both sides; the consumers skip fillers). The mock cluster
+//! gets none: there they would only cost, and unevenly (each filler is a
+//! message set of its own, fetched by whichever consumer reads ahead). A consumer that reads no
 //! record other than fillers for 30 s fails the run with what it got and on
 //! which broker.
 
@@ -225,28 +227,54 @@ fn headers(id: &str, time: &str) -> OwnedHeaders {
     })
 }
 
-/// Sends a filler record to every partition of `topic` every 20 ms until
-/// `done` (see the module docs), from a producer of its own.
-fn fillers(brokers: &str, topic: &str, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    let producer: rdkafka::producer::BaseProducer = bare(brokers).create().expect("producer");
-    let topic = topic.to_owned();
-    std::thread::spawn(move || {
-        while !done.load(Ordering::Acquire) {
-            for p in 0..PARTITIONS as i32 {
-                let record = rdkafka::producer::BaseRecord::to(&topic)
-                    .partition(p)
-                    .key(FILLER)
-                    .payload("");
-                let _ = producer.send(record);
-            }
-            // Paced by a sleep, not by `poll(20 ms)`: rdkafka's poll spins
-            // through the last millisecond of its wait, which would add a
-            // twentieth of a core to the CPU time the consumers are measured by.
-            std::thread::sleep(Duration::from_millis(20));
-            producer.poll(Duration::ZERO);
+/// Filler records (see the module docs): one to every partition of a
+/// topic every 20 ms, from a producer of its own, until stopped — on the
+/// brokers that need them (tansu in memory) only. Elsewhere they would only
+/// cost: each is a message set of its own, and a consumer that reads ahead
+/// (as choreo's does) fetches them one by one.
+struct Fillers {
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Fillers {
+    fn start(brokers: &str, topic: &str, needed: bool) -> Fillers {
+        let done = Arc::new(AtomicBool::new(false));
+        if !needed {
+            return Fillers { done, thread: None };
         }
-        let _ = producer.flush(Duration::from_secs(5));
-    })
+        let producer: rdkafka::producer::BaseProducer = bare(brokers).create().expect("producer");
+        let topic = topic.to_owned();
+        let stop = done.clone();
+        let thread = std::thread::spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                for p in 0..PARTITIONS as i32 {
+                    let record = rdkafka::producer::BaseRecord::to(&topic)
+                        .partition(p)
+                        .key(FILLER)
+                        .payload("");
+                    let _ = producer.send(record);
+                }
+                // Paced by a sleep, not by `poll(20 ms)`: rdkafka's poll spins
+                // through the last millisecond of its wait, which would add a
+                // twentieth of a core to the CPU time the consumers are measured by.
+                std::thread::sleep(Duration::from_millis(20));
+                producer.poll(Duration::ZERO);
+            }
+            let _ = producer.flush(Duration::from_secs(5));
+        });
+        Fillers {
+            done,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(self) {
+        self.done.store(true, Ordering::Release);
+        if let Some(t) = self.thread {
+            t.join().expect("fillers");
+        }
+    }
 }
 
 /// When a side's publishing ended and when its consumer saw the last event.
@@ -293,7 +321,7 @@ async fn choreo_consume<S: Subscription>(
     last
 }
 
-async fn choreo_run(broker: &str, brokers: &str, topic: &str, n: usize) -> Run {
+async fn choreo_run(broker: &str, brokers: &str, topic: &str, n: usize, fill: bool) -> Run {
     let bus = KafkaBus::new(bench_config(brokers)).expect("bus");
     let mut sub = bus
         .subscribe(SubscribeOptions::new(format!("{topic}-g"), [topic]))
@@ -332,12 +360,10 @@ async fn choreo_run(broker: &str, brokers: &str, topic: &str, n: usize) -> Run {
         r.expect("published");
     }
     let published = start.elapsed();
-    let done = Arc::new(AtomicBool::new(false));
-    let filling = fillers(brokers, topic, done.clone());
+    let filling = Fillers::start(brokers, topic, fill);
     let last = consumer.await.expect("consumer");
     let consumed = last - start;
-    done.store(true, Ordering::Release);
-    filling.join().expect("fillers");
+    filling.stop();
     Run {
         published,
         consumed,
@@ -378,7 +404,7 @@ async fn bare_produce(producer: &FutureProducer, topic: &str, n: usize, stalled:
     }
 }
 
-async fn bare_run(broker: &str, brokers: &str, topic: &str, n: usize) -> Run {
+async fn bare_run(broker: &str, brokers: &str, topic: &str, n: usize, fill: bool) -> Run {
     let producer: FutureProducer = bare(brokers).create().expect("producer");
     let consumer = bare_consumer(brokers, topic, &format!("{topic}-g"));
     let (broker_name, topic_name) = (broker.to_owned(), topic.to_owned());
@@ -392,14 +418,12 @@ async fn bare_run(broker: &str, brokers: &str, topic: &str, n: usize) -> Run {
     )
     .await;
     let published = start.elapsed();
-    let done = Arc::new(AtomicBool::new(false));
-    let filling = fillers(brokers, topic, done.clone());
+    let filling = Fillers::start(brokers, topic, fill);
     let last = tokio::task::spawn_blocking(move || reader.join().expect("reader"))
         .await
         .expect("join");
     let consumed = last - start;
-    done.store(true, Ordering::Release);
-    filling.join().expect("fillers");
+    filling.stop();
     Run {
         published,
         consumed,
@@ -408,7 +432,13 @@ async fn bare_run(broker: &str, brokers: &str, topic: &str, n: usize) -> Run {
 
 /// Part one: bare rdkafka producing `n` records as fast as it can, then a
 /// consumer reading them back. Returns (produced/s, consumed/s).
-async fn broker_limit(broker: &str, brokers: &str, topic: &str, n: usize) -> (f64, f64) {
+async fn broker_limit(
+    broker: &str,
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    fill: bool,
+) -> (f64, f64) {
     let producer: FutureProducer = bare(brokers).create().expect("producer");
     // Warm: the idempotent producer's id and the topic's metadata are
     // fetched before the clock starts (the consumers skip the filler).
@@ -425,8 +455,7 @@ async fn broker_limit(broker: &str, brokers: &str, topic: &str, n: usize) -> (f6
     bare_produce(&producer, topic, n, &stalled).await;
     let produced = n as f64 / start.elapsed().as_secs_f64();
     let consumer = bare_consumer(brokers, topic, &format!("{topic}-g"));
-    let done = Arc::new(AtomicBool::new(false));
-    let filling = fillers(brokers, topic, done.clone());
+    let filling = Fillers::start(brokers, topic, fill);
     let (broker_name, topic_name) = (broker.to_owned(), topic.to_owned());
     let start = Instant::now();
     let last =
@@ -434,8 +463,7 @@ async fn broker_limit(broker: &str, brokers: &str, topic: &str, n: usize) -> (f6
             .await
             .expect("reader");
     let consumed = n as f64 / (last - start).as_secs_f64();
-    done.store(true, Ordering::Release);
-    filling.join().expect("fillers");
+    filling.stop();
     (produced, consumed)
 }
 
@@ -592,8 +620,7 @@ async fn consumers_alone(broker: &Broker<'_>, rounds: usize) {
     )
     .await;
     drop(producer);
-    let done = Arc::new(AtomicBool::new(false));
-    let filling = fillers(&broker.brokers, topic, done.clone());
+    let filling = Fillers::start(&broker.brokers, topic, broker.fillers);
     const SIDES: [&str; 3] = ["choreo", "bare", "bare, reading the headers"];
     let mut reads: [Vec<Read>; 3] = Default::default();
     for round in 0..rounds {
@@ -609,8 +636,7 @@ async fn consumers_alone(broker: &Broker<'_>, rounds: usize) {
             reads[side].push(read);
         }
     }
-    done.store(true, Ordering::Release);
-    filling.join().expect("fillers");
+    filling.stop();
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     let per = |d: Duration| d.as_nanos() as f64 / n as f64 / 1000.0;
     let summary: Vec<(Duration, Duration)> = reads
@@ -668,6 +694,8 @@ struct Broker<'a> {
     /// Whether to run choreo against bare rdkafka on it, or only measure its
     /// limits (a broker slower than the clients measures itself).
     end_to_end: bool,
+    /// Whether readers need [`Fillers`] to see the last records.
+    fillers: bool,
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -725,7 +753,14 @@ async fn limits(broker: &Broker<'_>) {
     let n = broker.events;
     let limit_topic = "limit".to_owned();
     (broker.create)(limit_topic.clone()).await;
-    let (produced, consumed) = broker_limit(broker.name, &broker.brokers, &limit_topic, n).await;
+    let (produced, consumed) = broker_limit(
+        broker.name,
+        &broker.brokers,
+        &limit_topic,
+        n,
+        broker.fillers,
+    )
+    .await;
     println!(
         "{:<13} limits, bare rdkafka alone: produce {produced:>9.0}/s, then consume {consumed:>9.0}/s ({n} records)",
         broker.name
@@ -742,11 +777,11 @@ async fn end_to_end(broker: &Broker<'_>, rounds: usize) {
         (broker.create)(b.clone()).await;
         // Alternate who goes first: a broker may slow down as it fills up.
         if round % 2 == 0 {
-            plain.push(bare_run(broker.name, &broker.brokers, &b, n).await);
-            choreo.push(choreo_run(broker.name, &broker.brokers, &c, n).await);
+            plain.push(bare_run(broker.name, &broker.brokers, &b, n, broker.fillers).await);
+            choreo.push(choreo_run(broker.name, &broker.brokers, &c, n, broker.fillers).await);
         } else {
-            choreo.push(choreo_run(broker.name, &broker.brokers, &c, n).await);
-            plain.push(bare_run(broker.name, &broker.brokers, &b, n).await);
+            choreo.push(choreo_run(broker.name, &broker.brokers, &c, n, broker.fillers).await);
+            plain.push(bare_run(broker.name, &broker.brokers, &b, n, broker.fillers).await);
         }
     }
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
@@ -804,6 +839,7 @@ fn main() {
                 }),
                 events: events(20_000),
                 end_to_end: true,
+                fillers: false,
             };
             bench(&broker, rounds, parts).await;
         });
@@ -828,6 +864,7 @@ fn main() {
                 }),
                 events: events(default),
                 end_to_end,
+                fillers: true,
             };
             bench(&broker, rounds, parts).await;
         });
