@@ -38,7 +38,7 @@ use choreo_kafka::{KafkaBus, KafkaConfig};
 use choreo_testkit::postgres::Postgres;
 use choreo_testkit::tansu::Tansu;
 
-use crate::trace_restart::TracerProcess;
+use crate::trace_restart::{TracerProcess, Verdict, verdict};
 
 /// Options for every client: short fetch waits (tansu holds a fetch for the
 /// whole wait), quick metadata.
@@ -342,24 +342,17 @@ async fn audit(
 }
 
 /// Every verdict the tracer wrote: correlation id → (status, rules).
-fn verdicts(path: &Path) -> HashMap<String, Vec<(String, Vec<String>)>> {
-    let mut all: HashMap<String, Vec<(String, Vec<String>)>> = HashMap::new();
+fn verdicts(path: &Path) -> HashMap<String, Vec<Verdict>> {
+    let mut all: HashMap<String, Vec<Verdict>> = HashMap::new();
     let text = std::fs::read_to_string(path).unwrap();
     for line in text.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             // The last line may be cut while it is written.
             continue;
         };
-        let mut rules: Vec<String> = v["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f["rule"].as_str().unwrap().to_owned())
-            .collect();
-        rules.sort();
         all.entry(v["correlation_id"].as_str().unwrap().to_owned())
             .or_default()
-            .push((v["status"].as_str().unwrap().to_owned(), rules));
+            .push(verdict(&v));
     }
     all
 }

@@ -143,9 +143,10 @@ impl Drop for TracerProcess {
 }
 
 /// One flow's verdict: its status and its findings' rule codes, sorted.
-type Verdict = (String, Vec<String>);
+pub(crate) type Verdict = (String, Vec<String>);
 
-fn verdict(line: &serde_json::Value) -> Verdict {
+/// The verdict of one line of `choreo trace --format jsonl` output.
+pub(crate) fn verdict(line: &serde_json::Value) -> Verdict {
     let mut rules: Vec<String> = line["findings"]
         .as_array()
         .unwrap()
