@@ -296,8 +296,9 @@ fn shared_name(s: &str) -> Name {
 
 /// How many names [`shared_name`] keeps per thread.
 const NAMES_KEPT: usize = 1024;
-/// The longest name [`shared_name`] keeps, in bytes.
-const NAME_KEPT_LEN: usize = 128;
+/// The longest name [`shared_name`] keeps, in bytes: any Kafka topic's
+/// (at most 249), so a consumer shares its topics' names whatever they are.
+const NAME_KEPT_LEN: usize = 255;
 
 /// A media type without its parameters (compare it without case).
 fn essence(media_type: &str) -> &str {

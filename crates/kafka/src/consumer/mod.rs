@@ -147,6 +147,18 @@ impl State {
         }
     }
 
+    /// What [`Subscription::next`] returns now, if it need not wait: an
+    /// error first, then a record, then the end once the thread finished.
+    fn next(&mut self) -> Option<Option<choreo_core::Result<Delivery>>> {
+        if let Some(e) = self.errors.pop_front() {
+            return Some(Some(Err(e)));
+        }
+        if let Some(d) = self.take() {
+            return Some(Some(Ok(d)));
+        }
+        self.finished.then_some(None)
+    }
+
     fn take(&mut self) -> Option<Delivery> {
         while let Some(key) = self.ready.pop_front() {
             let Some(part) = self.parts.get_mut(&key) else {
@@ -250,8 +262,6 @@ impl KafkaSubscription {
         let poller = Poller {
             shared: shared.clone(),
             max_window: config.max_window_per_partition,
-            names: HashMap::new(),
-            last_name: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("choreo-kafka-{group}"))
@@ -331,30 +341,15 @@ impl Subscription for KafkaSubscription {
         async move {
             // Most calls find a record waiting: take it without registering
             // for a wake-up.
-            {
-                let mut st = shared.state.lock();
-                if let Some(e) = st.errors.pop_front() {
-                    return Some(Err(e));
-                }
-                if let Some(d) = st.take() {
-                    return Some(Ok(d));
-                }
+            if let Some(next) = shared.state.lock().next() {
+                return next;
             }
             loop {
                 let notified = shared.ready.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                {
-                    let mut st = shared.state.lock();
-                    if let Some(e) = st.errors.pop_front() {
-                        return Some(Err(e));
-                    }
-                    if let Some(d) = st.take() {
-                        return Some(Ok(d));
-                    }
-                    if st.finished {
-                        return None;
-                    }
+                if let Some(next) = shared.state.lock().next() {
+                    return next;
                 }
                 notified.await;
             }

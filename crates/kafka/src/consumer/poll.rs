@@ -2,12 +2,11 @@
 //! settled offsets to librdkafka's store, pauses partitions whose window is
 //! full, and commits what was settled when the subscription closes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use choreo_core::{Envelope, MALFORMED_HEADER, Name};
+use choreo_core::{Envelope, MALFORMED_HEADER};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -25,13 +24,10 @@ use super::{BATCH, CLOSE_PATIENCE, Key, POLL, STORE_EVERY, Shared};
 pub(super) struct Poller {
     pub(super) shared: Arc<Shared>,
     pub(super) max_window: usize,
-    pub(super) names: HashMap<String, Name>,
-    /// The name [`Poller::name`] gave last.
-    pub(super) last_name: Option<Name>,
 }
 
 impl Poller {
-    pub(super) fn run(mut self, consumer: BaseConsumer<GroupContext>) {
+    pub(super) fn run(self, consumer: BaseConsumer<GroupContext>) {
         let mut batch: Vec<(Key, i64, Fetched)> = Vec::with_capacity(BATCH);
         let mut last_store = Instant::now();
         while !self.shared.stop.load(Ordering::Acquire) {
@@ -106,31 +102,11 @@ impl Poller {
         }
     }
 
-    pub(super) fn name(&mut self, topic: &str) -> Name {
-        // Records come in runs of one topic.
-        if let Some(last) = &self.last_name
-            && last.as_str() == topic
-        {
-            return last.clone();
-        }
-        let name = self.lookup(topic);
-        self.last_name = Some(name.clone());
-        name
-    }
-
-    fn lookup(&mut self, topic: &str) -> Name {
-        if let Some(n) = self.names.get(topic) {
-            return n.clone();
-        }
-        let n = Name::from(topic);
-        self.names.insert(topic.to_owned(), n.clone());
-        n
-    }
-
-    pub(super) fn convert(&mut self, m: &BorrowedMessage<'_>) -> (Key, i64, Fetched) {
-        let topic = self.name(m.topic());
-        let (mut env, original) = envelope_of(m);
-        env.topic = topic.clone();
+    pub(super) fn convert(&self, m: &BorrowedMessage<'_>) -> (Key, i64, Fetched) {
+        // The envelope's topic is the record's, a name shared by every
+        // record of the thread (see `record::shared_name`).
+        let (env, original) = envelope_of(m);
+        let topic = env.topic.clone();
         if env.headers.get(MALFORMED_HEADER).is_some() {
             self.shared
                 .metrics
