@@ -322,7 +322,6 @@ async fn on_kafka(
             // to PLACING orders await their acknowledgement at once (each is
             // its own flow: their order does not matter).
             const PLACING: usize = 256;
-            let room = Arc::new(tokio::sync::Semaphore::new(PLACING));
             let mut placing = tokio::task::JoinSet::new();
             let mut every = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
             let mut n = 0u64;
@@ -331,17 +330,18 @@ async fn on_kafka(
                     _ = stop.cancelled() => break,
                     _ = every.tick() => {
                         n += 1;
-                        let Ok(permit) = room.clone().acquire_owned().await else { break };
+                        while placing.try_join_next().is_some() {}
+                        if placing.len() >= PLACING {
+                            placing.join_next().await;
+                        }
                         let checkout = checkout.clone();
                         placing.spawn(async move {
                             if let Err(e) = order_saga::place_order(&checkout, &order_saga::demo_order(n)).await {
                                 tracing::warn!(error = %e, order = n, "placing an order failed");
                             }
-                            drop(permit);
                         });
                     }
                 }
-                while placing.try_join_next().is_some() {}
             }
             while placing.join_next().await.is_some() {}
         }))
