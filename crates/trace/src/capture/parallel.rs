@@ -7,6 +7,9 @@
 //! the same error.
 
 use std::io::{self, Read};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
 
 use super::avro::{self, Block, BlockPool, Cursor, Fault, ReadFault};
 use super::{Inner, Reader, Stream, jsonl, lines, trim};
@@ -15,6 +18,14 @@ use crate::util::Interner;
 
 /// Bytes of JSON lines per piece (whole lines: a longer line makes a longer piece).
 const LINES_BYTES: usize = 512 << 10;
+
+/// The room of a buffer for a piece of JSON lines: the piece and the line
+/// the piece before it cut short.
+const LINES_ROOM: usize = 2 * LINES_BYTES;
+
+/// How many buffers of JSON lines are kept for reuse: more than the pieces
+/// in flight between the reading thread and the decoders.
+const LINE_BUFFERS_KEPT: usize = 16;
 
 /// Bytes of Avro blocks per piece (whole blocks): a block alone (64 KiB as
 /// choreo writes them) made the threads hand pieces over so often that
@@ -27,7 +38,7 @@ pub(crate) enum Piece {
     Blocks(Vec<Block>),
     /// Whole JSON lines (the last piece's last line may lack its newline).
     Lines {
-        data: Vec<u8>,
+        data: Bytes,
         /// The number of the first line (from 1).
         first_line: u64,
         /// The file offset of the first byte.
@@ -56,6 +67,7 @@ enum Cut {
         carry: Vec<u8>,
         offset: u64,
         lines: u64,
+        buffers: LineBuffers,
     },
     /// Pieces were handed out; the error that followed them is next.
     Failed(Stop),
@@ -137,30 +149,58 @@ impl Splitter {
                 carry,
                 offset,
                 lines,
+                buffers,
             } => {
-                // Room for the piece at once: growing it as it is read copied it.
-                let mut data = Vec::with_capacity(carry.len() + LINES_BYTES + 1);
-                data.append(carry);
-                loop {
-                    let before = data.len();
-                    let n = match input.take(LINES_BYTES as u64).read_to_end(&mut data) {
-                        Ok(n) => n,
-                        Err(e) => break Err(Stop::Io(e)),
-                    };
-                    let cut = if n == 0 {
+                let mut buf = buffers.take();
+                let mut filled = carry.len();
+                if buf.len() < filled + LINES_BYTES {
+                    buf.resize(filled + LINES_BYTES, 0);
+                }
+                buf[..filled].copy_from_slice(carry);
+                carry.clear();
+                'piece: loop {
+                    let scanned = filled;
+                    // Reads of half a megabyte go past the BufReader's buffer
+                    // straight into this one.
+                    let target = scanned + LINES_BYTES;
+                    let mut end = false;
+                    while filled < target {
+                        match input.read(&mut buf[filled..target]) {
+                            Ok(0) => {
+                                end = true;
+                                break;
+                            }
+                            Ok(n) => filled += n,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => {
+                                buffers.give(buf);
+                                break 'piece Err(Stop::Io(e));
+                            }
+                        }
+                    }
+                    let cut = if end {
                         // The end: what is left is the last line.
-                        Some(data.len())
+                        Some(filled)
                     } else {
-                        memchr::memrchr(b'\n', &data[before..]).map(|i| before + i + 1)
+                        memchr::memrchr(b'\n', &buf[scanned..filled]).map(|i| scanned + i + 1)
                     };
                     let Some(cut) = cut else {
-                        // A line longer than a piece: read on.
+                        // A line longer than a piece: read on, with more room
+                        // (doubled: a very long line is copied a few times, not
+                        // once for every half megabyte).
+                        buf.resize((filled + LINES_BYTES).max(2 * buf.len()), 0);
                         continue;
                     };
-                    *carry = data.split_off(cut);
-                    if data.is_empty() {
+                    carry.extend_from_slice(&buf[cut..filled]);
+                    if cut == 0 {
+                        buffers.give(buf);
                         break Ok(None);
                     }
+                    let data = Bytes::from_owner(Lent {
+                        buf,
+                        buffers: buffers.clone(),
+                    })
+                    .slice(..cut);
                     let piece = Piece::Lines {
                         first_line: *lines + 1,
                         offset: *offset,
@@ -181,6 +221,48 @@ impl Splitter {
         };
         self.cut = Cut::Done;
         r
+    }
+}
+
+/// Buffers for pieces of JSON lines, zeroed once and reused. Reading each
+/// piece into fresh memory made the kernel fault in and clear its pages, and
+/// reading through the input's BufReader copied every byte once more.
+#[derive(Clone, Default)]
+struct LineBuffers(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl LineBuffers {
+    /// A buffer of [`LINES_ROOM`] bytes, all of them initialised.
+    fn take(&self) -> Vec<u8> {
+        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        kept.unwrap_or_else(|| vec![0; LINES_ROOM])
+    }
+
+    /// Keeps `buf` for reuse, unless it grew for a long line or enough are kept.
+    fn give(&self, buf: Vec<u8>) {
+        if buf.len() == LINES_ROOM {
+            let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.len() < LINE_BUFFERS_KEPT {
+                kept.push(buf);
+            }
+        }
+    }
+}
+
+/// A buffer lent to a piece, given back when the piece is dropped.
+struct Lent {
+    buf: Vec<u8>,
+    buffers: LineBuffers,
+}
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        self.buffers.give(std::mem::take(&mut self.buf));
     }
 }
 
@@ -351,6 +433,7 @@ impl Reader {
                         carry: Vec::new(),
                         offset: j.offset,
                         lines: 0,
+                        buffers: LineBuffers::default(),
                     },
                     consumed: j.offset,
                 },

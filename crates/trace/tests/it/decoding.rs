@@ -417,6 +417,49 @@ fn json_lines_of_every_shape_report_the_same_both_ways() {
     assert!(same_both_ways(&cut_short, &topology).error.is_some());
 }
 
+/// Lines longer than the half megabyte a piece is cut at (the piece grows
+/// for them), between ordinary ones, the last without its newline.
+#[test]
+fn json_lines_longer_than_a_piece_report_the_same_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = order_fulfillment();
+    let path = dir.path().join("long.jsonl");
+    let records = saga(2_000, 5);
+    write(&path, &records[..1_000]);
+    let corr = "019ab697-e800-74fb-a038-00ff07da3298";
+    let long = |n: usize, k: usize| {
+        format!(
+            r#"{{"id":"019ab697-e801-7000-8000-00000000000{k}","type":"OrderPlaced","source":"checkout","topic":"orders","correlation_id":"{corr}","time":{k},"data_base64":"{}"}}"#,
+            "QUJD".repeat(n / 4)
+        )
+    };
+    // 0.6, 1.3 and 2.1 MB: longer than a piece (half a megabyte), than a
+    // buffer (one), than two.
+    append(
+        &path,
+        &format!("{}\n{}\n", long(600_000, 1), long(1_300_000, 2)),
+    );
+    let tail = dir.path().join("tail.jsonl");
+    write(&tail, &records[1_000..]);
+    append(
+        &path,
+        &String::from_utf8(std::fs::read(&tail).unwrap()).unwrap(),
+    );
+    append(&path, &long(2_100_000, 3));
+    let out = same_both_ways(&path, &topology);
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(out.records, records.len() as u64 + 3);
+    // A damaged line after a long one stops the reading there, the same way.
+    let damaged = dir.path().join("damaged.jsonl");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend_from_slice(b"\nnot json at all\n");
+    bytes.extend_from_slice(&std::fs::read(&tail).unwrap());
+    std::fs::write(&damaged, &bytes).unwrap();
+    let out = same_both_ways(&damaged, &topology);
+    assert!(out.error.is_some());
+    assert_eq!(out.records, records.len() as u64 + 3);
+}
+
 #[test]
 fn damaged_avro_reports_the_same_both_ways() {
     let dir = tempfile::tempdir().unwrap();
