@@ -873,7 +873,9 @@ impl BlockPool {
             None => Vec::with_capacity(size),
         }
     }
+}
 
+impl Pool for BlockPool {
     fn give(&self, mut buf: Vec<u8>) {
         let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if p.bytes + buf.capacity() <= POOL_BYTES {
@@ -884,19 +886,26 @@ impl BlockPool {
     }
 }
 
-/// A block's buffer, returned to its pool when the last slice of it is dropped.
-struct PooledBuf {
-    buf: Vec<u8>,
-    pool: BlockPool,
+/// Where a [`Lent`] buffer goes back to.
+pub(crate) trait Pool: Send + Sync + 'static {
+    /// Takes back a buffer that was lent out.
+    fn give(&self, buf: Vec<u8>);
 }
 
-impl AsRef<[u8]> for PooledBuf {
+/// A buffer lent out of a pool (a block's, a piece's), given back when the
+/// last slice of it is dropped.
+pub(crate) struct Lent<P: Pool> {
+    pub(crate) buf: Vec<u8>,
+    pub(crate) pool: P,
+}
+
+impl<P: Pool> AsRef<[u8]> for Lent<P> {
     fn as_ref(&self) -> &[u8] {
         &self.buf
     }
 }
 
-impl Drop for PooledBuf {
+impl<P: Pool> Drop for Lent<P> {
     fn drop(&mut self) {
         self.pool.give(std::mem::take(&mut self.buf));
     }
@@ -934,7 +943,7 @@ pub(crate) fn read_block<R: Read>(
         .take(size as u64)
         .read_to_end(&mut v)
         .map_err(ReadFault::Io)?;
-    let data = Bytes::from_owner(PooledBuf {
+    let data = Bytes::from_owner(Lent {
         buf: v,
         pool: pool.clone(),
     });
@@ -1071,7 +1080,7 @@ mod tests {
         let mut buf = pool.take(100);
         buf.extend_from_slice(&[7; 100]);
         let addr = buf.as_ptr();
-        let data = Bytes::from_owner(PooledBuf {
+        let data = Bytes::from_owner(Lent {
             buf,
             pool: pool.clone(),
         });

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use super::avro::{self, Block, BlockPool, Cursor, Fault, ReadFault};
+use super::avro::{self, Block, BlockPool, Cursor, Fault, Lent, Pool, ReadFault};
 use super::{Inner, Reader, Stream, jsonl, lines, trim};
 use crate::compact::{Item, LocalNames};
 use crate::util::Interner;
@@ -198,7 +198,7 @@ impl Splitter {
                     }
                     let data = Bytes::from_owner(Lent {
                         buf,
-                        buffers: buffers.clone(),
+                        pool: buffers.clone(),
                     })
                     .slice(..cut);
                     let piece = Piece::Lines {
@@ -236,7 +236,9 @@ impl LineBuffers {
         let kept = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
         kept.unwrap_or_else(|| vec![0; LINES_ROOM])
     }
+}
 
+impl Pool for LineBuffers {
     /// Keeps `buf` for reuse, unless it grew for a long line or enough are kept.
     fn give(&self, buf: Vec<u8>) {
         if buf.len() == LINES_ROOM {
@@ -245,24 +247,6 @@ impl LineBuffers {
                 kept.push(buf);
             }
         }
-    }
-}
-
-/// A buffer lent to a piece, given back when the piece is dropped.
-struct Lent {
-    buf: Vec<u8>,
-    buffers: LineBuffers,
-}
-
-impl AsRef<[u8]> for Lent {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Lent {
-    fn drop(&mut self) {
-        self.buffers.give(std::mem::take(&mut self.buf));
     }
 }
 
@@ -448,5 +432,41 @@ impl Reader {
             )),
             inner => Err(Box::new(Reader { inner, ..self })),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_piece_buffer_is_reused_once_its_piece_is_gone_unless_it_grew() {
+        let buffers = LineBuffers::default();
+        let buf = buffers.take();
+        assert_eq!(buf.len(), LINES_ROOM);
+        let addr = buf.as_ptr();
+        let piece = Bytes::from_owner(Lent {
+            buf,
+            pool: buffers.clone(),
+        })
+        .slice(..10);
+        let line = piece.slice(2..5);
+        drop(piece);
+        assert!(
+            buffers.0.lock().unwrap().is_empty(),
+            "a line still holds it"
+        );
+        drop(line);
+        let again = buffers.take();
+        assert_eq!(again.as_ptr(), addr, "the same buffer, reused");
+        // One grown for a long line is let go.
+        let mut grown = again;
+        grown.resize(2 * LINES_ROOM, 0);
+        buffers.give(grown);
+        assert!(buffers.0.lock().unwrap().is_empty());
+        // At most LINE_BUFFERS_KEPT are kept.
+        let many: Vec<Vec<u8>> = (0..LINE_BUFFERS_KEPT + 3).map(|_| buffers.take()).collect();
+        many.into_iter().for_each(|b| buffers.give(b));
+        assert_eq!(buffers.0.lock().unwrap().len(), LINE_BUFFERS_KEPT);
     }
 }
