@@ -164,6 +164,7 @@ impl Splitter {
                     // straight into this one.
                     let target = scanned + LINES_BYTES;
                     let mut end = false;
+                    let mut failed = None;
                     while filled < target {
                         match input.read(&mut buf[filled..target]) {
                             Ok(0) => {
@@ -173,10 +174,21 @@ impl Splitter {
                             Ok(n) => filled += n,
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                             Err(e) => {
-                                buffers.give(buf);
-                                break 'piece Err(Stop::Io(e));
+                                failed = Some(e);
+                                break;
                             }
                         }
+                    }
+                    if let Some(e) = failed {
+                        // The whole lines read before the error, then the
+                        // error, as record by record.
+                        let Some(cut) = memchr::memrchr(b'\n', &buf[..filled]) else {
+                            buffers.give(buf);
+                            break 'piece Err(Stop::Io(e));
+                        };
+                        let piece = lent_piece(buf, cut + 1, buffers, lines, offset);
+                        self.cut = Cut::Failed(Stop::Io(e));
+                        return Ok(Some(piece));
                     }
                     let cut = if end {
                         // The end: what is left is the last line.
@@ -196,19 +208,11 @@ impl Splitter {
                         buffers.give(buf);
                         break Ok(None);
                     }
-                    let data = Bytes::from_owner(Lent {
-                        buf,
-                        pool: buffers.clone(),
-                    })
-                    .slice(..cut);
-                    let piece = Piece::Lines {
-                        first_line: *lines + 1,
-                        offset: *offset,
-                        data,
-                    };
-                    if let Piece::Lines { data, .. } = &piece {
-                        *offset += data.len() as u64;
-                        *lines += memchr::memchr_iter(b'\n', data).count() as u64;
+                    let piece = lent_piece(buf, cut, buffers, lines, offset);
+                    if end {
+                        // Read no further, as record by record: an input
+                        // that ends and then goes on (a terminal) ends here.
+                        self.cut = Cut::Done;
                     }
                     return Ok(Some(piece));
                 }
@@ -221,6 +225,31 @@ impl Splitter {
         };
         self.cut = Cut::Done;
         r
+    }
+}
+
+/// The first `cut` bytes of `buf`, whole lines, as the next piece; `lines`
+/// and `offset` move past them.
+fn lent_piece(
+    buf: Vec<u8>,
+    cut: usize,
+    buffers: &LineBuffers,
+    lines: &mut u64,
+    offset: &mut u64,
+) -> Piece {
+    let data = Bytes::from_owner(Lent {
+        buf,
+        pool: buffers.clone(),
+    })
+    .slice(..cut);
+    let first_line = *lines + 1;
+    let at = *offset;
+    *offset += cut as u64;
+    *lines += memchr::memchr_iter(b'\n', &data).count() as u64;
+    Piece::Lines {
+        first_line,
+        offset: at,
+        data,
     }
 }
 

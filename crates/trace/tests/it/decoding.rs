@@ -30,6 +30,11 @@ fn run(path: &Path, topology: &Topology, lean: bool, pieces: bool) -> Outcome2 {
     if lean {
         reader = reader.lean();
     }
+    run_reader(reader, topology, pieces)
+}
+
+/// [`run`] on a reader already open.
+fn run_reader(reader: Reader, topology: &Topology, pieces: bool) -> Outcome2 {
     let mut tracer = Tracer::new(TracerConfig::batch(), Some(topology));
     let drained = if pieces {
         drive_capture(reader, &mut tracer, |_| {})
@@ -458,6 +463,83 @@ fn json_lines_longer_than_a_piece_report_the_same_both_ways() {
     let out = same_both_ways(&damaged, &topology);
     assert!(out.error.is_some());
     assert_eq!(out.records, records.len() as u64 + 3);
+}
+
+/// An input read in short, uneven reads that fails at byte `fail`, or
+/// (`pause`) says once that it has ended there and then goes on, as a
+/// terminal does.
+struct Flaky {
+    data: Vec<u8>,
+    pos: usize,
+    fail: Option<usize>,
+    pause: Option<usize>,
+    reads: usize,
+}
+
+impl std::io::Read for Flaky {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.reads += 1;
+        if self.reads.is_multiple_of(3) {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        if self.fail.is_some_and(|at| self.pos >= at) {
+            return Err(std::io::Error::other("the disk went away"));
+        }
+        if self.pause == Some(self.pos) {
+            self.pause = None;
+            return Ok(0);
+        }
+        let stop = [self.fail, self.pause]
+            .into_iter()
+            .flatten()
+            .filter(|&at| at > self.pos)
+            .fold(self.data.len(), usize::min);
+        let n = buf.len().min(stop - self.pos).min(100_003);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// An input that fails, or pauses, mid-file: the records before it, then
+/// the same error (or the same end), in pieces as record by record.
+#[test]
+fn json_lines_that_fail_or_pause_midway_report_the_same_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.jsonl");
+    write(&path, &saga(4_000, 9));
+    let (data, topology) = (std::fs::read(&path).unwrap(), order_fulfillment());
+    assert!(data.len() > 3 << 19, "several pieces");
+    let run = |fail: Option<usize>, pause: Option<usize>, pieces: bool| {
+        let input = Flaky {
+            data: data.clone(),
+            pos: 0,
+            fail,
+            pause,
+            reads: 0,
+        };
+        let reader = Reader::from_read("flaky.jsonl", input).unwrap();
+        run_reader(reader, &topology, pieces)
+    };
+    let boundary = |near: usize| near + data[near..].iter().position(|&b| b == b'\n').unwrap() + 1;
+    let piece = 512 << 10;
+    let places = [
+        1_000,
+        piece - 1,
+        piece,
+        piece + 100_000,
+        boundary(piece + 100_000),
+        2 * piece + 7,
+        boundary(2 * piece),
+    ];
+    for at in places {
+        let failed = run(Some(at), None, false);
+        assert!(failed.error.is_some(), "at {at}: no error");
+        assert!(failed.records > 0, "at {at}: nothing before the error");
+        assert_eq!(run(Some(at), None, true), failed, "failing at byte {at}");
+        let paused = run(None, Some(at), false);
+        assert_eq!(run(None, Some(at), true), paused, "pausing at byte {at}");
+    }
 }
 
 #[test]
