@@ -21,8 +21,6 @@
 //! settled offsets.
 
 use std::collections::{HashMap, VecDeque};
-
-use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
@@ -32,6 +30,7 @@ use choreo_core::{Delivery, Name, Settle, Settlement, SubscribeOptions, Subscrip
 use parking_lot::Mutex;
 use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rustc_hash::FxHashMap;
 use tokio::sync::Notify;
 
 use crate::client::Inner;
