@@ -151,6 +151,19 @@ impl RawRecord {
     /// as a consumer makes it ([`envelope_from_record`](crate::record::envelope_from_record)).
     pub fn envelope(&self, topic: &str, partition: i32, offset: i64) -> Envelope {
         let headers: SmallVec<[RecordHeader<'_>; 16]> = self.headers().collect();
+        self.envelope_with(&headers, topic, partition, offset)
+    }
+
+    /// [`envelope`](Self::envelope), given this record's headers as they
+    /// were read (by [`message_headers`](Self::message_headers)), so they
+    /// are not split and checked again.
+    pub(crate) fn envelope_with(
+        &self,
+        headers: &[RecordHeader<'_>],
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> Envelope {
         crate::record::envelope_sharing(
             &RecordParts {
                 topic,
@@ -159,19 +172,21 @@ impl RawRecord {
                 timestamp_ms: self.timestamp_ms,
                 key: self.key.as_deref(),
                 value: self.value.as_deref(),
-                headers: &headers,
+                headers,
             },
             self.key.as_ref(),
             self.value.as_ref(),
         )
     }
 
-    /// The record of a consumed message, and the number of its headers
-    /// that could not be read (a name that is not UTF-8, on which rdkafka
+    /// The headers of a consumed message, and the number of them that
+    /// could not be read (a name that is not UTF-8, on which rdkafka
     /// panics).
-    pub(crate) fn of_message(m: &BorrowedMessage<'_>) -> (RawRecord, usize) {
+    pub(crate) fn message_headers<'m>(
+        m: &'m BorrowedMessage<'_>,
+    ) -> (SmallVec<[RecordHeader<'m>; 16]>, usize) {
         let mut unreadable = 0;
-        let mut headers: SmallVec<[RecordHeader<'_>; 16]> = SmallVec::new();
+        let mut headers: SmallVec<[RecordHeader<'m>; 16]> = SmallVec::new();
         if let Some(hs) = m.headers() {
             for i in 0..hs.count() {
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hs.try_get(i))) {
@@ -184,6 +199,12 @@ impl RawRecord {
                 }
             }
         }
+        (headers, unreadable)
+    }
+
+    /// The record of a consumed message, whose readable headers are
+    /// `headers` (from [`message_headers`](Self::message_headers)).
+    pub(crate) fn of_message(m: &BorrowedMessage<'_>, headers: &[RecordHeader<'_>]) -> RawRecord {
         // Key, value and headers copied into one buffer, then shared.
         let (key, value) = (m.key(), m.payload());
         let len = |b: Option<&[u8]>| b.map_or(0, <[u8]>::len);
@@ -198,7 +219,7 @@ impl RawRecord {
         bytes.extend_from_slice(value.unwrap_or_default());
         let values_end = bytes.len();
         let mut spans = SmallVec::new();
-        for RecordHeader { name, value } in &headers {
+        for RecordHeader { name, value } in headers {
             // Spans count from where the headers start.
             bytes.extend_from_slice(name.as_bytes());
             let name_end = bytes.len() - values_end;
@@ -211,14 +232,13 @@ impl RawRecord {
         }
         let bytes = Bytes::from(bytes);
         let key_end = len(key);
-        let raw = RawRecord {
+        RawRecord {
             key: key.map(|_| bytes.slice(..key_end)),
             value: value.map(|_| bytes.slice(key_end..values_end)),
             timestamp_ms: m.timestamp().to_millis(),
             bytes: bytes.slice(values_end..),
             headers: spans,
-        };
-        (raw, unreadable)
+        }
     }
 
     /// The headers as rdkafka writes them.

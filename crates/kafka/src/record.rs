@@ -159,46 +159,114 @@ pub type RecordHeaders<'a> = Vec<(&'a str, Cow<'a, [u8]>)>;
 /// [`Error::Refused`] if an extra header uses one of the names the mapping owns.
 pub fn record_headers(env: &Envelope) -> Result<RecordHeaders<'_>> {
     let mut out: RecordHeaders<'_> = Vec::with_capacity(10 + env.headers.len());
-    out.push((names::SPECVERSION, Cow::Borrowed(SPEC_VERSION.as_bytes())));
-    out.push((names::ID, Cow::Owned(env.id.to_string().into_bytes())));
-    if !env.source.is_empty() {
-        out.push((names::SOURCE, Cow::Borrowed(env.source.as_bytes())));
+    each_record_header(env, |name, value| {
+        let value = match value {
+            Value::Borrowed(v) => Cow::Borrowed(v),
+            Value::Written(v) => Cow::Owned(v.to_vec()),
+        };
+        out.push((name, value));
+    })?;
+    Ok(out)
+}
+
+/// A header's value as [`each_record_header`] hands it over.
+pub(crate) enum Value<'a, 'w> {
+    /// Bytes the envelope holds.
+    Borrowed(&'a [u8]),
+    /// Text written for this header only (an id, the time), on the stack
+    /// where it fits.
+    Written(&'w [u8]),
+}
+
+impl Value<'_, '_> {
+    /// The value's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Value::Borrowed(v) | Value::Written(v) => v,
+        }
     }
-    out.push((names::TYPE, Cow::Borrowed(env.event_type.as_bytes())));
-    out.push((names::TIME, Cow::Owned(env.time.to_rfc3339().into_bytes())));
-    out.push((
+}
+
+/// Calls `header` with each header of the record that carries `env`, in
+/// [`record_headers`]' order, without building a list: a publish copies
+/// them straight into the producer's headers, and writes the ids' text on
+/// the stack.
+///
+/// # Errors
+/// [`Error::Refused`] if an extra header uses one of the names the mapping
+/// owns; `header` is then not called at all.
+pub(crate) fn each_record_header<'a>(
+    env: &'a Envelope,
+    mut header: impl FnMut(&'a str, Value<'a, '_>),
+) -> Result<()> {
+    if let Some((name, _)) = env
+        .headers
+        .iter()
+        .find(|(name, _)| *name != MALFORMED_HEADER && is_reserved(name))
+    {
+        return Err(Error::Refused {
+            event_type: env.event_type.to_string(),
+            topic: env.topic.to_string(),
+            reason: format!(
+                "extra header '{name}' is reserved for an envelope field on Kafka: set the field instead"
+            ),
+        });
+    }
+    header(names::SPECVERSION, Value::Borrowed(SPEC_VERSION.as_bytes()));
+    header(names::ID, Value::Written(IdText::of(&env.id).bytes()));
+    if !env.source.is_empty() {
+        header(names::SOURCE, Value::Borrowed(env.source.as_bytes()));
+    }
+    header(names::TYPE, Value::Borrowed(env.event_type.as_bytes()));
+    header(
+        names::TIME,
+        Value::Written(env.time.to_rfc3339().as_bytes()),
+    );
+    header(
         names::CONTENT_TYPE,
-        Cow::Borrowed(env.content_type.as_str().as_bytes()),
-    ));
-    out.push((
+        Value::Borrowed(env.content_type.as_str().as_bytes()),
+    );
+    header(
         names::CORRELATION_ID,
-        Cow::Owned(env.correlation_id.to_string().into_bytes()),
-    ));
+        Value::Written(IdText::of(&env.correlation_id).bytes()),
+    );
     if let Some(c) = &env.causation_id {
-        out.push((names::CAUSATION_ID, Cow::Owned(c.to_string().into_bytes())));
+        header(names::CAUSATION_ID, Value::Written(IdText::of(c).bytes()));
     }
     if let Some(tp) = &env.traceparent {
-        out.push((names::TRACEPARENT, Cow::Borrowed(tp.as_bytes())));
+        header(names::TRACEPARENT, Value::Borrowed(tp.as_bytes()));
     }
     if let Some(ts) = &env.tracestate {
-        out.push((names::TRACESTATE, Cow::Borrowed(ts.as_bytes())));
+        header(names::TRACESTATE, Value::Borrowed(ts.as_bytes()));
     }
     for (name, value) in env.headers.iter() {
-        if name == MALFORMED_HEADER {
-            continue;
+        if name != MALFORMED_HEADER {
+            header(name, Value::Borrowed(&value[..]));
         }
-        if is_reserved(name) {
-            return Err(Error::Refused {
-                event_type: env.event_type.to_string(),
-                topic: env.topic.to_string(),
-                reason: format!(
-                    "extra header '{name}' is reserved for an envelope field on Kafka: set the field instead"
-                ),
-            });
-        }
-        out.push((name, Cow::Borrowed(&value[..])));
     }
-    Ok(out)
+    Ok(())
+}
+
+/// An id's text: a UUID's on the stack, any other id's as it is.
+enum IdText {
+    Uuid([u8; 36]),
+    Other(String),
+}
+
+impl IdText {
+    fn of(id: &EventId) -> IdText {
+        match id.uuid_text() {
+            Some(text) => IdText::Uuid(text),
+            None => IdText::Other(id.to_string()),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            IdText::Uuid(text) => text,
+            IdText::Other(text) => text.as_bytes(),
+        }
+    }
 }
 
 fn is_reserved(name: &str) -> bool {
@@ -408,6 +476,16 @@ fn text<'a>(h: &RecordHeader<'a>, problems: &mut Vec<String>) -> Option<&'a str>
     }
 }
 
+/// The id in a header, or a problem. A UUID's text (as choreo writes ids)
+/// is decoded from the bytes, which checks them too; any other text goes
+/// through [`text`] and [`EventId::parse`], with the same result as
+/// before.
+fn id(h: &RecordHeader<'_>, problems: &mut Vec<String>) -> Option<EventId> {
+    h.value
+        .and_then(EventId::from_uuid_text)
+        .or_else(|| text(h, problems).and_then(EventId::parse))
+}
+
 fn binary(parts: &RecordParts<'_>, shared: Shared<'_>) -> Envelope {
     let mut a = Attributes::default();
     let mut headers = Headers::new();
@@ -426,7 +504,7 @@ fn binary(parts: &RecordParts<'_>, shared: Shared<'_>) -> Envelope {
                 });
             }
             names::ID if a.id.is_none() => {
-                a.id = text(h, &mut a.problems).and_then(EventId::parse);
+                a.id = id(h, &mut a.problems);
             }
             names::SOURCE if a.source.is_none() => {
                 // An empty source is how choreo writes "unknown"; not a problem.
@@ -451,10 +529,10 @@ fn binary(parts: &RecordParts<'_>, shared: Shared<'_>) -> Envelope {
                 }
             }
             names::CORRELATION_ID if a.correlation_id.is_none() => {
-                a.correlation_id = text(h, &mut a.problems).and_then(EventId::parse);
+                a.correlation_id = id(h, &mut a.problems);
             }
             names::CAUSATION_ID if a.causation_id.is_none() => {
-                a.causation_id = text(h, &mut a.problems).and_then(EventId::parse);
+                a.causation_id = id(h, &mut a.problems);
             }
             // Trace context is advisory: an unreadable one is dropped, as
             // OpenTelemetry propagators do.
@@ -781,6 +859,72 @@ mod tests {
         assert_eq!(env.key, None);
         assert!(env.data.is_empty());
         assert_eq!(env.time, Timestamp::EPOCH);
+    }
+
+    /// Ids are decoded from the header's bytes when they are a UUID's
+    /// text; whatever the bytes, the id and the problems are those of
+    /// reading the text and parsing it, as before.
+    #[test]
+    fn ids_read_from_bytes_are_those_of_their_text() {
+        fn by_text(h: &RecordHeader<'_>) -> (Option<EventId>, Vec<String>) {
+            let mut problems = Vec::new();
+            let id = text(h, &mut problems).and_then(EventId::parse);
+            (id, problems)
+        }
+        let check = |value: Option<&[u8]>| {
+            let h = RecordHeader {
+                name: names::ID,
+                value,
+            };
+            let mut problems = Vec::new();
+            let got = id(&h, &mut problems);
+            let (want, want_problems) = by_text(&h);
+            assert_eq!(got, want, "{:?}", value.map(String::from_utf8_lossy));
+            assert_eq!(problems, want_problems);
+            got
+        };
+        let uuid = b"0193a5f4-7c1e-7abc-8def-0123456789ab";
+        assert!(check(Some(uuid)).unwrap().as_uuid().is_some());
+        let upper = b"0193A5F4-7C1E-7ABC-8DEF-0123456789AB";
+        assert_eq!(
+            check(Some(upper)).unwrap().to_string(),
+            "0193A5F4-7C1E-7ABC-8DEF-0123456789AB"
+        );
+        for odd in [
+            &b""[..],
+            b"e-1",
+            b"\xff\xfe",
+            b"0193a5f4-7c1e-7abc-8def-0123456789a\xff",
+            b"0193a5f4_7c1e-7abc-8def-0123456789ab",
+            b"0193a5f4-7c1e-7abc-8def-0123456789abc",
+        ] {
+            check(Some(odd));
+        }
+        check(None);
+        // Random 36-byte values from an alphabet of hex digits, hyphens and
+        // a few others, hyphens mostly where a UUID has them.
+        let alphabet = b"0123456789abcdefABCDEF-g \xc3\xa9\xff";
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let mut v = [0u8; 36];
+            for (i, b) in v.iter_mut().enumerate() {
+                let r = next();
+                *b = if matches!(i, 8 | 13 | 18 | 23) && r % 8 != 0 {
+                    b'-'
+                } else if r % 16 < 14 {
+                    b"0123456789abcdef"[(r >> 8) as usize % 16]
+                } else {
+                    alphabet[(r >> 8) as usize % alphabet.len()]
+                };
+            }
+            check(Some(&v));
+        }
     }
 
     #[test]

@@ -189,8 +189,9 @@ impl Poller {
 pub(crate) fn envelope_of(m: &BorrowedMessage<'_>) -> (Envelope, RawRecord) {
     // rdkafka panics on a header name that is not UTF-8: such a record is
     // still delivered, marked malformed (and the header left out).
-    let (raw, unreadable) = RawRecord::of_message(m);
-    let mut env = raw.envelope(m.topic(), m.partition(), m.offset());
+    let (headers, unreadable) = RawRecord::message_headers(m);
+    let raw = RawRecord::of_message(m, &headers);
+    let mut env = raw.envelope_with(&headers, m.topic(), m.partition(), m.offset());
     if unreadable > 0 {
         let problem = format!(
             "{unreadable} of the record's headers are unreadable (a header name is not UTF-8)"

@@ -3,6 +3,7 @@
 //! Every event of every flow is handled, and although deliveries may repeat
 //! (at least once), the idempotency middleware keeps each flow's effect to one.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::common::*;
@@ -134,4 +135,95 @@ async fn a_join_that_times_out_says_where_the_group_stood() {
             && message.contains("0 partitions assigned"),
         "{message}"
     );
+}
+
+/// A producer queue of 4 records, lingering 200 ms, and 120 publishes
+/// started at once: every publish past the fourth finds the queue full,
+/// waits for room and is sent then. None fails, none is lost, none is
+/// sent twice, and each keeps its own headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_that_find_the_producer_queue_full_wait_and_are_all_sent() {
+    use choreo_core::{Bus, Envelope, StartFrom, SubscribeOptions};
+    use futures_util::future::join_all;
+
+    const N: usize = 120;
+    let mock = Mock::start(1);
+    mock.topic("queued", 2).await;
+    let bus = choreo_kafka::KafkaBus::new(
+        config(&mock.brokers())
+            .linger(Duration::from_millis(200))
+            .set("queue.buffering.max.messages", "4"),
+    )
+    .expect("bus");
+    let sent: Vec<Envelope> = (0..N)
+        .map(|i| {
+            let mut env = Envelope::new(
+                "Queued",
+                "queued",
+                bytes::Bytes::from(format!("{{\"n\":{i}}}")),
+            )
+            .with_source("faults");
+            env.headers.insert("x-n", i.to_string());
+            env
+        })
+        .collect();
+    let published = tokio::time::timeout(
+        PATIENCE,
+        join_all(sent.iter().cloned().map(|env| bus.publish(env))),
+    )
+    .await
+    .expect("the publishes finished");
+    for (i, r) in published.into_iter().enumerate() {
+        r.unwrap_or_else(|e| panic!("publish {i} failed: {e}"));
+    }
+    let mut sub = bus
+        .subscribe(SubscribeOptions::new("queued-g", ["queued"]).start_from(StartFrom::Earliest))
+        .await
+        .expect("subscribe");
+    let got = collect(&mut sub, N, "the queued events").await;
+    let mut by_id: HashMap<String, &Envelope> = HashMap::new();
+    for env in &got {
+        assert!(
+            by_id.insert(env.id.to_string(), env).is_none(),
+            "{} delivered twice",
+            env.id
+        );
+    }
+    for (i, env) in sent.iter().enumerate() {
+        let back = by_id
+            .get(&env.id.to_string())
+            .unwrap_or_else(|| panic!("event {i} ({}) was lost", env.id));
+        assert_eq!(back.data, env.data, "event {i}'s payload");
+        assert_eq!(back.correlation_id, env.correlation_id, "event {i}");
+        assert_eq!(back.headers.get_str("x-n"), Some(i.to_string().as_str()));
+    }
+}
+
+/// An extra header that takes a name the record mapping owns is refused
+/// before anything is handed to the producer: nothing reaches the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_with_a_reserved_extra_header_is_refused_and_sends_nothing() {
+    use choreo_core::{Bus, Envelope, Error, StartFrom, SubscribeOptions};
+
+    let mock = Mock::start(1);
+    mock.topic("reserved", 1).await;
+    let mut env = Envelope::new("Bad", "reserved", bytes::Bytes::from_static(b"{}"));
+    env.headers.insert("ce_type", "Other");
+    match mock.bus.publish(env).await {
+        Err(Error::Refused { reason, .. }) => {
+            assert!(reason.contains("'ce_type' is reserved"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let good = Envelope::new("Good", "reserved", bytes::Bytes::from_static(b"{}"));
+    mock.bus.publish(good.clone()).await.expect("publish");
+    let mut sub = mock
+        .bus
+        .subscribe(
+            SubscribeOptions::new("reserved-g", ["reserved"]).start_from(StartFrom::Earliest),
+        )
+        .await
+        .expect("subscribe");
+    let got = collect(&mut sub, 1, "the good event").await;
+    assert_eq!(got[0].id, good.id, "the refused event reached the topic");
 }
