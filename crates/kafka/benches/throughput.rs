@@ -34,7 +34,10 @@
 //! CloudEvents headers as choreo's. Rounds alternate which side goes first,
 //! each on fresh topics; the best and the median of each side are printed,
 //! with the time at which the last publish was acknowledged (where the time
-//! goes: producing or consuming).
+//! goes: producing or consuming), and the CPU time the whole process used
+//! per event, from the first publish to the last event consumed (before
+//! the final commit). On two cores both sides are bound by CPU while they
+//! publish, so that figure says what the rates say with less noise.
 //!
 //! **The consumers alone**: N records with choreo's headers produced once,
 //! then read from the start by a new group of each consumer in turn — choreo's
@@ -64,7 +67,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -165,7 +168,7 @@ fn bare_consumer(brokers: &str, topic: &str, group: &str) -> BaseConsumer {
 /// arriving whatever happens to the records under test (a broker that
 /// dropped some, as the mock cluster does past 5 MB a partition), so a
 /// consumer seeing only fillers for [`STALL`] fails the run.
-fn bare_consume(consumer: &BaseConsumer, n: usize, broker: &str, topic: &str) -> Instant {
+fn bare_consume(consumer: &BaseConsumer, n: usize, broker: &str, topic: &str) -> Finished {
     bare_consume_with(consumer, n, broker, topic, |_| {})
 }
 
@@ -176,7 +179,7 @@ fn bare_consume_with(
     broker: &str,
     topic: &str,
     read: impl Fn(&rdkafka::message::BorrowedMessage<'_>),
-) -> Instant {
+) -> Finished {
     let mut got = 0;
     let mut last = Instant::now();
     while got < n {
@@ -187,6 +190,7 @@ fn bare_consume_with(
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 if m.key() == Some(FILLER.as_bytes()) {
+                    filler_seen(m.partition());
                     continue;
                 }
                 last = Instant::now();
@@ -199,8 +203,9 @@ fn bare_consume_with(
             None => {}
         }
     }
+    let cpu = thread_cpu();
     let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
-    last
+    Finished { last, cpu }
 }
 
 fn payload() -> Bytes {
@@ -277,11 +282,54 @@ impl Fillers {
     }
 }
 
+/// Fillers each partition's consumer has seen, for [`warm_up`].
+static FILLERS_SEEN: [AtomicUsize; PARTITIONS as usize] =
+    [const { AtomicUsize::new(0) }; PARTITIONS as usize];
+
+fn filler_seen(partition: i32) {
+    if let Some(seen) = FILLERS_SEEN.get(partition as usize) {
+        seen.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Waits, before a side's clock starts, until its consumer has read a
+/// filler from every partition of `topic`: it is then fetching from all of
+/// them. A consumer that has just joined starts fetching only about 100 ms
+/// later on the mock cluster; with the clock started at the join, that
+/// wait and then a drain of the backlog it left were most of what the end
+/// to end part measured, rather than publishing and consuming side by side.
+async fn warm_up(brokers: &str, topic: &str, side: &str, broker: &str) {
+    for seen in &FILLERS_SEEN {
+        seen.store(0, Ordering::Relaxed);
+    }
+    // Resent every 20 ms: tansu in memory may not show one until more come.
+    let fillers = Fillers::start(brokers, topic, true);
+    let started = Instant::now();
+    while FILLERS_SEEN.iter().any(|s| s.load(Ordering::Relaxed) == 0) {
+        assert!(
+            started.elapsed() < STALL,
+            "{broker}: {side}'s consumer of {topic} saw no filler on some partition within {STALL:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    fillers.stop();
+}
+
 /// When a side's publishing ended and when its consumer saw the last event.
 #[derive(Debug, Clone, Copy)]
 struct Run {
     published: Duration,
     consumed: Duration,
+    /// The CPU time the whole process used from the start to the last
+    /// event consumed.
+    cpu: Duration,
+}
+
+/// When a consumer took its last record, and the CPU time each thread of
+/// the process had used by then (before any final commit or close).
+struct Finished {
+    last: Instant,
+    cpu: HashMap<u64, (String, u64)>,
 }
 
 /// Takes `n` events other than fillers from `sub`, acknowledging each (and
@@ -292,7 +340,7 @@ async fn choreo_consume<S: Subscription>(
     n: usize,
     broker: &str,
     topic: &str,
-) -> Instant {
+) -> Finished {
     let mut got = 0;
     let mut last = Instant::now();
     while got < n {
@@ -305,7 +353,9 @@ async fn choreo_consume<S: Subscription>(
         match next {
             Some(Ok(d)) => {
                 let filler = d.envelope().key.as_deref() == Some(FILLER.as_bytes());
-                if !filler {
+                if filler {
+                    filler_seen(d.partition() as i32);
+                } else {
                     last = Instant::now();
                     std::hint::black_box(d.envelope().data.len());
                     got += 1;
@@ -318,7 +368,10 @@ async fn choreo_consume<S: Subscription>(
             }
         }
     }
-    last
+    Finished {
+        last,
+        cpu: thread_cpu(),
+    }
 }
 
 async fn choreo_run(broker: &str, brokers: &str, topic: &str, n: usize, fill: bool) -> Run {
@@ -329,12 +382,13 @@ async fn choreo_run(broker: &str, brokers: &str, topic: &str, n: usize, fill: bo
         .expect("subscribe");
     let (broker_name, topic_name) = (broker.to_owned(), topic.to_owned());
     let consumer = tokio::spawn(async move {
-        let last = choreo_consume(&mut sub, n, &broker_name, &topic_name).await;
+        let finished = choreo_consume(&mut sub, n, &broker_name, &topic_name).await;
         let _ = sub.close().await;
-        last
+        finished
     });
+    warm_up(brokers, topic, "choreo", broker).await;
     let data = payload();
-    let start = Instant::now();
+    let (start, cpu) = (Instant::now(), thread_cpu());
     let mut pending = FuturesUnordered::new();
     let window = in_flight();
     let stalled = format!("{broker}: choreo's publisher of {topic}");
@@ -361,12 +415,12 @@ async fn choreo_run(broker: &str, brokers: &str, topic: &str, n: usize, fill: bo
     }
     let published = start.elapsed();
     let filling = Fillers::start(brokers, topic, fill);
-    let last = consumer.await.expect("consumer");
-    let consumed = last - start;
+    let finished = consumer.await.expect("consumer");
     filling.stop();
     Run {
         published,
-        consumed,
+        consumed: finished.last - start,
+        cpu: cpu_between(&cpu, &finished.cpu).0,
     }
 }
 
@@ -409,7 +463,8 @@ async fn bare_run(broker: &str, brokers: &str, topic: &str, n: usize, fill: bool
     let consumer = bare_consumer(brokers, topic, &format!("{topic}-g"));
     let (broker_name, topic_name) = (broker.to_owned(), topic.to_owned());
     let reader = std::thread::spawn(move || bare_consume(&consumer, n, &broker_name, &topic_name));
-    let start = Instant::now();
+    warm_up(brokers, topic, "the bare side", broker).await;
+    let (start, cpu) = (Instant::now(), thread_cpu());
     bare_produce(
         &producer,
         topic,
@@ -419,14 +474,14 @@ async fn bare_run(broker: &str, brokers: &str, topic: &str, n: usize, fill: bool
     .await;
     let published = start.elapsed();
     let filling = Fillers::start(brokers, topic, fill);
-    let last = tokio::task::spawn_blocking(move || reader.join().expect("reader"))
+    let finished = tokio::task::spawn_blocking(move || reader.join().expect("reader"))
         .await
         .expect("join");
-    let consumed = last - start;
     filling.stop();
     Run {
         published,
-        consumed,
+        consumed: finished.last - start,
+        cpu: cpu_between(&cpu, &finished.cpu).0,
     }
 }
 
@@ -458,11 +513,11 @@ async fn broker_limit(
     let filling = Fillers::start(brokers, topic, fill);
     let (broker_name, topic_name) = (broker.to_owned(), topic.to_owned());
     let start = Instant::now();
-    let last =
+    let finished =
         tokio::task::spawn_blocking(move || bare_consume(&consumer, n, &broker_name, &topic_name))
             .await
             .expect("reader");
-    let consumed = n as f64 / (last - start).as_secs_f64();
+    let consumed = n as f64 / (finished.last - start).as_secs_f64();
     filling.stop();
     (produced, consumed)
 }
@@ -555,20 +610,20 @@ async fn bare_read(
     let reader = std::thread::Builder::new()
         .name("bare-reader".into())
         .spawn(move || {
-            let last = if headers {
+            let finished = if headers {
                 bare_consume_with(&consumer, n, &broker_name, &topic_name, read_headers)
             } else {
                 bare_consume(&consumer, n, &broker_name, &topic_name)
             };
-            let _ = tx.send((last, thread_cpu()));
+            let _ = tx.send(finished);
             drop(consumer);
         })
         .expect("reader thread");
-    let (last, after) = rx.await.expect("the bare reader finished");
+    let finished = rx.await.expect("the bare reader finished");
     reader.join().expect("reader");
-    let (cpu, threads) = cpu_between(&cpu, &after);
+    let (cpu, threads) = cpu_between(&cpu, &finished.cpu);
     Read {
-        wall: last - start,
+        wall: finished.last - start,
         cpu,
         threads,
     }
@@ -593,12 +648,11 @@ async fn choreo_read(broker: &str, brokers: &str, topic: &str, group: &str, n: u
         .await
         .expect("subscribe");
     let (start, cpu) = (Instant::now(), thread_cpu());
-    let last = choreo_consume(&mut sub, n, broker, topic).await;
-    let after = thread_cpu();
+    let finished = choreo_consume(&mut sub, n, broker, topic).await;
     let _ = sub.close().await;
-    let (cpu, threads) = cpu_between(&cpu, &after);
+    let (cpu, threads) = cpu_between(&cpu, &finished.cpu);
     Read {
-        wall: last - start,
+        wall: finished.last - start,
         cpu,
         threads,
     }
@@ -788,6 +842,9 @@ async fn end_to_end(broker: &Broker<'_>, rounds: usize) {
     let best = |runs: &[Run]| runs.iter().map(|r| r.consumed).min().unwrap();
     let med = |runs: &[Run]| median(runs.iter().map(|r| r.consumed).collect());
     let med_published = |runs: &[Run]| median(runs.iter().map(|r| r.published).collect());
+    let cpu_per = |runs: &[Run]| {
+        median(runs.iter().map(|r| r.cpu).collect()).as_nanos() as f64 / n as f64 / 1000.0
+    };
     println!(
         "{:<13} end to end:  choreo best {:>9.0}/s median {:>9.0}/s (published by {:>7.1?})  bare best {:>9.0}/s median {:>9.0}/s (published by {:>7.1?})  ratio best {:.2} median {:.2}",
         broker.name,
@@ -799,6 +856,14 @@ async fn end_to_end(broker: &Broker<'_>, rounds: usize) {
         med_published(&plain),
         rate(best(&choreo)) / rate(best(&plain)),
         rate(med(&choreo)) / rate(med(&plain)),
+    );
+    // On two cores both sides are bound by CPU while they publish, so the
+    // CPU an event costs says what the rates say, with less noise.
+    let (c, b) = (cpu_per(&choreo), cpu_per(&plain));
+    println!(
+        "{:<13}   CPU an event, every thread of the process, medians: choreo {c:.2} µs, bare {b:.2} µs, bare / choreo {:.2}",
+        "",
+        b / c
     );
 }
 
