@@ -36,8 +36,8 @@
 //! with the time at which the last publish was acknowledged (where the time
 //! goes: producing or consuming), and the CPU time the whole process used
 //! per event, from the first publish to the last event consumed (before
-//! the final commit). On two cores both sides are bound by CPU while they
-//! publish, so that figure says what the rates say with less noise.
+//! the final commit). It moves from run to run as much as the rates do:
+//! read it across alternating runs, as the rates.
 //!
 //! **The consumers alone**: N records with choreo's headers produced once,
 //! then read from the start by a new group of each consumer in turn — choreo's
@@ -859,8 +859,8 @@ async fn end_to_end(broker: &Broker<'_>, rounds: usize) {
         rate(best(&choreo)) / rate(best(&plain)),
         rate(med(&choreo)) / rate(med(&plain)),
     );
-    // On two cores both sides are bound by CPU while they publish, so the
-    // CPU an event costs says what the rates say, with less noise.
+    // Every thread of the process counts (the broker, librdkafka's, the
+    // idle producers'), the same for both sides.
     let (c, b) = (cpu_per(&choreo), cpu_per(&plain));
     println!(
         "{:<13}   CPU an event, every thread of the process, medians: choreo {c:.2} µs, bare {b:.2} µs, bare / choreo {:.2}",

@@ -120,7 +120,7 @@ impl Bus for KafkaBus {
     /// in-sync replica. The record is handed to the producer on the first
     /// poll, so publishes awaited together are sent together.
     ///
-    /// The future is kept small (about 400 bytes; it was 1 232): callers box
+    /// The future is kept small (432 bytes; it was 1 232): callers box
     /// it or hold it in theirs, and a box over 1 KiB takes glibc's slow path
     /// on every publish. The rare paths (a topic's first publish, a full
     /// producer queue) are boxed apart, and the envelope is dropped once the
@@ -157,7 +157,7 @@ impl Bus for KafkaBus {
                         // The topic went away: look it up again next time.
                         inner.topics.write().remove(sent.topic.as_str());
                     }
-                    Err(sent.failed(&inner.watch, started, source))
+                    Err(publish_error(&inner.watch, started, &sent, source))
                 }
                 Err(_) => Err(choreo_core::Error::Closed),
             }
@@ -277,10 +277,6 @@ impl Sent {
             topic: env.topic.clone(),
         }
     }
-
-    fn failed(&self, watch: &Watch, started: Instant, source: KafkaError) -> choreo_core::Error {
-        publish_error(watch, started, self, source)
-    }
 }
 
 /// A record the producer finds over its `message.max.bytes`:
@@ -303,12 +299,12 @@ fn too_large(env: &Envelope) -> choreo_core::Error {
 fn publish_error(
     watch: &Watch,
     started: Instant,
-    env: &Sent,
+    sent: &Sent,
     source: KafkaError,
 ) -> choreo_core::Error {
     let context = format!(
         "publishing '{}' (id {}) to kafka topic '{}'",
-        env.event_type, env.id, env.topic
+        sent.event_type, sent.id, sent.topic
     );
     match watch.cause(started) {
         Some(cause) => choreo_core::Error::backend(context, cause),
