@@ -98,10 +98,77 @@ impl Timestamp {
     }
 
     /// Parses RFC 3339 text with any offset (`Z`, `+02:00`) and any fraction of a second.
+    ///
+    /// The shape choreo and most producers write (`2025-11-24T16:00:00.123456Z`:
+    /// UTC, up to nine digits of fraction) is read by hand, in a few
+    /// nanoseconds; anything else by chrono. Both give the same instant, and
+    /// refuse the same text (a test compares them).
     pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
+        if let Some(t) = Self::parse_plain_utc(s.as_bytes()) {
+            return Some(t);
+        }
         let dt = chrono::DateTime::parse_from_rfc3339(s.trim()).ok()?;
         Some(Timestamp(dt.timestamp_micros()))
     }
+
+    /// `YYYY-MM-DDTHH:MM:SS[.F]Z` with one to nine digits of fraction,
+    /// a real date and a second below 60; `None` for anything else
+    /// (lower-case letters, a space, an offset, a leap second: chrono's
+    /// to judge).
+    fn parse_plain_utc(b: &[u8]) -> Option<Timestamp> {
+        let (&last, b) = b.split_last()?;
+        if last != b'Z' || b.len() < 19 || b.len() > 29 {
+            return None;
+        }
+        let digit = |i: usize| {
+            let d = b[i].wrapping_sub(b'0');
+            (d < 10).then_some(i64::from(d))
+        };
+        let two = |i: usize| Some(digit(i)? * 10 + digit(i + 1)?);
+        if b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+            return None;
+        }
+        let year = two(0)? * 100 + two(2)?;
+        let (month, day) = (two(5)?, two(8)?);
+        let (hour, minute, second) = (two(11)?, two(14)?, two(17)?);
+        let mut micros = 0;
+        if let Some((&dot, fraction)) = b[19..].split_first() {
+            if dot != b'.' || fraction.is_empty() {
+                return None;
+            }
+            let mut nanos = 0;
+            for i in 20..b.len() {
+                nanos = nanos * 10 + digit(i)?;
+            }
+            micros = nanos * 10i64.pow(9 - fraction.len() as u32) / 1_000;
+        }
+        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+        let days_in_month = match month {
+            2 if leap => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            1..=12 => 31,
+            _ => return None,
+        };
+        if day < 1 || day > days_in_month || hour > 23 || minute > 59 || second > 59 {
+            return None;
+        }
+        let seconds =
+            days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second;
+        Some(Timestamp(seconds * 1_000_000 + micros))
+    }
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar
+/// (year 0 to 9999), by counting 400-year eras from 0000-03-01.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let m = if month > 2 { month - 3 } else { month + 9 };
+    let day_of_year = (153 * m + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
 }
 
 impl fmt::Debug for Timestamp {
@@ -119,6 +186,80 @@ impl fmt::Display for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// chrono alone, as `parse_rfc3339` read before its fast path.
+    fn by_chrono(s: &str) -> Option<Timestamp> {
+        let dt = chrono::DateTime::parse_from_rfc3339(s.trim()).ok()?;
+        Some(Timestamp(dt.timestamp_micros()))
+    }
+
+    /// Every instant from year 0 to 9999, with every length of fraction,
+    /// and the same text damaged a byte at a time: the fast path reads what
+    /// chrono reads, and takes nothing chrono refuses.
+    #[test]
+    fn the_plain_shape_reads_as_chrono_reads_it() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3339);
+        const ODD: &[u8] = b"0123456789-:T.Zzt +";
+        let (mut fast, mut total) = (0, 0);
+        for _ in 0..300_000 {
+            let secs = rng.random_range(-62_167_219_200i64..253_402_300_800);
+            let nanos = rng.random_range(0..1_000_000_000u32);
+            let at = chrono::DateTime::from_timestamp(secs, nanos).unwrap();
+            let digits = rng.random_range(0..=10);
+            let mut text = at.format("%Y-%m-%dT%H:%M:%S").to_string();
+            if digits > 0 {
+                let f = format!("{nanos:09}0");
+                text.push('.');
+                text.push_str(&f[..digits]);
+            }
+            text.push('Z');
+            let mut bytes = text.into_bytes();
+            let damaged = rng.random_bool(0.4);
+            if damaged {
+                let i = rng.random_range(0..bytes.len());
+                bytes[i] = ODD[rng.random_range(0..ODD.len())];
+            }
+            let text = String::from_utf8(bytes).unwrap();
+            total += 1;
+            let fast_read = Timestamp::parse_plain_utc(text.as_bytes());
+            let chrono_read = by_chrono(&text);
+            if fast_read.is_some() {
+                fast += 1;
+                assert_eq!(fast_read, chrono_read, "{text}");
+            }
+            assert_eq!(Timestamp::parse_rfc3339(&text), chrono_read, "{text}");
+            if !damaged && digits <= 9 {
+                assert!(fast_read.is_some(), "{text}");
+            }
+        }
+        for text in [
+            "2024-02-29T00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2000-02-29T23:59:59.999999999Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.9Z",
+            "1969-12-31T23:59:59.999999Z",
+            "2025-11-24T16:00:00.Z",
+            "2025-11-24T16:00:60Z",
+            "2025-11-24T24:00:00Z",
+            "2025-13-01T00:00:00Z",
+            "2025-00-01T00:00:00Z",
+            "2025-01-00T00:00:00Z",
+            "2025-11-24t16:00:00z",
+            "2025-11-24 16:00:00Z",
+            " 2025-11-24T16:00:00Z ",
+            "2025-11-24T16:00:00.1234567890Z",
+            "2025-11-24T16:00:00+00:00",
+        ] {
+            assert_eq!(Timestamp::parse_rfc3339(text), by_chrono(text), "{text}");
+            if let Some(t) = Timestamp::parse_plain_utc(text.as_bytes()) {
+                assert_eq!(Some(t), by_chrono(text), "{text}");
+            }
+        }
+        assert!(fast > total / 2, "the fast path read {fast} of {total}");
+    }
 
     #[test]
     fn now_is_the_system_clock_in_microseconds() {

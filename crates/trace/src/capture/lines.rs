@@ -322,6 +322,19 @@ impl<'a> Scanner<'a> {
         let start = self.i;
         let mut i = start;
         let end = loop {
+            if let Some(w) = self.b.get(i..i + 16) {
+                let lo = specials(u64::from_le_bytes(w[..8].try_into().ok()?));
+                let hi = specials(u64::from_le_bytes(w[8..].try_into().ok()?));
+                if lo | hi != 0 {
+                    break i + if lo != 0 {
+                        (lo.trailing_zeros() / 8) as usize
+                    } else {
+                        8 + (hi.trailing_zeros() / 8) as usize
+                    };
+                }
+                i += 16;
+                continue;
+            }
             let word = match self.b.get(i..i + 8) {
                 Some(w) => u64::from_le_bytes(w.try_into().ok()?),
                 None => {
