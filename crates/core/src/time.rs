@@ -117,30 +117,48 @@ impl Timestamp {
     /// to judge).
     fn parse_plain_utc(b: &[u8]) -> Option<Timestamp> {
         let (&last, b) = b.split_last()?;
-        if last != b'Z' || b.len() < 19 || b.len() > 29 {
+        let (head, rest) = b.split_first_chunk::<19>()?;
+        if last != b'Z' || rest.len() > 10 {
             return None;
         }
-        let digit = |i: usize| {
-            let d = b[i].wrapping_sub(b'0');
-            (d < 10).then_some(i64::from(d))
-        };
-        let two = |i: usize| Some(digit(i)? * 10 + digit(i + 1)?);
-        if b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        let d = |i: usize| head[i].wrapping_sub(b'0');
+        const DIGITS: [usize; 14] = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18];
+        if DIGITS.iter().fold(0, |bad, &i| bad | u8::from(d(i) > 9)) != 0
+            || [head[4], head[7], head[10], head[13], head[16]] != *b"--T::"
+        {
             return None;
         }
-        let year = two(0)? * 100 + two(2)?;
-        let (month, day) = (two(5)?, two(8)?);
-        let (hour, minute, second) = (two(11)?, two(14)?, two(17)?);
+        let two = |i: usize| i64::from(d(i)) * 10 + i64::from(d(i + 1));
+        let year = two(0) * 100 + two(2);
+        let (month, day) = (two(5), two(8));
+        let (hour, minute, second) = (two(11), two(14), two(17));
         let mut micros = 0;
-        if let Some((&dot, fraction)) = b[19..].split_first() {
+        if let Some((&dot, fraction)) = rest.split_first() {
             if dot != b'.' || fraction.is_empty() {
                 return None;
             }
             let mut nanos = 0;
-            for i in 20..b.len() {
-                nanos = nanos * 10 + digit(i)?;
+            for &c in fraction {
+                let digit = c.wrapping_sub(b'0');
+                if digit > 9 {
+                    return None;
+                }
+                nanos = nanos * 10 + i64::from(digit);
             }
-            micros = nanos * 10i64.pow(9 - fraction.len() as u32) / 1_000;
+            // Scaled to nine digits, then cut to six.
+            const SCALE: [i64; 10] = [
+                0,
+                100_000_000,
+                10_000_000,
+                1_000_000,
+                100_000,
+                10_000,
+                1_000,
+                100,
+                10,
+                1,
+            ];
+            micros = nanos * SCALE[fraction.len()] / 1_000;
         }
         let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
         let days_in_month = match month {
@@ -161,6 +179,7 @@ impl Timestamp {
 
 /// Days from 1970-01-01 to a date of the proleptic Gregorian calendar
 /// (year 0 to 9999), by counting 400-year eras from 0000-03-01.
+#[inline]
 fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);

@@ -213,14 +213,19 @@ pub fn drive_capture(
                 .name(format!("choreo-trace-decode-{reader_id}"))
                 .spawn_scoped(scope, move || {
                     let mut decoder = Decoder::new(lean);
+                    // Room for as many items as the last piece gave: a
+                    // vector grown from empty copies each piece's items
+                    // about twice over.
+                    let mut room = 0;
                     loop {
                         // std Mutex: held only to take the next piece.
                         let next = jobs.lock().map(|rx| rx.recv());
                         let Ok(Ok((seq, piece))) = next else {
                             return;
                         };
-                        let mut items = Vec::new();
+                        let mut items = Vec::with_capacity(room);
                         let stop = decoder.decode(piece, &mut items);
+                        room = items.len() + items.len() / 8;
                         let batch = Batch {
                             reader: reader_id,
                             fresh: decoder.local.take_fresh(),
