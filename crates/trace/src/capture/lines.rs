@@ -204,31 +204,21 @@ fn scan<'a>(line: &'a [u8], scratch: &mut Vec<u8>) -> Option<(FastLine<'a>, bool
     s.eat(b'{')?;
     s.ws();
     if s.eat(b'}').is_none() {
+        // Where in `WRITTEN` the next key is looked for first.
+        let mut next = 0;
         loop {
-            let key = s.string()?;
-            s.ws();
-            s.eat(b':')?;
-            s.ws();
-            let bit = match key {
-                "id" => 0,
-                "type" => 1,
-                "source" => 2,
-                "topic" => 3,
-                "key" => 4,
-                "key_base64" => 5,
-                "correlation_id" | "correlationid" => 6,
-                "causation_id" | "causationid" => 7,
-                "time" => 8,
-                "traceparent" => 9,
-                "tracestate" => 10,
-                "content_type" | "datacontenttype" => 11,
-                "data" => 12,
-                "data_base64" => 13,
-                "headers" => 14,
-                "partition" => 15,
-                "offset" => 16,
-                _ => 31,
+            let bit = match s.written_key(&mut next) {
+                Some(bit) => bit,
+                None => {
+                    let bit = s.key()?;
+                    // Looked for after this key from now on.
+                    if let Some(k) = WRITTEN.iter().position(|w| w.bit == bit) {
+                        next = k + 1;
+                    }
+                    bit
+                }
             };
+            s.ws();
             if bit != 31 {
                 if seen & (1 << bit) != 0 {
                     return None;
@@ -274,6 +264,67 @@ fn scan<'a>(line: &'a [u8], scratch: &mut Vec<u8>) -> Option<(FastLine<'a>, bool
     }
     s.ws();
     (s.i == s.b.len()).then_some((l, decoded))
+}
+
+/// The keys as `choreo capture` writes them (in this order, those a line
+/// has), each with its colon, and the bit of its field in [`scan`].
+const WRITTEN: [Written; 17] = [
+    Written::new(b"\"causation_id\":", 7),
+    Written::new(b"\"content_type\":", 11),
+    Written::new(b"\"correlation_id\":", 6),
+    Written::new(b"\"data\":", 12),
+    Written::new(b"\"data_base64\":", 13),
+    Written::new(b"\"headers\":", 14),
+    Written::new(b"\"id\":", 0),
+    Written::new(b"\"key\":", 4),
+    Written::new(b"\"key_base64\":", 5),
+    Written::new(b"\"offset\":", 16),
+    Written::new(b"\"partition\":", 15),
+    Written::new(b"\"source\":", 2),
+    Written::new(b"\"time\":", 8),
+    Written::new(b"\"topic\":", 3),
+    Written::new(b"\"traceparent\":", 9),
+    Written::new(b"\"tracestate\":", 10),
+    Written::new(b"\"type\":", 1),
+];
+
+/// A key of [`WRITTEN`] with its colon, as two words to compare the next
+/// sixteen bytes of a line with (and, for a longer one, its last byte).
+struct Written {
+    words: [u64; 2],
+    masks: [u64; 2],
+    len: usize,
+    last: u8,
+    bit: u32,
+}
+
+impl Written {
+    const fn new(text: &[u8], bit: u32) -> Self {
+        assert!(text.len() <= 17);
+        let (mut words, mut masks) = ([0u64; 2], [0u64; 2]);
+        let mut i = 0;
+        while i < text.len() && i < 16 {
+            words[i / 8] |= (text[i] as u64) << (8 * (i % 8));
+            masks[i / 8] |= 0xff << (8 * (i % 8));
+            i += 1;
+        }
+        Written {
+            words,
+            masks,
+            len: text.len(),
+            last: text[text.len() - 1],
+            bit,
+        }
+    }
+
+    /// Whether `line` (at least seventeen bytes, as two words and the
+    /// seventeenth) begins with this key and its colon.
+    #[inline(always)]
+    fn starts(&self, words: [u64; 2], seventeenth: u8) -> bool {
+        ((words[0] ^ self.words[0]) & self.masks[0]) | ((words[1] ^ self.words[1]) & self.masks[1])
+            == 0
+            && (self.len <= 16 || seventeenth == self.last)
+    }
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -361,6 +412,58 @@ impl<'a> Scanner<'a> {
         self.i = end + 1;
         // Both ends are ASCII quotes: a slice of the checked text.
         self.t.get(start..end)
+    }
+
+    /// A key and its colon, read when they are the next of [`WRITTEN`] from
+    /// `next` (or one of the three after it): each is a string without
+    /// escapes and a colon, so this reads what [`Self::key`] would, with a
+    /// comparison of two words. `next` moves past the key found. `None`
+    /// near the line's end, where [`Self::key`] reads every key.
+    #[inline(always)]
+    fn written_key(&mut self, next: &mut usize) -> Option<u32> {
+        let ahead: &[u8; 17] = self.b.get(self.i..self.i + 17)?.try_into().ok()?;
+        let words = [
+            u64::from_le_bytes(ahead[..8].try_into().ok()?),
+            u64::from_le_bytes(ahead[8..16].try_into().ok()?),
+        ];
+        let end = (*next + 4).min(WRITTEN.len());
+        for (k, w) in WRITTEN[*next..end].iter().enumerate() {
+            if w.starts(words, ahead[16]) {
+                self.i += w.len;
+                *next += k + 1;
+                return Some(w.bit);
+            }
+        }
+        None
+    }
+
+    /// A key, the colon after it, and the bit of its field (31 for one
+    /// the tracer does not read).
+    #[inline(always)]
+    fn key(&mut self) -> Option<u32> {
+        let key = self.string()?;
+        self.ws();
+        self.eat(b':')?;
+        Some(match key {
+            "id" => 0,
+            "type" => 1,
+            "source" => 2,
+            "topic" => 3,
+            "key" => 4,
+            "key_base64" => 5,
+            "correlation_id" | "correlationid" => 6,
+            "causation_id" | "causationid" => 7,
+            "time" => 8,
+            "traceparent" => 9,
+            "tracestate" => 10,
+            "content_type" | "datacontenttype" => 11,
+            "data" => 12,
+            "data_base64" => 13,
+            "headers" => 14,
+            "partition" => 15,
+            "offset" => 16,
+            _ => 31,
+        })
     }
 
     /// A string that should be base64 (a payload, often hundreds of
@@ -481,6 +584,67 @@ mod tests {
             let found = specials(u64::from_le_bytes(bytes));
             let lowest = (found != 0).then(|| (found.trailing_zeros() / 8) as usize);
             assert_eq!(lowest, first, "{bytes:?}");
+        }
+    }
+
+    /// A key `choreo capture` writes is only taken whole, with its colon:
+    /// cut short, followed by anything else, or run on into a longer key,
+    /// the line is read as any other (and refused when it is not JSON).
+    #[test]
+    fn a_written_key_is_taken_only_with_its_colon() {
+        let names = [
+            "causation_id",
+            "content_type",
+            "correlation_id",
+            "data",
+            "data_base64",
+            "headers",
+            "id",
+            "key",
+            "key_base64",
+            "offset",
+            "partition",
+            "source",
+            "time",
+            "topic",
+            "traceparent",
+            "tracestate",
+            "type",
+        ];
+        for name in names {
+            for after in [
+                "x\"a\"",
+                "\"a\"",
+                " \"a\"",
+                "\t:\"a\"",
+                " :\"a\"",
+                "s\":\"a\"",
+                ":\"a\"",
+            ] {
+                let mut name = name.to_owned();
+                let mut after = after.to_owned();
+                if let Some(rest) = after.strip_prefix("s\"") {
+                    name.push('s');
+                    after = rest.to_owned();
+                } else {
+                    after = format!("\"{after}");
+                }
+                if matches!(name.as_str(), "offset" | "partition") {
+                    after = after.replace("\"a\"", "1");
+                }
+                // Long enough after the key for the two-word comparison.
+                let line = format!("{{\"{name}{after},\"zzzzzzzzzzzzzzzzzzzz\":1}}");
+                let scanned = scan(line.as_bytes(), &mut Vec::new()).map(|(l, _)| l);
+                let read = serde_json::from_slice::<FastLine<'_>>(line.as_bytes()).ok();
+                match (&scanned, &read) {
+                    (Some(s), Some(r)) => assert_eq!(s, r, "{line}"),
+                    (Some(_), None) => panic!("{line}: serde refuses it, the scanner took it"),
+                    _ => {}
+                }
+                if after.starts_with("\":") {
+                    assert!(scanned.is_some(), "{line}");
+                }
+            }
         }
     }
 
