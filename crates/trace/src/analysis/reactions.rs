@@ -18,6 +18,7 @@ use crate::finding::Rule;
 use crate::model::{Kind, Model, ReactionInfo, Sym};
 use crate::stats::format_micros;
 use crate::store::FlowState;
+use smallvec::SmallVec;
 
 /// Checks every event of the flow against the reactions to it; returns what
 /// is owed.
@@ -179,7 +180,9 @@ fn consumer(
     let svc = reaction.service;
     // Its handlings, from its receipts: each acked one once, however many
     // copies of its receipt arrived.
-    let mut acked: Vec<(i64, i64)> = Vec::new();
+    // Inline: a reaction's handlings, children and emissions are few, and
+    // this runs for every event and consumer of every flow.
+    let mut acked: SmallVec<[(i64, i64); 2]> = SmallVec::new();
     let mut duplicate = false;
     let mut announced: Option<u32> = None;
     for r in f
@@ -201,7 +204,7 @@ fn consumer(
             _ => {}
         }
     }
-    let mine: Vec<usize> = ev
+    let mine: SmallVec<[usize; 4]> = ev
         .kids
         .iter()
         .copied()
@@ -227,7 +230,7 @@ fn consumer(
         }
         return;
     }
-    let mut emitted: Vec<Sym> = Vec::new();
+    let mut emitted: SmallVec<[Sym; 4]> = SmallVec::new();
     for &k in &mine {
         if !emitted.contains(&f.events[k].ty) {
             emitted.push(f.events[k].ty);
@@ -235,7 +238,7 @@ fn consumer(
     }
     handled_twice(ctx, ev, reaction, &acked, &mine, findings);
     let seen = mine.len() as u32;
-    let missing: Vec<Sym> = match reaction.kind {
+    let missing: SmallVec<[Sym; 4]> = match reaction.kind {
         Kind::All => reaction
             .emits
             .iter()
@@ -265,12 +268,12 @@ fn consumer(
                 });
             }
             if chosen.is_empty() {
-                reaction.emits.clone()
+                reaction.emits.iter().copied().collect()
             } else {
-                Vec::new()
+                SmallVec::new()
             }
         }
-        Kind::Nothing => Vec::new(),
+        Kind::Nothing => SmallVec::new(),
     };
     match announced {
         // Emissions its receipt announces but the input does not (yet) hold.
