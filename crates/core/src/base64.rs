@@ -147,7 +147,9 @@ mod tests {
                 }
                 e.into_bytes()
             } else {
-                let n = rng.random_range(0..12);
+                // Long enough for the vector decoder's blocks of 32.
+                let most = [12, 90][rng.random_range(0..2)];
+                let n = rng.random_range(0..most);
                 (0..n)
                     .map(|_| {
                         let c = rng.random_range(0..70u8);
@@ -162,16 +164,16 @@ mod tests {
             };
             if !text.is_empty() && rng.random_bool(0.3) {
                 let at = rng.random_range(0..text.len());
-                text[at] = match rng.random_range(0..4) {
+                text[at] = match rng.random_range(0..5) {
                     0 => text[at] ^ 1,
                     1 => b'=',
                     2 => ODD[rng.random_range(0..ODD.len())],
+                    3 => 0x80 | text[at],
                     _ => b'A',
                 };
             }
-            let Ok(text) = String::from_utf8(text) else {
-                continue;
-            };
+            // A byte with its high bit set, alone, is not UTF-8: made "é".
+            let text = String::from_utf8_lossy(&text).replace('\u{fffd}', "é");
             total += 1;
             let standard = STANDARD_LENIENT.decode(&text).ok();
             assert_eq!(decode(&text), standard, "{text:?}");

@@ -648,6 +648,56 @@ mod tests {
         }
     }
 
+    /// Every key `choreo capture` writes is matched by the two-word
+    /// comparison (not only read correctly by the general path), to the
+    /// field the general path gives it, from up to three keys before it.
+    #[test]
+    fn written_keys_are_matched_without_the_general_path() {
+        let names = [
+            "causation_id",
+            "content_type",
+            "correlation_id",
+            "data",
+            "data_base64",
+            "headers",
+            "id",
+            "key",
+            "key_base64",
+            "offset",
+            "partition",
+            "source",
+            "time",
+            "topic",
+            "traceparent",
+            "tracestate",
+            "type",
+        ];
+        assert_eq!(names.len(), WRITTEN.len());
+        for (k, name) in names.iter().enumerate() {
+            let line = format!("\"{name}\":\"aaaaaaaaaaaaaaaaaaaa\"}}");
+            let general = {
+                let mut s = Scanner {
+                    t: &line,
+                    b: line.as_bytes(),
+                    i: 0,
+                };
+                (s.key(), s.i)
+            };
+            assert_eq!(general.1, name.len() + 3, "{line}");
+            for from in k.saturating_sub(3)..=k {
+                let mut s = Scanner {
+                    t: &line,
+                    b: line.as_bytes(),
+                    i: 0,
+                };
+                let mut next = from;
+                let bit = s.written_key(&mut next);
+                assert_eq!((bit, s.i), general, "{line} from {from}");
+                assert_eq!(next, k + 1, "{line}");
+            }
+        }
+    }
+
     /// Lines built from pieces that are easy to get wrong: whatever the
     /// scanner takes, serde reads the same way.
     #[test]
@@ -678,6 +728,11 @@ mod tests {
             "\"\"",
             "\"019ab697-e800-74fb-a038-00ff07da3298\"",
             "\"Zm9vYmFy\"",
+            "\"eyJzZXJ2aWNlIjoicGF5bWVudCJ9\"",
+            "\"abcdefghij\\\"k\"",
+            "\"abcdefghijklmnopq\\\"r\"",
+            "\"abcdefghijk\tl\"",
+            "\"abcdefghijklmnopqrstuvwxyz0123456789\"",
             "\"Zm8=\\\"\"",
             "\"Zm8\\u003d\"",
             "\"x\\\"y\"",
@@ -730,7 +785,13 @@ mod tests {
                 line.push_str(" x");
             }
             total += 1;
-            if let Some((scanned, _)) = scan(line.as_bytes(), &mut Vec::new()) {
+            let mut scratch = vec![7];
+            if let Some((scanned, decoded)) = scan(line.as_bytes(), &mut scratch) {
+                // A payload decoded while scanned is the one decoded after.
+                if decoded {
+                    let payload = scanned.data_base64.and_then(base64::decode_either);
+                    assert_eq!(Some(scratch), payload, "{line}");
+                }
                 taken += 1;
                 let read: FastLine<'_> =
                     serde_json::from_slice(line.as_bytes()).unwrap_or_else(|e| {
