@@ -587,31 +587,33 @@ mod tests {
         }
     }
 
+    /// The names of [`WRITTEN`], in its order.
+    const WRITTEN_NAMES: [&str; WRITTEN.len()] = [
+        "causation_id",
+        "content_type",
+        "correlation_id",
+        "data",
+        "data_base64",
+        "headers",
+        "id",
+        "key",
+        "key_base64",
+        "offset",
+        "partition",
+        "source",
+        "time",
+        "topic",
+        "traceparent",
+        "tracestate",
+        "type",
+    ];
+
     /// A key `choreo capture` writes is only taken whole, with its colon:
     /// cut short, followed by anything else, or run on into a longer key,
     /// the line is read as any other (and refused when it is not JSON).
     #[test]
     fn a_written_key_is_taken_only_with_its_colon() {
-        let names = [
-            "causation_id",
-            "content_type",
-            "correlation_id",
-            "data",
-            "data_base64",
-            "headers",
-            "id",
-            "key",
-            "key_base64",
-            "offset",
-            "partition",
-            "source",
-            "time",
-            "topic",
-            "traceparent",
-            "tracestate",
-            "type",
-        ];
-        for name in names {
+        for name in WRITTEN_NAMES {
             for after in [
                 "x\"a\"",
                 "\"a\"",
@@ -653,27 +655,7 @@ mod tests {
     /// field the general path gives it, from up to three keys before it.
     #[test]
     fn written_keys_are_matched_without_the_general_path() {
-        let names = [
-            "causation_id",
-            "content_type",
-            "correlation_id",
-            "data",
-            "data_base64",
-            "headers",
-            "id",
-            "key",
-            "key_base64",
-            "offset",
-            "partition",
-            "source",
-            "time",
-            "topic",
-            "traceparent",
-            "tracestate",
-            "type",
-        ];
-        assert_eq!(names.len(), WRITTEN.len());
-        for (k, name) in names.iter().enumerate() {
+        for (k, name) in WRITTEN_NAMES.iter().enumerate() {
             let line = format!("\"{name}\":\"aaaaaaaaaaaaaaaaaaaa\"}}");
             let general = {
                 let mut s = Scanner {
