@@ -33,10 +33,13 @@ pub fn encode(data: &[u8]) -> String {
 /// when `text` is not that.
 pub fn decode(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    if canonical_into(text, &mut out) {
-        return Some(out);
-    }
-    STANDARD_LENIENT.decode(text).ok()
+    standard_into(text, &mut out).then_some(out)
+}
+
+/// Like [`decode`], appended to `out`: `false` when `text` is not standard
+/// base64 (and `out` then holds whatever the `base64` crate left in it).
+fn standard_into(text: &str, out: &mut Vec<u8>) -> bool {
+    canonical_into(text, out) || STANDARD_LENIENT.decode_vec(text, out).is_ok()
 }
 
 /// Canonical standard base64 (padded to a multiple of four, or not padded
@@ -68,10 +71,7 @@ pub fn decode_either(text: &str) -> Option<Vec<u8>> {
 /// `false` when `text` is not base64.
 pub fn decode_either_into(text: &str, out: &mut Vec<u8>) -> bool {
     out.clear();
-    if canonical_into(text, out) {
-        return true;
-    }
-    if STANDARD_LENIENT.decode_vec(text, out).is_ok() {
+    if standard_into(text, out) {
         return true;
     }
     out.clear();
