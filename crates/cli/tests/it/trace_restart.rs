@@ -159,8 +159,8 @@ pub(crate) fn verdict(line: &serde_json::Value) -> Verdict {
 
 /// Every verdict the incarnations wrote, by correlation id (a flow judged
 /// twice has two).
-fn union(dir: &Path, incarnations: usize) -> BTreeMap<String, Vec<Verdict>> {
-    let mut all: BTreeMap<String, Vec<Verdict>> = BTreeMap::new();
+fn union(dir: &Path, incarnations: usize) -> BTreeMap<String, Vec<(usize, Verdict)>> {
+    let mut all: BTreeMap<String, Vec<(usize, Verdict)>> = BTreeMap::new();
     for n in 0..incarnations {
         let text = std::fs::read_to_string(dir.join(format!("tracer-{n}.jsonl"))).unwrap();
         for line in text.lines() {
@@ -173,7 +173,7 @@ fn union(dir: &Path, incarnations: usize) -> BTreeMap<String, Vec<Verdict>> {
             );
             all.entry(v["correlation_id"].as_str().unwrap().to_owned())
                 .or_default()
-                .push(verdict(&v));
+                .push((n, verdict(&v)));
         }
     }
     all
@@ -301,10 +301,38 @@ fn wait_judged(dir: &Path, incarnations: usize, flows: usize, live: &TracerProce
 fn compare(dir: &Path, incarnations: usize, truth: &BTreeMap<String, Verdict>) {
     let union = union(dir, incarnations);
     let twice: Vec<_> = union.iter().filter(|(_, v)| v.len() > 1).collect();
-    assert!(twice.is_empty(), "flows judged more than once: {twice:?}");
+    if !twice.is_empty() {
+        // Which incarnations said them, and what each said of its
+        // checkpoints, restores and hand-overs: the why of a repeat.
+        let logs: String = (0..incarnations)
+            .map(|n| {
+                let log = std::fs::read_to_string(dir.join(format!("tracer-{n}.log")))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| {
+                        [
+                            "checkpoint",
+                            "assigned",
+                            "ready:",
+                            "handed",
+                            "partitions went",
+                        ]
+                        .iter()
+                        .any(|w| l.contains(w))
+                    })
+                    .collect();
+                format!("\ntracer {n}:\n{}", lines.join("\n"))
+            })
+            .collect();
+        panic!(
+            "{} flows judged more than once (id, [(tracer, verdict)]): {twice:?}{logs}",
+            twice.len()
+        );
+    }
     let union: BTreeMap<String, Verdict> = union
         .into_iter()
-        .map(|(k, mut v)| (k, v.remove(0)))
+        .map(|(k, mut v)| (k, v.remove(0).1))
         .collect();
     let differ: Vec<_> = truth
         .iter()

@@ -51,7 +51,7 @@ pub(super) const METRICS: &[(&str, &str, &str, &str)] = &[
         "choreo_trace_checkpoint_failures_total",
         "counter",
         "",
-        "checkpoints (position and clock) the group refused, typically during a rebalance; the next one, a second later, carries the same",
+        "checkpoints (position and clock) the group refused, typically during a rebalance; judging pauses until one is taken (at most 15 s)",
     ),
 ];
 
@@ -192,6 +192,88 @@ impl Horizons {
     }
 }
 
+/// How long judging pauses while the group refuses checkpoints: long enough
+/// for a rebalance to end, short of a broker that refuses them for good (an
+/// ACL missing), which must not stop the tracer judging.
+const UNCOVERED_PAUSE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The tracer's second: judge, then checkpoint what was judged; and while the
+/// group refuses checkpoints (it rebalances), judge nothing more, since the
+/// partitions' next owner would say again whatever was judged here since the
+/// last checkpoint taken.
+#[derive(Default)]
+struct Seconds {
+    /// A tick whose verdicts were written but whose checkpoint was refused:
+    /// its clock (the one to checkpoint with; a later one would let the next
+    /// owner skip flows due since, never judged) and when the first refusal
+    /// came.
+    uncovered: Option<(Timestamp, std::time::Instant)>,
+    /// Checkpoints were refused for [`UNCOVERED_PAUSE`]: judging goes on
+    /// without them until one is taken.
+    without: bool,
+}
+
+/// What a second did.
+#[derive(Debug, PartialEq, Eq)]
+enum Second {
+    /// Judged as of its clock, and the group took the checkpoint.
+    Judged,
+    /// Judged, but the checkpoint was refused: judging pauses.
+    Refused(String),
+    /// Judged nothing: the checkpoint of an earlier tick is still refused.
+    Paused(String),
+    /// Judged, the checkpoint refused, and judging goes on without them:
+    /// they were refused for [`UNCOVERED_PAUSE`].
+    Without(String),
+}
+
+impl Seconds {
+    /// One second at `now` (`at` on the monotonic clock): `checkpoint` commits
+    /// a clock, `tick` judges as of one.
+    fn second<E: std::fmt::Display>(
+        &mut self,
+        now: Timestamp,
+        at: std::time::Instant,
+        mut checkpoint: impl FnMut(Timestamp) -> Result<(), E>,
+        tick: impl FnOnce(Timestamp),
+    ) -> Second {
+        if let Some((clock, since)) = self.uncovered {
+            match checkpoint(clock) {
+                Ok(()) => self.uncovered = None,
+                Err(e) if at.duration_since(since) < UNCOVERED_PAUSE => {
+                    return Second::Paused(e.to_string());
+                }
+                Err(_) => {
+                    self.uncovered = None;
+                    self.without = true;
+                }
+            }
+        }
+        tick(now);
+        // After the verdicts are written: what was read has been judged as of
+        // `now` (killed in between, the next owner repeats a verdict rather
+        // than lose one).
+        match checkpoint(now) {
+            Ok(()) => {
+                self.without = false;
+                Second::Judged
+            }
+            Err(e) if self.without => Second::Without(e.to_string()),
+            Err(e) => {
+                self.uncovered = Some((now, at));
+                Second::Refused(e.to_string())
+            }
+        }
+    }
+
+    /// The group's assignment changed: the partitions that moved are their
+    /// new owners', and the next checkpoint of those kept covers what was
+    /// judged here.
+    fn reassigned(&mut self) {
+        self.uncovered = None;
+    }
+}
+
 /// Traces Kafka live as a member of `options.group` until interrupted
 /// (ctrl-c or SIGTERM): restores every partition it is given before judging
 /// its flows, ticks and checkpoints every second while settled, and serves
@@ -262,6 +344,7 @@ pub(super) fn follow(
         tokio::pin!(interrupted);
         let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
         let mut horizons = Horizons::default();
+        let mut seconds = Seconds::default();
         let result = loop {
             tokio::select! {
                 _ = &mut interrupted => break Ok(()),
@@ -273,12 +356,29 @@ pub(super) fn follow(
                     // next owner starts from the last checkpoint.
                     if reader.settled() {
                         let now = Timestamp::now();
-                        lock().tick(now);
-                        // After the verdicts are written: what was read has
-                        // been judged as of `now`.
-                        if let Err(e) = reader.checkpoint(now.as_micros()) {
-                            metrics.checkpoint_failures.inc();
-                            eprintln!("choreo: checkpoint refused (the next one will do): {e}");
+                        let second = seconds.second(
+                            now,
+                            std::time::Instant::now(),
+                            |clock| reader.checkpoint(clock.as_micros()),
+                            |clock| lock().tick(clock),
+                        );
+                        match second {
+                            Second::Judged => {}
+                            Second::Refused(e) => {
+                                metrics.checkpoint_failures.inc();
+                                eprintln!("choreo: checkpoint refused, judging paused until the group takes one: {e}");
+                            }
+                            Second::Paused(e) => {
+                                metrics.checkpoint_failures.inc();
+                                eprintln!("choreo: checkpoint refused again, judging still paused: {e}");
+                            }
+                            Second::Without(e) => {
+                                metrics.checkpoint_failures.inc();
+                                eprintln!(
+                                    "choreo: checkpoint refused (refused for {} or more: judging goes on without them): {e}",
+                                    choreo_topology::format_duration(UNCOVERED_PAUSE)
+                                );
+                            }
                         }
                     }
                 }
@@ -295,6 +395,7 @@ pub(super) fn follow(
                         }
                     }
                     Some(Ok(LookbackEvent::Assigned { kept, restoring })) => {
+                        seconds.reassigned();
                         for r in &restoring {
                             horizons.add(r);
                         }
@@ -350,10 +451,16 @@ pub(super) fn follow(
             }
         };
         if reader.settled() {
+            // Leaving, the checkpoint comes first and the verdicts it covers
+            // after: refused (the group rebalancing as this member leaves),
+            // the flows due now are left to the next owner instead of being
+            // said here and again there.
             let now = Timestamp::now();
-            lock().tick(now);
-            if let Err(e) = reader.checkpoint(now.as_micros()) {
-                eprintln!("choreo: the last checkpoint was refused: {e}");
+            match reader.checkpoint(now.as_micros()) {
+                Ok(()) => lock().tick(now),
+                Err(e) => eprintln!(
+                    "choreo: the last checkpoint was refused, the flows due now are left to the next owner: {e}"
+                ),
             }
         }
         // The rest is the group's: whoever gets these partitions next
@@ -373,6 +480,134 @@ pub(super) fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::cell::RefCell;
+    use std::time::{Duration, Instant};
+
+    /// A group that refuses checkpoints while `refusing`, and what the
+    /// seconds did: the clocks checkpointed (taken or not) and judged.
+    #[derive(Default)]
+    struct Group {
+        refusing: bool,
+        committed: Vec<(i64, bool)>,
+        judged: Vec<i64>,
+    }
+
+    fn second(seconds: &mut Seconds, group: &RefCell<Group>, t: i64, at: Instant) -> Second {
+        seconds.second(
+            Timestamp::from_micros(t),
+            at,
+            |clock| {
+                let mut g = group.borrow_mut();
+                let refused = g.refusing;
+                g.committed.push((clock.as_micros(), !refused));
+                if refused {
+                    Err("rebalance in progress")
+                } else {
+                    Ok(())
+                }
+            },
+            |clock| group.borrow_mut().judged.push(clock.as_micros()),
+        )
+    }
+
+    #[test]
+    fn a_refused_checkpoint_pauses_judging_until_its_tick_is_covered() {
+        let group = RefCell::new(Group::default());
+        let mut s = Seconds::default();
+        let t0 = Instant::now();
+        let at = |n: u64| t0 + Duration::from_secs(n);
+        assert_eq!(second(&mut s, &group, 1, at(1)), Second::Judged);
+        group.borrow_mut().refusing = true;
+        assert!(matches!(
+            second(&mut s, &group, 2, at(2)),
+            Second::Refused(_)
+        ));
+        // Refused still: tick 2's checkpoint is tried again, nothing judged.
+        assert!(matches!(
+            second(&mut s, &group, 3, at(3)),
+            Second::Paused(_)
+        ));
+        assert!(matches!(
+            second(&mut s, &group, 4, at(4)),
+            Second::Paused(_)
+        ));
+        group.borrow_mut().refusing = false;
+        // Taken: tick 2 covered first, then judging as of now.
+        assert_eq!(second(&mut s, &group, 5, at(5)), Second::Judged);
+        let g = group.into_inner();
+        assert_eq!(g.judged, vec![1, 2, 5]);
+        assert_eq!(
+            g.committed,
+            vec![
+                (1, true),
+                (2, false),
+                (2, false),
+                (2, false),
+                (2, true),
+                (5, true)
+            ]
+        );
+    }
+
+    #[test]
+    fn checkpoints_refused_for_good_do_not_stop_judging() {
+        let group = RefCell::new(Group {
+            refusing: true,
+            ..Group::default()
+        });
+        let mut s = Seconds::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let pause = UNCOVERED_PAUSE.as_millis() as u64;
+        assert!(matches!(
+            second(&mut s, &group, 1, at(0)),
+            Second::Refused(_)
+        ));
+        assert!(matches!(
+            second(&mut s, &group, 2, at(pause - 1)),
+            Second::Paused(_)
+        ));
+        // Refused for the whole pause: judging goes on, every second.
+        assert!(matches!(
+            second(&mut s, &group, 3, at(pause)),
+            Second::Without(_)
+        ));
+        assert!(matches!(
+            second(&mut s, &group, 4, at(pause + 1000)),
+            Second::Without(_)
+        ));
+        assert_eq!(group.borrow().judged, vec![1, 3, 4]);
+        // A broker that takes checkpoints again: judged and covered, and a
+        // refusal after that pauses again.
+        group.borrow_mut().refusing = false;
+        assert_eq!(second(&mut s, &group, 5, at(pause + 2000)), Second::Judged);
+        group.borrow_mut().refusing = true;
+        assert!(matches!(
+            second(&mut s, &group, 6, at(pause + 3000)),
+            Second::Refused(_)
+        ));
+        assert!(matches!(
+            second(&mut s, &group, 7, at(pause + 4000)),
+            Second::Paused(_)
+        ));
+        assert_eq!(group.borrow().judged, vec![1, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_new_assignment_ends_the_pause() {
+        let group = RefCell::new(Group {
+            refusing: true,
+            ..Group::default()
+        });
+        let mut s = Seconds::default();
+        let t0 = Instant::now();
+        assert!(matches!(second(&mut s, &group, 1, t0), Second::Refused(_)));
+        s.reassigned();
+        group.borrow_mut().refusing = false;
+        assert_eq!(second(&mut s, &group, 2, t0), Second::Judged);
+        assert_eq!(group.borrow().committed, vec![(1, false), (2, true)]);
+    }
 
     #[test]
     fn a_partition_number_is_judged_as_of_its_earliest_clock() {
