@@ -208,4 +208,6 @@ pub(crate) struct Batch {
     pub(crate) reader: usize,
     pub(crate) fresh: Vec<Name>,
     pub(crate) items: Vec<Item>,
+    /// A piece of JSON lines' lines (nothing for Avro blocks).
+    pub(crate) lines: crate::capture::parallel::Lines,
 }

@@ -142,7 +142,9 @@ pub(crate) fn decode_item(
         }
         None => false,
     };
-    let id = parse_id(l.id?)?;
+    // Any id but an empty one is an id (`EventId::parse`); a receipt's own
+    // is not kept, so it is only parsed for an event.
+    let id = l.id.filter(|id| !id.is_empty())?;
     let ty = l.event_type.unwrap_or("");
     let correlation = l.correlation_id.and_then(parse_id);
     let (Some(correlation), false) = (correlation, ty.is_empty()) else {
@@ -165,7 +167,7 @@ pub(crate) fn decode_item(
     }
     Some(Item::Event(CompactEvent {
         correlation,
-        id,
+        id: parse_id(id)?,
         cause: l.causation_id.and_then(parse_id),
         ty: ty_local,
         source,

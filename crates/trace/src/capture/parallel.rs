@@ -24,8 +24,9 @@ const LINES_BYTES: usize = 512 << 10;
 const LINES_ROOM: usize = 2 * LINES_BYTES;
 
 /// How many buffers of JSON lines are kept for reuse: more than the pieces
-/// in flight between the reading thread and the decoders.
-const LINE_BUFFERS_KEPT: usize = 16;
+/// in flight between the reading thread and the decoders (both queues of
+/// `drive`'s `PIECES_QUEUED`, and one per decoder).
+const LINE_BUFFERS_KEPT: usize = 32;
 
 /// Bytes of Avro blocks per piece (whole blocks): a block alone (64 KiB as
 /// choreo writes them) made the threads hand pieces over so often that
@@ -37,13 +38,33 @@ pub(crate) enum Piece {
     /// Avro blocks, in order.
     Blocks(Vec<Block>),
     /// Whole JSON lines (the last piece's last line may lack its newline).
+    /// Their numbers are counted by the decoder, from 1 within the piece
+    /// (see [`Lines`]): the file's line numbers are known only in file
+    /// order, and counting them as the file is cut took the reading thread,
+    /// the one that cannot be shared, a fifth of its time.
     Lines {
         data: Bytes,
-        /// The number of the first line (from 1).
-        first_line: u64,
         /// The file offset of the first byte.
         offset: u64,
     },
+}
+
+/// What a piece of JSON lines says of its lines, numbered from 1 within the
+/// piece: the tracer, taking pieces in file order, adds the lines before it.
+#[derive(Debug, Default)]
+pub(crate) struct Lines {
+    /// The lines decoded (all of them, but after damage).
+    pub(crate) count: u64,
+    /// The items whose id was made from their line's number (records without
+    /// one): item index, line in the piece.
+    pub(crate) named: Vec<(usize, u64)>,
+}
+
+impl Lines {
+    /// The id of a record without one on line `line` of the file.
+    pub(crate) fn id(line: u64) -> String {
+        format!("capture-line-{line}")
+    }
 }
 
 /// Why reading stopped early.
@@ -51,6 +72,14 @@ pub(crate) enum Piece {
 pub(crate) enum Stop {
     /// Damage at a byte offset.
     Damaged { offset: u64, reason: String },
+    /// A JSON line that does not decode, at a byte offset: `line` within its
+    /// piece, `complete` when it has its newline.
+    Line {
+        offset: u64,
+        line: u64,
+        complete: bool,
+        reason: String,
+    },
     /// The input's own error.
     Io(io::Error),
 }
@@ -66,7 +95,6 @@ enum Cut {
         input: Stream,
         carry: Vec<u8>,
         offset: u64,
-        lines: u64,
         buffers: LineBuffers,
     },
     /// Pieces were handed out; the error that followed them is next.
@@ -148,7 +176,6 @@ impl Splitter {
                 input,
                 carry,
                 offset,
-                lines,
                 buffers,
             } => {
                 let mut buf = buffers.take();
@@ -186,7 +213,7 @@ impl Splitter {
                             buffers.give(buf);
                             break 'piece Err(Stop::Io(e));
                         };
-                        let piece = lent_piece(buf, cut + 1, buffers, lines, offset);
+                        let piece = lent_piece(buf, cut + 1, buffers, offset);
                         self.cut = Cut::Failed(Stop::Io(e));
                         return Ok(Some(piece));
                     }
@@ -208,7 +235,7 @@ impl Splitter {
                         buffers.give(buf);
                         break Ok(None);
                     }
-                    let piece = lent_piece(buf, cut, buffers, lines, offset);
+                    let piece = lent_piece(buf, cut, buffers, offset);
                     if end {
                         // Read no further, as record by record: an input
                         // that ends and then goes on (a terminal) ends here.
@@ -228,29 +255,17 @@ impl Splitter {
     }
 }
 
-/// The first `cut` bytes of `buf`, whole lines, as the next piece; `lines`
-/// and `offset` move past them.
-fn lent_piece(
-    buf: Vec<u8>,
-    cut: usize,
-    buffers: &LineBuffers,
-    lines: &mut u64,
-    offset: &mut u64,
-) -> Piece {
+/// The first `cut` bytes of `buf`, whole lines, as the next piece; `offset`
+/// moves past them.
+fn lent_piece(buf: Vec<u8>, cut: usize, buffers: &LineBuffers, offset: &mut u64) -> Piece {
     let data = Bytes::from_owner(Lent {
         buf,
         pool: buffers.clone(),
     })
     .slice(..cut);
-    let first_line = *lines + 1;
     let at = *offset;
     *offset += cut as u64;
-    *lines += memchr::memchr_iter(b'\n', &data).count() as u64;
-    Piece::Lines {
-        first_line,
-        offset: at,
-        data,
-    }
+    Piece::Lines { offset: at, data }
 }
 
 /// Buffers for pieces of JSON lines, zeroed once and reused. Reading each
@@ -298,8 +313,14 @@ impl Decoder {
         }
     }
 
-    /// Decodes a piece into `out`; the damage that ends it, if any.
-    pub(crate) fn decode(&mut self, piece: Piece, out: &mut Vec<Item>) -> Option<Stop> {
+    /// Decodes a piece into `out`; the damage that ends it, if any. `lines`
+    /// tells of a piece of JSON lines' lines.
+    pub(crate) fn decode(
+        &mut self,
+        piece: Piece,
+        out: &mut Vec<Item>,
+        lines: &mut Lines,
+    ) -> Option<Stop> {
         match piece {
             Piece::Blocks(blocks) => {
                 for block in &blocks {
@@ -309,11 +330,7 @@ impl Decoder {
                 }
                 None
             }
-            Piece::Lines {
-                data,
-                first_line,
-                offset,
-            } => self.lines(&data, first_line, offset, out),
+            Piece::Lines { data, offset } => self.lines(&data, offset, out, lines),
         }
     }
 
@@ -372,19 +389,18 @@ impl Decoder {
     fn lines(
         &mut self,
         data: &[u8],
-        first_line: u64,
         offset: u64,
         out: &mut Vec<Item>,
+        lines: &mut Lines,
     ) -> Option<Stop> {
         let mut pos = 0;
-        let mut number = first_line;
         while pos < data.len() {
             let end = memchr::memchr(b'\n', &data[pos..]).map_or(data.len(), |i| pos + i + 1);
             let line = &data[pos..end];
             let start = offset + pos as u64;
             pos = end;
-            let this = number;
-            number += 1;
+            lines.count += 1;
+            let this = lines.count;
             let text = trim(line);
             if text.is_empty() {
                 continue;
@@ -395,17 +411,24 @@ impl Decoder {
                 out.push(item);
                 continue;
             }
-            match jsonl::decode(text, &mut self.names, || format!("capture-line-{this}")) {
-                Ok(record) => out.push(Item::Whole(Box::new(record))),
+            // Numbered within the piece here; the tracer renames it.
+            let mut named = false;
+            match jsonl::decode(text, &mut self.names, || {
+                named = true;
+                Lines::id(this)
+            }) {
+                Ok(record) => {
+                    if named {
+                        lines.named.push((out.len(), this));
+                    }
+                    out.push(Item::Whole(Box::new(record)));
+                }
                 Err(reason) => {
-                    let complete = line.last() == Some(&b'\n');
-                    return Some(Stop::Damaged {
+                    return Some(Stop::Line {
                         offset: start,
-                        reason: if complete {
-                            format!("line {this}: {reason}")
-                        } else {
-                            format!("line {this} is cut short (truncated): {reason}")
-                        },
+                        line: this,
+                        complete: line.last() == Some(&b'\n'),
+                        reason,
                     });
                 }
             }
@@ -445,7 +468,6 @@ impl Reader {
                         input: j.input,
                         carry: Vec::new(),
                         offset: j.offset,
-                        lines: 0,
                         buffers: LineBuffers::default(),
                     },
                     consumed: j.offset,

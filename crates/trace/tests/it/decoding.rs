@@ -422,6 +422,51 @@ fn json_lines_of_every_shape_report_the_same_both_ways() {
     assert!(same_both_ways(&cut_short, &topology).error.is_some());
 }
 
+/// Pieces number their lines from 1 and the tracer adds the lines before
+/// them: damage, and records named after their line (no id), past the first
+/// piece are placed by the file's line, as record by record.
+#[test]
+fn json_lines_past_the_first_piece_are_numbered_as_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let topology = order_fulfillment();
+    let path = dir.path().join("run.jsonl");
+    write(&path, &saga(4_000, 5));
+    let unattributed = |text: &str| -> u64 {
+        let at = text.find(" unattributed").expect("counted");
+        let digits = text[..at].rsplit(' ').next().unwrap();
+        digits.parse().unwrap()
+    };
+    let before = unattributed(&same_both_ways(&path, &topology).text);
+    let mut data = std::fs::read(&path).unwrap();
+    let piece = 512 << 10;
+    assert!(data.len() > 3 * piece, "several pieces");
+    let boundary = |data: &[u8], near: usize| {
+        near + data[near..].iter().position(|&b| b == b'\n').unwrap() + 1
+    };
+    // Records without an id in the second and third pieces.
+    for near in [piece + 5_000, 2 * piece + 9_000] {
+        let at = boundary(&data, near);
+        let line = br#"{"type":"OrderPlaced","topic":"orders","correlation_id":"019ab697-e801-7000-8000-00000000000a","time":1}"#;
+        data.splice(at..at, line.iter().copied().chain([b'\n']));
+    }
+    std::fs::write(&path, &data).unwrap();
+    let clean = same_both_ways(&path, &topology);
+    assert!(clean.error.is_none(), "{:?}", clean.error);
+    assert_eq!(unattributed(&clean.text), before + 2, "{}", clean.text);
+    // Damage in the third piece: named by its line in the file.
+    let at = boundary(&data, 2 * piece + 30_000);
+    let line_number = data[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+    data.splice(at..at, b"not json at all\n".iter().copied());
+    let damaged = dir.path().join("damaged.jsonl");
+    std::fs::write(&damaged, &data).unwrap();
+    let out = same_both_ways(&damaged, &topology);
+    let error = out.error.unwrap();
+    assert!(
+        error.contains(&format!("line {line_number}:")),
+        "line {line_number}: {error}"
+    );
+}
+
 /// Lines longer than the half megabyte a piece is cut at (the piece grows
 /// for them), between ordinary ones, the last without its newline.
 #[test]
