@@ -262,6 +262,10 @@ struct State {
     restore_started: Option<Instant>,
     restore_partitions: usize,
     replayed: u64,
+    /// The last checkpoint the group refused, as it was (each partition's
+    /// position then, and the clock), until one is taken: see
+    /// [`LookbackReader::checkpoint_again`].
+    refused: Option<(Vec<(Partition, i64)>, i64)>,
 }
 
 impl State {
@@ -461,34 +465,69 @@ impl LookbackReader {
     /// Commits, for every partition past its replay, the position read so far
     /// to the group and `clock` (µs since the Unix epoch) to the companion
     /// group, both synchronously: "what was read has been acted on as of
-    /// `clock`". Fails while the group rebalances (the next checkpoint will do).
+    /// `clock`". Fails while the group rebalances; then
+    /// [`checkpoint_again`](Self::checkpoint_again) commits the same one.
     pub fn checkpoint(&self, clock: i64) -> Result<()> {
-        let (positions, clocks) = {
+        let positions: Vec<(Partition, i64)> = {
             let st = self.shared.state.lock();
             // Between a revocation and its assignment, or with an event the
             // caller has not acted on: the last checkpoint stands.
             if !st.suspended.is_empty() || !st.events.is_empty() {
                 return Ok(());
             }
-            let mut positions = TopicPartitionList::new();
-            let mut clocks = TopicPartitionList::new();
-            for ((topic, p), pos) in &st.held {
-                if st.restoring.contains_key(&(topic.clone(), *p)) {
-                    continue;
-                }
-                // Adding to a list only fails for an invalid offset.
-                let _ = positions.add_partition_offset(topic, *p, Offset::Offset(*pos));
-                let _ = clocks.add_partition_offset(topic, *p, Offset::Offset(clock));
-            }
-            (positions, clocks)
+            st.held
+                .iter()
+                .filter(|(key, _)| !st.restoring.contains_key(*key))
+                .map(|(key, pos)| (key.clone(), *pos))
+                .collect()
         };
-        if positions.count() == 0 {
+        let done = self.commit(&positions, clock);
+        self.shared.state.lock().refused = match done {
+            Ok(()) => None,
+            Err(_) => Some((positions, clock)),
+        };
+        done
+    }
+
+    /// Commits again the last checkpoint the group refused, with the
+    /// positions it had then, not the ones read since (those were not acted
+    /// on as of its clock), for the partitions still held past their replay.
+    /// `Ok` when there is none (the last one was taken).
+    pub fn checkpoint_again(&self) -> Result<()> {
+        let (positions, clock) = {
+            let st = self.shared.state.lock();
+            let Some((positions, clock)) = &st.refused else {
+                return Ok(());
+            };
+            let still: Vec<(Partition, i64)> = positions
+                .iter()
+                .filter(|(key, _)| st.held.contains_key(key) && !st.restoring.contains_key(key))
+                .cloned()
+                .collect();
+            (still, *clock)
+        };
+        self.commit(&positions, clock)?;
+        self.shared.state.lock().refused = None;
+        Ok(())
+    }
+
+    /// Commits `positions` to the group and `clock` for each of them to the
+    /// companion group.
+    fn commit(&self, positions: &[(Partition, i64)], clock: i64) -> Result<()> {
+        if positions.is_empty() {
             return Ok(());
+        }
+        let mut offsets = TopicPartitionList::new();
+        let mut clocks = TopicPartitionList::new();
+        for ((topic, p), pos) in positions {
+            // Adding to a list only fails for an invalid offset.
+            let _ = offsets.add_partition_offset(topic, *p, Offset::Offset(*pos));
+            let _ = clocks.add_partition_offset(topic, *p, Offset::Offset(clock));
         }
         // Position first: killed between the two, the next owner judges as
         // of an older clock (and may repeat itself), never a newer one.
         self.consumer
-            .commit(&positions, CommitMode::Sync)
+            .commit(&offsets, CommitMode::Sync)
             .map_err(|source| Error::Kafka {
                 context: format!("committing group '{}'", self.shared.group),
                 source,

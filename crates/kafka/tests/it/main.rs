@@ -14,6 +14,7 @@ mod consumer_crash;
 mod faults;
 mod interop;
 mod lag;
+mod lookback;
 mod poison;
 mod reader;
 mod rebalance;

@@ -423,8 +423,10 @@ fn json_lines_of_every_shape_report_the_same_both_ways() {
 }
 
 /// Pieces number their lines from 1 and the tracer adds the lines before
-/// them: damage, and records named after their line (no id), past the first
-/// piece are placed by the file's line, as record by record.
+/// them: damage past the first piece is named by its line in the file, as
+/// record by record. Records without an id there are renamed after their
+/// line too; they are never attributed to a flow, so what shows of them is
+/// their count, which the renaming must leave alone.
 #[test]
 fn json_lines_past_the_first_piece_are_numbered_as_in_the_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -204,9 +204,7 @@ const UNCOVERED_PAUSE: std::time::Duration = std::time::Duration::from_secs(15);
 #[derive(Default)]
 struct Seconds {
     /// A tick whose verdicts were written but whose checkpoint was refused:
-    /// its clock (the one to checkpoint with; a later one would let the next
-    /// owner skip flows due since, never judged) and when the first refusal
-    /// came.
+    /// its clock, and when the first refusal came.
     uncovered: Option<(Timestamp, std::time::Instant)>,
     /// Checkpoints were refused for [`UNCOVERED_PAUSE`]: judging goes on
     /// without them until one is taken.
@@ -227,18 +225,41 @@ enum Second {
     Without(String),
 }
 
+impl Second {
+    /// Says what the second did on standard error, and counts refusals.
+    fn report(&self, failures: &IntCounter) {
+        let said = match self {
+            Second::Judged => return,
+            Second::Refused(e) => {
+                format!("checkpoint refused, judging paused until the group takes it: {e}")
+            }
+            Second::Paused(e) => format!("checkpoint refused again, judging still paused: {e}"),
+            Second::Without(e) => format!(
+                "checkpoint refused (refused for {} or more: judging goes on without them): {e}",
+                choreo_topology::format_duration(UNCOVERED_PAUSE)
+            ),
+        };
+        failures.inc();
+        eprintln!("choreo: {said}");
+    }
+}
+
 impl Seconds {
-    /// One second at `now` (`at` on the monotonic clock): `checkpoint` commits
-    /// a clock, `tick` judges as of one.
+    /// One second at `now` (`at` on the monotonic clock): `tick` judges as of
+    /// a clock, `checkpoint` commits what was read with a clock, `again`
+    /// commits the refused checkpoint again as it was (with the positions of
+    /// its tick, not those read since: those were not judged as of its
+    /// clock).
     fn second<E: std::fmt::Display>(
         &mut self,
         now: Timestamp,
         at: std::time::Instant,
-        mut checkpoint: impl FnMut(Timestamp) -> Result<(), E>,
+        again: impl FnOnce() -> Result<(), E>,
+        checkpoint: impl FnOnce(Timestamp) -> Result<(), E>,
         tick: impl FnOnce(Timestamp),
     ) -> Second {
-        if let Some((clock, since)) = self.uncovered {
-            match checkpoint(clock) {
+        if let Some((_, since)) = self.uncovered {
+            match again() {
                 Ok(()) => self.uncovered = None,
                 Err(e) if at.duration_since(since) < UNCOVERED_PAUSE => {
                     return Second::Paused(e.to_string());
@@ -356,30 +377,15 @@ pub(super) fn follow(
                     // next owner starts from the last checkpoint.
                     if reader.settled() {
                         let now = Timestamp::now();
-                        let second = seconds.second(
-                            now,
-                            std::time::Instant::now(),
-                            |clock| reader.checkpoint(clock.as_micros()),
-                            |clock| lock().tick(clock),
-                        );
-                        match second {
-                            Second::Judged => {}
-                            Second::Refused(e) => {
-                                metrics.checkpoint_failures.inc();
-                                eprintln!("choreo: checkpoint refused, judging paused until the group takes one: {e}");
-                            }
-                            Second::Paused(e) => {
-                                metrics.checkpoint_failures.inc();
-                                eprintln!("choreo: checkpoint refused again, judging still paused: {e}");
-                            }
-                            Second::Without(e) => {
-                                metrics.checkpoint_failures.inc();
-                                eprintln!(
-                                    "choreo: checkpoint refused (refused for {} or more: judging goes on without them): {e}",
-                                    choreo_topology::format_duration(UNCOVERED_PAUSE)
-                                );
-                            }
-                        }
+                        seconds
+                            .second(
+                                now,
+                                std::time::Instant::now(),
+                                || reader.checkpoint_again(),
+                                |clock| reader.checkpoint(clock.as_micros()),
+                                |clock| lock().tick(clock),
+                            )
+                            .report(&metrics.checkpoint_failures);
                     }
                 }
                 ev = reader.next() => match ev {
@@ -451,17 +457,18 @@ pub(super) fn follow(
             }
         };
         if reader.settled() {
-            // Leaving, the checkpoint comes first and the verdicts it covers
-            // after: refused (the group rebalancing as this member leaves),
-            // the flows due now are left to the next owner instead of being
-            // said here and again there.
-            let now = Timestamp::now();
-            match reader.checkpoint(now.as_micros()) {
-                Ok(()) => lock().tick(now),
-                Err(e) => eprintln!(
-                    "choreo: the last checkpoint was refused, the flows due now are left to the next owner: {e}"
-                ),
-            }
+            // A last second: judged and checkpointed, unless a refused
+            // checkpoint is still not taken (the flows due now are then left
+            // to the next owner rather than widen what it says again).
+            seconds
+                .second(
+                    Timestamp::now(),
+                    std::time::Instant::now(),
+                    || reader.checkpoint_again(),
+                    |clock| reader.checkpoint(clock.as_micros()),
+                    |clock| lock().tick(clock),
+                )
+                .report(&metrics.checkpoint_failures);
         }
         // The rest is the group's: whoever gets these partitions next
         // restores and judges these flows.
@@ -485,28 +492,41 @@ mod tests {
     use std::time::{Duration, Instant};
 
     /// A group that refuses checkpoints while `refusing`, and what the
-    /// seconds did: the clocks checkpointed (taken or not) and judged.
+    /// seconds did: the clocks checkpointed (taken or not; a checkpoint
+    /// committed again is its refused clock again) and judged.
     #[derive(Default)]
     struct Group {
         refusing: bool,
+        refused: Option<i64>,
         committed: Vec<(i64, bool)>,
         judged: Vec<i64>,
+    }
+
+    impl Group {
+        fn commit(&mut self, clock: i64) -> Result<(), &'static str> {
+            self.committed.push((clock, !self.refusing));
+            if self.refusing {
+                self.refused = Some(clock);
+                Err("rebalance in progress")
+            } else {
+                self.refused = None;
+                Ok(())
+            }
+        }
     }
 
     fn second(seconds: &mut Seconds, group: &RefCell<Group>, t: i64, at: Instant) -> Second {
         seconds.second(
             Timestamp::from_micros(t),
             at,
-            |clock| {
+            || {
                 let mut g = group.borrow_mut();
-                let refused = g.refusing;
-                g.committed.push((clock.as_micros(), !refused));
-                if refused {
-                    Err("rebalance in progress")
-                } else {
-                    Ok(())
+                match g.refused {
+                    Some(clock) => g.commit(clock),
+                    None => Ok(()),
                 }
             },
+            |clock| group.borrow_mut().commit(clock.as_micros()),
             |clock| group.borrow_mut().judged.push(clock.as_micros()),
         )
     }

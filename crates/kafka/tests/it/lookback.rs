@@ -1,0 +1,114 @@
+//! A tracer group's checkpoints: one the group refuses is committed again as
+//! it was, with the positions of its time, not those read since (they were
+//! not acted on as of its clock).
+
+use std::time::Duration;
+
+use crate::common::*;
+use bytes::Bytes;
+use choreo_core::Bus;
+use choreo_core::Envelope;
+use choreo_kafka::{LookbackEvent, LookbackOptions, LookbackReader, ReadFrom, Topics};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+const TOPIC: &str = "flows";
+
+async fn publish(mock: &Mock, from: usize, n: usize) {
+    for i in from..from + n {
+        let mut env = Envelope::new("OrderPlaced", TOPIC, "{}");
+        env.key = Some(Bytes::from(format!("k{i}")));
+        mock.bus.publish(env).await.unwrap();
+    }
+}
+
+/// Reads until `n` records came (and the reader said it is ready, when it
+/// has not yet).
+async fn read(reader: &mut LookbackReader, n: usize, ready_before: bool) {
+    let mut read = 0;
+    let mut ready = ready_before;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while read < n || !ready {
+            match reader.next().await {
+                Some(Ok(LookbackEvent::Record { .. })) => read += 1,
+                Some(Ok(LookbackEvent::Ready { .. })) => ready = true,
+                Some(Ok(_)) => {}
+                other => panic!("reading: {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("read {read} of {n} (ready: {ready})"));
+}
+
+/// Each partition's committed offset in `group`.
+fn committed(brokers: &str, group: &str) -> Vec<Offset> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(TOPIC, 0);
+    tpl.add_partition(TOPIC, 1);
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    got.elements().iter().map(|e| e.offset()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_checkpoint_is_committed_again_as_it_was() {
+    let mock = Mock::start(1);
+    mock.topic(TOPIC, 2).await;
+    publish(&mock, 0, 12).await;
+    let config = config(&mock.brokers());
+    let options = LookbackOptions::new(Topics::names([TOPIC]), "tracers").from(ReadFrom::Beginning);
+    let mut reader = LookbackReader::open(&config, options).await.unwrap();
+    read(&mut reader, 12, false).await;
+    reader
+        .checkpoint_again()
+        .expect("nothing refused: nothing to do");
+    reader
+        .checkpoint(100)
+        .expect("the group takes the first checkpoint");
+    let first = committed(&mock.brokers(), "tracers");
+    assert_eq!(
+        first.iter().map(|o| o.to_raw().unwrap()).sum::<i64>(),
+        12,
+        "{first:?}"
+    );
+    publish(&mock, 12, 6).await;
+    read(&mut reader, 6, true).await;
+    // Refused, as while the group rebalances.
+    mock.cluster.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS],
+    );
+    assert!(reader.checkpoint(200).is_err(), "the injected refusal");
+    let refused_at = committed(&mock.brokers(), "tracers");
+    assert_eq!(refused_at, first, "nothing committed");
+    // Read on: the positions move past what was acted on as of 200.
+    publish(&mock, 18, 5).await;
+    read(&mut reader, 5, true).await;
+    reader.checkpoint_again().expect("taken now");
+    let again = committed(&mock.brokers(), "tracers");
+    assert_eq!(
+        again.iter().map(|o| o.to_raw().unwrap()).sum::<i64>(),
+        18,
+        "the positions of the refused checkpoint, not those read since: {again:?}"
+    );
+    let clocks = committed(&mock.brokers(), "tracers.choreo-clock");
+    assert_eq!(clocks, vec![Offset::Offset(200); 2], "its clock");
+    // Taken: nothing more to commit again.
+    reader.checkpoint(300).unwrap();
+    reader.checkpoint_again().unwrap();
+    let last = committed(&mock.brokers(), "tracers");
+    assert_eq!(last.iter().map(|o| o.to_raw().unwrap()).sum::<i64>(), 23);
+    assert_eq!(
+        committed(&mock.brokers(), "tracers.choreo-clock"),
+        vec![Offset::Offset(300); 2]
+    );
+}
