@@ -492,7 +492,9 @@ impl LookbackReader {
     /// Commits again the last checkpoint the group refused, with the
     /// positions it had then, not the ones read since (those were not acted
     /// on as of its clock), for the partitions still held past their replay.
-    /// `Ok` when there is none (the last one was taken).
+    /// `Ok` when there is none: the last one was taken, or an assignment came
+    /// since (a partition given back may have been restored from another
+    /// member's later checkpoint; the refused one would rewind it).
     pub fn checkpoint_again(&self) -> Result<()> {
         let (positions, clock) = {
             let st = self.shared.state.lock();
@@ -661,6 +663,10 @@ impl LookbackContext {
         let mut new = Vec::new();
         {
             let mut st = self.shared.state.lock();
+            // A refused checkpoint is not committed again across an
+            // assignment: a partition given back may have been restored from
+            // another member's later checkpoint, which it would rewind.
+            st.refused = None;
             for e in tpl.elements() {
                 let key = (e.topic().to_owned(), e.partition());
                 match st.suspended.remove(&key) {

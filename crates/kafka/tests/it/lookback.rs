@@ -13,6 +13,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use tokio::select;
 
 const TOPIC: &str = "flows";
 
@@ -65,8 +66,7 @@ async fn a_refused_checkpoint_is_committed_again_as_it_was() {
     mock.topic(TOPIC, 2).await;
     publish(&mock, 0, 12).await;
     let config = config(&mock.brokers());
-    let options = LookbackOptions::new(Topics::names([TOPIC]), "tracers").from(ReadFrom::Beginning);
-    let mut reader = LookbackReader::open(&config, options).await.unwrap();
+    let mut reader = LookbackReader::open(&config, options()).await.unwrap();
     read(&mut reader, 12, false).await;
     reader
         .checkpoint_again()
@@ -110,5 +110,94 @@ async fn a_refused_checkpoint_is_committed_again_as_it_was() {
     assert_eq!(
         committed(&mock.brokers(), "tracers.choreo-clock"),
         vec![Offset::Offset(300); 2]
+    );
+}
+
+fn options() -> LookbackOptions {
+    LookbackOptions::new(Topics::names([TOPIC]), "tracers").from(ReadFrom::Beginning)
+}
+
+/// The group takes the position and refuses the clock: the pair committed is
+/// the new position with the old clock (the next owner may repeat itself,
+/// never skip), and the clock is committed again later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_half_taken_is_completed_later() {
+    let mock = Mock::start(1);
+    mock.topic(TOPIC, 2).await;
+    publish(&mock, 0, 10).await;
+    let mut reader = LookbackReader::open(&config(&mock.brokers()), options())
+        .await
+        .unwrap();
+    read(&mut reader, 10, false).await;
+    reader.checkpoint(100).unwrap();
+    publish(&mock, 10, 4).await;
+    read(&mut reader, 4, true).await;
+    // The position's commit is taken, the clock's refused.
+    mock.cluster.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS,
+        ],
+    );
+    assert!(reader.checkpoint(200).is_err());
+    let sum = |v: Vec<Offset>| v.iter().map(|o| o.to_raw().unwrap()).sum::<i64>();
+    assert_eq!(sum(committed(&mock.brokers(), "tracers")), 14);
+    assert_eq!(
+        committed(&mock.brokers(), "tracers.choreo-clock"),
+        vec![Offset::Offset(100); 2],
+        "the old clock with the new position"
+    );
+    reader.checkpoint_again().unwrap();
+    assert_eq!(
+        committed(&mock.brokers(), "tracers.choreo-clock"),
+        vec![Offset::Offset(200); 2]
+    );
+}
+
+/// A refused checkpoint is dropped at the next assignment: committed again
+/// after it, it could rewind a partition that came back restored from
+/// another member's later checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assignment_drops_a_refused_checkpoint() {
+    let mock = Mock::start(1);
+    mock.topic(TOPIC, 2).await;
+    publish(&mock, 0, 10).await;
+    let config = config(&mock.brokers());
+    let mut a = LookbackReader::open(&config, options()).await.unwrap();
+    read(&mut a, 10, false).await;
+    a.checkpoint(100).unwrap();
+    mock.cluster.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS],
+    );
+    assert!(a.checkpoint(200).is_err());
+    // A second member joins: `a` is given its partitions anew.
+    let mut b = LookbackReader::open(&config, options()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let (mut a_assigned, mut b_assigned) = (false, false);
+        while !(a_assigned && b_assigned) {
+            select! {
+                ev = a.next() => match ev {
+                    Some(Ok(LookbackEvent::Assigned { .. })) => a_assigned = true,
+                    Some(Ok(_)) => {}
+                    other => panic!("the first member: {other:?}"),
+                },
+                ev = b.next() => match ev {
+                    Some(Ok(LookbackEvent::Assigned { .. })) => b_assigned = true,
+                    Some(Ok(_)) => {}
+                    other => panic!("the second member: {other:?}"),
+                },
+            }
+        }
+    })
+    .await
+    .expect("both members were assigned partitions");
+    assert_eq!(a.assignment().len(), 1, "one partition each");
+    a.checkpoint_again().unwrap();
+    assert_eq!(
+        committed(&mock.brokers(), "tracers.choreo-clock"),
+        vec![Offset::Offset(100); 2],
+        "nothing committed again after the assignment"
     );
 }
