@@ -166,6 +166,7 @@ pub fn drive_capture(
     mut progress: impl FnMut(Progress),
 ) -> Drained {
     use crate::capture::parallel::{Decoder, Lines, Piece, Stop};
+    use crate::capture::{line_damage, line_id};
     use crate::compact::{Batch, Item, Translation};
     use choreo_core::EventId;
     use std::collections::BTreeMap;
@@ -262,12 +263,14 @@ pub fn drive_capture(
                 let translation = &mut names[batch.reader];
                 translation.learn(batch.fresh);
                 records += batch.items.len() as u64;
+                let base = lines_before;
+                lines_before += batch.lines.count;
                 let mut items = batch.items;
                 // Records without an id are named after their line in the
                 // file (and so is their flow, without a correlation id).
                 for &(i, line) in &batch.lines.named {
                     if let Some(Item::Whole(record)) = items.get_mut(i)
-                        && let Some(id) = EventId::parse(&Lines::id(lines_before + line))
+                        && let Some(id) = EventId::parse(&line_id(base + line))
                     {
                         let e = &mut record.envelope;
                         if e.correlation_id == e.id {
@@ -276,8 +279,6 @@ pub fn drive_capture(
                         e.id = id;
                     }
                 }
-                let base = lines_before;
-                lines_before += batch.lines.count;
                 for item in items {
                     tracer.ingest_item(item, translation);
                 }
@@ -303,11 +304,7 @@ pub fn drive_capture(
                             path: label.clone().into(),
                             offset,
                             records,
-                            reason: if complete {
-                                format!("line {}: {reason}", base + line)
-                            } else {
-                                format!("line {} is cut short (truncated): {reason}", base + line)
-                            },
+                            reason: line_damage(base + line, complete, &reason),
                         },
                         Stop::Io(source) => Error::Io {
                             path: label.clone().into(),

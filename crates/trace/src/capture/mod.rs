@@ -698,21 +698,29 @@ impl Reader {
                 continue;
             }
             let number = j.number;
-            match jsonl::decode(text, &mut self.names, || format!("capture-line-{number}")) {
+            match jsonl::decode(text, &mut self.names, || line_id(number)) {
                 Ok(r) => {
                     self.records += 1;
                     return Some(Ok(r));
                 }
-                Err(reason) => {
-                    let reason = if complete {
-                        format!("line {number}: {reason}")
-                    } else {
-                        format!("line {number} is cut short (truncated): {reason}")
-                    };
-                    return self.damaged(start, reason);
-                }
+                Err(reason) => return self.damaged(start, line_damage(number, complete, &reason)),
             }
         }
+    }
+}
+
+/// The id of a record without one on line `number` of a JSON-lines capture.
+pub(crate) fn line_id(number: u64) -> String {
+    format!("capture-line-{number}")
+}
+
+/// Why line `number` of a JSON-lines capture stopped the reading: `reason`,
+/// and whether the line was cut short (it has no newline).
+pub(crate) fn line_damage(number: u64, complete: bool, reason: &str) -> String {
+    if complete {
+        format!("line {number}: {reason}")
+    } else {
+        format!("line {number} is cut short (truncated): {reason}")
     }
 }
 

@@ -60,13 +60,6 @@ pub(crate) struct Lines {
     pub(crate) named: Vec<(usize, u64)>,
 }
 
-impl Lines {
-    /// The id of a record without one on line `line` of the file.
-    pub(crate) fn id(line: u64) -> String {
-        format!("capture-line-{line}")
-    }
-}
-
 /// Why reading stopped early.
 #[derive(Debug)]
 pub(crate) enum Stop {
@@ -415,7 +408,7 @@ impl Decoder {
             let mut named = false;
             match jsonl::decode(text, &mut self.names, || {
                 named = true;
-                Lines::id(this)
+                super::line_id(this)
             }) {
                 Ok(record) => {
                     if named {

@@ -287,6 +287,19 @@ impl Seconds {
         }
     }
 
+    /// A second now on `reader`, judged by `tick`, said on standard error
+    /// (refusals counted in `failures`).
+    fn on(&mut self, reader: &LookbackReader, tick: impl FnOnce(Timestamp), failures: &IntCounter) {
+        self.second(
+            Timestamp::now(),
+            std::time::Instant::now(),
+            || reader.checkpoint_again(),
+            |clock| reader.checkpoint(clock.as_micros()),
+            tick,
+        )
+        .report(failures);
+    }
+
     /// The group's assignment changed: the partitions that moved are their
     /// new owners', and the next checkpoint of those kept covers what was
     /// judged here.
@@ -376,16 +389,7 @@ pub(super) fn follow(
                     // revocation and the next assignment the partitions'
                     // next owner starts from the last checkpoint.
                     if reader.settled() {
-                        let now = Timestamp::now();
-                        seconds
-                            .second(
-                                now,
-                                std::time::Instant::now(),
-                                || reader.checkpoint_again(),
-                                |clock| reader.checkpoint(clock.as_micros()),
-                                |clock| lock().tick(clock),
-                            )
-                            .report(&metrics.checkpoint_failures);
+                        seconds.on(&reader, |clock| lock().tick(clock), &metrics.checkpoint_failures);
                     }
                 }
                 ev = reader.next() => match ev {
@@ -460,15 +464,7 @@ pub(super) fn follow(
             // A last second: judged and checkpointed, unless a refused
             // checkpoint is still not taken (the flows due now are then left
             // to the next owner rather than widen what it says again).
-            seconds
-                .second(
-                    Timestamp::now(),
-                    std::time::Instant::now(),
-                    || reader.checkpoint_again(),
-                    |clock| reader.checkpoint(clock.as_micros()),
-                    |clock| lock().tick(clock),
-                )
-                .report(&metrics.checkpoint_failures);
+            seconds.on(&reader, |clock| lock().tick(clock), &metrics.checkpoint_failures);
         }
         // The rest is the group's: whoever gets these partitions next
         // restores and judges these flows.
