@@ -121,16 +121,19 @@ impl Delivery {
     }
 
     /// The event.
+    #[inline]
     pub fn envelope(&self) -> &Arc<Envelope> {
         &self.envelope
     }
 
     /// The partition it was read from.
+    #[inline]
     pub fn partition(&self) -> u32 {
         self.partition
     }
 
     /// Its offset in that partition.
+    #[inline]
     pub fn offset(&self) -> u64 {
         self.offset
     }
@@ -143,15 +146,18 @@ impl Delivery {
     }
 
     /// Acknowledges: done, never delivered to this group again.
+    #[inline]
     pub fn ack(mut self) {
         self.finish(Settlement::Ack);
     }
 
     /// Gives the delivery back to be delivered again.
+    #[inline]
     pub fn redeliver(mut self) {
         self.finish(Settlement::Redeliver);
     }
 
+    #[inline]
     fn finish(&mut self, settlement: Settlement) {
         if let Some(s) = self.settle.take() {
             s.settle(self.partition, self.offset, self.token, settlement);

@@ -113,6 +113,7 @@ impl Codecs {
     }
 
     /// The content type published events get.
+    #[inline]
     pub fn content_type(&self) -> ContentType {
         self.encoder
             .as_ref()

@@ -56,6 +56,7 @@ impl EventId {
     /// thread sort in creation order), 62 random bits. The random bits come
     /// from a per-thread generator seeded once from the operating system: no
     /// system call per id.
+    #[inline]
     pub fn generate(time: crate::Timestamp) -> Self {
         EventId(Repr::Uuid(Bits::of(
             IDGEN.with(|g| g.borrow_mut().next(time.as_millis().max(0) as u64)),
@@ -213,6 +214,7 @@ impl IdGen {
         }
     }
 
+    #[inline]
     fn next(&mut self, now_ms: u64) -> Uuid {
         use rand::Rng;
         let ms = if now_ms > self.last_ms {
@@ -258,6 +260,7 @@ impl EventId {
     }
 
     /// The id's text as a partition key, in a buffer of exactly its size.
+    #[inline]
     pub fn to_key(&self) -> bytes::Bytes {
         match &self.0 {
             Repr::Uuid(Bits(high, low)) => {

@@ -25,6 +25,7 @@ impl Timestamp {
     /// valgrind) and converted with one multiply: `SystemTime` goes through a
     /// checked subtraction and a `Duration` on the way, and a handled event
     /// reads the clock three times.
+    #[inline]
     pub fn now() -> Self {
         #[cfg(target_os = "linux")]
         {
