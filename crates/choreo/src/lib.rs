@@ -195,9 +195,9 @@ pub mod bus {
 
     pub use choreo_core::{
         DeadLetter, Delivery, EmptyId, Error, Headers, MALFORMED_HEADER, Name, Outcome,
-        PartitionKey, RECEIPTS_TOPIC, RELAYED_AT_HEADER, Receipt, ReceiptRef, Result, Settle,
-        Settlement, StartFrom, SubscribeOptions, Subscription, Timestamp, dead_letter_envelope,
-        dead_letter_topic, dlq_headers,
+        PartitionKey, RECEIPTS_TOPIC, RELAYED_AT_HEADER, Receipt, ReceiptHead, ReceiptRef, Result,
+        Settle, Settlement, StartFrom, SubscribeOptions, Subscription, Timestamp,
+        dead_letter_envelope, dead_letter_topic, dlq_headers,
     };
 }
 

@@ -52,5 +52,5 @@ pub use event::Event;
 pub use id::{EmptyId, EventId};
 pub use limits::Limits;
 pub use name::Name;
-pub use receipt::{Outcome, RECEIPT_TYPE, RECEIPTS_TOPIC, Receipt, ReceiptRef};
+pub use receipt::{Outcome, RECEIPT_TYPE, RECEIPTS_TOPIC, Receipt, ReceiptHead, ReceiptRef};
 pub use time::Timestamp;

@@ -191,8 +191,31 @@ impl ReceiptRef<'_> {
         topic: Name,
         handled: &Envelope,
     ) -> Arc<Envelope> {
+        self.envelope_of(|buf| self.write_json(buf), id, topic, handled)
+    }
+
+    /// [`to_shared_envelope`](Self::to_shared_envelope), its document begun
+    /// with `head` (see [`ReceiptHead`]): the same envelope, the same bytes.
+    pub fn to_shared_envelope_with(
+        &self,
+        head: &ReceiptHead,
+        id: EventId,
+        topic: Name,
+        handled: &Envelope,
+    ) -> Arc<Envelope> {
+        self.envelope_of(|buf| self.write_json_with(head, buf), id, topic, handled)
+    }
+
+    /// The receipt's envelope, its document written by `write`.
+    fn envelope_of(
+        &self,
+        write: impl FnOnce(&mut Vec<u8>),
+        id: EventId,
+        topic: Name,
+        handled: &Envelope,
+    ) -> Arc<Envelope> {
         let data = crate::codec::bytes_from_scratch(|buf| {
-            self.write_json(buf);
+            write(buf);
             Ok::<(), std::convert::Infallible>(())
         })
         .unwrap_or_else(|never| match never {});
@@ -222,11 +245,7 @@ impl ReceiptRef<'_> {
         // Room for all of it at once (escapes aside): the fixed text, ids
         // and numbers take under 300 bytes.
         out.reserve(
-            300 + self.service.len()
-                + self.event_type.len()
-                + self.topic.len()
-                + self.reason.map_or(0, |r| r.len() + 12)
-                + 39 * self.emitted.len(),
+            140 + self.service.len() + self.event_type.len() + self.topic.len() + self.rest_len(),
         );
         out.extend_from_slice(b"{\"service\":");
         json_str(out, self.service);
@@ -239,6 +258,41 @@ impl ReceiptRef<'_> {
         out.extend_from_slice(b",\"topic\":");
         json_str(out, self.topic);
         out.extend_from_slice(b",\"partition\":");
+        self.write_rest(out);
+    }
+
+    /// [`write_json`](Self::write_json), begun with `head`: the same bytes,
+    /// with the names' text copied from `head` rather than checked and
+    /// quoted again. Falls back to `write_json` when `head` was made for
+    /// other names, or an id is not a UUID.
+    pub fn write_json_with(&self, head: &ReceiptHead, out: &mut Vec<u8>) {
+        let (Some(event_id), Some(correlation_id)) =
+            (self.event_id.uuid_text(), self.correlation_id.uuid_text())
+        else {
+            return self.write_json(out);
+        };
+        if !head.is_for(self.service, self.event_type, self.topic) {
+            return self.write_json(out);
+        }
+        out.reserve(head.text.len() + 2 * 36 + self.rest_len());
+        let (first, rest) = head.text.split_at(head.middle);
+        let (middle, last) = rest.split_at(head.last - head.middle);
+        out.extend_from_slice(first);
+        out.extend_from_slice(&event_id);
+        out.extend_from_slice(middle);
+        out.extend_from_slice(&correlation_id);
+        out.extend_from_slice(last);
+        self.write_rest(out);
+    }
+
+    /// Room for what follows the topic (escapes aside): the numbers, the
+    /// outcome, the reason and the emitted ids.
+    fn rest_len(&self) -> usize {
+        160 + self.reason.map_or(0, |r| r.len() + 12) + 39 * self.emitted.len()
+    }
+
+    /// What follows `"partition":`, to the end.
+    fn write_rest(&self, out: &mut Vec<u8>) {
         json_int(out, i64::from(self.partition));
         out.extend_from_slice(b",\"offset\":");
         out.extend_from_slice(itoa::Buffer::new().format(self.offset).as_bytes());
@@ -266,6 +320,66 @@ impl ReceiptRef<'_> {
         }
         out.push(b'}');
     }
+}
+
+/// The text a receipt's document begins with when its service handles one
+/// event type read from one topic: everything up to `"partition":` but the
+/// two ids. The same for every delivery of a route, so a runtime makes it
+/// once per route and writes each receipt with
+/// [`ReceiptRef::write_json_with`]: the names are then copied, not checked
+/// for escapes and quoted again for every handled event.
+#[derive(Debug, Clone)]
+pub struct ReceiptHead {
+    service: Name,
+    event_type: Name,
+    topic: Name,
+    /// `{"service":…,"event_id":"`, then `","event_type":…,"correlation_id":"`
+    /// from `middle`, then `","topic":…,"partition":` from `last`.
+    text: Vec<u8>,
+    middle: usize,
+    last: usize,
+}
+
+impl ReceiptHead {
+    /// The head of the receipts of `service` for events of `event_type` read
+    /// from `topic`.
+    pub fn new(service: &Name, event_type: &Name, topic: &Name) -> Self {
+        let mut text = Vec::with_capacity(80 + service.len() + event_type.len() + topic.len());
+        text.extend_from_slice(b"{\"service\":");
+        json_str(&mut text, service);
+        text.extend_from_slice(b",\"event_id\":\"");
+        let middle = text.len();
+        text.extend_from_slice(b"\",\"event_type\":");
+        json_str(&mut text, event_type);
+        text.extend_from_slice(b",\"correlation_id\":\"");
+        let last = text.len();
+        text.extend_from_slice(b"\",\"topic\":");
+        json_str(&mut text, topic);
+        text.extend_from_slice(b",\"partition\":");
+        ReceiptHead {
+            service: service.clone(),
+            event_type: event_type.clone(),
+            topic: topic.clone(),
+            text,
+            middle,
+            last,
+        }
+    }
+
+    /// Whether this is the head of receipts with these names.
+    #[inline]
+    pub fn is_for(&self, service: &str, event_type: &str, topic: &str) -> bool {
+        same(&self.service, service)
+            && same(&self.event_type, event_type)
+            && same(&self.topic, topic)
+    }
+}
+
+/// String equality, told at once when both are the same text in memory (a
+/// route's names are shared, not copied, from one delivery to the next).
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    (std::ptr::eq(a.as_ptr(), b.as_ptr()) && a.len() == b.len()) || a == b
 }
 
 fn json_int(out: &mut Vec<u8>, n: i64) {
@@ -402,6 +516,95 @@ mod tests {
         assert_eq!(*shared, env);
         assert_eq!(Receipt::from_envelope(&env), Some(r));
         assert_eq!(Receipt::from_envelope(&handled), None);
+    }
+
+    #[test]
+    fn a_receipt_begun_with_its_head_is_the_same_document() {
+        let names = [
+            ("payment", "OrderPlaced", "orders"),
+            ("pay\"ment\n", "Order\\Placed", "or\u{1}ders"),
+            ("caf\u{e9}", "\u{1f600}", ""),
+        ];
+        let ids = [
+            EventId::new(),
+            EventId::new(),
+            EventId::parse("order-7 \"quoted\"").unwrap(),
+        ];
+        let emitted = [
+            vec![],
+            vec![EventId::new()],
+            vec![EventId::new(), EventId::parse("x").unwrap()],
+        ];
+        let reasons = [None, Some("card \"declined\"\n"), Some("")];
+        let mut checked = 0;
+        for (service, event_type, topic) in names {
+            let (service, event_type, topic) = (
+                Name::from(service),
+                Name::from(event_type),
+                Name::from(topic),
+            );
+            let head = ReceiptHead::new(&service, &event_type, &topic);
+            // A head made for other names: the receipt is written in full.
+            let other = ReceiptHead::new(&service, &Name::from_static("Other"), &topic);
+            for (event_id, correlation_id) in ids.iter().zip(ids.iter().rev()) {
+                for emitted in &emitted {
+                    for reason in reasons {
+                        let r = Receipt {
+                            service: service.clone(),
+                            event_id: event_id.clone(),
+                            event_type: event_type.clone(),
+                            correlation_id: correlation_id.clone(),
+                            topic: topic.clone(),
+                            partition: 7,
+                            offset: u64::MAX,
+                            outcome: Outcome::Acked,
+                            attempts: 2,
+                            reason: reason.map(str::to_owned),
+                            started: Timestamp::from_micros(-3),
+                            duration_us: 0,
+                            emitted: emitted.clone(),
+                        };
+                        let serde = serde_json::to_vec(&r).unwrap();
+                        for h in [&head, &other] {
+                            let mut buf = b"kept".to_vec();
+                            r.borrowed().write_json_with(h, &mut buf);
+                            assert_eq!(buf[..4], *b"kept");
+                            assert_eq!(
+                                String::from_utf8_lossy(&buf[4..]),
+                                String::from_utf8_lossy(&serde)
+                            );
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 3 * 3 * 3 * 3);
+        // And in its envelope.
+        let handled = Envelope::new("OrderPlaced", "orders", "{}").with_source("checkout");
+        let r = Receipt {
+            service: Name::from_static("payment"),
+            event_id: handled.id.clone(),
+            event_type: handled.event_type.clone(),
+            correlation_id: handled.correlation_id.clone(),
+            topic: handled.topic.clone(),
+            partition: 0,
+            offset: 1,
+            outcome: Outcome::Acked,
+            attempts: 1,
+            reason: None,
+            started: Timestamp::now(),
+            duration_us: 5,
+            emitted: vec![EventId::new()],
+        };
+        let head = ReceiptHead::new(&r.service, &r.event_type, &r.topic);
+        let id = EventId::new();
+        let topic = Name::from_static(RECEIPTS_TOPIC);
+        assert_eq!(
+            *r.borrowed()
+                .to_shared_envelope_with(&head, id.clone(), topic.clone(), &handled),
+            r.to_envelope_with_id(id, topic, &handled)
+        );
     }
 
     #[test]

@@ -176,7 +176,8 @@ impl<B: Bus> Runtime<B> {
         span.finish(settled.outcome.as_str(), settled.reason.as_deref());
         if let Some(topic) = &self.receipts {
             let place = (partition, offset);
-            let envelope = self.receipt(topic, &env, place, settled, started, ended);
+            let head = Some(&mut route.receipt_head);
+            let envelope = self.receipt(topic, &env, place, settled, (started, ended), head);
             if let Err(e) = self.bus.publish_shared(envelope).await {
                 self.receipt_lost(topic, &e);
             }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use choreo_core::{Bus, Envelope, EventId, Name, ReceiptRef, Timestamp};
+use choreo_core::{Bus, Envelope, EventId, Name, ReceiptHead, ReceiptRef, Timestamp};
 
 use super::pipeline::Settled;
 use super::running::Runtime;
@@ -11,7 +11,9 @@ use super::running::Runtime;
 impl<B: Bus> Runtime<B> {
     /// The receipt of a delivery settled as `settled`, read from `place`
     /// (partition, offset), handled from `started` until `ended`: the
-    /// envelope to publish on `topic`.
+    /// envelope to publish on `topic`. With `head`, the route's
+    /// [`ReceiptHead`] (made there at the route's first receipt, and again
+    /// should its names differ) begins the document.
     ///
     /// Its id comes from the clock reading `ended`, already made; the caller
     /// keeps only the envelope across the await that publishes it.
@@ -21,8 +23,8 @@ impl<B: Bus> Runtime<B> {
         env: &Envelope,
         place: (u32, u64),
         settled: Settled,
-        started: Timestamp,
-        ended: Timestamp,
+        (started, ended): (Timestamp, Timestamp),
+        head: Option<&mut Option<ReceiptHead>>,
     ) -> Arc<Envelope> {
         let (partition, offset) = place;
         // Borrowed: nothing is copied into a `Receipt` to be written.
@@ -42,7 +44,20 @@ impl<B: Bus> Runtime<B> {
             emitted: &settled.emitted,
         };
         let id = EventId::generate(ended);
-        receipt.to_shared_envelope(id, topic.clone(), env)
+        match head {
+            Some(head) => {
+                let head = match head {
+                    Some(h) if h.is_for(receipt.service, receipt.event_type, receipt.topic) => h,
+                    _ => head.insert(ReceiptHead::new(
+                        &self.shared.name,
+                        &env.event_type,
+                        &env.topic,
+                    )),
+                };
+                receipt.to_shared_envelope_with(head, id, topic.clone(), env)
+            }
+            None => receipt.to_shared_envelope(id, topic.clone(), env),
+        }
     }
 
     /// A receipt could not be published. Receipts are observability: losing

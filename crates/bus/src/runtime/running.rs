@@ -293,6 +293,7 @@ impl Service {
                 WorkerRoute {
                     stack: svc,
                     metrics: route_metrics,
+                    receipt_head: None,
                 },
             ));
             if !topics.iter().any(|t| *t == *r.topic) {

@@ -6,7 +6,7 @@
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
-use choreo_core::{Bus, Delivery, MALFORMED_HEADER, Name, Outcome, Timestamp};
+use choreo_core::{Bus, Delivery, MALFORMED_HEADER, Name, Outcome, ReceiptHead, Timestamp};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Semaphore, mpsc};
@@ -101,6 +101,9 @@ impl<F: Future> Future for Tracked<'_, F> {
 pub(super) struct WorkerRoute {
     pub(super) stack: StackService,
     pub(super) metrics: RouteMetrics,
+    /// The beginning of this route's receipts, made at its first receipt
+    /// (see [`ReceiptHead`]).
+    pub(super) receipt_head: Option<ReceiptHead>,
 }
 
 impl<B: Bus> Runtime<B> {
@@ -263,7 +266,7 @@ impl<B: Bus> Runtime<B> {
         let Some(topic) = &self.receipts else { return };
         let reason = format!("no handler for event type '{}'", env.event_type);
         let settled = Settled::new(Outcome::Ignored, 0, Some(reason));
-        let envelope = self.receipt(topic, &env, place, settled, started, started);
+        let envelope = self.receipt(topic, &env, place, settled, (started, started), None);
         if let Err(e) = self.bus.publish_shared(envelope).await {
             self.receipt_lost(topic, &e);
         }
@@ -285,6 +288,7 @@ impl<B: Bus> Runtime<B> {
             metrics: self
                 .metrics
                 .route(&self.shared.name, &env.topic, &env.event_type),
+            receipt_head: None,
         }
     }
 }
