@@ -10,8 +10,13 @@
 //! runtime (the services' tasks may run on either thread), and its scaling
 //! factor against the current-thread figure.
 //!
+//! The last line is a floor: what the chain's contract asks of each flow
+//! (payloads decoded and encoded, ids, clock readings, receipts written) done
+//! in a plain loop, with no bus and no runtime, and its ratio to bare. No
+//! runtime that keeps the contract can be faster than it on the machine.
+//!
 //! `CHOREO_BENCH_PROFILE=1` runs the chain once without receipts (`=receipts`:
-//! with them), for a profiler.
+//! with them; `=floor`: the floor), for a profiler.
 //!
 //! `CHOREO_BENCH_RETENTION=N` bounds the bus's partitions at N events instead
 //! of the default 1 024 (as many as the bare chain's channels hold).
@@ -184,6 +189,73 @@ fn bare_chain(flows: u64) -> f64 {
     })
 }
 
+/// What the chain's contract asks of every flow, done in a plain loop with
+/// no bus, no tasks and no runtime: the payloads decoded and encoded (A
+/// encodes, B and C decode and encode, D decodes), each emitted event's id,
+/// time and key, and each handling's receipt (its start and end read from
+/// the clock, its id, its JSON document). The bytes each makes are kept
+/// until the next flow, as an event's are until it is handled. Returns
+/// handled events per second, counted as the chain counts them: the floor
+/// below which no runtime that keeps the contract can go on this machine.
+fn contract_floor(flows: u64) -> f64 {
+    use choreo_core::{EventId, Name, Outcome, ReceiptHead, ReceiptRef, Timestamp};
+    use std::hint::black_box;
+    let service = Name::from_static("bench-b");
+    let (event_type, topic) = (Name::from_static("Step1"), Name::from_static("bench.s1"));
+    let head = ReceiptHead::new(&service, &event_type, &topic);
+    let emit = |payload: String| -> (bytes::Bytes, EventId, bytes::Bytes) {
+        let data = bytes::Bytes::from(serde_json::to_vec(&Step2 { payload }).expect("encode"));
+        let time = Timestamp::now();
+        let id = EventId::generate(time);
+        let key = id.to_key();
+        (data, id, key)
+    };
+    let receipt = |handled: &EventId, flow: &EventId, emitted: &[EventId]| -> bytes::Bytes {
+        let started = Timestamp::now();
+        let ended = Timestamp::now();
+        let r = ReceiptRef {
+            service: &service,
+            event_id: handled,
+            event_type: &event_type,
+            correlation_id: flow,
+            topic: &topic,
+            partition: 0,
+            offset: 7,
+            outcome: Outcome::Acked,
+            attempts: 1,
+            reason: None,
+            started,
+            duration_us: ended.micros_since(started).max(0) as u64,
+            emitted,
+        };
+        let mut doc = Vec::with_capacity(400);
+        r.write_json_with(&head, &mut doc);
+        black_box(EventId::generate(ended));
+        bytes::Bytes::from(doc)
+    };
+    let decode = |data: &[u8]| -> String {
+        serde_json::from_slice::<Step1>(data)
+            .expect("decode")
+            .payload
+    };
+    let start = Instant::now();
+    for _ in 0..flows {
+        // A starts the flow.
+        let (a, flow, a_key) = emit(PAYLOAD.to_owned());
+        // B and C each decode, emit and write a receipt; D decodes and writes one.
+        let (b, b_id, b_key) = emit(decode(&a));
+        let b_receipt = receipt(&flow, &flow, std::slice::from_ref(&b_id));
+        let (c, c_id, c_key) = emit(decode(&b));
+        let c_receipt = receipt(&b_id, &flow, std::slice::from_ref(&c_id));
+        black_box(decode(&c));
+        let d_receipt = receipt(&c_id, &flow, &[]);
+        black_box((
+            a, a_key, b, b_key, b_receipt, c, c_key, c_receipt, d_receipt,
+        ));
+    }
+    (flows * 3) as f64 / start.elapsed().as_secs_f64()
+}
+
 fn best_of(runs: usize, f: impl Fn() -> f64) -> f64 {
     (0..runs).map(|_| f()).fold(0.0, f64::max)
 }
@@ -196,6 +268,10 @@ fn main() {
     // For profilers (callgrind, perf): one run of the chain, without receipts
     // (`CHOREO_BENCH_PROFILE=receipts`: with them).
     if let Some(profile) = std::env::var_os("CHOREO_BENCH_PROFILE") {
+        if profile == "floor" {
+            println!("{:.0} events/s", contract_floor(flows));
+            return;
+        }
         println!(
             "{:.0} events/s",
             choreo_chain(flows, profile == "receipts", 1)
@@ -210,6 +286,7 @@ fn main() {
     let no_receipts = best_of(3, || choreo_chain(flows, false, 1));
     let _ = choreo_chain(flows / 10, true, 2);
     let two_workers = best_of(3, || choreo_chain(flows, true, 2));
+    let floor = best_of(3, || contract_floor(flows));
     println!(
         "4-service chain, {flows} flows, {} handled events per run, one core (current-thread runtime)",
         flows * 3
@@ -232,5 +309,11 @@ fn main() {
         "  choreo, with receipts, 2-worker runtime    {:>12.0} events/s   scaling vs one core {:.2}",
         two_workers,
         two_workers / full
+    );
+    println!(
+        "  the contract's own work, no runtime        {:>12.0} events/s   ratio to bare {:.3}; the runtime with receipts reaches {:.2} of it",
+        floor,
+        floor / bare,
+        full / floor
     );
 }
