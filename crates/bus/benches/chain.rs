@@ -10,13 +10,15 @@
 //! runtime (the services' tasks may run on either thread), and its scaling
 //! factor against the current-thread figure.
 //!
-//! The last line is a floor: what the chain's contract asks of each flow
-//! (payloads decoded and encoded, ids, clock readings, receipts written) done
-//! in a plain loop, with no bus and no runtime, and its ratio to bare. No
-//! runtime that keeps the contract can be faster than it on the machine.
+//! The last two lines are floors, with receipts and without: the events a
+//! flow makes (payloads encoded and decoded, envelopes with their ids, times
+//! and keys, and receipts), made in a plain loop with choreo's own types and
+//! no bus and no runtime, with their ratio to bare and the share of each the
+//! runtime reaches. A runtime on choreo's `Bus` contract, which carries those
+//! envelopes, cannot handle events faster than it makes them.
 //!
 //! `CHOREO_BENCH_PROFILE=1` runs the chain once without receipts (`=receipts`:
-//! with them; `=floor`: the floor), for a profiler.
+//! with them; `=floor`: the floor with receipts), for a profiler.
 //!
 //! `CHOREO_BENCH_RETENTION=N` bounds the bus's partitions at N events instead
 //! of the default 1 024 (as many as the bare chain's channels hold).
@@ -189,36 +191,87 @@ fn bare_chain(flows: u64) -> f64 {
     })
 }
 
-/// What the chain's contract asks of every flow, done in a plain loop with
-/// no bus, no tasks and no runtime: the payloads decoded and encoded (A
-/// encodes, B and C decode and encode, D decodes), each emitted event's id,
-/// time and key, and each handling's receipt (its start and end read from
-/// the clock, its id, its JSON document). The bytes each makes are kept
-/// until the next flow, as an event's are until it is handled. Returns
-/// handled events per second, counted as the chain counts them: the floor
-/// below which no runtime that keeps the contract can go on this machine.
-fn contract_floor(flows: u64) -> f64 {
-    use choreo_core::{EventId, Name, Outcome, ReceiptHead, ReceiptRef, Timestamp};
+/// The floor: the events a flow of the chain makes, made in a plain loop
+/// with no bus, no tasks and no runtime, through the calls the runtime makes
+/// and with choreo's own types. A's event, then B's and C's, each a shared
+/// envelope with its id, time, key, flow and cause and its payload encoded;
+/// B, C and D each decoding the payload they handle; with `receipts`, each
+/// handling's clock readings at its start and end and its receipt, an event
+/// too (its id, its JSON document begun with the route's text, its
+/// envelope). Each event is kept until the next flow, as the bus keeps it
+/// until it is handled. Nothing is published, stored, delivered, settled,
+/// counted or traced. Returns handled events per second, counted as the chain
+/// counts them: a runtime on choreo's `Bus` contract, which carries these
+/// envelopes, cannot handle events faster than it makes them.
+fn contract_floor(flows: u64, receipts: bool) -> f64 {
+    use choreo_core::{
+        Codecs, ContentType, Envelope, Event, EventId, Headers, Name, Outcome, ReceiptHead,
+        ReceiptRef, Timestamp,
+    };
     use std::hint::black_box;
-    let service = Name::from_static("bench-b");
-    let (event_type, topic) = (Name::from_static("Step1"), Name::from_static("bench.s1"));
-    let head = ReceiptHead::new(&service, &event_type, &topic);
-    let emit = |payload: String| -> (bytes::Bytes, EventId, bytes::Bytes) {
-        let data = bytes::Bytes::from(serde_json::to_vec(&Step2 { payload }).expect("encode"));
+    let codecs = Codecs::json();
+    let service = Name::from_static("bench");
+    let receipts_topic = Name::from_static(choreo_core::RECEIPTS_TOPIC);
+    let heads = [
+        ReceiptHead::new(
+            &service,
+            &Name::from_static(Step1::TYPE),
+            &Name::from_static(Step1::TOPIC),
+        ),
+        ReceiptHead::new(
+            &service,
+            &Name::from_static(Step2::TYPE),
+            &Name::from_static(Step2::TOPIC),
+        ),
+        ReceiptHead::new(
+            &service,
+            &Name::from_static(Step3::TYPE),
+            &Name::from_static(Step3::TOPIC),
+        ),
+    ];
+    // An emitted event, stamped as a handler's context stamps it.
+    let emit = |data: choreo_core::Result<bytes::Bytes>,
+                ty: &'static str,
+                topic: &'static str,
+                cause: Option<&Envelope>| {
+        let data = data.expect("encode");
         let time = Timestamp::now();
         let id = EventId::generate(time);
-        let key = id.to_key();
-        (data, id, key)
+        let correlation_id = cause.map_or_else(|| id.clone(), |c| c.correlation_id.clone());
+        Arc::new(Envelope {
+            key: Some(correlation_id.to_key()),
+            correlation_id,
+            causation_id: cause.map(|c| c.id.clone()),
+            id,
+            event_type: Name::from_static(ty),
+            source: service.clone(),
+            topic: Name::from_static(topic),
+            time,
+            traceparent: None,
+            tracestate: None,
+            content_type: ContentType::Json,
+            data,
+            headers: Headers::new(),
+        })
     };
-    let receipt = |handled: &EventId, flow: &EventId, emitted: &[EventId]| -> bytes::Bytes {
+    // A handling, `handle`, and with receipts its receipt, made from the
+    // clock readings around it.
+    let handled = |head: &ReceiptHead,
+                   env: &Envelope,
+                   handle: &mut dyn FnMut() -> Option<EventId>| {
+        if !receipts {
+            handle();
+            return None;
+        }
         let started = Timestamp::now();
+        let emitted = handle();
         let ended = Timestamp::now();
         let r = ReceiptRef {
             service: &service,
-            event_id: handled,
-            event_type: &event_type,
-            correlation_id: flow,
-            topic: &topic,
+            event_id: &env.id,
+            event_type: &env.event_type,
+            correlation_id: &env.correlation_id,
+            topic: &env.topic,
             partition: 0,
             offset: 7,
             outcome: Outcome::Acked,
@@ -226,32 +279,67 @@ fn contract_floor(flows: u64) -> f64 {
             reason: None,
             started,
             duration_us: ended.micros_since(started).max(0) as u64,
-            emitted,
+            emitted: emitted.as_slice(),
         };
-        let mut doc = Vec::with_capacity(400);
-        r.write_json_with(&head, &mut doc);
-        black_box(EventId::generate(ended));
-        bytes::Bytes::from(doc)
+        Some(r.to_shared_envelope_with(head, EventId::generate(ended), receipts_topic.clone(), env))
     };
-    let decode = |data: &[u8]| -> String {
-        serde_json::from_slice::<Step1>(data)
-            .expect("decode")
-            .payload
+    let payload = |env: &Envelope| -> String {
+        match env.topic.as_str() {
+            Step1::TOPIC => codecs
+                .decode::<Step1>(&env.content_type, &env.data)
+                .map(|e| e.payload),
+            Step2::TOPIC => codecs
+                .decode::<Step2>(&env.content_type, &env.data)
+                .map(|e| e.payload),
+            _ => codecs
+                .decode::<Step3>(&env.content_type, &env.data)
+                .map(|e| e.payload),
+        }
+        .expect("decode")
     };
     let start = Instant::now();
     for _ in 0..flows {
-        // A starts the flow.
-        let (a, flow, a_key) = emit(PAYLOAD.to_owned());
-        // B and C each decode, emit and write a receipt; D decodes and writes one.
-        let (b, b_id, b_key) = emit(decode(&a));
-        let b_receipt = receipt(&flow, &flow, std::slice::from_ref(&b_id));
-        let (c, c_id, c_key) = emit(decode(&b));
-        let c_receipt = receipt(&b_id, &flow, std::slice::from_ref(&c_id));
-        black_box(decode(&c));
-        let d_receipt = receipt(&c_id, &flow, &[]);
-        black_box((
-            a, a_key, b, b_key, b_receipt, c, c_key, c_receipt, d_receipt,
-        ));
+        let a = emit(
+            codecs.encode(&Step1 {
+                payload: PAYLOAD.to_owned(),
+            }),
+            Step1::TYPE,
+            Step1::TOPIC,
+            None,
+        );
+        let mut b = None;
+        let b_receipt = handled(&heads[0], &a, &mut || {
+            let p = payload(&a);
+            let e = emit(
+                codecs.encode(&Step2 { payload: p }),
+                Step2::TYPE,
+                Step2::TOPIC,
+                Some(&a),
+            );
+            let id = e.id.clone();
+            b = Some(e);
+            Some(id)
+        });
+        let b = b.expect("emitted");
+        let mut c = None;
+        let c_receipt = handled(&heads[1], &b, &mut || {
+            let p = payload(&b);
+            let e = emit(
+                codecs.encode(&Step3 { payload: p }),
+                Step3::TYPE,
+                Step3::TOPIC,
+                Some(&b),
+            );
+            let id = e.id.clone();
+            c = Some(e);
+            Some(id)
+        });
+        let c = c.expect("emitted");
+        let d_receipt = handled(&heads[2], &c, &mut || {
+            black_box(payload(&c));
+            None
+        });
+        black_box((a, b, b_receipt, c, c_receipt, d_receipt));
     }
     (flows * 3) as f64 / start.elapsed().as_secs_f64()
 }
@@ -266,10 +354,10 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(200_000);
     // For profilers (callgrind, perf): one run of the chain, without receipts
-    // (`CHOREO_BENCH_PROFILE=receipts`: with them).
+    // (`CHOREO_BENCH_PROFILE=receipts`: with them; `=floor`: the floor).
     if let Some(profile) = std::env::var_os("CHOREO_BENCH_PROFILE") {
         if profile == "floor" {
-            println!("{:.0} events/s", contract_floor(flows));
+            println!("{:.0} events/s", contract_floor(flows, true));
             return;
         }
         println!(
@@ -286,7 +374,8 @@ fn main() {
     let no_receipts = best_of(3, || choreo_chain(flows, false, 1));
     let _ = choreo_chain(flows / 10, true, 2);
     let two_workers = best_of(3, || choreo_chain(flows, true, 2));
-    let floor = best_of(3, || contract_floor(flows));
+    let floor = best_of(3, || contract_floor(flows, true));
+    let floor_off = best_of(3, || contract_floor(flows, false));
     println!(
         "4-service chain, {flows} flows, {} handled events per run, one core (current-thread runtime)",
         flows * 3
@@ -311,9 +400,15 @@ fn main() {
         two_workers / full
     );
     println!(
-        "  the contract's own work, no runtime        {:>12.0} events/s   ratio to bare {:.3}; the runtime with receipts reaches {:.2} of it",
+        "  floor: the events made, with receipts      {:>12.0} events/s   ratio to bare {:.3}; the runtime reaches {:.2} of it",
         floor,
         floor / bare,
         full / floor
+    );
+    println!(
+        "  floor: the events made, receipts off       {:>12.0} events/s   ratio to bare {:.3}; the runtime reaches {:.2} of it",
+        floor_off,
+        floor_off / bare,
+        no_receipts / floor_off
     );
 }

@@ -525,18 +525,23 @@ mod tests {
             ("pay\"ment\n", "Order\\Placed", "or\u{1}ders"),
             ("caf\u{e9}", "\u{1f600}", ""),
         ];
+        let (one, two) = (EventId::new(), EventId::new());
+        let text = EventId::parse("order-7 \"quoted\"").unwrap();
+        // Two different UUIDs both ways round (a head that swapped the ids
+        // would show), and a text id on either side (written whole).
         let ids = [
-            EventId::new(),
-            EventId::new(),
-            EventId::parse("order-7 \"quoted\"").unwrap(),
+            (one.clone(), two.clone()),
+            (two.clone(), one.clone()),
+            (one.clone(), text.clone()),
+            (text.clone(), two.clone()),
         ];
         let emitted = [
             vec![],
             vec![EventId::new()],
-            vec![EventId::new(), EventId::parse("x").unwrap()],
+            vec![EventId::new(), text.clone()],
         ];
         let reasons = [None, Some("card \"declined\"\n"), Some("")];
-        let mut checked = 0;
+        let (mut checked, mut through_head) = (0, 0);
         for (service, event_type, topic) in names {
             let (service, event_type, topic) = (
                 Name::from(service),
@@ -544,9 +549,15 @@ mod tests {
                 Name::from(topic),
             );
             let head = ReceiptHead::new(&service, &event_type, &topic);
-            // A head made for other names: the receipt is written in full.
-            let other = ReceiptHead::new(&service, &Name::from_static("Other"), &topic);
-            for (event_id, correlation_id) in ids.iter().zip(ids.iter().rev()) {
+            // Heads made for other names, each differing in one: the
+            // receipt is written in full.
+            let other = Name::from_static("other");
+            let others = [
+                ReceiptHead::new(&other, &event_type, &topic),
+                ReceiptHead::new(&service, &other, &topic),
+                ReceiptHead::new(&service, &event_type, &other),
+            ];
+            for (event_id, correlation_id) in &ids {
                 for emitted in &emitted {
                     for reason in reasons {
                         let r = Receipt {
@@ -565,7 +576,10 @@ mod tests {
                             emitted: emitted.clone(),
                         };
                         let serde = serde_json::to_vec(&r).unwrap();
-                        for h in [&head, &other] {
+                        let mut whole = Vec::new();
+                        r.write_json(&mut whole);
+                        assert_eq!(whole, serde);
+                        for h in std::iter::once(&head).chain(&others) {
                             let mut buf = b"kept".to_vec();
                             r.borrowed().write_json_with(h, &mut buf);
                             assert_eq!(buf[..4], *b"kept");
@@ -575,13 +589,17 @@ mod tests {
                             );
                         }
                         checked += 1;
+                        if event_id.uuid_text().is_some() && correlation_id.uuid_text().is_some() {
+                            through_head += 1;
+                        }
                     }
                 }
             }
         }
-        assert_eq!(checked, 3 * 3 * 3 * 3);
-        // And in its envelope.
-        let handled = Envelope::new("OrderPlaced", "orders", "{}").with_source("checkout");
+        assert_eq!((checked, through_head), (3 * 4 * 3 * 3, 3 * 2 * 3 * 3));
+        // And in its envelope, for an event that is not its flow's first.
+        let mut handled = Envelope::new("OrderPlaced", "orders", "{}").with_source("checkout");
+        handled.correlation_id = EventId::new();
         let r = Receipt {
             service: Name::from_static("payment"),
             event_id: handled.id.clone(),

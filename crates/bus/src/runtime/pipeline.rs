@@ -176,7 +176,7 @@ impl<B: Bus> Runtime<B> {
         span.finish(settled.outcome.as_str(), settled.reason.as_deref());
         if let Some(topic) = &self.receipts {
             let place = (partition, offset);
-            let head = Some(&mut route.receipt_head);
+            let head = route.receipt_head.as_deref();
             let envelope = self.receipt(topic, &env, place, settled, (started, ended), head);
             if let Err(e) = self.bus.publish_shared(envelope).await {
                 self.receipt_lost(topic, &e);

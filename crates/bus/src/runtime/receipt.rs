@@ -12,8 +12,8 @@ impl<B: Bus> Runtime<B> {
     /// The receipt of a delivery settled as `settled`, read from `place`
     /// (partition, offset), handled from `started` until `ended`: the
     /// envelope to publish on `topic`. With `head`, the route's
-    /// [`ReceiptHead`] (made there at the route's first receipt, and again
-    /// should its names differ) begins the document.
+    /// [`ReceiptHead`] begins the document (when it was made for these
+    /// names; else the document is written whole).
     ///
     /// Its id comes from the clock reading `ended`, already made; the caller
     /// keeps only the envelope across the await that publishes it.
@@ -24,7 +24,7 @@ impl<B: Bus> Runtime<B> {
         place: (u32, u64),
         settled: Settled,
         (started, ended): (Timestamp, Timestamp),
-        head: Option<&mut Option<ReceiptHead>>,
+        head: Option<&ReceiptHead>,
     ) -> Arc<Envelope> {
         let (partition, offset) = place;
         // Borrowed: nothing is copied into a `Receipt` to be written.
@@ -45,17 +45,7 @@ impl<B: Bus> Runtime<B> {
         };
         let id = EventId::generate(ended);
         match head {
-            Some(head) => {
-                let head = match head {
-                    Some(h) if h.is_for(receipt.service, receipt.event_type, receipt.topic) => h,
-                    _ => head.insert(ReceiptHead::new(
-                        &self.shared.name,
-                        &env.event_type,
-                        &env.topic,
-                    )),
-                };
-                receipt.to_shared_envelope_with(head, id, topic.clone(), env)
-            }
+            Some(head) => receipt.to_shared_envelope_with(head, id, topic.clone(), env),
             None => receipt.to_shared_envelope(id, topic.clone(), env),
         }
     }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use choreo_core::{Bus, Name, SubscribeOptions, Subscription};
+use choreo_core::{Bus, Name, ReceiptHead, SubscribeOptions, Subscription};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -288,12 +288,19 @@ impl Service {
             for layer in self.layers.iter().rev() {
                 svc = layer(svc);
             }
+            // Made once here: each worker's routes, and each delivery's route
+            // in a concurrent worker, share it.
+            let receipt_head = self
+                .config
+                .receipts
+                .is_some()
+                .then(|| Arc::new(ReceiptHead::new(&self.name, &r.event_type, &r.topic)));
             routes.push((
                 r.event_type.clone(),
                 WorkerRoute {
                     stack: svc,
                     metrics: route_metrics,
-                    receipt_head: None,
+                    receipt_head,
                 },
             ));
             if !topics.iter().any(|t| *t == *r.topic) {

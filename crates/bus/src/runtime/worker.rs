@@ -101,9 +101,9 @@ impl<F: Future> Future for Tracked<'_, F> {
 pub(super) struct WorkerRoute {
     pub(super) stack: StackService,
     pub(super) metrics: RouteMetrics,
-    /// The beginning of this route's receipts, made at its first receipt
-    /// (see [`ReceiptHead`]).
-    pub(super) receipt_head: Option<ReceiptHead>,
+    /// The beginning of this route's receipts (see [`ReceiptHead`]), made
+    /// with the route when receipts are on.
+    pub(super) receipt_head: Option<Arc<ReceiptHead>>,
 }
 
 impl<B: Bus> Runtime<B> {
