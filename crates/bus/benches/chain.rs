@@ -18,7 +18,8 @@
 //! envelopes, cannot handle events faster than it makes them.
 //!
 //! `CHOREO_BENCH_PROFILE=1` runs the chain once without receipts (`=receipts`:
-//! with them; `=floor`: the floor with receipts), for a profiler.
+//! with them; `=floor`, `=floor-off`: the floor with receipts, without), for
+//! a profiler.
 //!
 //! `CHOREO_BENCH_RETENTION=N` bounds the bus's partitions at N events instead
 //! of the default 1 024 (as many as the bare chain's channels hold).
@@ -354,10 +355,11 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(200_000);
     // For profilers (callgrind, perf): one run of the chain, without receipts
-    // (`CHOREO_BENCH_PROFILE=receipts`: with them; `=floor`: the floor).
+    // (`CHOREO_BENCH_PROFILE=receipts`: with them; `=floor`, `=floor-off`:
+    // the floor with receipts, without).
     if let Some(profile) = std::env::var_os("CHOREO_BENCH_PROFILE") {
-        if profile == "floor" {
-            println!("{:.0} events/s", contract_floor(flows, true));
+        if profile == "floor" || profile == "floor-off" {
+            println!("{:.0} events/s", contract_floor(flows, profile == "floor"));
             return;
         }
         println!(
