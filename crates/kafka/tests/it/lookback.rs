@@ -8,7 +8,7 @@ use crate::common::*;
 use bytes::Bytes;
 use choreo_core::Bus;
 use choreo_core::Envelope;
-use choreo_kafka::{LookbackEvent, LookbackOptions, LookbackReader, ReadFrom, Topics};
+use choreo_kafka::{KafkaConfig, LookbackEvent, LookbackOptions, LookbackReader, ReadFrom, Topics};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -62,12 +62,7 @@ fn committed(brokers: &str, group: &str) -> Vec<Offset> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_checkpoint_is_committed_again_as_it_was() {
-    let mock = Mock::start(1);
-    mock.topic(TOPIC, 2).await;
-    publish(&mock, 0, 12).await;
-    let config = config(&mock.brokers());
-    let mut reader = LookbackReader::open(&config, options()).await.unwrap();
-    read(&mut reader, 12, false).await;
+    let (mock, _, mut reader) = a_reader_past(12).await;
     reader
         .checkpoint_again()
         .expect("nothing refused: nothing to do");
@@ -117,18 +112,24 @@ fn options() -> LookbackOptions {
     LookbackOptions::new(Topics::names([TOPIC]), "tracers").from(ReadFrom::Beginning)
 }
 
+/// A mock cluster with `n` records on two partitions, its configuration, and
+/// a reader of the group that has read them all and is ready.
+async fn a_reader_past(n: usize) -> (Mock, KafkaConfig, LookbackReader) {
+    let mock = Mock::start(1);
+    mock.topic(TOPIC, 2).await;
+    publish(&mock, 0, n).await;
+    let config = config(&mock.brokers());
+    let mut reader = LookbackReader::open(&config, options()).await.unwrap();
+    read(&mut reader, n, false).await;
+    (mock, config, reader)
+}
+
 /// The group takes the position and refuses the clock: the pair committed is
 /// the new position with the old clock (the next owner may repeat itself,
 /// never skip), and the clock is committed again later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_half_taken_is_completed_later() {
-    let mock = Mock::start(1);
-    mock.topic(TOPIC, 2).await;
-    publish(&mock, 0, 10).await;
-    let mut reader = LookbackReader::open(&config(&mock.brokers()), options())
-        .await
-        .unwrap();
-    read(&mut reader, 10, false).await;
+    let (mock, _, mut reader) = a_reader_past(10).await;
     reader.checkpoint(100).unwrap();
     publish(&mock, 10, 4).await;
     read(&mut reader, 4, true).await;
@@ -160,12 +161,7 @@ async fn a_checkpoint_half_taken_is_completed_later() {
 /// another member's later checkpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_assignment_drops_a_refused_checkpoint() {
-    let mock = Mock::start(1);
-    mock.topic(TOPIC, 2).await;
-    publish(&mock, 0, 10).await;
-    let config = config(&mock.brokers());
-    let mut a = LookbackReader::open(&config, options()).await.unwrap();
-    read(&mut a, 10, false).await;
+    let (mock, config, mut a) = a_reader_past(10).await;
     a.checkpoint(100).unwrap();
     mock.cluster.request_errors(
         RDKafkaApiKey::OffsetCommit,
