@@ -78,11 +78,7 @@ impl Limits {
     fn fits(&self, envelope: &Envelope) -> bool {
         envelope.data.len() <= self.max_payload_bytes
             && envelope.headers.len() <= self.max_headers
-            && (envelope.headers.is_empty() || self.header_bytes_fit(envelope))
-    }
-
-    fn header_bytes_fit(&self, envelope: &Envelope) -> bool {
-        header_bytes(envelope) <= self.max_header_bytes
+            && (envelope.headers.is_empty() || header_bytes(envelope) <= self.max_header_bytes)
     }
 
     /// The first limit `envelope` breaks, in words.

@@ -247,17 +247,12 @@ impl ReceiptRef<'_> {
         out.reserve(
             140 + self.service.len() + self.event_type.len() + self.topic.len() + self.rest_len(),
         );
-        out.extend_from_slice(b"{\"service\":");
-        json_str(out, self.service);
-        out.extend_from_slice(b",\"event_id\":");
-        json_id(out, self.event_id);
-        out.extend_from_slice(b",\"event_type\":");
-        json_str(out, self.event_type);
-        out.extend_from_slice(b",\"correlation_id\":");
-        json_id(out, self.correlation_id);
-        out.extend_from_slice(b",\"topic\":");
-        json_str(out, self.topic);
-        out.extend_from_slice(b",\"partition\":");
+        let ids = [self.event_id, self.correlation_id];
+        write_head(
+            out,
+            [self.service, self.event_type, self.topic],
+            |out, i| json_id(out, ids[i]),
+        );
         self.write_rest(out);
     }
 
@@ -345,17 +340,14 @@ impl ReceiptHead {
     /// from `topic`.
     pub fn new(service: &Name, event_type: &Name, topic: &Name) -> Self {
         let mut text = Vec::with_capacity(80 + service.len() + event_type.len() + topic.len());
-        text.extend_from_slice(b"{\"service\":");
-        json_str(&mut text, service);
-        text.extend_from_slice(b",\"event_id\":\"");
-        let middle = text.len();
-        text.extend_from_slice(b"\",\"event_type\":");
-        json_str(&mut text, event_type);
-        text.extend_from_slice(b",\"correlation_id\":\"");
-        let last = text.len();
-        text.extend_from_slice(b"\",\"topic\":");
-        json_str(&mut text, topic);
-        text.extend_from_slice(b",\"partition\":");
+        // Each id's place: between its quotes.
+        let mut places = [0; 2];
+        write_head(&mut text, [service, event_type, topic], |out, i| {
+            out.push(b'"');
+            places[i] = out.len();
+            out.push(b'"');
+        });
+        let [middle, last] = places;
         ReceiptHead {
             service: service.clone(),
             event_type: event_type.clone(),
@@ -373,6 +365,27 @@ impl ReceiptHead {
             && same(&self.event_type, event_type)
             && same(&self.topic, topic)
     }
+}
+
+/// A receipt's document up to `"partition":`: its `names` (service, event
+/// type, topic), and, where the handled event's id and its flow's go,
+/// whatever `id` writes (called with 0, then 1). The one place the order of
+/// these fields is written, for [`ReceiptRef::write_json`] and
+/// [`ReceiptHead`] alike.
+#[inline]
+fn write_head(out: &mut Vec<u8>, names: [&str; 3], mut id: impl FnMut(&mut Vec<u8>, usize)) {
+    let [service, event_type, topic] = names;
+    out.extend_from_slice(b"{\"service\":");
+    json_str(out, service);
+    out.extend_from_slice(b",\"event_id\":");
+    id(out, 0);
+    out.extend_from_slice(b",\"event_type\":");
+    json_str(out, event_type);
+    out.extend_from_slice(b",\"correlation_id\":");
+    id(out, 1);
+    out.extend_from_slice(b",\"topic\":");
+    json_str(out, topic);
+    out.extend_from_slice(b",\"partition\":");
 }
 
 /// String equality, told at once when both are the same text in memory (a
@@ -477,23 +490,36 @@ mod tests {
         }
     }
 
-    #[test]
-    fn receipt_round_trips_through_its_envelope() {
-        let handled = Envelope::new("OrderPlaced", "orders", "{}").with_source("checkout");
-        let r = Receipt {
+    /// Service payment's receipt for `handled`, settled as `outcome` at
+    /// offset 0 of partition 0 after one attempt, just now, emitting nothing.
+    fn answering(handled: &Envelope, outcome: Outcome) -> Receipt {
+        Receipt {
             service: Name::from_static("payment"),
             event_id: handled.id.clone(),
             event_type: handled.event_type.clone(),
             correlation_id: handled.correlation_id.clone(),
             topic: handled.topic.clone(),
+            partition: 0,
+            offset: 0,
+            outcome,
+            attempts: 1,
+            reason: None,
+            started: Timestamp::now(),
+            duration_us: 0,
+            emitted: vec![],
+        }
+    }
+
+    #[test]
+    fn receipt_round_trips_through_its_envelope() {
+        let handled = Envelope::new("OrderPlaced", "orders", "{}").with_source("checkout");
+        let r = Receipt {
             partition: 3,
             offset: 17,
-            outcome: Outcome::DeadLettered,
             attempts: 5,
             reason: Some("handler failed after 5 attempts: card declined".into()),
-            started: Timestamp::now(),
             duration_us: 1234,
-            emitted: vec![],
+            ..answering(&handled, Outcome::DeadLettered)
         };
         let env = r.to_envelope(Name::from_static(RECEIPTS_TOPIC), &handled);
         // The hand-written JSON is exactly serde's.
@@ -601,19 +627,10 @@ mod tests {
         let mut handled = Envelope::new("OrderPlaced", "orders", "{}").with_source("checkout");
         handled.correlation_id = EventId::new();
         let r = Receipt {
-            service: Name::from_static("payment"),
-            event_id: handled.id.clone(),
-            event_type: handled.event_type.clone(),
-            correlation_id: handled.correlation_id.clone(),
-            topic: handled.topic.clone(),
-            partition: 0,
             offset: 1,
-            outcome: Outcome::Acked,
-            attempts: 1,
-            reason: None,
-            started: Timestamp::now(),
             duration_us: 5,
             emitted: vec![EventId::new()],
+            ..answering(&handled, Outcome::Acked)
         };
         let head = ReceiptHead::new(&r.service, &r.event_type, &r.topic);
         let id = EventId::new();
@@ -629,19 +646,10 @@ mod tests {
     fn an_ignored_receipt_is_written_and_read_with_its_word() {
         let handled = Envelope::new("OrderCancelled", "orders", "{}").with_source("checkout");
         let r = Receipt {
-            service: Name::from_static("payment"),
-            event_id: handled.id.clone(),
-            event_type: handled.event_type.clone(),
-            correlation_id: handled.correlation_id.clone(),
-            topic: handled.topic.clone(),
-            partition: 0,
             offset: 3,
-            outcome: Outcome::Ignored,
             attempts: 0,
             reason: Some("no handler for event type 'OrderCancelled'".into()),
-            started: Timestamp::now(),
-            duration_us: 0,
-            emitted: vec![],
+            ..answering(&handled, Outcome::Ignored)
         };
         let mut buf = Vec::new();
         r.write_json(&mut buf);
