@@ -298,6 +298,24 @@ fn contract_floor(flows: u64, receipts: bool) -> f64 {
         }
         .expect("decode")
     };
+    // B's and C's handling: the payload handed on in the next step's event.
+    let relay = |head: &ReceiptHead, cause: &Arc<Envelope>| {
+        let mut next = None;
+        let receipt = handled(head, cause, &mut || {
+            let payload = payload(cause);
+            let e = if cause.topic.as_str() == Step1::TOPIC {
+                let data = codecs.encode(&Step2 { payload });
+                emit(data, Step2::TYPE, Step2::TOPIC, Some(cause))
+            } else {
+                let data = codecs.encode(&Step3 { payload });
+                emit(data, Step3::TYPE, Step3::TOPIC, Some(cause))
+            };
+            let id = e.id.clone();
+            next = Some(e);
+            Some(id)
+        });
+        (next.expect("emitted"), receipt)
+    };
     let start = Instant::now();
     for _ in 0..flows {
         let a = emit(
@@ -308,34 +326,8 @@ fn contract_floor(flows: u64, receipts: bool) -> f64 {
             Step1::TOPIC,
             None,
         );
-        let mut b = None;
-        let b_receipt = handled(&heads[0], &a, &mut || {
-            let p = payload(&a);
-            let e = emit(
-                codecs.encode(&Step2 { payload: p }),
-                Step2::TYPE,
-                Step2::TOPIC,
-                Some(&a),
-            );
-            let id = e.id.clone();
-            b = Some(e);
-            Some(id)
-        });
-        let b = b.expect("emitted");
-        let mut c = None;
-        let c_receipt = handled(&heads[1], &b, &mut || {
-            let p = payload(&b);
-            let e = emit(
-                codecs.encode(&Step3 { payload: p }),
-                Step3::TYPE,
-                Step3::TOPIC,
-                Some(&b),
-            );
-            let id = e.id.clone();
-            c = Some(e);
-            Some(id)
-        });
-        let c = c.expect("emitted");
+        let (b, b_receipt) = relay(&heads[0], &a);
+        let (c, c_receipt) = relay(&heads[1], &b);
         let d_receipt = handled(&heads[2], &c, &mut || {
             black_box(payload(&c));
             None
