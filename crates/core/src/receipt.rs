@@ -261,14 +261,16 @@ impl ReceiptRef<'_> {
     /// quoted again. Falls back to `write_json` when `head` was made for
     /// other names, or an id is not a UUID.
     pub fn write_json_with(&self, head: &ReceiptHead, out: &mut Vec<u8>) {
+        // The head first: when it was made for other names, `write_json`
+        // writes the ids' text, so it is not written here for nothing.
+        if !head.is_for(self.service, self.event_type, self.topic) {
+            return self.write_json(out);
+        }
         let (Some(event_id), Some(correlation_id)) =
             (self.event_id.uuid_text(), self.correlation_id.uuid_text())
         else {
             return self.write_json(out);
         };
-        if !head.is_for(self.service, self.event_type, self.topic) {
-            return self.write_json(out);
-        }
         out.reserve(head.text.len() + 2 * 36 + self.rest_len());
         let (first, rest) = head.text.split_at(head.middle);
         let (middle, last) = rest.split_at(head.last - head.middle);
