@@ -213,23 +213,15 @@ fn contract_floor(flows: u64, receipts: bool) -> f64 {
     let codecs = Codecs::json();
     let service = Name::from_static("bench");
     let receipts_topic = Name::from_static(choreo_core::RECEIPTS_TOPIC);
+    // B's, C's and D's routes.
     let heads = [
-        ReceiptHead::new(
-            &service,
-            &Name::from_static(Step1::TYPE),
-            &Name::from_static(Step1::TOPIC),
-        ),
-        ReceiptHead::new(
-            &service,
-            &Name::from_static(Step2::TYPE),
-            &Name::from_static(Step2::TOPIC),
-        ),
-        ReceiptHead::new(
-            &service,
-            &Name::from_static(Step3::TYPE),
-            &Name::from_static(Step3::TOPIC),
-        ),
-    ];
+        (Step1::TYPE, Step1::TOPIC),
+        (Step2::TYPE, Step2::TOPIC),
+        (Step3::TYPE, Step3::TOPIC),
+    ]
+    .map(|(ty, topic)| {
+        ReceiptHead::new(&service, &Name::from_static(ty), &Name::from_static(topic))
+    });
     // An emitted event, stamped as a handler's context stamps it.
     let emit = |data: choreo_core::Result<bytes::Bytes>,
                 ty: &'static str,
