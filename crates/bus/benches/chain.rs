@@ -8,7 +8,10 @@
 //!
 //! The multi-thread picture: the same chain with receipts on a 2-worker
 //! runtime (the services' tasks may run on either thread), and its scaling
-//! factor against the current-thread figure.
+//! factor against the current-thread figure; beside it the bare chain on the
+//! same 2-worker runtime, whose scaling factor is the baseline for that one
+//! (a chain of tasks handing each item to the next loses to cross-thread
+//! wake-ups, bare channels too).
 //!
 //! The last two lines are floors, with receipts and without: the events a
 //! flow makes (payloads encoded and decoded, envelopes with their ids, times
@@ -18,8 +21,9 @@
 //! envelopes, cannot handle events faster than it makes them.
 //!
 //! `CHOREO_BENCH_PROFILE=1` runs the chain once without receipts (`=receipts`:
-//! with them; `=floor`, `=floor-off`: the floor with receipts, without), for
-//! a profiler.
+//! with them; `=floor`, `=floor-off`: the floor with receipts, without;
+//! `=bare`: the bare chain), for a profiler; `CHOREO_BENCH_WORKERS=N` runs
+//! the chain or the bare chain on a multi-thread runtime of N worker threads.
 //!
 //! `CHOREO_BENCH_RETENTION=N` bounds the bus's partitions at N events instead
 //! of the default 1 024 (as many as the bare chain's channels hold).
@@ -150,9 +154,10 @@ fn choreo_chain(flows: u64, receipts: bool, workers: usize) -> f64 {
     })
 }
 
-/// Handled events per second through the same hops over bare tokio channels.
-fn bare_chain(flows: u64) -> f64 {
-    runtime(1).block_on(async move {
+/// Handled events per second through the same hops over bare tokio channels,
+/// on a runtime of `workers` threads.
+fn bare_chain(flows: u64, workers: usize) -> f64 {
+    runtime(workers).block_on(async move {
         let (tx1, mut rx1) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
         let (tx2, mut rx2) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
         let (tx3, mut rx3) = tokio::sync::mpsc::channel::<Vec<u8>>(1024);
@@ -340,26 +345,31 @@ fn main() {
         .unwrap_or(200_000);
     // For profilers (callgrind, perf): one run of the chain, without receipts
     // (`CHOREO_BENCH_PROFILE=receipts`: with them; `=floor`, `=floor-off`:
-    // the floor with receipts, without).
+    // the floor with receipts, without; `=bare`: the bare chain), on
+    // `CHOREO_BENCH_WORKERS` threads (1, a current-thread runtime, if unset).
     if let Some(profile) = std::env::var_os("CHOREO_BENCH_PROFILE") {
-        if profile == "floor" || profile == "floor-off" {
-            println!("{:.0} events/s", contract_floor(flows, profile == "floor"));
-            return;
-        }
-        println!(
-            "{:.0} events/s",
-            choreo_chain(flows, profile == "receipts", 1)
-        );
+        let workers = std::env::var("CHOREO_BENCH_WORKERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let rate = match profile.to_str() {
+            Some(floor @ ("floor" | "floor-off")) => contract_floor(flows, floor == "floor"),
+            Some("bare") => bare_chain(flows, workers),
+            other => choreo_chain(flows, other == Some("receipts"), workers),
+        };
+        println!("{rate:.0} events/s");
         return;
     }
     // Warm-up: allocator, page faults, lazy statics.
     let _ = choreo_chain(flows / 10, true, 1);
-    let _ = bare_chain(flows / 10);
-    let bare = best_of(3, || bare_chain(flows));
+    let _ = bare_chain(flows / 10, 1);
+    let bare = best_of(3, || bare_chain(flows, 1));
     let full = best_of(3, || choreo_chain(flows, true, 1));
     let no_receipts = best_of(3, || choreo_chain(flows, false, 1));
     let _ = choreo_chain(flows / 10, true, 2);
     let two_workers = best_of(3, || choreo_chain(flows, true, 2));
+    let _ = bare_chain(flows / 10, 2);
+    let bare_two_workers = best_of(3, || bare_chain(flows, 2));
     let floor = best_of(3, || contract_floor(flows, true));
     let floor_off = best_of(3, || contract_floor(flows, false));
     println!(
@@ -384,6 +394,12 @@ fn main() {
         "  choreo, with receipts, 2-worker runtime    {:>12.0} events/s   scaling vs one core {:.2}",
         two_workers,
         two_workers / full
+    );
+    println!(
+        "  bare tokio mpsc chain, 2-worker runtime    {:>12.0} events/s   scaling vs one core {:.2}; choreo scales {:.2} of it",
+        bare_two_workers,
+        bare_two_workers / bare,
+        (two_workers / full) / (bare_two_workers / bare)
     );
     println!(
         "  floor: the events made, with receipts      {:>12.0} events/s   ratio to bare {:.3}; the runtime reaches {:.2} of it",
