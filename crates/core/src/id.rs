@@ -259,6 +259,20 @@ impl EventId {
         }
     }
 
+    /// The id's text (as [`Display`](fmt::Display) writes it) without
+    /// allocating: a UUID's canonical text written into `buf` by the same
+    /// writer as [`uuid_text`](Self::uuid_text), a text id as it is.
+    #[inline]
+    pub fn text<'a>(&'a self, buf: &'a mut [u8; 36]) -> &'a str {
+        match &self.0 {
+            Repr::Uuid(Bits(high, low)) => {
+                *buf = hyphenated(*high, *low);
+                std::str::from_utf8(buf).expect("a UUID's text is ASCII")
+            }
+            Repr::Text(t) => t,
+        }
+    }
+
     /// The id's text as a partition key, in a buffer of exactly its size.
     #[inline]
     pub fn to_key(&self) -> bytes::Bytes {
@@ -311,14 +325,7 @@ impl FromStr for EventId {
 
 impl Serialize for EventId {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match &self.0 {
-            Repr::Uuid(Bits(high, low)) => {
-                let buf = hyphenated(*high, *low);
-                // Hex digits and hyphens: always UTF-8.
-                serializer.serialize_str(std::str::from_utf8(&buf).unwrap_or_default())
-            }
-            Repr::Text(t) => serializer.serialize_str(t),
-        }
+        serializer.serialize_str(self.text(&mut [0; 36]))
     }
 }
 
@@ -350,11 +357,25 @@ mod tests {
                 std::str::from_utf8(&text).unwrap(),
                 u.hyphenated().to_string()
             );
+            assert_eq!(id.text(&mut [0; 36]), u.hyphenated().to_string());
             assert_eq!(id.to_key(), u.hyphenated().to_string().as_bytes());
             assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{u}\""));
             assert_eq!(EventId::from_uuid_text(&text), Some(id));
         }
         assert_eq!(EventId::parse("order-7").unwrap().uuid_text(), None);
+    }
+
+    #[test]
+    fn a_text_id_is_its_own_text_everywhere() {
+        let id = EventId::parse("order-17/\"quoted\"").unwrap();
+        assert_eq!(id.uuid_text(), None);
+        assert_eq!(id.text(&mut [0; 36]), "order-17/\"quoted\"");
+        assert_eq!(id.to_string(), "order-17/\"quoted\"");
+        assert_eq!(id.to_key(), "order-17/\"quoted\"".as_bytes());
+        assert_eq!(
+            serde_json::to_string(&id).unwrap(),
+            r#""order-17/\"quoted\"""#
+        );
     }
 
     #[test]

@@ -408,7 +408,7 @@ fn json_id(out: &mut Vec<u8>, id: &EventId) {
             quoted[1..37].copy_from_slice(&text);
             out.extend_from_slice(&quoted);
         }
-        None => json_str(out, &id.to_string()),
+        None => json_str(out, id.text(&mut [0; 36])),
     }
 }
 

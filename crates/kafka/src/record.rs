@@ -213,7 +213,10 @@ pub(crate) fn each_record_header<'a>(
         });
     }
     header(names::SPECVERSION, Value::Borrowed(SPEC_VERSION.as_bytes()));
-    header(names::ID, Value::Written(IdText::of(&env.id).bytes()));
+    header(
+        names::ID,
+        Value::Written(env.id.text(&mut [0; 36]).as_bytes()),
+    );
     if !env.source.is_empty() {
         header(names::SOURCE, Value::Borrowed(env.source.as_bytes()));
     }
@@ -228,10 +231,13 @@ pub(crate) fn each_record_header<'a>(
     );
     header(
         names::CORRELATION_ID,
-        Value::Written(IdText::of(&env.correlation_id).bytes()),
+        Value::Written(env.correlation_id.text(&mut [0; 36]).as_bytes()),
     );
     if let Some(c) = &env.causation_id {
-        header(names::CAUSATION_ID, Value::Written(IdText::of(c).bytes()));
+        header(
+            names::CAUSATION_ID,
+            Value::Written(c.text(&mut [0; 36]).as_bytes()),
+        );
     }
     if let Some(tp) = &env.traceparent {
         header(names::TRACEPARENT, Value::Borrowed(tp.as_bytes()));
@@ -245,28 +251,6 @@ pub(crate) fn each_record_header<'a>(
         }
     }
     Ok(())
-}
-
-/// An id's text: a UUID's on the stack, any other id's as it is.
-enum IdText {
-    Uuid([u8; 36]),
-    Other(String),
-}
-
-impl IdText {
-    fn of(id: &EventId) -> IdText {
-        match id.uuid_text() {
-            Some(text) => IdText::Uuid(text),
-            None => IdText::Other(id.to_string()),
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        match self {
-            IdText::Uuid(text) => text,
-            IdText::Other(text) => text.as_bytes(),
-        }
-    }
 }
 
 fn is_reserved(name: &str) -> bool {

@@ -35,13 +35,8 @@ pub(crate) struct Row<'a> {
     pub(crate) topic: &'a str,
 }
 
-/// The id's canonical text, written by the same SWAR writer as receipts and
-/// record headers (`EventId::uuid_text`, always ASCII).
 fn push_id(out: &mut String, id: &EventId) {
-    match id.uuid_text() {
-        Some(text) => out.push_str(std::str::from_utf8(&text).expect("a UUID's text is ASCII")),
-        None => out.push_str(&id.to_string()),
-    }
+    out.push_str(id.text(&mut [0; 36]));
 }
 
 /// Writes an event log as flows finish. Give it to

@@ -189,12 +189,7 @@ fn log_case(
     let flow = a
         .name
         .and_then(|n| ctx.model.map(|m| m.flows[n].name.as_str()));
-    let mut buf = [0u8; 36];
-    let case = match id.as_uuid() {
-        Some(u) => std::borrow::Cow::Borrowed(&*u.hyphenated().encode_lower(&mut buf)),
-        None => std::borrow::Cow::Owned(id.to_string()),
-    };
-    chunk.case(&case, flow, a.status, order.len(), rows);
+    chunk.case(id.text(&mut [0; 36]), flow, a.status, order.len(), rows);
 }
 
 /// Flows at the end of a batch from which the analysis uses a second thread.

@@ -85,13 +85,7 @@ fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 }
 
 fn put_id(out: &mut Vec<u8>, id: &EventId) {
-    match id.as_uuid() {
-        Some(u) => {
-            let mut buf = [0u8; 36];
-            put_bytes(out, u.hyphenated().encode_lower(&mut buf).as_bytes());
-        }
-        None => put_bytes(out, id.to_string().as_bytes()),
-    }
+    put_bytes(out, id.text(&mut [0; 36]).as_bytes());
 }
 
 /// Appends one record in the capture schema's binary encoding.
