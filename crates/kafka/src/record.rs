@@ -213,10 +213,7 @@ pub(crate) fn each_record_header<'a>(
         });
     }
     header(names::SPECVERSION, Value::Borrowed(SPEC_VERSION.as_bytes()));
-    header(
-        names::ID,
-        Value::Written(env.id.text(&mut [0; 36]).as_bytes()),
-    );
+    header(names::ID, Value::Written(env.id.text_bytes(&mut [0; 36])));
     if !env.source.is_empty() {
         header(names::SOURCE, Value::Borrowed(env.source.as_bytes()));
     }
@@ -231,12 +228,12 @@ pub(crate) fn each_record_header<'a>(
     );
     header(
         names::CORRELATION_ID,
-        Value::Written(env.correlation_id.text(&mut [0; 36]).as_bytes()),
+        Value::Written(env.correlation_id.text_bytes(&mut [0; 36])),
     );
     if let Some(c) = &env.causation_id {
         header(
             names::CAUSATION_ID,
-            Value::Written(c.text(&mut [0; 36]).as_bytes()),
+            Value::Written(c.text_bytes(&mut [0; 36])),
         );
     }
     if let Some(tp) = &env.traceparent {

@@ -85,7 +85,7 @@ fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 }
 
 fn put_id(out: &mut Vec<u8>, id: &EventId) {
-    put_bytes(out, id.text(&mut [0; 36]).as_bytes());
+    put_bytes(out, id.text_bytes(&mut [0; 36]));
 }
 
 /// Appends one record in the capture schema's binary encoding.
